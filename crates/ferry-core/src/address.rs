@@ -1,0 +1,350 @@
+//! Where data lives: a [`DataAddress`] parsed from a URL shorthand or a path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use url::Url;
+
+use crate::redact::{is_secret_name, redact, MASK};
+use crate::Error;
+
+/// A location of files or objects.
+///
+/// Parsed from `./dir`, `/abs/path`, `file:///abs`, `s3://bucket/key?opt=v`,
+/// `az://container/path?opt=v` or `http(s)://host/path`. A key or path ending in `/`
+/// names a directory or prefix. Options in the query string are per-address settings
+/// (`endpoint`, `region`, …) applied on top of the environment.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DataAddress {
+    Local {
+        path: PathBuf,
+    },
+    S3 {
+        bucket: String,
+        key: String,
+        options: BTreeMap<String, String>,
+    },
+    Azure {
+        container: String,
+        path: String,
+        options: BTreeMap<String, String>,
+    },
+    /// Read-only: a single object served over HTTP(S).
+    Http {
+        url: Url,
+    },
+}
+
+impl DataAddress {
+    /// Parses an address, naming the input (secrets masked) in any error.
+    pub fn parse(input: &str) -> Result<Self, Error> {
+        let invalid = |reason: &str| Error::InvalidAddress {
+            address: redact(input),
+            reason: reason.to_string(),
+        };
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(invalid("empty address"));
+        }
+        let Some((scheme, _)) = trimmed.split_once("://") else {
+            return Ok(Self::Local {
+                path: PathBuf::from(trimmed),
+            });
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        let known = ["file", "s3", "az", "azure", "http", "https"];
+        if !known.contains(&scheme.as_str()) {
+            return Err(invalid(&format!(
+                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http:// or https://"
+            )));
+        }
+        let url = Url::parse(trimmed).map_err(|e| invalid(&format!("malformed URL: {e}")))?;
+        match scheme.as_str() {
+            "file" => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| invalid("file:// URLs need an absolute path, e.g. file:///data/in"))?;
+                let mut path_str = path.to_string_lossy().into_owned();
+                if url.path().ends_with('/') && !path_str.ends_with('/') {
+                    path_str.push('/');
+                }
+                Ok(Self::Local {
+                    path: PathBuf::from(path_str),
+                })
+            }
+            "s3" => {
+                let bucket = url.host_str().unwrap_or_default().to_string();
+                if bucket.is_empty() {
+                    return Err(invalid("missing bucket name, e.g. s3://my-bucket/prefix/"));
+                }
+                if !bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                {
+                    return Err(invalid(&format!(
+                        "bucket name '{bucket}' may hold only lowercase letters, digits, '-' and '.'"
+                    )));
+                }
+                Ok(Self::S3 {
+                    bucket,
+                    key: decoded_key(&url).map_err(|r| invalid(&r))?,
+                    options: options(&url).map_err(|r| invalid(&r))?,
+                })
+            }
+            "az" | "azure" => {
+                let container = url.host_str().unwrap_or_default().to_string();
+                if container.is_empty() {
+                    return Err(invalid("missing container name, e.g. az://my-container/prefix/"));
+                }
+                Ok(Self::Azure {
+                    container,
+                    path: decoded_key(&url).map_err(|r| invalid(&r))?,
+                    options: options(&url).map_err(|r| invalid(&r))?,
+                })
+            }
+            _ => {
+                if url.host_str().unwrap_or_default().is_empty() {
+                    return Err(invalid("missing host"));
+                }
+                Ok(Self::Http { url })
+            }
+        }
+    }
+
+    /// The kind of store, as used in manifests and messages: `file`, `s3`, `azure`, `http`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Local { .. } => "file",
+            Self::S3 { .. } => "s3",
+            Self::Azure { .. } => "azure",
+            Self::Http { .. } => "http",
+        }
+    }
+
+    /// True when the address ends in `/`, i.e. the user named a directory or prefix.
+    pub fn names_a_directory(&self) -> bool {
+        match self {
+            Self::Local { path } => path.as_os_str().to_string_lossy().ends_with('/'),
+            Self::S3 { key, .. } => key.is_empty() || key.ends_with('/'),
+            Self::Azure { path, .. } => path.is_empty() || path.ends_with('/'),
+            Self::Http { url } => url.path().ends_with('/'),
+        }
+    }
+
+    /// Per-address options (empty for local and HTTP addresses).
+    pub fn options(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            Self::S3 { options, .. } | Self::Azure { options, .. } => Some(options),
+            _ => None,
+        }
+    }
+
+    /// The same address with the key or path replaced by `child` appended (with a `/`).
+    pub fn join(&self, child: &str) -> Self {
+        let join = |base: &str| {
+            if base.is_empty() || base.ends_with('/') {
+                format!("{base}{child}")
+            } else {
+                format!("{base}/{child}")
+            }
+        };
+        match self {
+            Self::Local { path } => Self::Local {
+                path: Path::new(&join(&path.to_string_lossy())).to_path_buf(),
+            },
+            Self::S3 {
+                bucket,
+                key,
+                options,
+            } => Self::S3 {
+                bucket: bucket.clone(),
+                key: join(key),
+                options: options.clone(),
+            },
+            Self::Azure {
+                container,
+                path,
+                options,
+            } => Self::Azure {
+                container: container.clone(),
+                path: join(path),
+                options: options.clone(),
+            },
+            Self::Http { url } => Self::Http {
+                url: url.join(child).unwrap_or_else(|_| url.clone()),
+            },
+        }
+    }
+}
+
+fn decoded_key(url: &Url) -> Result<String, String> {
+    let raw = url.path().trim_start_matches('/');
+    percent_decode(raw).ok_or_else(|| "the key is not valid percent-encoded UTF-8".to_string())
+}
+
+fn options(url: &Url) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in url.query_pairs() {
+        let k = k.to_ascii_lowercase();
+        if k.is_empty() {
+            return Err("empty option name in the query string".into());
+        }
+        if out.insert(k.clone(), v.into_owned()).is_some() {
+            return Err(format!("option '{k}' given twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl FromStr for DataAddress {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse(s)
+    }
+}
+
+/// Shows the address as a URL with secret option values masked.
+impl fmt::Display for DataAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let write_opts = |f: &mut fmt::Formatter<'_>, options: &BTreeMap<String, String>| {
+            let mut sep = '?';
+            for (k, v) in options {
+                let v = if is_secret_name(k) { MASK } else { v.as_str() };
+                write!(f, "{sep}{k}={v}")?;
+                sep = '&';
+            }
+            Ok(())
+        };
+        match self {
+            Self::Local { path } => write!(f, "{}", path.display()),
+            Self::S3 {
+                bucket,
+                key,
+                options,
+            } => {
+                write!(f, "s3://{bucket}/{key}")?;
+                write_opts(f, options)
+            }
+            Self::Azure {
+                container,
+                path,
+                options,
+            } => {
+                write!(f, "az://{container}/{path}")?;
+                write_opts(f, options)
+            }
+            Self::Http { url } => {
+                let mut shown = url.clone();
+                let _ = shown.set_password(None);
+                write!(f, "{}", redact(shown.as_str()))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for DataAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataAddress({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_and_file_urls() {
+        assert_eq!(
+            DataAddress::parse("./data").unwrap(),
+            DataAddress::Local {
+                path: "./data".into()
+            }
+        );
+        assert_eq!(
+            DataAddress::parse("file:///abs/dir/").unwrap(),
+            DataAddress::Local {
+                path: "/abs/dir/".into()
+            }
+        );
+        assert!(DataAddress::parse("data/").unwrap().names_a_directory());
+    }
+
+    #[test]
+    fn s3_with_options_and_unicode_key() {
+        let a = DataAddress::parse(
+            "s3://my-bucket/dir/na%C3%AFve%20file.txt?endpoint=http://127.0.0.1:9000&Region=us-east-1",
+        )
+        .unwrap();
+        let DataAddress::S3 {
+            bucket,
+            key,
+            options,
+        } = &a
+        else {
+            panic!("not s3: {a:?}")
+        };
+        assert_eq!(bucket, "my-bucket");
+        assert_eq!(key, "dir/naïve file.txt");
+        assert_eq!(options["endpoint"], "http://127.0.0.1:9000");
+        assert_eq!(options["region"], "us-east-1");
+        assert!(!a.names_a_directory());
+        assert!(DataAddress::parse("s3://b").unwrap().names_a_directory());
+    }
+
+    #[test]
+    fn azure_and_http() {
+        let a = DataAddress::parse("az://cont/a/b/").unwrap();
+        assert_eq!(a.kind(), "azure");
+        assert!(a.names_a_directory());
+        let h = DataAddress::parse("https://example.com/x.bin").unwrap();
+        assert_eq!(h.kind(), "http");
+    }
+
+    #[test]
+    fn errors_name_the_address_and_the_fault() {
+        let e = DataAddress::parse("gs://bucket/x").unwrap_err().to_string();
+        assert!(e.contains("gs://bucket/x") && e.contains("unknown scheme 'gs'"), "{e}");
+        let e = DataAddress::parse("s3:///key").unwrap_err().to_string();
+        assert!(e.contains("missing bucket"), "{e}");
+        let e = DataAddress::parse("s3://Bad_Bucket/k").unwrap_err().to_string();
+        assert!(e.contains("Bad_Bucket"), "{e}");
+        let e = DataAddress::parse("gs://b/k?sig=hunter22").unwrap_err().to_string();
+        assert!(!e.contains("hunter22") && e.contains("sig=***"), "{e}");
+        let e = DataAddress::parse("http://").unwrap_err().to_string();
+        assert!(e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn display_masks_secret_options() {
+        let a = DataAddress::parse("s3://b/k?secret_access_key=hunter22&region=eu").unwrap();
+        let shown = a.to_string();
+        assert_eq!(shown, "s3://b/k?region=eu&secret_access_key=***");
+    }
+
+    #[test]
+    fn join_appends_one_segment() {
+        let a = DataAddress::parse("s3://b/pre").unwrap().join("x/y");
+        assert_eq!(a.to_string(), "s3://b/pre/x/y");
+        let a = DataAddress::parse("s3://b/").unwrap().join("x");
+        assert_eq!(a.to_string(), "s3://b/x");
+    }
+}

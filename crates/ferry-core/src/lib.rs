@@ -1,0 +1,16 @@
+//! The model every other ferry crate speaks: where data lives ([`DataAddress`]),
+//! what can go wrong ([`Error`]), how bytes are fingerprinted ([`ChecksumAlgo`]),
+//! and the byte-path traits a store implements ([`Source`], [`Sink`]).
+//!
+//! This crate has no network or database dependencies.
+
+pub mod address;
+pub mod checksum;
+pub mod error;
+pub mod redact;
+pub mod store;
+
+pub use address::DataAddress;
+pub use checksum::{ChecksumAlgo, Digest, Hasher};
+pub use error::{Error, Result};
+pub use store::{Entry, Listing, PartToken, Sink, Source, UploadId};

@@ -1,0 +1,34 @@
+//! ferry's stores. Each address family has one module; [`open_source`] and [`open_sink`]
+//! turn a [`DataAddress`] into the backend that serves it.
+
+use std::sync::Arc;
+
+use ferry_core::{DataAddress, Error, Result, Sink, Source};
+
+pub mod local;
+pub mod object;
+
+pub use local::LocalStore;
+pub use object::ObjectBackend;
+
+/// The backend that reads `address`.
+pub fn open_source(address: &DataAddress) -> Result<Arc<dyn Source>> {
+    Ok(match address {
+        DataAddress::Local { .. } => Arc::new(LocalStore::new(address.clone())?),
+        _ => Arc::new(ObjectBackend::new(address.clone())?),
+    })
+}
+
+/// The backend that writes `address`.
+pub fn open_sink(address: &DataAddress) -> Result<Arc<dyn Sink>> {
+    Ok(match address {
+        DataAddress::Local { .. } => Arc::new(LocalStore::new(address.clone())?),
+        DataAddress::Http { .. } => {
+            return Err(Error::InvalidAddress {
+                address: address.to_string(),
+                reason: "http(s) addresses can only be read from; choose a local, s3:// or az:// destination".into(),
+            })
+        }
+        _ => Arc::new(ObjectBackend::new(address.clone())?),
+    })
+}

@@ -1,0 +1,581 @@
+//! S3-compatible stores, Azure Blob Storage and plain HTTP(S), through the `object_store`
+//! crate. Signing, authentication, retries and backoff are object_store's; this module maps
+//! addresses to builders, object_store errors to ferry's, and exposes the low-level
+//! multipart API so a later process can finish an upload an earlier one started.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferry_core::store::Listing;
+use ferry_core::{DataAddress, Entry, Error, PartToken, Result, Sink, Source, UploadId};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::http::HttpBuilder;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt,
+    PutPayload, RetryConfig,
+};
+
+/// How long a store may stay unreachable before a request fails: a few quick retries with
+/// exponential backoff, not object_store's three-minute default.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(3),
+            base: 2.0,
+        },
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(30),
+    }
+}
+
+const CONNECT_TIMEOUT: &str = "5s";
+/// Per request; a 64 MiB part at 1 MB/s still fits.
+const REQUEST_TIMEOUT: &str = "120s";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    S3,
+    Azure,
+    Http,
+}
+
+pub struct ObjectBackend {
+    address: DataAddress,
+    family: Family,
+    store: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn MultipartStore>>,
+    /// The key or path the address names, without a trailing `/`.
+    prefix: String,
+    /// Two backends with the same identity can copy between each other server-side.
+    identity: String,
+}
+
+impl fmt::Debug for ObjectBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectBackend({})", self.address)
+    }
+}
+
+fn invalid(address: &DataAddress, reason: impl fmt::Display) -> Error {
+    Error::InvalidAddress {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+}
+
+impl ObjectBackend {
+    pub fn new(address: DataAddress) -> Result<Self> {
+        match &address {
+            DataAddress::S3 {
+                bucket,
+                key,
+                options,
+            } => {
+                let (bucket, key, options) = (bucket.clone(), key.clone(), options.clone());
+                Self::s3(address, &bucket, &key, &options)
+            }
+            DataAddress::Azure {
+                container,
+                path,
+                options,
+            } => {
+                let (container, path, options) = (container.clone(), path.clone(), options.clone());
+                Self::azure(address, &container, &path, &options)
+            }
+            DataAddress::Http { url } => {
+                let url = url.clone();
+                Self::http(address, &url)
+            }
+            DataAddress::Local { .. } => Err(Error::Internal(format!(
+                "{address} is a local path, not an object store"
+            ))),
+        }
+    }
+
+    fn s3(
+        address: DataAddress,
+        bucket: &str,
+        key: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            // No SHA-256 of every payload: TLS or loopback already protects the bytes, and
+            // ferry checksums them itself. `?unsigned_payload=false` turns signing back on.
+            .with_unsigned_payload(true)
+            .with_retry(retry_config())
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                CONNECT_TIMEOUT,
+            )
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                REQUEST_TIMEOUT,
+            );
+        for (name, value) in options {
+            let config_key = AmazonS3ConfigKey::from_str(name).map_err(|_| {
+                invalid(
+                    &address,
+                    format!("unknown S3 option '{name}' (e.g. endpoint, region, access_key_id, skip_signature)"),
+                )
+            })?;
+            builder = builder.with_config(config_key, value);
+        }
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        if let Some(endpoint) = &endpoint {
+            if endpoint.starts_with("http://") {
+                builder = builder.with_allow_http(true);
+            }
+        }
+        if builder.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
+            builder = builder.with_region("us-east-1");
+        }
+        let access_key = builder.get_config_value(&AmazonS3ConfigKey::AccessKeyId);
+        let skip_signature = builder
+            .get_config_value(&AmazonS3ConfigKey::SkipSignature)
+            .is_some_and(|v| v == "true");
+        let federated = std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
+            || std::env::var_os("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+            || std::env::var_os("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+            || env_flag("FERRY_S3_INSTANCE_CREDENTIALS");
+        if access_key.is_none() && !skip_signature && !federated {
+            // Without this check object_store would ask the instance metadata service,
+            // which is slow to fail off the cloud.
+            return Err(invalid(
+                &address,
+                "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add ?skip_signature=true for a public bucket",
+            ));
+        }
+        let s3 = Arc::new(builder.build().map_err(|e| invalid(&address, e))?);
+        let identity = format!(
+            "s3|{}|{bucket}|{}",
+            endpoint.unwrap_or_default(),
+            access_key.unwrap_or_default()
+        );
+        Ok(Self {
+            family: Family::S3,
+            store: s3.clone(),
+            multipart: Some(s3),
+            prefix: key.trim_end_matches('/').to_string(),
+            identity,
+            address,
+        })
+    }
+
+    fn azure(
+        address: DataAddress,
+        container: &str,
+        path: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let mut builder = MicrosoftAzureBuilder::from_env()
+            .with_container_name(container)
+            .with_retry(retry_config())
+            .with_config(
+                AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                CONNECT_TIMEOUT,
+            )
+            .with_config(
+                AzureConfigKey::Client(ClientConfigKey::Timeout),
+                REQUEST_TIMEOUT,
+            );
+        for (name, value) in options {
+            let config_key = AzureConfigKey::from_str(name).map_err(|_| {
+                invalid(
+                    &address,
+                    format!("unknown Azure option '{name}' (e.g. account, endpoint, use_emulator, sas_token)"),
+                )
+            })?;
+            builder = builder.with_config(config_key, value);
+        }
+        let get = |k: AzureConfigKey| builder.get_config_value(&k);
+        let emulator = get(AzureConfigKey::UseEmulator).is_some_and(|v| v == "true");
+        let plain_http = get(AzureConfigKey::Endpoint).is_some_and(|e| e.starts_with("http://"));
+        let has_credentials = emulator
+            || get(AzureConfigKey::AccessKey).is_some()
+            || get(AzureConfigKey::SasKey).is_some()
+            || get(AzureConfigKey::Token).is_some()
+            || get(AzureConfigKey::ClientSecret).is_some()
+            || get(AzureConfigKey::FederatedTokenFile).is_some()
+            || get(AzureConfigKey::SkipSignature).is_some_and(|v| v == "true")
+            || env_flag("FERRY_AZURE_MANAGED_IDENTITY");
+        if !has_credentials {
+            return Err(invalid(
+                &address,
+                "no Azure credentials: set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a SAS token), or AZURE_STORAGE_USE_EMULATOR=true for Azurite",
+            ));
+        }
+        let identity = format!(
+            "azure|{}|{}|{container}",
+            get(AzureConfigKey::Endpoint).unwrap_or_default(),
+            get(AzureConfigKey::AccountName).unwrap_or_default(),
+        );
+        if emulator || plain_http {
+            builder = builder.with_allow_http(true);
+        }
+        let azure = Arc::new(builder.build().map_err(|e| invalid(&address, e))?);
+        Ok(Self {
+            family: Family::Azure,
+            store: azure.clone(),
+            multipart: Some(azure),
+            prefix: path.trim_end_matches('/').to_string(),
+            identity,
+            address,
+        })
+    }
+
+    fn http(address: DataAddress, url: &url::Url) -> Result<Self> {
+        let path = url.path();
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let mut base = url.clone();
+        base.set_path(&format!("{dir}/"));
+        base.set_query(None);
+        let store = HttpBuilder::new()
+            .with_url(base.as_str())
+            .with_retry(retry_config())
+            .with_config(ClientConfigKey::ConnectTimeout, CONNECT_TIMEOUT)
+            .with_config(ClientConfigKey::Timeout, REQUEST_TIMEOUT)
+            .with_config(
+                ClientConfigKey::AllowHttp,
+                (url.scheme() == "http").to_string(),
+            )
+            .build()
+            .map_err(|e| invalid(&address, e))?;
+        let name = percent_decode(name);
+        Ok(Self {
+            family: Family::Http,
+            store: Arc::new(store),
+            multipart: None,
+            prefix: name,
+            identity: format!("http|{base}"),
+            address,
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<Path> {
+        let full = match (self.prefix.is_empty(), key.is_empty()) {
+            (_, true) => self.prefix.clone(),
+            (true, false) => key.to_string(),
+            (false, false) => format!("{}/{key}", self.prefix),
+        };
+        if full.is_empty() {
+            return Err(invalid(
+                &self.address,
+                "names a bucket or container root; add an object key, or end it with '/' to copy into it",
+            ));
+        }
+        Path::parse(&full).map_err(|e| invalid(&self.address, format!("invalid key '{full}': {e}")))
+    }
+
+    fn shown(&self, path: &Path) -> String {
+        match &self.address {
+            DataAddress::S3 { bucket, .. } => format!("s3://{bucket}/{path}"),
+            DataAddress::Azure { container, .. } => format!("az://{container}/{path}"),
+            other => other.to_string(),
+        }
+    }
+
+    fn multipart(&self) -> Result<&Arc<dyn MultipartStore>> {
+        self.multipart
+            .as_ref()
+            .ok_or_else(|| Error::not_supported(&self.address, "this store is read-only"))
+    }
+
+    /// Translates an object_store error into ferry's, naming the object at fault.
+    fn error(&self, path: &Path, err: object_store::Error) -> Error {
+        use object_store::Error as E;
+        let at = self.shown(path);
+        match err {
+            E::NotFound { .. } => Error::not_found(at),
+            E::Precondition { .. } | E::NotModified { .. } => {
+                Error::source_changed(at, "its ETag no longer matches the listing")
+            }
+            E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
+                Error::permission_denied(at, source)
+            }
+            E::NotSupported { source } => Error::not_supported(at, source),
+            other => {
+                let text = other.to_string();
+                let lower = text.to_ascii_lowercase();
+                if lower.contains("403 forbidden") || lower.contains("signaturedoesnotmatch") || lower.contains("invalidaccesskeyid") || lower.contains("authenticationfailed") {
+                    return Error::permission_denied(at, text);
+                }
+                if lower.contains("error sending request")
+                    || lower.contains("connect")
+                    || lower.contains("dns error")
+                    || lower.contains("timed out")
+                {
+                    return Error::unreachable(at, text);
+                }
+                Error::store(at, text)
+            }
+        }
+    }
+
+    fn entry(&self, key: String, meta: &ObjectMeta) -> Entry {
+        Entry {
+            key,
+            location: meta.location.to_string(),
+            size: meta.size,
+            version: meta.e_tag.clone(),
+        }
+    }
+
+    fn location(&self, entry: &Entry) -> Result<Path> {
+        Path::parse(&entry.location)
+            .map_err(|e| Error::Internal(format!("bad location {}: {e}", entry.location)))
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    DataAddress::parse(&format!("s3://x/{s}"))
+        .ok()
+        .and_then(|a| match a {
+            DataAddress::S3 { key, .. } => Some(key),
+            _ => None,
+        })
+        .unwrap_or_else(|| s.to_string())
+}
+
+#[async_trait]
+impl Source for ObjectBackend {
+    fn address(&self) -> &DataAddress {
+        &self.address
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        if !self.prefix.is_empty() && !self.address.names_a_directory() {
+            let path = self.path("")?;
+            match self.store.head(&path).await {
+                Ok(meta) => {
+                    let name = self.prefix.rsplit('/').next().unwrap_or_default().to_string();
+                    return Ok(Listing {
+                        single_object: true,
+                        entries: vec![self.entry(name, &meta)],
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(&path, e)),
+            }
+        }
+        if self.family == Family::Http {
+            return Err(Error::not_found(&self.address));
+        }
+        let prefix = if self.prefix.is_empty() {
+            None
+        } else {
+            Some(self.path("")?)
+        };
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let metas: Vec<ObjectMeta> = self
+            .store
+            .list(prefix.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| self.error(&prefix.clone().unwrap_or_default(), e))?;
+        let mut entries: Vec<Entry> = metas
+            .iter()
+            .map(|meta| {
+                let full = meta.location.as_ref();
+                let key = full.strip_prefix(&strip).unwrap_or(full).to_string();
+                self.entry(key, meta)
+            })
+            .collect();
+        if entries.is_empty() && !self.prefix.is_empty() {
+            return Err(Error::not_found(&self.address));
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Listing {
+            single_object: false,
+            entries,
+        })
+    }
+
+    async fn read(&self, entry: &Entry, range: Range<u64>) -> Result<Bytes> {
+        let path = self.location(entry)?;
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            // Plain web servers rarely honour If-Match; the size check below still applies.
+            if_match: entry.version.clone().filter(|_| self.family != Family::Http),
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| self.error(&path, e))?;
+        if result.meta.size != entry.size {
+            return Err(Error::source_changed(
+                self.shown(&path),
+                format!("size was {} and is now {}", entry.size, result.meta.size),
+            ));
+        }
+        result.bytes().await.map_err(|e| self.error(&path, e))
+    }
+
+    async fn check_unchanged(&self, entry: &Entry) -> Result<()> {
+        let path = self.location(entry)?;
+        let meta = self.store.head(&path).await.map_err(|e| self.error(&path, e))?;
+        if meta.size != entry.size || (entry.version.is_some() && meta.e_tag != entry.version) {
+            return Err(Error::source_changed(
+                self.shown(&path),
+                "size or ETag changed since it was listed",
+            ));
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[async_trait]
+impl Sink for ObjectBackend {
+    fn address(&self) -> &DataAddress {
+        &self.address
+    }
+
+    async fn is_directory(&self) -> Result<bool> {
+        if self.address.names_a_directory() {
+            return Ok(true);
+        }
+        let path = self.path("")?;
+        let mut below = self.store.list(Some(&path));
+        match below.try_next().await {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) => Err(self.error(&path, e)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<Entry>> {
+        let path = self.path(key)?;
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(self.entry(key.to_string(), &meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(&path, e)),
+        }
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<Entry> {
+        let path = self.path(key)?;
+        let size = data.len() as u64;
+        let result = self
+            .store
+            .put(&path, PutPayload::from_bytes(data))
+            .await
+            .map_err(|e| self.error(&path, e))?;
+        Ok(Entry {
+            key: key.to_string(),
+            location: path.to_string(),
+            size,
+            version: result.e_tag,
+        })
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<UploadId> {
+        let path = self.path(key)?;
+        self.multipart()?
+            .create_multipart(&path)
+            .await
+            .map_err(|e| self.error(&path, e))
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        upload: &UploadId,
+        index: usize,
+        _offset: u64,
+        data: Bytes,
+    ) -> Result<PartToken> {
+        let path = self.path(key)?;
+        let part = self
+            .multipart()?
+            .put_part(&path, upload, index, PutPayload::from_bytes(data))
+            .await
+            .map_err(|e| self.error(&path, e))?;
+        Ok(PartToken(part.content_id))
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload: &UploadId,
+        parts: Vec<PartToken>,
+    ) -> Result<Entry> {
+        let path = self.path(key)?;
+        let parts = parts
+            .into_iter()
+            .map(|p| PartId { content_id: p.0 })
+            .collect();
+        self.multipart()?
+            .complete_multipart(&path, upload, parts)
+            .await
+            .map_err(|e| self.error(&path, e))?;
+        let meta = self.store.head(&path).await.map_err(|e| self.error(&path, e))?;
+        Ok(self.entry(key.to_string(), &meta))
+    }
+
+    async fn abort_upload(&self, key: &str, upload: &UploadId) -> Result<()> {
+        let path = self.path(key)?;
+        match self.multipart()?.abort_multipart(&path, upload).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(&path, e)),
+        }
+    }
+
+    async fn copy_from(&self, source: &dyn Source, entry: &Entry, key: &str) -> Result<Option<Entry>> {
+        // S3 CopyObject handles up to 5 GiB; larger objects stream through ferry.
+        const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+        let Some(other) = source.as_any().downcast_ref::<ObjectBackend>() else {
+            return Ok(None);
+        };
+        if self.family != Family::S3 || other.identity != self.identity || entry.size > MAX_SINGLE_COPY {
+            return Ok(None);
+        }
+        let from = other.location(entry)?;
+        let to = self.path(key)?;
+        self.store
+            .copy(&from, &to)
+            .await
+            .map_err(|e| self.error(&to, e))?;
+        let meta = self.store.head(&to).await.map_err(|e| self.error(&to, e))?;
+        Ok(Some(self.entry(key.to_string(), &meta)))
+    }
+
+    fn min_part_size(&self) -> u64 {
+        match self.family {
+            Family::S3 => 5 * 1024 * 1024,
+            _ => 1,
+        }
+    }
+
+    fn max_parts(&self) -> usize {
+        match self.family {
+            Family::S3 => 10_000,
+            Family::Azure => 50_000,
+            Family::Http => 1,
+        }
+    }
+}

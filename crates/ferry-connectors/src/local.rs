@@ -105,7 +105,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
         if name.ends_with(PARTIAL_SUFFIX) {
             continue;
         }
-        let file_type = item.file_type().map_err(|e| Error::io(path.display(), &e))?;
+        let file_type = item
+            .file_type()
+            .map_err(|e| Error::io(path.display(), &e))?;
         if file_type.is_dir() {
             walk(root, &path, out)?;
             continue;
@@ -139,7 +141,10 @@ fn unchanged(entry: &Entry) -> Result<()> {
         ));
     }
     if version_of(&meta) != entry.version {
-        return Err(Error::source_changed(path.display(), "modification time changed"));
+        return Err(Error::source_changed(
+            path.display(),
+            "modification time changed",
+        ));
     }
     Ok(())
 }
@@ -217,7 +222,11 @@ fn new_upload_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}-{:x}-{seq:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+    format!(
+        "{:x}-{:x}-{seq:x}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    )
 }
 
 #[async_trait]
@@ -403,7 +412,12 @@ mod kernel_copy {
         Ok(())
     }
 
-    fn copy_through_buffer(input: &File, output: &File, mut offset: u64, mut left: u64) -> io::Result<()> {
+    fn copy_through_buffer(
+        input: &File,
+        output: &File,
+        mut offset: u64,
+        mut left: u64,
+    ) -> io::Result<()> {
         let mut buf = vec![0u8; (1 << 20).min(left as usize)];
         while left > 0 {
             let n = (buf.len() as u64).min(left) as usize;

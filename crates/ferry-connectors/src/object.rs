@@ -76,7 +76,8 @@ fn invalid(address: &DataAddress, reason: impl fmt::Display) -> Error {
 }
 
 fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    std::env::var(name)
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 impl ObjectBackend {
@@ -143,7 +144,10 @@ impl ObjectBackend {
                 builder = builder.with_allow_http(true);
             }
         }
-        if builder.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
+        if builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .is_none()
+        {
             builder = builder.with_region("us-east-1");
         }
         let access_key = builder.get_config_value(&AmazonS3ConfigKey::AccessKeyId);
@@ -313,7 +317,11 @@ impl ObjectBackend {
             other => {
                 let text = other.to_string();
                 let lower = text.to_ascii_lowercase();
-                if lower.contains("403 forbidden") || lower.contains("signaturedoesnotmatch") || lower.contains("invalidaccesskeyid") || lower.contains("authenticationfailed") {
+                if lower.contains("403 forbidden")
+                    || lower.contains("signaturedoesnotmatch")
+                    || lower.contains("invalidaccesskeyid")
+                    || lower.contains("authenticationfailed")
+                {
                     return Error::permission_denied(at, text);
                 }
                 if lower.contains("error sending request")
@@ -364,7 +372,12 @@ impl Source for ObjectBackend {
             let path = self.path("")?;
             match self.store.head(&path).await {
                 Ok(meta) => {
-                    let name = self.prefix.rsplit('/').next().unwrap_or_default().to_string();
+                    let name = self
+                        .prefix
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     return Ok(Listing {
                         single_object: true,
                         entries: vec![self.entry(name, &meta)],
@@ -416,7 +429,10 @@ impl Source for ObjectBackend {
         let options = GetOptions {
             range: Some(GetRange::Bounded(range)),
             // Plain web servers rarely honour If-Match; the size check below still applies.
-            if_match: entry.version.clone().filter(|_| self.family != Family::Http),
+            if_match: entry
+                .version
+                .clone()
+                .filter(|_| self.family != Family::Http),
             ..Default::default()
         };
         let result = self
@@ -435,7 +451,11 @@ impl Source for ObjectBackend {
 
     async fn check_unchanged(&self, entry: &Entry) -> Result<()> {
         let path = self.location(entry)?;
-        let meta = self.store.head(&path).await.map_err(|e| self.error(&path, e))?;
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(|e| self.error(&path, e))?;
         if meta.size != entry.size || (entry.version.is_some() && meta.e_tag != entry.version) {
             return Err(Error::source_changed(
                 self.shown(&path),
@@ -456,16 +476,10 @@ impl Sink for ObjectBackend {
         &self.address
     }
 
+    /// Object stores have no directories: a destination ending in `/` (or a bare bucket)
+    /// is a prefix to copy into, anything else names the object itself.
     async fn is_directory(&self) -> Result<bool> {
-        if self.address.names_a_directory() {
-            return Ok(true);
-        }
-        let path = self.path("")?;
-        let mut below = self.store.list(Some(&path));
-        match below.try_next().await {
-            Ok(found) => Ok(found.is_some()),
-            Err(e) => Err(self.error(&path, e)),
-        }
+        Ok(self.address.names_a_directory())
     }
 
     async fn head(&self, key: &str) -> Result<Option<Entry>> {
@@ -533,7 +547,11 @@ impl Sink for ObjectBackend {
             .complete_multipart(&path, upload, parts)
             .await
             .map_err(|e| self.error(&path, e))?;
-        let meta = self.store.head(&path).await.map_err(|e| self.error(&path, e))?;
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(|e| self.error(&path, e))?;
         Ok(self.entry(key.to_string(), &meta))
     }
 
@@ -545,13 +563,21 @@ impl Sink for ObjectBackend {
         }
     }
 
-    async fn copy_from(&self, source: &dyn Source, entry: &Entry, key: &str) -> Result<Option<Entry>> {
+    async fn copy_from(
+        &self,
+        source: &dyn Source,
+        entry: &Entry,
+        key: &str,
+    ) -> Result<Option<Entry>> {
         // S3 CopyObject handles up to 5 GiB; larger objects stream through ferry.
         const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
         let Some(other) = source.as_any().downcast_ref::<ObjectBackend>() else {
             return Ok(None);
         };
-        if self.family != Family::S3 || other.identity != self.identity || entry.size > MAX_SINGLE_COPY {
+        if self.family != Family::S3
+            || other.identity != self.identity
+            || entry.size > MAX_SINGLE_COPY
+        {
             return Ok(None);
         }
         let from = other.location(entry)?;

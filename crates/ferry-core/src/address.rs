@@ -63,9 +63,9 @@ impl DataAddress {
         let url = Url::parse(trimmed).map_err(|e| invalid(&format!("malformed URL: {e}")))?;
         match scheme.as_str() {
             "file" => {
-                let path = url
-                    .to_file_path()
-                    .map_err(|()| invalid("file:// URLs need an absolute path, e.g. file:///data/in"))?;
+                let path = url.to_file_path().map_err(|()| {
+                    invalid("file:// URLs need an absolute path, e.g. file:///data/in")
+                })?;
                 let mut path_str = path.to_string_lossy().into_owned();
                 if url.path().ends_with('/') && !path_str.ends_with('/') {
                     path_str.push('/');
@@ -96,7 +96,9 @@ impl DataAddress {
             "az" | "azure" => {
                 let container = url.host_str().unwrap_or_default().to_string();
                 if container.is_empty() {
-                    return Err(invalid("missing container name, e.g. az://my-container/prefix/"));
+                    return Err(invalid(
+                        "missing container name, e.g. az://my-container/prefix/",
+                    ));
                 }
                 Ok(Self::Azure {
                     container,
@@ -322,12 +324,19 @@ mod tests {
     #[test]
     fn errors_name_the_address_and_the_fault() {
         let e = DataAddress::parse("gs://bucket/x").unwrap_err().to_string();
-        assert!(e.contains("gs://bucket/x") && e.contains("unknown scheme 'gs'"), "{e}");
+        assert!(
+            e.contains("gs://bucket/x") && e.contains("unknown scheme 'gs'"),
+            "{e}"
+        );
         let e = DataAddress::parse("s3:///key").unwrap_err().to_string();
         assert!(e.contains("missing bucket"), "{e}");
-        let e = DataAddress::parse("s3://Bad_Bucket/k").unwrap_err().to_string();
+        let e = DataAddress::parse("s3://Bad_Bucket/k")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Bad_Bucket"), "{e}");
-        let e = DataAddress::parse("gs://b/k?sig=hunter22").unwrap_err().to_string();
+        let e = DataAddress::parse("gs://b/k?sig=hunter22")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("hunter22") && e.contains("sig=***"), "{e}");
         let e = DataAddress::parse("http://").unwrap_err().to_string();
         assert!(e.contains("http://"), "{e}");

@@ -128,7 +128,10 @@ impl Digest {
         let a = u32::from_be_bytes(self.bytes.as_slice().try_into().ok()?);
         let b = u32::from_be_bytes(next.bytes.as_slice().try_into().ok()?);
         let combined = crc32c::crc32c_combine(a, b, usize::try_from(next_len).ok()?);
-        Some(Digest::new(ChecksumAlgo::Crc32c, combined.to_be_bytes().to_vec()))
+        Some(Digest::new(
+            ChecksumAlgo::Crc32c,
+            combined.to_be_bytes().to_vec(),
+        ))
     }
 
     pub fn hex(&self) -> String {

@@ -247,7 +247,7 @@ impl StateStore {
         key: &str,
         source_size: u64,
         source_version: Option<&str>,
-        checksum: &str,
+        checksum: Option<&str>,
         dest_version: Option<&str>,
     ) -> Result<()> {
         let mut conn = self.conn();
@@ -325,13 +325,26 @@ mod tests {
                 .begin_upload("r1", "big.bin", 100, Some("v1"), "up-1", 40)
                 .unwrap();
             store
-                .part_done("r1", "big.bin", 0, &PartToken("t0".into()), Some("crc32c:00"))
+                .part_done(
+                    "r1",
+                    "big.bin",
+                    0,
+                    &PartToken("t0".into()),
+                    Some("crc32c:00"),
+                )
                 .unwrap();
             store
                 .part_done("r1", "big.bin", 2, &PartToken("t2".into()), None)
                 .unwrap();
             store
-                .file_done("r1", "small.txt", 3, Some("v9"), "crc32c:01", Some("e1"))
+                .file_done(
+                    "r1",
+                    "small.txt",
+                    3,
+                    Some("v9"),
+                    Some("crc32c:01"),
+                    Some("e1"),
+                )
                 .unwrap();
         }
         let store = StateStore::open(dir.path()).unwrap();
@@ -341,10 +354,7 @@ mod tests {
         let upload = big.upload.as_ref().unwrap();
         assert_eq!(upload.upload_id, "up-1");
         assert_eq!(upload.part_size, 40);
-        assert_eq!(
-            upload.parts.keys().copied().collect::<Vec<_>>(),
-            vec![0, 2]
-        );
+        assert_eq!(upload.parts.keys().copied().collect::<Vec<_>>(), vec![0, 2]);
         assert_eq!(upload.parts[&0].0, PartToken("t0".into()));
         let small = &files["small.txt"];
         assert!(small.done);
@@ -362,7 +372,9 @@ mod tests {
         store
             .part_done("r'1", "k", 0, &PartToken("a".into()), None)
             .unwrap();
-        store.file_done("r'1", "k", 10, None, "crc32c:ff", None).unwrap();
+        store
+            .file_done("r'1", "k", 10, None, Some("crc32c:ff"), None)
+            .unwrap();
         let files = store.files("r'1").unwrap();
         assert!(files["k"].done && files["k"].upload.is_none());
         assert_eq!(store.run_status("r'1").unwrap().as_deref(), Some("running"));

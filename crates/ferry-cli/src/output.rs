@@ -1,0 +1,187 @@
+//! What the user sees: the progress bar and the summaries, as text or JSON.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_core::DataAddress;
+use ferry_engine::{Action, CopyReport, Progress, VerifyReport};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Bar {
+    bar: ProgressBar,
+    files_total: AtomicU64,
+    files_done: AtomicU64,
+}
+
+impl Bar {
+    pub fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        Self {
+            bar,
+            files_total: AtomicU64::new(0),
+            files_done: AtomicU64::new(0),
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn show_files(&self) {
+        let done = self.files_done.load(Ordering::Relaxed);
+        let total = self.files_total.load(Ordering::Relaxed);
+        self.bar.set_message(format!("files {done}/{total}"));
+    }
+}
+
+impl Progress for Bar {
+    fn planned(&self, files: u64, bytes: u64) {
+        self.files_total.store(files, Ordering::Relaxed);
+        self.bar.set_length(bytes);
+        self.show_files();
+    }
+
+    fn advanced(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn file_finished(&self, _key: &str) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        self.show_files();
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn copy_report(
+    report: &CopyReport,
+    src: &DataAddress,
+    dst: &DataAddress,
+    dry_run: bool,
+    json: bool,
+) {
+    if dry_run {
+        let total: u64 = report.files.iter().map(|f| f.size).sum();
+        if json {
+            let files: Vec<_> = report
+                .files
+                .iter()
+                .map(|f| serde_json::json!({"key": f.key, "destination": dst.join(&f.destination_key).to_string(), "size": f.size}))
+                .collect();
+            let out = serde_json::json!({"status": "dry_run", "objects": files.len(), "bytes": total, "would_copy": files});
+            println!("{out}");
+        } else {
+            for f in &report.files {
+                let to = if f.destination_key.is_empty() {
+                    dst.clone()
+                } else {
+                    dst.join(&f.destination_key)
+                };
+                println!("would copy {} -> {to} ({})", f.key, human_bytes(f.size));
+            }
+            println!(
+                "dry run: {} files, {} from {src}",
+                report.files.len(),
+                human_bytes(total)
+            );
+        }
+        return;
+    }
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("ferry: error: cannot encode the summary: {e}"),
+        }
+        return;
+    }
+    for f in report
+        .files
+        .iter()
+        .filter(|f| f.action == Action::Failed || f.error.is_some())
+    {
+        eprintln!(
+            "ferry: failed: {}: {}",
+            f.key,
+            f.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    let resumed = report
+        .files
+        .iter()
+        .filter(|f| f.action == Action::Resumed)
+        .count();
+    let mut line = format!(
+        "{}: {} objects, {} in {:.2}s ({}/s)",
+        if report.failed == 0 {
+            "copied"
+        } else {
+            "incomplete"
+        },
+        report.objects,
+        human_bytes(report.bytes),
+        report.duration_s,
+        human_bytes(report.throughput_bytes_per_s as u64),
+    );
+    if report.skipped > 0 {
+        line.push_str(&format!(", {} already done", report.skipped));
+    }
+    if resumed > 0 {
+        line.push_str(&format!(", {resumed} resumed"));
+    }
+    if report.failed > 0 {
+        line.push_str(&format!(
+            ", {} failed (run the same command again to retry them)",
+            report.failed
+        ));
+    }
+    if let Some(c) = &report.checksum {
+        line.push_str(&format!(", checksum {c}"));
+    }
+    match report.verified {
+        Some(true) => line.push_str(", verified"),
+        Some(false) => line.push_str(", VERIFICATION FAILED"),
+        None => {}
+    }
+    println!("{line}");
+}
+
+pub fn verify_report(report: &VerifyReport, json: bool) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("ferry: error: cannot encode the summary: {e}"),
+        }
+        return;
+    }
+    for d in &report.differences {
+        println!("{d}");
+    }
+    println!(
+        "{}: compared {} objects ({}), {} differences",
+        if report.differences.is_empty() {
+            "identical"
+        } else {
+            "different"
+        },
+        report.compared,
+        human_bytes(report.bytes),
+        report.differences.len()
+    );
+}

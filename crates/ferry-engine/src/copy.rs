@@ -1,0 +1,664 @@
+//! One copy, from plan to verified result.
+//!
+//! Files move concurrently (`transfers`); a file larger than the part size moves in parts
+//! (`concurrency` at once), each part recorded in the checkpoint once the destination has
+//! it, so a restarted copy continues where the last one stopped. Every byte read is paid
+//! for in the shared [`Budget`] first, which bounds memory whatever the data's size.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use ferry_connectors::{open_sink, open_source};
+use ferry_core::{
+    ChecksumAlgo, DataAddress, Digest, Entry, Error, PartToken, Result, Sink, Source,
+};
+use ferry_state::{FileCheckpoint, StateStore};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::budget::Budget;
+use crate::filter::KeyFilter;
+use crate::options::CopyOptions;
+use crate::report::{digest_text, Action, CopyReport, FileReport, Progress};
+use crate::verify::read_digest;
+
+/// Copies `src` to `dst`. Errors of single files are in the report (status `failed`);
+/// an `Err` means nothing could start (bad address, missing source, unusable state).
+pub async fn copy(
+    src: &DataAddress,
+    dst: &DataAddress,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<CopyReport> {
+    opts.validate()?;
+    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
+    let source = open_source(src)?;
+    let sink = open_sink(dst)?;
+    let started = Instant::now();
+
+    let listing = source.list().await?;
+    let single = listing.single_object;
+    let into_directory = single && sink.is_directory().await?;
+    let plan: Vec<(Entry, String)> = listing
+        .entries
+        .into_iter()
+        .filter(|e| single || filter.allows(&e.key))
+        .map(|e| {
+            let dest_key = if single && !into_directory {
+                String::new()
+            } else {
+                e.key.clone()
+            };
+            (e, dest_key)
+        })
+        .collect();
+
+    if opts.dry_run {
+        let files = plan
+            .into_iter()
+            .map(|(e, dest_key)| FileReport {
+                key: e.key,
+                destination_key: dest_key,
+                size: e.size,
+                action: Action::WouldCopy,
+                checksum: None,
+                error: None,
+            })
+            .collect();
+        return Ok(CopyReport::new(
+            files,
+            opts.checksum,
+            started.elapsed(),
+            single,
+        ));
+    }
+
+    let state = Arc::new(StateStore::open(&opts.state_dir)?);
+    let run_id = run_id(src, dst, opts.checksum);
+    if !opts.resume {
+        discard_run(&state, &run_id, sink.as_ref(), &plan).await?;
+    }
+    state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    let mut checkpoints = state.files(&run_id)?;
+
+    progress.planned(plan.len() as u64, plan.iter().map(|(e, _)| e.size).sum());
+    let run = Arc::new(Run {
+        source,
+        sink,
+        state: state.clone(),
+        run_id: run_id.clone(),
+        opts: opts.clone(),
+        budget: Budget::new(opts.max_buffer),
+        progress,
+    });
+    let files: Vec<FileReport> =
+        futures::stream::iter(plan.into_iter().map(|(entry, dest_key)| {
+            let checkpoint = checkpoints.remove(&entry.key);
+            let run = run.clone();
+            async move { run.copy_file(entry, dest_key, checkpoint).await }
+        }))
+        .buffer_unordered(opts.transfers)
+        .collect()
+        .await;
+
+    let mut report = CopyReport::new(files, opts.checksum, started.elapsed(), single);
+    if opts.verify && report.failed == 0 {
+        let ok = run.verify_copied(dst, &mut report).await?;
+        report.verified = Some(ok);
+        if !ok {
+            report.status = crate::report::Status::Failed;
+        }
+    }
+    state.finish_run(
+        &run_id,
+        if report.failed == 0 {
+            "succeeded"
+        } else {
+            "failed"
+        },
+    )?;
+    Ok(report)
+}
+
+/// The same copy (same ends, same checksum) always has the same run id, so re-running a
+/// command finds its checkpoint.
+fn run_id(src: &DataAddress, dst: &DataAddress, algo: ChecksumAlgo) -> String {
+    let canonical = |a: &DataAddress| match a {
+        DataAddress::Local { path } => {
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let mut s = abs.to_string_lossy().into_owned();
+            if a.names_a_directory() && !s.ends_with('/') {
+                s.push('/');
+            }
+            s
+        }
+        other => other.to_string(),
+    };
+    let text = format!("{}\n{}\n{algo}", canonical(src), canonical(dst));
+    ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
+}
+
+/// `--no-resume`: abort the uploads an earlier run left open and forget its progress.
+async fn discard_run(
+    state: &StateStore,
+    run_id: &str,
+    sink: &dyn Sink,
+    plan: &[(Entry, String)],
+) -> Result<()> {
+    let dest_keys: BTreeMap<&str, &str> = plan
+        .iter()
+        .map(|(e, d)| (e.key.as_str(), d.as_str()))
+        .collect();
+    for (key, file) in state.files(run_id)? {
+        if let (Some(upload), Some(dest_key)) = (file.upload, dest_keys.get(key.as_str())) {
+            if let Err(e) = sink.abort_upload(dest_key, &upload.upload_id).await {
+                tracing::warn!(%key, error = %e, "could not abort an earlier upload");
+            }
+        }
+    }
+    state.forget_run(run_id)
+}
+
+struct Run {
+    source: Arc<dyn Source>,
+    sink: Arc<dyn Sink>,
+    state: Arc<StateStore>,
+    run_id: String,
+    opts: CopyOptions,
+    budget: Budget,
+    progress: Arc<dyn Progress>,
+}
+
+/// One part on its way from the source to the destination.
+struct Staged {
+    index: usize,
+    range: Range<u64>,
+    /// The bytes, unless the part is already at the destination or copied by the kernel.
+    data: Option<Bytes>,
+    /// Set when an earlier run already uploaded this part.
+    done: Option<PartToken>,
+    digest: Option<Digest>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Run {
+    async fn copy_file(
+        &self,
+        entry: Entry,
+        dest_key: String,
+        checkpoint: Option<FileCheckpoint>,
+    ) -> FileReport {
+        let outcome = self.try_copy_file(&entry, &dest_key, checkpoint).await;
+        self.progress.file_finished(&entry.key);
+        let (action, checksum, error) = match outcome {
+            Ok((action, digest)) => (action, digest, None),
+            Err(e) => {
+                tracing::debug!(key = %entry.key, error = %e, "file failed");
+                (Action::Failed, None, Some(e.to_string()))
+            }
+        };
+        FileReport {
+            key: entry.key,
+            destination_key: dest_key,
+            size: entry.size,
+            action,
+            checksum,
+            error,
+        }
+    }
+
+    async fn try_copy_file(
+        &self,
+        entry: &Entry,
+        dest_key: &str,
+        checkpoint: Option<FileCheckpoint>,
+    ) -> Result<(Action, Option<String>)> {
+        let unchanged_source = checkpoint
+            .as_ref()
+            .is_some_and(|c| c.source_size == entry.size && c.source_version == entry.version);
+        if let Some(c) = checkpoint.as_ref().filter(|c| c.done && unchanged_source) {
+            if let Some(at_dest) = self.sink.head(dest_key).await? {
+                let same_version = c.dest_version.is_none() || at_dest.version == c.dest_version;
+                if at_dest.size == entry.size && same_version {
+                    self.progress.advanced(entry.size);
+                    return Ok((Action::Skipped, c.checksum.clone()));
+                }
+            }
+        }
+
+        if let Some(written) = self
+            .sink
+            .copy_from(self.source.as_ref(), entry, dest_key)
+            .await?
+        {
+            self.expect_size(entry, &written)?;
+            self.state.file_done(
+                &self.run_id,
+                &entry.key,
+                entry.size,
+                entry.version.as_deref(),
+                None,
+                written.version.as_deref(),
+            )?;
+            self.progress.advanced(entry.size);
+            return Ok((Action::ServerSideCopied, None));
+        }
+
+        if entry.size <= self.opts.part_size {
+            let digest = self.copy_whole(entry, dest_key).await?;
+            return Ok((Action::Copied, Some(digest_text(&digest))));
+        }
+
+        let resumable = checkpoint
+            .and_then(|c| c.upload.map(|u| (u, unchanged_source)))
+            .and_then(|(u, unchanged)| {
+                if unchanged {
+                    Some(u)
+                } else {
+                    // The source changed since that upload started: it is worthless now.
+                    let sink = self.sink.clone();
+                    let key = dest_key.to_string();
+                    tokio::spawn(async move { sink.abort_upload(&key, &u.upload_id).await });
+                    None
+                }
+            });
+        let resumed = resumable.is_some();
+        match self.copy_parts(entry, dest_key, resumable).await {
+            Ok(digest) => Ok((
+                if resumed {
+                    Action::Resumed
+                } else {
+                    Action::Copied
+                },
+                Some(digest_text(&digest)),
+            )),
+            // The earlier upload is gone (expired, aborted, its partial file removed): start over.
+            Err(Error::NotFound { .. }) if resumed => {
+                self.state.forget_file(&self.run_id, &entry.key)?;
+                let digest = self.copy_parts(entry, dest_key, None).await?;
+                Ok((Action::Copied, Some(digest_text(&digest))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn expect_size(&self, entry: &Entry, written: &Entry) -> Result<()> {
+        if written.size != entry.size {
+            return Err(Error::store(
+                self.sink.address().join(&written.key),
+                format!(
+                    "destination holds {} bytes after the write, expected {}",
+                    written.size, entry.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn copy_whole(&self, entry: &Entry, dest_key: &str) -> Result<Digest> {
+        let _permit = self.budget.acquire(entry.size).await;
+        let data = if entry.size == 0 {
+            Bytes::new()
+        } else {
+            self.source.read(entry, 0..entry.size).await?
+        };
+        let digest = self.opts.checksum.digest(&data);
+        let written = self.sink.put(dest_key, data).await?;
+        self.expect_size(entry, &written)?;
+        self.state.file_done(
+            &self.run_id,
+            &entry.key,
+            entry.size,
+            entry.version.as_deref(),
+            Some(&digest.to_string()),
+            written.version.as_deref(),
+        )?;
+        self.progress.advanced(entry.size);
+        Ok(digest)
+    }
+
+    fn part_size_for(&self, size: u64) -> u64 {
+        let max_parts = self.sink.max_parts().max(1) as u64;
+        self.opts
+            .part_size
+            .max(self.sink.min_part_size())
+            .max(size.div_ceil(max_parts))
+    }
+
+    async fn copy_parts(
+        &self,
+        entry: &Entry,
+        dest_key: &str,
+        resumable: Option<ferry_state::UploadCheckpoint>,
+    ) -> Result<Digest> {
+        let algo = self.opts.checksum;
+        let (upload_id, part_size, done) = match resumable {
+            Some(u) => (u.upload_id, u.part_size, u.parts),
+            None => {
+                let part_size = self.part_size_for(entry.size);
+                let id = self.sink.create_upload(dest_key).await?;
+                self.state.begin_upload(
+                    &self.run_id,
+                    &entry.key,
+                    entry.size,
+                    entry.version.as_deref(),
+                    &id,
+                    part_size,
+                )?;
+                (id, part_size, BTreeMap::new())
+            }
+        };
+        let ranges: Vec<Range<u64>> = (0..entry.size.div_ceil(part_size))
+            .map(|i| i * part_size..((i + 1) * part_size).min(entry.size))
+            .collect();
+        // Local to local: the kernel copies, ferry only reads to checksum (CRC32C combines
+        // per part, so no ordering is needed).
+        let kernel_source = match self.sink.address() {
+            DataAddress::Local { .. } if algo.combinable() => self.source.local_path(entry),
+            _ => None,
+        };
+        let hasher = Mutex::new(algo.hasher());
+        let done = &done;
+        let kernel_source = &kernel_source;
+
+        let parts: Vec<(usize, PartToken, Option<Digest>, u64)> =
+            futures::stream::iter(ranges.iter().cloned().enumerate())
+                .map(|(index, range)| {
+                    self.stage_part(
+                        entry,
+                        index,
+                        range,
+                        done.get(&index),
+                        kernel_source.as_deref(),
+                    )
+                })
+                .buffered(self.opts.concurrency)
+                .map_ok(|staged| {
+                    // Whole-object digests of non-combinable algorithms see the parts in order.
+                    if !algo.combinable() {
+                        if let Some(data) = &staged.data {
+                            hasher
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .update(data);
+                        }
+                    }
+                    self.upload_part(
+                        entry,
+                        dest_key,
+                        &upload_id,
+                        staged,
+                        kernel_source.as_deref(),
+                    )
+                })
+                .try_buffer_unordered(self.opts.concurrency)
+                .try_collect()
+                .await?;
+
+        let mut parts = parts;
+        parts.sort_by_key(|p| p.0);
+        let digest = if algo.combinable() {
+            let mut acc: Option<Digest> = None;
+            for (_, _, digest, len) in &parts {
+                let d = digest
+                    .clone()
+                    .ok_or_else(|| Error::Internal("a part has no checksum".into()))?;
+                acc = Some(match acc {
+                    None => d,
+                    Some(prev) => prev
+                        .combine(&d, *len)
+                        .ok_or_else(|| Error::Internal("checksums do not combine".into()))?,
+                });
+            }
+            acc.unwrap_or_else(|| algo.digest(&[]))
+        } else {
+            hasher
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .finish()
+        };
+
+        if let Err(e) = self.source.check_unchanged(entry).await {
+            if matches!(e, Error::SourceChanged { .. }) {
+                let _ = self.sink.abort_upload(dest_key, &upload_id).await;
+                self.state.forget_file(&self.run_id, &entry.key)?;
+            }
+            return Err(e);
+        }
+        let tokens = parts.into_iter().map(|p| p.1).collect();
+        let written = self
+            .sink
+            .complete_upload(dest_key, &upload_id, tokens)
+            .await?;
+        self.expect_size(entry, &written)?;
+        self.state.file_done(
+            &self.run_id,
+            &entry.key,
+            entry.size,
+            entry.version.as_deref(),
+            Some(&digest.to_string()),
+            written.version.as_deref(),
+        )?;
+        Ok(digest)
+    }
+
+    /// Reads (or, for the kernel path, checksums) one part.
+    async fn stage_part(
+        &self,
+        entry: &Entry,
+        index: usize,
+        range: Range<u64>,
+        done: Option<&(PartToken, Option<String>)>,
+        kernel_source: Option<&Path>,
+    ) -> Result<Staged> {
+        let algo = self.opts.checksum;
+        let len = range.end - range.start;
+        if let Some((token, digest)) = done {
+            let digest = digest.as_deref().map(str::parse::<Digest>).transpose()?;
+            if algo.combinable() && digest.is_some() {
+                return Ok(Staged {
+                    index,
+                    range,
+                    data: None,
+                    done: Some(token.clone()),
+                    digest,
+                    _permit: None,
+                });
+            }
+            // The digest needs this part's bytes again, though the destination has them.
+            let permit = self.budget.acquire(len).await;
+            let data = self.source.read(entry, range.clone()).await?;
+            let digest = algo.combinable().then(|| algo.digest(&data));
+            return Ok(Staged {
+                index,
+                range,
+                data: Some(data),
+                done: Some(token.clone()),
+                digest,
+                _permit: Some(permit),
+            });
+        }
+        if let Some(path) = kernel_source {
+            let digest = hash_file_range(path.to_path_buf(), range.clone(), algo).await?;
+            return Ok(Staged {
+                index,
+                range,
+                data: None,
+                done: None,
+                digest: Some(digest),
+                _permit: None,
+            });
+        }
+        let permit = self.budget.acquire(len).await;
+        let data = self.source.read(entry, range.clone()).await?;
+        let digest = algo.combinable().then(|| algo.digest(&data));
+        Ok(Staged {
+            index,
+            range,
+            data: Some(data),
+            done: None,
+            digest,
+            _permit: Some(permit),
+        })
+    }
+
+    /// Sends one staged part to the destination and records it in the checkpoint.
+    async fn upload_part(
+        &self,
+        entry: &Entry,
+        dest_key: &str,
+        upload_id: &str,
+        staged: Staged,
+        kernel_source: Option<&Path>,
+    ) -> Result<(usize, PartToken, Option<Digest>, u64)> {
+        let len = staged.range.end - staged.range.start;
+        if let Some(token) = staged.done {
+            return Ok((staged.index, token, staged.digest, len));
+        }
+        let upload_id = upload_id.to_string();
+        let token = match (staged.data, kernel_source) {
+            (Some(data), _) => {
+                self.sink
+                    .put_part(dest_key, &upload_id, staged.index, staged.range.start, data)
+                    .await?
+            }
+            (None, Some(path)) => self
+                .sink
+                .copy_part_from_file(
+                    dest_key,
+                    &upload_id,
+                    staged.index,
+                    path,
+                    staged.range.clone(),
+                )
+                .await?
+                .ok_or_else(|| Error::Internal("the destination cannot copy from a file".into()))?,
+            (None, None) => return Err(Error::Internal("a part has no data".into())),
+        };
+        drop(staged._permit);
+        self.state.part_done(
+            &self.run_id,
+            &entry.key,
+            staged.index,
+            &token,
+            staged.digest.as_ref().map(|d| d.to_string()).as_deref(),
+        )?;
+        self.progress.advanced(len);
+        Ok((staged.index, token, staged.digest, len))
+    }
+
+    /// `--verify`: re-reads every file at the destination and compares its checksum with
+    /// the one computed while copying (or, for server-side copies, with the source's).
+    async fn verify_copied(&self, dst: &DataAddress, report: &mut CopyReport) -> Result<bool> {
+        let dest_source = open_source(dst)?;
+        let listing = dest_source.list().await?;
+        let at_dest: BTreeMap<String, Entry> = if listing.single_object {
+            listing
+                .entries
+                .into_iter()
+                .map(|e| (String::new(), e))
+                .collect()
+        } else {
+            listing
+                .entries
+                .into_iter()
+                .map(|e| (e.key.clone(), e))
+                .collect()
+        };
+        let algo = self.opts.checksum;
+        let source_entries: BTreeMap<String, Entry> = self
+            .source
+            .list()
+            .await?
+            .entries
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let checks = report.files.iter_mut().map(|file| {
+            let dest_source = dest_source.clone();
+            let dest_entry = at_dest.get(&file.destination_key).cloned();
+            let source_entry = source_entries.get(&file.key).cloned();
+            async move {
+                let Some(dest_entry) = dest_entry else {
+                    file.error = Some(format!(
+                        "verify: {} is missing at the destination",
+                        file.key
+                    ));
+                    return Ok::<bool, Error>(false);
+                };
+                let expected = match (&file.checksum, source_entry) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(src)) => {
+                        let d = read_digest(
+                            self.source.as_ref(),
+                            &src,
+                            algo,
+                            self.opts.part_size,
+                            &self.budget,
+                        )
+                        .await?;
+                        file.checksum = Some(d.to_string());
+                        d.to_string()
+                    }
+                    (None, None) => return Ok(false),
+                };
+                let actual = read_digest(
+                    dest_source.as_ref(),
+                    &dest_entry,
+                    algo,
+                    self.opts.part_size,
+                    &self.budget,
+                )
+                .await?
+                .to_string();
+                if actual != expected {
+                    file.error = Some(format!(
+                        "verify: {} has checksum {actual} at the destination, expected {expected}",
+                        file.key
+                    ));
+                    return Ok(false);
+                }
+                Ok(true)
+            }
+        });
+        let results: Vec<bool> = futures::stream::iter(checks)
+            .buffer_unordered(self.opts.transfers)
+            .try_collect()
+            .await?;
+        let ok = results.iter().all(|r| *r);
+        if !ok {
+            report.error = report.files.iter().find_map(|f| f.error.clone());
+        }
+        Ok(ok)
+    }
+}
+
+/// Checksums a byte range of a local file through a small buffer.
+async fn hash_file_range(path: PathBuf, range: Range<u64>, algo: ChecksumAlgo) -> Result<Digest> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(path.display(), &e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut hasher = algo.hasher();
+        let mut at = range.start;
+        while at < range.end {
+            let n = (range.end - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Error::source_changed(path.display(), "file is shorter than when listed")
+                } else {
+                    Error::io(path.display(), &e)
+                }
+            })?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(hasher.finish())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("checksum task failed: {e}")))?
+}

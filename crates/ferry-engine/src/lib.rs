@@ -1,0 +1,16 @@
+//! ferry's transfer engine: runs one copy or verification between two addresses.
+
+mod budget;
+mod copy;
+mod filter;
+pub mod options;
+pub mod report;
+mod verify;
+
+pub use copy::copy;
+pub use filter::KeyFilter;
+pub use options::{parse_size, CopyOptions};
+pub use report::{
+    Action, CopyReport, Difference, FileReport, NoProgress, Progress, Status, VerifyReport,
+};
+pub use verify::verify;

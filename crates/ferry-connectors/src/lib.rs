@@ -7,6 +7,7 @@ use ferry_core::{DataAddress, Error, Result, Sink, Source};
 
 pub mod local;
 pub mod object;
+pub mod testkit;
 
 pub use local::LocalStore;
 pub use object::ObjectBackend;

@@ -341,7 +341,7 @@ impl ObjectBackend {
             key,
             location: meta.location.to_string(),
             size: meta.size,
-            version: meta.e_tag.clone(),
+            version: meta.e_tag.as_deref().map(unquote),
         }
     }
 
@@ -349,6 +349,11 @@ impl ObjectBackend {
         Path::parse(&entry.location)
             .map_err(|e| Error::Internal(format!("bad location {}: {e}", entry.location)))
     }
+}
+
+/// Stores quote ETags in some answers and not in others (Azure listings); compare them bare.
+fn unquote(etag: &str) -> String {
+    etag.trim_start_matches("W/").trim_matches('"').to_string()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -456,7 +461,8 @@ impl Source for ObjectBackend {
             .head(&path)
             .await
             .map_err(|e| self.error(&path, e))?;
-        if meta.size != entry.size || (entry.version.is_some() && meta.e_tag != entry.version) {
+        let version = meta.e_tag.as_deref().map(unquote);
+        if meta.size != entry.size || (entry.version.is_some() && version != entry.version) {
             return Err(Error::source_changed(
                 self.shown(&path),
                 "size or ETag changed since it was listed",
@@ -503,7 +509,7 @@ impl Sink for ObjectBackend {
             key: key.to_string(),
             location: path.to_string(),
             size,
-            version: result.e_tag,
+            version: result.e_tag.as_deref().map(unquote),
         })
     }
 

@@ -70,7 +70,7 @@ fn redact_pairs(text: &str) -> String {
         out.push('=');
         let after = &after[1..];
         let value_len = after
-            .find(|c: char| c == '&' || c == ' ' || c == '"' || c == '\'' || c == ',' || c == ')')
+            .find(['&', ' ', '"', '\'', ',', ')'])
             .unwrap_or(after.len());
         if !name.is_empty() && value_len > 0 && is_secret_name(name) {
             out.push_str(MASK);

@@ -64,6 +64,7 @@ pub async fn copy(
                 key: e.key,
                 destination_key: dest_key,
                 size: e.size,
+                moved: 0,
                 action: Action::WouldCopy,
                 checksum: None,
                 error: None,
@@ -173,6 +174,13 @@ struct Run {
     progress: Arc<dyn Progress>,
 }
 
+/// How one file ended.
+struct Done {
+    action: Action,
+    checksum: Option<String>,
+    moved: u64,
+}
+
 /// One part on its way from the source to the destination.
 struct Staged {
     index: usize,
@@ -194,17 +202,22 @@ impl Run {
     ) -> FileReport {
         let outcome = self.try_copy_file(&entry, &dest_key, checkpoint).await;
         self.progress.file_finished(&entry.key);
-        let (action, checksum, error) = match outcome {
-            Ok((action, digest)) => (action, digest, None),
+        let (action, checksum, moved, error) = match outcome {
+            Ok(Done {
+                action,
+                checksum,
+                moved,
+            }) => (action, checksum, moved, None),
             Err(e) => {
                 tracing::debug!(key = %entry.key, error = %e, "file failed");
-                (Action::Failed, None, Some(e.to_string()))
+                (Action::Failed, None, 0, Some(e.to_string()))
             }
         };
         FileReport {
             key: entry.key,
             destination_key: dest_key,
             size: entry.size,
+            moved,
             action,
             checksum,
             error,
@@ -216,7 +229,7 @@ impl Run {
         entry: &Entry,
         dest_key: &str,
         checkpoint: Option<FileCheckpoint>,
-    ) -> Result<(Action, Option<String>)> {
+    ) -> Result<Done> {
         let unchanged_source = checkpoint
             .as_ref()
             .is_some_and(|c| c.source_size == entry.size && c.source_version == entry.version);
@@ -225,7 +238,11 @@ impl Run {
                 let same_version = c.dest_version.is_none() || at_dest.version == c.dest_version;
                 if at_dest.size == entry.size && same_version {
                     self.progress.advanced(entry.size);
-                    return Ok((Action::Skipped, c.checksum.clone()));
+                    return Ok(Done {
+                        action: Action::Skipped,
+                        checksum: c.checksum.clone(),
+                        moved: 0,
+                    });
                 }
             }
         }
@@ -245,12 +262,20 @@ impl Run {
                 written.version.as_deref(),
             )?;
             self.progress.advanced(entry.size);
-            return Ok((Action::ServerSideCopied, None));
+            return Ok(Done {
+                action: Action::ServerSideCopied,
+                checksum: None,
+                moved: entry.size,
+            });
         }
 
         if entry.size <= self.opts.part_size {
             let digest = self.copy_whole(entry, dest_key).await?;
-            return Ok((Action::Copied, Some(digest_text(&digest))));
+            return Ok(Done {
+                action: Action::Copied,
+                checksum: Some(digest_text(&digest)),
+                moved: entry.size,
+            });
         }
 
         let resumable = checkpoint
@@ -268,19 +293,24 @@ impl Run {
             });
         let resumed = resumable.is_some();
         match self.copy_parts(entry, dest_key, resumable).await {
-            Ok(digest) => Ok((
-                if resumed {
+            Ok((digest, moved)) => Ok(Done {
+                action: if resumed {
                     Action::Resumed
                 } else {
                     Action::Copied
                 },
-                Some(digest_text(&digest)),
-            )),
+                checksum: Some(digest_text(&digest)),
+                moved,
+            }),
             // The earlier upload is gone (expired, aborted, its partial file removed): start over.
             Err(Error::NotFound { .. }) if resumed => {
                 self.state.forget_file(&self.run_id, &entry.key)?;
-                let digest = self.copy_parts(entry, dest_key, None).await?;
-                Ok((Action::Copied, Some(digest_text(&digest))))
+                let (digest, moved) = self.copy_parts(entry, dest_key, None).await?;
+                Ok(Done {
+                    action: Action::Copied,
+                    checksum: Some(digest_text(&digest)),
+                    moved,
+                })
             }
             Err(e) => Err(e),
         }
@@ -318,6 +348,7 @@ impl Run {
             written.version.as_deref(),
         )?;
         self.progress.advanced(entry.size);
+        crate::failpoint::file_recorded().await;
         Ok(digest)
     }
 
@@ -334,7 +365,7 @@ impl Run {
         entry: &Entry,
         dest_key: &str,
         resumable: Option<ferry_state::UploadCheckpoint>,
-    ) -> Result<Digest> {
+    ) -> Result<(Digest, u64)> {
         let algo = self.opts.checksum;
         let (upload_id, part_size, done) = match resumable {
             Some(u) => (u.upload_id, u.part_size, u.parts),
@@ -401,6 +432,11 @@ impl Run {
 
         let mut parts = parts;
         parts.sort_by_key(|p| p.0);
+        let moved: u64 = parts
+            .iter()
+            .filter(|p| !done.contains_key(&p.0))
+            .map(|p| p.3)
+            .sum();
         let digest = if algo.combinable() {
             let mut acc: Option<Digest> = None;
             for (_, _, digest, len) in &parts {
@@ -443,7 +479,7 @@ impl Run {
             Some(&digest.to_string()),
             written.version.as_deref(),
         )?;
-        Ok(digest)
+        Ok((digest, moved))
     }
 
     /// Reads (or, for the kernel path, checksums) one part.
@@ -548,6 +584,7 @@ impl Run {
             staged.digest.as_ref().map(|d| d.to_string()).as_deref(),
         )?;
         self.progress.advanced(len);
+        crate::failpoint::part_recorded().await;
         Ok((staged.index, token, staged.digest, len))
     }
 

@@ -2,6 +2,7 @@
 
 mod budget;
 mod copy;
+pub mod failpoint;
 mod filter;
 pub mod options;
 pub mod report;

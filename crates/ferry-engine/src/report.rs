@@ -48,6 +48,8 @@ pub struct FileReport {
     /// Where it went, relative to the destination address (`""`: the address itself).
     pub destination_key: String,
     pub size: u64,
+    /// Bytes this run sent (less than `size` for a resumed upload, 0 when skipped).
+    pub moved: u64,
     pub action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
@@ -64,6 +66,8 @@ pub struct CopyReport {
     /// Objects written by this run.
     pub objects: u64,
     pub skipped: u64,
+    /// Objects whose interrupted upload this run continued.
+    pub resumed: u64,
     pub failed: u64,
     pub duration_s: f64,
     pub throughput_bytes_per_s: f64,
@@ -86,12 +90,14 @@ impl CopyReport {
         single: bool,
     ) -> Self {
         let mut bytes = 0;
-        let (mut objects, mut skipped, mut failed) = (0, 0, 0);
+        let (mut objects, mut skipped, mut failed, mut resumed) = (0, 0, 0, 0);
         for f in &files {
+            bytes += f.moved;
             match f.action {
-                Action::Copied | Action::ServerSideCopied | Action::Resumed => {
+                Action::Copied | Action::ServerSideCopied => objects += 1,
+                Action::Resumed => {
                     objects += 1;
-                    bytes += f.size;
+                    resumed += 1;
                 }
                 Action::Skipped => skipped += 1,
                 Action::Failed => failed += 1,
@@ -116,6 +122,7 @@ impl CopyReport {
             bytes,
             objects,
             skipped,
+            resumed,
             failed,
             duration_s,
             throughput_bytes_per_s: if duration_s > 0.0 {

@@ -1,0 +1,239 @@
+//! Shared by the test suites of every ferry crate: where the real test services are, and a
+//! conformance suite that every [`Source`]/[`Sink`] backend must pass.
+//!
+//! Services are found through the variables `scripts/services env` prints. When one is
+//! missing a test skips with a message, except under CI (`CI` set), where it fails: a
+//! green CI must mean every backend was exercised.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use ferry_core::{DataAddress, Error, Sink, Source};
+
+/// A remote backend the suites run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remote {
+    S3,
+    Azure,
+}
+
+impl Remote {
+    /// The base address for tests (a bucket or container that `scripts/services up`
+    /// created), or `None` (after saying why) when the service is not configured and this
+    /// is not CI. Panics under CI when the service is missing.
+    pub fn base(self) -> Option<String> {
+        let (var, base, name) = match self {
+            Remote::S3 => ("FERRY_TEST_S3_ENDPOINT", "s3://ferry-test", "S3"),
+            Remote::Azure => ("FERRY_TEST_AZURE", "az://ferry-test", "Azure"),
+        };
+        if std::env::var_os(var).is_some() {
+            return Some(base.to_string());
+        }
+        let msg = format!(
+            "{name} test service not configured ({var} unset): run `scripts/services up` and `eval \"$(scripts/services env)\"`"
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("skipping: {msg}");
+        None
+    }
+
+    /// A fresh prefix under the base, unique to this process and call.
+    pub fn unique(self, label: &str) -> Option<String> {
+        self.base().map(|b| format!("{b}/{}/", unique_name(label)))
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name no other test run uses: label, process id, time and a counter.
+pub fn unique_name(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{label}-{}-{:x}-{}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Keys that exercise naming: nesting, unicode, spaces and URL-special characters.
+pub const TRICKY_KEYS: &[&str] = &[
+    "plain.txt",
+    "dir/nested/deep.bin",
+    "naïve ü/日本語.txt",
+    "with space & #hash%.csv",
+];
+
+async fn read_all(source: &dyn Source, key: &str) -> Vec<u8> {
+    let listing = source.list().await.expect("list");
+    let entry = listing
+        .entries
+        .iter()
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("{key} not listed by {:?}", source.address()));
+    if entry.size == 0 {
+        return Vec::new();
+    }
+    source
+        .read(entry, 0..entry.size)
+        .await
+        .expect("read")
+        .to_vec()
+}
+
+/// The backend conformance suite. `sink` and `source` are the same backend opened for
+/// writing and reading at one empty directory or prefix (`address`).
+pub async fn conformance(address: &DataAddress, sink: &dyn Sink, source: &dyn Source) {
+    // Whole puts: every tricky key, plus an empty object; listing shows them all.
+    for (i, key) in TRICKY_KEYS.iter().enumerate() {
+        let written = sink
+            .put(key, Bytes::from(bytes(1000 + i, i as u64)))
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        assert_eq!(written.size, 1000 + i as u64);
+    }
+    sink.put("empty", Bytes::new()).await.expect("put empty");
+    let listing = source.list().await.expect("list");
+    assert!(!listing.single_object);
+    let mut keys: Vec<&str> = listing.entries.iter().map(|e| e.key.as_str()).collect();
+    keys.sort();
+    let mut expected: Vec<&str> = TRICKY_KEYS.iter().copied().chain(["empty"]).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "listing of {address}");
+    for (i, key) in TRICKY_KEYS.iter().enumerate() {
+        assert_eq!(
+            read_all(source, key).await,
+            bytes(1000 + i, i as u64),
+            "{key}"
+        );
+    }
+    assert!(read_all(source, "empty").await.is_empty());
+
+    // Ranged reads return exactly the range.
+    let entry = listing
+        .entries
+        .iter()
+        .find(|e| e.key == "plain.txt")
+        .unwrap();
+    let part = source.read(entry, 10..20).await.expect("ranged read");
+    assert_eq!(&part[..], &bytes(1000, 0)[10..20]);
+
+    // Overwrite replaces the content whole.
+    sink.put("plain.txt", Bytes::from_static(b"second version"))
+        .await
+        .expect("overwrite");
+    assert_eq!(read_all(source, "plain.txt").await, b"second version");
+    let head = sink
+        .head("plain.txt")
+        .await
+        .expect("head")
+        .expect("present");
+    assert_eq!(head.size, 14);
+    assert!(sink.head("absent").await.expect("head absent").is_none());
+
+    // Upload in parts, out of order; nothing is visible until completion.
+    let part_size = sink.min_part_size().max(64 * 1024) as usize;
+    let big = bytes(part_size * 2 + 777, 42);
+    let upload = sink
+        .create_upload("multi/big.bin")
+        .await
+        .expect("create upload");
+    let chunks: Vec<&[u8]> = big.chunks(part_size).collect();
+    let mut tokens = vec![None; chunks.len()];
+    for i in (0..chunks.len()).rev() {
+        let t = sink
+            .put_part(
+                "multi/big.bin",
+                &upload,
+                i,
+                (i * part_size) as u64,
+                Bytes::copy_from_slice(chunks[i]),
+            )
+            .await
+            .expect("put part");
+        tokens[i] = Some(t);
+    }
+    assert!(
+        sink.head("multi/big.bin").await.expect("head").is_none(),
+        "an upload in progress must not be visible"
+    );
+    let tokens = tokens.into_iter().map(Option::unwrap).collect();
+    let done = sink
+        .complete_upload("multi/big.bin", &upload, tokens)
+        .await
+        .expect("complete");
+    assert_eq!(done.size, big.len() as u64);
+    assert_eq!(read_all(source, "multi/big.bin").await, big);
+
+    // An aborted upload leaves nothing behind and cannot be completed.
+    let upload = sink
+        .create_upload("multi/aborted.bin")
+        .await
+        .expect("create");
+    let t = sink
+        .put_part(
+            "multi/aborted.bin",
+            &upload,
+            0,
+            0,
+            Bytes::from(bytes(1000, 7)),
+        )
+        .await
+        .expect("part");
+    sink.abort_upload("multi/aborted.bin", &upload)
+        .await
+        .expect("abort");
+    assert!(sink
+        .head("multi/aborted.bin")
+        .await
+        .expect("head")
+        .is_none());
+    // Azure cannot discard uncommitted blocks (it collects them after about a week), so
+    // only stores with a real abort must refuse to complete.
+    if address.kind() != "azure" {
+        assert!(
+            sink.complete_upload("multi/aborted.bin", &upload, vec![t])
+                .await
+                .is_err(),
+            "completing an aborted upload must fail"
+        );
+    }
+    let keys: Vec<String> = source
+        .list()
+        .await
+        .expect("list")
+        .entries
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(!keys.iter().any(|k| k.contains("aborted")), "{keys:?}");
+
+    // A missing object is NotFound, naming it.
+    let missing = address.join("no/such/object");
+    let err = crate::open_source(&missing)
+        .expect("open")
+        .list()
+        .await
+        .expect_err("listing a missing object must fail");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("no/such/object"), "{err}");
+}

@@ -1,0 +1,41 @@
+//! A test hook for crash tests: `FERRY_FAILPOINT=pause-after-parts:N` (or `…-files:N`)
+//! makes the process announce on stderr that it reached the point, then hang, so a test
+//! can SIGKILL it at a known place instead of guessing with timers. Unset, it costs one
+//! relaxed atomic increment.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+static PARTS: AtomicU64 = AtomicU64::new(0);
+static FILES: AtomicU64 = AtomicU64::new(0);
+
+pub const REACHED: &str = "ferry: failpoint reached";
+
+fn setting() -> &'static Option<(String, u64)> {
+    static SETTING: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    SETTING.get_or_init(|| {
+        let value = std::env::var("FERRY_FAILPOINT").ok()?;
+        let (name, n) = value.split_once(':')?;
+        Some((name.to_string(), n.parse().ok()?))
+    })
+}
+
+async fn hit(name: &str, counter: &AtomicU64) {
+    let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some((wanted, n)) = setting() {
+        if wanted == name && count >= *n {
+            eprintln!("{REACHED}: {name}:{n}");
+            futures::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Called after a part is durably recorded in the checkpoint.
+pub async fn part_recorded() {
+    hit("pause-after-parts", &PARTS).await;
+}
+
+/// Called after a whole file is durably recorded in the checkpoint.
+pub async fn file_recorded() {
+    hit("pause-after-files", &FILES).await;
+}

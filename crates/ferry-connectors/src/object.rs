@@ -305,34 +305,46 @@ impl ObjectBackend {
     fn error(&self, path: &Path, err: object_store::Error) -> Error {
         use object_store::Error as E;
         let at = self.shown(path);
+        let text = err.to_string();
+        let detail = concise(&text);
+        let code = between(&text, "<Code>", "</Code>").unwrap_or_default();
+        if matches!(code, "NoSuchBucket" | "ContainerNotFound") {
+            return Error::not_found(format!("{} ({detail})", self.root_shown()));
+        }
+        let lower = text.to_ascii_lowercase();
         match err {
             E::NotFound { .. } => Error::not_found(at),
             E::Precondition { .. } | E::NotModified { .. } => {
                 Error::source_changed(at, "its ETag no longer matches the listing")
             }
-            E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
-                Error::permission_denied(at, source)
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::permission_denied(at, detail),
+            E::NotSupported { .. } => Error::not_supported(at, detail),
+            _ if lower.contains("403 forbidden")
+                || lower.contains("401 unauthorized")
+                || matches!(
+                    code,
+                    "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AuthorizationFailure" | "AuthenticationFailed" | "AccessDenied"
+                ) =>
+            {
+                Error::permission_denied(at, detail)
             }
-            E::NotSupported { source } => Error::not_supported(at, source),
-            other => {
-                let text = other.to_string();
-                let lower = text.to_ascii_lowercase();
-                if lower.contains("403 forbidden")
-                    || lower.contains("signaturedoesnotmatch")
-                    || lower.contains("invalidaccesskeyid")
-                    || lower.contains("authenticationfailed")
-                {
-                    return Error::permission_denied(at, text);
-                }
-                if lower.contains("error sending request")
-                    || lower.contains("connect")
-                    || lower.contains("dns error")
-                    || lower.contains("timed out")
-                {
-                    return Error::unreachable(at, text);
-                }
-                Error::store(at, text)
+            _ if lower.contains("error sending request")
+                || lower.contains("connection refused")
+                || lower.contains("dns error")
+                || lower.contains("timed out") =>
+            {
+                Error::unreachable(at, detail)
             }
+            _ => Error::store(at, detail),
+        }
+    }
+
+    /// The bucket or container itself, for errors about it.
+    fn root_shown(&self) -> String {
+        match &self.address {
+            DataAddress::S3 { bucket, .. } => format!("s3://{bucket}"),
+            DataAddress::Azure { container, .. } => format!("az://{container}"),
+            other => other.to_string(),
         }
     }
 
@@ -349,6 +361,38 @@ impl ObjectBackend {
         Path::parse(&entry.location)
             .map_err(|e| Error::Internal(format!("bad location {}: {e}", entry.location)))
     }
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(&text[start..start + len])
+}
+
+/// object_store's messages carry the request, the retry bookkeeping and the raw response
+/// body; a user needs the status, the service's error code and message, and the retries.
+fn concise(text: &str) -> String {
+    let mut parts = Vec::new();
+    if let Some(status) = between(text, "status code: ", ":") {
+        parts.push(status.trim().to_string());
+    }
+    match (between(text, "<Code>", "</Code>"), between(text, "<Message>", "</Message>")) {
+        (Some(code), Some(message)) => {
+            let message = message.split("RequestId:").next().unwrap_or(message);
+            let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+            parts.push(format!("{code}: {message}"));
+        }
+        (Some(code), None) => parts.push(code.to_string()),
+        _ => {}
+    }
+    if parts.is_empty() {
+        let cause = text.rsplit(" - ").next().unwrap_or(text);
+        parts.push(cause.trim().to_string());
+    }
+    if let Some(retries) = between(text, "after ", " retries") {
+        parts.push(format!("after {retries} retries"));
+    }
+    parts.join(", ")
 }
 
 /// Stores quote ETags in some answers and not in others (Azure listings); compare them bare.

@@ -60,7 +60,7 @@ impl Error {
 
     pub fn not_found(address: impl Display) -> Self {
         Self::NotFound {
-            address: redact(&address.to_string()),
+            address: one_line(&address.to_string()),
         }
     }
 

@@ -11,12 +11,18 @@ const MIB: usize = 1024 * 1024;
 
 fn ferry(state: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env("FERRY_STATE_DIR", state).env_remove("FERRY_FAILPOINT").stdin(Stdio::null());
+    cmd.env("FERRY_STATE_DIR", state)
+        .env_remove("FERRY_FAILPOINT")
+        .stdin(Stdio::null());
     cmd
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output { status, stdout, stderr } = cmd.output().expect("run ferry");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run ferry");
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).into_owned(),
@@ -34,7 +40,10 @@ fn assert_one_line_error(stderr: &str, needle: &str) {
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(lines[0].starts_with("ferry: error: "), "{stderr}");
     assert!(lines[0].contains(needle), "'{needle}' not in: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -87,7 +96,10 @@ fn failures_exit_1_naming_the_address() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     let missing = work.path().join("no-such-dir");
-    let (code, _, err) = run(ferry(&state).arg("copy").arg(&missing).arg(work.path().join("out")));
+    let (code, _, err) = run(ferry(&state)
+        .arg("copy")
+        .arg(&missing)
+        .arg(work.path().join("out")));
     assert_eq!(code, 1);
     assert_one_line_error(&err, &format!("{}: not found", missing.display()));
 
@@ -96,10 +108,17 @@ fn failures_exit_1_naming_the_address() {
     std::fs::write(&blocker, b"keep me").unwrap();
     let src = work.path().join("f.txt");
     std::fs::write(&src, b"data").unwrap();
-    let (code, _, err) = run(ferry(&state).arg("copy").arg(&src).arg(blocker.join("sub/f.txt")));
+    let (code, _, err) = run(ferry(&state)
+        .arg("copy")
+        .arg(&src)
+        .arg(blocker.join("sub/f.txt")));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("blocker"), "{err}");
-    assert_eq!(std::fs::read(&blocker).unwrap(), b"keep me", "existing data was damaged");
+    assert_eq!(
+        std::fs::read(&blocker).unwrap(),
+        b"keep me",
+        "existing data was damaged"
+    );
 }
 
 #[test]
@@ -120,7 +139,9 @@ fn unreachable_endpoint_fails_with_retries_not_a_hang() {
 
 #[test]
 fn wrong_azure_key_is_permission_denied_without_the_key() {
-    let Some(base) = Remote::Azure.unique("wrong-key") else { return };
+    let Some(base) = Remote::Azure.unique("wrong-key") else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("f.txt");
     std::fs::write(&src, b"data").unwrap();
@@ -131,10 +152,18 @@ fn wrong_azure_key_is_permission_denied_without_the_key() {
         .env("AZURE_STORAGE_ACCOUNT_KEY", wrong)
         .args(["copy"])
         .arg(&src)
-        .arg(format!("{base}f.txt?endpoint=http://127.0.0.1:10000/devstoreaccount1")));
+        .arg(format!(
+            "{base}f.txt?endpoint=http://127.0.0.1:10000/devstoreaccount1"
+        )));
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("permission denied") || err.contains("403"), "{err}");
-    assert!(!err.contains(wrong) && !out.contains(wrong), "the key leaked: {err}");
+    assert!(
+        err.contains("permission denied") || err.contains("403"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(wrong) && !out.contains(wrong),
+        "the key leaked: {err}"
+    );
 }
 
 /// Starts `ferry copy` with a failpoint, waits for it to announce the point, kills it
@@ -156,7 +185,11 @@ fn start_and_kill(state: &Path, failpoint: &str, args: &[&str]) {
             break;
         }
     }
-    assert!(reached, "ferry exited before the failpoint: {:?}", child.wait());
+    assert!(
+        reached,
+        "ferry exited before the failpoint: {:?}",
+        child.wait()
+    );
     // SIGKILL: no chance to clean up, exactly like a crash or an evicted pod.
     child.kill().unwrap();
     let status = child.wait().unwrap();
@@ -170,7 +203,16 @@ fn killed_copy_resumes(destination: &str, read_back: impl Fn() -> Vec<u8>) {
     let data = bytes(6 * 5 * MIB + 17, 11);
     std::fs::write(&src, &data).unwrap();
     let src_s = src.display().to_string();
-    let args = ["copy", "--json", "--part-size", "5MiB", "--concurrency", "2", &src_s, destination];
+    let args = [
+        "copy",
+        "--json",
+        "--part-size",
+        "5MiB",
+        "--concurrency",
+        "2",
+        &src_s,
+        destination,
+    ];
 
     start_and_kill(&state, "pause-after-parts:2", &args);
     let (code, out, err) = run(ferry(&state).args(args));
@@ -178,7 +220,10 @@ fn killed_copy_resumes(destination: &str, read_back: impl Fn() -> Vec<u8>) {
     let v = json(&out);
     assert_eq!(v["resumed"], 1, "{out}");
     let moved = v["bytes"].as_u64().unwrap();
-    assert!(moved < data.len() as u64, "the resumed run moved {moved} bytes: it started over");
+    assert!(
+        moved < data.len() as u64,
+        "the resumed run moved {moved} bytes: it started over"
+    );
     assert!(read_back() == data, "content differs after resume");
 }
 
@@ -193,7 +238,9 @@ fn killed_local_copy_resumes() {
 
 #[test]
 fn killed_s3_copy_resumes() {
-    let Some(base) = Remote::S3.unique("killed") else { return };
+    let Some(base) = Remote::S3.unique("killed") else {
+        return;
+    };
     let dst = format!("{base}big.bin");
     let back = tempfile::tempdir().unwrap();
     let state = back.path().join("state");
@@ -207,7 +254,9 @@ fn killed_s3_copy_resumes() {
 
 #[test]
 fn killed_azure_copy_resumes() {
-    let Some(base) = Remote::Azure.unique("killed") else { return };
+    let Some(base) = Remote::Azure.unique("killed") else {
+        return;
+    };
     let dst = format!("{base}big.bin");
     let back = tempfile::tempdir().unwrap();
     let state = back.path().join("state");
@@ -254,12 +303,20 @@ fn killed_copy_leaves_the_old_destination_intact_and_no_partial_object() {
     let dst = out_dir.join("big.bin");
     std::fs::write(&dst, b"old contents").unwrap();
     let (s, d) = (src.display().to_string(), dst.display().to_string());
-    start_and_kill(&state, "pause-after-parts:1", &["copy", "--part-size", "1MiB", "--concurrency", "1", &s, &d]);
+    start_and_kill(
+        &state,
+        "pause-after-parts:1",
+        &["copy", "--part-size", "1MiB", "--concurrency", "1", &s, &d],
+    );
     assert_eq!(std::fs::read(&dst).unwrap(), b"old contents");
     // `--no-resume` starts over and removes the abandoned partial file.
-    let (code, _, err) = run(ferry(&state).args(["copy", "--no-resume", "--part-size", "1MiB", &s, &d]));
+    let (code, _, err) =
+        run(ferry(&state).args(["copy", "--no-resume", "--part-size", "1MiB", &s, &d]));
     assert_eq!(code, 0, "{err}");
-    let names: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("big.bin")]);
     assert_eq!(std::fs::read(&dst).unwrap(), bytes(4 * MIB, 1));
 }

@@ -317,13 +317,19 @@ impl ObjectBackend {
             E::Precondition { .. } | E::NotModified { .. } => {
                 Error::source_changed(at, "its ETag no longer matches the listing")
             }
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::permission_denied(at, detail),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                Error::permission_denied(at, detail)
+            }
             E::NotSupported { .. } => Error::not_supported(at, detail),
             _ if lower.contains("403 forbidden")
                 || lower.contains("401 unauthorized")
                 || matches!(
                     code,
-                    "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AuthorizationFailure" | "AuthenticationFailed" | "AccessDenied"
+                    "SignatureDoesNotMatch"
+                        | "InvalidAccessKeyId"
+                        | "AuthorizationFailure"
+                        | "AuthenticationFailed"
+                        | "AccessDenied"
                 ) =>
             {
                 Error::permission_denied(at, detail)
@@ -376,7 +382,10 @@ fn concise(text: &str) -> String {
     if let Some(status) = between(text, "status code: ", ":") {
         parts.push(status.trim().to_string());
     }
-    match (between(text, "<Code>", "</Code>"), between(text, "<Message>", "</Message>")) {
+    match (
+        between(text, "<Code>", "</Code>"),
+        between(text, "<Message>", "</Message>"),
+    ) {
         (Some(code), Some(message)) => {
             let message = message.split("RequestId:").next().unwrap_or(message);
             let message = message.split_whitespace().collect::<Vec<_>>().join(" ");

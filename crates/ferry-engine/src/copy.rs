@@ -164,6 +164,8 @@ async fn discard_run(
     state.forget_run(run_id)
 }
 
+const KERNEL_COPY_PART: u64 = 64 * 1024 * 1024;
+
 struct Run {
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
@@ -352,10 +354,16 @@ impl Run {
         Ok(digest)
     }
 
-    fn part_size_for(&self, size: u64) -> u64 {
+    fn part_size_for(&self, size: u64, kernel_copy: bool) -> u64 {
+        // Kernel copies cost no memory; larger parts mean fewer checkpoint writes and
+        // less contention on the destination file's lock.
+        let wanted = if kernel_copy {
+            self.opts.part_size.max(KERNEL_COPY_PART)
+        } else {
+            self.opts.part_size
+        };
         let max_parts = self.sink.max_parts().max(1) as u64;
-        self.opts
-            .part_size
+        wanted
             .max(self.sink.min_part_size())
             .max(size.div_ceil(max_parts))
     }
@@ -367,10 +375,16 @@ impl Run {
         resumable: Option<ferry_state::UploadCheckpoint>,
     ) -> Result<(Digest, u64)> {
         let algo = self.opts.checksum;
+        // Local to local: the kernel copies, ferry only reads to checksum (CRC32C combines
+        // per part, so no ordering is needed).
+        let kernel_source = match self.sink.address() {
+            DataAddress::Local { .. } if algo.combinable() => self.source.local_path(entry),
+            _ => None,
+        };
         let (upload_id, part_size, done) = match resumable {
             Some(u) => (u.upload_id, u.part_size, u.parts),
             None => {
-                let part_size = self.part_size_for(entry.size);
+                let part_size = self.part_size_for(entry.size, kernel_source.is_some());
                 let id = self.sink.create_upload(dest_key).await?;
                 self.state.begin_upload(
                     &self.run_id,
@@ -386,12 +400,6 @@ impl Run {
         let ranges: Vec<Range<u64>> = (0..entry.size.div_ceil(part_size))
             .map(|i| i * part_size..((i + 1) * part_size).min(entry.size))
             .collect();
-        // Local to local: the kernel copies, ferry only reads to checksum (CRC32C combines
-        // per part, so no ordering is needed).
-        let kernel_source = match self.sink.address() {
-            DataAddress::Local { .. } if algo.combinable() => self.source.local_path(entry),
-            _ => None,
-        };
         let hasher = Mutex::new(algo.hasher());
         let done = &done;
         let kernel_source = &kernel_source;
@@ -674,28 +682,9 @@ impl Run {
     }
 }
 
-/// Checksums a byte range of a local file through a small buffer.
+/// Checksums a byte range of a local file off the async workers.
 async fn hash_file_range(path: PathBuf, range: Range<u64>, algo: ChecksumAlgo) -> Result<Digest> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(path.display(), &e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut hasher = algo.hasher();
-        let mut at = range.start;
-        while at < range.end {
-            let n = (range.end - at).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], at).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    Error::source_changed(path.display(), "file is shorter than when listed")
-                } else {
-                    Error::io(path.display(), &e)
-                }
-            })?;
-            hasher.update(&buf[..n]);
-            at += n as u64;
-        }
-        Ok(hasher.finish())
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("checksum task failed: {e}")))?
+    tokio::task::spawn_blocking(move || ferry_connectors::local::checksum_range(&path, range, algo))
+        .await
+        .map_err(|e| Error::Internal(format!("checksum task failed: {e}")))?
 }

@@ -164,8 +164,6 @@ async fn discard_run(
     state.forget_run(run_id)
 }
 
-const KERNEL_COPY_PART: u64 = 64 * 1024 * 1024;
-
 struct Run {
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
@@ -354,16 +352,10 @@ impl Run {
         Ok(digest)
     }
 
-    fn part_size_for(&self, size: u64, kernel_copy: bool) -> u64 {
-        // Kernel copies cost no memory; larger parts mean fewer checkpoint writes and
-        // less contention on the destination file's lock.
-        let wanted = if kernel_copy {
-            self.opts.part_size.max(KERNEL_COPY_PART)
-        } else {
-            self.opts.part_size
-        };
+    fn part_size_for(&self, size: u64) -> u64 {
         let max_parts = self.sink.max_parts().max(1) as u64;
-        wanted
+        self.opts
+            .part_size
             .max(self.sink.min_part_size())
             .max(size.div_ceil(max_parts))
     }
@@ -384,7 +376,7 @@ impl Run {
         let (upload_id, part_size, done) = match resumable {
             Some(u) => (u.upload_id, u.part_size, u.parts),
             None => {
-                let part_size = self.part_size_for(entry.size, kernel_source.is_some());
+                let part_size = self.part_size_for(entry.size);
                 let id = self.sink.create_upload(dest_key).await?;
                 self.state.begin_upload(
                     &self.run_id,

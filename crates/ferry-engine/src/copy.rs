@@ -336,6 +336,10 @@ impl Run {
         } else {
             self.source.read(entry, 0..entry.size).await?
         };
+        // Object stores guard the read with If-Match; a local file is checked afterwards.
+        if self.source.local_path(entry).is_some() {
+            self.source.check_unchanged(entry).await?;
+        }
         let digest = self.opts.checksum.digest(&data);
         let written = self.sink.put(dest_key, data).await?;
         self.expect_size(entry, &written)?;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    return_freed_buffers_to_the_os();
     let cli = args::Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -43,3 +44,18 @@ fn init_logging(verbose: u8) {
         .with_target(false)
         .init();
 }
+
+/// glibc raises its mmap threshold after large buffers are freed, and then serves later
+/// part buffers from the heap, where freed memory stays in the process. A fixed threshold
+/// keeps every part buffer mmapped, so peak RSS follows the byte budget.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn return_freed_buffers_to_the_os() {
+    // SAFETY: mallopt only adjusts allocator settings; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_buffers_to_the_os() {}

@@ -123,11 +123,6 @@ impl Error {
             _ => 1,
         }
     }
-
-    /// True for errors that a later attempt may not see (network, throttling).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Store { .. })
-    }
 }
 
 /// Errors shown to users are single lines: nested causes joined with `: `, secrets masked.

@@ -396,6 +396,13 @@ impl Run {
         let ranges: Vec<Range<u64>> = (0..entry.size.div_ceil(part_size))
             .map(|i| i * part_size..((i + 1) * part_size).min(entry.size))
             .collect();
+        // Writes into one local file serialize on its inode lock, so parallel kernel copies
+        // only spin on it; checksumming of later parts still overlaps the copy.
+        let upload_concurrency = if kernel_source.is_some() {
+            1
+        } else {
+            self.opts.concurrency
+        };
         let hasher = Mutex::new(algo.hasher());
         let done = &done;
         let kernel_source = &kernel_source;
@@ -430,7 +437,7 @@ impl Run {
                         kernel_source.as_deref(),
                     )
                 })
-                .try_buffer_unordered(self.opts.concurrency)
+                .try_buffer_unordered(upload_concurrency)
                 .try_collect()
                 .await?;
 

@@ -484,8 +484,10 @@ impl Source for ObjectBackend {
 
     async fn read(&self, entry: &Entry, range: Range<u64>) -> Result<Bytes> {
         let path = self.location(entry)?;
+        // A whole-object read needs no Range header, which some web servers do not honour.
+        let whole = range.start == 0 && range.end == entry.size;
         let options = GetOptions {
-            range: Some(GetRange::Bounded(range)),
+            range: (!whole).then_some(GetRange::Bounded(range)),
             // Plain web servers rarely honour If-Match; the size check below still applies.
             if_match: entry
                 .version

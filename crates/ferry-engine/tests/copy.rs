@@ -510,3 +510,101 @@ async fn verify_lists_every_difference() {
         .any(|d| d == "size differs: size (source 1, destination 2)"));
     assert_eq!(report.status, Status::Failed);
 }
+
+#[tokio::test]
+async fn s3_to_s3_in_one_bucket_copies_server_side() {
+    let Some(base) = Remote::S3.unique("server-side") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let (src, back) = (work.path().join("src"), work.path().join("back"));
+    make_tree(&src, 6 * MIB);
+    let opts = options(&work.path().join("state"));
+    let (a, b) = (format!("{base}a/"), format!("{base}b/"));
+    copy(
+        &addr(&format!("{}/", src.display())),
+        &addr(&a),
+        &opts,
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let report = copy(&addr(&a), &addr(&b), &opts, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(report.status, Status::Succeeded, "{:?}", report.error);
+    assert!(
+        report
+            .files
+            .iter()
+            .all(|f| f.action == Action::ServerSideCopied),
+        "{:?}",
+        report
+            .files
+            .iter()
+            .map(|f| (&f.key, &f.action))
+            .collect::<Vec<_>>()
+    );
+    copy(
+        &addr(&b),
+        &addr(&format!("{}/", back.display())),
+        &opts,
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_same_tree(&src, &back);
+}
+
+/// A plain web server (Python's http.server, which ignores Range headers) as a source.
+#[tokio::test]
+async fn http_source_single_file() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let served = work.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let data = bytes(300_000, 4);
+    std::fs::write(served.join("data file.bin"), &data).unwrap();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&served)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    // It announces "Serving HTTP on 127.0.0.1 port N (...)" once it listens.
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .split(" port ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected announcement: {line}"));
+    let dst = work.path().join("got.bin");
+    let report = copy(
+        &addr(&format!("http://127.0.0.1:{port}/data%20file.bin")),
+        &addr(&dst.display().to_string()),
+        &CopyOptions {
+            part_size: 1024 * 1024,
+            ..options(&work.path().join("state"))
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert_eq!(report.status, Status::Succeeded, "{:?}", report.error);
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+}

@@ -84,7 +84,7 @@ struct CopyArgs {
     /// Where checkpoints are kept [default: $FERRY_STATE_DIR, else ~/.local/state/ferry].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Show a progress bar even when stderr is not a terminal.
+    /// Show progress even when stderr is not a terminal (then as a plain line every 2 s).
     #[arg(long, overrides_with = "no_progress")]
     progress: bool,
     /// Never show a progress bar.
@@ -137,11 +137,10 @@ async fn copy(args: CopyArgs) -> Result<u8> {
         ..args.common.options()?
     };
     opts.validate()?;
-    let show_bar = !args.no_progress
-        && !args.common.json
-        && !opts.dry_run
-        && (args.progress || std::io::stderr().is_terminal());
-    let bar = show_bar.then(|| Arc::new(output::Bar::new()));
+    let on_terminal = std::io::stderr().is_terminal();
+    let show_bar =
+        !args.no_progress && !args.common.json && !opts.dry_run && (args.progress || on_terminal);
+    let bar = show_bar.then(|| output::Bar::new(on_terminal));
     let progress: Arc<dyn Progress> = match &bar {
         Some(bar) => bar.clone(),
         None => Arc::new(NoProgress),

@@ -10,25 +10,61 @@ pub struct Bar {
     bar: ProgressBar,
     files_total: AtomicU64,
     files_done: AtomicU64,
+    /// Set when stderr is not a terminal: progress is printed as plain lines instead.
+    plain: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Bar {
-    pub fn new() -> Self {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    /// A bar on the terminal, or, when stderr is not one, a line every `PLAIN_EVERY`.
+    pub fn new(on_terminal: bool) -> std::sync::Arc<Self> {
+        let target = if on_terminal {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(0), target);
         let style = ProgressStyle::with_template(
             "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
-        Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let this = std::sync::Arc::new(Self {
             bar,
             files_total: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
+            plain: (!on_terminal).then_some(stop),
+        });
+        if !on_terminal {
+            let watched = std::sync::Arc::downgrade(&this);
+            std::thread::spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(PLAIN_EVERY)
+                {
+                    let Some(bar) = watched.upgrade() else { break };
+                    eprintln!("{}", bar.plain_line());
+                }
+            });
         }
+        this
     }
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+        if let Some(stop) = &self.plain {
+            let _ = stop.send(());
+        }
+    }
+
+    fn plain_line(&self) -> String {
+        format!(
+            "ferry: {} / {}, {}/s, files {}/{}",
+            human_bytes(self.bar.position()),
+            human_bytes(self.bar.length().unwrap_or(0)),
+            human_bytes(self.bar.per_sec() as u64),
+            self.files_done.load(Ordering::Relaxed),
+            self.files_total.load(Ordering::Relaxed),
+        )
     }
 
     fn show_files(&self) {
@@ -37,6 +73,8 @@ impl Bar {
         self.bar.set_message(format!("files {done}/{total}"));
     }
 }
+
+const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Progress for Bar {
     fn planned(&self, files: u64, bytes: u64) {

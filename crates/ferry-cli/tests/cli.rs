@@ -236,9 +236,9 @@ fn killed_local_copy_resumes() {
     killed_copy_resumes(&dst_s, || std::fs::read(&dst).unwrap());
 }
 
-#[test]
-fn killed_s3_copy_resumes() {
-    let Some(base) = Remote::S3.unique("killed") else {
+/// Kills and resumes an upload to `remote`, then downloads it to compare.
+fn killed_remote_copy_resumes(remote: Remote) {
+    let Some(base) = remote.unique("killed") else {
         return;
     };
     let dst = format!("{base}big.bin");
@@ -253,19 +253,13 @@ fn killed_s3_copy_resumes() {
 }
 
 #[test]
+fn killed_s3_copy_resumes() {
+    killed_remote_copy_resumes(Remote::S3);
+}
+
+#[test]
 fn killed_azure_copy_resumes() {
-    let Some(base) = Remote::Azure.unique("killed") else {
-        return;
-    };
-    let dst = format!("{base}big.bin");
-    let back = tempfile::tempdir().unwrap();
-    let state = back.path().join("state");
-    killed_copy_resumes(&dst, || {
-        let out = back.path().join("back.bin");
-        let (code, _, err) = run(ferry(&state).arg("copy").arg(&dst).arg(&out));
-        assert_eq!(code, 0, "{err}");
-        std::fs::read(out).unwrap()
-    });
+    killed_remote_copy_resumes(Remote::Azure);
 }
 
 #[test]

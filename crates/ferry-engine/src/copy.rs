@@ -252,15 +252,7 @@ impl Run {
             .copy_from(self.source.as_ref(), entry, dest_key)
             .await?
         {
-            self.expect_size(entry, &written)?;
-            self.state.file_done(
-                &self.run_id,
-                &entry.key,
-                entry.size,
-                entry.version.as_deref(),
-                None,
-                written.version.as_deref(),
-            )?;
+            self.record_done(entry, &written, None)?;
             self.progress.advanced(entry.size);
             return Ok(Done {
                 action: Action::ServerSideCopied,
@@ -316,6 +308,19 @@ impl Run {
         }
     }
 
+    /// Checks what the destination reports and records the file as done.
+    fn record_done(&self, entry: &Entry, written: &Entry, digest: Option<&Digest>) -> Result<()> {
+        self.expect_size(entry, written)?;
+        self.state.file_done(
+            &self.run_id,
+            &entry.key,
+            entry.size,
+            entry.version.as_deref(),
+            digest.map(|d| d.to_string()).as_deref(),
+            written.version.as_deref(),
+        )
+    }
+
     fn expect_size(&self, entry: &Entry, written: &Entry) -> Result<()> {
         if written.size != entry.size {
             return Err(Error::store(
@@ -342,15 +347,7 @@ impl Run {
         }
         let digest = self.opts.checksum.digest(&data);
         let written = self.sink.put(dest_key, data).await?;
-        self.expect_size(entry, &written)?;
-        self.state.file_done(
-            &self.run_id,
-            &entry.key,
-            entry.size,
-            entry.version.as_deref(),
-            Some(&digest.to_string()),
-            written.version.as_deref(),
-        )?;
+        self.record_done(entry, &written, Some(&digest))?;
         self.progress.advanced(entry.size);
         crate::failpoint::file_recorded().await;
         Ok(digest)
@@ -481,15 +478,7 @@ impl Run {
             .sink
             .complete_upload(dest_key, &upload_id, tokens)
             .await?;
-        self.expect_size(entry, &written)?;
-        self.state.file_done(
-            &self.run_id,
-            &entry.key,
-            entry.size,
-            entry.version.as_deref(),
-            Some(&digest.to_string()),
-            written.version.as_deref(),
-        )?;
+        self.record_done(entry, &written, Some(&digest))?;
         Ok((digest, moved))
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::budget::Budget;
 use crate::filter::KeyFilter;
 use crate::options::CopyOptions;
-use crate::report::{digest_text, Action, CopyReport, FileReport, Progress};
+use crate::report::{Action, CopyReport, FileReport, Progress};
 use crate::verify::read_digest;
 
 /// Copies `src` to `dst`. Errors of single files are in the report (status `failed`);
@@ -265,7 +265,7 @@ impl Run {
             let digest = self.copy_whole(entry, dest_key).await?;
             return Ok(Done {
                 action: Action::Copied,
-                checksum: Some(digest_text(&digest)),
+                checksum: Some(digest.to_string()),
                 moved: entry.size,
             });
         }
@@ -291,7 +291,7 @@ impl Run {
                 } else {
                     Action::Copied
                 },
-                checksum: Some(digest_text(&digest)),
+                checksum: Some(digest.to_string()),
                 moved,
             }),
             // The earlier upload is gone (expired, aborted, its partial file removed): start over.
@@ -300,7 +300,7 @@ impl Run {
                 let (digest, moved) = self.copy_parts(entry, dest_key, None).await?;
                 Ok(Done {
                     action: Action::Copied,
-                    checksum: Some(digest_text(&digest)),
+                    checksum: Some(digest.to_string()),
                     moved,
                 })
             }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_core::{ChecksumAlgo, Digest};
+use ferry_core::ChecksumAlgo;
 use serde::Serialize;
 
 /// Observes a copy as it runs (a progress bar, a log, a metrics exporter).
@@ -208,8 +208,4 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub differences: Vec<Difference>,
     pub duration_s: f64,
-}
-
-pub(crate) fn digest_text(d: &Digest) -> String {
-    d.to_string()
 }

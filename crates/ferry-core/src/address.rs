@@ -135,6 +135,16 @@ impl DataAddress {
         }
     }
 
+    /// The path, key or URL path, which is where a file name and extension are read from.
+    pub fn path_text(&self) -> String {
+        match self {
+            Self::Local { path } => path.to_string_lossy().into_owned(),
+            Self::S3 { key, .. } => key.clone(),
+            Self::Azure { path, .. } => path.clone(),
+            Self::Http { url } => url.path().to_string(),
+        }
+    }
+
     /// Per-address options (empty for local and HTTP addresses).
     pub fn options(&self) -> Option<&BTreeMap<String, String>> {
         match self {

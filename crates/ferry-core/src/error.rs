@@ -41,6 +41,16 @@ pub enum Error {
     #[error("{address}: {detail}")]
     Store { address: String, detail: String },
 
+    /// A transformation is misconfigured for the data it would see (missing column, bad
+    /// option, a clause that does not parse). Found before any data moves.
+    #[error("transformation {name}: {reason}")]
+    InvalidTransform { name: String, reason: String },
+
+    /// The data itself is at fault: a malformed row, a value the declared schema rejects,
+    /// a corrupt file. `location` names the file and, where known, row and column.
+    #[error("{location}: {detail}")]
+    Data { location: String, detail: String },
+
     /// The checkpoint store failed.
     #[error("state store {path}: {detail}")]
     State { path: String, detail: String },
@@ -99,6 +109,21 @@ impl Error {
         }
     }
 
+    /// `name` is [`crate::TransformSpec::label`].
+    pub fn invalid_transform(name: impl Display, reason: impl Display) -> Self {
+        Self::InvalidTransform {
+            name: name.to_string(),
+            reason: one_line(&reason.to_string()),
+        }
+    }
+
+    pub fn data(location: impl Display, detail: impl Display) -> Self {
+        Self::Data {
+            location: redact(&location.to_string()),
+            detail: one_line(&detail.to_string()),
+        }
+    }
+
     pub fn state(path: impl Display, detail: impl Display) -> Self {
         Self::State {
             path: path.to_string(),
@@ -119,7 +144,9 @@ impl Error {
     /// The process exit code for this error: 2 for bad usage or configuration, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::InvalidAddress { .. } | Self::InvalidOption { .. } => 2,
+            Self::InvalidAddress { .. }
+            | Self::InvalidOption { .. }
+            | Self::InvalidTransform { .. } => 2,
             _ => 1,
         }
     }

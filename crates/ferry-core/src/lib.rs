@@ -8,9 +8,12 @@ pub mod address;
 pub mod checksum;
 pub mod error;
 pub mod redact;
+pub mod secret;
 pub mod store;
+pub mod transform;
 
 pub use address::DataAddress;
 pub use checksum::{ChecksumAlgo, Digest, Hasher};
 pub use error::{Error, Result};
 pub use store::{Entry, Listing, PartToken, Sink, Source, UploadId};
+pub use transform::{Action, TransformSpec};

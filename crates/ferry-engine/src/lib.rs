@@ -5,6 +5,7 @@ mod copy;
 pub mod failpoint;
 mod filter;
 pub mod options;
+mod records;
 pub mod report;
 mod verify;
 
@@ -14,4 +15,5 @@ pub use options::{parse_size, CopyOptions};
 pub use report::{
     Action, CopyReport, Difference, FileReport, NoProgress, Progress, Status, VerifyReport,
 };
+pub use records::{transfer, DatasetReport, OutputReport, RecordOptions, RecordReport};
 pub use verify::verify;

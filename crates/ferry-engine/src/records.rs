@@ -1,0 +1,796 @@
+//! The record path: files are read as Arrow record batches, transformed, and written in
+//! a format. Used when the two ends' formats differ or transformations are asked for.
+//!
+//! Each output file is produced on its own blocking thread, fed by a reader thread through
+//! a channel of two batches, and uploaded in parts as it is written, so memory is bounded by
+//! batch size, the format's row group and the parts in flight, whatever the data's size.
+//! An output becomes visible only when complete; the checkpoint records finished outputs,
+//! so a re-run skips them.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use bytes::Bytes;
+use ferry_connectors::{open_sink, open_source};
+use ferry_core::{ChecksumAlgo, DataAddress, Entry, Error, PartToken, Result, Sink, Source};
+use ferry_core::{TransformSpec, UploadId};
+use ferry_formats::{
+    describe_schema, open_reader, open_writer, FieldDescription, FileAccess, Format,
+    FormatOptions, Input, RandomAccess,
+};
+use ferry_state::StateStore;
+use ferry_transforms::Chain;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::report::{Progress, Status};
+use crate::{CopyOptions, KeyFilter};
+
+/// What the record path does on the way: formats at both ends and transformations.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RecordOptions {
+    /// The source's format; else each file's extension says.
+    pub source_format: Option<Format>,
+    pub source_options: FormatOptions,
+    /// The destination's format; else its extension, else the source's.
+    pub dest_format: Option<Format>,
+    pub dest_options: FormatOptions,
+    pub transforms: Vec<TransformSpec>,
+}
+
+impl RecordOptions {
+    /// True when copying `src` to `dst` must go through records rather than bytes: there
+    /// are transformations, or the formats of the two ends are known and differ.
+    pub fn needed(&self, src: &DataAddress, dst: &DataAddress) -> bool {
+        if !self.transforms.is_empty() {
+            return true;
+        }
+        let from = self
+            .source_format
+            .or_else(|| Format::from_name(&src.path_text()));
+        let to = self
+            .dest_format
+            .or_else(|| Format::from_name(&dst.path_text()));
+        matches!((from, to), (Some(a), Some(b)) if a != b)
+            || (self.dest_format.is_some() && from.is_none())
+    }
+}
+
+/// One side of a record transfer as reported: where, which format, which schema.
+#[derive(Clone, Debug, Serialize)]
+pub struct DatasetReport {
+    pub address: String,
+    pub format: Format,
+    pub files: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub schema: Vec<FieldDescription>,
+}
+
+/// One output file.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputReport {
+    /// Relative to the destination address (`""`: the address itself).
+    pub key: String,
+    /// The input files it was made from, relative to the source address.
+    pub inputs: Vec<String>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Done by an earlier run and still at the destination.
+    pub skipped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The summary of a record transfer, with its technical metadata.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordReport {
+    pub status: Status,
+    pub source: DatasetReport,
+    pub destination: DatasetReport,
+    /// The transformations applied, in order.
+    pub transformations: Vec<String>,
+    pub objects: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub duration_s: f64,
+    pub rows_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub outputs: Vec<OutputReport>,
+}
+
+/// The plan for one output file.
+struct Output {
+    key: String,
+    inputs: Vec<(Entry, Format)>,
+}
+
+/// Everything the blocking workers share.
+struct Job {
+    source: Arc<dyn Source>,
+    sink: Arc<dyn Sink>,
+    handle: Handle,
+    rec: RecordOptions,
+    dest_format: Format,
+    /// The schema every input is read with (CSV, JSON) or must have (others).
+    input_schema: SchemaRef,
+    output_schema: SchemaRef,
+    part_size: usize,
+    concurrency: usize,
+    progress: Arc<dyn Progress>,
+}
+
+/// Runs a record transfer from `src` to `dst`.
+pub async fn transfer(
+    src: &DataAddress,
+    dst: &DataAddress,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<RecordReport> {
+    opts.validate()?;
+    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
+    let source = open_source(src)?;
+    let sink = open_sink(dst)?;
+    let started = Instant::now();
+
+    let listing = source.list().await?;
+    let single = listing.single_object;
+    let mut inputs = Vec::new();
+    for entry in listing.entries {
+        if !single && !filter.allows(&entry.key) {
+            continue;
+        }
+        let format = match rec.source_format.or_else(|| Format::from_name(&entry.key)) {
+            Some(f) => f,
+            None if single => {
+                return Err(Error::invalid_option(
+                    "source format",
+                    format!(
+                        "cannot tell the format of '{}' from its name; give it (--source-format csv|json|parquet|avro|orc)",
+                        entry.key
+                    ),
+                ))
+            }
+            // A directory may hold other files (_SUCCESS, README); only formats are read.
+            None => continue,
+        };
+        inputs.push((entry, format));
+    }
+    let Some((first, first_format)) = inputs.first().cloned() else {
+        return Err(Error::not_found(format!(
+            "{src} (no files of a known format; give --source-format)"
+        )));
+    };
+
+    let dst_path = dst.path_text();
+    let names_file = !dst.names_a_directory()
+        && Format::from_name(&dst_path).is_some()
+        && !sink.is_directory().await?;
+    let dest_format = rec
+        .dest_format
+        .or_else(|| Format::from_name(&dst_path).filter(|_| names_file))
+        .unwrap_or(first_format);
+    let outputs: Vec<Output> = if names_file {
+        vec![Output {
+            key: String::new(),
+            inputs,
+        }]
+    } else {
+        inputs
+            .into_iter()
+            .map(|(entry, format)| Output {
+                key: dest_format.rename(&entry.key),
+                inputs: vec![(entry, format)],
+            })
+            .collect()
+    };
+
+    // Everything that can be wrong with the request shows up here, before data moves:
+    // the first file's schema, the transformations bound to it, the writer's types.
+    let handle = Handle::current();
+    let probe = {
+        let (source, rec, handle) = (source.clone(), rec.clone(), handle.clone());
+        let dst = dst.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(SchemaRef, SchemaRef)> {
+            let input = open_input(&source, &first, &handle, None);
+            let reader = open_reader(
+                first_format,
+                &rec.source_options,
+                input,
+                &location(&source, &first),
+                None,
+            )?;
+            let schema = reader.schema();
+            let chain = Chain::bind(&rec.transforms, schema.clone())?;
+            let out = chain.output_schema();
+            open_writer(
+                dest_format,
+                &rec.dest_options,
+                out.clone(),
+                Box::new(io::sink()),
+                &dst,
+            )?;
+            Ok((schema, out))
+        })
+    };
+    let (input_schema, output_schema) = probe.await.map_err(join_error)??;
+
+    let source_report = |rows, bytes, files| DatasetReport {
+        address: src.to_string(),
+        format: first_format,
+        files,
+        rows,
+        bytes,
+        schema: describe_schema(&input_schema),
+    };
+    if opts.dry_run {
+        let planned = outputs.iter().map(|o| o.inputs.len() as u64).sum();
+        let bytes = outputs.iter().flat_map(|o| &o.inputs).map(|(e, _)| e.size).sum();
+        return Ok(finish(
+            source_report(0, bytes, planned),
+            dst,
+            dest_format,
+            &output_schema,
+            rec,
+            outputs.into_iter().map(|o| planned_report(&o)).collect(),
+            started,
+        ));
+    }
+
+    let state = Arc::new(StateStore::open(&opts.state_dir)?);
+    let run_id = run_id(src, dst, rec);
+    if !opts.resume {
+        state.forget_run(&run_id)?;
+    }
+    state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    let checkpoints = state.files(&run_id)?;
+
+    let total_bytes = outputs.iter().flat_map(|o| &o.inputs).map(|(e, _)| e.size).sum();
+    let total_files = outputs.iter().map(|o| o.inputs.len() as u64).sum();
+    progress.planned(total_files, total_bytes);
+
+    let job = Arc::new(Job {
+        source,
+        sink,
+        handle,
+        rec: rec.clone(),
+        dest_format,
+        input_schema: input_schema.clone(),
+        output_schema: output_schema.clone(),
+        part_size: opts.part_size as usize,
+        concurrency: opts.concurrency,
+        progress: progress.clone(),
+    });
+    // Each output holds a row group or more in memory while it encodes, so outputs in
+    // flight are bounded by the cores that can encode them, not by --transfers.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let parallel = opts.transfers.min(cores).max(1);
+    let reports: Vec<OutputReport> = futures::stream::iter(outputs.into_iter().map(|output| {
+        let job = job.clone();
+        let state = state.clone();
+        let run_id = run_id.clone();
+        let done_before = checkpoints.get(&output.key).cloned();
+        async move {
+            let (size, version) = fingerprint(&output.inputs);
+            if let Some(c) = done_before.filter(|c| {
+                c.done && c.source_size == size && c.source_version.as_deref() == Some(&version)
+            }) {
+                if let Ok(Some(at)) = job.sink.head(&output.key).await {
+                    if c.dest_version.is_none() || at.version == c.dest_version {
+                        let mut report = planned_report(&output);
+                        report.skipped = true;
+                        report.bytes_written = at.size;
+                        job.progress.advanced(size);
+                        return report;
+                    }
+                }
+            }
+            let key = output.key.clone();
+            let worker = {
+                let job = job.clone();
+                tokio::task::spawn_blocking(move || job.write_output(&output))
+            };
+            match worker.await.map_err(join_error).and_then(|r| r) {
+                Ok((report, written)) => {
+                    let recorded = state.file_done(
+                        &run_id,
+                        &key,
+                        size,
+                        Some(&version),
+                        None,
+                        written.version.as_deref(),
+                    );
+                    job.progress.file_finished(&key);
+                    match recorded {
+                        Ok(()) => report,
+                        Err(e) => failed_report(key, e),
+                    }
+                }
+                Err(e) => failed_report(key, e),
+            }
+        }
+    }))
+    .buffer_unordered(parallel)
+    .collect()
+    .await;
+
+    let rows_read = reports.iter().map(|r| r.rows_read).sum();
+    let bytes_read = reports.iter().map(|r| r.bytes_read).sum();
+    let mut report = finish(
+        source_report(rows_read, bytes_read, total_files),
+        dst,
+        dest_format,
+        &output_schema,
+        rec,
+        reports,
+        started,
+    );
+    report.status = if report.failed == 0 {
+        Status::Succeeded
+    } else {
+        Status::Failed
+    };
+    state.finish_run(
+        &run_id,
+        if report.failed == 0 {
+            "succeeded"
+        } else {
+            "failed"
+        },
+    )?;
+    Ok(report)
+}
+
+fn finish(
+    source: DatasetReport,
+    dst: &DataAddress,
+    dest_format: Format,
+    output_schema: &Schema,
+    rec: &RecordOptions,
+    mut outputs: Vec<OutputReport>,
+    started: Instant,
+) -> RecordReport {
+    outputs.sort_by(|a, b| a.key.cmp(&b.key));
+    let failed = outputs.iter().filter(|o| o.error.is_some()).count() as u64;
+    let skipped = outputs.iter().filter(|o| o.skipped).count() as u64;
+    let error = outputs.iter().find_map(|o| o.error.clone()).map(|first| {
+        if failed > 1 {
+            format!("{first} (and {} more failed outputs)", failed - 1)
+        } else {
+            first
+        }
+    });
+    let duration_s = started.elapsed().as_secs_f64();
+    let rows_written = outputs.iter().map(|o| o.rows_written).sum();
+    RecordReport {
+        status: if failed == 0 {
+            Status::Succeeded
+        } else {
+            Status::Failed
+        },
+        rows_per_s: source.rows as f64 / duration_s.max(1e-9),
+        source,
+        destination: DatasetReport {
+            address: dst.to_string(),
+            format: dest_format,
+            files: outputs.len() as u64,
+            rows: rows_written,
+            bytes: outputs.iter().map(|o| o.bytes_written).sum(),
+            schema: describe_schema(output_schema),
+        },
+        transformations: rec.transforms.iter().map(|t| t.label()).collect(),
+        objects: outputs.iter().filter(|o| o.error.is_none() && !o.skipped).count() as u64,
+        skipped,
+        failed,
+        duration_s,
+        error,
+        outputs,
+    }
+}
+
+fn planned_report(output: &Output) -> OutputReport {
+    OutputReport {
+        key: output.key.clone(),
+        inputs: output.inputs.iter().map(|(e, _)| e.key.clone()).collect(),
+        rows_read: 0,
+        rows_written: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        skipped: false,
+        error: None,
+    }
+}
+
+fn failed_report(key: String, error: Error) -> OutputReport {
+    tracing::debug!(%key, %error, "output failed");
+    OutputReport {
+        key,
+        inputs: Vec::new(),
+        rows_read: 0,
+        rows_written: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        skipped: false,
+        error: Some(error.to_string()),
+    }
+}
+
+/// The inputs' total size and a digest of their names and versions: what the checkpoint
+/// compares to decide that an output made earlier is still current.
+fn fingerprint(inputs: &[(Entry, Format)]) -> (u64, String) {
+    let mut text = String::new();
+    let mut size = 0;
+    for (e, _) in inputs {
+        size += e.size;
+        text.push_str(&format!("{}\t{}\t{:?}\n", e.key, e.size, e.version));
+    }
+    (size, ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex())
+}
+
+/// The same request always has the same run id, so re-running it finds its checkpoint.
+fn run_id(src: &DataAddress, dst: &DataAddress, rec: &RecordOptions) -> String {
+    let canonical = |a: &DataAddress| match a {
+        DataAddress::Local { path } => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .to_string_lossy()
+            .into_owned(),
+        other => other.to_string(),
+    };
+    let spec = serde_json::to_string(rec).unwrap_or_default();
+    let text = format!("records\n{}\n{}\n{spec}", canonical(src), canonical(dst));
+    ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::Internal(format!("a worker stopped: {e}"))
+}
+
+fn location(source: &Arc<dyn Source>, entry: &Entry) -> String {
+    let base = source.address();
+    if entry.key.is_empty() || base.path_text().ends_with(&entry.key) {
+        base.to_string()
+    } else {
+        base.join(&entry.key).to_string()
+    }
+}
+
+/// A local file is read directly; anything else in ranged requests.
+fn open_input(
+    source: &Arc<dyn Source>,
+    entry: &Entry,
+    handle: &Handle,
+    counter: Option<(Arc<AtomicU64>, Arc<dyn Progress>)>,
+) -> Input {
+    let access: Box<dyn RandomAccess> = match source
+        .local_path(entry)
+        .and_then(|p| FileAccess::open(&p).ok())
+    {
+        Some(file) => Box::new(file),
+        None => Box::new(SourceAccess {
+            source: source.clone(),
+            entry: entry.clone(),
+            handle: handle.clone(),
+        }),
+    };
+    Input::new(Counted { access, counter })
+}
+
+struct SourceAccess {
+    source: Arc<dyn Source>,
+    entry: Entry,
+    handle: Handle,
+}
+
+impl RandomAccess for SourceAccess {
+    fn len(&self) -> u64 {
+        self.entry.size
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let end = (offset + len as u64).min(self.entry.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        self.handle
+            .block_on(self.source.read(&self.entry, offset..end))
+            .map_err(io::Error::other)
+    }
+
+    fn block_size(&self) -> usize {
+        8 << 20
+    }
+}
+
+/// Counts bytes read, for the report and the progress display.
+struct Counted {
+    access: Box<dyn RandomAccess>,
+    counter: Option<(Arc<AtomicU64>, Arc<dyn Progress>)>,
+}
+
+impl RandomAccess for Counted {
+    fn len(&self) -> u64 {
+        self.access.len()
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let bytes = self.access.read_at(offset, len)?;
+        if let Some((counter, progress)) = &self.counter {
+            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            progress.advanced(bytes.len() as u64);
+        }
+        Ok(bytes)
+    }
+
+    fn block_size(&self) -> usize {
+        self.access.block_size()
+    }
+}
+
+impl Job {
+    /// Produces one output file (blocking; runs on its own thread).
+    fn write_output(&self, output: &Output) -> Result<(OutputReport, Entry)> {
+        let dest_location = if output.key.is_empty() {
+            self.sink.address().to_string()
+        } else {
+            self.sink.address().join(&output.key).to_string()
+        };
+        let upload = UploadWriter::new(self, &output.key);
+        let mut writer = open_writer(
+            self.dest_format,
+            &self.rec.dest_options,
+            self.output_schema.clone(),
+            Box::new(upload.clone()),
+            &dest_location,
+        )?;
+        let mut chain = Chain::bind(&self.rec.transforms, self.input_schema.clone())?;
+        let mut report = OutputReport {
+            key: output.key.clone(),
+            inputs: output.inputs.iter().map(|(e, _)| e.key.clone()).collect(),
+            rows_read: 0,
+            rows_written: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            skipped: false,
+            error: None,
+        };
+        let read_bytes = Arc::new(AtomicU64::new(0));
+        for (entry, format) in &output.inputs {
+            let location = location(&self.source, entry);
+            let input = open_input(
+                &self.source,
+                entry,
+                &self.handle,
+                Some((read_bytes.clone(), self.progress.clone())),
+            );
+            let text_format = matches!(format, Format::Csv | Format::Json);
+            let reader = open_reader(
+                *format,
+                &self.rec.source_options,
+                input,
+                &location,
+                text_format.then(|| self.input_schema.clone()),
+            )?;
+            if !text_format && !same_columns(&reader.schema(), &self.input_schema) {
+                return Err(Error::data(
+                    &location,
+                    format!(
+                        "its columns ({}) differ from the first file's ({})",
+                        columns(&reader.schema()),
+                        columns(&self.input_schema)
+                    ),
+                ));
+            }
+            // Decoding on one thread, transforming and encoding on this one.
+            let (tx, rx) = sync_channel(2);
+            let read_result = std::thread::scope(|scope| -> Result<()> {
+                let producer = scope.spawn(move || {
+                    for batch in reader {
+                        let stop = batch.is_err();
+                        if tx.send(batch).is_err() || stop {
+                            break;
+                        }
+                    }
+                });
+                let result = (|| {
+                    for batch in rx.iter() {
+                        let batch = batch?;
+                        report.rows_read += batch.num_rows() as u64;
+                        let batch = chain.apply(batch)?;
+                        if batch.num_rows() > 0 {
+                            report.rows_written += batch.num_rows() as u64;
+                            writer
+                                .write(&batch)
+                                .map_err(|e| upload.error_or(e))?;
+                        }
+                    }
+                    Ok(())
+                })();
+                drop(rx);
+                let _ = producer.join();
+                result
+            });
+            read_result?;
+        }
+        writer.finish().map_err(|e| upload.error_or(e))?;
+        let written = upload.commit()?;
+        report.bytes_read = read_bytes.load(Ordering::Relaxed);
+        report.bytes_written = written.size;
+        Ok((report, written))
+    }
+}
+
+fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a
+            .fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+fn columns(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A `Write` that uploads what it is given in parts, keeping a few parts in flight, and
+/// makes the object visible only on [`UploadWriter::commit`]. Dropped uncommitted, it
+/// aborts the upload. Cloned handles share one upload (a format writer owns one, the
+/// caller keeps another to commit).
+#[derive(Clone)]
+struct UploadWriter(Arc<Mutex<Upload>>);
+
+struct Upload {
+    sink: Arc<dyn Sink>,
+    key: String,
+    handle: Handle,
+    part_size: usize,
+    concurrency: usize,
+    buf: Vec<u8>,
+    id: Option<UploadId>,
+    offset: u64,
+    in_flight: VecDeque<JoinHandle<Result<PartToken>>>,
+    parts: Vec<PartToken>,
+    /// The first store error, kept whole so the user sees it rather than an io wrapper.
+    error: Option<Error>,
+    committed: bool,
+}
+
+impl UploadWriter {
+    fn new(job: &Job, key: &str) -> Self {
+        let part_size = job
+            .part_size
+            .max(job.sink.min_part_size() as usize)
+            .max(1 << 20);
+        Self(Arc::new(Mutex::new(Upload {
+            sink: job.sink.clone(),
+            key: key.to_string(),
+            handle: job.handle.clone(),
+            part_size,
+            concurrency: job.concurrency.max(1),
+            buf: Vec::new(),
+            id: None,
+            offset: 0,
+            in_flight: VecDeque::new(),
+            parts: Vec::new(),
+            error: None,
+            committed: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Upload> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store's own error when the upload failed, else `other`.
+    fn error_or(&self, other: Error) -> Error {
+        self.lock().error.take().unwrap_or(other)
+    }
+
+    fn commit(&self) -> Result<Entry> {
+        self.lock().commit()
+    }
+}
+
+impl Write for UploadWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut up = self.lock();
+        up.buf.extend_from_slice(data);
+        if up.buf.len() >= up.part_size {
+            let capacity = up.part_size;
+            let part = std::mem::replace(&mut up.buf, Vec::with_capacity(capacity));
+            if let Err(e) = up.send(part.into()) {
+                let shown = e.to_string();
+                up.error.get_or_insert(e);
+                return Err(io::Error::other(shown));
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Upload {
+    fn send(&mut self, data: Bytes) -> Result<()> {
+        if self.id.is_none() {
+            self.id = Some(self.handle.block_on(self.sink.create_upload(&self.key))?);
+        }
+        if self.in_flight.len() >= self.concurrency {
+            self.wait_oldest()?;
+        }
+        let (sink, key, id) = (self.sink.clone(), self.key.clone(), self.id.clone().unwrap_or_default());
+        let (index, offset, len) = (self.parts.len() + self.in_flight.len(), self.offset, data.len());
+        self.offset += len as u64;
+        self.in_flight.push_back(
+            self.handle
+                .spawn(async move { sink.put_part(&key, &id, index, offset, data).await }),
+        );
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<()> {
+        if let Some(task) = self.in_flight.pop_front() {
+            let token = self.handle.block_on(task).map_err(join_error)??;
+            self.parts.push(token);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<Entry> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let rest = std::mem::take(&mut self.buf);
+        let entry = if self.id.is_none() {
+            self.handle
+                .block_on(self.sink.put(&self.key, Bytes::from(rest)))?
+        } else {
+            if !rest.is_empty() {
+                self.send(rest.into())?;
+            }
+            while !self.in_flight.is_empty() {
+                self.wait_oldest()?;
+            }
+            let id = self.id.clone().unwrap_or_default();
+            let parts = std::mem::take(&mut self.parts);
+            self.handle
+                .block_on(self.sink.complete_upload(&self.key, &id, parts))?
+        };
+        self.committed = true;
+        Ok(entry)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+        if let Some(id) = self.id.take() {
+            if let Err(e) = self.handle.block_on(self.sink.abort_upload(&self.key, &id)) {
+                tracing::warn!(key = %self.key, error = %e, "could not abort an unfinished upload");
+            }
+        }
+    }
+}

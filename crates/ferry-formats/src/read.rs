@@ -1,0 +1,194 @@
+//! Opening a file of any format as a stream of record batches.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use ferry_core::{Error, Result};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::format::{Format, FormatOptions};
+use crate::input::Input;
+use crate::schema::declared_schema;
+
+/// The batches of one file, with the schema they all have.
+pub struct BatchReader {
+    schema: SchemaRef,
+    location: String,
+    batches: Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>,
+}
+
+impl BatchReader {
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+impl Iterator for BatchReader {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        let next = self.batches.next()?;
+        Some(next.map_err(|e| data_error(&self.location, &self.schema, e)))
+    }
+}
+
+/// Opens `input` (named `location` in errors) as `format`.
+///
+/// The schema is, in order: `schema` (the dataset's, when this is not its first file), the
+/// declared `options.schema`, the file's own (Parquet, Avro, ORC), or one inferred from
+/// the first `options.infer_rows` rows (CSV, JSON).
+pub fn open_reader(
+    format: Format,
+    options: &FormatOptions,
+    input: Input,
+    location: &str,
+    schema: Option<SchemaRef>,
+) -> Result<BatchReader> {
+    let schema = match (schema, &options.schema) {
+        (Some(schema), _) => Some(schema),
+        (None, Some(columns)) => Some(declared_schema(columns)?),
+        (None, None) => None,
+    };
+    let batch_size = options.batch_size();
+    let fail = |e: &dyn std::fmt::Display| Error::data(location, e);
+    let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = _> + Send>) = match format {
+        Format::Csv => {
+            let csv = csv_format(options, location)?;
+            let schema = match schema {
+                Some(schema) => {
+                    check_header(&csv, options.header.unwrap_or(true), &input, &schema, location)?;
+                    schema
+                }
+                None => {
+                    let rows = options.infer_rows.unwrap_or(1000);
+                    let (schema, _) = csv
+                        .infer_schema(input.sequential(0), Some(rows))
+                        .map_err(|e| fail(&e))?;
+                    Arc::new(schema)
+                }
+            };
+            let mut builder = arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_format(csv)
+                .with_batch_size(batch_size);
+            if let Some(null) = &options.null_value {
+                let regex = regex::Regex::new(&format!("^(?:{})?$", regex::escape(null)))
+                    .map_err(|e| Error::invalid_option("nullValue", e))?;
+                builder = builder.with_null_regex(regex);
+            }
+            let reader = builder
+                .build_buffered(input.sequential(0))
+                .map_err(|e| fail(&e))?;
+            (schema, Box::new(reader))
+        }
+        Format::Json => {
+            let schema = match schema {
+                Some(schema) => schema,
+                None => {
+                    let rows = options.infer_rows.unwrap_or(1000);
+                    let (schema, _) =
+                        arrow::json::reader::infer_json_schema(input.sequential(0), Some(rows))
+                            .map_err(|e| fail(&e))?;
+                    Arc::new(schema)
+                }
+            };
+            let reader = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(batch_size)
+                .build(input.sequential(0))
+                .map_err(|e| fail(&e))?;
+            (schema, Box::new(reader))
+        }
+        Format::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(input)
+                .map_err(|e| fail(&format!("not a valid Parquet file: {e}")))?
+                .with_batch_size(batch_size);
+            let file_schema = builder.schema().clone();
+            let reader = builder.build().map_err(|e| fail(&e))?;
+            (file_schema, Box::new(reader))
+        }
+        Format::Avro => {
+            let reader = arrow_avro::reader::ReaderBuilder::new()
+                .with_batch_size(batch_size)
+                .build(input.sequential(0))
+                .map_err(|e| fail(&format!("not a valid Avro file: {e}")))?;
+            (reader.schema(), Box::new(reader))
+        }
+        Format::Orc => {
+            let builder = orc_rust::ArrowReaderBuilder::try_new(input)
+                .map_err(|e| fail(&format!("not a valid ORC file: {e}")))?
+                .with_batch_size(batch_size);
+            let file_schema = builder.schema();
+            (file_schema, Box::new(builder.build()))
+        }
+    };
+    Ok(BatchReader {
+        schema,
+        location: location.to_string(),
+        batches,
+    })
+}
+
+fn csv_format(options: &FormatOptions, location: &str) -> Result<arrow::csv::reader::Format> {
+    let tsv = location.to_ascii_lowercase().ends_with(".tsv");
+    let delimiter = options.byte("delimiter", &options.delimiter, if tsv { b'\t' } else { b',' })?;
+    let mut csv = arrow::csv::reader::Format::default()
+        .with_header(options.header.unwrap_or(true))
+        .with_delimiter(delimiter)
+        .with_quote(options.byte("quote", &options.quote, b'"')?);
+    if options.escape.is_some() {
+        csv = csv.with_escape(options.byte("escape", &options.escape, b'\\')?);
+    }
+    Ok(csv)
+}
+
+/// A declared schema must have the columns the header names, in the same order.
+fn check_header(
+    csv: &arrow::csv::reader::Format,
+    has_header: bool,
+    input: &Input,
+    schema: &Schema,
+    location: &str,
+) -> Result<()> {
+    if !has_header || input.is_empty() {
+        return Ok(());
+    }
+    let (header, _) = csv
+        .infer_schema(input.sequential(0), Some(0))
+        .map_err(|e| Error::data(location, e))?;
+    let named: Vec<&String> = header.fields().iter().map(|f| f.name()).collect();
+    let declared: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+    if named != declared {
+        let show = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(Error::data(
+            location,
+            format!(
+                "the header names columns [{}] but the schema declares [{}]",
+                show(&named),
+                show(&declared)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Turns an Arrow error into one that names the file and, for CSV, the column by name.
+fn data_error(location: &str, schema: &Schema, error: ArrowError) -> Error {
+    let mut text = match error {
+        ArrowError::ParseError(m) | ArrowError::CsvError(m) | ArrowError::JsonError(m) => m,
+        ArrowError::ExternalError(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    // arrow-csv says "for column 2 at line 7"; say which column that is.
+    if let Some(at) = text.find("for column ") {
+        let digits: String = text[at + 11..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if let Some(field) = digits.parse::<usize>().ok().and_then(|i| schema.fields().get(i)) {
+            let end = at + 11 + digits.len();
+            text = format!("{}'{}'{}", &text[..at + 11], field.name(), &text[end..]);
+        }
+    }
+    Error::data(location, text)
+}

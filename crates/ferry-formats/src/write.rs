@@ -1,0 +1,324 @@
+//! Writing record batches in a format to any `std::io::Write`.
+
+use std::io::Write;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use ferry_core::{Error, Result};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::format::{Format, FormatOptions};
+
+pub type Output = Box<dyn Write + Send>;
+
+/// Writes one file, on one thread (some encoders are not `Send`). Dropping it without [`BatchWriter::finish`] leaves the output
+/// incomplete, which the caller then discards.
+pub trait BatchWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+
+    /// Writes what the format keeps for the end (a footer, buffered rows) and flushes.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Opens a writer of `format` for batches of `schema`. Types the format cannot hold
+/// exactly are refused here, before any data is read.
+pub fn open_writer(
+    format: Format,
+    options: &FormatOptions,
+    schema: SchemaRef,
+    out: Output,
+    location: &str,
+) -> Result<Box<dyn BatchWriter>> {
+    check_types(format, &schema, location)?;
+    let fail = |e: &dyn std::fmt::Display| Error::data(location, e);
+    Ok(match format {
+        Format::Csv => {
+            let tsv = location.to_ascii_lowercase().ends_with(".tsv");
+            let mut builder = arrow::csv::WriterBuilder::new()
+                .with_header(options.header.unwrap_or(true))
+                .with_delimiter(options.byte(
+                    "delimiter",
+                    &options.delimiter,
+                    if tsv { b'\t' } else { b',' },
+                )?)
+                .with_quote(options.byte("quote", &options.quote, b'"')?);
+            if options.escape.is_some() {
+                builder = builder
+                    .with_double_quote(false)
+                    .with_escape(options.byte("escape", &options.escape, b'\\')?);
+            }
+            if let Some(null) = &options.null_value {
+                builder = builder.with_null(null.clone());
+            }
+            Box::new(Csv {
+                writer: builder.build(out),
+                schema,
+                wrote: false,
+                location: location.to_string(),
+            })
+        }
+        Format::Json => Box::new(Json {
+            writer: arrow::json::LineDelimitedWriter::new(out),
+            location: location.to_string(),
+        }),
+        Format::Parquet => {
+            let props = WriterProperties::builder()
+                .set_compression(parquet_compression(options.compression.as_deref())?)
+                .set_max_row_group_row_count(Some(options.row_group_size.unwrap_or(1 << 20).max(1)))
+                .build();
+            let writer = parquet::arrow::ArrowWriter::try_new(out, schema, Some(props))
+                .map_err(|e| fail(&e))?;
+            Box::new(Parquet {
+                writer,
+                location: location.to_string(),
+            })
+        }
+        Format::Avro => {
+            use arrow_avro::compression::CompressionCodec;
+            let codec = match options.compression.as_deref().map(str::to_ascii_lowercase) {
+                None => None,
+                Some(c) => match c.as_str() {
+                    "none" | "null" | "uncompressed" => None,
+                    "deflate" => Some(CompressionCodec::Deflate),
+                    "snappy" => Some(CompressionCodec::Snappy),
+                    "zstd" => Some(CompressionCodec::ZStandard),
+                    _ => {
+                        return Err(Error::invalid_option(
+                            "compression",
+                            format!("'{c}' for Avro; use none, deflate, snappy or zstd"),
+                        ))
+                    }
+                },
+            };
+            let writer = arrow_avro::writer::WriterBuilder::new(schema.as_ref().clone())
+                .with_compression(codec)
+                .build::<_, arrow_avro::writer::format::AvroOcfFormat>(out)
+                .map_err(|e| fail(&e))?;
+            Box::new(Avro {
+                writer,
+                location: location.to_string(),
+            })
+        }
+        Format::Orc => {
+            use orc_rust::compression::CompressionType;
+            let mut builder = orc_rust::ArrowWriterBuilder::new(out, schema);
+            match options.compression.as_deref().map(str::to_ascii_lowercase) {
+                None => {}
+                Some(c) => match c.as_str() {
+                    "none" | "uncompressed" => {}
+                    "zstd" => builder = builder.with_compression(CompressionType::Zstd),
+                    "snappy" => builder = builder.with_compression(CompressionType::Snappy),
+                    "zlib" => builder = builder.with_compression(CompressionType::Zlib),
+                    _ => {
+                        return Err(Error::invalid_option(
+                            "compression",
+                            format!("'{c}' for ORC; use none, zstd, snappy or zlib"),
+                        ))
+                    }
+                },
+            }
+            let writer = builder.try_build().map_err(|e| fail(&e))?;
+            Box::new(Orc {
+                writer,
+                location: location.to_string(),
+            })
+        }
+    })
+}
+
+fn parquet_compression(name: Option<&str>) -> Result<Compression> {
+    let Some(name) = name else {
+        return Ok(Compression::SNAPPY);
+    };
+    let lower = name.to_ascii_lowercase();
+    let bad = || {
+        Error::invalid_option(
+            "compression",
+            format!("'{name}' for Parquet; use snappy, zstd, zstd(LEVEL), gzip, lz4 or none"),
+        )
+    };
+    Ok(match lower.as_str() {
+        "none" | "uncompressed" => Compression::UNCOMPRESSED,
+        "snappy" => Compression::SNAPPY,
+        "zstd" => Compression::ZSTD(ZstdLevel::default()),
+        "gzip" => Compression::GZIP(Default::default()),
+        "lz4" => Compression::LZ4_RAW,
+        other => {
+            let level = other
+                .strip_prefix("zstd(")
+                .and_then(|l| l.strip_suffix(')'))
+                .and_then(|l| l.trim().parse::<i32>().ok())
+                .ok_or_else(bad)?;
+            Compression::ZSTD(ZstdLevel::try_new(level).map_err(|_| bad())?)
+        }
+    })
+}
+
+/// Refuses types a format would write lossily or not at all, naming the column.
+fn check_types(format: Format, schema: &SchemaRef, location: &str) -> Result<()> {
+    for field in schema.fields() {
+        let t = field.data_type();
+        let unsupported = match format {
+            Format::Csv => matches!(
+                t,
+                DataType::List(_)
+                    | DataType::LargeList(_)
+                    | DataType::FixedSizeList(..)
+                    | DataType::Struct(_)
+                    | DataType::Map(..)
+                    | DataType::Union(..)
+            ),
+            Format::Orc => !matches!(
+                t,
+                DataType::Boolean
+                    | DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::Float32
+                    | DataType::Float64
+                    | DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Binary
+                    | DataType::LargeBinary
+                    | DataType::Date32
+                    | DataType::Timestamp(..)
+            ),
+            Format::Json | Format::Parquet | Format::Avro => false,
+        };
+        if unsupported {
+            return Err(Error::not_supported(
+                location,
+                format!(
+                    "column '{}' has type {t}, which ferry cannot write to {format} without loss; \
+                     remove it or write another format",
+                    field.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+struct Csv {
+    writer: arrow::csv::Writer<Output>,
+    schema: SchemaRef,
+    wrote: bool,
+    location: String,
+}
+
+impl BatchWriter for Csv {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.wrote = true;
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::data(&self.location, e))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        if !self.wrote {
+            // The header alone, so an empty table still says what its columns are.
+            let empty = RecordBatch::new_empty(self.schema.clone());
+            self.writer
+                .write(&empty)
+                .map_err(|e| Error::data(&self.location, e))?;
+        }
+        let location = self.location;
+        self.writer
+            .into_inner()
+            .flush()
+            .map_err(|e| Error::io(&location, &e))
+    }
+}
+
+struct Json {
+    writer: arrow::json::LineDelimitedWriter<Output>,
+    location: String,
+}
+
+impl BatchWriter for Json {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::data(&self.location, e))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.writer
+            .finish()
+            .map_err(|e| Error::data(&self.location, e))?;
+        let location = self.location;
+        self.writer
+            .into_inner()
+            .flush()
+            .map_err(|e| Error::io(&location, &e))
+    }
+}
+
+struct Parquet {
+    writer: parquet::arrow::ArrowWriter<Output>,
+    location: String,
+}
+
+impl BatchWriter for Parquet {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::data(&self.location, e))
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let location = self.location;
+        let mut out = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::data(&location, e))?;
+        out.flush().map_err(|e| Error::io(&location, &e))
+    }
+}
+
+struct Avro {
+    writer: arrow_avro::writer::AvroWriter<Output>,
+    location: String,
+}
+
+impl BatchWriter for Avro {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::data(&self.location, e))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.writer
+            .finish()
+            .map_err(|e| Error::data(&self.location, e))?;
+        let location = self.location;
+        self.writer
+            .into_inner()
+            .flush()
+            .map_err(|e| Error::io(&location, &e))
+    }
+}
+
+struct Orc {
+    writer: orc_rust::ArrowWriter<Output>,
+    location: String,
+}
+
+impl BatchWriter for Orc {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::data(&self.location, e))
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        // orc-rust's close flushes the footer into the output and then drops it; the
+        // caller flushes its own handle on the same output afterwards.
+        self.writer
+            .close()
+            .map_err(|e| Error::data(&self.location, e))
+    }
+}

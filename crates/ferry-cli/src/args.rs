@@ -5,10 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use ferry_core::{ChecksumAlgo, DataAddress, Error, Result};
+use ferry_core::{ChecksumAlgo, DataAddress, Error, Result, TransformSpec};
+use ferry_engine::manifest::Manifest;
 use ferry_engine::{
-    options::default_state_dir, parse_size, CopyOptions, NoProgress, Progress, Status,
+    options::default_state_dir, parse_size, CopyOptions, NoProgress, Progress, RecordOptions,
+    Status,
 };
+use ferry_formats::{Format, FormatOptions};
 
 use crate::output;
 
@@ -34,6 +37,65 @@ enum Command {
     Copy(CopyArgs),
     /// Compare two trees (or two objects) without copying and list every difference.
     Verify(VerifyArgs),
+    /// Run the transfer a manifest describes (apiVersion ferry.dev/v1, kind BatchTransfer).
+    Run(RunArgs),
+}
+
+/// How a run shows itself and where it keeps its checkpoint.
+#[derive(Args, Debug)]
+struct RunControl {
+    /// Print one JSON summary on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Ignore (and discard) the checkpoint of an earlier run: copy everything again.
+    #[arg(long)]
+    no_resume: bool,
+    /// List what would be copied; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where checkpoints are kept [default: $FERRY_STATE_DIR, else ~/.local/state/ferry].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Show progress even when stderr is not a terminal (then as a plain line every 2 s).
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The manifest (YAML).
+    manifest: PathBuf,
+    #[command(flatten)]
+    control: RunControl,
+}
+
+/// Formats and transformations: when given, or when the two ends' extensions name
+/// different formats, the copy reads records and writes them in the destination's format.
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// Apply a transformation, e.g. 'Digest(email, algo=sha256)', 'Filter(amount > 100)',
+    /// 'RemoveColumn(notes)', 'Redact(phone, mode=formatted)', 'Sample(fraction=0.1, seed=7)',
+    /// 'Encrypt(ssn, keyRef=env:FERRY_KEY)'. Repeatable; applied in order.
+    #[arg(long = "transform", value_name = "SPEC")]
+    transforms: Vec<String>,
+    /// A YAML file holding a list of transformations, as in a manifest. Repeatable.
+    #[arg(long = "transform-file", value_name = "FILE")]
+    transform_files: Vec<PathBuf>,
+    /// The source's format (csv, json, parquet, avro, orc) [default: from each file's extension].
+    #[arg(long, value_name = "FORMAT")]
+    source_format: Option<String>,
+    /// The destination's format [default: from its extension, else the source's].
+    #[arg(long, value_name = "FORMAT")]
+    dest_format: Option<String>,
+    /// A source format setting, e.g. delimiter=';', header=false, nullValue=NA. Repeatable.
+    #[arg(long = "source-option", value_name = "KEY=VALUE")]
+    source_options: Vec<String>,
+    /// A destination format setting, e.g. compression=zstd, rowGroupSize=100000. Repeatable.
+    #[arg(long = "dest-option", value_name = "KEY=VALUE")]
+    dest_options: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +125,8 @@ struct CopyArgs {
     destination: String,
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    records: RecordArgs,
     /// Parts in flight at once for one file.
     #[arg(long, default_value_t = CopyOptions::default().concurrency, value_name = "N")]
     concurrency: usize,
@@ -120,7 +184,120 @@ pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Copy(args) => copy(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Run(args) => run_manifest(args).await,
     }
+}
+
+impl RecordArgs {
+    fn options(&self) -> Result<RecordOptions> {
+        let mut transforms = Vec::new();
+        for path in &self.transform_files {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::invalid_option(format!("--transform-file {}", path.display()), e)
+            })?;
+            let list: Vec<TransformSpec> = serde_norway::from_str(&text).map_err(|e| {
+                Error::invalid_option(format!("--transform-file {}", path.display()), e)
+            })?;
+            transforms.extend(list);
+        }
+        for spec in &self.transforms {
+            transforms.push(spec.parse()?);
+        }
+        let format = |flag: &str, value: &Option<String>| -> Result<Option<Format>> {
+            value
+                .as_deref()
+                .map(|v| {
+                    v.parse::<Format>()
+                        .map_err(|e| Error::invalid_option(flag, e.to_string()))
+                })
+                .transpose()
+        };
+        Ok(RecordOptions {
+            source_format: format("--source-format", &self.source_format)?,
+            source_options: format_options("--source-option", &self.source_options)?,
+            dest_format: format("--dest-format", &self.dest_format)?,
+            dest_options: format_options("--dest-option", &self.dest_options)?,
+            transforms,
+        })
+    }
+}
+
+/// `KEY=VALUE` flags into format settings; unknown keys are errors.
+fn format_options(flag: &str, pairs: &[String]) -> Result<FormatOptions> {
+    let mut map = serde_json::Map::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(Error::invalid_option(
+                flag,
+                format!("'{pair}': expected KEY=VALUE"),
+            ));
+        };
+        let value = match value.parse::<u64>() {
+            Ok(n)
+                if key != "delimiter"
+                    && key != "quote"
+                    && key != "escape"
+                    && key != "nullValue" =>
+            {
+                serde_json::Value::from(n)
+            }
+            _ => match value {
+                "true" => serde_json::Value::Bool(true),
+                "false" => serde_json::Value::Bool(false),
+                other => serde_json::Value::from(other),
+            },
+        };
+        map.insert(key.trim().to_string(), value);
+    }
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| Error::invalid_option(flag, e))
+}
+
+fn progress_for(control: &RunControl) -> (Option<Arc<output::Bar>>, Arc<dyn Progress>) {
+    let on_terminal = std::io::stderr().is_terminal();
+    let show_bar = !control.no_progress
+        && !control.json
+        && !control.dry_run
+        && (control.progress || on_terminal);
+    let bar = show_bar.then(|| output::Bar::new(on_terminal));
+    let progress: Arc<dyn Progress> = match &bar {
+        Some(bar) => bar.clone(),
+        None => Arc::new(NoProgress),
+    };
+    (bar, progress)
+}
+
+async fn records(
+    src: &DataAddress,
+    dst: &DataAddress,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    control: &RunControl,
+) -> Result<u8> {
+    let (bar, progress) = progress_for(control);
+    let report = ferry_engine::transfer(src, dst, rec, opts, progress).await?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    output::record_report(&report, opts.dry_run, control.json);
+    Ok(if report.status == Status::Succeeded {
+        0
+    } else {
+        1
+    })
+}
+
+async fn run_manifest(args: RunArgs) -> Result<u8> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let (src, dst, rec) = manifest.plan()?;
+    let control = args.control;
+    let opts = CopyOptions {
+        resume: !control.no_resume,
+        dry_run: control.dry_run,
+        state_dir: control.state_dir.clone().unwrap_or_else(default_state_dir),
+        ..CopyOptions::default()
+    };
+    records(&src, &dst, &rec, &opts, &control).await
 }
 
 async fn copy(args: CopyArgs) -> Result<u8> {
@@ -137,6 +314,24 @@ async fn copy(args: CopyArgs) -> Result<u8> {
         ..args.common.options()?
     };
     opts.validate()?;
+    let rec = args.records.options()?;
+    if rec.needed(&src, &dst) {
+        if opts.verify {
+            return Err(Error::invalid_option(
+                "--verify",
+                "compares bytes, and a conversion or transformation changes them by design",
+            ));
+        }
+        let control = RunControl {
+            json: args.common.json,
+            no_resume: args.no_resume,
+            dry_run: args.dry_run,
+            state_dir: None,
+            progress: args.progress,
+            no_progress: args.no_progress,
+        };
+        return records(&src, &dst, &rec, &opts, &control).await;
+    }
     let on_terminal = std::io::stderr().is_terminal();
     let show_bar =
         !args.no_progress && !args.common.json && !opts.dry_run && (args.progress || on_terminal);

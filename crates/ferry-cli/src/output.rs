@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_core::DataAddress;
-use ferry_engine::{Action, CopyReport, Progress, VerifyReport};
+use ferry_engine::{Action, CopyReport, Progress, RecordReport, VerifyReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Bar {
@@ -222,4 +222,72 @@ pub fn verify_report(report: &VerifyReport, json: bool) {
         human_bytes(report.bytes),
         report.differences.len()
     );
+}
+
+pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("ferry: error: cannot encode the summary: {e}"),
+        }
+        return;
+    }
+    let (src, dst) = (&report.source, &report.destination);
+    if dry_run {
+        for o in &report.outputs {
+            let to = if o.key.is_empty() {
+                dst.address.clone()
+            } else {
+                format!("{}/{}", dst.address.trim_end_matches('/'), o.key)
+            };
+            println!("would write {to} from {}", o.inputs.join(", "));
+        }
+        println!(
+            "dry run: {} files ({}) -> {} outputs ({}), {} transformations",
+            src.files,
+            src.format,
+            report.outputs.len(),
+            dst.format,
+            report.transformations.len()
+        );
+        return;
+    }
+    for o in report.outputs.iter().filter(|o| o.error.is_some()) {
+        eprintln!(
+            "ferry: failed: {}: {}",
+            if o.key.is_empty() {
+                &dst.address
+            } else {
+                &o.key
+            },
+            o.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    let mut line = format!(
+        "{}: {} rows ({}, {}) -> {} rows ({}, {}) in {} files, {:.2}s ({:.0} rows/s)",
+        if report.failed == 0 {
+            "converted"
+        } else {
+            "incomplete"
+        },
+        src.rows,
+        src.format,
+        human_bytes(src.bytes),
+        dst.rows,
+        dst.format,
+        human_bytes(dst.bytes),
+        report.objects,
+        report.duration_s,
+        report.rows_per_s,
+    );
+    if report.skipped > 0 {
+        line.push_str(&format!(", {} already done", report.skipped));
+    }
+    if report.failed > 0 {
+        line.push_str(&format!(
+            ", {} failed (run the same command again to retry them)",
+            report.failed
+        ));
+    }
+    println!("{line}");
 }

@@ -45,7 +45,9 @@ mod tests {
         assert_eq!(got, b"s3cr3t");
 
         let err = resolve_secret("env:FERRY_TEST_SURELY_UNSET").unwrap_err();
-        assert!(err.to_string().contains("FERRY_TEST_SURELY_UNSET is not set"));
+        assert!(err
+            .to_string()
+            .contains("FERRY_TEST_SURELY_UNSET is not set"));
         assert!(resolve_secret("vault:x").is_err());
     }
 }

@@ -103,7 +103,8 @@ impl FromStr for TransformSpec {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::invalid_option("--transform", format!("'{text}': {reason}"));
+        let bad =
+            |reason: &str| Error::invalid_option("--transform", format!("'{text}': {reason}"));
         let text = text.trim();
         let (action, args) = match text.find('(') {
             Some(open) => {
@@ -131,7 +132,8 @@ impl FromStr for TransformSpec {
             if clause.is_empty() {
                 return Err(bad("Filter needs a clause, e.g. Filter(amount > 100)"));
             }
-            spec.options.insert("clause".into(), Value::String(clause.into()));
+            spec.options
+                .insert("clause".into(), Value::String(clause.into()));
             return Ok(spec);
         }
         for arg in split_args(args).map_err(|r| bad(&r))? {

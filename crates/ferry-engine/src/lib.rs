@@ -4,6 +4,7 @@ mod budget;
 mod copy;
 pub mod failpoint;
 mod filter;
+pub mod manifest;
 pub mod options;
 mod records;
 pub mod report;
@@ -12,8 +13,8 @@ mod verify;
 pub use copy::copy;
 pub use filter::KeyFilter;
 pub use options::{parse_size, CopyOptions};
+pub use records::{transfer, DatasetReport, OutputReport, RecordOptions, RecordReport};
 pub use report::{
     Action, CopyReport, Difference, FileReport, NoProgress, Progress, Status, VerifyReport,
 };
-pub use records::{transfer, DatasetReport, OutputReport, RecordOptions, RecordReport};
 pub use verify::verify;

@@ -87,7 +87,9 @@ impl FromStr for Format {
                 .ok_or_else(|| {
                     Error::invalid_option(
                         "format",
-                        format!("unknown format '{s}'; known: csv, json (lines), parquet, avro, orc"),
+                        format!(
+                            "unknown format '{s}'; known: csv, json (lines), parquet, avro, orc"
+                        ),
                     )
                 }),
         }
@@ -179,6 +181,10 @@ mod tests {
         assert_eq!(Format::Parquet.rename("logs/day1.csv"), "logs/day1.parquet");
         assert_eq!(Format::Json.rename("README"), "README.jsonl");
         assert_eq!("JSONL".parse::<Format>().unwrap(), Format::Json);
-        assert!("xls".parse::<Format>().unwrap_err().to_string().contains("unknown format 'xls'"));
+        assert!("xls"
+            .parse::<Format>()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown format 'xls'"));
     }
 }

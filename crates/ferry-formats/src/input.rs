@@ -115,7 +115,10 @@ impl Seek for Sequential {
             SeekFrom::End(d) => self.input.len() as i128 + d as i128,
         };
         if target < 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before start"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before start",
+            ));
         }
         let target = target as u64;
         if target != current {

@@ -58,7 +58,13 @@ pub fn open_reader(
             let csv = csv_format(options, location)?;
             let schema = match schema {
                 Some(schema) => {
-                    check_header(&csv, options.header.unwrap_or(true), &input, &schema, location)?;
+                    check_header(
+                        &csv,
+                        options.header.unwrap_or(true),
+                        &input,
+                        &schema,
+                        location,
+                    )?;
                     schema
                 }
                 None => {
@@ -66,7 +72,7 @@ pub fn open_reader(
                     let (schema, _) = csv
                         .infer_schema(input.sequential(0), Some(rows))
                         .map_err(|e| fail(&e))?;
-                    Arc::new(schema)
+                    with_zones(schema, &csv, &input, rows).map_err(|e| fail(&e))?
                 }
             };
             let mut builder = arrow::csv::ReaderBuilder::new(schema.clone())
@@ -131,7 +137,11 @@ pub fn open_reader(
 
 fn csv_format(options: &FormatOptions, location: &str) -> Result<arrow::csv::reader::Format> {
     let tsv = location.to_ascii_lowercase().ends_with(".tsv");
-    let delimiter = options.byte("delimiter", &options.delimiter, if tsv { b'\t' } else { b',' })?;
+    let delimiter = options.byte(
+        "delimiter",
+        &options.delimiter,
+        if tsv { b'\t' } else { b',' },
+    )?;
     let mut csv = arrow::csv::reader::Format::default()
         .with_header(options.header.unwrap_or(true))
         .with_delimiter(delimiter)
@@ -140,6 +150,62 @@ fn csv_format(options: &FormatOptions, location: &str) -> Result<arrow::csv::rea
         csv = csv.with_escape(options.byte("escape", &options.escape, b'\\')?);
     }
     Ok(csv)
+}
+
+/// arrow-csv infers `2026-01-03T17:06:00Z` as a timestamp without a zone, and would write
+/// it back without its `Z`. A column whose sampled values carry a zone or an offset is an
+/// instant: it becomes a UTC timestamp.
+fn with_zones(
+    schema: Schema,
+    csv: &arrow::csv::reader::Format,
+    input: &Input,
+    rows: usize,
+) -> std::result::Result<SchemaRef, ArrowError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Field};
+    let naive: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.data_type(), DataType::Timestamp(_, None)))
+        .map(|(i, _)| i)
+        .collect();
+    if naive.is_empty() {
+        return Ok(Arc::new(schema));
+    }
+    let text = Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    );
+    let sample = arrow::csv::ReaderBuilder::new(Arc::new(text))
+        .with_format(csv.clone())
+        .with_batch_size(rows.max(1))
+        .build_buffered(input.sequential(0))?
+        .next()
+        .transpose()?;
+    let Some(sample) = sample else {
+        return Ok(Arc::new(schema));
+    };
+    let has_zone = |v: &str| {
+        let b = v.as_bytes();
+        v.ends_with('Z')
+            || (b.len() > 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':')
+    };
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for i in naive {
+        let column = sample.column(i).as_string::<i32>();
+        if column.iter().flatten().next().is_some_and(has_zone) {
+            if let DataType::Timestamp(unit, None) = fields[i].data_type().clone() {
+                fields[i] = fields[i]
+                    .clone()
+                    .with_data_type(DataType::Timestamp(unit, Some("UTC".into())));
+            }
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 /// A declared schema must have the columns the header names, in the same order.
@@ -179,13 +245,31 @@ fn data_error(location: &str, schema: &Schema, error: ArrowError) -> Error {
         ArrowError::ExternalError(e) => e.to_string(),
         other => other.to_string(),
     };
+    // arrow-csv counts fields as "records"; say it the way users read a file.
+    if let Some(rest) =
+        text.strip_prefix("Encountered unequal lengths between records on CSV file. ")
+    {
+        let numbers: Vec<&str> = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let [expected, found, line] = numbers.as_slice() {
+            text = format!(
+                "line {line}: {found} fields where {expected} were expected (quote values that contain the delimiter)"
+            );
+        }
+    }
     // arrow-csv says "for column 2 at line 7"; say which column that is.
     if let Some(at) = text.find("for column ") {
         let digits: String = text[at + 11..]
             .chars()
             .take_while(|c| c.is_ascii_digit())
             .collect();
-        if let Some(field) = digits.parse::<usize>().ok().and_then(|i| schema.fields().get(i)) {
+        if let Some(field) = digits
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| schema.fields().get(i))
+        {
             let end = at + 11 + digits.len();
             text = format!("{}'{}'{}", &text[..at + 11], field.name(), &text[end..]);
         }

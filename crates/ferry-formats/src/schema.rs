@@ -77,7 +77,10 @@ pub fn parse_type(name: &str) -> std::result::Result<DataType, String> {
         "date" | "date32" => Some(DataType::Date32),
         "time" => Some(DataType::Time64(TimeUnit::Microsecond)),
         "timestamp" => Some(DataType::Timestamp(TimeUnit::Microsecond, None)),
-        "timestamptz" => Some(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+        "timestamptz" => Some(DataType::Timestamp(
+            TimeUnit::Microsecond,
+            Some("UTC".into()),
+        )),
         "binary" | "bytes" => Some(DataType::Binary),
         _ => None,
     };
@@ -138,14 +141,25 @@ mod tests {
     #[test]
     fn friendly_and_arrow_type_names() {
         assert_eq!(parse_type("BIGINT").unwrap(), DataType::Int64);
-        assert_eq!(parse_type("decimal(10, 2)").unwrap(), DataType::Decimal128(10, 2));
-        assert_eq!(parse_type("decimal(50,4)").unwrap(), DataType::Decimal256(50, 4));
+        assert_eq!(
+            parse_type("decimal(10, 2)").unwrap(),
+            DataType::Decimal128(10, 2)
+        );
+        assert_eq!(
+            parse_type("decimal(50,4)").unwrap(),
+            DataType::Decimal256(50, 4)
+        );
         assert_eq!(
             parse_type("timestamp(ms, Europe/Berlin)").unwrap(),
             DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Berlin".into()))
         );
-        assert_eq!(parse_type("Decimal128(12, 3)").unwrap(), DataType::Decimal128(12, 3));
+        assert_eq!(
+            parse_type("Decimal128(12, 3)").unwrap(),
+            DataType::Decimal128(12, 3)
+        );
         assert!(parse_type("decimal(99,1)").is_err());
-        assert!(parse_type("money").unwrap_err().contains("unknown type 'money'"));
+        assert!(parse_type("money")
+            .unwrap_err()
+            .contains("unknown type 'money'"));
     }
 }

@@ -44,9 +44,11 @@ pub fn open_writer(
                 )?)
                 .with_quote(options.byte("quote", &options.quote, b'"')?);
             if options.escape.is_some() {
-                builder = builder
-                    .with_double_quote(false)
-                    .with_escape(options.byte("escape", &options.escape, b'\\')?);
+                builder = builder.with_double_quote(false).with_escape(options.byte(
+                    "escape",
+                    &options.escape,
+                    b'\\',
+                )?);
             }
             if let Some(null) = &options.null_value {
                 builder = builder.with_null(null.clone());

@@ -31,7 +31,10 @@ pub(crate) fn column(spec: &TransformSpec, schema: &Schema, name: &str) -> Resul
         let known: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         Error::invalid_transform(
             spec.label(),
-            format!("column '{name}' not found; columns are: {}", known.join(", ")),
+            format!(
+                "column '{name}' not found; columns are: {}",
+                known.join(", ")
+            ),
         )
     })
 }

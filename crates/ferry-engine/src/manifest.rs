@@ -1,0 +1,360 @@
+//! Transfer manifests: `ferry run FILE.yaml`.
+//!
+//! ```yaml
+//! apiVersion: ferry.dev/v1
+//! kind: BatchTransfer
+//! metadata: {name: orders-to-lake}
+//! spec:
+//!   source:      {type: file, path: examples/data/orders.csv, format: csv}
+//!   destination: {type: s3, bucket: lake, key: orders/, format: parquet}
+//!   transformation:
+//!   - {name: drop-notes, action: RemoveColumn, columns: [notes]}
+//! ```
+//!
+//! Every level rejects keys it does not know, so a misspelt setting is an error rather
+//! than silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ferry_core::{DataAddress, Error, Result, TransformSpec};
+use ferry_formats::{ColumnSpec, Format, FormatOptions};
+use serde::Deserialize;
+
+use crate::RecordOptions;
+
+pub const API_VERSION: &str = "ferry.dev/v1";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Manifest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: TransferSpec,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransferSpec {
+    pub source: AddressSpec,
+    pub destination: AddressSpec,
+    /// Applied in order.
+    #[serde(default)]
+    pub transformation: Vec<TransformSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreType {
+    File,
+    S3,
+    #[serde(alias = "az", alias = "azureblob")]
+    Azure,
+    Http,
+}
+
+/// Where a dataset lives and how it is encoded, in the typed form.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AddressSpec {
+    #[serde(rename = "type")]
+    pub store: StoreType,
+    /// `file`: the file or directory. `azure`: the path inside the container.
+    pub path: Option<String>,
+    /// `s3`.
+    pub bucket: Option<String>,
+    /// `s3`: the object key or prefix (ending in `/`).
+    pub key: Option<String>,
+    /// `azure`.
+    pub container: Option<String>,
+    /// `azure`: the storage account.
+    pub account: Option<String>,
+    /// `s3`, `azure`: a non-default endpoint (S3-compatible servers, Azurite).
+    pub endpoint: Option<String>,
+    /// `s3`.
+    pub region: Option<String>,
+    /// `http`.
+    pub url: Option<String>,
+    /// Other settings of the store (object_store's names, e.g. `skip_signature`).
+    /// Credentials belong in the environment, not here.
+    #[serde(default)]
+    pub store_options: BTreeMap<String, String>,
+    pub format: Option<Format>,
+    /// The columns and their types, instead of inferring them (CSV, JSON).
+    pub schema: Option<Vec<ColumnSpec>>,
+    /// Format settings: header, delimiter, quote, escape, nullValue, inferRows,
+    /// compression, rowGroupSize, batchSize.
+    #[serde(default)]
+    pub options: FormatOptions,
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid_option(format!("manifest {}", path.display()), e.to_string())
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::InvalidOption { reason, .. } => {
+                Error::invalid_option(format!("manifest {}", path.display()), reason)
+            }
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let manifest: Manifest =
+            serde_norway::from_str(text).map_err(|e| Error::invalid_option("manifest", e))?;
+        if manifest.api_version != API_VERSION {
+            return Err(Error::invalid_option(
+                "manifest",
+                format!(
+                    "apiVersion '{}' is not supported; use {API_VERSION}",
+                    manifest.api_version
+                ),
+            ));
+        }
+        match manifest.kind.as_str() {
+            "BatchTransfer" => {}
+            "StreamTransfer" => {
+                return Err(Error::invalid_option(
+                    "manifest",
+                    "kind StreamTransfer is not supported yet; use BatchTransfer",
+                ))
+            }
+            other => {
+                return Err(Error::invalid_option(
+                    "manifest",
+                    format!("unknown kind '{other}'; use BatchTransfer"),
+                ))
+            }
+        }
+        manifest.spec.source.address("spec.source")?;
+        manifest.spec.destination.address("spec.destination")?;
+        Ok(manifest)
+    }
+
+    /// The two addresses and what happens between them.
+    pub fn plan(&self) -> Result<(DataAddress, DataAddress, RecordOptions)> {
+        let src = &self.spec.source;
+        let dst = &self.spec.destination;
+        let mut source_options = src.options.clone();
+        if src.schema.is_some() {
+            source_options.schema = src.schema.clone();
+        }
+        if dst.schema.is_some() {
+            return Err(Error::invalid_option(
+                "spec.destination.schema",
+                "a destination's schema comes from the source and the transformations",
+            ));
+        }
+        let rec = RecordOptions {
+            source_format: src.format,
+            source_options,
+            dest_format: dst.format,
+            dest_options: dst.options.clone(),
+            transforms: self.spec.transformation.clone(),
+        };
+        Ok((
+            src.address("spec.source")?,
+            dst.address("spec.destination")?,
+            rec,
+        ))
+    }
+}
+
+impl AddressSpec {
+    /// The address this spec names; `at` is its place in the manifest, for errors.
+    pub fn address(&self, at: &str) -> Result<DataAddress> {
+        let need = |field: &Option<String>, name: &str| {
+            field.clone().ok_or_else(|| {
+                Error::invalid_option(
+                    format!("{at}.{name}"),
+                    format!("required for type {}", self.type_name()),
+                )
+            })
+        };
+        let allow = |fields: &[(&Option<String>, &str)]| -> Result<()> {
+            for (value, name) in fields {
+                if value.is_some() {
+                    return Err(Error::invalid_option(
+                        format!("{at}.{name}"),
+                        format!("not used by type {}", self.type_name()),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let mut options = self.store_options.clone();
+        let mut set = |name: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                options.insert(name.to_string(), v.clone());
+            }
+        };
+        set("endpoint", &self.endpoint);
+        Ok(match self.store {
+            StoreType::File => {
+                allow(&[
+                    (&self.bucket, "bucket"),
+                    (&self.key, "key"),
+                    (&self.container, "container"),
+                    (&self.account, "account"),
+                    (&self.endpoint, "endpoint"),
+                    (&self.region, "region"),
+                    (&self.url, "url"),
+                ])?;
+                if !self.store_options.is_empty() {
+                    return Err(Error::invalid_option(
+                        format!("{at}.storeOptions"),
+                        "not used by type file",
+                    ));
+                }
+                DataAddress::Local {
+                    path: PathBuf::from(need(&self.path, "path")?),
+                }
+            }
+            StoreType::S3 => {
+                allow(&[
+                    (&self.path, "path"),
+                    (&self.container, "container"),
+                    (&self.account, "account"),
+                    (&self.url, "url"),
+                ])?;
+                set("region", &self.region);
+                DataAddress::S3 {
+                    bucket: need(&self.bucket, "bucket")?,
+                    key: self.key.clone().unwrap_or_default(),
+                    options,
+                }
+            }
+            StoreType::Azure => {
+                allow(&[
+                    (&self.bucket, "bucket"),
+                    (&self.key, "key"),
+                    (&self.region, "region"),
+                    (&self.url, "url"),
+                ])?;
+                set("account", &self.account);
+                DataAddress::Azure {
+                    container: need(&self.container, "container")?,
+                    path: self.path.clone().unwrap_or_default(),
+                    options,
+                }
+            }
+            StoreType::Http => {
+                allow(&[
+                    (&self.path, "path"),
+                    (&self.bucket, "bucket"),
+                    (&self.key, "key"),
+                    (&self.container, "container"),
+                    (&self.account, "account"),
+                    (&self.endpoint, "endpoint"),
+                    (&self.region, "region"),
+                ])?;
+                let url = need(&self.url, "url")?;
+                match DataAddress::parse(&url)? {
+                    http @ DataAddress::Http { .. } => http,
+                    _ => {
+                        return Err(Error::invalid_option(
+                            format!("{at}.url"),
+                            "must be an http:// or https:// URL",
+                        ))
+                    }
+                }
+            }
+        })
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self.store {
+            StoreType::File => "file",
+            StoreType::S3 => "s3",
+            StoreType::Azure => "azure",
+            StoreType::Http => "http",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+apiVersion: ferry.dev/v1
+kind: BatchTransfer
+metadata: {name: orders-to-lake}
+spec:
+  source:      {type: file, path: examples/data/orders.csv, format: csv}
+  destination: {type: s3, bucket: lake, key: orders/, format: parquet, endpoint: "http://127.0.0.1:9000"}
+  transformation:
+  - {name: drop-notes, action: RemoveColumn, columns: [notes]}
+  - {name: big-orders, action: Filter, options: {clause: "amount > 100 AND country = 'DE'"}}
+  - {name: hash-email, action: Digest, columns: [email], options: {algo: sha256}}
+  - {name: hide-phone, action: Redact, columns: [phone], options: {mode: formatted}}
+"#;
+
+    #[test]
+    fn the_issue_example_plans_a_record_transfer() {
+        let manifest = Manifest::parse(EXAMPLE).unwrap();
+        assert_eq!(manifest.metadata.name, "orders-to-lake");
+        let (src, dst, rec) = manifest.plan().unwrap();
+        assert_eq!(src, DataAddress::parse("examples/data/orders.csv").unwrap());
+        assert_eq!(
+            dst,
+            DataAddress::parse("s3://lake/orders/?endpoint=http://127.0.0.1:9000").unwrap()
+        );
+        assert_eq!(rec.source_format, Some(Format::Csv));
+        assert_eq!(rec.dest_format, Some(Format::Parquet));
+        assert_eq!(rec.transforms.len(), 4);
+        assert_eq!(rec.transforms[3].label(), "'hide-phone' (Redact)");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_at_every_level() {
+        for (from, to) in [
+            (
+                "metadata: {name: orders-to-lake}",
+                "metadata: {name: x, nmae: y}",
+            ),
+            ("format: csv}", "format: csv, delimter: ';'}"),
+            (
+                "action: RemoveColumn,",
+                "action: RemoveColumn, colour: red,",
+            ),
+            ("kind: BatchTransfer", "kind: BatchTransfer\nextra: 1"),
+        ] {
+            let text = EXAMPLE.replace(from, to);
+            assert_ne!(text, EXAMPLE, "{from}");
+            let err = Manifest::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{to}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn wrong_fields_for_the_store_and_bad_kinds() {
+        let err = Manifest::parse(&EXAMPLE.replace("bucket: lake", "container: lake"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.destination.container"), "{err}");
+        let err = Manifest::parse(&EXAMPLE.replace("BatchTransfer", "Copy"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown kind 'Copy'"), "{err}");
+        let err = Manifest::parse(&EXAMPLE.replace("action: Digest", "action: Hash"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Hash"), "{err}");
+    }
+}

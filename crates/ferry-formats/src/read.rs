@@ -53,6 +53,7 @@ pub fn open_reader(
     };
     let batch_size = options.batch_size();
     let fail = |e: &dyn std::fmt::Display| Error::data(location, e);
+    let arrow_fail = |e: ArrowError| data_error(location, &Schema::empty(), e);
     let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = _> + Send>) = match format {
         Format::Csv => {
             let csv = csv_format(options, location)?;
@@ -71,8 +72,8 @@ pub fn open_reader(
                     let rows = options.infer_rows.unwrap_or(1000);
                     let (schema, _) = csv
                         .infer_schema(input.sequential(0), Some(rows))
-                        .map_err(|e| fail(&e))?;
-                    with_zones(schema, &csv, &input, rows).map_err(|e| fail(&e))?
+                        .map_err(|e| arrow_fail(e))?;
+                    with_zones(schema, &csv, &input, rows).map_err(|e| arrow_fail(e))?
                 }
             };
             let mut builder = arrow::csv::ReaderBuilder::new(schema.clone())
@@ -85,7 +86,7 @@ pub fn open_reader(
             }
             let reader = builder
                 .build_buffered(input.sequential(0))
-                .map_err(|e| fail(&e))?;
+                .map_err(|e| arrow_fail(e))?;
             (schema, Box::new(reader))
         }
         Format::Json => {
@@ -95,14 +96,14 @@ pub fn open_reader(
                     let rows = options.infer_rows.unwrap_or(1000);
                     let (schema, _) =
                         arrow::json::reader::infer_json_schema(input.sequential(0), Some(rows))
-                            .map_err(|e| fail(&e))?;
+                            .map_err(|e| arrow_fail(e))?;
                     Arc::new(schema)
                 }
             };
             let reader = arrow::json::ReaderBuilder::new(schema.clone())
                 .with_batch_size(batch_size)
                 .build(input.sequential(0))
-                .map_err(|e| fail(&e))?;
+                .map_err(|e| arrow_fail(e))?;
             (schema, Box::new(reader))
         }
         Format::Parquet => {
@@ -259,19 +260,30 @@ fn data_error(location: &str, schema: &Schema, error: ArrowError) -> Error {
             );
         }
     }
-    // arrow-csv says "for column 2 at line 7"; say which column that is.
-    if let Some(at) = text.find("for column ") {
-        let digits: String = text[at + 11..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        if let Some(field) = digits
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| schema.fields().get(i))
-        {
-            let end = at + 11 + digits.len();
-            text = format!("{}'{}'{}", &text[..at + 11], field.name(), &text[end..]);
+    // arrow-csv says "Error while parsing value 'abc' as type 'Int64' for column 2 at
+    // line 7. Row data: '[...]'", counting lines from 0; name the column, count lines from
+    // 1, and leave the rest of the row (other people's data) out of logs.
+    if let Some(rest) = text.strip_prefix("Error while parsing value '") {
+        let parsed = rest.rsplit_once("' for column ").and_then(|(head, tail)| {
+            let (value, data_type) = head.rsplit_once("' as type '")?;
+            let (column, tail) = tail.split_once(" at line ")?;
+            let line: usize = tail
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            let column = column
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| schema.fields().get(i))
+                .map_or(column.to_string(), |f| f.name().clone());
+            Some(format!(
+                "line {}, column '{column}': cannot read '{value}' as {data_type}",
+                line + 1
+            ))
+        });
+        if let Some(parsed) = parsed {
+            text = parsed;
         }
     }
     Error::data(location, text)

@@ -171,22 +171,23 @@ fn check_types(format: Format, schema: &SchemaRef, location: &str) -> Result<()>
                     | DataType::Map(..)
                     | DataType::Union(..)
             ),
-            Format::Orc => !matches!(
-                t,
-                DataType::Boolean
-                    | DataType::Int8
-                    | DataType::Int16
-                    | DataType::Int32
-                    | DataType::Int64
-                    | DataType::Float32
-                    | DataType::Float64
-                    | DataType::Utf8
-                    | DataType::LargeUtf8
-                    | DataType::Binary
-                    | DataType::LargeBinary
-                    | DataType::Date32
-                    | DataType::Timestamp(..)
-            ),
+            Format::Orc => {
+                !matches!(
+                    t,
+                    DataType::Boolean
+                        | DataType::Int8
+                        | DataType::Int16
+                        | DataType::Int32
+                        | DataType::Int64
+                        | DataType::Float32
+                        | DataType::Float64
+                        | DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Binary
+                        | DataType::LargeBinary
+                        | DataType::Date32
+                ) && !matches!(t, DataType::Timestamp(_, zone) if zone.as_deref().is_none_or(|z| z == "UTC"))
+            }
             Format::Json | Format::Parquet | Format::Avro => false,
         };
         if unsupported {

@@ -34,7 +34,7 @@ enum Command {
     /// Addresses: ./dir, /abs/path, file:///abs, s3://bucket/key, az://container/path,
     /// http(s)://host/file (source only). A directory or prefix is copied recursively into
     /// the destination. Re-running an interrupted copy continues where it stopped.
-    Copy(CopyArgs),
+    Copy(Box<CopyArgs>),
     /// Compare two trees (or two objects) without copying and list every difference.
     Verify(VerifyArgs),
     /// Run the transfer a manifest describes (apiVersion ferry.dev/v1, kind BatchTransfer).
@@ -182,7 +182,7 @@ impl Common {
 
 pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Copy(args) => copy(args).await,
+        Command::Copy(args) => copy(*args).await,
         Command::Verify(args) => verify(args).await,
         Command::Run(args) => run_manifest(args).await,
     }

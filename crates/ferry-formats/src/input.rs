@@ -11,6 +11,10 @@ use bytes::Bytes;
 pub trait RandomAccess: Send + Sync {
     fn len(&self) -> u64;
 
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Reads exactly `len` bytes at `offset` (fewer only at the end).
     fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes>;
 

@@ -72,8 +72,8 @@ pub fn open_reader(
                     let rows = options.infer_rows.unwrap_or(1000);
                     let (schema, _) = csv
                         .infer_schema(input.sequential(0), Some(rows))
-                        .map_err(|e| arrow_fail(e))?;
-                    with_zones(schema, &csv, &input, rows).map_err(|e| arrow_fail(e))?
+                        .map_err(arrow_fail)?;
+                    with_zones(schema, &csv, &input, rows).map_err(arrow_fail)?
                 }
             };
             let mut builder = arrow::csv::ReaderBuilder::new(schema.clone())
@@ -86,7 +86,7 @@ pub fn open_reader(
             }
             let reader = builder
                 .build_buffered(input.sequential(0))
-                .map_err(|e| arrow_fail(e))?;
+                .map_err(arrow_fail)?;
             (schema, Box::new(reader))
         }
         Format::Json => {
@@ -96,14 +96,14 @@ pub fn open_reader(
                     let rows = options.infer_rows.unwrap_or(1000);
                     let (schema, _) =
                         arrow::json::reader::infer_json_schema(input.sequential(0), Some(rows))
-                            .map_err(|e| arrow_fail(e))?;
+                            .map_err(arrow_fail)?;
                     Arc::new(schema)
                 }
             };
             let reader = arrow::json::ReaderBuilder::new(schema.clone())
                 .with_batch_size(batch_size)
                 .build(input.sequential(0))
-                .map_err(|e| arrow_fail(e))?;
+                .map_err(arrow_fail)?;
             (schema, Box::new(reader))
         }
         Format::Parquet => {

@@ -1,0 +1,298 @@
+//! `ferry run` and record-path `ferry copy` as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ferry(state: &Path, cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.env("FERRY_STATE_DIR", state)
+        .env_remove("FERRY_FAILPOINT")
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn one_line_error(code: i32, stderr: &str, expected_code: i32, needles: &[&str]) {
+    assert_eq!(code, expected_code, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "'{needle}' not in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A working directory laid out like the repository: examples/data and examples/manifests.
+fn workspace() -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    for rel in [
+        "examples/data/orders.csv",
+        "examples/manifests/orders-to-lake.yaml",
+    ] {
+        let to = work.path().join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo().join(rel), to).unwrap();
+    }
+    work
+}
+
+#[test]
+fn the_readme_manifest_runs_and_reports_schemas() {
+    let work = workspace();
+    let state = work.path().join("state");
+    let (code, out, err) = run(ferry(&state, work.path()).args([
+        "run",
+        "examples/manifests/orders-to-lake.yaml",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["source"]["format"], "csv");
+    assert_eq!(report["source"]["rows"], 200);
+    assert_eq!(report["destination"]["format"], "parquet");
+    let source_columns: Vec<&str> = report["source"]["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(source_columns.contains(&"notes"));
+    let dest_columns: Vec<&str> = report["destination"]["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(!dest_columns.contains(&"notes"));
+    assert_eq!(report["destination"]["schema"][0]["type"], "Int64");
+    assert_eq!(
+        report["transformations"],
+        serde_json::json!([
+            "'drop-notes' (RemoveColumn)",
+            "'big-orders' (Filter)",
+            "'hash-email' (Digest)",
+            "'hide-phone' (Redact)"
+        ])
+    );
+    let rows = report["destination"]["rows"].as_u64().unwrap();
+    assert!(rows > 0 && rows < 200, "{rows}");
+    assert!(work.path().join("out/lake/orders/orders.parquet").is_file());
+
+    // Text output says what happened in one line.
+    let (code, out, err) = run(ferry(&state, work.path()).args([
+        "run",
+        "examples/manifests/orders-to-lake.yaml",
+        "--no-resume",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("converted: 200 rows (csv"))
+            && out.contains(&format!("-> {rows} rows (parquet")),
+        "{out}"
+    );
+}
+
+#[test]
+fn copy_takes_transformations_as_flags() {
+    let work = workspace();
+    let state = work.path().join("state");
+    let (code, _, err) = run(ferry(&state, work.path()).args([
+        "copy",
+        "examples/data/orders.csv",
+        "out/orders.jsonl",
+        "--transform",
+        "RemoveColumn(notes, phone)",
+        "--transform",
+        "Digest(email, algo=md5)",
+        "--transform",
+        "Filter(country IN ('DE', 'FR') AND amount BETWEEN 100 AND 200)",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(work.path().join("out/orders.jsonl")).unwrap();
+    assert!(!text.is_empty());
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "order_id",
+                "customer_id",
+                "email",
+                "country",
+                "amount",
+                "ordered_at"
+            ]
+        );
+        let email = row["email"].as_str().unwrap();
+        assert!(email.len() == 32 && email.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(["DE", "FR"].contains(&row["country"].as_str().unwrap()));
+        let amount = row["amount"].as_f64().unwrap();
+        assert!((100.0..=200.0).contains(&amount), "{amount}");
+    }
+}
+
+#[test]
+fn encrypt_then_decrypt_gives_back_the_file() {
+    let work = workspace();
+    let state = work.path().join("state");
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    for deterministic in ["false", "true"] {
+        let encrypt =
+            format!("Encrypt(email, phone, keyRef=env:ORDERS_KEY, deterministic={deterministic})");
+        let decrypt =
+            format!("Decrypt(email, phone, keyRef=env:ORDERS_KEY, deterministic={deterministic})");
+        let (code, _, err) = run(ferry(&state, work.path()).env("ORDERS_KEY", key).args([
+            "copy",
+            "examples/data/orders.csv",
+            "sealed.parquet",
+            "--transform",
+            &encrypt,
+        ]));
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = run(ferry(&state, work.path()).env("ORDERS_KEY", key).args([
+            "copy",
+            "sealed.parquet",
+            "sealed.csv",
+        ]));
+        assert_eq!(code, 0, "{err}");
+        let sealed = std::fs::read_to_string(work.path().join("sealed.csv")).unwrap();
+        assert!(
+            !sealed.contains("@example.com"),
+            "e-mail addresses left in clear"
+        );
+
+        let (code, _, err) = run(ferry(&state, work.path()).env("ORDERS_KEY", key).args([
+            "copy",
+            "sealed.parquet",
+            "opened.csv",
+            "--transform",
+            &decrypt,
+        ]));
+        assert_eq!(code, 0, "{err}");
+        // The same file through the record path without encryption (inferred amounts are
+        // floats, so 145.70 comes back as 145.7 either way).
+        let (code, _, err) = run(ferry(&state, work.path()).args([
+            "copy",
+            "examples/data/orders.csv",
+            "plain.csv",
+            "--transform",
+            "Sample(fraction=1)",
+        ]));
+        assert_eq!(code, 0, "{err}");
+        let plain = std::fs::read_to_string(work.path().join("plain.csv")).unwrap();
+        let opened = std::fs::read_to_string(work.path().join("opened.csv")).unwrap();
+        assert_eq!(opened, plain, "deterministic={deterministic}");
+        assert!(opened.contains("customer21@example.com,+49 170-3530829"));
+
+        // The wrong key fails, naming the column, and writes nothing.
+        let (code, _, err) = run(ferry(&state, work.path())
+            .env("ORDERS_KEY", key.replace("00", "11"))
+            .args([
+                "copy",
+                "sealed.parquet",
+                "wrong.csv",
+                "--transform",
+                &decrypt,
+            ]));
+        one_line_error(code, &err, 1, &["column 'email'", "cannot decrypt"]);
+        assert!(!work.path().join("wrong.csv").exists());
+        for file in ["opened.csv", "plain.csv"] {
+            std::fs::remove_file(work.path().join(file)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_manifests_and_transformations_exit_2_with_one_line() {
+    let work = workspace();
+    let state = work.path().join("state");
+    let manifest =
+        std::fs::read_to_string(work.path().join("examples/manifests/orders-to-lake.yaml"))
+            .unwrap();
+    let cases = [
+        (
+            "format: csv}",
+            "format: csv, delimter: ';'}",
+            vec!["unknown field `delimter`"],
+        ),
+        ("action: Digest", "action: Hash", vec!["Hash"]),
+        (
+            "clause: \"amount > 100 AND country = 'DE'\"",
+            "clause: \"amount >> 100\"",
+            vec!["'big-orders' (Filter)"],
+        ),
+        (
+            "columns: [email]",
+            "columns: [e_mail]",
+            vec!["'hash-email' (Digest)", "column 'e_mail' not found"],
+        ),
+        (
+            "options: {algo: sha256}",
+            "options: {algo: sha3}",
+            vec!["'hash-email' (Digest)", "sha3"],
+        ),
+    ];
+    for (from, to, needles) in cases {
+        let changed = manifest.replace(from, to);
+        assert_ne!(changed, manifest, "{from}");
+        std::fs::write(work.path().join("bad.yaml"), changed).unwrap();
+        let (code, _, err) = run(ferry(&state, work.path()).args(["run", "bad.yaml"]));
+        one_line_error(code, &err, 2, &needles);
+        assert!(
+            !work.path().join("out").exists(),
+            "{to}: something was written"
+        );
+    }
+    let (code, _, err) = run(ferry(&state, work.path()).args([
+        "copy",
+        "examples/data/orders.csv",
+        "out.parquet",
+        "--transform",
+        "Shuffle(email)",
+    ]));
+    one_line_error(code, &err, 2, &["unknown action 'Shuffle'"]);
+}
+
+#[test]
+fn a_malformed_row_fails_naming_file_and_line() {
+    let work = workspace();
+    let state = work.path().join("state");
+    let csv = work.path().join("examples/data/orders.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    text.push_str("201,1,x@example.com,+49 1,DE,not-a-number,2026-01-01T00:00:00Z,\n");
+    std::fs::write(&csv, text).unwrap();
+    let (code, _, err) = run(ferry(&state, work.path()).args([
+        "copy",
+        "examples/data/orders.csv",
+        "out/orders.parquet",
+        "--source-option",
+        "inferRows=10",
+    ]));
+    one_line_error(
+        code,
+        &err,
+        1,
+        &[
+            "orders.csv",
+            "line 202",
+            "column 'amount'",
+            "'not-a-number'",
+        ],
+    );
+    assert!(!work.path().join("out/orders.parquet").exists());
+}

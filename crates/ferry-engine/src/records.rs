@@ -19,8 +19,8 @@ use ferry_connectors::{open_sink, open_source};
 use ferry_core::{ChecksumAlgo, DataAddress, Entry, Error, PartToken, Result, Sink, Source};
 use ferry_core::{TransformSpec, UploadId};
 use ferry_formats::{
-    describe_schema, open_reader, open_writer, FieldDescription, FileAccess, Format, FormatOptions,
-    Input, RandomAccess,
+    describe_schema, open_reader, open_writer, written_schema, FieldDescription, FileAccess,
+    Format, FormatOptions, Input, RandomAccess,
 };
 use ferry_state::StateStore;
 use ferry_transforms::Chain;
@@ -201,7 +201,7 @@ pub async fn transfer(
     let probe = {
         let (source, rec, handle) = (source.clone(), rec.clone(), handle.clone());
         let dst = dst.to_string();
-        tokio::task::spawn_blocking(move || -> Result<(SchemaRef, SchemaRef)> {
+        tokio::task::spawn_blocking(move || -> Result<(SchemaRef, SchemaRef, SchemaRef)> {
             let input = open_input(&source, &first, &handle, None);
             let reader = open_reader(
                 first_format,
@@ -213,6 +213,7 @@ pub async fn transfer(
             let schema = reader.schema();
             let chain = Chain::bind(&rec.transforms, schema.clone())?;
             let out = chain.output_schema();
+            let written = written_schema(dest_format, &rec.dest_options, &out, &dst)?;
             open_writer(
                 dest_format,
                 &rec.dest_options,
@@ -220,10 +221,10 @@ pub async fn transfer(
                 Box::new(io::sink()),
                 &dst,
             )?;
-            Ok((schema, out))
+            Ok((schema, out, written))
         })
     };
-    let (input_schema, output_schema) = probe.await.map_err(join_error)??;
+    let (input_schema, output_schema, written_schema) = probe.await.map_err(join_error)??;
 
     let source_report = |rows, bytes, files| DatasetReport {
         address: src.to_string(),
@@ -244,7 +245,7 @@ pub async fn transfer(
             source_report(0, bytes, planned),
             dst,
             dest_format,
-            &output_schema,
+            &written_schema,
             rec,
             outputs.into_iter().map(|o| planned_report(&o)).collect(),
             started,
@@ -338,7 +339,7 @@ pub async fn transfer(
         source_report(rows_read, bytes_read, total_files),
         dst,
         dest_format,
-        &output_schema,
+        &written_schema,
         rec,
         reports,
         started,

@@ -121,6 +121,9 @@ pub struct FormatOptions {
     pub row_group_size: Option<usize>,
     /// Rows per record batch moved through the pipeline (default 8192).
     pub batch_size: Option<usize>,
+    /// Write columns the destination format cannot hold (ORC decimals, CSV lists) as text
+    /// instead of refusing them.
+    pub allow_lossy: Option<bool>,
 }
 
 impl FormatOptions {
@@ -145,7 +148,8 @@ impl FormatOptions {
             schema,
             compression,
             row_group_size,
-            batch_size
+            batch_size,
+            allow_lossy
         );
         self
     }

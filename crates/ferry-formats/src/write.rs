@@ -2,7 +2,10 @@
 
 use std::io::Write;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use std::sync::Arc;
+
+use arrow::compute::{can_cast_types, cast};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use ferry_core::{Error, Result};
 use parquet::basic::{Compression, ZstdLevel};
@@ -30,7 +33,15 @@ pub fn open_writer(
     out: Output,
     location: &str,
 ) -> Result<Box<dyn BatchWriter>> {
-    check_types(format, &schema, location)?;
+    let written = written_schema(format, options, &schema, location)?;
+    if written != schema {
+        let inner = open_writer(format, options, written.clone(), out, location)?;
+        return Ok(Box::new(Lossy {
+            inner,
+            schema: written,
+            location: location.to_string(),
+        }));
+    }
     let fail = |e: &dyn std::fmt::Display| Error::data(location, e);
     Ok(match format {
         Format::Csv => {
@@ -157,51 +168,101 @@ fn parquet_compression(name: Option<&str>) -> Result<Compression> {
     })
 }
 
-/// Refuses types a format would write lossily or not at all, naming the column.
-fn check_types(format: Format, schema: &SchemaRef, location: &str) -> Result<()> {
+fn unsupported(format: Format, t: &DataType) -> bool {
+    match format {
+        Format::Csv => matches!(
+            t,
+            DataType::List(_)
+                | DataType::LargeList(_)
+                | DataType::FixedSizeList(..)
+                | DataType::Struct(_)
+                | DataType::Map(..)
+                | DataType::Union(..)
+        ),
+        Format::Orc => {
+            !matches!(
+                t,
+                DataType::Boolean
+                    | DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::Float32
+                    | DataType::Float64
+                    | DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Binary
+                    | DataType::LargeBinary
+                    | DataType::Date32
+            ) && !matches!(t, DataType::Timestamp(_, zone) if zone.as_deref().is_none_or(|z| z == "UTC"))
+        }
+        Format::Json | Format::Parquet | Format::Avro => false,
+    }
+}
+
+/// The schema a file of `format` is written with for batches of `schema`: the same, or,
+/// with `allowLossy`, with the columns the format cannot hold turned into text. Without
+/// `allowLossy` such a column is an error naming it.
+pub fn written_schema(
+    format: Format,
+    options: &FormatOptions,
+    schema: &SchemaRef,
+    location: &str,
+) -> Result<SchemaRef> {
+    let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let t = field.data_type();
-        let unsupported = match format {
-            Format::Csv => matches!(
-                t,
-                DataType::List(_)
-                    | DataType::LargeList(_)
-                    | DataType::FixedSizeList(..)
-                    | DataType::Struct(_)
-                    | DataType::Map(..)
-                    | DataType::Union(..)
-            ),
-            Format::Orc => {
-                !matches!(
-                    t,
-                    DataType::Boolean
-                        | DataType::Int8
-                        | DataType::Int16
-                        | DataType::Int32
-                        | DataType::Int64
-                        | DataType::Float32
-                        | DataType::Float64
-                        | DataType::Utf8
-                        | DataType::LargeUtf8
-                        | DataType::Binary
-                        | DataType::LargeBinary
-                        | DataType::Date32
-                ) && !matches!(t, DataType::Timestamp(_, zone) if zone.as_deref().is_none_or(|z| z == "UTC"))
-            }
-            Format::Json | Format::Parquet | Format::Avro => false,
-        };
-        if unsupported {
+        if !unsupported(format, t) {
+            fields.push(field.as_ref().clone());
+            continue;
+        }
+        if !options.allow_lossy.unwrap_or(false) || !can_cast_types(t, &DataType::Utf8) {
             return Err(Error::not_supported(
                 location,
                 format!(
                     "column '{}' has type {t}, which ferry cannot write to {format} without loss; \
-                     remove it or write another format",
+                     remove it, write another format, or set allowLossy to write it as text",
                     field.name()
                 ),
             ));
         }
+        fields.push(field.as_ref().clone().with_data_type(DataType::Utf8));
     }
-    Ok(())
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    )))
+}
+
+/// Casts the columns a format cannot hold to text before writing (`allowLossy`).
+struct Lossy {
+    inner: Box<dyn BatchWriter>,
+    schema: SchemaRef,
+    location: String,
+}
+
+impl BatchWriter for Lossy {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let columns: Result<Vec<_>> = batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    cast(c, f.data_type()).map_err(|e| Error::data(&self.location, e))
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(self.schema.clone(), columns?)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.inner.write(&batch)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.inner.finish()
+    }
 }
 
 struct Csv {

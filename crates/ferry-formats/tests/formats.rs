@@ -264,3 +264,20 @@ fn parquet_settings_are_checked() {
     assert!(err.contains("'brotli9' for Parquet"), "{err}");
     assert!(serde_json::from_str::<FormatOptions>(r#"{"rowGroupSise": 5}"#).is_err());
 }
+
+#[test]
+fn allow_lossy_writes_what_a_format_cannot_hold_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.orc");
+    let batch = sample(true);
+    let options: FormatOptions = serde_json::from_str(r#"{"allowLossy": true}"#).unwrap();
+    let out = Box::new(std::fs::File::create(&path).unwrap());
+    let mut writer = open_writer(Format::Orc, &options, batch.schema(), out, "t.orc").unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    let back = read(Format::Orc, &path, None);
+    let amount = back.column(back.schema().index_of("amount").unwrap());
+    assert_eq!(amount.data_type(), &DataType::Utf8);
+    let text = arrow::compute::cast(batch.column(6), &DataType::Utf8).unwrap();
+    assert_eq!(amount, &text);
+}

@@ -180,6 +180,27 @@ impl Common {
     }
 }
 
+impl Cli {
+    /// True for commands that move bytes through part buffers (copies and verifications
+    /// without conversion). Decided before any thread starts; parse errors count as no.
+    pub fn moves_bytes(&self) -> bool {
+        match &self.command {
+            Command::Copy(args) => {
+                let (Ok(src), Ok(dst), Ok(rec)) = (
+                    DataAddress::parse(&args.source),
+                    DataAddress::parse(&args.destination),
+                    args.records.options(),
+                ) else {
+                    return false;
+                };
+                !rec.needed(&src, &dst)
+            }
+            Command::Verify(_) => true,
+            Command::Run(_) => false,
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Copy(args) => copy(*args).await,

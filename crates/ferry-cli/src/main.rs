@@ -8,8 +8,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    return_freed_buffers_to_the_os();
     let cli = args::Cli::parse();
+    // Only the byte path needs it: the record path allocates and frees many buffers of a
+    // few MiB, and mapping each one afresh costs more (page faults) than it saves.
+    if cli.moves_bytes() {
+        return_freed_buffers_to_the_os();
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

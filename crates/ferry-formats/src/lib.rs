@@ -8,6 +8,7 @@
 
 mod format;
 mod input;
+mod parquet_write;
 mod read;
 mod schema;
 mod write;

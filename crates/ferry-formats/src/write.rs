@@ -76,10 +76,23 @@ pub fn open_writer(
             location: location.to_string(),
         }),
         Format::Parquet => {
+            let max_rows = options.row_group_size.unwrap_or(1 << 20).max(1);
             let props = WriterProperties::builder()
                 .set_compression(parquet_compression(options.compression.as_deref())?)
-                .set_max_row_group_row_count(Some(options.row_group_size.unwrap_or(1 << 20).max(1)))
+                .set_max_row_group_row_count(Some(max_rows))
                 .build();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if threads > 1 && schema.fields().len() > 1 {
+                let columns = schema.fields().len();
+                return Ok(Box::new(crate::parquet_write::ParallelParquet::new(
+                    out,
+                    schema,
+                    props,
+                    max_rows,
+                    threads.min(columns),
+                    location,
+                )?));
+            }
             let writer = parquet::arrow::ArrowWriter::try_new(out, schema, Some(props))
                 .map_err(|e| fail(&e))?;
             Box::new(Parquet {

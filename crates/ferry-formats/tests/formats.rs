@@ -281,3 +281,28 @@ fn allow_lossy_writes_what_a_format_cannot_hold_as_text() {
     let text = arrow::compute::cast(batch.column(6), &DataType::Utf8).unwrap();
     assert_eq!(amount, &text);
 }
+
+#[test]
+fn parquet_row_groups_split_batches_and_keep_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("groups.parquet");
+    let options: FormatOptions = serde_json::from_str(r#"{"rowGroupSize": 3}"#).unwrap();
+    let batch = sample(true);
+    let batches: Vec<RecordBatch> = (0..4).map(|_| batch.clone()).collect();
+    let out = Box::new(std::fs::File::create(&path).unwrap());
+    let mut writer = open_writer(Format::Parquet, &options, batch.schema(), out, "g").unwrap();
+    for b in &batches {
+        // Uneven pieces, so row groups straddle the batches the writer is given.
+        writer.write(&b.slice(0, 2)).unwrap();
+        writer.write(&b.slice(2, 1)).unwrap();
+    }
+    writer.finish().unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::reader::SerializedFileReader::new(file).unwrap(),
+    )
+    .clone();
+    assert_eq!(meta.num_row_groups(), 4);
+    let expected = arrow::compute::concat_batches(&batch.schema(), &batches).unwrap();
+    assert_eq!(read(Format::Parquet, &path, None), expected);
+}

@@ -100,7 +100,7 @@ fn the_readme_manifest_runs_and_reports_schemas() {
     ]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.starts_with(&format!("converted: 200 rows (csv"))
+        out.starts_with("converted: 200 rows (csv")
             && out.contains(&format!("-> {rows} rows (parquet")),
         "{out}"
     );

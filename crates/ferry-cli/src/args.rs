@@ -44,9 +44,6 @@ enum Command {
 /// How a run shows itself and where it keeps its checkpoint.
 #[derive(Args, Debug)]
 struct RunControl {
-    /// Print one JSON summary on stdout instead of text.
-    #[arg(long)]
-    json: bool,
     /// Ignore (and discard) the checkpoint of an earlier run: copy everything again.
     #[arg(long)]
     no_resume: bool,
@@ -68,6 +65,9 @@ struct RunControl {
 struct RunArgs {
     /// The manifest (YAML).
     manifest: PathBuf,
+    /// Print one JSON summary on stdout instead of text.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     control: RunControl,
 }
@@ -139,21 +139,8 @@ struct CopyArgs {
     /// After copying, re-read the destination and compare checksums.
     #[arg(long)]
     verify: bool,
-    /// Ignore (and discard) the checkpoint of an earlier run: copy everything again.
-    #[arg(long)]
-    no_resume: bool,
-    /// List what would be copied; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Where checkpoints are kept [default: $FERRY_STATE_DIR, else ~/.local/state/ferry].
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Show progress even when stderr is not a terminal (then as a plain line every 2 s).
-    #[arg(long, overrides_with = "no_progress")]
-    progress: bool,
-    /// Never show a progress bar.
-    #[arg(long)]
-    no_progress: bool,
+    #[command(flatten)]
+    control: RunControl,
 }
 
 #[derive(Args, Debug)]
@@ -274,12 +261,22 @@ fn format_options(flag: &str, pairs: &[String]) -> Result<FormatOptions> {
         .map_err(|e| Error::invalid_option(flag, e))
 }
 
-fn progress_for(control: &RunControl) -> (Option<Arc<output::Bar>>, Arc<dyn Progress>) {
+impl RunControl {
+    fn options(&self, base: CopyOptions) -> CopyOptions {
+        CopyOptions {
+            resume: !self.no_resume,
+            dry_run: self.dry_run,
+            state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            ..base
+        }
+    }
+}
+
+/// A progress bar on a terminal (or with --progress), unless the output is JSON.
+fn progress_for(control: &RunControl, json: bool) -> (Option<Arc<output::Bar>>, Arc<dyn Progress>) {
     let on_terminal = std::io::stderr().is_terminal();
-    let show_bar = !control.no_progress
-        && !control.json
-        && !control.dry_run
-        && (control.progress || on_terminal);
+    let show_bar =
+        !control.no_progress && !json && !control.dry_run && (control.progress || on_terminal);
     let bar = show_bar.then(|| output::Bar::new(on_terminal));
     let progress: Arc<dyn Progress> = match &bar {
         Some(bar) => bar.clone(),
@@ -294,13 +291,14 @@ async fn records(
     rec: &RecordOptions,
     opts: &CopyOptions,
     control: &RunControl,
+    json: bool,
 ) -> Result<u8> {
-    let (bar, progress) = progress_for(control);
+    let (bar, progress) = progress_for(control, json);
     let report = ferry_engine::transfer(src, dst, rec, opts, progress).await?;
     if let Some(bar) = bar {
         bar.finish();
     }
-    output::record_report(&report, opts.dry_run, control.json);
+    output::record_report(&report, opts.dry_run, json);
     Ok(if report.status == Status::Succeeded {
         0
     } else {
@@ -311,29 +309,20 @@ async fn records(
 async fn run_manifest(args: RunArgs) -> Result<u8> {
     let manifest = Manifest::load(&args.manifest)?;
     let (src, dst, rec) = manifest.plan()?;
-    let control = args.control;
-    let opts = CopyOptions {
-        resume: !control.no_resume,
-        dry_run: control.dry_run,
-        state_dir: control.state_dir.clone().unwrap_or_else(default_state_dir),
-        ..CopyOptions::default()
-    };
-    records(&src, &dst, &rec, &opts, &control).await
+    let opts = args.control.options(CopyOptions::default());
+    records(&src, &dst, &rec, &opts, &args.control, args.json).await
 }
 
 async fn copy(args: CopyArgs) -> Result<u8> {
     let src = DataAddress::parse(&args.source)?;
     let dst = DataAddress::parse(&args.destination)?;
-    let opts = CopyOptions {
+    let opts = args.control.options(CopyOptions {
         concurrency: args.concurrency,
         include: args.include,
         exclude: args.exclude,
         verify: args.verify,
-        resume: !args.no_resume,
-        dry_run: args.dry_run,
-        state_dir: args.state_dir.unwrap_or_else(default_state_dir),
         ..args.common.options()?
-    };
+    });
     opts.validate()?;
     let rec = args.records.options()?;
     if rec.needed(&src, &dst) {
@@ -343,24 +332,9 @@ async fn copy(args: CopyArgs) -> Result<u8> {
                 "compares bytes, and a conversion or transformation changes them by design",
             ));
         }
-        let control = RunControl {
-            json: args.common.json,
-            no_resume: args.no_resume,
-            dry_run: args.dry_run,
-            state_dir: None,
-            progress: args.progress,
-            no_progress: args.no_progress,
-        };
-        return records(&src, &dst, &rec, &opts, &control).await;
+        return records(&src, &dst, &rec, &opts, &args.control, args.common.json).await;
     }
-    let on_terminal = std::io::stderr().is_terminal();
-    let show_bar =
-        !args.no_progress && !args.common.json && !opts.dry_run && (args.progress || on_terminal);
-    let bar = show_bar.then(|| output::Bar::new(on_terminal));
-    let progress: Arc<dyn Progress> = match &bar {
-        Some(bar) => bar.clone(),
-        None => Arc::new(NoProgress),
-    };
+    let (bar, progress) = progress_for(&args.control, args.common.json);
     let report = ferry_engine::copy(&src, &dst, &opts, progress).await?;
     if let Some(bar) = bar {
         bar.finish();

@@ -564,16 +564,7 @@ impl Job {
             &dest_location,
         )?;
         let mut chain = Chain::bind(&self.rec.transforms, self.input_schema.clone())?;
-        let mut report = OutputReport {
-            key: output.key.clone(),
-            inputs: output.inputs.iter().map(|(e, _)| e.key.clone()).collect(),
-            rows_read: 0,
-            rows_written: 0,
-            bytes_read: 0,
-            bytes_written: 0,
-            skipped: false,
-            error: None,
-        };
+        let mut report = planned_report(output);
         for (entry, format) in &output.inputs {
             let location = location(&self.source, entry);
             let input = open_input(

@@ -110,12 +110,20 @@ fn the_readme_manifest_runs_and_reports_schemas() {
 fn copy_takes_transformations_as_flags() {
     let work = workspace();
     let state = work.path().join("state");
+    // A file of transformations comes first, then the flags, in order.
+    std::fs::write(
+        work.path().join("steps.yaml"),
+        "- {name: no-notes, action: RemoveColumn, columns: [notes]}\n",
+    )
+    .unwrap();
     let (code, _, err) = run(ferry(&state, work.path()).args([
         "copy",
         "examples/data/orders.csv",
         "out/orders.jsonl",
+        "--transform-file",
+        "steps.yaml",
         "--transform",
-        "RemoveColumn(notes, phone)",
+        "RemoveColumn(phone)",
         "--transform",
         "Digest(email, algo=md5)",
         "--transform",

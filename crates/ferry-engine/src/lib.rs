@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod options;
 mod records;
 pub mod report;
+mod upload;
 mod verify;
 
 pub use copy::copy;

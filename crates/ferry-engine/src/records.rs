@@ -7,17 +7,16 @@
 //! An output becomes visible only when complete; the checkpoint records finished outputs,
 //! so a re-run skips them.
 
-use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use bytes::Bytes;
 use ferry_connectors::{open_sink, open_source};
-use ferry_core::{ChecksumAlgo, DataAddress, Entry, Error, PartToken, Result, Sink, Source};
-use ferry_core::{TransformSpec, UploadId};
+use ferry_core::TransformSpec;
+use ferry_core::{ChecksumAlgo, DataAddress, Entry, Error, Result, Sink, Source};
 use ferry_formats::{
     describe_schema, open_reader, open_writer, written_schema, FieldDescription, FileAccess,
     Format, FormatOptions, Input, RandomAccess,
@@ -27,9 +26,9 @@ use ferry_transforms::Chain;
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 
 use crate::report::{Progress, Status};
+use crate::upload::UploadWriter;
 use crate::{CopyOptions, KeyFilter};
 
 /// What the record path does on the way: formats at both ends and transformations.
@@ -555,7 +554,13 @@ impl Job {
         } else {
             self.sink.address().join(&output.key).to_string()
         };
-        let upload = UploadWriter::new(self, &output.key);
+        let upload = UploadWriter::new(
+            self.sink.clone(),
+            &output.key,
+            self.handle.clone(),
+            self.part_size,
+            self.concurrency,
+        );
         let mut writer = open_writer(
             self.dest_format,
             &self.rec.dest_options,
@@ -644,159 +649,4 @@ fn columns(schema: &Schema) -> String {
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A `Write` that uploads what it is given in parts, keeping a few parts in flight, and
-/// makes the object visible only on [`UploadWriter::commit`]. Dropped uncommitted, it
-/// aborts the upload. Cloned handles share one upload (a format writer owns one, the
-/// caller keeps another to commit).
-#[derive(Clone)]
-struct UploadWriter(Arc<Mutex<Upload>>);
-
-struct Upload {
-    sink: Arc<dyn Sink>,
-    key: String,
-    handle: Handle,
-    part_size: usize,
-    concurrency: usize,
-    buf: Vec<u8>,
-    id: Option<UploadId>,
-    offset: u64,
-    in_flight: VecDeque<JoinHandle<Result<PartToken>>>,
-    parts: Vec<PartToken>,
-    /// The first store error, kept whole so the user sees it rather than an io wrapper.
-    error: Option<Error>,
-    committed: bool,
-}
-
-impl UploadWriter {
-    fn new(job: &Job, key: &str) -> Self {
-        let part_size = job
-            .part_size
-            .max(job.sink.min_part_size() as usize)
-            .max(1 << 20);
-        Self(Arc::new(Mutex::new(Upload {
-            sink: job.sink.clone(),
-            key: key.to_string(),
-            handle: job.handle.clone(),
-            part_size,
-            concurrency: job.concurrency.max(1),
-            buf: Vec::new(),
-            id: None,
-            offset: 0,
-            in_flight: VecDeque::new(),
-            parts: Vec::new(),
-            error: None,
-            committed: false,
-        })))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Upload> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The store's own error when the upload failed, else `other`.
-    fn error_or(&self, other: Error) -> Error {
-        self.lock().error.take().unwrap_or(other)
-    }
-
-    fn commit(&self) -> Result<Entry> {
-        self.lock().commit()
-    }
-}
-
-impl Write for UploadWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut up = self.lock();
-        up.buf.extend_from_slice(data);
-        if up.buf.len() >= up.part_size {
-            let capacity = up.part_size;
-            let part = std::mem::replace(&mut up.buf, Vec::with_capacity(capacity));
-            if let Err(e) = up.send(part.into()) {
-                let shown = e.to_string();
-                up.error.get_or_insert(e);
-                return Err(io::Error::other(shown));
-            }
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Upload {
-    fn send(&mut self, data: Bytes) -> Result<()> {
-        if self.id.is_none() {
-            self.id = Some(self.handle.block_on(self.sink.create_upload(&self.key))?);
-        }
-        if self.in_flight.len() >= self.concurrency {
-            self.wait_oldest()?;
-        }
-        let (sink, key, id) = (
-            self.sink.clone(),
-            self.key.clone(),
-            self.id.clone().unwrap_or_default(),
-        );
-        let (index, offset, len) = (
-            self.parts.len() + self.in_flight.len(),
-            self.offset,
-            data.len(),
-        );
-        self.offset += len as u64;
-        self.in_flight.push_back(
-            self.handle
-                .spawn(async move { sink.put_part(&key, &id, index, offset, data).await }),
-        );
-        Ok(())
-    }
-
-    fn wait_oldest(&mut self) -> Result<()> {
-        if let Some(task) = self.in_flight.pop_front() {
-            let token = self.handle.block_on(task).map_err(join_error)??;
-            self.parts.push(token);
-        }
-        Ok(())
-    }
-
-    fn commit(&mut self) -> Result<Entry> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        let rest = std::mem::take(&mut self.buf);
-        let entry = if self.id.is_none() {
-            self.handle
-                .block_on(self.sink.put(&self.key, Bytes::from(rest)))?
-        } else {
-            if !rest.is_empty() {
-                self.send(rest.into())?;
-            }
-            while !self.in_flight.is_empty() {
-                self.wait_oldest()?;
-            }
-            let id = self.id.clone().unwrap_or_default();
-            let parts = std::mem::take(&mut self.parts);
-            self.handle
-                .block_on(self.sink.complete_upload(&self.key, &id, parts))?
-        };
-        self.committed = true;
-        Ok(entry)
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        for task in self.in_flight.drain(..) {
-            task.abort();
-        }
-        if let Some(id) = self.id.take() {
-            if let Err(e) = self.handle.block_on(self.sink.abort_upload(&self.key, &id)) {
-                tracing::warn!(key = %self.key, error = %e, "could not abort an unfinished upload");
-            }
-        }
-    }
 }

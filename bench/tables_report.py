@@ -121,6 +121,14 @@ class Summary:
         return statistics.median(vals) if vals else None
 
     @property
+    def disturbed(self):
+        """Successful timed runs during which the rest of the machine used more than a
+        quarter of a CPU on average."""
+        return sum(1 for r in self.ok
+                   if r["other_cpu"] is not None and r["wall"]
+                   and r["other_cpu"] > 0.25 * r["wall"])
+
+    @property
     def peak_rss(self):
         vals = [r["rss_mib"] for r in self.ok]
         return max(vals) if vals else None
@@ -215,26 +223,29 @@ def section(meta, rows, outputs):
       "the maximum over them.")
     w("- *Other CPU* is the CPU time the rest of the machine used during a run "
       "(whole-machine busy time from `/proc/stat` minus the measured process tree, floored "
-      "at 0). Large values mean the run shared the CPUs with other work.")
+      "at 0). Large values mean the run shared the CPUs with other work; *Disturbed* counts "
+      "the runs in which that was more than a quarter of a CPU on average.")
     w("- Every output is read back with DuckDB (`SELECT count(*)`, `DESCRIBE`); the row "
       "counts of ferry and DuckDB must be equal, otherwise `bench/tables` fails.")
-    load = meta.get("loadavg_start", "0").split()[0]
-    try:
-        busy = float(load) >= 0.5
-    except ValueError:
-        busy = False
-    if busy:
-        w(f"- **Noise:** the machine was not idle (load average {meta.get('loadavg_start')} at "
-          "the start): other builds and tests shared the CPUs, see *Other CPU* and the spread "
-          "of the wall times.")
+    timed = [x for x in summ.values()]
+    n_timed = sum(len(x.ok) for x in timed)
+    n_disturbed = sum(x.disturbed for x in timed)
+    if n_disturbed:
+        w(f"- **Noise:** {n_disturbed} of {n_timed} successful timed runs shared the CPUs with "
+          "other work (*Disturbed* column); their wall times are inflated, so compare the "
+          "medians with care and look at the CPU columns and the spread of the wall times.")
+    else:
+        w(f"- No timed run shared the CPUs with other work to a notable degree (*Other CPU* "
+          f"stayed under a quarter of a CPU in all {n_timed}; the load average before the "
+          f"run was {meta.get('loadavg_start', '?')}).")
     w("")
 
     w("### Results")
     w("")
     w("| Case | Tool | Runs ok | Wall s (median) | Wall s (min–max) | CPU s (median) | "
-      "Peak RSS MiB | DuckDB import s | DuckDB in-process s | Other CPU s | Output rows | "
-      "Output MiB |")
-    w("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+      "Peak RSS MiB | DuckDB import s | DuckDB in-process s | Other CPU s | Disturbed | "
+      "Output rows | Output MiB |")
+    w("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in cases:
         for t in TOOLS:
             s = summ.get((c, t))
@@ -250,7 +261,8 @@ def section(meta, rows, outputs):
               f"{fmt(s.median('wall'))} | {sp} | {fmt(s.median('cpu'))} | "
               f"{fmt(s.peak_rss, 1)} | {fmt(s.median('import')) if duck else '–'} | "
               f"{fmt(s.median('inproc')) if duck else '–'} | "
-              f"{fmt(s.median('other_cpu'))} | {nrows} | {fmt(out_mib, 1)} |")
+              f"{fmt(s.median('other_cpu'))} | {s.disturbed}/{len(s.ok)} | {nrows} | "
+              f"{fmt(out_mib, 1)} |")
     w("")
 
     w("### Targets")

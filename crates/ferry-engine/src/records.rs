@@ -520,6 +520,10 @@ impl RandomAccess for SourceAccess {
     fn block_size(&self) -> usize {
         8 << 20
     }
+
+    fn cached_blocks(&self) -> usize {
+        8
+    }
 }
 
 /// Reports bytes read to the progress display.
@@ -543,6 +547,10 @@ impl RandomAccess for Counted {
 
     fn block_size(&self) -> usize {
         self.access.block_size()
+    }
+
+    fn cached_blocks(&self) -> usize {
+        self.access.cached_blocks()
     }
 }
 

@@ -1,9 +1,10 @@
 //! Bytes a reader can read at any offset, and the sequential reader over them.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -21,6 +22,12 @@ pub trait RandomAccess: Send + Sync {
     /// How many bytes a sequential reader should ask for at once.
     fn block_size(&self) -> usize {
         1 << 20
+    }
+
+    /// How many blocks of [`RandomAccess::block_size`] to keep for small reads (page
+    /// headers, footers), where each read is a request to a remote store. 0: none.
+    fn cached_blocks(&self) -> usize {
+        0
     }
 }
 
@@ -53,15 +60,74 @@ impl RandomAccess for FileAccess {
 
 /// One input file or object, shared by every reader of it.
 #[derive(Clone)]
-pub struct Input(Arc<dyn RandomAccess>);
+pub struct Input {
+    access: Arc<dyn RandomAccess>,
+    cache: Option<Arc<BlockCache>>,
+}
+
+/// The most recently used aligned blocks of a remote input, so that the many small reads
+/// of a footer-indexed format (a page header, then the page) cost one request per block.
+struct BlockCache {
+    block: usize,
+    capacity: usize,
+    blocks: Mutex<VecDeque<(u64, Bytes)>>,
+}
 
 impl Input {
     pub fn new(access: impl RandomAccess + 'static) -> Self {
-        Self(Arc::new(access))
+        let capacity = access.cached_blocks();
+        let cache = (capacity > 0).then(|| {
+            Arc::new(BlockCache {
+                block: access.block_size().max(1),
+                capacity,
+                blocks: Mutex::new(VecDeque::new()),
+            })
+        });
+        Self {
+            access: Arc::new(access),
+            cache,
+        }
     }
 
     pub fn len(&self) -> u64 {
-        self.0.len()
+        self.access.len()
+    }
+
+    /// Reads `len` bytes at `offset` (fewer only at the end), through the block cache when
+    /// there is one and the read is smaller than a block.
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let Some(cache) = self.cache.as_ref().filter(|c| len < c.block) else {
+            return self.access.read_at(offset, len);
+        };
+        let block = cache.block as u64;
+        let start = offset - offset % block;
+        if offset + len as u64 > start + block {
+            // Straddles two blocks: rare enough to read directly.
+            return self.access.read_at(offset, len);
+        }
+        let data = self.block_at(cache, start)?;
+        let from = ((offset - start) as usize).min(data.len());
+        let to = (from + len).min(data.len());
+        Ok(data.slice(from..to))
+    }
+
+    fn block_at(&self, cache: &BlockCache, start: u64) -> io::Result<Bytes> {
+        let lock = || cache.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut blocks = lock();
+            if let Some(i) = blocks.iter().position(|(s, _)| *s == start) {
+                let hit = blocks.remove(i).expect("position is in range");
+                blocks.push_back(hit.clone());
+                return Ok(hit.1);
+            }
+        }
+        let data = self.access.read_at(start, cache.block)?;
+        let mut blocks = lock();
+        blocks.push_back((start, data.clone()));
+        while blocks.len() > cache.capacity {
+            blocks.pop_front();
+        }
+        Ok(data)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -74,16 +140,23 @@ impl Input {
             input: self.clone(),
             pos: start,
             buf: Bytes::new(),
+            next: FIRST_READ,
         }
     }
 }
 
-/// Reads an [`Input`] front to back, one block at a time.
+/// A sequential reader's first read. Parquet opens one for every page header it reads, so
+/// the first read is small; later ones double up to the input's block size.
+const FIRST_READ: usize = 16 << 10;
+
+/// Reads an [`Input`] front to back, in reads that grow to one block.
 pub struct Sequential {
     input: Input,
     /// Offset of the end of `buf` in the input.
     pos: u64,
     buf: Bytes,
+    /// The size of the next read.
+    next: usize,
 }
 
 impl Read for Sequential {
@@ -99,8 +172,9 @@ impl Read for Sequential {
 impl BufRead for Sequential {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.buf.is_empty() && self.pos < self.input.len() {
-            self.buf = self.input.0.read_at(self.pos, self.input.0.block_size())?;
+            self.buf = self.input.read_at(self.pos, self.next)?;
             self.pos += self.buf.len() as u64;
+            self.next = (self.next * 2).min(self.input.access.block_size().max(FIRST_READ));
         }
         Ok(&self.buf)
     }
@@ -135,7 +209,7 @@ impl Seek for Sequential {
 
 impl parquet::file::reader::Length for Input {
     fn len(&self) -> u64 {
-        self.0.len()
+        self.access.len()
     }
 }
 
@@ -147,7 +221,7 @@ impl parquet::file::reader::ChunkReader for Input {
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
-        Ok(self.0.read_at(start, length)?)
+        Ok(self.read_at(start, length)?)
     }
 }
 
@@ -155,7 +229,7 @@ impl orc_rust::reader::ChunkReader for Input {
     type T = Sequential;
 
     fn len(&self) -> u64 {
-        self.0.len()
+        self.access.len()
     }
 
     fn get_read(&self, offset: u64) -> io::Result<Sequential> {
@@ -163,7 +237,7 @@ impl orc_rust::reader::ChunkReader for Input {
     }
 
     fn get_bytes(&self, offset: u64, length: u64) -> io::Result<Bytes> {
-        self.0.read_at(offset, length as usize)
+        self.read_at(offset, length as usize)
     }
 }
 
@@ -171,25 +245,62 @@ impl orc_rust::reader::ChunkReader for Input {
 mod tests {
     use super::*;
 
-    struct Memory(Bytes);
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Memory {
+        data: Bytes,
+        cached: usize,
+        reads: Arc<AtomicUsize>,
+    }
 
     impl RandomAccess for Memory {
         fn len(&self) -> u64 {
-            self.0.len() as u64
+            self.data.len() as u64
         }
         fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-            let start = (offset as usize).min(self.0.len());
-            let end = (start + len).min(self.0.len());
-            Ok(self.0.slice(start..end))
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let start = (offset as usize).min(self.data.len());
+            let end = (start + len).min(self.data.len());
+            Ok(self.data.slice(start..end))
         }
         fn block_size(&self) -> usize {
             3
         }
+        fn cached_blocks(&self) -> usize {
+            self.cached
+        }
+    }
+
+    fn memory(text: &'static [u8], cached: usize) -> (Input, Arc<AtomicUsize>) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let access = Memory {
+            data: Bytes::from_static(text),
+            cached,
+            reads: reads.clone(),
+        };
+        (Input::new(access), reads)
+    }
+
+    #[test]
+    fn small_reads_of_a_remote_input_share_cached_blocks() {
+        let (input, reads) = memory(b"0123456789", 2);
+        assert_eq!(&input.read_at(0, 1).unwrap()[..], b"0");
+        assert_eq!(&input.read_at(1, 2).unwrap()[..], b"12");
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "one block for both");
+        assert_eq!(&input.read_at(2, 2).unwrap()[..], b"23", "straddles blocks");
+        assert_eq!(&input.read_at(9, 2).unwrap()[..], b"9", "the end is short");
+        assert_eq!(&input.read_at(4, 1).unwrap()[..], b"4");
+        let before = reads.load(Ordering::Relaxed);
+        // Blocks 1 (3..6) and 3 (9..) are cached, block 0 was evicted.
+        assert_eq!(&input.read_at(5, 1).unwrap()[..], b"5");
+        assert_eq!(reads.load(Ordering::Relaxed), before);
+        assert_eq!(&input.read_at(0, 1).unwrap()[..], b"0");
+        assert_eq!(reads.load(Ordering::Relaxed), before + 1);
     }
 
     #[test]
     fn sequential_reads_across_blocks_and_seeks() {
-        let input = Input::new(Memory(Bytes::from_static(b"0123456789")));
+        let (input, _) = memory(b"0123456789", 0);
         let mut all = String::new();
         input.sequential(2).read_to_string(&mut all).unwrap();
         assert_eq!(all, "23456789");

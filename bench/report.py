@@ -8,6 +8,7 @@ RESULTS tab-separated rows: case tool rep status wall user sys maxrss_kib server
 OUT     markdown file to (over)write
 """
 
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -303,8 +304,16 @@ def main():
           f"{r['status']} |")
     w("")
 
+    # bench/tables owns its own section of the same file; keep it.
+    kept = ""
+    if os.path.exists(out_path):
+        with open(out_path, encoding="utf-8") as f:
+            old = f.read()
+        at = old.find("\n## Tables:")
+        if at >= 0:
+            kept = old[at:]
     with open(out_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(out))
+        f.write("\n".join(out).rstrip("\n") + "\n" + kept)
 
 
 if __name__ == "__main__":

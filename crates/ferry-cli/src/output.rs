@@ -264,7 +264,7 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
         );
     }
     let mut line = format!(
-        "{}: {} rows ({}, {}) -> {} rows ({}, {}) in {} files, {:.2}s ({:.0} rows/s)",
+        "{}: {} rows ({}, {}) -> {} rows ({}, {}) in {} file{}, {:.2}s ({:.0} rows/s)",
         if report.failed == 0 {
             "converted"
         } else {
@@ -277,6 +277,7 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
         dst.format,
         human_bytes(dst.bytes),
         report.objects,
+        if report.objects == 1 { "" } else { "s" },
         report.duration_s,
         report.rows_per_s,
     );

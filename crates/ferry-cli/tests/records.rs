@@ -304,3 +304,87 @@ fn a_malformed_row_fails_naming_file_and_line() {
     );
     assert!(!work.path().join("out/orders.parquet").exists());
 }
+
+/// Starts ferry with a failpoint, waits until it announces it, then SIGKILLs it.
+fn start_and_kill(cmd: &mut Command, failpoint: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .env("FERRY_FAILPOINT", failpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let stderr = child.stderr.take().unwrap();
+    let reached = BufReader::new(stderr)
+        .lines()
+        .any(|line| line.unwrap().starts_with("ferry: failpoint reached"));
+    assert!(
+        reached,
+        "ferry exited before the failpoint: {:?}",
+        child.wait()
+    );
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+}
+
+#[test]
+fn a_killed_conversion_leaves_nothing_and_finishes_when_run_again() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let mut text = String::from("id,text\n");
+    for i in 0..40_000 {
+        text.push_str(&format!(
+            "{i},{}\n",
+            "lorem ipsum dolor sit amet ".repeat(4)
+        ));
+    }
+    std::fs::write(work.path().join("big.csv"), &text).unwrap();
+    std::fs::create_dir(work.path().join("out")).unwrap();
+    let args = [
+        "copy",
+        "big.csv",
+        "out/",
+        "--dest-format",
+        "json",
+        "--part-size",
+        "1MiB",
+    ];
+
+    // Killed after three batches: parts are uploaded, the output is not complete.
+    start_and_kill(
+        ferry(&state, work.path()).args(args),
+        "pause-after-batches:3",
+    );
+    let left: Vec<_> = std::fs::read_dir(work.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        left.len() == 1
+            && left[0].starts_with(".big.jsonl.")
+            && left[0].ends_with(".ferry-partial"),
+        "only a hidden partial file: {left:?}"
+    );
+
+    let (code, _, err) = run(ferry(&state, work.path()).args(args));
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<_> = std::fs::read_dir(work.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["big.jsonl"],
+        "the partial output of the killed run is gone"
+    );
+    let written = std::fs::read_to_string(work.path().join("out/big.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 40_000);
+
+    let (code, out, err) = run(ferry(&state, work.path()).args(args).arg("--json"));
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (report["skipped"].as_u64(), report["objects"].as_u64()),
+        (Some(1), Some(0))
+    );
+}

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 static PARTS: AtomicU64 = AtomicU64::new(0);
 static FILES: AtomicU64 = AtomicU64::new(0);
+static BATCHES: AtomicU64 = AtomicU64::new(0);
 
 pub const REACHED: &str = "ferry: failpoint reached";
 
@@ -20,12 +21,28 @@ fn setting() -> &'static Option<(String, u64)> {
     })
 }
 
-async fn hit(name: &str, counter: &AtomicU64) {
+fn reached(name: &str, counter: &AtomicU64) -> bool {
     let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if let Some((wanted, n)) = setting() {
-        if wanted == name && count >= *n {
+    match setting() {
+        Some((wanted, n)) if wanted == name && count >= *n => {
             eprintln!("{REACHED}: {name}:{n}");
-            futures::future::pending::<()>().await;
+            true
+        }
+        _ => false,
+    }
+}
+
+async fn hit(name: &str, counter: &AtomicU64) {
+    if reached(name, counter) {
+        futures::future::pending::<()>().await;
+    }
+}
+
+/// Called on the record path after a batch went to the output's writer (blocking thread).
+pub fn batch_written() {
+    if reached("pause-after-batches", &BATCHES) {
+        loop {
+            std::thread::park();
         }
     }
 }

@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::report::{Progress, Status};
-use crate::upload::UploadWriter;
+use crate::upload::{OnStart, UploadWriter};
 use crate::{CopyOptions, KeyFilter};
 
 /// What the record path does on the way: formats at both ends and transformations.
@@ -126,6 +126,8 @@ struct Job {
     part_size: usize,
     concurrency: usize,
     progress: Arc<dyn Progress>,
+    state: Arc<StateStore>,
+    run_id: String,
 }
 
 /// Runs a record transfer from `src` to `dst`.
@@ -253,6 +255,15 @@ pub async fn transfer(
 
     let state = Arc::new(StateStore::open(&opts.state_dir)?);
     let run_id = run_id(src, dst, rec);
+    // Uploads an interrupted run left unfinished hold partial outputs: discard them.
+    for (key, checkpoint) in state.files(&run_id)? {
+        if let Some(upload) = checkpoint.upload.filter(|_| !checkpoint.done) {
+            if let Err(e) = sink.abort_upload(&key, &upload.upload_id).await {
+                tracing::warn!(%key, error = %e, "could not discard an unfinished output");
+            }
+            state.forget_file(&run_id, &key)?;
+        }
+    }
     if !opts.resume {
         state.forget_run(&run_id)?;
     }
@@ -278,6 +289,8 @@ pub async fn transfer(
         part_size: opts.part_size as usize,
         concurrency: opts.concurrency,
         progress: progress.clone(),
+        state: state.clone(),
+        run_id: run_id.clone(),
     });
     // Each output holds a row group or more in memory while it encodes, so outputs in
     // flight are bounded by the cores that can encode them, not by --transfers.
@@ -320,7 +333,10 @@ pub async fn transfer(
                     );
                     job.progress.file_finished(&key);
                     match recorded {
-                        Ok(()) => report,
+                        Ok(()) => {
+                            crate::failpoint::file_recorded().await;
+                            report
+                        }
                         Err(e) => failed_report(key, e),
                     }
                 }
@@ -562,12 +578,22 @@ impl Job {
         } else {
             self.sink.address().join(&output.key).to_string()
         };
+        let on_start: OnStart = {
+            let (state, run_id, key) =
+                (self.state.clone(), self.run_id.clone(), output.key.clone());
+            let (size, version) = fingerprint(&output.inputs);
+            let part_size = self.part_size as u64;
+            Box::new(move |upload_id| {
+                state.begin_upload(&run_id, &key, size, Some(&version), upload_id, part_size)
+            })
+        };
         let upload = UploadWriter::new(
             self.sink.clone(),
             &output.key,
             self.handle.clone(),
             self.part_size,
             self.concurrency,
+            Some(on_start),
         );
         let mut writer = open_writer(
             self.dest_format,
@@ -623,6 +649,7 @@ impl Job {
                         if batch.num_rows() > 0 {
                             report.rows_written += batch.num_rows() as u64;
                             writer.write(&batch).map_err(|e| upload.error_or(e))?;
+                            crate::failpoint::batch_written();
                         }
                     }
                     Ok(())

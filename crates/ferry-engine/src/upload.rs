@@ -17,7 +17,12 @@ use tokio::task::JoinHandle;
 #[derive(Clone)]
 pub(crate) struct UploadWriter(Arc<Mutex<Upload>>);
 
+/// Told the id of the upload once it is created, so that a checkpoint can find and abort
+/// it after a crash.
+pub(crate) type OnStart = Box<dyn Fn(&UploadId) -> Result<()> + Send>;
+
 struct Upload {
+    on_start: Option<OnStart>,
     sink: Arc<dyn Sink>,
     key: String,
     handle: Handle,
@@ -40,9 +45,11 @@ impl UploadWriter {
         handle: Handle,
         part_size: usize,
         concurrency: usize,
+        on_start: Option<OnStart>,
     ) -> Self {
         let part_size = part_size.max(sink.min_part_size() as usize).max(1 << 20);
         Self(Arc::new(Mutex::new(Upload {
+            on_start,
             sink,
             key: key.to_string(),
             handle,
@@ -96,7 +103,11 @@ impl Write for UploadWriter {
 impl Upload {
     fn send(&mut self, data: Bytes) -> Result<()> {
         if self.id.is_none() {
-            self.id = Some(self.handle.block_on(self.sink.create_upload(&self.key))?);
+            let id = self.handle.block_on(self.sink.create_upload(&self.key))?;
+            self.id = Some(id.clone());
+            if let Some(on_start) = &self.on_start {
+                on_start(&id)?;
+            }
         }
         if self.in_flight.len() >= self.concurrency {
             self.wait_oldest()?;

@@ -20,7 +20,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
-use crate::write::{BatchWriter, Output};
+use crate::write::{BatchWriter, Output, ROW_GROUP_BYTES};
 
 type Chunks = std::result::Result<Vec<(usize, ArrowColumnChunk)>, ParquetError>;
 
@@ -85,6 +85,9 @@ pub(crate) struct ParallelParquet {
     row_groups: usize,
     /// Rows sent to the open row group; `None` when none is open.
     rows_in_group: Option<usize>,
+    /// Arrow memory of the batches sent to the open row group, a bound on what its
+    /// encoders hold.
+    bytes_in_group: usize,
     max_rows: usize,
     location: String,
 }
@@ -109,6 +112,7 @@ impl ParallelParquet {
             workers: (0..threads.max(1)).map(|_| Worker::spawn()).collect(),
             row_groups: 0,
             rows_in_group: None,
+            bytes_in_group: 0,
             max_rows: max_rows.max(1),
             location: location.to_string(),
         })
@@ -162,6 +166,7 @@ impl ParallelParquet {
         group.close().map_err(fail)?;
         self.row_groups += 1;
         self.rows_in_group = None;
+        self.bytes_in_group = 0;
         Ok(())
     }
 }
@@ -191,7 +196,8 @@ impl BatchWriter for ParallelParquet {
             }
             offset += take;
             self.rows_in_group = Some(in_group + take);
-            if in_group + take == self.max_rows {
+            self.bytes_in_group += part.get_array_memory_size();
+            if in_group + take == self.max_rows || self.bytes_in_group >= ROW_GROUP_BYTES {
                 self.close_group()?;
             }
         }

@@ -15,6 +15,10 @@ use crate::format::{Format, FormatOptions};
 
 pub type Output = Box<dyn Write + Send>;
 
+/// A Parquet row group is encoded in memory until it closes, so besides its row count it
+/// closes at this many bytes: memory stays bounded however wide the rows are.
+pub(crate) const ROW_GROUP_BYTES: usize = 128 << 20;
+
 /// Writes one file, on one thread (some encoders are not `Send`). Dropping it without [`BatchWriter::finish`] leaves the output
 /// incomplete, which the caller then discards.
 pub trait BatchWriter {
@@ -80,6 +84,7 @@ pub fn open_writer(
             let props = WriterProperties::builder()
                 .set_compression(parquet_compression(options.compression.as_deref())?)
                 .set_max_row_group_row_count(Some(max_rows))
+                .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
                 .build();
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             if threads > 1 && schema.fields().len() > 1 {

@@ -75,10 +75,15 @@ pub fn open_writer(
                 location: location.to_string(),
             })
         }
-        Format::Json => Box::new(Json {
-            writer: arrow::json::LineDelimitedWriter::new(out),
-            location: location.to_string(),
-        }),
+        Format::Json => Encoder::boxed(
+            arrow::json::LineDelimitedWriter::new(out),
+            location,
+            |w, batch| w.write(batch).map_err(text),
+            |mut w| {
+                w.finish().map_err(text)?;
+                w.into_inner().flush().map_err(text)
+            },
+        ),
         Format::Parquet => {
             let max_rows = options.row_group_size.unwrap_or(1 << 20).max(1);
             let props = WriterProperties::builder()
@@ -100,10 +105,12 @@ pub fn open_writer(
             }
             let writer = parquet::arrow::ArrowWriter::try_new(out, schema, Some(props))
                 .map_err(|e| fail(&e))?;
-            Box::new(Parquet {
+            Encoder::boxed(
                 writer,
-                location: location.to_string(),
-            })
+                location,
+                |w, batch| w.write(batch).map_err(text),
+                |w| w.into_inner().map_err(text)?.flush().map_err(text),
+            )
         }
         Format::Avro => {
             use arrow_avro::compression::CompressionCodec;
@@ -126,10 +133,15 @@ pub fn open_writer(
                 .with_compression(codec)
                 .build::<_, arrow_avro::writer::format::AvroOcfFormat>(out)
                 .map_err(|e| fail(&e))?;
-            Box::new(Avro {
+            Encoder::boxed(
                 writer,
-                location: location.to_string(),
-            })
+                location,
+                |w, batch| w.write(batch).map_err(text),
+                |mut w| {
+                    w.finish().map_err(text)?;
+                    w.into_inner().flush().map_err(text)
+                },
+            )
         }
         Format::Orc => {
             use orc_rust::compression::CompressionType;
@@ -150,10 +162,14 @@ pub fn open_writer(
                 },
             }
             let writer = builder.try_build().map_err(|e| fail(&e))?;
-            Box::new(Orc {
+            // orc-rust's close writes the footer and drops the output; the caller's own
+            // handle on the same output flushes it.
+            Encoder::boxed(
                 writer,
-                location: location.to_string(),
-            })
+                location,
+                |w, batch| w.write(batch).map_err(text),
+                |w| w.close().map_err(text),
+            )
         }
     })
 }
@@ -314,93 +330,44 @@ impl BatchWriter for Csv {
     }
 }
 
-struct Json {
-    writer: arrow::json::LineDelimitedWriter<Output>,
+/// A format writer of arrow-rs or orc-rust: batches in, then a close that writes what
+/// the format keeps for the end and flushes the output.
+struct Encoder<W> {
+    writer: W,
     location: String,
+    write: fn(&mut W, &RecordBatch) -> std::result::Result<(), String>,
+    close: fn(W) -> std::result::Result<(), String>,
 }
 
-impl BatchWriter for Json {
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::data(&self.location, e))
+impl<W> Encoder<W> {
+    fn boxed(
+        writer: W,
+        location: &str,
+        write: fn(&mut W, &RecordBatch) -> std::result::Result<(), String>,
+        close: fn(W) -> std::result::Result<(), String>,
+    ) -> Box<dyn BatchWriter>
+    where
+        W: 'static,
+    {
+        Box::new(Self {
+            writer,
+            location: location.to_string(),
+            write,
+            close,
+        })
     }
-
-    fn finish(mut self: Box<Self>) -> Result<()> {
-        self.writer
-            .finish()
-            .map_err(|e| Error::data(&self.location, e))?;
-        let location = self.location;
-        self.writer
-            .into_inner()
-            .flush()
-            .map_err(|e| Error::io(&location, &e))
-    }
 }
 
-struct Parquet {
-    writer: parquet::arrow::ArrowWriter<Output>,
-    location: String,
-}
-
-impl BatchWriter for Parquet {
+impl<W> BatchWriter for Encoder<W> {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::data(&self.location, e))
+        (self.write)(&mut self.writer, batch).map_err(|e| Error::data(&self.location, e))
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        let location = self.location;
-        let mut out = self
-            .writer
-            .into_inner()
-            .map_err(|e| Error::data(&location, e))?;
-        out.flush().map_err(|e| Error::io(&location, &e))
+        (self.close)(self.writer).map_err(|e| Error::data(&self.location, e))
     }
 }
 
-struct Avro {
-    writer: arrow_avro::writer::AvroWriter<Output>,
-    location: String,
-}
-
-impl BatchWriter for Avro {
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::data(&self.location, e))
-    }
-
-    fn finish(mut self: Box<Self>) -> Result<()> {
-        self.writer
-            .finish()
-            .map_err(|e| Error::data(&self.location, e))?;
-        let location = self.location;
-        self.writer
-            .into_inner()
-            .flush()
-            .map_err(|e| Error::io(&location, &e))
-    }
-}
-
-struct Orc {
-    writer: orc_rust::ArrowWriter<Output>,
-    location: String,
-}
-
-impl BatchWriter for Orc {
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::data(&self.location, e))
-    }
-
-    fn finish(self: Box<Self>) -> Result<()> {
-        // orc-rust's close flushes the footer into the output and then drops it; the
-        // caller flushes its own handle on the same output afterwards.
-        self.writer
-            .close()
-            .map_err(|e| Error::data(&self.location, e))
-    }
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }

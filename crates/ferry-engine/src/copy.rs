@@ -34,13 +34,8 @@ pub async fn copy(
     opts: &CopyOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<CopyReport> {
-    opts.validate()?;
-    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
-    let source = open_source(src)?;
-    let sink = open_sink(dst)?;
     let started = Instant::now();
-
-    let listing = source.list().await?;
+    let (filter, source, sink, listing) = open_and_list(src, dst, opts).await?;
     let single = listing.single_object;
     let into_directory = single && sink.is_directory().await?;
     let plan: Vec<(Entry, String)> = listing
@@ -123,6 +118,25 @@ pub async fn copy(
         },
     )?;
     Ok(report)
+}
+
+/// What every transfer starts with: validated options, both ends opened, the source listed.
+pub(crate) async fn open_and_list(
+    src: &DataAddress,
+    dst: &DataAddress,
+    opts: &CopyOptions,
+) -> Result<(
+    KeyFilter,
+    Arc<dyn Source>,
+    Arc<dyn Sink>,
+    ferry_core::Listing,
+)> {
+    opts.validate()?;
+    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
+    let source = open_source(src)?;
+    let sink = open_sink(dst)?;
+    let listing = source.list().await?;
+    Ok((filter, source, sink, listing))
 }
 
 /// The same copy (same ends, same checksum) always has the same run id, so re-running a

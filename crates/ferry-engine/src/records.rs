@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use bytes::Bytes;
-use ferry_connectors::{open_sink, open_source};
 use ferry_core::TransformSpec;
 use ferry_core::{ChecksumAlgo, DataAddress, Entry, Error, Result, Sink, Source};
 use ferry_formats::{
@@ -29,7 +28,7 @@ use tokio::runtime::Handle;
 
 use crate::report::{Progress, Status};
 use crate::upload::{OnStart, UploadWriter};
-use crate::{CopyOptions, KeyFilter};
+use crate::CopyOptions;
 
 /// What the record path does on the way: formats at both ends and transformations.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -138,13 +137,8 @@ pub async fn transfer(
     opts: &CopyOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<RecordReport> {
-    opts.validate()?;
-    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
-    let source = open_source(src)?;
-    let sink = open_sink(dst)?;
     let started = Instant::now();
-
-    let listing = source.list().await?;
+    let (filter, source, sink, listing) = crate::copy::open_and_list(src, dst, opts).await?;
     let single = listing.single_object;
     let mut inputs = Vec::new();
     for entry in listing.entries {

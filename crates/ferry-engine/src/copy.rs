@@ -109,14 +109,7 @@ pub async fn copy(
             report.status = crate::report::Status::Failed;
         }
     }
-    state.finish_run(
-        &run_id,
-        if report.failed == 0 {
-            "succeeded"
-        } else {
-            "failed"
-        },
-    )?;
+    state.finish_run(&run_id, crate::report::run_outcome(report.failed))?;
     Ok(report)
 }
 

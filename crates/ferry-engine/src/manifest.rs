@@ -185,83 +185,63 @@ impl AddressSpec {
                 )
             })
         };
-        let allow = |fields: &[(&Option<String>, &str)]| -> Result<()> {
-            for (value, name) in fields {
-                if value.is_some() {
-                    return Err(Error::invalid_option(
-                        format!("{at}.{name}"),
-                        format!("not used by type {}", self.type_name()),
-                    ));
-                }
-            }
-            Ok(())
+        // Each store type uses some of the fields; setting another is a mistake worth naming.
+        let used: &[&str] = match self.store {
+            StoreType::File => &["path"],
+            StoreType::S3 => &["bucket", "key", "endpoint", "region"],
+            StoreType::Azure => &["container", "path", "account", "endpoint"],
+            StoreType::Http => &["url"],
         };
+        let fields = [
+            ("path", &self.path),
+            ("bucket", &self.bucket),
+            ("key", &self.key),
+            ("container", &self.container),
+            ("account", &self.account),
+            ("endpoint", &self.endpoint),
+            ("region", &self.region),
+            ("url", &self.url),
+        ];
+        let unused = fields
+            .iter()
+            .find(|(name, value)| value.is_some() && !used.contains(name))
+            .map(|(name, _)| *name)
+            .or_else(|| {
+                let stores_options = matches!(self.store, StoreType::S3 | StoreType::Azure);
+                (!stores_options && !self.store_options.is_empty()).then_some("storeOptions")
+            });
+        if let Some(name) = unused {
+            return Err(Error::invalid_option(
+                format!("{at}.{name}"),
+                format!("not used by type {}", self.type_name()),
+            ));
+        }
         let mut options = self.store_options.clone();
-        let mut set = |name: &str, value: &Option<String>| {
+        let fields_as_options = [
+            ("endpoint", &self.endpoint),
+            ("region", &self.region),
+            ("account", &self.account),
+        ];
+        for (name, value) in fields_as_options {
             if let Some(v) = value {
                 options.insert(name.to_string(), v.clone());
             }
-        };
-        set("endpoint", &self.endpoint);
+        }
         Ok(match self.store {
-            StoreType::File => {
-                allow(&[
-                    (&self.bucket, "bucket"),
-                    (&self.key, "key"),
-                    (&self.container, "container"),
-                    (&self.account, "account"),
-                    (&self.endpoint, "endpoint"),
-                    (&self.region, "region"),
-                    (&self.url, "url"),
-                ])?;
-                if !self.store_options.is_empty() {
-                    return Err(Error::invalid_option(
-                        format!("{at}.storeOptions"),
-                        "not used by type file",
-                    ));
-                }
-                DataAddress::Local {
-                    path: PathBuf::from(need(&self.path, "path")?),
-                }
-            }
-            StoreType::S3 => {
-                allow(&[
-                    (&self.path, "path"),
-                    (&self.container, "container"),
-                    (&self.account, "account"),
-                    (&self.url, "url"),
-                ])?;
-                set("region", &self.region);
-                DataAddress::S3 {
-                    bucket: need(&self.bucket, "bucket")?,
-                    key: self.key.clone().unwrap_or_default(),
-                    options,
-                }
-            }
-            StoreType::Azure => {
-                allow(&[
-                    (&self.bucket, "bucket"),
-                    (&self.key, "key"),
-                    (&self.region, "region"),
-                    (&self.url, "url"),
-                ])?;
-                set("account", &self.account);
-                DataAddress::Azure {
-                    container: need(&self.container, "container")?,
-                    path: self.path.clone().unwrap_or_default(),
-                    options,
-                }
-            }
+            StoreType::File => DataAddress::Local {
+                path: PathBuf::from(need(&self.path, "path")?),
+            },
+            StoreType::S3 => DataAddress::S3 {
+                bucket: need(&self.bucket, "bucket")?,
+                key: self.key.clone().unwrap_or_default(),
+                options,
+            },
+            StoreType::Azure => DataAddress::Azure {
+                container: need(&self.container, "container")?,
+                path: self.path.clone().unwrap_or_default(),
+                options,
+            },
             StoreType::Http => {
-                allow(&[
-                    (&self.path, "path"),
-                    (&self.bucket, "bucket"),
-                    (&self.key, "key"),
-                    (&self.container, "container"),
-                    (&self.account, "account"),
-                    (&self.endpoint, "endpoint"),
-                    (&self.region, "region"),
-                ])?;
                 let url = need(&self.url, "url")?;
                 match DataAddress::parse(&url)? {
                     http @ DataAddress::Http { .. } => http,

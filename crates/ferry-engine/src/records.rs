@@ -26,7 +26,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::runtime::Handle;
 
-use crate::report::{Progress, Status};
+use crate::report::{run_outcome, Progress, Status};
 use crate::upload::{OnStart, UploadWriter};
 use crate::CopyOptions;
 
@@ -344,7 +344,7 @@ pub async fn transfer(
 
     let rows_read = reports.iter().map(|r| r.rows_read).sum();
     let bytes_read = reports.iter().map(|r| r.bytes_read).sum();
-    let mut report = finish(
+    let report = finish(
         source_report(rows_read, bytes_read, total_files),
         dst,
         dest_format,
@@ -353,19 +353,7 @@ pub async fn transfer(
         reports,
         started,
     );
-    report.status = if report.failed == 0 {
-        Status::Succeeded
-    } else {
-        Status::Failed
-    };
-    state.finish_run(
-        &run_id,
-        if report.failed == 0 {
-            "succeeded"
-        } else {
-            "failed"
-        },
-    )?;
+    state.finish_run(&run_id, run_outcome(report.failed))?;
     Ok(report)
 }
 

@@ -26,6 +26,15 @@ pub enum Status {
     Failed,
 }
 
+/// How a run ended, as the checkpoint records it.
+pub(crate) fn run_outcome(failed: u64) -> &'static str {
+    if failed == 0 {
+        "succeeded"
+    } else {
+        "failed"
+    }
+}
+
 /// How one file was handled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,6 +7,7 @@ use ferry_core::{DataAddress, Error, Result, Sink, Source};
 
 pub mod local;
 pub mod object;
+pub mod postgres;
 pub mod testkit;
 
 pub use local::LocalStore;
@@ -15,6 +16,7 @@ pub use object::ObjectBackend;
 /// The backend that reads `address`.
 pub fn open_source(address: &DataAddress) -> Result<Arc<dyn Source>> {
     Ok(match address {
+        DataAddress::Table(_) => return Err(not_files(address)),
         DataAddress::Local { .. } => Arc::new(LocalStore::new(address.clone())?),
         _ => Arc::new(ObjectBackend::new(address.clone())?),
     })
@@ -23,6 +25,7 @@ pub fn open_source(address: &DataAddress) -> Result<Arc<dyn Source>> {
 /// The backend that writes `address`.
 pub fn open_sink(address: &DataAddress) -> Result<Arc<dyn Sink>> {
     Ok(match address {
+        DataAddress::Table(_) => return Err(not_files(address)),
         DataAddress::Local { .. } => Arc::new(LocalStore::new(address.clone())?),
         DataAddress::Http { .. } => {
             return Err(Error::InvalidAddress {
@@ -32,4 +35,12 @@ pub fn open_sink(address: &DataAddress) -> Result<Arc<dyn Sink>> {
         }
         _ => Arc::new(ObjectBackend::new(address.clone())?),
     })
+}
+
+/// Tables move as records, never as bytes.
+fn not_files(address: &DataAddress) -> Error {
+    Error::not_supported(
+        address,
+        "a table holds rows, not files; it can be copied to or from files in a format, or another table",
+    )
 }

@@ -103,9 +103,9 @@ impl ObjectBackend {
                 let url = url.clone();
                 Self::http(address, &url)
             }
-            DataAddress::Local { .. } => Err(Error::Internal(format!(
-                "{address} is a local path, not an object store"
-            ))),
+            DataAddress::Local { .. } | DataAddress::Table(_) => {
+                Err(Error::Internal(format!("{address} is not an object store")))
+            }
         }
     }
 

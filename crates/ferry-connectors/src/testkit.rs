@@ -45,6 +45,65 @@ impl Remote {
     }
 }
 
+/// The test PostgreSQL server (`FERRY_TEST_POSTGRES`, password in `PGPASSWORD`).
+pub struct TestPostgres {
+    /// `postgres://user@host:port/` without a database.
+    server: String,
+}
+
+impl TestPostgres {
+    /// The server, or `None` (after saying why) outside CI when it is not configured.
+    /// Panics under CI when it is missing.
+    pub fn get() -> Option<Self> {
+        match std::env::var("FERRY_TEST_POSTGRES") {
+            Ok(url) => {
+                let server = match url.rfind('/') {
+                    Some(i) if i > "postgres://".len() => url[..=i].to_string(),
+                    _ => format!("{url}/"),
+                };
+                Some(Self { server })
+            }
+            Err(_) => {
+                let msg = "PostgreSQL test service not configured (FERRY_TEST_POSTGRES unset): run `scripts/services up` and `eval \"$(scripts/services env)\"`";
+                if std::env::var_os("CI").is_some() {
+                    panic!("{msg}");
+                }
+                eprintln!("skipping: {msg}");
+                None
+            }
+        }
+    }
+
+    /// The URL of database `db` (`ferry` and `ferry_copy` exist).
+    pub fn url(&self, db: &str) -> String {
+        format!("{}{db}", self.server)
+    }
+
+    /// Runs `sql` in `db` with psql, failing the test on any error; returns what it
+    /// printed (unaligned, no headers), trimmed.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atq",
+                "-d",
+                &self.url(db),
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed on {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A name no other test run uses: label, process id, time and a counter.

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use url::Url;
 
 use crate::redact::{is_secret_name, redact, MASK};
+use crate::table::TableAddress;
 use crate::Error;
 
 /// A location of files or objects.
@@ -35,6 +36,8 @@ pub enum DataAddress {
     Http {
         url: Url,
     },
+    /// A table, or a query's result, in a database: `postgres://host/db?table=t`.
+    Table(TableAddress),
 }
 
 impl DataAddress {
@@ -54,14 +57,24 @@ impl DataAddress {
             });
         };
         let scheme = scheme.to_ascii_lowercase();
-        let known = ["file", "s3", "az", "azure", "http", "https"];
+        let known = [
+            "file",
+            "s3",
+            "az",
+            "azure",
+            "http",
+            "https",
+            "postgres",
+            "postgresql",
+        ];
         if !known.contains(&scheme.as_str()) {
             return Err(invalid(&format!(
-                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http:// or https://"
+                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http://, https:// or postgres://"
             )));
         }
         let url = Url::parse(trimmed).map_err(|e| invalid(&format!("malformed URL: {e}")))?;
         match scheme.as_str() {
+            "postgres" | "postgresql" => Ok(Self::Table(TableAddress::parse(input, url)?)),
             "file" => {
                 let path = url.to_file_path().map_err(|()| {
                     invalid("file:// URLs need an absolute path, e.g. file:///data/in")
@@ -122,6 +135,7 @@ impl DataAddress {
             Self::S3 { .. } => "s3",
             Self::Azure { .. } => "azure",
             Self::Http { .. } => "http",
+            Self::Table(t) => t.database.name(),
         }
     }
 
@@ -132,6 +146,7 @@ impl DataAddress {
             Self::S3 { key, .. } => key.is_empty() || key.ends_with('/'),
             Self::Azure { path, .. } => path.is_empty() || path.ends_with('/'),
             Self::Http { url } => url.path().ends_with('/'),
+            Self::Table(_) => false,
         }
     }
 
@@ -142,6 +157,8 @@ impl DataAddress {
             Self::S3 { key, .. } => key.clone(),
             Self::Azure { path, .. } => path.clone(),
             Self::Http { url } => url.path().to_string(),
+            // A table has no file name to take a format from.
+            Self::Table(_) => String::new(),
         }
     }
 
@@ -187,6 +204,7 @@ impl DataAddress {
             Self::Http { url } => Self::Http {
                 url: url.join(child).unwrap_or_else(|_| url.clone()),
             },
+            Self::Table(_) => self.clone(),
         }
     }
 }
@@ -269,6 +287,7 @@ impl fmt::Display for DataAddress {
                 let _ = shown.set_password(None);
                 write!(f, "{}", redact(shown.as_str()))
             }
+            Self::Table(t) => write!(f, "{t}"),
         }
     }
 }
@@ -357,6 +376,55 @@ mod tests {
         let a = DataAddress::parse("s3://b/k?secret_access_key=hunter22&region=eu").unwrap();
         let shown = a.to_string();
         assert_eq!(shown, "s3://b/k?region=eu&secret_access_key=***");
+    }
+
+    #[test]
+    fn postgres_tables_and_queries() {
+        let a = DataAddress::parse(
+            "postgres://app@db.example:5432/shop?table=sales.orders&mode=upsert&keyColumns=id,%20day&sslmode=disable",
+        )
+        .unwrap();
+        let DataAddress::Table(t) = &a else {
+            panic!("not a table: {a:?}")
+        };
+        assert_eq!(t.table.as_deref(), Some("sales.orders"));
+        assert_eq!(t.mode, crate::WriteMode::Upsert);
+        assert_eq!(t.key_columns, ["id", "day"]);
+        assert_eq!(
+            t.url.as_str(),
+            "postgres://app@db.example:5432/shop?sslmode=disable"
+        );
+        assert_eq!(a.kind(), "postgres");
+        assert_eq!(
+            a.to_string(),
+            "postgres://app@db.example:5432/shop?sslmode=disable&table=sales.orders"
+        );
+        let q = DataAddress::parse("postgresql://h/db?query=SELECT%201").unwrap();
+        let DataAddress::Table(q) = q else { panic!() };
+        assert_eq!(q.query.as_deref(), Some("SELECT 1"));
+    }
+
+    #[test]
+    fn table_address_errors() {
+        let e = DataAddress::parse("postgres://u:hunter22@h/db?table=t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter22") && e.contains("secret reference"),
+            "{e}"
+        );
+        let e = DataAddress::parse("postgres://h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("?table="), "{e}");
+        let e = DataAddress::parse("postgres://h/db?table=t&mode=merge")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown mode 'merge'"), "{e}");
+        let e = DataAddress::parse("postgres://h/db?table=t&mode=upsert")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keyColumns"), "{e}");
     }
 
     #[test]

@@ -10,10 +10,12 @@ pub mod error;
 pub mod redact;
 pub mod secret;
 pub mod store;
+pub mod table;
 pub mod transform;
 
 pub use address::DataAddress;
 pub use checksum::{ChecksumAlgo, Digest, Hasher};
 pub use error::{Error, Result};
 pub use store::{Entry, Listing, PartToken, Sink, Source, UploadId};
+pub use table::{Database, TableAddress, WriteMode};
 pub use transform::{Action, TransformSpec};

@@ -56,3 +56,10 @@ pub async fn part_recorded() {
 pub async fn file_recorded() {
     hit("pause-after-files", &FILES).await;
 }
+
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// Called when a table load has staged every row and is about to commit it.
+pub async fn before_commit() {
+    hit("pause-before-commit", &COMMITS).await;
+}

@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod options;
 mod records;
 pub mod report;
+mod tables;
 mod upload;
 mod verify;
 

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use ferry_core::{DataAddress, Error, Result, TransformSpec};
+use ferry_core::{DataAddress, Error, Result, TableAddress, TransformSpec, WriteMode};
 use ferry_formats::{ColumnSpec, Format, FormatOptions};
 use serde::Deserialize;
 
@@ -62,6 +62,8 @@ pub enum StoreType {
     #[serde(alias = "az", alias = "azureblob")]
     Azure,
     Http,
+    #[serde(alias = "postgresql")]
+    Postgres,
 }
 
 /// Where a dataset lives and how it is encoded, in the typed form.
@@ -84,8 +86,18 @@ pub struct AddressSpec {
     pub endpoint: Option<String>,
     /// `s3`.
     pub region: Option<String>,
-    /// `http`.
+    /// `http`: the object's URL. `postgres`: the database, `postgres://user@host:port/db`.
     pub url: Option<String>,
+    /// `postgres`: the table, `schema.name` or `name`.
+    pub table: Option<String>,
+    /// `postgres`, as a source: a query whose result is read instead of a table.
+    pub query: Option<String>,
+    /// `postgres`: a secret reference for the password (`env:NAME`, `file:PATH`).
+    pub password: Option<String>,
+    /// `postgres`, as a destination: `overwrite` (default), `append` or `upsert`.
+    pub mode: Option<WriteMode>,
+    /// `postgres`, mode `upsert`: the columns that identify a row.
+    pub key_columns: Option<Vec<String>>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
     #[serde(default)]
@@ -191,6 +203,7 @@ impl AddressSpec {
             StoreType::S3 => &["bucket", "key", "endpoint", "region"],
             StoreType::Azure => &["container", "path", "account", "endpoint"],
             StoreType::Http => &["url"],
+            StoreType::Postgres => &["url", "table", "query", "password", "mode", "keyColumns"],
         };
         let fields = [
             ("path", &self.path),
@@ -201,6 +214,14 @@ impl AddressSpec {
             ("endpoint", &self.endpoint),
             ("region", &self.region),
             ("url", &self.url),
+            ("table", &self.table),
+            ("query", &self.query),
+            ("password", &self.password),
+            ("mode", &self.mode.map(|m| m.to_string())),
+            (
+                "keyColumns",
+                &self.key_columns.as_ref().map(|k| k.join(",")),
+            ),
         ];
         let unused = fields
             .iter()
@@ -241,6 +262,27 @@ impl AddressSpec {
                 path: self.path.clone().unwrap_or_default(),
                 options,
             },
+            StoreType::Postgres => {
+                let url = need(&self.url, "url")?;
+                let mut table = TableAddress::parse_connection(&url)?;
+                if self.table.is_some() || self.query.is_some() {
+                    table.table = self.table.clone();
+                    table.query = self.query.clone();
+                }
+                if self.password.is_some() {
+                    table.password = self.password.clone();
+                }
+                if let Some(mode) = self.mode {
+                    table.mode = mode;
+                }
+                if let Some(keys) = &self.key_columns {
+                    table.key_columns = keys.clone();
+                }
+                table
+                    .validate()
+                    .map_err(|reason| Error::invalid_option(at, reason))?;
+                DataAddress::Table(table)
+            }
             StoreType::Http => {
                 let url = need(&self.url, "url")?;
                 match DataAddress::parse(&url)? {
@@ -262,6 +304,7 @@ impl AddressSpec {
             StoreType::S3 => "s3",
             StoreType::Azure => "azure",
             StoreType::Http => "http",
+            StoreType::Postgres => "postgres",
         }
     }
 }

@@ -46,7 +46,8 @@ impl RecordOptions {
     /// True when copying `src` to `dst` must go through records rather than bytes: there
     /// are transformations, or the formats of the two ends are known and differ.
     pub fn needed(&self, src: &DataAddress, dst: &DataAddress) -> bool {
-        if !self.transforms.is_empty() {
+        let table = |a: &DataAddress| matches!(a, DataAddress::Table(_));
+        if !self.transforms.is_empty() || table(src) || table(dst) {
             return true;
         }
         let from = self
@@ -64,7 +65,8 @@ impl RecordOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct DatasetReport {
     pub address: String,
-    pub format: Format,
+    /// The file format, or `table` for a database table.
+    pub format: String,
     pub files: u64,
     pub rows: u64,
     pub bytes: u64,
@@ -138,34 +140,12 @@ pub async fn transfer(
     progress: Arc<dyn Progress>,
 ) -> Result<RecordReport> {
     let started = Instant::now();
-    let (filter, source, sink, listing) = crate::copy::open_and_list(src, dst, opts).await?;
-    let single = listing.single_object;
-    let mut inputs = Vec::new();
-    for entry in listing.entries {
-        if !single && !filter.allows(&entry.key) {
-            continue;
-        }
-        let format = match rec.source_format.or_else(|| Format::from_name(&entry.key)) {
-            Some(f) => f,
-            None if single => {
-                return Err(Error::invalid_option(
-                    "source format",
-                    format!(
-                        "cannot tell the format of '{}' from its name; give it (--source-format csv|json|parquet|avro|orc)",
-                        entry.key
-                    ),
-                ))
-            }
-            // A directory may hold other files (_SUCCESS, README); only formats are read.
-            None => continue,
-        };
-        inputs.push((entry, format));
+    if matches!(src, DataAddress::Table(_)) || matches!(dst, DataAddress::Table(_)) {
+        return crate::tables::transfer(src, dst, rec, opts, progress).await;
     }
-    let Some((first, first_format)) = inputs.first().cloned() else {
-        return Err(Error::not_found(format!(
-            "{src} (no files of a known format; give --source-format)"
-        )));
-    };
+    let (filter, source, sink, listing) = crate::copy::open_and_list(src, dst, opts).await?;
+    let inputs = collect_inputs(src, &filter, listing, rec)?;
+    let (first, first_format) = inputs[0].clone();
 
     let dst_path = dst.path_text();
     let names_file = !dst.names_a_directory()
@@ -223,7 +203,7 @@ pub async fn transfer(
 
     let source_report = |rows, bytes, files| DatasetReport {
         address: src.to_string(),
-        format: first_format,
+        format: first_format.to_string(),
         files,
         rows,
         bytes,
@@ -357,10 +337,104 @@ pub async fn transfer(
     Ok(report)
 }
 
-fn finish(
+/// The files of a dataset with their formats: every file for a single-file address, and
+/// for a directory those that pass the filter and whose format is known.
+pub(crate) fn collect_inputs(
+    src: &DataAddress,
+    filter: &crate::KeyFilter,
+    listing: ferry_core::Listing,
+    rec: &RecordOptions,
+) -> Result<Vec<(Entry, Format)>> {
+    let single = listing.single_object;
+    let mut inputs = Vec::new();
+    for entry in listing.entries {
+        if !single && !filter.allows(&entry.key) {
+            continue;
+        }
+        let format = match rec.source_format.or_else(|| Format::from_name(&entry.key)) {
+            Some(f) => f,
+            None if single => {
+                return Err(Error::invalid_option(
+                    "source format",
+                    format!(
+                        "cannot tell the format of '{}' from its name; give it (--source-format csv|json|parquet|avro|orc)",
+                        entry.key
+                    ),
+                ))
+            }
+            // A directory may hold other files (_SUCCESS, README); only formats are read.
+            None => continue,
+        };
+        inputs.push((entry, format));
+    }
+    if inputs.is_empty() {
+        return Err(Error::not_found(format!(
+            "{src} (no files of a known format; give --source-format)"
+        )));
+    }
+    Ok(inputs)
+}
+
+/// Opens one input as batches. Text formats are read with the dataset's schema; the
+/// others must have its columns.
+pub(crate) fn read_input(
+    source: &Arc<dyn Source>,
+    entry: &Entry,
+    format: Format,
+    rec: &RecordOptions,
+    input_schema: &SchemaRef,
+    handle: &Handle,
+    progress: Option<Arc<dyn Progress>>,
+) -> Result<ferry_formats::BatchReader> {
+    let location = location(source, entry);
+    let input = open_input(source, entry, handle, progress);
+    let text_format = matches!(format, Format::Csv | Format::Json);
+    let reader = open_reader(
+        format,
+        &rec.source_options,
+        input,
+        &location,
+        text_format.then(|| input_schema.clone()),
+    )?;
+    if !text_format && !same_columns(&reader.schema(), input_schema) {
+        return Err(Error::data(
+            &location,
+            format!(
+                "its columns ({}) differ from the first file's ({})",
+                columns(&reader.schema()),
+                columns(input_schema)
+            ),
+        ));
+    }
+    Ok(reader)
+}
+
+/// The schema of the first input, read before any data moves.
+pub(crate) async fn probe_schema(
+    source: &Arc<dyn Source>,
+    first: &Entry,
+    format: Format,
+    rec: &RecordOptions,
+) -> Result<SchemaRef> {
+    let (source, first, options, handle) = (
+        source.clone(),
+        first.clone(),
+        rec.source_options.clone(),
+        Handle::current(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let input = open_input(&source, &first, &handle, None);
+        let reader = open_reader(format, &options, input, &location(&source, &first), None)?;
+        Ok(reader.schema())
+    })
+    .await
+    .map_err(join_error)?
+}
+
+pub(crate) fn finish(
     source: DatasetReport,
     dst: &DataAddress,
-    dest_format: Format,
+    dest_format: impl ToString,
     output_schema: &Schema,
     rec: &RecordOptions,
     mut outputs: Vec<OutputReport>,
@@ -388,7 +462,7 @@ fn finish(
         source,
         destination: DatasetReport {
             address: dst.to_string(),
-            format: dest_format,
+            format: dest_format.to_string(),
             files: outputs.len() as u64,
             rows: rows_written,
             bytes: outputs.iter().map(|o| o.bytes_written).sum(),
@@ -420,7 +494,7 @@ fn planned_report(output: &Output) -> OutputReport {
     }
 }
 
-fn failed_report(key: String, error: Error) -> OutputReport {
+pub(crate) fn failed_report(key: String, error: Error) -> OutputReport {
     tracing::debug!(%key, %error, "output failed");
     OutputReport {
         key,
@@ -436,7 +510,7 @@ fn failed_report(key: String, error: Error) -> OutputReport {
 
 /// The inputs' total size and a digest of their names and versions: what the checkpoint
 /// compares to decide that an output made earlier is still current.
-fn fingerprint(inputs: &[(Entry, Format)]) -> (u64, String) {
+pub(crate) fn fingerprint(inputs: &[(Entry, Format)]) -> (u64, String) {
     let mut text = String::new();
     let mut size = 0;
     for (e, _) in inputs {
@@ -447,7 +521,7 @@ fn fingerprint(inputs: &[(Entry, Format)]) -> (u64, String) {
 }
 
 /// The same request always has the same run id, so re-running it finds its checkpoint.
-fn run_id(src: &DataAddress, dst: &DataAddress, rec: &RecordOptions) -> String {
+pub(crate) fn run_id(src: &DataAddress, dst: &DataAddress, rec: &RecordOptions) -> String {
     let canonical = |a: &DataAddress| match a {
         DataAddress::Local { path } => std::path::absolute(path)
             .unwrap_or_else(|_| path.clone())
@@ -460,11 +534,11 @@ fn run_id(src: &DataAddress, dst: &DataAddress, rec: &RecordOptions) -> String {
     ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
 }
 
-fn join_error(e: tokio::task::JoinError) -> Error {
+pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
     Error::Internal(format!("a worker stopped: {e}"))
 }
 
-fn location(source: &Arc<dyn Source>, entry: &Entry) -> String {
+pub(crate) fn location(source: &Arc<dyn Source>, entry: &Entry) -> String {
     let base = source.address();
     if entry.key.is_empty() || base.path_text().ends_with(&entry.key) {
         base.to_string()
@@ -474,7 +548,7 @@ fn location(source: &Arc<dyn Source>, entry: &Entry) -> String {
 }
 
 /// A local file is read directly; anything else in ranged requests.
-fn open_input(
+pub(crate) fn open_input(
     source: &Arc<dyn Source>,
     entry: &Entry,
     handle: &Handle,
@@ -587,31 +661,15 @@ impl Job {
         let mut chain = Chain::bind(&self.rec.transforms, self.input_schema.clone())?;
         let mut report = planned_report(output);
         for (entry, format) in &output.inputs {
-            let location = location(&self.source, entry);
-            let input = open_input(
+            let reader = read_input(
                 &self.source,
                 entry,
+                *format,
+                &self.rec,
+                &self.input_schema,
                 &self.handle,
                 Some(self.progress.clone()),
-            );
-            let text_format = matches!(format, Format::Csv | Format::Json);
-            let reader = open_reader(
-                *format,
-                &self.rec.source_options,
-                input,
-                &location,
-                text_format.then(|| self.input_schema.clone()),
             )?;
-            if !text_format && !same_columns(&reader.schema(), &self.input_schema) {
-                return Err(Error::data(
-                    &location,
-                    format!(
-                        "its columns ({}) differ from the first file's ({})",
-                        columns(&reader.schema()),
-                        columns(&self.input_schema)
-                    ),
-                ));
-            }
             // Decoding on one thread, transforming and encoding on this one.
             let (tx, rx) = sync_channel(2);
             let read_result = std::thread::scope(|scope| -> Result<()> {

@@ -105,7 +105,7 @@ pub(crate) fn bind(spec: &TransformSpec, input: &SchemaRef) -> Result<Box<dyn Tr
     }))
 }
 
-fn parse(sql: &str) -> std::result::Result<Expr, ParserError> {
+pub(crate) fn parse(sql: &str) -> std::result::Result<Expr, ParserError> {
     let dialect = GenericDialect {};
     let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
     let expr = parser.parse_expr()?;

@@ -12,12 +12,14 @@ use ferry_core::{Action, Error, Result, TransformSpec};
 mod crypt;
 mod digest;
 mod filter;
+mod pushdown;
 mod redact;
 mod remove;
 mod sample;
 mod util;
 
 pub use digest::DigestAlgo;
+pub use pushdown::{pushdown, Pushdown};
 
 /// A transformation bound to its input schema.
 pub trait Transform: Send {

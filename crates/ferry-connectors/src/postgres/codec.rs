@@ -1,0 +1,2203 @@
+//! PostgreSQL binary `COPY` ⇄ Arrow.
+//!
+//! [`CopyDecoder`] turns the output of `COPY … TO STDOUT (FORMAT binary)` into record batches,
+//! decoding every value straight into a typed Arrow builder. [`CopyEncoder`] writes record
+//! batches as the input of `COPY … FROM STDIN (FORMAT binary)`. [`PgType`] is the set of column
+//! types both understand and the mapping between them and Arrow types.
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+
+use arrow::array::*;
+use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::*;
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::types::{Kind, Type};
+
+/// Field metadata key holding [`PgType::sql`], so that a later `CREATE TABLE` can recreate the type.
+const META_PG_TYPE: &str = "ferry.pg.type";
+/// Field metadata key holding an enum's labels as a JSON array of strings.
+const META_PG_ENUM: &str = "ferry.pg.enum";
+const META_EXTENSION: &str = "ARROW:extension:name";
+const UUID_EXTENSION: &str = "arrow.uuid";
+
+/// Days from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's).
+const PG_EPOCH_DAYS: i32 = 10_957;
+/// Microseconds from 1970-01-01 to 2000-01-01.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+const HEADER_LEN: usize = 19;
+/// A batch is cut once its values take this many bytes, whatever its row count.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+const NUMERIC_POS: u16 = 0x0000;
+const NUMERIC_NEG: u16 = 0x4000;
+const NUMERIC_NAN: u16 = 0xC000;
+const NUMERIC_PINF: u16 = 0xD000;
+const NUMERIC_NINF: u16 = 0xF000;
+/// Largest display scale numeric_recv accepts (NUMERIC_DSCALE_MASK).
+const NUMERIC_MAX_DSCALE: i64 = 0x3FFF;
+
+// ---------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------
+
+/// A PostgreSQL column as ferry sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PgColumn {
+    pub name: String,
+    pub ty: PgType,
+    pub nullable: bool,
+}
+
+/// The PostgreSQL column types ferry reads and writes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PgType {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    /// numeric(p, s) when declared; unconstrained numeric is None.
+    Numeric(Option<(u8, i8)>),
+    /// text, varchar(n), char(n)/bpchar, name, citext …: anything whose binary form is UTF-8 text.
+    /// `sql` is the declared type as PostgreSQL's format_type() prints it ("character varying(20)").
+    Text {
+        sql: String,
+    },
+    Bytea,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+    Interval,
+    Uuid,
+    Json,
+    Jsonb,
+    /// `oid` is the enum type's OID, written in the header of arrays of it; 0 when unknown
+    /// (built from Arrow metadata) until the caller has created or looked up the type.
+    Enum {
+        sql: String,
+        labels: Vec<String>,
+        oid: u32,
+    },
+    /// One-dimensional arrays of the element type.
+    Array(Box<PgType>),
+}
+
+impl PgType {
+    /// From a type as tokio-postgres resolves it, its typmod (pg_attribute.atttypmod; -1 when
+    /// unknown) and its format_type() text ("" when unknown).
+    pub fn from_pg(ty: &Type, typmod: i32, sql: &str) -> Result<PgType, String> {
+        match ty.kind() {
+            // A domain's typmod lives on the domain, not the column, so the base is unconstrained.
+            Kind::Domain(base) => return PgType::from_pg(base, -1, ""),
+            Kind::Enum(labels) => {
+                return Ok(PgType::Enum {
+                    sql: or_name(sql, ty),
+                    labels: labels.clone(),
+                    oid: ty.oid(),
+                })
+            }
+            Kind::Array(member) => {
+                let member_sql = sql.strip_suffix("[]").unwrap_or("");
+                return match PgType::from_pg(member, typmod, member_sql)? {
+                    PgType::Array(_) => {
+                        Err(format!("type '{}' is not supported", or_name(sql, ty)))
+                    }
+                    elem => Ok(PgType::Array(Box::new(elem))),
+                };
+            }
+            _ => {}
+        }
+        Ok(match ty.oid() {
+            16 => PgType::Bool,
+            21 => PgType::Int2,
+            23 => PgType::Int4,
+            20 => PgType::Int8,
+            700 => PgType::Float4,
+            701 => PgType::Float8,
+            1700 => PgType::Numeric(numeric_typmod(typmod)),
+            25 | 1043 | 1042 | 19 => PgType::Text {
+                sql: text_sql(ty, sql),
+            },
+            17 => PgType::Bytea,
+            1082 => PgType::Date,
+            1083 => PgType::Time,
+            1114 => PgType::Timestamp,
+            1184 => PgType::Timestamptz,
+            1186 => PgType::Interval,
+            2950 => PgType::Uuid,
+            114 => PgType::Json,
+            3802 => PgType::Jsonb,
+            // citext is an extension type: no fixed OID, but its binary form is text's.
+            _ if ty.name() == "citext" && matches!(ty.kind(), Kind::Simple) => PgType::Text {
+                sql: text_sql(ty, sql),
+            },
+            _ => return Err(format!("type '{}' is not supported", or_name(sql, ty))),
+        })
+    }
+
+    /// The type to use in CREATE TABLE ("bigint", "numeric(12,2)", "character varying(20)", …).
+    pub fn sql(&self) -> String {
+        match self {
+            PgType::Bool => "boolean".into(),
+            PgType::Int2 => "smallint".into(),
+            PgType::Int4 => "integer".into(),
+            PgType::Int8 => "bigint".into(),
+            PgType::Float4 => "real".into(),
+            PgType::Float8 => "double precision".into(),
+            PgType::Numeric(None) => "numeric".into(),
+            PgType::Numeric(Some((p, s))) => format!("numeric({p},{s})"),
+            PgType::Text { sql } | PgType::Enum { sql, .. } => sql.clone(),
+            PgType::Bytea => "bytea".into(),
+            PgType::Date => "date".into(),
+            PgType::Time => "time without time zone".into(),
+            PgType::Timestamp => "timestamp without time zone".into(),
+            PgType::Timestamptz => "timestamp with time zone".into(),
+            PgType::Interval => "interval".into(),
+            PgType::Uuid => "uuid".into(),
+            PgType::Json => "json".into(),
+            PgType::Jsonb => "jsonb".into(),
+            PgType::Array(elem) => format!("{}[]", elem.sql()),
+        }
+    }
+
+    /// The Arrow type values of this PostgreSQL type are decoded into.
+    pub fn arrow_type(&self) -> DataType {
+        match self {
+            PgType::Bool => DataType::Boolean,
+            PgType::Int2 => DataType::Int16,
+            PgType::Int4 => DataType::Int32,
+            PgType::Int8 => DataType::Int64,
+            PgType::Float4 => DataType::Float32,
+            PgType::Float8 => DataType::Float64,
+            PgType::Numeric(Some((p, s))) if decimal128_fits(*p, *s) => {
+                DataType::Decimal128(*p, *s)
+            }
+            PgType::Numeric(_)
+            | PgType::Text { .. }
+            | PgType::Json
+            | PgType::Jsonb
+            | PgType::Enum { .. } => DataType::Utf8,
+            PgType::Bytea => DataType::Binary,
+            PgType::Date => DataType::Date32,
+            PgType::Time => DataType::Time64(TimeUnit::Microsecond),
+            PgType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            PgType::Timestamptz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            PgType::Interval => DataType::Interval(IntervalUnit::MonthDayNano),
+            PgType::Uuid => DataType::FixedSizeBinary(16),
+            PgType::Array(elem) => DataType::List(item_field(elem)),
+        }
+    }
+
+    /// The PostgreSQL type a column of `field`'s Arrow type should be created as: the type
+    /// recorded in the field metadata by [`PgColumn::arrow_field`] when it still matches the
+    /// Arrow type, otherwise the natural mapping of the Arrow type.
+    pub fn from_arrow(field: &Field) -> Result<PgType, String> {
+        if let Some(sql) = field.metadata().get(META_PG_TYPE) {
+            let labels = field
+                .metadata()
+                .get(META_PG_ENUM)
+                .and_then(|j| parse_json_strings(j));
+            if let Some(ty) = parse_sql(sql, labels) {
+                if shape(&ty.arrow_type()) == shape(field.data_type()) {
+                    return Ok(ty);
+                }
+            }
+        }
+        from_arrow_type(field)
+    }
+
+    /// The OID written in an array header when this is the element type (0 when unknown).
+    pub fn element_oid(&self) -> u32 {
+        match self {
+            PgType::Bool => 16,
+            PgType::Int2 => 21,
+            PgType::Int4 => 23,
+            PgType::Int8 => 20,
+            PgType::Float4 => 700,
+            PgType::Float8 => 701,
+            PgType::Numeric(_) => 1700,
+            PgType::Text { sql } => text_oid(sql),
+            PgType::Bytea => 17,
+            PgType::Date => 1082,
+            PgType::Time => 1083,
+            PgType::Timestamp => 1114,
+            PgType::Timestamptz => 1184,
+            PgType::Interval => 1186,
+            PgType::Uuid => 2950,
+            PgType::Json => 114,
+            PgType::Jsonb => 3802,
+            PgType::Enum { oid, .. } => *oid,
+            PgType::Array(_) => 0,
+        }
+    }
+
+    fn enum_labels(&self) -> Option<&[String]> {
+        match self {
+            PgType::Enum { labels, .. } => Some(labels),
+            PgType::Array(elem) => elem.enum_labels(),
+            _ => None,
+        }
+    }
+}
+
+impl PgColumn {
+    /// The Arrow field: name, arrow_type(), nullable, and metadata recording the PostgreSQL type.
+    pub fn arrow_field(&self) -> Field {
+        let mut meta = HashMap::from([(META_PG_TYPE.to_string(), self.ty.sql())]);
+        if let Some(labels) = self.ty.enum_labels() {
+            meta.insert(META_PG_ENUM.to_string(), json_strings(labels));
+        }
+        if self.ty == PgType::Uuid {
+            meta.insert(META_EXTENSION.to_string(), UUID_EXTENSION.to_string());
+        }
+        Field::new(&self.name, self.ty.arrow_type(), self.nullable).with_metadata(meta)
+    }
+}
+
+fn item_field(elem: &PgType) -> FieldRef {
+    Arc::new(Field::new("item", elem.arrow_type(), true))
+}
+
+/// Decimal128 holds at most 38 digits and no scale above the precision or below zero.
+fn decimal128_fits(p: u8, s: i8) -> bool {
+    (1..=38).contains(&p) && s >= 0 && s as u8 <= p
+}
+
+fn or_name(sql: &str, ty: &Type) -> String {
+    if sql.is_empty() {
+        ty.name().to_string()
+    } else {
+        sql.to_string()
+    }
+}
+
+/// format_type() of a text-like type when the caller had none (domains, Type::from_oid).
+fn text_sql(ty: &Type, sql: &str) -> String {
+    match (sql, ty.name()) {
+        ("", "varchar") => "character varying".into(),
+        ("", name) => name.into(),
+        (sql, _) => sql.into(),
+    }
+}
+
+fn text_oid(sql: &str) -> u32 {
+    let sql = sql.to_ascii_lowercase();
+    if sql.starts_with("character varying") || sql.starts_with("varchar") {
+        1043
+    } else if sql.starts_with("character") || sql.starts_with("bpchar") || sql.starts_with("char") {
+        1042
+    } else if sql == "name" {
+        19
+    } else {
+        25
+    }
+}
+
+/// (precision, scale) of a numeric typmod; None when unconstrained or beyond what PgType holds.
+fn numeric_typmod(typmod: i32) -> Option<(u8, i8)> {
+    if typmod < 4 {
+        return None;
+    }
+    let t = typmod - 4;
+    let precision = (t >> 16) & 0xffff;
+    // PostgreSQL 15 stores the scale as an 11-bit two's complement number.
+    let scale = ((t & 0x7ff) ^ 1024) - 1024;
+    Some((u8::try_from(precision).ok()?, i8::try_from(scale).ok()?))
+}
+
+fn is_string_type(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
+/// The natural PostgreSQL type of an Arrow type.
+fn from_arrow_type(field: &Field) -> Result<PgType, String> {
+    use DataType as D;
+    Ok(match field.data_type() {
+        D::Boolean => PgType::Bool,
+        D::Int8 | D::Int16 | D::UInt8 => PgType::Int2,
+        D::Int32 | D::UInt16 => PgType::Int4,
+        D::Int64 | D::UInt32 => PgType::Int8,
+        D::UInt64 => PgType::Numeric(Some((20, 0))),
+        D::Float16 | D::Float32 => PgType::Float4,
+        D::Float64 => PgType::Float8,
+        D::Decimal32(p, s) | D::Decimal64(p, s) | D::Decimal128(p, s) | D::Decimal256(p, s) => {
+            if *s < 0 {
+                return Err(format!(
+                    "Arrow type {} (negative scale) has no PostgreSQL equivalent",
+                    field.data_type()
+                ));
+            }
+            PgType::Numeric(Some((*p, *s)))
+        }
+        D::Utf8 | D::LargeUtf8 | D::Utf8View => PgType::Text { sql: "text".into() },
+        D::Dictionary(_, v) if is_string_type(v) => PgType::Text { sql: "text".into() },
+        D::Binary | D::LargeBinary | D::BinaryView => PgType::Bytea,
+        D::FixedSizeBinary(16)
+            if field.metadata().get(META_EXTENSION).map(String::as_str) == Some(UUID_EXTENSION) =>
+        {
+            PgType::Uuid
+        }
+        D::FixedSizeBinary(_) => PgType::Bytea,
+        D::Date32 | D::Date64 => PgType::Date,
+        D::Time32(_) | D::Time64(_) => PgType::Time,
+        D::Timestamp(_, None) => PgType::Timestamp,
+        D::Timestamp(_, Some(_)) => PgType::Timestamptz,
+        D::Interval(_) | D::Duration(_) => PgType::Interval,
+        D::List(item) | D::LargeList(item) => match PgType::from_arrow(item)? {
+            PgType::Array(_) => {
+                return Err(format!(
+                    "Arrow type {} (nested list) has no PostgreSQL equivalent",
+                    field.data_type()
+                ))
+            }
+            elem => PgType::Array(Box::new(elem)),
+        },
+        other => return Err(format!("Arrow type {other} has no PostgreSQL equivalent")),
+    })
+}
+
+/// Arrow types reduced to what decides the PostgreSQL type, so that metadata written for
+/// Utf8 still applies after a trip through LargeUtf8, Time32 for Time64 and so on.
+fn shape(dt: &DataType) -> DataType {
+    use DataType as D;
+    match dt {
+        D::LargeUtf8 | D::Utf8View => D::Utf8,
+        D::Dictionary(_, v) if is_string_type(v) => D::Utf8,
+        D::LargeBinary | D::BinaryView => D::Binary,
+        D::Timestamp(_, tz) => {
+            D::Timestamp(TimeUnit::Microsecond, tz.as_ref().map(|_| "UTC".into()))
+        }
+        D::Time32(_) | D::Time64(_) => D::Time64(TimeUnit::Microsecond),
+        D::Date64 => D::Date32,
+        D::Duration(_) | D::Interval(_) => D::Interval(IntervalUnit::MonthDayNano),
+        D::Float16 => D::Float32,
+        D::Decimal32(p, s) | D::Decimal64(p, s) | D::Decimal256(p, s) => D::Decimal128(*p, *s),
+        D::List(f) | D::LargeList(f) => {
+            D::List(Arc::new(Field::new("item", shape(f.data_type()), true)))
+        }
+        other => other.clone(),
+    }
+}
+
+/// Parses a type name written by [`PgType::sql`] back; None when it is not one ferry handles.
+fn parse_sql(sql: &str, labels: Option<Vec<String>>) -> Option<PgType> {
+    let sql = sql.trim();
+    if let Some(elem) = sql.strip_suffix("[]") {
+        return match parse_sql(elem, labels)? {
+            PgType::Array(_) => None,
+            elem => Some(PgType::Array(Box::new(elem))),
+        };
+    }
+    if let Some(labels) = labels {
+        return Some(PgType::Enum {
+            sql: sql.into(),
+            labels,
+            oid: 0,
+        });
+    }
+    let lower = sql.to_ascii_lowercase();
+    let (bare, args) = split_typmod(&lower);
+    Some(match bare.as_str() {
+        "boolean" | "bool" => PgType::Bool,
+        "smallint" | "int2" => PgType::Int2,
+        "integer" | "int" | "int4" => PgType::Int4,
+        "bigint" | "int8" => PgType::Int8,
+        "real" | "float4" => PgType::Float4,
+        "double precision" | "float8" => PgType::Float8,
+        "numeric" | "decimal" => PgType::Numeric(match args {
+            None => None,
+            Some(args) => Some(parse_precision_scale(args)?),
+        }),
+        "bytea" => PgType::Bytea,
+        "date" => PgType::Date,
+        "time" | "time without time zone" => PgType::Time,
+        "timestamp" | "timestamp without time zone" => PgType::Timestamp,
+        "timestamptz" | "timestamp with time zone" => PgType::Timestamptz,
+        "uuid" => PgType::Uuid,
+        "json" => PgType::Json,
+        "jsonb" => PgType::Jsonb,
+        "timetz" | "time with time zone" => return None,
+        b if b.starts_with("interval") => PgType::Interval,
+        _ => PgType::Text { sql: sql.into() },
+    })
+}
+
+/// "timestamp(3) with time zone" → ("timestamp with time zone", Some("3")).
+fn split_typmod(sql: &str) -> (String, Option<&str>) {
+    match (sql.find('('), sql.find(')')) {
+        (Some(open), Some(close)) if open < close => {
+            let bare = format!("{}{}", sql[..open].trim_end(), &sql[close + 1..]);
+            (bare, Some(&sql[open + 1..close]))
+        }
+        _ => (sql.to_string(), None),
+    }
+}
+
+fn parse_precision_scale(args: &str) -> Option<(u8, i8)> {
+    let mut parts = args.split(',').map(str::trim);
+    let p = parts.next()?.parse().ok()?;
+    let s = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    parts.next().is_none().then_some((p, s))
+}
+
+/// `["a","b"]`: enum labels in field metadata.
+fn json_strings(items: &[String]) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
+/// Parses a JSON array of strings; None for anything else.
+fn parse_json_strings(text: &str) -> Option<Vec<String>> {
+    let mut chars = text.chars().peekable();
+    let skip_ws = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+    };
+    let mut items = Vec::new();
+    skip_ws(&mut chars);
+    (chars.next()? == '[').then_some(())?;
+    skip_ws(&mut chars);
+    if chars.next_if_eq(&']').is_none() {
+        loop {
+            skip_ws(&mut chars);
+            (chars.next()? == '"').then_some(())?;
+            items.push(parse_json_string_body(&mut chars)?);
+            skip_ws(&mut chars);
+            match chars.next()? {
+                ',' => continue,
+                ']' => break,
+                _ => return None,
+            }
+        }
+    }
+    skip_ws(&mut chars);
+    chars.next().is_none().then_some(items)
+}
+
+/// The rest of a JSON string after its opening quote.
+fn parse_json_string_body(chars: &mut impl Iterator<Item = char>) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        match chars.next()? {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                c @ ('"' | '\\' | '/') => out.push(c),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hi = json_hex4(chars)?;
+                    let code = if (0xD800..0xDC00).contains(&hi) {
+                        (chars.next()? == '\\' && chars.next()? == 'u').then_some(())?;
+                        let lo = json_hex4(chars)?;
+                        0x10000 + ((hi - 0xD800) << 10) + (lo.checked_sub(0xDC00)? & 0x3FF)
+                    } else {
+                        hi
+                    };
+                    out.push(char::from_u32(code)?);
+                }
+                _ => return None,
+            },
+            c => out.push(c),
+        }
+    }
+}
+
+fn json_hex4(chars: &mut impl Iterator<Item = char>) -> Option<u32> {
+    (0..4).try_fold(0, |acc, _| Some(acc * 16 + chars.next()?.to_digit(16)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// A malformed COPY stream or a value that cannot be converted; the message names column and row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodecError(pub String);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+fn value_error(column: &str, row: u64, message: impl fmt::Display) -> CodecError {
+    CodecError(format!("column '{column}', row {row}: {message}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+/// Streaming decoder of COPY binary output.
+pub struct CopyDecoder {
+    names: Vec<String>,
+    nullable: Vec<bool>,
+    schema: SchemaRef,
+    cols: Vec<Col>,
+    batch_rows: usize,
+    state: State,
+    /// The start of a header or tuple whose end has not arrived yet.
+    tail: Vec<u8>,
+    /// How far `tail` has been scanned, so a value arriving in many chunks is scanned once.
+    cursor: Cursor,
+    batch_len: usize,
+    batch_bytes: usize,
+    rows: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    Header,
+    Tuples,
+    Done,
+}
+
+/// Scan progress through a tuple: bytes known to be complete fields and how many fields they are.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cursor {
+    pos: usize,
+    fields: usize,
+}
+
+/// The length of the next header or tuple, or how many more bytes are needed to learn more.
+enum Extent {
+    Complete(usize),
+    Need(usize),
+}
+
+impl CopyDecoder {
+    /// A decoder of rows of `columns`, emitting batches of `batch_rows` rows (or fewer, once
+    /// their values take ~16 MiB).
+    pub fn new(columns: Vec<PgColumn>, batch_rows: usize) -> CopyDecoder {
+        let fields: Vec<Field> = columns.iter().map(PgColumn::arrow_field).collect();
+        CopyDecoder {
+            schema: Arc::new(Schema::new(fields)),
+            cols: columns.iter().map(|c| Col::new(&c.ty)).collect(),
+            names: columns.iter().map(|c| c.name.clone()).collect(),
+            nullable: columns.iter().map(|c| c.nullable).collect(),
+            batch_rows: batch_rows.max(1),
+            state: State::Header,
+            tail: Vec::new(),
+            cursor: Cursor::default(),
+            batch_len: 0,
+            batch_bytes: 0,
+            rows: 0,
+        }
+    }
+
+    /// The schema of the batches: the columns' [`PgColumn::arrow_field`]s.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Rows decoded so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Feeds the next chunk of the COPY stream (split anywhere); full batches go to `out`.
+    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<RecordBatch>) -> Result<(), CodecError> {
+        if !self.tail.is_empty() || self.state == State::Header {
+            // Copy just enough of the chunk to finish the buffered unit.
+            loop {
+                let mut cursor = self.cursor;
+                let extent = self.extent(&self.tail, &mut cursor)?;
+                self.cursor = cursor;
+                match extent {
+                    Extent::Complete(_) => break,
+                    Extent::Need(_) if chunk.is_empty() => return Ok(()),
+                    Extent::Need(n) => {
+                        let take = n.min(chunk.len());
+                        self.tail.extend_from_slice(&chunk[..take]);
+                        chunk = &chunk[take..];
+                    }
+                }
+            }
+            let tail = std::mem::take(&mut self.tail);
+            let result = self.unit(&tail, out);
+            self.tail = tail;
+            self.tail.clear();
+            self.cursor = Cursor::default();
+            result?;
+        }
+        while !chunk.is_empty() {
+            let mut cursor = Cursor::default();
+            match self.extent(chunk, &mut cursor)? {
+                Extent::Complete(n) => {
+                    self.unit(&chunk[..n], out)?;
+                    chunk = &chunk[n..];
+                }
+                Extent::Need(_) => {
+                    self.tail.extend_from_slice(chunk);
+                    self.cursor = cursor;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// End of stream: the trailer must have been seen. Returns the last, partial batch.
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, CodecError> {
+        match self.state {
+            State::Done => {}
+            State::Header => return Err(CodecError("COPY data ended inside the header".into())),
+            State::Tuples if self.tail.is_empty() => {
+                return Err(CodecError(
+                    "COPY data ended without the end-of-data trailer".into(),
+                ))
+            }
+            State::Tuples => {
+                return Err(CodecError(format!(
+                    "COPY data ended inside row {}",
+                    self.rows + 1
+                )))
+            }
+        }
+        if self.batch_len == 0 {
+            return Ok(None);
+        }
+        self.flush().map(Some)
+    }
+
+    /// Where the header or tuple starting at `buf[0]` ends, resuming the scan at `cursor`.
+    fn extent(&self, buf: &[u8], cursor: &mut Cursor) -> Result<Extent, CodecError> {
+        match self.state {
+            State::Header => header_extent(buf),
+            State::Done => Err(CodecError(
+                "unexpected data after the COPY end-of-data trailer".into(),
+            )),
+            State::Tuples => tuple_extent(buf, cursor, self.cols.len(), self.rows + 1),
+        }
+    }
+
+    /// Consumes one complete header, tuple or trailer.
+    fn unit(&mut self, buf: &[u8], out: &mut Vec<RecordBatch>) -> Result<(), CodecError> {
+        match self.state {
+            State::Header => self.state = State::Tuples,
+            State::Tuples if buf == [0xff, 0xff] => self.state = State::Done,
+            State::Tuples => {
+                self.decode_tuple(buf)?;
+                if self.batch_len >= self.batch_rows || self.batch_bytes >= MAX_BATCH_BYTES {
+                    out.push(self.flush()?);
+                }
+            }
+            State::Done => unreachable!("extent() rejects data after the trailer"),
+        }
+        Ok(())
+    }
+
+    /// Appends the values of one complete tuple (already checked by tuple_extent) to the builders.
+    fn decode_tuple(&mut self, buf: &[u8]) -> Result<(), CodecError> {
+        let row = self.rows + 1;
+        let mut pos = 2;
+        for (i, col) in self.cols.iter_mut().enumerate() {
+            let len = be_i32(buf, pos);
+            pos += 4;
+            if len < 0 {
+                if !self.nullable[i] {
+                    return Err(value_error(
+                        &self.names[i],
+                        row,
+                        "NULL in a NOT NULL column",
+                    ));
+                }
+                col.append_null();
+                continue;
+            }
+            let value = &buf[pos..pos + len as usize];
+            pos += value.len();
+            col.append(value)
+                .map_err(|m| value_error(&self.names[i], row, m))?;
+            self.batch_bytes += value.len();
+        }
+        self.rows += 1;
+        self.batch_len += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<RecordBatch, CodecError> {
+        let arrays = self.cols.iter_mut().map(Col::finish).collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(self.batch_len));
+        self.batch_len = 0;
+        self.batch_bytes = 0;
+        RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options)
+            .map_err(|e| CodecError(format!("cannot assemble a record batch: {e}")))
+    }
+}
+
+fn be_i16(buf: &[u8], pos: usize) -> i16 {
+    i16::from_be_bytes([buf[pos], buf[pos + 1]])
+}
+
+fn be_i32(buf: &[u8], pos: usize) -> i32 {
+    i32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]])
+}
+
+/// Signature, flags and header extension.
+fn header_extent(buf: &[u8]) -> Result<Extent, CodecError> {
+    let sig_len = buf.len().min(COPY_SIGNATURE.len());
+    if buf[..sig_len] != COPY_SIGNATURE[..sig_len] {
+        return Err(CodecError("not binary COPY data: bad signature".into()));
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(Extent::Need(HEADER_LEN - buf.len()));
+    }
+    let flags = be_i32(buf, 11) as u32;
+    if flags & (1 << 16) != 0 {
+        return Err(CodecError(
+            "binary COPY data with OIDs is not supported".into(),
+        ));
+    }
+    // Bits 17-31 are reserved for format changes a reader must not ignore.
+    if flags >> 17 != 0 {
+        return Err(CodecError(format!(
+            "unknown binary COPY header flags {flags:#x}"
+        )));
+    }
+    let extension = be_i32(buf, 15);
+    if extension < 0 {
+        return Err(CodecError(format!(
+            "bad binary COPY header extension length {extension}"
+        )));
+    }
+    let total = HEADER_LEN + extension as usize;
+    Ok(match buf.len() < total {
+        true => Extent::Need(total - buf.len()),
+        false => Extent::Complete(total),
+    })
+}
+
+/// Field count and field lengths of the tuple (or trailer) at `buf[0]`.
+fn tuple_extent(
+    buf: &[u8],
+    cursor: &mut Cursor,
+    ncols: usize,
+    row: u64,
+) -> Result<Extent, CodecError> {
+    if cursor.pos == 0 {
+        if buf.len() < 2 {
+            return Ok(Extent::Need(2 - buf.len()));
+        }
+        let count = be_i16(buf, 0);
+        if count == -1 {
+            return Ok(Extent::Complete(2));
+        }
+        if count < 0 || count as usize != ncols {
+            return Err(CodecError(format!(
+                "row {row}: tuple has {count} fields, expected {ncols}"
+            )));
+        }
+        cursor.pos = 2;
+    }
+    while cursor.fields < ncols {
+        let pos = cursor.pos;
+        if buf.len() < pos + 4 {
+            return Ok(Extent::Need(pos + 4 - buf.len()));
+        }
+        let len = be_i32(buf, pos);
+        let end = match len {
+            -1 => pos + 4,
+            len if len < 0 => {
+                return Err(CodecError(format!(
+                    "row {row}, field {}: bad value length {len}",
+                    cursor.fields + 1
+                )))
+            }
+            len => pos + 4 + len as usize,
+        };
+        if buf.len() < end {
+            return Ok(Extent::Need(end - buf.len()));
+        }
+        cursor.pos = end;
+        cursor.fields += 1;
+    }
+    Ok(Extent::Complete(cursor.pos))
+}
+
+/// One column's builder; `append` decodes one binary value into it.
+enum Col {
+    Bool(BooleanBuilder),
+    Int16(Int16Builder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float32(Float32Builder),
+    Float64(Float64Builder),
+    Decimal(Decimal128Builder, u8, i8),
+    NumericText(StringBuilder, String),
+    Text(StringBuilder),
+    Jsonb(StringBuilder),
+    Bytea(BinaryBuilder),
+    Date(Date32Builder),
+    Time(Time64MicrosecondBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Interval(IntervalMonthDayNanoBuilder),
+    Uuid(FixedSizeBinaryBuilder),
+    List(Box<ListCol>),
+}
+
+/// A list column: offsets and validity here, elements in `items`.
+struct ListCol {
+    item: FieldRef,
+    offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
+    items: Col,
+}
+
+impl Col {
+    fn new(ty: &PgType) -> Col {
+        match ty {
+            PgType::Bool => Col::Bool(BooleanBuilder::new()),
+            PgType::Int2 => Col::Int16(Int16Builder::new()),
+            PgType::Int4 => Col::Int32(Int32Builder::new()),
+            PgType::Int8 => Col::Int64(Int64Builder::new()),
+            PgType::Float4 => Col::Float32(Float32Builder::new()),
+            PgType::Float8 => Col::Float64(Float64Builder::new()),
+            PgType::Numeric(Some((p, s))) if decimal128_fits(*p, *s) => Col::Decimal(
+                Decimal128Builder::new().with_data_type(DataType::Decimal128(*p, *s)),
+                *p,
+                *s,
+            ),
+            PgType::Numeric(_) => Col::NumericText(StringBuilder::new(), String::new()),
+            PgType::Text { .. } | PgType::Json | PgType::Enum { .. } => {
+                Col::Text(StringBuilder::new())
+            }
+            PgType::Jsonb => Col::Jsonb(StringBuilder::new()),
+            PgType::Bytea => Col::Bytea(BinaryBuilder::new()),
+            PgType::Date => Col::Date(Date32Builder::new()),
+            PgType::Time => Col::Time(Time64MicrosecondBuilder::new()),
+            PgType::Timestamp => Col::Timestamp(TimestampMicrosecondBuilder::new()),
+            PgType::Timestamptz => {
+                Col::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+            }
+            PgType::Interval => Col::Interval(IntervalMonthDayNanoBuilder::new()),
+            PgType::Uuid => Col::Uuid(FixedSizeBinaryBuilder::new(16)),
+            PgType::Array(elem) => Col::List(Box::new(ListCol {
+                item: item_field(elem),
+                offsets: vec![0],
+                nulls: NullBufferBuilder::new(0),
+                items: Col::new(elem),
+            })),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Col::Bool(b) => b.append_null(),
+            Col::Int16(b) => b.append_null(),
+            Col::Int32(b) => b.append_null(),
+            Col::Int64(b) => b.append_null(),
+            Col::Float32(b) => b.append_null(),
+            Col::Float64(b) => b.append_null(),
+            Col::Decimal(b, ..) => b.append_null(),
+            Col::NumericText(b, _) | Col::Text(b) | Col::Jsonb(b) => b.append_null(),
+            Col::Bytea(b) => b.append_null(),
+            Col::Date(b) => b.append_null(),
+            Col::Time(b) => b.append_null(),
+            Col::Timestamp(b) => b.append_null(),
+            Col::Interval(b) => b.append_null(),
+            Col::Uuid(b) => b.append_null(),
+            Col::List(l) => {
+                let last = *l.offsets.last().unwrap_or(&0);
+                l.offsets.push(last);
+                l.nulls.append_null();
+            }
+        }
+    }
+
+    /// Decodes one non-NULL value; the error says what is wrong with it.
+    fn append(&mut self, v: &[u8]) -> Result<(), String> {
+        match self {
+            Col::Bool(b) => b.append_value(fixed::<1>(v, "boolean")?[0] != 0),
+            Col::Int16(b) => b.append_value(i16::from_be_bytes(fixed(v, "smallint")?)),
+            Col::Int32(b) => b.append_value(i32::from_be_bytes(fixed(v, "integer")?)),
+            Col::Int64(b) => b.append_value(i64::from_be_bytes(fixed(v, "bigint")?)),
+            Col::Float32(b) => b.append_value(f32::from_be_bytes(fixed(v, "real")?)),
+            Col::Float64(b) => b.append_value(f64::from_be_bytes(fixed(v, "double precision")?)),
+            Col::Decimal(b, p, s) => b.append_value(Numeric::parse(v)?.to_i128(*p, *s)?),
+            Col::NumericText(b, scratch) => {
+                Numeric::parse(v)?.write_text(scratch)?;
+                b.append_value(&*scratch);
+            }
+            Col::Text(b) => b.append_value(utf8(v)?),
+            Col::Jsonb(b) => match v.split_first() {
+                Some((1, text)) => b.append_value(utf8(text)?),
+                Some((version, _)) => {
+                    return Err(format!("unsupported jsonb format version {version}"))
+                }
+                None => return Err("empty jsonb value".into()),
+            },
+            Col::Bytea(b) => b.append_value(v),
+            Col::Date(b) => b.append_value(date_from_pg(i32::from_be_bytes(fixed(v, "date")?))?),
+            Col::Time(b) => b.append_value(i64::from_be_bytes(fixed(v, "time")?)),
+            Col::Timestamp(b) => b.append_value(timestamp_from_pg(i64::from_be_bytes(fixed(
+                v,
+                "timestamp",
+            )?))?),
+            Col::Interval(b) => b.append_value(interval_from_pg(fixed(v, "interval")?)?),
+            Col::Uuid(b) => b
+                .append_value(fixed::<16>(v, "uuid")?)
+                .map_err(|e| e.to_string())?,
+            Col::List(l) => l.append(v)?,
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Col::Bool(b) => Arc::new(b.finish()),
+            Col::Int16(b) => Arc::new(b.finish()),
+            Col::Int32(b) => Arc::new(b.finish()),
+            Col::Int64(b) => Arc::new(b.finish()),
+            Col::Float32(b) => Arc::new(b.finish()),
+            Col::Float64(b) => Arc::new(b.finish()),
+            Col::Decimal(b, ..) => Arc::new(b.finish()),
+            Col::NumericText(b, _) | Col::Text(b) | Col::Jsonb(b) => Arc::new(b.finish()),
+            Col::Bytea(b) => Arc::new(b.finish()),
+            Col::Date(b) => Arc::new(b.finish()),
+            Col::Time(b) => Arc::new(b.finish()),
+            Col::Timestamp(b) => Arc::new(b.finish()),
+            Col::Interval(b) => Arc::new(b.finish()),
+            Col::Uuid(b) => Arc::new(b.finish()),
+            Col::List(l) => {
+                let offsets = std::mem::replace(&mut l.offsets, vec![0]);
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+                Arc::new(ListArray::new(
+                    l.item.clone(),
+                    offsets,
+                    l.items.finish(),
+                    l.nulls.finish(),
+                ))
+            }
+        }
+    }
+}
+
+impl ListCol {
+    /// Array binary form: ndim, has-null flag, element OID, (length, lower bound) per dimension,
+    /// then the elements as length-prefixed values.
+    fn append(&mut self, v: &[u8]) -> Result<(), String> {
+        let mut r = Reader(v);
+        let ndim = r.i32()?;
+        let _has_nulls = r.i32()?;
+        let _element_oid = r.i32()?;
+        let len = match ndim {
+            0 => 0,
+            1 => {
+                let len = r.i32()?;
+                let _lower_bound = r.i32()?;
+                usize::try_from(len).map_err(|_| format!("bad array length {len}"))?
+            }
+            n if n > 1 => return Err(format!("{n}-dimensional arrays are not supported")),
+            n => return Err(format!("bad array dimension count {n}")),
+        };
+        for _ in 0..len {
+            match r.i32()? {
+                -1 => self.items.append_null(),
+                n if n < 0 => return Err(format!("bad array element length {n}")),
+                n => self.items.append(r.take(n as usize)?)?,
+            }
+        }
+        if !r.0.is_empty() {
+            return Err("array value has trailing bytes".into());
+        }
+        let last = *self.offsets.last().unwrap_or(&0);
+        let end = i32::try_from(len)
+            .ok()
+            .and_then(|n| last.checked_add(n))
+            .ok_or("more array elements in one batch than an Arrow List holds")?;
+        self.offsets.push(end);
+        self.nulls.append_non_null();
+        Ok(())
+    }
+}
+
+/// Big-endian reads from inside a value; running out means the value is malformed.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("value is truncated".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn i32(&mut self) -> Result<i32, String> {
+        Ok(be_i32(self.take(4)?, 0))
+    }
+}
+
+fn fixed<const N: usize>(v: &[u8], ty: &str) -> Result<[u8; N], String> {
+    <[u8; N]>::try_from(v).map_err(|_| format!("{ty} value has {} bytes, expected {N}", v.len()))
+}
+
+fn utf8(v: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(v).map_err(|e| format!("invalid UTF-8 in text value: {e}"))
+}
+
+/// PostgreSQL's ±infinity (i32::MAX/MIN) stay sentinels; other dates move to the Unix epoch.
+fn date_from_pg(days: i32) -> Result<i32, String> {
+    match days {
+        i32::MAX | i32::MIN => Ok(days),
+        _ => days
+            .checked_add(PG_EPOCH_DAYS)
+            .ok_or_else(|| format!("date {days} is out of Date32's range")),
+    }
+}
+
+fn timestamp_from_pg(micros: i64) -> Result<i64, String> {
+    match micros {
+        i64::MAX | i64::MIN => Ok(micros),
+        _ => micros
+            .checked_add(PG_EPOCH_MICROS)
+            .ok_or_else(|| format!("timestamp {micros} is out of range")),
+    }
+}
+
+/// Binary interval: i64 microseconds, i32 days, i32 months. PostgreSQL 17's ±infinity (every
+/// field at its extreme) maps to the same extremes in Arrow.
+fn interval_from_pg(v: [u8; 16]) -> Result<IntervalMonthDayNano, String> {
+    let micros = be_i64(&v[..8]);
+    let days = be_i32(&v, 8);
+    let months = be_i32(&v, 12);
+    match (months, days, micros) {
+        (i32::MAX, i32::MAX, i64::MAX) => {
+            return Ok(IntervalMonthDayNano::new(months, days, i64::MAX))
+        }
+        (i32::MIN, i32::MIN, i64::MIN) => {
+            return Ok(IntervalMonthDayNano::new(months, days, i64::MIN))
+        }
+        _ => {}
+    }
+    let nanos = micros.checked_mul(1000).ok_or_else(|| {
+        format!("interval of {micros} microseconds overflows Arrow's nanoseconds")
+    })?;
+    Ok(IntervalMonthDayNano::new(months, days, nanos))
+}
+
+fn be_i64(v: &[u8]) -> i64 {
+    i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]])
+}
+
+/// 10^0 ..= 10^38, the powers a Decimal128 scale can need.
+const POW10: [i128; 39] = {
+    let mut table = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// A numeric value in PostgreSQL's binary form: base-10000 digits, value = Σ digit[i]·10000^(weight−i).
+struct Numeric<'a> {
+    weight: i16,
+    sign: u16,
+    dscale: u16,
+    digits: &'a [u8],
+}
+
+impl<'a> Numeric<'a> {
+    fn parse(v: &'a [u8]) -> Result<Numeric<'a>, String> {
+        if v.len() < 8 {
+            return Err(format!(
+                "numeric value has {} bytes, expected at least 8",
+                v.len()
+            ));
+        }
+        let ndigits = be_i16(v, 0);
+        if ndigits < 0 || v.len() != 8 + 2 * ndigits as usize {
+            return Err(format!(
+                "numeric value has {} bytes for {ndigits} digits",
+                v.len()
+            ));
+        }
+        let sign = be_i16(v, 4) as u16;
+        if ![
+            NUMERIC_POS,
+            NUMERIC_NEG,
+            NUMERIC_NAN,
+            NUMERIC_PINF,
+            NUMERIC_NINF,
+        ]
+        .contains(&sign)
+        {
+            return Err(format!("numeric value has bad sign {sign:#x}"));
+        }
+        Ok(Numeric {
+            weight: be_i16(v, 2),
+            sign,
+            dscale: be_i16(v, 6) as u16,
+            digits: &v[8..],
+        })
+    }
+
+    fn ndigits(&self) -> usize {
+        self.digits.len() / 2
+    }
+
+    /// Digit `i`, 0 outside the stored digits (leading and trailing zero groups are not stored).
+    fn digit(&self, i: i64) -> Result<u16, String> {
+        if i < 0 || i >= self.ndigits() as i64 {
+            return Ok(0);
+        }
+        let d = be_i16(self.digits, 2 * i as usize) as u16;
+        if d >= 10000 {
+            return Err(format!("numeric value has bad base-10000 digit {d}"));
+        }
+        Ok(d)
+    }
+
+    fn special(&self) -> Option<&'static str> {
+        match self.sign {
+            NUMERIC_NAN => Some("NaN"),
+            NUMERIC_PINF => Some("Infinity"),
+            NUMERIC_NINF => Some("-Infinity"),
+            _ => None,
+        }
+    }
+
+    /// The value scaled by 10^scale, which must be exact and below 10^precision.
+    fn to_i128(&self, precision: u8, scale: i8) -> Result<i128, String> {
+        let target = || format!("Decimal128({precision},{scale})");
+        if let Some(special) = self.special() {
+            return Err(format!("{special} cannot be stored as {}", target()));
+        }
+        let overflow = || format!("numeric value does not fit in {}", target());
+        let (n, weight, s) = (self.ndigits() as i64, self.weight as i64, scale as i64);
+        // Group i's units digit sits at 10^(4·(weight−i)+s) in the scaled integer; groups with a
+        // non-negative exponent are whole, the next may need a division, the rest must be zero.
+        let whole = (weight + s / 4 + 1).clamp(0, n);
+        let mut acc: i128 = 0;
+        for i in 0..whole {
+            let d = self.digit(i)? as i128;
+            acc = acc
+                .checked_mul(10_000)
+                .and_then(|a| a.checked_add(d))
+                .ok_or_else(overflow)?;
+        }
+        if whole > 0 {
+            let exp = 4 * (weight - (whole - 1)) + s;
+            if acc != 0 {
+                let factor = POW10.get(exp as usize).ok_or_else(overflow)?;
+                acc = acc.checked_mul(*factor).ok_or_else(overflow)?;
+            }
+        }
+        for i in whole..n {
+            let (d, exp) = (self.digit(i)? as i128, 4 * (weight - i) + s);
+            let div = if exp > -4 {
+                POW10[(-exp) as usize]
+            } else {
+                i128::MAX
+            };
+            if d % div != 0 {
+                return Err(format!(
+                    "numeric value has more than {scale} decimal places for {}",
+                    target()
+                ));
+            }
+            acc += d / div;
+        }
+        if acc >= POW10[precision as usize] {
+            return Err(overflow());
+        }
+        Ok(if self.sign == NUMERIC_NEG { -acc } else { acc })
+    }
+
+    /// The text numeric_out prints: "-12.50", "0.0001", "NaN", "Infinity".
+    fn write_text(&self, out: &mut String) -> Result<(), String> {
+        out.clear();
+        if let Some(special) = self.special() {
+            out.push_str(special);
+            return Ok(());
+        }
+        if self.sign == NUMERIC_NEG {
+            out.push('-');
+        }
+        let weight = self.weight as i64;
+        if weight < 0 {
+            out.push('0');
+        }
+        for i in 0..=weight {
+            let d = self.digit(i)?;
+            if i == 0 {
+                let _ = write!(out, "{d}");
+            } else {
+                push_digits(out, d, 4);
+            }
+        }
+        if self.dscale > 0 {
+            out.push('.');
+            let mut left = self.dscale as usize;
+            let mut i = weight + 1;
+            while left > 0 {
+                push_digits(out, self.digit(i)?, left.min(4));
+                left = left.saturating_sub(4);
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first `count` of the 4 zero-padded decimal digits of a base-10000 digit.
+fn push_digits(out: &mut String, d: u16, count: usize) {
+    for div in [1000, 100, 10, 1].into_iter().take(count) {
+        out.push((b'0' + (d / div % 10) as u8) as char);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------------------
+
+/// Encoder of COPY binary input. Arrow columns are matched to `target` by position; the target
+/// types decide the wire format. After an error the output is unusable (the row is half written).
+pub struct CopyEncoder {
+    target: Vec<PgColumn>,
+    rows: u64,
+}
+
+impl CopyEncoder {
+    /// Checks that every Arrow column of `schema` can be written into its target column.
+    pub fn new(target: Vec<PgColumn>, schema: &Schema) -> Result<CopyEncoder, CodecError> {
+        if schema.fields().len() != target.len() {
+            return Err(CodecError(format!(
+                "{} Arrow columns cannot be written into {} PostgreSQL columns",
+                schema.fields().len(),
+                target.len()
+            )));
+        }
+        if target.len() > i16::MAX as usize {
+            return Err(CodecError(format!(
+                "{} columns are more than COPY allows",
+                target.len()
+            )));
+        }
+        for (col, field) in target.iter().zip(schema.fields()) {
+            // array_recv rejects arrays whose element OID is not the column's element type.
+            if let PgType::Array(elem) = &col.ty {
+                if elem.element_oid() == 0 {
+                    return Err(CodecError(format!(
+                        "column '{}': the OID of element type {} is unknown",
+                        col.name,
+                        elem.sql()
+                    )));
+                }
+            }
+            Writer::new(&col.ty, &new_empty_array(field.data_type()))
+                .ok_or_else(|| cannot_write(col, field.data_type()))?;
+        }
+        Ok(CopyEncoder { target, rows: 0 })
+    }
+
+    /// The 19-byte signature + flags + header extension.
+    pub fn header(out: &mut BytesMut) {
+        out.put_slice(COPY_SIGNATURE);
+        out.put_i32(0);
+        out.put_i32(0);
+    }
+
+    /// Appends the rows of `batch`; errors name the column and the row (1-based, counted across
+    /// all batches of this encoder).
+    pub fn encode(&mut self, batch: &RecordBatch, out: &mut BytesMut) -> Result<(), CodecError> {
+        if batch.num_columns() != self.target.len() {
+            return Err(CodecError(format!(
+                "batch has {} columns, expected {}",
+                batch.num_columns(),
+                self.target.len()
+            )));
+        }
+        let mut writers = Vec::with_capacity(self.target.len());
+        for (col, array) in self.target.iter().zip(batch.columns()) {
+            writers.push(
+                Writer::new(&col.ty, array).ok_or_else(|| cannot_write(col, array.data_type()))?,
+            );
+        }
+        let ncols = self.target.len() as i16;
+        for i in 0..batch.num_rows() {
+            let row = self.rows + 1;
+            out.put_i16(ncols);
+            for (writer, col) in writers.iter_mut().zip(&self.target) {
+                if !col.nullable && writer.is_null(i) {
+                    return Err(value_error(&col.name, row, "NULL in a NOT NULL column"));
+                }
+                writer
+                    .write(i, out)
+                    .map_err(|m| value_error(&col.name, row, m))?;
+            }
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    /// The -1 trailer.
+    pub fn trailer(out: &mut BytesMut) {
+        out.put_i16(-1);
+    }
+}
+
+fn cannot_write(col: &PgColumn, dt: &DataType) -> CodecError {
+    CodecError(format!(
+        "column '{}': cannot write Arrow type {dt} into PostgreSQL type {}",
+        col.name,
+        col.ty.sql()
+    ))
+}
+
+/// Writes the length word and bytes of row `i`, which is not NULL.
+trait Put {
+    fn put(&mut self, i: usize, out: &mut BytesMut) -> Result<(), String>;
+}
+
+/// One Arrow column ready to be written as a PostgreSQL type.
+struct Writer {
+    put: Box<dyn Put>,
+    nulls: Option<NullBuffer>,
+}
+
+impl Writer {
+    /// None when `array`'s type cannot be written as `ty`.
+    fn new(ty: &PgType, array: &ArrayRef) -> Option<Writer> {
+        Some(Writer {
+            put: make_put(ty, array)?,
+            nulls: array.logical_nulls(),
+        })
+    }
+
+    fn is_null(&self, i: usize) -> bool {
+        self.nulls.as_ref().is_some_and(|n| n.is_null(i))
+    }
+
+    fn write(&mut self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        if self.is_null(i) {
+            out.put_i32(-1);
+            return Ok(());
+        }
+        self.put.put(i, out)
+    }
+}
+
+/// Runs `$body` with `$T` naming the Arrow type of the integer type `$dt`; None for others.
+macro_rules! with_int_type {
+    ($dt:expr, $T:ident => $body:expr) => {
+        match $dt {
+            DataType::Int8 => {
+                type $T = Int8Type;
+                Some($body)
+            }
+            DataType::Int16 => {
+                type $T = Int16Type;
+                Some($body)
+            }
+            DataType::Int32 => {
+                type $T = Int32Type;
+                Some($body)
+            }
+            DataType::Int64 => {
+                type $T = Int64Type;
+                Some($body)
+            }
+            DataType::UInt8 => {
+                type $T = UInt8Type;
+                Some($body)
+            }
+            DataType::UInt16 => {
+                type $T = UInt16Type;
+                Some($body)
+            }
+            DataType::UInt32 => {
+                type $T = UInt32Type;
+                Some($body)
+            }
+            DataType::UInt64 => {
+                type $T = UInt64Type;
+                Some($body)
+            }
+            _ => None,
+        }
+    };
+}
+
+/// The writer of `array` as `ty`; None when that pair is not supported.
+fn make_put(ty: &PgType, array: &ArrayRef) -> Option<Box<dyn Put>> {
+    use DataType as D;
+    let dt = array.data_type();
+    match ty {
+        PgType::Bool => match dt {
+            D::Boolean => Some(Box::new(BoolPut(array.as_boolean().clone()))),
+            _ => None,
+        },
+        PgType::Int2 => int_put(array, 2),
+        PgType::Int4 => int_put(array, 4),
+        PgType::Int8 => int_put(array, 8),
+        PgType::Float4 => match dt {
+            D::Float16 => Some(prim::<Float16Type, _>(array, |v, out| {
+                put_f32(f32::from(v), out)
+            })),
+            D::Float32 => Some(prim::<Float32Type, _>(array, put_f32)),
+            _ => None,
+        },
+        PgType::Float8 => match dt {
+            D::Float32 => Some(prim::<Float32Type, _>(array, |v, out| {
+                put_f64(f64::from(v), out)
+            })),
+            D::Float64 => Some(prim::<Float64Type, _>(array, put_f64)),
+            _ => None,
+        },
+        PgType::Numeric(typmod) => numeric_put(array, *typmod),
+        PgType::Text { .. } | PgType::Json | PgType::Enum { .. } => strs(array, put_text),
+        PgType::Jsonb => strs(array, put_jsonb),
+        PgType::Bytea => bins(array, put_bytes),
+        PgType::Date => date_put(array),
+        PgType::Time => time_put(array),
+        PgType::Timestamp | PgType::Timestamptz => timestamp_put(array),
+        PgType::Interval => interval_put(array),
+        PgType::Uuid => match dt {
+            D::FixedSizeBinary(16) => bins(array, put_bytes),
+            _ => strs(array, put_uuid_text),
+        },
+        PgType::Array(elem) => list_put(elem, array),
+    }
+}
+
+/// Values of a primitive array through a conversion `f`.
+struct Prim<T: ArrowPrimitiveType, F> {
+    array: PrimitiveArray<T>,
+    f: F,
+}
+
+impl<T, F> Put for Prim<T, F>
+where
+    T: ArrowPrimitiveType,
+    F: FnMut(T::Native, &mut BytesMut) -> Result<(), String>,
+{
+    fn put(&mut self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        (self.f)(self.array.value(i), out)
+    }
+}
+
+fn prim<T, F>(array: &ArrayRef, f: F) -> Box<dyn Put>
+where
+    T: ArrowPrimitiveType,
+    F: FnMut(T::Native, &mut BytesMut) -> Result<(), String> + 'static,
+{
+    Box::new(Prim {
+        array: array.as_primitive::<T>().clone(),
+        f,
+    })
+}
+
+struct BoolPut(BooleanArray);
+
+impl Put for BoolPut {
+    fn put(&mut self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        out.put_i32(1);
+        out.put_u8(self.0.value(i) as u8);
+        Ok(())
+    }
+}
+
+/// Any of Arrow's string arrays; dictionaries are expanded once per batch.
+enum Strs {
+    Utf8(StringArray),
+    Large(LargeStringArray),
+    View(StringViewArray),
+}
+
+impl Strs {
+    fn new(array: &ArrayRef) -> Option<Strs> {
+        Some(match array.data_type() {
+            DataType::Utf8 => Strs::Utf8(array.as_string::<i32>().clone()),
+            DataType::LargeUtf8 => Strs::Large(array.as_string::<i64>().clone()),
+            DataType::Utf8View => Strs::View(array.as_string_view().clone()),
+            DataType::Dictionary(_, values) if is_string_type(values) => {
+                Strs::new(&arrow::compute::cast(array, values).ok()?)?
+            }
+            _ => return None,
+        })
+    }
+
+    fn value(&self, i: usize) -> &str {
+        match self {
+            Strs::Utf8(a) => a.value(i),
+            Strs::Large(a) => a.value(i),
+            Strs::View(a) => a.value(i),
+        }
+    }
+}
+
+struct StrPut<F> {
+    strs: Strs,
+    f: F,
+}
+
+impl<F: FnMut(&str, &mut BytesMut) -> Result<(), String>> Put for StrPut<F> {
+    fn put(&mut self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        (self.f)(self.strs.value(i), out)
+    }
+}
+
+fn strs<F>(array: &ArrayRef, f: F) -> Option<Box<dyn Put>>
+where
+    F: FnMut(&str, &mut BytesMut) -> Result<(), String> + 'static,
+{
+    Some(Box::new(StrPut {
+        strs: Strs::new(array)?,
+        f,
+    }))
+}
+
+/// Any of Arrow's binary arrays.
+enum Bins {
+    Binary(BinaryArray),
+    Large(LargeBinaryArray),
+    View(BinaryViewArray),
+    Fixed(FixedSizeBinaryArray),
+}
+
+impl Bins {
+    fn value(&self, i: usize) -> &[u8] {
+        match self {
+            Bins::Binary(a) => a.value(i),
+            Bins::Large(a) => a.value(i),
+            Bins::View(a) => a.value(i),
+            Bins::Fixed(a) => a.value(i),
+        }
+    }
+}
+
+struct BinPut<F> {
+    bins: Bins,
+    f: F,
+}
+
+impl<F: FnMut(&[u8], &mut BytesMut) -> Result<(), String>> Put for BinPut<F> {
+    fn put(&mut self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        (self.f)(self.bins.value(i), out)
+    }
+}
+
+fn bins<F>(array: &ArrayRef, f: F) -> Option<Box<dyn Put>>
+where
+    F: FnMut(&[u8], &mut BytesMut) -> Result<(), String> + 'static,
+{
+    let bins = match array.data_type() {
+        DataType::Binary => Bins::Binary(array.as_binary::<i32>().clone()),
+        DataType::LargeBinary => Bins::Large(array.as_binary::<i64>().clone()),
+        DataType::BinaryView => Bins::View(array.as_binary_view().clone()),
+        DataType::FixedSizeBinary(_) => Bins::Fixed(array.as_fixed_size_binary().clone()),
+        _ => return None,
+    };
+    Some(Box::new(BinPut { bins, f }))
+}
+
+/// A one-dimensional array value per list, its elements written by `items`.
+struct ListPut<O: OffsetSizeTrait> {
+    offsets: OffsetBuffer<O>,
+    items: Writer,
+    oid: u32,
+}
+
+impl<O: OffsetSizeTrait> Put for ListPut<O> {
+    fn put(&mut self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        let (start, end) = (self.offsets[i].as_usize(), self.offsets[i + 1].as_usize());
+        let len_at = out.len();
+        out.put_i32(0); // patched below, once the elements are written
+        if start == end {
+            out.put_i32(0); // no dimensions: PostgreSQL's empty array
+            out.put_i32(0);
+            out.put_u32(self.oid);
+        } else {
+            let has_null = (start..end).any(|j| self.items.is_null(j));
+            out.put_i32(1);
+            out.put_i32(has_null as i32);
+            out.put_u32(self.oid);
+            out.put_i32(value_len(end - start)?);
+            out.put_i32(1);
+            for j in start..end {
+                let element = j - start + 1;
+                self.items
+                    .write(j, out)
+                    .map_err(|m| format!("array element {element}: {m}"))?;
+            }
+        }
+        let len = value_len(out.len() - len_at - 4)?;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+}
+
+fn list_put(elem: &PgType, array: &ArrayRef) -> Option<Box<dyn Put>> {
+    if matches!(elem, PgType::Array(_)) {
+        return None;
+    }
+    let oid = elem.element_oid();
+    match array.data_type() {
+        DataType::List(_) => {
+            let list = array.as_list::<i32>();
+            let items = Writer::new(elem, list.values())?;
+            Some(Box::new(ListPut {
+                offsets: list.offsets().clone(),
+                items,
+                oid,
+            }))
+        }
+        DataType::LargeList(_) => {
+            let list = array.as_list::<i64>();
+            let items = Writer::new(elem, list.values())?;
+            Some(Box::new(ListPut {
+                offsets: list.offsets().clone(),
+                items,
+                oid,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// A PostgreSQL value length word for `n` bytes.
+fn value_len(n: usize) -> Result<i32, String> {
+    i32::try_from(n).map_err(|_| format!("value of {n} bytes is too large for PostgreSQL"))
+}
+
+fn int_put(array: &ArrayRef, width: usize) -> Option<Box<dyn Put>> {
+    with_int_type!(array.data_type(), T => prim::<T, _>(array, move |v, out| put_int(v.into(), width, out)))
+}
+
+fn put_int(v: i128, width: usize, out: &mut BytesMut) -> Result<(), String> {
+    let out_of_range = |ty: &str| format!("value {v} is out of range for {ty}");
+    match width {
+        2 => {
+            let v = i16::try_from(v).map_err(|_| out_of_range("smallint"))?;
+            out.put_i32(2);
+            out.put_i16(v);
+        }
+        4 => {
+            let v = i32::try_from(v).map_err(|_| out_of_range("integer"))?;
+            out.put_i32(4);
+            out.put_i32(v);
+        }
+        _ => {
+            let v = i64::try_from(v).map_err(|_| out_of_range("bigint"))?;
+            out.put_i32(8);
+            out.put_i64(v);
+        }
+    }
+    Ok(())
+}
+
+fn put_f32(v: f32, out: &mut BytesMut) -> Result<(), String> {
+    out.put_i32(4);
+    out.put_f32(v);
+    Ok(())
+}
+
+fn put_f64(v: f64, out: &mut BytesMut) -> Result<(), String> {
+    out.put_i32(8);
+    out.put_f64(v);
+    Ok(())
+}
+
+/// PostgreSQL stores no NUL characters in text; catching them here names the row.
+fn check_text(s: &str) -> Result<(), String> {
+    match s.as_bytes().contains(&0) {
+        true => Err("text contains a NUL character, which PostgreSQL cannot store".into()),
+        false => Ok(()),
+    }
+}
+
+fn put_text(s: &str, out: &mut BytesMut) -> Result<(), String> {
+    check_text(s)?;
+    out.put_i32(value_len(s.len())?);
+    out.put_slice(s.as_bytes());
+    Ok(())
+}
+
+/// jsonb's binary form is a version byte (1) and the JSON text.
+fn put_jsonb(s: &str, out: &mut BytesMut) -> Result<(), String> {
+    check_text(s)?;
+    out.put_i32(value_len(s.len() + 1)?);
+    out.put_u8(1);
+    out.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_bytes(b: &[u8], out: &mut BytesMut) -> Result<(), String> {
+    out.put_i32(value_len(b.len())?);
+    out.put_slice(b);
+    Ok(())
+}
+
+fn put_uuid_text(s: &str, out: &mut BytesMut) -> Result<(), String> {
+    let uuid = parse_uuid(s).ok_or_else(|| format!("value '{s}' is not a valid uuid"))?;
+    out.put_i32(16);
+    out.put_slice(&uuid);
+    Ok(())
+}
+
+/// 32 hex digits, optionally in braces, with hyphens allowed after any group of four (as uuid_in).
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let body = text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(text);
+    let mut uuid = [0u8; 16];
+    let mut n = 0;
+    let mut after_hyphen = true; // no leading hyphen
+    for c in body.bytes() {
+        if c == b'-' {
+            if after_hyphen || n % 4 != 0 {
+                return None;
+            }
+            after_hyphen = true;
+            continue;
+        }
+        let d = (c as char).to_digit(16)? as u8;
+        if n == 32 {
+            return None;
+        }
+        uuid[n / 2] |= if n % 2 == 0 { d << 4 } else { d };
+        n += 1;
+        after_hyphen = false;
+    }
+    (n == 32 && !after_hyphen).then_some(uuid)
+}
+
+fn date_put(array: &ArrayRef) -> Option<Box<dyn Put>> {
+    match array.data_type() {
+        DataType::Date32 => Some(prim::<Date32Type, _>(array, |d, out| {
+            put_date(date32_to_pg(d)?, out)
+        })),
+        DataType::Date64 => Some(prim::<Date64Type, _>(array, |ms, out| {
+            put_date(date64_to_pg(ms)?, out)
+        })),
+        _ => None,
+    }
+}
+
+fn put_date(days: i32, out: &mut BytesMut) -> Result<(), String> {
+    out.put_i32(4);
+    out.put_i32(days);
+    Ok(())
+}
+
+/// Date32's i32::MAX/MIN are PostgreSQL's ±infinity, as the decoder produces them.
+fn date32_to_pg(days: i32) -> Result<i32, String> {
+    match days {
+        i32::MAX | i32::MIN => Ok(days),
+        _ => days
+            .checked_sub(PG_EPOCH_DAYS)
+            .ok_or_else(|| format!("date {days} is out of range")),
+    }
+}
+
+fn date64_to_pg(ms: i64) -> Result<i32, String> {
+    match ms {
+        i64::MAX => Ok(i32::MAX),
+        i64::MIN => Ok(i32::MIN),
+        _ => i32::try_from(ms.div_euclid(86_400_000))
+            .ok()
+            .and_then(|d| d.checked_sub(PG_EPOCH_DAYS))
+            .ok_or_else(|| format!("date {ms}ms is out of range")),
+    }
+}
+
+/// `v` in `unit` as microseconds; nanoseconds must be whole microseconds.
+fn to_micros(v: i64, unit: TimeUnit, what: &str) -> Result<i64, String> {
+    let out_of_range = || format!("{what} {v} ({unit:?}) is out of range");
+    match unit {
+        TimeUnit::Second => v.checked_mul(1_000_000).ok_or_else(out_of_range),
+        TimeUnit::Millisecond => v.checked_mul(1_000).ok_or_else(out_of_range),
+        TimeUnit::Microsecond => Ok(v),
+        TimeUnit::Nanosecond if v % 1000 != 0 => Err(format!(
+            "{what} {v} (Nanosecond) has sub-microsecond precision"
+        )),
+        TimeUnit::Nanosecond => Ok(v / 1000),
+    }
+}
+
+fn time_put(array: &ArrayRef) -> Option<Box<dyn Put>> {
+    use TimeUnit as U;
+    Some(match array.data_type() {
+        DataType::Time32(U::Second) => prim::<Time32SecondType, _>(array, |v, out| {
+            put_time(to_micros(v.into(), U::Second, "time")?, out)
+        }),
+        DataType::Time32(U::Millisecond) => prim::<Time32MillisecondType, _>(array, |v, out| {
+            put_time(to_micros(v.into(), U::Millisecond, "time")?, out)
+        }),
+        DataType::Time64(U::Microsecond) => prim::<Time64MicrosecondType, _>(array, put_time),
+        DataType::Time64(U::Nanosecond) => prim::<Time64NanosecondType, _>(array, |v, out| {
+            put_time(to_micros(v, U::Nanosecond, "time")?, out)
+        }),
+        _ => return None,
+    })
+}
+
+fn put_time(micros: i64, out: &mut BytesMut) -> Result<(), String> {
+    if !(0..=MICROS_PER_DAY).contains(&micros) {
+        return Err(format!("time of day {micros}µs is out of range"));
+    }
+    out.put_i32(8);
+    out.put_i64(micros);
+    Ok(())
+}
+
+/// Any unit, any time zone: instants are absolute, and naive timestamps are written as they are.
+fn timestamp_put(array: &ArrayRef) -> Option<Box<dyn Put>> {
+    use TimeUnit as U;
+    let DataType::Timestamp(unit, _) = array.data_type() else {
+        return None;
+    };
+    Some(match unit {
+        U::Second => {
+            prim::<TimestampSecondType, _>(array, |v, out| put_timestamp(v, U::Second, out))
+        }
+        U::Millisecond => prim::<TimestampMillisecondType, _>(array, |v, out| {
+            put_timestamp(v, U::Millisecond, out)
+        }),
+        U::Microsecond => prim::<TimestampMicrosecondType, _>(array, |v, out| {
+            put_timestamp(v, U::Microsecond, out)
+        }),
+        U::Nanosecond => {
+            prim::<TimestampNanosecondType, _>(array, |v, out| put_timestamp(v, U::Nanosecond, out))
+        }
+    })
+}
+
+/// i64::MAX/MIN (in any unit) are PostgreSQL's ±infinity, as the decoder produces them.
+fn put_timestamp(v: i64, unit: TimeUnit, out: &mut BytesMut) -> Result<(), String> {
+    let micros = match v {
+        i64::MAX | i64::MIN => v,
+        _ => to_micros(v, unit, "timestamp")?
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or_else(|| format!("timestamp {v} ({unit:?}) is out of range"))?,
+    };
+    out.put_i32(8);
+    out.put_i64(micros);
+    Ok(())
+}
+
+fn interval_put(array: &ArrayRef) -> Option<Box<dyn Put>> {
+    use TimeUnit as U;
+    Some(match array.data_type() {
+        DataType::Interval(IntervalUnit::MonthDayNano) => {
+            prim::<IntervalMonthDayNanoType, _>(array, put_month_day_nano)
+        }
+        DataType::Interval(IntervalUnit::YearMonth) => {
+            prim::<IntervalYearMonthType, _>(array, |months, out| put_interval(months, 0, 0, out))
+        }
+        DataType::Interval(IntervalUnit::DayTime) => {
+            prim::<IntervalDayTimeType, _>(array, |v, out| {
+                put_interval(0, v.days, i64::from(v.milliseconds) * 1000, out)
+            })
+        }
+        DataType::Duration(U::Second) => prim::<DurationSecondType, _>(array, |v, out| {
+            put_interval(0, 0, to_micros(v, U::Second, "duration")?, out)
+        }),
+        DataType::Duration(U::Millisecond) => {
+            prim::<DurationMillisecondType, _>(array, |v, out| {
+                put_interval(0, 0, to_micros(v, U::Millisecond, "duration")?, out)
+            })
+        }
+        DataType::Duration(U::Microsecond) => {
+            prim::<DurationMicrosecondType, _>(array, |v, out| put_interval(0, 0, v, out))
+        }
+        DataType::Duration(U::Nanosecond) => prim::<DurationNanosecondType, _>(array, |v, out| {
+            put_interval(0, 0, to_micros(v, U::Nanosecond, "duration")?, out)
+        }),
+        _ => return None,
+    })
+}
+
+fn put_month_day_nano(v: IntervalMonthDayNano, out: &mut BytesMut) -> Result<(), String> {
+    let micros = match (v.months, v.days, v.nanoseconds) {
+        // The decoder's mapping of PostgreSQL 17's ±infinity.
+        (i32::MAX, i32::MAX, i64::MAX) => i64::MAX,
+        (i32::MIN, i32::MIN, i64::MIN) => i64::MIN,
+        (_, _, nanos) if nanos % 1000 != 0 => {
+            return Err(format!(
+                "interval nanoseconds {nanos} are not whole microseconds"
+            ))
+        }
+        (_, _, nanos) => nanos / 1000,
+    };
+    put_interval(v.months, v.days, micros, out)
+}
+
+fn put_interval(months: i32, days: i32, micros: i64, out: &mut BytesMut) -> Result<(), String> {
+    out.put_i32(16);
+    out.put_i64(micros);
+    out.put_i32(days);
+    out.put_i32(months);
+    Ok(())
+}
+
+fn numeric_put(array: &ArrayRef, typmod: Option<(u8, i8)>) -> Option<Box<dyn Put>> {
+    use DataType as D;
+    match array.data_type() {
+        D::Decimal32(_, s) => {
+            let s = *s;
+            Some(prim::<Decimal32Type, _>(array, move |v, out| {
+                put_numeric_i128(v.into(), s, typmod, out)
+            }))
+        }
+        D::Decimal64(_, s) => {
+            let s = *s;
+            Some(prim::<Decimal64Type, _>(array, move |v, out| {
+                put_numeric_i128(v.into(), s, typmod, out)
+            }))
+        }
+        D::Decimal128(_, s) => {
+            let s = *s;
+            Some(prim::<Decimal128Type, _>(array, move |v, out| {
+                put_numeric_i128(v, s, typmod, out)
+            }))
+        }
+        D::Decimal256(_, s) => {
+            let s = *s;
+            Some(prim::<Decimal256Type, _>(array, move |v, out| {
+                put_numeric_i256(v, s, typmod, out)
+            }))
+        }
+        D::Utf8 | D::LargeUtf8 | D::Utf8View | D::Dictionary(..) => {
+            strs(array, move |text, out| put_numeric_text(text, typmod, out))
+        }
+        dt => {
+            with_int_type!(dt, T => prim::<T, _>(array, move |v, out| put_numeric_i128(v.into(), 0, typmod, out)))
+        }
+    }
+}
+
+/// A decimal `v`·10^-scale as numeric.
+fn put_numeric_i128(
+    v: i128,
+    scale: i8,
+    typmod: Option<(u8, i8)>,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    let mut buf = [0u8; 40];
+    let digits = u128_digits(v.unsigned_abs(), &mut buf);
+    put_numeric(out, v < 0, [digits, b""], scale.into(), typmod)
+        .map_err(|why| format!("value {} {why}", decimal_text(v, scale)))
+}
+
+/// Decimal256 values beyond i128 go through their decimal text (rare, so allocating is fine).
+fn put_numeric_i256(
+    v: i256,
+    scale: i8,
+    typmod: Option<(u8, i8)>,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    if let Some(v) = v.to_i128() {
+        return put_numeric_i128(v, scale, typmod, out);
+    }
+    let text = v.to_string();
+    let digits = text.trim_start_matches('-');
+    put_numeric(
+        out,
+        v.is_negative(),
+        [digits.as_bytes(), b""],
+        scale.into(),
+        typmod,
+    )
+    .map_err(|why| format!("value {text}e{} {why}", -i64::from(scale)))
+}
+
+/// Decimal text as numeric_in reads it: "-12.50", "1e-3", "NaN", "Infinity".
+fn put_numeric_text(
+    text: &str,
+    typmod: Option<(u8, i8)>,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    let fail = |why: &str| format!("value '{text}' {why}");
+    let trimmed = text.trim();
+    let (neg, body) = match trimmed.as_bytes().first() {
+        Some(b'-') => (true, &trimmed[1..]),
+        Some(b'+') => (false, &trimmed[1..]),
+        _ => (false, trimmed),
+    };
+    if body.eq_ignore_ascii_case("nan") {
+        put_numeric_special(NUMERIC_NAN, out);
+        return Ok(());
+    }
+    if body.eq_ignore_ascii_case("infinity") || body.eq_ignore_ascii_case("inf") {
+        if let Some((p, s)) = typmod {
+            return Err(fail(&format!("cannot be stored in numeric({p},{s})")));
+        }
+        put_numeric_special(if neg { NUMERIC_NINF } else { NUMERIC_PINF }, out);
+        return Ok(());
+    }
+    let invalid = || fail("is not a valid numeric");
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(k) => {
+            let exp = body[k + 1..]
+                .parse::<i64>()
+                .ok()
+                .filter(|e| e.abs() <= 1_000_000);
+            (&body[..k], exp.ok_or_else(invalid)?)
+        }
+        None => (body, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.len() + frac.len() == 0 || !all_digits(int) || !all_digits(frac) {
+        return Err(invalid());
+    }
+    let scale = frac.len() as i64 - exp;
+    put_numeric(out, neg, [int.as_bytes(), frac.as_bytes()], scale, typmod)
+        .map_err(|why| fail(&why))
+}
+
+fn put_numeric_special(sign: u16, out: &mut BytesMut) {
+    out.put_i32(8);
+    out.put_i16(0);
+    out.put_i16(0);
+    out.put_u16(sign);
+    out.put_u16(0);
+}
+
+/// Writes ±(digits[0]‖digits[1])·10^-scale (ASCII digits) as a binary numeric, checking it
+/// against numeric(p,s) when `typmod` is set. The error completes "value X …".
+fn put_numeric(
+    out: &mut BytesMut,
+    neg: bool,
+    digits: [&[u8]; 2],
+    scale: i64,
+    typmod: Option<(u8, i8)>,
+) -> Result<(), String> {
+    let len = digits[0].len() + digits[1].len();
+    let at = |j: usize| match j.checked_sub(digits[0].len()) {
+        None => digits[0][j] - b'0',
+        Some(k) => digits[1][k] - b'0',
+    };
+    let dscale = match typmod {
+        Some((_, s)) => i64::from(s).max(0),
+        None => scale.max(0),
+    };
+    if dscale > NUMERIC_MAX_DSCALE {
+        return Err("has more decimal places than PostgreSQL's numeric allows".into());
+    }
+    let (Some(first), Some(last)) = (
+        (0..len).find(|&j| at(j) != 0),
+        (0..len).rfind(|&j| at(j) != 0),
+    ) else {
+        out.put_i32(8);
+        out.put_i64(dscale); // ndigits 0, weight 0, sign +, dscale
+        return Ok(());
+    };
+    // The significant digits alone: n digits, the last at 10^-sig_scale.
+    let n = (last - first + 1) as i64;
+    let sig_scale = scale - (len - 1 - last) as i64;
+    if let Some((p, s)) = typmod {
+        if sig_scale > i64::from(s) {
+            return Err(format!(
+                "has more decimal places than numeric({p},{s}) keeps"
+            ));
+        }
+        if n - sig_scale > i64::from(p) - i64::from(s) {
+            return Err(format!("does not fit in numeric({p},{s})"));
+        }
+    }
+    // Pad with zeros to the right so the last digit ends a base-10000 group.
+    let pad = (4 - sig_scale.rem_euclid(4)) % 4;
+    let total = n + pad;
+    let groups = (total + 3) / 4;
+    let weight = groups - 1 - (sig_scale + pad) / 4;
+    let (Ok(groups_i16), Ok(weight)) = (i16::try_from(groups), i16::try_from(weight)) else {
+        return Err("is out of PostgreSQL numeric's range".into());
+    };
+    out.put_i32(8 + 2 * i32::from(groups_i16));
+    out.put_i16(groups_i16);
+    out.put_i16(weight);
+    out.put_u16(if neg { NUMERIC_NEG } else { NUMERIC_POS });
+    out.put_u16(dscale as u16);
+    let mut j = first;
+    let mut group_len = total - 4 * (groups - 1);
+    for _ in 0..groups {
+        let mut group = 0u16;
+        for _ in 0..group_len {
+            group = group * 10 + if j <= last { u16::from(at(j)) } else { 0 };
+            j += 1;
+        }
+        out.put_u16(group);
+        group_len = 4;
+    }
+    Ok(())
+}
+
+/// Decimal digits of `v`, most significant first; empty for 0. Works in u64 chunks because
+/// u128 division is slow.
+fn u128_digits(mut v: u128, buf: &mut [u8; 40]) -> &[u8] {
+    const CHUNK: u128 = 10_000_000_000_000_000_000; // 10^19
+    let mut pos = buf.len();
+    while v > u128::from(u64::MAX) {
+        let mut low = (v % CHUNK) as u64;
+        v /= CHUNK;
+        for _ in 0..19 {
+            pos -= 1;
+            buf[pos] = b'0' + (low % 10) as u8;
+            low /= 10;
+        }
+    }
+    let mut rest = v as u64;
+    while rest > 0 {
+        pos -= 1;
+        buf[pos] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    &buf[pos..]
+}
+
+/// `v`·10^-scale as text, for error messages.
+fn decimal_text(v: i128, scale: i8) -> String {
+    if scale <= 0 || v == 0 {
+        return format!(
+            "{v}{}",
+            "0".repeat(usize::from(scale.unsigned_abs()) * (v != 0 && scale < 0) as usize)
+        );
+    }
+    let scale = scale as usize;
+    let digits = format!("{:0>width$}", v.unsigned_abs(), width = scale + 1);
+    let (int, frac) = digits.split_at(digits.len() - scale);
+    format!("{}{int}.{frac}", if v < 0 { "-" } else { "" })
+}

@@ -1,0 +1,194 @@
+//! PostgreSQL tables as record sources and sinks, moved with binary `COPY`.
+//!
+//! Reading decodes `COPY (SELECT …) TO STDOUT (FORMAT binary)` straight into Arrow
+//! builders, in page-range partitions that share one exported snapshot. Loading encodes
+//! Arrow batches into binary `COPY … FROM STDIN` on several connections into a staging
+//! table, which one final transaction swaps or merges into the target.
+
+mod codec;
+mod sink;
+mod source;
+
+use std::time::Duration;
+
+use ferry_core::{Error, Result, TableAddress};
+use tokio_postgres::{Client, NoTls};
+
+pub use codec::{CodecError, CopyDecoder, CopyEncoder, PgColumn, PgType};
+pub use sink::{PgLoad, PgWriter};
+pub use source::{PgScan, PgSource, Selection};
+
+/// Opens a session to the database `address` names. What the URL leaves out comes from
+/// the standard `PG*` environment variables; the password from the address's secret
+/// reference, else `PGPASSWORD`.
+pub async fn connect(address: &TableAddress) -> Result<Client> {
+    let mut config: tokio_postgres::Config =
+        address
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e| Error::InvalidAddress {
+                address: address.to_string(),
+                reason: format!("{e}"),
+            })?;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if config.get_hosts().is_empty() {
+        config.host(env("PGHOST").as_deref().unwrap_or("localhost"));
+    }
+    if config.get_ports().is_empty() {
+        if let Some(port) = env("PGPORT").and_then(|p| p.parse().ok()) {
+            config.port(port);
+        }
+    }
+    if config.get_user().is_none() {
+        config.user(env("PGUSER").or_else(|| env("USER")).unwrap_or_default());
+    }
+    if config.get_dbname().is_none() {
+        if let Some(db) = env("PGDATABASE") {
+            config.dbname(db);
+        }
+    }
+    match &address.password {
+        Some(reference) => {
+            config.password(ferry_core::secret::resolve_secret(reference)?);
+        }
+        None => {
+            if let Some(password) = env("PGPASSWORD") {
+                config.password(password);
+            }
+        }
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(30));
+    }
+    config.application_name("ferry");
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| pg_error(address, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// One line naming the database and what went wrong, with PostgreSQL's own message,
+/// detail and hint when the server sent them.
+pub(crate) fn pg_error(address: &TableAddress, e: tokio_postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let mut text = db.message().to_string();
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(context) = db.where_() {
+            text.push_str(&format!(" [{context}]"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        let code = db.code().code();
+        return match &code[..2] {
+            // 28: invalid authorization; 42501: insufficient privilege
+            "28" => Error::permission_denied(address, text),
+            _ if code == "42501" => Error::permission_denied(address, text),
+            // 08: connection exception; 57P: operator intervention (terminated backend)
+            "08" | "57" => Error::unreachable(address, text),
+            _ => Error::store(address, text),
+        };
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    if e.is_closed() || text.contains("connection") || text.contains("timed out") {
+        Error::unreachable(address, text)
+    } else {
+        Error::store(address, text)
+    }
+}
+
+/// A table name split into schema and name, both unquoted (`"Sales".orders` → `Sales`,
+/// `orders`). Unquoted parts are folded to lower case, as PostgreSQL does.
+pub(crate) fn split_name(name: &str) -> std::result::Result<(Option<String>, String), String> {
+    let mut parts = Vec::new();
+    let mut chars = name.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                    None => return Err(format!("unclosed quote in table name '{name}'")),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return Err(format!("table name '{name}' has an empty part"));
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(c) => return Err(format!("unexpected '{c}' in table name '{name}'")),
+        }
+    }
+    match parts.len() {
+        1 => Ok((None, parts.pop().unwrap_or_default())),
+        2 => {
+            let table = parts.pop().unwrap_or_default();
+            Ok((parts.pop(), table))
+        }
+        _ => Err(format!(
+            "table name '{name}' should be table or schema.table"
+        )),
+    }
+}
+
+/// An identifier quoted for SQL.
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A string quoted as an SQL literal.
+pub(crate) fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_like_postgres_reads_them() {
+        assert_eq!(split_name("orders").unwrap(), (None, "orders".into()));
+        assert_eq!(
+            split_name("Sales.Orders").unwrap(),
+            (Some("sales".into()), "orders".into())
+        );
+        assert_eq!(
+            split_name("\"My.Schema\".\"Or\"\"ders\"").unwrap(),
+            (Some("My.Schema".into()), "Or\"ders".into())
+        );
+        assert!(split_name("a.b.c").is_err());
+        assert!(split_name("\"open").is_err());
+        assert_eq!(quote("Or\"ders"), "\"Or\"\"ders\"");
+    }
+}

@@ -1,0 +1,211 @@
+//! Tables in relational databases: where they are and how a load writes them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use url::Url;
+
+use crate::redact::{redact, MASK};
+use crate::Error;
+
+/// The database families ferry speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Database {
+    Postgres,
+}
+
+impl Database {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// How a load writes into its table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Load into a staging table, then swap it in: readers see the old table or the new one.
+    #[default]
+    Overwrite,
+    /// Add the rows to what the table holds, all of them or none.
+    Append,
+    /// Insert new keys and update existing ones, on `keyColumns`.
+    Upsert,
+}
+
+impl FromStr for WriteMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "overwrite" => Ok(Self::Overwrite),
+            "append" => Ok(Self::Append),
+            "upsert" => Ok(Self::Upsert),
+            other => Err(format!(
+                "unknown mode '{other}': expected overwrite, append or upsert"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for WriteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Overwrite => "overwrite",
+            Self::Append => "append",
+            Self::Upsert => "upsert",
+        })
+    }
+}
+
+/// A table, or the result of a query, in a database.
+///
+/// Parsed from `postgres://user@host:5432/db?table=schema.name` (or `query=SELECT …`).
+/// ferry's own parameters (`table`, `query`, `mode`, `keyColumns`, `password`) are taken out
+/// of the URL; the rest are connection parameters. `password` is a secret reference
+/// (`env:NAME`, `file:PATH`); the standard `PG*` environment variables fill what the URL
+/// leaves out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TableAddress {
+    pub database: Database,
+    /// The connection URL without ferry's parameters.
+    pub url: Url,
+    pub table: Option<String>,
+    pub query: Option<String>,
+    /// A secret reference for the password, resolved when connecting.
+    pub password: Option<String>,
+    pub mode: WriteMode,
+    pub key_columns: Vec<String>,
+}
+
+impl TableAddress {
+    /// Parses and checks a complete address.
+    pub(crate) fn parse(input: &str, url: Url) -> Result<Self, Error> {
+        let address = Self::from_url(input, url)?;
+        address.validate().map_err(|reason| Error::InvalidAddress {
+            address: address.to_string(),
+            reason,
+        })?;
+        Ok(address)
+    }
+
+    /// Parses a connection URL whose table may be given elsewhere (in a manifest).
+    pub fn parse_connection(input: &str) -> Result<Self, Error> {
+        let url = Url::parse(input.trim()).map_err(|e| Error::InvalidAddress {
+            address: redact(input),
+            reason: format!("malformed URL: {e}"),
+        })?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(Error::InvalidAddress {
+                address: redact(input),
+                reason: "expected a postgres:// URL".into(),
+            });
+        }
+        Self::from_url(input, url)
+    }
+
+    fn from_url(input: &str, url: Url) -> Result<Self, Error> {
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some(MASK));
+        }
+        let shown = if shown == url {
+            input.to_string()
+        } else {
+            shown.to_string()
+        };
+        let invalid = |reason: String| Error::InvalidAddress {
+            address: redact(&shown),
+            reason,
+        };
+        let mut address = Self {
+            database: Database::Postgres,
+            url: url.clone(),
+            table: None,
+            query: None,
+            password: None,
+            mode: WriteMode::default(),
+            key_columns: Vec::new(),
+        };
+        let mut kept = Vec::new();
+        for (k, v) in url.query_pairs() {
+            let v = v.into_owned();
+            match k.as_ref() {
+                "table" => address.table = Some(v),
+                "query" => address.query = Some(v),
+                "password" => address.password = Some(v),
+                "mode" => address.mode = v.parse().map_err(invalid)?,
+                "keyColumns" | "key_columns" => {
+                    address.key_columns = v
+                        .split(',')
+                        .map(|c| c.trim().to_string())
+                        .filter(|c| !c.is_empty())
+                        .collect()
+                }
+                _ => kept.push((k.into_owned(), v)),
+            }
+        }
+        address.url.set_query(None);
+        if !kept.is_empty() {
+            address.url.query_pairs_mut().extend_pairs(kept);
+        }
+        if url.password().is_some() {
+            return Err(invalid(
+                "a password in the URL would be stored and shown; give it as a secret reference (?password=env:NAME or file:PATH) or in PGPASSWORD".into(),
+            ));
+        }
+        Ok(address)
+    }
+
+    /// Checks what any table address needs; called again on addresses built from manifests.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.table, &self.query) {
+            (Some(_), Some(_)) => return Err("give either table= or query=, not both".into()),
+            (None, None) => {
+                return Err(
+                    "name a table (?table=schema.name) or, to read, a query (?query=SELECT …)"
+                        .into(),
+                )
+            }
+            (Some(t), None) if t.trim().is_empty() => return Err("empty table name".into()),
+            _ => {}
+        }
+        if self.mode == WriteMode::Upsert && self.key_columns.is_empty() {
+            return Err("mode upsert needs keyColumns (e.g. ?keyColumns=id)".into());
+        }
+        Ok(())
+    }
+
+    /// The table's name as the user wrote it, or `query` for a query.
+    pub fn name(&self) -> &str {
+        self.table.as_deref().unwrap_or("query")
+    }
+}
+
+impl fmt::Display for TableAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some(MASK));
+        }
+        {
+            let mut pairs = shown.query_pairs_mut();
+            if let Some(t) = &self.table {
+                pairs.append_pair("table", t);
+            }
+            if let Some(q) = &self.query {
+                pairs.append_pair("query", q);
+            }
+            if self.mode != WriteMode::default() {
+                pairs.append_pair("mode", &self.mode.to_string());
+            }
+            if !self.key_columns.is_empty() {
+                pairs.append_pair("keyColumns", &self.key_columns.join(","));
+            }
+        }
+        let text = shown.to_string();
+        // An empty query string leaves a trailing '?'.
+        write!(f, "{}", redact(text.trim_end_matches('?')))
+    }
+}

@@ -1,0 +1,678 @@
+//! Transfers where one end, or both, is a database table.
+//!
+//! A table is read in partitions, one connection each, all in one snapshot; files are read
+//! one after another. Batches go through the transformations, then either into files (one
+//! per partition when the destination is a directory, so a killed run resumes from its
+//! completed partitions) or into a table load: several `COPY` streams into a staging
+//! table, made the table's in one transaction at the end.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use ferry_connectors::postgres::{PgLoad, PgScan, PgSource, Selection};
+use ferry_connectors::{open_sink, open_source};
+use ferry_core::TransformSpec;
+use ferry_core::{ChecksumAlgo, DataAddress, Entry, Result, Sink, Source, TableAddress};
+use ferry_formats::{describe_schema, open_writer, written_schema, Format};
+use ferry_state::StateStore;
+use ferry_transforms::Chain;
+use futures::StreamExt;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::records::{
+    collect_inputs, failed_report, fingerprint, finish, join_error, probe_schema, read_input,
+    run_id, DatasetReport, OutputReport, RecordOptions, RecordReport,
+};
+use crate::report::{run_outcome, Progress};
+use crate::upload::{OnStart, UploadWriter};
+use crate::{CopyOptions, KeyFilter};
+
+/// Rows per batch read from a table (fewer when rows are wide: the decoder caps bytes).
+const BATCH_ROWS: usize = 32_768;
+/// The checkpoint key of a table destination.
+const TABLE_KEY: &str = "";
+/// Recorded before a load commits: on a re-run, a missing staging table means it did.
+const COMMITTING: &str = "committing";
+
+/// Where the rows come from.
+enum Origin {
+    Table {
+        scan: Arc<PgScan>,
+    },
+    Files {
+        source: Arc<dyn Source>,
+        inputs: Vec<(Entry, Format)>,
+        format: Format,
+    },
+}
+
+/// What is read, and what the rows look like on the way.
+struct Plan {
+    origin: Origin,
+    /// The whole source's schema, as reported.
+    source_schema: SchemaRef,
+    /// What the origin yields (after columns pushed into the query are left out).
+    input_schema: SchemaRef,
+    /// The transformations ferry applies (those the database runs are taken out).
+    transforms: Vec<TransformSpec>,
+    output_schema: SchemaRef,
+    /// Bytes the source holds, for progress.
+    bytes: u64,
+}
+
+/// Runs a transfer from or to a table.
+pub(crate) async fn transfer(
+    src: &DataAddress,
+    dst: &DataAddress,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<RecordReport> {
+    opts.validate()?;
+    let started = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let parallel = opts.transfers.min(cores).max(1);
+    let plan = plan(src, rec, opts, parallel).await?;
+    match dst {
+        DataAddress::Table(table) => {
+            to_table(
+                src, dst, table, plan, rec, opts, progress, started, parallel,
+            )
+            .await
+        }
+        _ => to_files(src, dst, plan, rec, opts, progress, started, parallel).await,
+    }
+}
+
+async fn plan(
+    src: &DataAddress,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    parallel: usize,
+) -> Result<Plan> {
+    if let DataAddress::Table(address) = src {
+        let table = PgSource::open(address).await?;
+        let source_schema = table.schema();
+        let pushed = ferry_transforms::pushdown(&rec.transforms, &source_schema)?;
+        let selection = Selection {
+            columns: pushed.columns,
+            filter: (!pushed.filters.is_empty()).then(|| pushed.filters.join(" AND ")),
+        };
+        let scan = table.scan(&selection, parallel).await?;
+        let input_schema = scan.schema();
+        let transforms = rec.transforms[pushed.consumed..].to_vec();
+        let output_schema = Chain::bind(&transforms, input_schema.clone())?.output_schema();
+        return Ok(Plan {
+            origin: Origin::Table {
+                scan: Arc::new(scan),
+            },
+            source_schema,
+            input_schema,
+            transforms,
+            output_schema,
+            bytes: table.estimated_bytes(),
+        });
+    }
+    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
+    let source = open_source(src)?;
+    let inputs = collect_inputs(src, &filter, source.list().await?, rec)?;
+    let (first, format) = inputs[0].clone();
+    let input_schema = probe_schema(&source, &first, format, rec).await?;
+    let output_schema = Chain::bind(&rec.transforms, input_schema.clone())?.output_schema();
+    Ok(Plan {
+        bytes: inputs.iter().map(|(e, _)| e.size).sum(),
+        origin: Origin::Files {
+            source,
+            inputs,
+            format,
+        },
+        source_schema: input_schema.clone(),
+        input_schema,
+        transforms: rec.transforms.clone(),
+        output_schema,
+    })
+}
+
+impl Plan {
+    /// How many units the origin reads: partitions or files.
+    fn units(&self) -> usize {
+        match &self.origin {
+            Origin::Table { scan } => scan.partitions().len(),
+            Origin::Files { inputs, .. } => inputs.len(),
+        }
+    }
+
+    fn unit_names(&self, units: &[usize]) -> Vec<String> {
+        units
+            .iter()
+            .map(|&i| match &self.origin {
+                Origin::Table { scan } => scan.partitions()[i].key.clone(),
+                Origin::Files { inputs, .. } => inputs[i].0.key.clone(),
+            })
+            .collect()
+    }
+
+    fn format_name(&self) -> String {
+        match &self.origin {
+            Origin::Table { .. } => "table".into(),
+            Origin::Files { format, .. } => format.to_string(),
+        }
+    }
+
+    /// What a checkpoint compares to tell that `units` are the same work as before.
+    fn fingerprint(&self, units: &[usize]) -> (u64, String) {
+        match &self.origin {
+            Origin::Table { scan } => {
+                let text: Vec<String> = units.iter().map(|&i| scan.query(i)).collect();
+                let digest = ChecksumAlgo::Xxh3.digest(text.join("\n").as_bytes());
+                (0, digest.hex())
+            }
+            Origin::Files { inputs, .. } => {
+                let chosen: Vec<_> = units.iter().map(|&i| inputs[i].clone()).collect();
+                fingerprint(&chosen)
+            }
+        }
+    }
+
+    /// Starts reading `units` into a channel, up to `parallel` table partitions at once.
+    fn feed(
+        &self,
+        units: Vec<usize>,
+        parallel: usize,
+        rec: &RecordOptions,
+        progress: Arc<dyn Progress>,
+    ) -> mpsc::Receiver<Result<RecordBatch>> {
+        let (tx, rx) = mpsc::channel(2 * parallel.max(1));
+        match &self.origin {
+            Origin::Table { scan } => {
+                let scan = scan.clone();
+                tokio::spawn(async move {
+                    futures::stream::iter(units)
+                        .for_each_concurrent(parallel, |i| {
+                            let (tx, progress) = (tx.clone(), progress.clone());
+                            let mut partition = scan.read(i, BATCH_ROWS);
+                            async move {
+                                while let Some(batch) = partition.recv().await {
+                                    if let Ok(b) = &batch {
+                                        progress.advanced(b.get_array_memory_size() as u64);
+                                    }
+                                    let stop = batch.is_err();
+                                    if tx.send(batch).await.is_err() || stop {
+                                        break;
+                                    }
+                                }
+                            }
+                        })
+                        .await;
+                });
+            }
+            Origin::Files { source, inputs, .. } => {
+                let chosen: Vec<_> = units.iter().map(|&i| inputs[i].clone()).collect();
+                let (source, rec, schema) =
+                    (source.clone(), rec.clone(), self.input_schema.clone());
+                let handle = Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    for (entry, format) in chosen {
+                        let reader = read_input(
+                            &source,
+                            &entry,
+                            format,
+                            &rec,
+                            &schema,
+                            &handle,
+                            Some(progress.clone()),
+                        );
+                        let reader = match reader {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e));
+                                return;
+                            }
+                        };
+                        for batch in reader {
+                            let stop = batch.is_err();
+                            if tx.blocking_send(batch).is_err() || stop {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        rx
+    }
+
+    fn source_report(&self, src: &DataAddress, rows: u64) -> DatasetReport {
+        DatasetReport {
+            address: src.to_string(),
+            format: self.format_name(),
+            files: self.units() as u64,
+            rows,
+            bytes: self.bytes,
+            schema: describe_schema(&self.source_schema),
+        }
+    }
+}
+
+/// A table into files: one file per partition in a directory, or all into one file.
+#[allow(clippy::too_many_arguments)]
+async fn to_files(
+    src: &DataAddress,
+    dst: &DataAddress,
+    plan: Plan,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+    started: Instant,
+    parallel: usize,
+) -> Result<RecordReport> {
+    let sink = open_sink(dst)?;
+    let dst_path = dst.path_text();
+    let names_file = !dst.names_a_directory()
+        && Format::from_name(&dst_path).is_some()
+        && !sink.is_directory().await?;
+    let dest_format = rec
+        .dest_format
+        .or_else(|| Format::from_name(&dst_path).filter(|_| names_file))
+        .unwrap_or(Format::Parquet);
+    let location = dst.to_string();
+    let written = written_schema(
+        dest_format,
+        &rec.dest_options,
+        &plan.output_schema,
+        &location,
+    )?;
+    open_writer(
+        dest_format,
+        &rec.dest_options,
+        plan.output_schema.clone(),
+        Box::new(io::sink()),
+        &location,
+    )?;
+    let n = plan.units();
+    let outputs: Vec<(String, Vec<usize>)> = if names_file {
+        vec![(String::new(), (0..n).collect())]
+    } else {
+        (0..n)
+            .map(|i| (dest_format.rename(&format!("part-{i:05}")), vec![i]))
+            .collect()
+    };
+    let outputs: Vec<(String, Vec<usize>, OutputReport)> = outputs
+        .into_iter()
+        .map(|(key, units)| {
+            let report = OutputReport {
+                key: key.clone(),
+                inputs: plan.unit_names(&units),
+                rows_read: 0,
+                rows_written: 0,
+                bytes_read: 0,
+                bytes_written: 0,
+                skipped: false,
+                error: None,
+            };
+            (key, units, report)
+        })
+        .collect();
+    if opts.dry_run {
+        let reports = outputs.into_iter().map(|(_, _, r)| r).collect();
+        return Ok(finish(
+            plan.source_report(src, 0),
+            dst,
+            dest_format,
+            &written,
+            rec,
+            reports,
+            started,
+        ));
+    }
+
+    let state = Arc::new(StateStore::open(&opts.state_dir)?);
+    let run_id = run_id(src, dst, rec);
+    // Partitions done by an interrupted run are kept; after a run that finished, a new
+    // one reads the table afresh.
+    if !opts.resume || state.run_status(&run_id)?.as_deref() == Some(run_outcome(0)) {
+        discard_uploads(&state, &run_id, sink.as_ref()).await?;
+        state.forget_run(&run_id)?;
+    } else {
+        discard_uploads(&state, &run_id, sink.as_ref()).await?;
+    }
+    state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    let checkpoints = state.files(&run_id)?;
+    progress.planned(outputs.len() as u64, plan.bytes);
+
+    // A directory gets its partitions side by side; one file gets them all at once.
+    let (outer, inner) = if names_file {
+        (1, parallel)
+    } else {
+        (parallel, 1)
+    };
+    let job = Arc::new(FileJob {
+        sink,
+        plan,
+        rec: rec.clone(),
+        dest_format,
+        state: state.clone(),
+        run_id: run_id.clone(),
+        part_size: opts.part_size as usize,
+        concurrency: opts.concurrency,
+        progress: progress.clone(),
+    });
+    let reports: Vec<OutputReport> =
+        futures::stream::iter(outputs.into_iter().map(|(key, units, planned)| {
+            let job = job.clone();
+            let done_before = checkpoints.get(&key).cloned();
+            async move {
+                let (_, version) = job.plan.fingerprint(&units);
+                let done = done_before
+                    .filter(|c| c.done && c.source_version.as_deref() == Some(version.as_str()));
+                if done.is_some() {
+                    if let Ok(Some(at)) = job.sink.head(&key).await {
+                        return OutputReport {
+                            skipped: true,
+                            bytes_written: at.size,
+                            ..planned
+                        };
+                    }
+                }
+                let rx = job.plan.feed(units, inner, &job.rec, job.progress.clone());
+                let worker = {
+                    let (job, key, version) = (job.clone(), key.clone(), version.clone());
+                    let handle = Handle::current();
+                    tokio::task::spawn_blocking(move || {
+                        job.write(&key, &version, rx, handle, planned)
+                    })
+                };
+                match worker.await.map_err(join_error).and_then(|r| r) {
+                    Ok((report, written)) => {
+                        let recorded = job.state.file_done(
+                            &job.run_id,
+                            &key,
+                            0,
+                            Some(&version),
+                            None,
+                            written.version.as_deref(),
+                        );
+                        job.progress.file_finished(&key);
+                        match recorded {
+                            Ok(()) => {
+                                crate::failpoint::file_recorded().await;
+                                report
+                            }
+                            Err(e) => failed_report(key, e),
+                        }
+                    }
+                    Err(e) => failed_report(key, e),
+                }
+            }
+        }))
+        .buffer_unordered(outer)
+        .collect()
+        .await;
+
+    let rows = reports.iter().map(|r| r.rows_read).sum();
+    let report = finish(
+        job.plan.source_report(src, rows),
+        dst,
+        dest_format,
+        &written,
+        rec,
+        reports,
+        started,
+    );
+    state.finish_run(&run_id, run_outcome(report.failed))?;
+    Ok(report)
+}
+
+/// Uploads an interrupted run left unfinished hold partial outputs: discard them.
+async fn discard_uploads(state: &StateStore, run_id: &str, sink: &dyn Sink) -> Result<()> {
+    for (key, checkpoint) in state.files(run_id)? {
+        if let Some(upload) = checkpoint.upload.filter(|_| !checkpoint.done) {
+            if let Err(e) = sink.abort_upload(&key, &upload.upload_id).await {
+                tracing::warn!(%key, error = %e, "could not discard an unfinished output");
+            }
+            state.forget_file(run_id, &key)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the file writers share.
+struct FileJob {
+    sink: Arc<dyn Sink>,
+    plan: Plan,
+    rec: RecordOptions,
+    dest_format: Format,
+    state: Arc<StateStore>,
+    run_id: String,
+    part_size: usize,
+    concurrency: usize,
+    progress: Arc<dyn Progress>,
+}
+
+impl FileJob {
+    /// Writes one output from the batches of `rx` (blocking; runs on its own thread).
+    fn write(
+        &self,
+        key: &str,
+        version: &str,
+        mut rx: mpsc::Receiver<Result<RecordBatch>>,
+        handle: Handle,
+        mut report: OutputReport,
+    ) -> Result<(OutputReport, Entry)> {
+        let on_start: OnStart = {
+            let (state, run_id, key, version) = (
+                self.state.clone(),
+                self.run_id.clone(),
+                key.to_string(),
+                version.to_string(),
+            );
+            let part_size = self.part_size as u64;
+            Box::new(move |upload_id| {
+                state.begin_upload(&run_id, &key, 0, Some(&version), upload_id, part_size)
+            })
+        };
+        let upload = UploadWriter::new(
+            self.sink.clone(),
+            key,
+            handle,
+            self.part_size,
+            self.concurrency,
+            Some(on_start),
+        );
+        let location = if key.is_empty() {
+            self.sink.address().to_string()
+        } else {
+            self.sink.address().join(key).to_string()
+        };
+        let mut writer = open_writer(
+            self.dest_format,
+            &self.rec.dest_options,
+            self.plan.output_schema.clone(),
+            Box::new(upload.clone()),
+            &location,
+        )?;
+        let mut chain = Chain::bind(&self.plan.transforms, self.plan.input_schema.clone())?;
+        while let Some(batch) = rx.blocking_recv() {
+            let batch = batch?;
+            report.rows_read += batch.num_rows() as u64;
+            let batch = chain.apply(batch)?;
+            if batch.num_rows() > 0 {
+                report.rows_written += batch.num_rows() as u64;
+                writer.write(&batch).map_err(|e| upload.error_or(e))?;
+                crate::failpoint::batch_written();
+            }
+        }
+        writer.finish().map_err(|e| upload.error_or(e))?;
+        let written = upload.commit()?;
+        report.bytes_written = written.size;
+        Ok((report, written))
+    }
+}
+
+/// Files or a table into a table: `parallel` COPY streams into a staging table, then one
+/// committing transaction.
+#[allow(clippy::too_many_arguments)]
+async fn to_table(
+    src: &DataAddress,
+    dst: &DataAddress,
+    table: &TableAddress,
+    plan: Plan,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+    started: Instant,
+    parallel: usize,
+) -> Result<RecordReport> {
+    let run_id = run_id(src, dst, rec);
+    let mut load = PgLoad::prepare(table, plan.output_schema.clone(), &run_id).await?;
+    let units: Vec<usize> = (0..plan.units()).collect();
+    let mut report = OutputReport {
+        key: TABLE_KEY.to_string(),
+        inputs: plan.unit_names(&units),
+        rows_read: 0,
+        rows_written: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        skipped: false,
+        error: None,
+    };
+    let done = |plan: &Plan, report: OutputReport| {
+        let rows = report.rows_read;
+        finish(
+            plan.source_report(src, rows),
+            dst,
+            "table",
+            &plan.output_schema,
+            rec,
+            vec![report],
+            started,
+        )
+    };
+    if opts.dry_run {
+        return Ok(done(&plan, report));
+    }
+
+    let state = StateStore::open(&opts.state_dir)?;
+    let (size, version) = plan.fingerprint(&units);
+    let previous = state
+        .files(&run_id)?
+        .remove(TABLE_KEY)
+        .filter(|c| opts.resume && c.source_version.as_deref() == Some(version.as_str()));
+    let from_files = matches!(plan.origin, Origin::Files { .. });
+    if let Some(previous) = &previous {
+        // The same files were loaded already; a table source is read afresh each run.
+        if previous.done && from_files {
+            report.skipped = true;
+            return Ok(done(&plan, report));
+        }
+        // Killed while committing: the staging table is gone exactly when the commit was.
+        let committing = previous.upload.as_ref().map(|u| u.upload_id.as_str()) == Some(COMMITTING);
+        if committing && !previous.done {
+            if load.staging_exists().await? {
+                load.commit().await?;
+            }
+            state.file_done(&run_id, TABLE_KEY, size, Some(&version), None, None)?;
+            state.finish_run(&run_id, run_outcome(0))?;
+            report.skipped = true;
+            return Ok(done(&plan, report));
+        }
+    }
+    state.forget_run(&run_id)?;
+    state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    progress.planned(1, plan.bytes);
+
+    load.create_staging().await?;
+    let load = Arc::new(load);
+    let plan = Arc::new(plan);
+    let rx = Arc::new(Mutex::new(plan.feed(
+        units,
+        parallel,
+        rec,
+        progress.clone(),
+    )));
+    let writers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (load, plan, rx) = (load.clone(), plan.clone(), rx.clone());
+            let handle = Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let result = stream_rows(&load, &plan, &rx, &handle);
+                if result.is_err() {
+                    // Stop the readers and the other streams: the load has failed.
+                    handle.block_on(async { rx.lock().await.close() });
+                }
+                result
+            })
+        })
+        .collect();
+    let mut failure = None;
+    for writer in writers {
+        match writer.await.map_err(join_error).and_then(|r| r) {
+            Ok((read, written)) => {
+                report.rows_read += read;
+                report.rows_written += written;
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let outcome = match failure {
+        Some(e) => Err(e),
+        None => commit(&state, &run_id, &load, size, &version).await,
+    };
+    if let Err(e) = outcome {
+        if let Err(d) = load.discard().await {
+            tracing::warn!(error = %d, "could not drop the staging table");
+        }
+        report.error = Some(e.to_string());
+        report.rows_written = 0;
+        state.finish_run(&run_id, run_outcome(1))?;
+        return Ok(done(&plan, report));
+    }
+    progress.file_finished(TABLE_KEY);
+    state.finish_run(&run_id, run_outcome(0))?;
+    Ok(done(&plan, report))
+}
+
+/// Records that the load is committing, commits, and records that it did.
+async fn commit(
+    state: &StateStore,
+    run_id: &str,
+    load: &PgLoad,
+    size: u64,
+    version: &str,
+) -> Result<()> {
+    state.begin_upload(run_id, TABLE_KEY, size, Some(version), COMMITTING, 0)?;
+    crate::failpoint::before_commit().await;
+    load.commit().await?;
+    state.file_done(run_id, TABLE_KEY, size, Some(version), None, None)
+}
+
+/// One COPY stream: takes batches from the shared channel until it is empty, transforms
+/// and encodes them on this thread. Returns rows read and rows written.
+fn stream_rows(
+    load: &PgLoad,
+    plan: &Plan,
+    rx: &Mutex<mpsc::Receiver<Result<RecordBatch>>>,
+    handle: &Handle,
+) -> Result<(u64, u64)> {
+    let mut chain = Chain::bind(&plan.transforms, plan.input_schema.clone())?;
+    let mut writer = handle.block_on(load.writer(&plan.output_schema))?;
+    let (mut read, mut written) = (0, 0);
+    while let Some(batch) = handle.block_on(async { rx.lock().await.recv().await }) {
+        let batch = batch?;
+        read += batch.num_rows() as u64;
+        let batch = chain.apply(batch)?;
+        if batch.num_rows() > 0 {
+            written += batch.num_rows() as u64;
+            handle.block_on(writer.write(&batch))?;
+            crate::failpoint::batch_written();
+        }
+    }
+    handle.block_on(writer.finish())?;
+    Ok((read, written))
+}

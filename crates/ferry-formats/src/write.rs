@@ -230,7 +230,15 @@ fn unsupported(format: Format, t: &DataType) -> bool {
                     | DataType::Date32
             ) && !matches!(t, DataType::Timestamp(_, zone) if zone.as_deref().is_none_or(|z| z == "UTC"))
         }
-        Format::Json | Format::Parquet | Format::Avro => false,
+        // parquet's Arrow writer has no month-day-nanosecond interval.
+        Format::Parquet => match t {
+            DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano) => true,
+            DataType::List(item) | DataType::LargeList(item) => {
+                unsupported(format, item.data_type())
+            }
+            _ => false,
+        },
+        Format::Json | Format::Avro => false,
     }
 }
 

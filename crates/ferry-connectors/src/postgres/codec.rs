@@ -2190,14 +2190,1043 @@ fn u128_digits(mut v: u128, buf: &mut [u8; 40]) -> &[u8] {
 
 /// `v`·10^-scale as text, for error messages.
 fn decimal_text(v: i128, scale: i8) -> String {
-    if scale <= 0 || v == 0 {
-        return format!(
-            "{v}{}",
-            "0".repeat(usize::from(scale.unsigned_abs()) * (v != 0 && scale < 0) as usize)
-        );
+    if scale <= 0 {
+        let zeros = if v == 0 {
+            0
+        } else {
+            usize::from(scale.unsigned_abs())
+        };
+        return format!("{v}{}", "0".repeat(zeros));
     }
     let scale = scale as usize;
     let digits = format!("{:0>width$}", v.unsigned_abs(), width = scale + 1);
     let (int, frac) = digits.split_at(digits.len() - scale);
     format!("{}{int}.{frac}", if v < 0 { "-" } else { "" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::compute::concat_batches;
+
+    fn col(name: &str, ty: PgType) -> PgColumn {
+        PgColumn {
+            name: name.into(),
+            ty,
+            nullable: true,
+        }
+    }
+
+    fn text_type() -> PgType {
+        PgType::Text { sql: "text".into() }
+    }
+
+    fn mood() -> PgType {
+        PgType::Enum {
+            sql: "mood".into(),
+            labels: vec!["sad".into(), "ok".into()],
+            oid: 16_385,
+        }
+    }
+
+    /// The value bytes (without the length word) numeric_put writes.
+    fn wire_i128(v: i128, scale: i8, typmod: Option<(u8, i8)>) -> Result<Vec<u8>, String> {
+        let mut out = BytesMut::new();
+        put_numeric_i128(v, scale, typmod, &mut out)?;
+        Ok(out[4..].to_vec())
+    }
+
+    fn wire_text(text: &str, typmod: Option<(u8, i8)>) -> Result<Vec<u8>, String> {
+        let mut out = BytesMut::new();
+        put_numeric_text(text, typmod, &mut out)?;
+        Ok(out[4..].to_vec())
+    }
+
+    fn numeric_text(wire: &[u8]) -> String {
+        let mut text = String::new();
+        Numeric::parse(wire).unwrap().write_text(&mut text).unwrap();
+        text
+    }
+
+    /// ndigits, weight, sign, dscale, digits… as PostgreSQL's numeric_send writes them.
+    fn pg_numeric(words: &[u16]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_be_bytes()).collect()
+    }
+
+    const MAX38: i128 = 99_999_999_999_999_999_999_999_999_999_999_999_999;
+
+    #[test]
+    fn numeric_round_trips_through_decimal_and_text() {
+        let cases: &[(i128, i8)] = &[
+            (0, 0),
+            (0, 2),
+            (-1, 0),
+            (1, 4),
+            (1, 10),
+            (-1, 10),
+            (150, 2),
+            (10_000, 0),
+            (123_456_789, 4),
+            (1_234_567_890_123_456_789_012, 2),
+            (-1_234_567_890_123_456_789_012, 2),
+            (MAX38, 0),
+            (-MAX38, 0),
+            (MAX38, 2),
+            (MAX38, 10),
+            (-MAX38, 10),
+            (MAX38, 38),
+        ];
+        for &(v, s) in cases {
+            for typmod in [None, Some((38, s))] {
+                let wire = wire_i128(v, s, typmod).unwrap();
+                let back = Numeric::parse(&wire).unwrap().to_i128(38, s);
+                assert_eq!(back, Ok(v), "{v} scale {s}");
+                let text = numeric_text(&wire);
+                assert_eq!(text, decimal_text(v, s), "{v} scale {s}");
+                assert_eq!(wire_text(&text, typmod).unwrap(), wire, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_wire_matches_postgres() {
+        // SELECT numeric_send(x) in PostgreSQL for each x.
+        assert_eq!(
+            wire_text("12345.678", None).unwrap(),
+            pg_numeric(&[3, 1, 0, 3, 1, 2345, 6780])
+        );
+        assert_eq!(
+            wire_text("0.0001", None).unwrap(),
+            pg_numeric(&[1, 0xffff, 0, 4, 1])
+        );
+        assert_eq!(
+            wire_text("10000", None).unwrap(),
+            pg_numeric(&[1, 1, 0, 0, 1])
+        );
+        assert_eq!(
+            wire_text("-1.50", None).unwrap(),
+            pg_numeric(&[2, 0, 0x4000, 2, 1, 5000])
+        );
+        assert_eq!(wire_text("0", None).unwrap(), pg_numeric(&[0, 0, 0, 0]));
+        assert_eq!(wire_text("0.00", None).unwrap(), pg_numeric(&[0, 0, 0, 2]));
+        assert_eq!(
+            wire_text("NaN", None).unwrap(),
+            pg_numeric(&[0, 0, 0xC000, 0])
+        );
+        assert_eq!(
+            wire_text("-Infinity", None).unwrap(),
+            pg_numeric(&[0, 0, 0xF000, 0])
+        );
+        assert_eq!(
+            wire_i128(12_345_678, 3, Some((12, 4))).unwrap(),
+            pg_numeric(&[3, 1, 0, 4, 1, 2345, 6780])
+        );
+    }
+
+    #[test]
+    fn numeric_text_forms() {
+        for (input, printed) in [
+            ("1.50", "1.50"),
+            ("1e3", "1000"),
+            ("1.5E-3", "0.0015"),
+            ("+007.0700", "7.0700"),
+            ("-0.00", "0.00"),
+            (" 42 ", "42"),
+            ("nan", "NaN"),
+            ("Infinity", "Infinity"),
+            ("-inf", "-Infinity"),
+            (
+                "123456789012345678901234567890123456789012.5",
+                "123456789012345678901234567890123456789012.5",
+            ),
+        ] {
+            assert_eq!(
+                numeric_text(&wire_text(input, None).unwrap()),
+                printed,
+                "{input}"
+            );
+        }
+        for bad in ["", "abc", "1.2.3", "1e", "--1", "1e9999999"] {
+            assert!(
+                wire_text(bad, None)
+                    .unwrap_err()
+                    .contains("is not a valid numeric"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn numeric_typmod_checks() {
+        // 1.5 into numeric(5,3) is written with dscale 3 and reads back as 1.500.
+        let wire = wire_i128(15, 1, Some((5, 3))).unwrap();
+        assert_eq!(numeric_text(&wire), "1.500");
+        assert_eq!(Numeric::parse(&wire).unwrap().to_i128(5, 3), Ok(1500));
+        assert_eq!(
+            wire_i128(1234, 3, Some((5, 2))).unwrap_err(),
+            "value 1.234 has more decimal places than numeric(5,2) keeps"
+        );
+        assert_eq!(
+            wire_i128(12_340, 3, Some((5, 2))).map(|w| numeric_text(&w)),
+            Ok("12.34".into())
+        );
+        assert_eq!(
+            wire_i128(123_456, 0, Some((5, 2))).unwrap_err(),
+            "value 123456 does not fit in numeric(5,2)"
+        );
+        assert_eq!(
+            wire_i128(999, 0, Some((5, 2))).map(|w| numeric_text(&w)),
+            Ok("999.00".into())
+        );
+        assert_eq!(
+            wire_text("Infinity", Some((5, 2))).unwrap_err(),
+            "value 'Infinity' cannot be stored in numeric(5,2)"
+        );
+        assert!(wire_text("NaN", Some((5, 2))).is_ok());
+        // Negative scale (PostgreSQL 15): numeric(3,-2) holds multiples of 100 below 10^5.
+        assert_eq!(
+            wire_i128(12_300, 0, Some((3, -2))).map(|w| numeric_text(&w)),
+            Ok("12300".into())
+        );
+        assert!(wire_i128(12_350, 0, Some((3, -2))).is_err());
+        // Decoding: digits below the scale and values beyond the precision are errors.
+        let wire = wire_text("1.5", None).unwrap();
+        assert!(Numeric::parse(&wire)
+            .unwrap()
+            .to_i128(38, 0)
+            .unwrap_err()
+            .contains("decimal places"));
+        let wire = wire_text("1000", None).unwrap();
+        assert_eq!(
+            Numeric::parse(&wire).unwrap().to_i128(3, 0).unwrap_err(),
+            "numeric value does not fit in Decimal128(3,0)"
+        );
+        let wire = wire_text("NaN", None).unwrap();
+        assert_eq!(
+            Numeric::parse(&wire).unwrap().to_i128(12, 2).unwrap_err(),
+            "NaN cannot be stored as Decimal128(12,2)"
+        );
+        let wire = wire_text("1e40", None).unwrap();
+        assert!(Numeric::parse(&wire).unwrap().to_i128(38, 0).is_err());
+    }
+
+    #[test]
+    fn decimal256_and_integers_into_numeric() {
+        let big = i256::from_string("-123456789012345678901234567890123456789012345").unwrap();
+        let mut out = BytesMut::new();
+        put_numeric_i256(big, 5, None, &mut out).unwrap();
+        assert_eq!(
+            numeric_text(&out[4..]),
+            "-1234567890123456789012345678901234567890.12345"
+        );
+        let mut out = BytesMut::new();
+        put_numeric_i128(u64::MAX.into(), 0, Some((20, 0)), &mut out).unwrap();
+        assert_eq!(numeric_text(&out[4..]), "18446744073709551615");
+    }
+
+    /// One column of every decodable type, rows covering NULLs and extremes.
+    fn sample() -> (Vec<PgColumn>, RecordBatch) {
+        let columns = vec![
+            col("b", PgType::Bool),
+            col("i2", PgType::Int2),
+            col("i4", PgType::Int4),
+            col("i8", PgType::Int8),
+            col("f4", PgType::Float4),
+            col("f8", PgType::Float8),
+            col("dec", PgType::Numeric(Some((12, 2)))),
+            col("num", PgType::Numeric(None)),
+            col("t", text_type()),
+            col("js", PgType::Json),
+            col("jb", PgType::Jsonb),
+            col("e", mood()),
+            col("by", PgType::Bytea),
+            col("d", PgType::Date),
+            col("tm", PgType::Time),
+            col("ts", PgType::Timestamp),
+            col("tz", PgType::Timestamptz),
+            col("iv", PgType::Interval),
+            col("u", PgType::Uuid),
+            col("ai", PgType::Array(Box::new(PgType::Int4))),
+            col("at", PgType::Array(Box::new(text_type()))),
+            col(
+                "an",
+                PgType::Array(Box::new(PgType::Numeric(Some((10, 2))))),
+            ),
+            col("ae", PgType::Array(Box::new(mood()))),
+        ];
+        let schema = CopyDecoder::new(columns.clone(), 1).schema();
+        let mut ai = ListBuilder::new(Int32Builder::new());
+        for row in [
+            Some(vec![Some(1), None, Some(i32::MIN)]),
+            Some(vec![]),
+            None,
+            Some(vec![Some(0)]),
+        ] {
+            ai.append_option(row);
+        }
+        let mut at = ListBuilder::new(StringBuilder::new());
+        for row in [
+            Some(vec![Some("a"), None]),
+            None,
+            Some(vec![]),
+            Some(vec![Some("ü,\"{}")]),
+        ] {
+            at.append_option(row);
+        }
+        let mut an =
+            ListBuilder::new(Decimal128Builder::new().with_data_type(DataType::Decimal128(10, 2)));
+        for row in [
+            Some(vec![Some(-150), None]),
+            Some(vec![]),
+            Some(vec![Some(99_999_999)]),
+            None,
+        ] {
+            an.append_option(row);
+        }
+        let mut ae = ListBuilder::new(StringBuilder::new());
+        for row in [
+            Some(vec![Some("sad"), Some("ok")]),
+            None,
+            Some(vec![None]),
+            Some(vec![]),
+        ] {
+            ae.append_option(row);
+        }
+        let uuid = [
+            0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0, 1, 2, 3, 4, 5, 6, 0xff,
+        ];
+        let micros = |v: Vec<Option<i64>>| TimestampMicrosecondArray::from(v);
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(BooleanArray::from(vec![
+                Some(true),
+                Some(false),
+                None,
+                Some(true),
+            ])),
+            Arc::new(Int16Array::from(vec![
+                Some(i16::MIN),
+                Some(i16::MAX),
+                None,
+                Some(0),
+            ])),
+            Arc::new(Int32Array::from(vec![
+                Some(i32::MIN),
+                Some(i32::MAX),
+                None,
+                Some(-1),
+            ])),
+            Arc::new(Int64Array::from(vec![
+                Some(i64::MIN),
+                Some(i64::MAX),
+                None,
+                Some(1),
+            ])),
+            Arc::new(Float32Array::from(vec![
+                Some(f32::NAN),
+                Some(f32::INFINITY),
+                None,
+                Some(f32::NEG_INFINITY),
+            ])),
+            Arc::new(Float64Array::from(vec![
+                Some(1e308),
+                Some(f64::NAN),
+                None,
+                Some(f64::NEG_INFINITY),
+            ])),
+            Arc::new(
+                Decimal128Array::from(vec![Some(0), Some(-1), None, Some(999_999_999_999)])
+                    .with_precision_and_scale(12, 2)
+                    .unwrap(),
+            ),
+            Arc::new(StringArray::from(vec![
+                Some("NaN"),
+                Some("1.50"),
+                None,
+                Some("-0.0001"),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some(""),
+                Some("héllo 𝄞"),
+                None,
+                Some("tab\tnew\nline"),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("{ \"a\" : 1 }"),
+                None,
+                Some("[]"),
+                Some("null"),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("{}"),
+                None,
+                Some("[1, 2]"),
+                Some("\"s\""),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("sad"),
+                Some("ok"),
+                None,
+                Some("ok"),
+            ])),
+            Arc::new(BinaryArray::from(vec![
+                Some(&b""[..]),
+                Some(&[0, 255][..]),
+                None,
+                Some(&b"\\x"[..]),
+            ])),
+            Arc::new(Date32Array::from(vec![
+                Some(i32::MAX),
+                Some(i32::MIN),
+                None,
+                Some(-25_567),
+            ])),
+            Arc::new(Time64MicrosecondArray::from(vec![
+                Some(0),
+                Some(MICROS_PER_DAY),
+                None,
+                Some(1),
+            ])),
+            Arc::new(micros(vec![
+                Some(i64::MAX),
+                Some(i64::MIN),
+                None,
+                Some(-2_208_988_800_000_000),
+            ])),
+            Arc::new(
+                micros(vec![
+                    Some(i64::MAX),
+                    Some(0),
+                    None,
+                    Some(9_214_646_400_000_000),
+                ])
+                .with_timezone("UTC"),
+            ),
+            Arc::new(IntervalMonthDayNanoArray::from(vec![
+                Some(IntervalMonthDayNano::new(-14, -3, -4_000_001_000)),
+                Some(IntervalMonthDayNano::new(0, 0, 0)),
+                None,
+                Some(IntervalMonthDayNano::new(i32::MAX, 1, 86_400_000_000_000)),
+            ])),
+            Arc::new(
+                FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+                    vec![Some(uuid), None, Some([0; 16]), Some([0xff; 16])].into_iter(),
+                    16,
+                )
+                .unwrap(),
+            ),
+            Arc::new(ai.finish()),
+            Arc::new(at.finish()),
+            Arc::new(an.finish()),
+            Arc::new(ae.finish()),
+        ];
+        (columns, RecordBatch::try_new(schema, arrays).unwrap())
+    }
+
+    fn encode(columns: &[PgColumn], batches: &[RecordBatch]) -> Vec<u8> {
+        let mut encoder = CopyEncoder::new(columns.to_vec(), &batches[0].schema()).unwrap();
+        let mut out = BytesMut::new();
+        CopyEncoder::header(&mut out);
+        for batch in batches {
+            encoder.encode(batch, &mut out).unwrap();
+        }
+        CopyEncoder::trailer(&mut out);
+        out.to_vec()
+    }
+
+    /// Decodes `chunks` fed one after another.
+    fn decode<'a>(
+        columns: &[PgColumn],
+        batch_rows: usize,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<RecordBatch>, CodecError> {
+        let mut decoder = CopyDecoder::new(columns.to_vec(), batch_rows);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            decoder.push(chunk, &mut out)?;
+        }
+        out.extend(decoder.finish()?);
+        Ok(out)
+    }
+
+    #[test]
+    fn every_type_round_trips() {
+        let (columns, batch) = sample();
+        let stream = encode(&columns, &[batch.clone(), batch.clone()]);
+        let batches = decode(&columns, 3, [&stream[..]]).unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            vec![3, 3, 2]
+        );
+        let decoded = concat_batches(&batch.schema(), &batches).unwrap();
+        assert_eq!(
+            decoded,
+            concat_batches(&batch.schema(), &[batch.clone(), batch]).unwrap()
+        );
+    }
+
+    #[test]
+    fn chunks_split_anywhere_decode_the_same() {
+        let (columns, batch) = sample();
+        let stream = encode(&columns, &[batch.clone(), batch.clone(), batch]);
+        let whole = decode(&columns, 5, [&stream[..]]).unwrap();
+        assert_eq!(decode(&columns, 5, stream.chunks(1)).unwrap(), whole);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..50 {
+            let mut chunks = Vec::new();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let (head, tail) = rest.split_at((seed % 40) as usize % (rest.len() + 1));
+                chunks.push(head);
+                rest = tail;
+            }
+            assert_eq!(decode(&columns, 5, chunks).unwrap(), whole);
+        }
+    }
+
+    #[test]
+    fn header_extension_is_skipped_and_tail_stays_small() {
+        let columns = vec![col("a", PgType::Int4)];
+        let mut stream = COPY_SIGNATURE.to_vec();
+        stream.extend([0, 0, 0, 0, 0, 0, 0, 3, 9, 9, 9]);
+        stream.extend([0, 1, 0, 0, 0, 4, 0, 0, 0, 7, 0xff, 0xff]);
+        let mut decoder = CopyDecoder::new(columns, 10);
+        let mut out = Vec::new();
+        decoder.push(&stream[..25], &mut out).unwrap();
+        assert_eq!(decoder.tail.len(), 3, "only the started tuple is buffered");
+        decoder.push(&stream[25..], &mut out).unwrap();
+        let batch = decoder.finish().unwrap().unwrap();
+        assert_eq!(batch.column(0).as_primitive::<Int32Type>().value(0), 7);
+        assert_eq!(decoder.rows(), 1);
+    }
+
+    #[test]
+    fn stream_structure_errors() {
+        let columns = vec![col("a", PgType::Int4), col("b", PgType::Int4)];
+        let mut header = BytesMut::new();
+        CopyEncoder::header(&mut header);
+        let row = [0, 2, 0, 0, 0, 4, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff];
+        let err = |chunks: &[&[u8]]| decode(&columns, 10, chunks.iter().copied()).unwrap_err().0;
+        assert!(err(&[b"PGCOPY\n\xfe"]).contains("bad signature"));
+        assert!(err(&[b"COPY"]).contains("bad signature"));
+        assert_eq!(err(&[]), "COPY data ended inside the header");
+        assert_eq!(err(&[&header[..10]]), "COPY data ended inside the header");
+        assert_eq!(
+            err(&[&header, &row]),
+            "COPY data ended without the end-of-data trailer"
+        );
+        assert_eq!(err(&[&header, &row[..7]]), "COPY data ended inside row 1");
+        assert_eq!(
+            err(&[&header, &row, &[0xff, 0xff, 0]]),
+            "unexpected data after the COPY end-of-data trailer"
+        );
+        assert_eq!(
+            err(&[&header, &row, &[0, 1, 0, 0, 0, 0]]),
+            "row 2: tuple has 1 fields, expected 2"
+        );
+        assert_eq!(
+            err(&[&header, &[0, 2, 0xff, 0xff, 0xff, 0xfe]]),
+            "row 1, field 1: bad value length -2"
+        );
+        let mut with_oids = header.to_vec();
+        with_oids[12] = 1; // flag bit 16
+        assert!(err(&[&with_oids]).contains("OIDs"));
+    }
+
+    #[test]
+    fn value_errors_name_column_and_row() {
+        let columns = vec![
+            col("n", PgType::Int4),
+            col("price", PgType::Numeric(Some((12, 2)))),
+            col("arr", PgType::Array(Box::new(PgType::Int4))),
+        ];
+        let mut ok = BytesMut::new();
+        ok.put_i16(3);
+        put_int(1, 4, &mut ok).unwrap();
+        put_numeric_i128(100, 2, Some((12, 2)), &mut ok).unwrap();
+        ok.put_i32(-1);
+        let mut stream = BytesMut::new();
+        CopyEncoder::header(&mut stream);
+        stream.put_slice(&ok);
+
+        let mut short_int = stream.clone();
+        short_int.put_slice(&[
+            0, 3, 0, 0, 0, 2, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        assert_eq!(
+            decode(&columns, 10, [&short_int[..]]).unwrap_err().0,
+            "column 'n', row 2: integer value has 2 bytes, expected 4"
+        );
+
+        let mut nan = stream.clone();
+        nan.put_slice(&[0, 3, 0xff, 0xff, 0xff, 0xff]);
+        put_numeric_special(NUMERIC_NAN, &mut nan);
+        nan.put_i32(-1);
+        assert_eq!(
+            decode(&columns, 10, [&nan[..]]).unwrap_err().0,
+            "column 'price', row 2: NaN cannot be stored as Decimal128(12,2)"
+        );
+
+        let mut matrix = stream.clone();
+        matrix.put_slice(&[0, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let dims: [i32; 7] = [2, 0, 23, 1, 1, 1, 1];
+        matrix.put_i32(dims.len() as i32 * 4 + 8);
+        dims.iter().for_each(|d| matrix.put_i32(*d));
+        matrix.put_slice(&[0, 0, 0, 4, 0, 0, 0, 5]);
+        assert_eq!(
+            decode(&columns, 10, [&matrix[..]]).unwrap_err().0,
+            "column 'arr', row 2: 2-dimensional arrays are not supported"
+        );
+
+        let strict = vec![PgColumn {
+            nullable: false,
+            ..col("n", PgType::Int4)
+        }];
+        let mut null = BytesMut::new();
+        CopyEncoder::header(&mut null);
+        null.put_slice(&[0, 1, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            decode(&strict, 10, [&null[..]]).unwrap_err().0,
+            "column 'n', row 1: NULL in a NOT NULL column"
+        );
+    }
+
+    fn schema_of(fields: Vec<(&str, DataType)>) -> Schema {
+        Schema::new(
+            fields
+                .into_iter()
+                .map(|(n, t)| Field::new(n, t, true))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn encoder_errors_name_column_and_row() {
+        let err = CopyEncoder::new(
+            vec![col("x", PgType::Int4)],
+            &schema_of(vec![("x", DataType::Utf8)]),
+        );
+        assert_eq!(
+            err.err().unwrap().0,
+            "column 'x': cannot write Arrow type Utf8 into PostgreSQL type integer"
+        );
+        assert!(CopyEncoder::new(
+            vec![col("x", PgType::Float8)],
+            &schema_of(vec![("x", DataType::Int64)])
+        )
+        .is_err());
+        assert!(CopyEncoder::new(
+            vec![col("x", PgType::Numeric(None))],
+            &schema_of(vec![("x", DataType::Float64)])
+        )
+        .is_err());
+        let unknown_enum = PgType::Array(Box::new(PgType::Enum {
+            sql: "m".into(),
+            labels: vec![],
+            oid: 0,
+        }));
+        let list = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
+        let err = CopyEncoder::new(vec![col("e", unknown_enum)], &schema_of(vec![("e", list)]));
+        assert!(err
+            .err()
+            .unwrap()
+            .0
+            .contains("OID of element type m is unknown"));
+
+        let columns = vec![col("small", PgType::Int2), col("id", PgType::Uuid)];
+        let schema = Arc::new(schema_of(vec![
+            ("small", DataType::Int64),
+            ("id", DataType::Utf8),
+        ]));
+        let batch = |small: Vec<i64>, ids: Vec<&str>| {
+            let arrays: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from(small)),
+                Arc::new(StringArray::from(ids)),
+            ];
+            RecordBatch::try_new(schema.clone(), arrays).unwrap()
+        };
+        let mut encoder = CopyEncoder::new(columns, &schema).unwrap();
+        let mut out = BytesMut::new();
+        let good = "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11";
+        encoder
+            .encode(
+                &batch(
+                    vec![1, -32768],
+                    vec![good, "{a0eebc999c0b4ef8bb6d6bb9bd380a11}"],
+                ),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(
+            encoder
+                .encode(&batch(vec![5, 40_000], vec![good, good]), &mut out)
+                .unwrap_err()
+                .0,
+            "column 'small', row 4: value 40000 is out of range for smallint"
+        );
+        let mut encoder = CopyEncoder::new(encoder.target.clone(), &schema).unwrap();
+        assert_eq!(
+            encoder
+                .encode(&batch(vec![1], vec!["not-a-uuid"]), &mut out)
+                .unwrap_err()
+                .0,
+            "column 'id', row 1: value 'not-a-uuid' is not a valid uuid"
+        );
+    }
+
+    #[test]
+    fn encoder_accepts_other_arrow_types() {
+        use arrow::datatypes::TimeUnit as U;
+        let dict: DictionaryArray<Int8Type> = vec!["x", "y", "x"].into_iter().collect();
+        let cases: Vec<(PgType, ArrayRef, &str)> = vec![
+            (
+                PgType::Int2,
+                Arc::new(UInt8Array::from(vec![255, 0, 1])),
+                "255",
+            ),
+            (
+                PgType::Int8,
+                Arc::new(UInt32Array::from(vec![u32::MAX, 0, 1])),
+                "4294967295",
+            ),
+            (
+                PgType::Numeric(Some((20, 0))),
+                Arc::new(UInt64Array::from(vec![u64::MAX, 0, 1])),
+                "18446744073709551615",
+            ),
+            (
+                PgType::Float8,
+                Arc::new(Float32Array::from(vec![1.5, 0.0, 1.0])),
+                "1.5",
+            ),
+            (text_type(), Arc::new(dict), "x"),
+            (
+                text_type(),
+                Arc::new(LargeStringArray::from(vec!["a", "b", "c"])),
+                "a",
+            ),
+            (
+                text_type(),
+                Arc::new(StringViewArray::from(vec!["a", "b", "c"])),
+                "a",
+            ),
+            (
+                PgType::Numeric(None),
+                Arc::new(StringArray::from(vec!["-1.5e2", "0", "1"])),
+                "-150",
+            ),
+            (
+                PgType::Date,
+                Arc::new(Date64Array::from(vec![86_400_000, 0, 1])),
+                "1970-01-02",
+            ),
+            (
+                PgType::Time,
+                Arc::new(Time32SecondArray::from(vec![61, 0, 1])),
+                "00:01:01",
+            ),
+            (
+                PgType::Time,
+                Arc::new(Time64NanosecondArray::from(vec![1000, 0, 1000])),
+                "00:00:00.000001",
+            ),
+            (
+                PgType::Timestamp,
+                Arc::new(TimestampSecondArray::from(vec![0, 0, 1])),
+                "1970-01-01 00:00:00",
+            ),
+            (
+                PgType::Interval,
+                Arc::new(DurationMillisecondArray::from(vec![-1500, 0, 1])),
+                "-00:00:01.5",
+            ),
+            (
+                PgType::Bytea,
+                Arc::new(LargeBinaryArray::from(vec![&b"a"[..], b"", b""])),
+                "\\x61",
+            ),
+        ];
+        for (ty, array, _) in cases {
+            let schema = schema_of(vec![("c", array.data_type().clone())]);
+            let mut encoder = CopyEncoder::new(vec![col("c", ty.clone())], &schema).unwrap();
+            let batch = RecordBatch::try_new(Arc::new(schema), vec![array]).unwrap();
+            encoder.encode(&batch, &mut BytesMut::new()).unwrap();
+        }
+        // Sub-microsecond nanoseconds cannot be written.
+        let schema = schema_of(vec![("t", DataType::Timestamp(U::Nanosecond, None))]);
+        let mut encoder = CopyEncoder::new(vec![col("t", PgType::Timestamp)], &schema).unwrap();
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(TimestampNanosecondArray::from(vec![1]))],
+        );
+        assert!(encoder
+            .encode(&batch.unwrap(), &mut BytesMut::new())
+            .unwrap_err()
+            .0
+            .contains("sub-microsecond"));
+    }
+
+    #[test]
+    fn batches_are_cut_by_bytes() {
+        let columns = vec![col("blob", PgType::Bytea)];
+        let schema = CopyDecoder::new(columns.clone(), 1).schema();
+        let blob = vec![7u8; 6 << 20];
+        let array = BinaryArray::from(vec![&blob[..]; 6]);
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(array)]).unwrap();
+        let stream = encode(&columns, &[batch]);
+        let batches = decode(&columns, 1000, stream.chunks(1 << 16)).unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            vec![3, 3]
+        );
+    }
+
+    #[test]
+    fn types_from_postgres() {
+        let numeric_12_2 = ((12 << 16) | 2) + 4;
+        assert_eq!(
+            PgType::from_pg(&Type::INT4, -1, "integer"),
+            Ok(PgType::Int4)
+        );
+        assert_eq!(
+            PgType::from_pg(&Type::NUMERIC, numeric_12_2, "numeric(12,2)"),
+            Ok(PgType::Numeric(Some((12, 2))))
+        );
+        assert_eq!(
+            PgType::from_pg(&Type::NUMERIC, -1, "numeric"),
+            Ok(PgType::Numeric(None))
+        );
+        let negative_scale = ((5 << 16) | (-2i32 & 0x7ff)) + 4;
+        assert_eq!(
+            PgType::from_pg(&Type::NUMERIC, negative_scale, ""),
+            Ok(PgType::Numeric(Some((5, -2))))
+        );
+        assert_eq!(PgType::Numeric(Some((5, -2))).arrow_type(), DataType::Utf8);
+        assert_eq!(PgType::Numeric(Some((40, 2))).arrow_type(), DataType::Utf8);
+        let varchar = PgType::from_pg(&Type::VARCHAR_ARRAY, 24, "character varying(20)[]").unwrap();
+        assert_eq!(
+            varchar,
+            PgType::Array(Box::new(PgType::Text {
+                sql: "character varying(20)".into()
+            }))
+        );
+        assert_eq!(varchar.sql(), "character varying(20)[]");
+        let numerics =
+            PgType::from_pg(&Type::NUMERIC_ARRAY, numeric_12_2, "numeric(12,2)[]").unwrap();
+        assert_eq!(
+            numerics,
+            PgType::Array(Box::new(PgType::Numeric(Some((12, 2)))))
+        );
+        assert_eq!(
+            PgType::from_pg(&Type::VARCHAR, -1, ""),
+            Ok(PgType::Text {
+                sql: "character varying".into()
+            })
+        );
+        assert_eq!(
+            PgType::from_pg(&Type::POINT, -1, "point"),
+            Err("type 'point' is not supported".into())
+        );
+        let labels = vec!["sad".to_string(), "ok".to_string()];
+        let enum_type = Type::new(
+            "mood".into(),
+            16_385,
+            Kind::Enum(labels.clone()),
+            "public".into(),
+        );
+        assert_eq!(PgType::from_pg(&enum_type, -1, "mood"), Ok(mood()));
+        let enum_array = Type::new(
+            "_mood".into(),
+            16_384,
+            Kind::Array(enum_type),
+            "public".into(),
+        );
+        assert_eq!(
+            PgType::from_pg(&enum_array, -1, "mood[]"),
+            Ok(PgType::Array(Box::new(mood())))
+        );
+        let domain = Type::new(
+            "posint".into(),
+            16_390,
+            Kind::Domain(Type::INT4),
+            "public".into(),
+        );
+        assert_eq!(PgType::from_pg(&domain, -1, "posint"), Ok(PgType::Int4));
+        let citext = Type::new("citext".into(), 16_400, Kind::Simple, "public".into());
+        assert_eq!(
+            PgType::from_pg(&citext, -1, "citext"),
+            Ok(PgType::Text {
+                sql: "citext".into()
+            })
+        );
+        for (sql, oid) in [
+            ("character varying(3)", 1043),
+            ("character(5)", 1042),
+            ("bpchar", 1042),
+            ("name", 19),
+            ("text", 25),
+        ] {
+            assert_eq!(PgType::Text { sql: sql.into() }.element_oid(), oid, "{sql}");
+        }
+    }
+
+    #[test]
+    fn arrow_fields_round_trip_to_postgres_types() {
+        let types = [
+            PgType::Bool,
+            PgType::Int2,
+            PgType::Int4,
+            PgType::Int8,
+            PgType::Float4,
+            PgType::Float8,
+            PgType::Numeric(Some((12, 2))),
+            PgType::Numeric(Some((60, 10))),
+            PgType::Numeric(Some((5, -2))),
+            PgType::Numeric(None),
+            text_type(),
+            PgType::Text {
+                sql: "character varying(20)".into(),
+            },
+            PgType::Text {
+                sql: "character(5)".into(),
+            },
+            PgType::Bytea,
+            PgType::Date,
+            PgType::Time,
+            PgType::Timestamp,
+            PgType::Timestamptz,
+            PgType::Interval,
+            PgType::Uuid,
+            PgType::Json,
+            PgType::Jsonb,
+            PgType::Enum {
+                sql: "\"Odd\"\"Mood\"".into(),
+                labels: vec!["a\"b".into(), "c\\d\n".into(), "é😀".into()],
+                oid: 0,
+            },
+            PgType::Array(Box::new(PgType::Int4)),
+            PgType::Array(Box::new(PgType::Numeric(None))),
+            PgType::Array(Box::new(PgType::Enum {
+                sql: "mood".into(),
+                labels: vec!["x".into()],
+                oid: 0,
+            })),
+        ];
+        for ty in types {
+            let field = PgColumn {
+                name: "c".into(),
+                ty: ty.clone(),
+                nullable: false,
+            }
+            .arrow_field();
+            assert_eq!(PgType::from_arrow(&field), Ok(ty.clone()), "{field:?}");
+            // The metadata still applies after a trip through another string/time representation…
+            let relaxed = match field.data_type() {
+                DataType::Utf8 => field.clone().with_data_type(DataType::LargeUtf8),
+                DataType::Timestamp(_, tz) => field
+                    .clone()
+                    .with_data_type(DataType::Timestamp(TimeUnit::Millisecond, tz.clone())),
+                _ => field.clone(),
+            };
+            assert_eq!(PgType::from_arrow(&relaxed), Ok(ty.clone()));
+        }
+        // …but not when the Arrow type no longer matches it.
+        let stale = PgColumn {
+            name: "c".into(),
+            ty: PgType::Int4,
+            nullable: true,
+        }
+        .arrow_field()
+        .with_data_type(DataType::Int64);
+        assert_eq!(PgType::from_arrow(&stale), Ok(PgType::Int8));
+        let uuid = PgColumn {
+            name: "u".into(),
+            ty: PgType::Uuid,
+            nullable: true,
+        }
+        .arrow_field();
+        assert_eq!(
+            uuid.metadata()
+                .get("ARROW:extension:name")
+                .map(String::as_str),
+            Some("arrow.uuid")
+        );
+    }
+
+    #[test]
+    fn arrow_types_without_metadata() {
+        use DataType as D;
+        let item = |t: D| Arc::new(Field::new("item", t, true));
+        let cases = [
+            (D::Int8, PgType::Int2),
+            (D::UInt8, PgType::Int2),
+            (D::UInt16, PgType::Int4),
+            (D::UInt32, PgType::Int8),
+            (D::UInt64, PgType::Numeric(Some((20, 0)))),
+            (D::Float16, PgType::Float4),
+            (D::Decimal256(50, 3), PgType::Numeric(Some((50, 3)))),
+            (D::Utf8View, text_type()),
+            (
+                D::Dictionary(Box::new(D::Int32), Box::new(D::Utf8)),
+                text_type(),
+            ),
+            (D::FixedSizeBinary(16), PgType::Bytea),
+            (D::BinaryView, PgType::Bytea),
+            (D::Date64, PgType::Date),
+            (D::Time32(TimeUnit::Millisecond), PgType::Time),
+            (D::Timestamp(TimeUnit::Nanosecond, None), PgType::Timestamp),
+            (
+                D::Timestamp(TimeUnit::Second, Some("+02:00".into())),
+                PgType::Timestamptz,
+            ),
+            (D::Duration(TimeUnit::Second), PgType::Interval),
+            (
+                D::LargeList(item(D::Int64)),
+                PgType::Array(Box::new(PgType::Int8)),
+            ),
+        ];
+        for (dt, ty) in cases {
+            assert_eq!(
+                PgType::from_arrow(&Field::new("c", dt.clone(), true)),
+                Ok(ty),
+                "{dt}"
+            );
+        }
+        let uuid = Field::new("u", D::FixedSizeBinary(16), true).with_metadata(HashMap::from([(
+            META_EXTENSION.into(),
+            UUID_EXTENSION.into(),
+        )]));
+        assert_eq!(PgType::from_arrow(&uuid), Ok(PgType::Uuid));
+        assert_eq!(
+            PgType::from_arrow(&Field::new("c", D::Null, true)),
+            Err("Arrow type Null has no PostgreSQL equivalent".into())
+        );
+        assert!(PgType::from_arrow(&Field::new(
+            "c",
+            D::List(item(D::List(item(D::Int32)))),
+            true
+        ))
+        .is_err());
+        assert!(PgType::from_arrow(&Field::new("c", D::Decimal128(10, -2), true)).is_err());
+    }
+
+    #[test]
+    fn json_string_arrays() {
+        let labels = vec![
+            "".to_string(),
+            "a\"b\\c".into(),
+            "\u{1}\t".into(),
+            "日本😀".into(),
+        ];
+        assert_eq!(parse_json_strings(&json_strings(&labels)), Some(labels));
+        assert_eq!(
+            parse_json_strings(" [ \"\\ud83d\\ude00\" , \"\\u00e9\" ] "),
+            Some(vec!["😀".into(), "é".into()])
+        );
+        assert_eq!(parse_json_strings("[]"), Some(vec![]));
+        assert_eq!(parse_json_strings("[1]"), None);
+        assert_eq!(parse_json_strings("[\"a\"] x"), None);
+    }
 }

@@ -1,0 +1,147 @@
+//! PostgreSQL transfers as a user runs them, killed with SIGKILL and run again.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ferry_connectors::testkit::{unique_name, TestPostgres};
+
+fn ferry(state: &Path, cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.env("FERRY_STATE_DIR", state)
+        .env_remove("FERRY_FAILPOINT")
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.arg("--json").output().expect("run ferry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+}
+
+/// Starts ferry with a failpoint, waits until it announces it, then SIGKILLs it.
+fn start_and_kill(cmd: &mut Command, failpoint: &str) {
+    let mut child = cmd
+        .env("FERRY_FAILPOINT", failpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let stderr = child.stderr.take().unwrap();
+    let reached = BufReader::new(stderr)
+        .lines()
+        .any(|line| line.unwrap().starts_with("ferry: failpoint reached"));
+    assert!(
+        reached,
+        "ferry exited before the failpoint: {:?}",
+        child.wait()
+    );
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+}
+
+fn schema(pg: &TestPostgres) -> String {
+    let name = unique_name("kill").replace('-', "_");
+    for db in ["ferry", "ferry_copy"] {
+        pg.sql(db, &format!("CREATE SCHEMA {name}"));
+    }
+    name
+}
+
+/// 150,000 rows over more than one partition.
+fn big_table(pg: &TestPostgres, table: &str) {
+    pg.sql(
+        "ferry",
+        &format!(
+            "CREATE TABLE {table} AS SELECT g AS id, md5(g::text) || repeat('y', g % 40) AS body,
+             g * 0.5 AS amount FROM generate_series(1, 150000) g; ANALYZE {table}"
+        ),
+    );
+}
+
+#[test]
+fn a_killed_table_export_continues_from_its_finished_partitions() {
+    let Some(pg) = TestPostgres::get() else {
+        return;
+    };
+    let s = schema(&pg);
+    let table = format!("{s}.events");
+    big_table(&pg, &table);
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let src = format!("{}?table={table}", pg.url("ferry"));
+    let args = ["copy", src.as_str(), "lake/"];
+
+    start_and_kill(ferry(&state, work.path()).args(args), "pause-after-files:1");
+    let report = run_ok(ferry(&state, work.path()).args(args));
+    assert!(
+        report["skipped"].as_u64() >= Some(1),
+        "the finished partition is kept: {report}"
+    );
+    let outputs = report["outputs"].as_array().unwrap();
+    assert!(outputs.len() >= 2, "{report}");
+    let written: u64 = outputs
+        .iter()
+        .filter(|o| o["skipped"] == false)
+        .map(|o| o["rows_written"].as_u64().unwrap())
+        .sum();
+    assert!(written < 150_000, "only the rest was read again");
+
+    // All rows are there exactly once: load the files back and compare.
+    let back = format!("{}?table={table}", pg.url("ferry_copy"));
+    run_ok(ferry(&state, work.path()).args(["copy", "lake/", back.as_str()]));
+    let digest = |db| {
+        pg.sql(db, &format!("SELECT count(*) || md5(string_agg(id || body || amount, ',' ORDER BY id)) FROM {table}"))
+    };
+    assert_eq!(digest("ferry"), digest("ferry_copy"));
+}
+
+#[test]
+fn a_killed_load_leaves_the_table_as_it_was_and_a_rerun_adds_the_rows_once() {
+    let Some(pg) = TestPostgres::get() else {
+        return;
+    };
+    let s = schema(&pg);
+    let table = format!("{s}.events");
+    big_table(&pg, &table);
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let src = format!("{}?table={table}", pg.url("ferry"));
+    run_ok(ferry(&state, work.path()).args(["copy", src.as_str(), "events.parquet"]));
+    pg.sql(
+        "ferry_copy",
+        &format!("CREATE TABLE {table} (id integer, body text, amount numeric); INSERT INTO {table} VALUES (0, 'before', 0)"),
+    );
+    let dst = format!("{}?table={table}&mode=append", pg.url("ferry_copy"));
+    let args = ["copy", "events.parquet", dst.as_str()];
+    let count = || pg.sql("ferry_copy", &format!("SELECT count(*) FROM {table}"));
+
+    // Killed while streaming rows, then killed just before committing: nothing shows.
+    start_and_kill(
+        ferry(&state, work.path()).args(args),
+        "pause-after-batches:2",
+    );
+    assert_eq!(count(), "1");
+    start_and_kill(
+        ferry(&state, work.path()).args(args),
+        "pause-before-commit:1",
+    );
+    assert_eq!(count(), "1");
+
+    let report = run_ok(ferry(&state, work.path()).args(args));
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(count(), "150001", "every row once, the old one kept");
+    // Running the finished load again does not append twice.
+    run_ok(ferry(&state, work.path()).args(args));
+    assert_eq!(count(), "150001");
+    let staging = pg.sql(
+        "ferry_copy",
+        &format!(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = '{s}' AND tablename LIKE '%ferry%'"
+        ),
+    );
+    assert_eq!(staging, "0", "no staging table left");
+}

@@ -112,7 +112,7 @@ async fn csv_parquet_csv(middle: &str) {
         &state,
     )
     .await;
-    assert_eq!(report.source.format, Format::Parquet);
+    assert_eq!(report.source.format, Format::Parquet.to_string());
     assert_eq!(report.destination.rows, 4);
 
     let original = read_file(&src, Format::Csv, &declared());

@@ -403,7 +403,7 @@ async fn errors_name_the_table_and_column_and_leave_the_target_alone() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("column 'n'") && e.contains(&format!("{s}")),
+        e.contains("column 'n'") && e.contains(s.as_str()),
         "{e}"
     );
     let narrow = RecordOptions {

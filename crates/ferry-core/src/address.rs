@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(a.kind(), "postgres");
         assert_eq!(
             a.to_string(),
-            "postgres://app@db.example:5432/shop?sslmode=disable&table=sales.orders"
+            "postgres://app@db.example:5432/shop?sslmode=disable&table=sales.orders&mode=upsert&keyColumns=id%2Cday"
         );
         let q = DataAddress::parse("postgresql://h/db?query=SELECT%201").unwrap();
         let DataAddress::Table(q) = q else { panic!() };

@@ -402,10 +402,7 @@ async fn errors_name_the_table_and_column_and_leave_the_target_alone() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("column 'n'") && e.contains(s.as_str()),
-        "{e}"
-    );
+    assert!(e.contains("column 'n'") && e.contains(s.as_str()), "{e}");
     let narrow = RecordOptions {
         transforms: vec!["RemoveColumn(n)".parse().unwrap()],
         ..RecordOptions::default()

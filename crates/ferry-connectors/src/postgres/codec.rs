@@ -32,6 +32,8 @@ const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 const HEADER_LEN: usize = 19;
 /// A batch is cut once its values take this many bytes, whatever its row count.
 const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Rows the builders of the first batch have room for; later ones are sized like the last batch.
+const FIRST_BATCH_CAPACITY: usize = 4096;
 
 const NUMERIC_POS: u16 = 0x0000;
 const NUMERIC_NEG: u16 = 0x4000;
@@ -569,6 +571,7 @@ pub struct CopyDecoder {
     nullable: Vec<bool>,
     schema: SchemaRef,
     cols: Vec<Col>,
+    types: Vec<PgType>,
     batch_rows: usize,
     state: State,
     /// The start of a header or tuple whose end has not arrived yet.
@@ -607,7 +610,11 @@ impl CopyDecoder {
         let fields: Vec<Field> = columns.iter().map(PgColumn::arrow_field).collect();
         CopyDecoder {
             schema: Arc::new(Schema::new(fields)),
-            cols: columns.iter().map(|c| Col::new(&c.ty)).collect(),
+            cols: columns
+                .iter()
+                .map(|c| Col::new(&c.ty, FIRST_BATCH_CAPACITY.min(batch_rows), 0))
+                .collect(),
+            types: columns.iter().map(|c| c.ty.clone()).collect(),
             names: columns.iter().map(|c| c.name.clone()).collect(),
             nullable: columns.iter().map(|c| c.nullable).collect(),
             batch_rows: batch_rows.max(1),
@@ -631,6 +638,7 @@ impl CopyDecoder {
     }
 
     /// Feeds the next chunk of the COPY stream (split anywhere); full batches go to `out`.
+    /// Errors are final: the decoder may hold half a row afterwards.
     pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<RecordBatch>) -> Result<(), CodecError> {
         if !self.tail.is_empty() || self.state == State::Header {
             // Copy just enough of the chunk to finish the buffered unit.
@@ -726,6 +734,7 @@ impl CopyDecoder {
     fn decode_tuple(&mut self, buf: &[u8]) -> Result<(), CodecError> {
         let row = self.rows + 1;
         let mut pos = 2;
+        let start = pos;
         for (i, col) in self.cols.iter_mut().enumerate() {
             let len = be_i32(buf, pos);
             pos += 4;
@@ -744,15 +753,19 @@ impl CopyDecoder {
             pos += value.len();
             col.append(value)
                 .map_err(|m| value_error(&self.names[i], row, m))?;
-            self.batch_bytes += value.len();
         }
+        self.batch_bytes += pos - start; // values and their length words: close enough
         self.rows += 1;
         self.batch_len += 1;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<RecordBatch, CodecError> {
-        let arrays = self.cols.iter_mut().map(Col::finish).collect();
+        // Fresh builders sized like this batch: the next one is most likely as long.
+        let rows = self.batch_len;
+        let arrays = (self.cols.iter_mut().zip(&self.types))
+            .map(|(col, ty)| std::mem::replace(col, Col::new(ty, rows, col.data_len())).finish())
+            .collect();
         let options = RecordBatchOptions::new().with_row_count(Some(self.batch_len));
         self.batch_len = 0;
         self.batch_bytes = 0;
@@ -762,11 +775,13 @@ impl CopyDecoder {
 }
 
 fn be_i16(buf: &[u8], pos: usize) -> i16 {
-    i16::from_be_bytes([buf[pos], buf[pos + 1]])
+    let b = &buf[pos..pos + 2]; // one bounds check instead of one per byte
+    i16::from_be_bytes([b[0], b[1]])
 }
 
 fn be_i32(buf: &[u8], pos: usize) -> i32 {
-    i32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]])
+    let b = &buf[pos..pos + 4];
+    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 /// Signature, flags and header extension.
@@ -825,29 +840,34 @@ fn tuple_extent(
         }
         cursor.pos = 2;
     }
-    while cursor.fields < ncols {
-        let pos = cursor.pos;
-        if buf.len() < pos + 4 {
-            return Ok(Extent::Need(pos + 4 - buf.len()));
+    // Locals in the loop, the cursor written back only when stopping: this loop is hot.
+    let (mut pos, mut fields) = (cursor.pos, cursor.fields);
+    let extent = loop {
+        if fields == ncols {
+            break Extent::Complete(pos);
         }
-        let len = be_i32(buf, pos);
+        let Some(word) = buf.get(pos..pos + 4) else {
+            break Extent::Need(pos + 4 - buf.len());
+        };
+        let len = i32::from_be_bytes([word[0], word[1], word[2], word[3]]);
         let end = match len {
             -1 => pos + 4,
             len if len < 0 => {
+                let field = fields + 1;
                 return Err(CodecError(format!(
-                    "row {row}, field {}: bad value length {len}",
-                    cursor.fields + 1
-                )))
+                    "row {row}, field {field}: bad value length {len}"
+                )));
             }
             len => pos + 4 + len as usize,
         };
         if buf.len() < end {
-            return Ok(Extent::Need(end - buf.len()));
+            break Extent::Need(end - buf.len());
         }
-        cursor.pos = end;
-        cursor.fields += 1;
-    }
-    Ok(Extent::Complete(cursor.pos))
+        pos = end;
+        fields += 1;
+    };
+    *cursor = Cursor { pos, fields };
+    Ok(extent)
 }
 
 /// One column's builder; `append` decodes one binary value into it.
@@ -880,39 +900,51 @@ struct ListCol {
 }
 
 impl Col {
-    fn new(ty: &PgType) -> Col {
+    /// A builder with room for `rows` values and `data` bytes of variable-length values.
+    fn new(ty: &PgType, rows: usize, data: usize) -> Col {
         match ty {
-            PgType::Bool => Col::Bool(BooleanBuilder::new()),
-            PgType::Int2 => Col::Int16(Int16Builder::new()),
-            PgType::Int4 => Col::Int32(Int32Builder::new()),
-            PgType::Int8 => Col::Int64(Int64Builder::new()),
-            PgType::Float4 => Col::Float32(Float32Builder::new()),
-            PgType::Float8 => Col::Float64(Float64Builder::new()),
+            PgType::Bool => Col::Bool(BooleanBuilder::with_capacity(rows)),
+            PgType::Int2 => Col::Int16(Int16Builder::with_capacity(rows)),
+            PgType::Int4 => Col::Int32(Int32Builder::with_capacity(rows)),
+            PgType::Int8 => Col::Int64(Int64Builder::with_capacity(rows)),
+            PgType::Float4 => Col::Float32(Float32Builder::with_capacity(rows)),
+            PgType::Float8 => Col::Float64(Float64Builder::with_capacity(rows)),
             PgType::Numeric(Some((p, s))) if decimal128_fits(*p, *s) => Col::Decimal(
-                Decimal128Builder::new().with_data_type(DataType::Decimal128(*p, *s)),
+                Decimal128Builder::with_capacity(rows).with_data_type(DataType::Decimal128(*p, *s)),
                 *p,
                 *s,
             ),
-            PgType::Numeric(_) => Col::NumericText(StringBuilder::new(), String::new()),
+            PgType::Numeric(_) => {
+                Col::NumericText(StringBuilder::with_capacity(rows, data), String::new())
+            }
             PgType::Text { .. } | PgType::Json | PgType::Enum { .. } => {
-                Col::Text(StringBuilder::new())
+                Col::Text(StringBuilder::with_capacity(rows, data))
             }
-            PgType::Jsonb => Col::Jsonb(StringBuilder::new()),
-            PgType::Bytea => Col::Bytea(BinaryBuilder::new()),
-            PgType::Date => Col::Date(Date32Builder::new()),
-            PgType::Time => Col::Time(Time64MicrosecondBuilder::new()),
-            PgType::Timestamp => Col::Timestamp(TimestampMicrosecondBuilder::new()),
-            PgType::Timestamptz => {
-                Col::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
-            }
-            PgType::Interval => Col::Interval(IntervalMonthDayNanoBuilder::new()),
-            PgType::Uuid => Col::Uuid(FixedSizeBinaryBuilder::new(16)),
+            PgType::Jsonb => Col::Jsonb(StringBuilder::with_capacity(rows, data)),
+            PgType::Bytea => Col::Bytea(BinaryBuilder::with_capacity(rows, data)),
+            PgType::Date => Col::Date(Date32Builder::with_capacity(rows)),
+            PgType::Time => Col::Time(Time64MicrosecondBuilder::with_capacity(rows)),
+            PgType::Timestamp => Col::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows)),
+            PgType::Timestamptz => Col::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            ),
+            PgType::Interval => Col::Interval(IntervalMonthDayNanoBuilder::with_capacity(rows)),
+            PgType::Uuid => Col::Uuid(FixedSizeBinaryBuilder::with_capacity(rows, 16)),
             PgType::Array(elem) => Col::List(Box::new(ListCol {
                 item: item_field(elem),
-                offsets: vec![0],
-                nulls: NullBufferBuilder::new(0),
-                items: Col::new(elem),
+                offsets: first_offset(rows),
+                nulls: NullBufferBuilder::new(rows),
+                items: Col::new(elem, rows, 0),
             })),
+        }
+    }
+
+    /// Bytes of variable-length values so far.
+    fn data_len(&self) -> usize {
+        match self {
+            Col::NumericText(b, _) | Col::Text(b) | Col::Jsonb(b) => b.values_slice().len(),
+            Col::Bytea(b) => b.values_slice().len(),
+            _ => 0,
         }
     }
 
@@ -949,19 +981,10 @@ impl Col {
             Col::Int64(b) => b.append_value(i64::from_be_bytes(fixed(v, "bigint")?)),
             Col::Float32(b) => b.append_value(f32::from_be_bytes(fixed(v, "real")?)),
             Col::Float64(b) => b.append_value(f64::from_be_bytes(fixed(v, "double precision")?)),
-            Col::Decimal(b, p, s) => b.append_value(Numeric::parse(v)?.to_i128(*p, *s)?),
-            Col::NumericText(b, scratch) => {
-                Numeric::parse(v)?.write_text(scratch)?;
-                b.append_value(&*scratch);
-            }
+            Col::Decimal(b, p, s) => append_decimal(b, *p, *s, v)?,
+            Col::NumericText(b, scratch) => append_numeric_text(b, scratch, v)?,
             Col::Text(b) => b.append_value(utf8(v)?),
-            Col::Jsonb(b) => match v.split_first() {
-                Some((1, text)) => b.append_value(utf8(text)?),
-                Some((version, _)) => {
-                    return Err(format!("unsupported jsonb format version {version}"))
-                }
-                None => return Err("empty jsonb value".into()),
-            },
+            Col::Jsonb(b) => append_jsonb(b, v)?,
             Col::Bytea(b) => b.append_value(v),
             Col::Date(b) => b.append_value(date_from_pg(i32::from_be_bytes(fixed(v, "date")?))?),
             Col::Time(b) => b.append_value(i64::from_be_bytes(fixed(v, "time")?)),
@@ -970,9 +993,7 @@ impl Col {
                 "timestamp",
             )?))?),
             Col::Interval(b) => b.append_value(interval_from_pg(fixed(v, "interval")?)?),
-            Col::Uuid(b) => b
-                .append_value(fixed::<16>(v, "uuid")?)
-                .map_err(|e| e.to_string())?,
+            Col::Uuid(b) => append_uuid(b, v)?,
             Col::List(l) => l.append(v)?,
         }
         Ok(())
@@ -1006,6 +1027,49 @@ impl Col {
             }
         }
     }
+}
+
+// The less common decoders stay out of line so that Col::append stays small and fast.
+
+#[inline(never)]
+fn append_decimal(b: &mut Decimal128Builder, p: u8, s: i8, v: &[u8]) -> Result<(), String> {
+    b.append_value(Numeric::parse(v)?.to_i128(p, s)?);
+    Ok(())
+}
+
+#[inline(never)]
+fn append_numeric_text(
+    b: &mut StringBuilder,
+    scratch: &mut String,
+    v: &[u8],
+) -> Result<(), String> {
+    Numeric::parse(v)?.write_text(scratch)?;
+    b.append_value(&*scratch);
+    Ok(())
+}
+
+/// jsonb's binary form is a version byte (1) and the JSON text.
+#[inline(never)]
+fn append_jsonb(b: &mut StringBuilder, v: &[u8]) -> Result<(), String> {
+    match v.split_first() {
+        Some((1, text)) => b.append_value(utf8(text)?),
+        Some((version, _)) => return Err(format!("unsupported jsonb format version {version}")),
+        None => return Err("empty jsonb value".into()),
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn append_uuid(b: &mut FixedSizeBinaryBuilder, v: &[u8]) -> Result<(), String> {
+    b.append_value(fixed::<16>(v, "uuid")?)
+        .map_err(|e| e.to_string())
+}
+
+/// List offsets with room for `rows` lists, starting at 0.
+fn first_offset(rows: usize) -> Vec<i32> {
+    let mut offsets = Vec::with_capacity(rows + 1);
+    offsets.push(0);
+    offsets
 }
 
 impl ListCol {
@@ -1065,8 +1129,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[inline]
 fn fixed<const N: usize>(v: &[u8], ty: &str) -> Result<[u8; N], String> {
-    <[u8; N]>::try_from(v).map_err(|_| format!("{ty} value has {} bytes, expected {N}", v.len()))
+    match <[u8; N]>::try_from(v) {
+        Ok(bytes) => Ok(bytes),
+        Err(_) => Err(bad_length(ty, v.len(), N)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_length(ty: &str, len: usize, expected: usize) -> String {
+    format!("{ty} value has {len} bytes, expected {expected}")
 }
 
 fn utf8(v: &[u8]) -> Result<&str, String> {
@@ -1207,27 +1281,26 @@ impl<'a> Numeric<'a> {
         // Group i's units digit sits at 10^(4·(weight−i)+s) in the scaled integer; groups with a
         // non-negative exponent are whole, the next may need a division, the rest must be zero.
         let whole = (weight + s / 4 + 1).clamp(0, n);
-        let mut acc: i128 = 0;
+        // The magnitude in u128: its overflow checks compile inline, i128's call a library.
+        let mut acc: u128 = 0;
         for i in 0..whole {
-            let d = self.digit(i)? as i128;
+            let d = u128::from(self.digit(i)?);
             acc = acc
                 .checked_mul(10_000)
                 .and_then(|a| a.checked_add(d))
                 .ok_or_else(overflow)?;
         }
-        if whole > 0 {
+        if whole > 0 && acc != 0 {
             let exp = 4 * (weight - (whole - 1)) + s;
-            if acc != 0 {
-                let factor = POW10.get(exp as usize).ok_or_else(overflow)?;
-                acc = acc.checked_mul(*factor).ok_or_else(overflow)?;
-            }
+            let factor = POW10.get(exp as usize).ok_or_else(overflow)?;
+            acc = acc.checked_mul(*factor as u128).ok_or_else(overflow)?;
         }
         for i in whole..n {
-            let (d, exp) = (self.digit(i)? as i128, 4 * (weight - i) + s);
+            let (d, exp) = (u32::from(self.digit(i)?), 4 * (weight - i) + s);
             let div = if exp > -4 {
-                POW10[(-exp) as usize]
+                10u32.pow((-exp) as u32)
             } else {
-                i128::MAX
+                u32::MAX
             };
             if d % div != 0 {
                 return Err(format!(
@@ -1235,11 +1308,12 @@ impl<'a> Numeric<'a> {
                     target()
                 ));
             }
-            acc += d / div;
+            acc += u128::from(d / div);
         }
-        if acc >= POW10[precision as usize] {
+        if acc >= POW10[precision as usize] as u128 {
             return Err(overflow());
         }
+        let acc = acc as i128; // below 10^38
         Ok(if self.sign == NUMERIC_NEG { -acc } else { acc })
     }
 

@@ -1,19 +1,14 @@
 //! `ferry run` and record-path `ferry copy` as a user runs them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use common::{ferry, start_and_kill};
+use std::process::Command;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ferry(state: &Path, cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env("FERRY_STATE_DIR", state)
-        .env_remove("FERRY_FAILPOINT")
-        .current_dir(cwd)
-        .stdin(Stdio::null());
-    cmd
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
@@ -303,28 +298,6 @@ fn a_malformed_row_fails_naming_file_and_line() {
         ],
     );
     assert!(!work.path().join("out/orders.parquet").exists());
-}
-
-/// Starts ferry with a failpoint, waits until it announces it, then SIGKILLs it.
-fn start_and_kill(cmd: &mut Command, failpoint: &str) {
-    use std::io::{BufRead, BufReader};
-    let mut child = cmd
-        .env("FERRY_FAILPOINT", failpoint)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferry");
-    let stderr = child.stderr.take().unwrap();
-    let reached = BufReader::new(stderr)
-        .lines()
-        .any(|line| line.unwrap().starts_with("ferry: failpoint reached"));
-    assert!(
-        reached,
-        "ferry exited before the failpoint: {:?}",
-        child.wait()
-    );
-    child.kill().unwrap();
-    assert!(!child.wait().unwrap().success());
 }
 
 #[test]

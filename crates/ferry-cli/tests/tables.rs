@@ -1,46 +1,17 @@
 //! PostgreSQL transfers as a user runs them, killed with SIGKILL and run again.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod common;
 
+use std::process::Command;
+
+use common::{ferry, start_and_kill};
 use ferry_connectors::testkit::{unique_name, TestPostgres};
-
-fn ferry(state: &Path, cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env("FERRY_STATE_DIR", state)
-        .env_remove("FERRY_FAILPOINT")
-        .current_dir(cwd)
-        .stdin(Stdio::null());
-    cmd
-}
 
 fn run_ok(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.arg("--json").output().expect("run ferry");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     serde_json::from_slice(&out.stdout).expect("a JSON summary")
-}
-
-/// Starts ferry with a failpoint, waits until it announces it, then SIGKILLs it.
-fn start_and_kill(cmd: &mut Command, failpoint: &str) {
-    let mut child = cmd
-        .env("FERRY_FAILPOINT", failpoint)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferry");
-    let stderr = child.stderr.take().unwrap();
-    let reached = BufReader::new(stderr)
-        .lines()
-        .any(|line| line.unwrap().starts_with("ferry: failpoint reached"));
-    assert!(
-        reached,
-        "ferry exited before the failpoint: {:?}",
-        child.wait()
-    );
-    child.kill().unwrap();
-    assert!(!child.wait().unwrap().success());
 }
 
 fn schema(pg: &TestPostgres) -> String {

@@ -229,15 +229,7 @@ pub async fn transfer(
 
     let state = Arc::new(StateStore::open(&opts.state_dir)?);
     let run_id = run_id(src, dst, rec);
-    // Uploads an interrupted run left unfinished hold partial outputs: discard them.
-    for (key, checkpoint) in state.files(&run_id)? {
-        if let Some(upload) = checkpoint.upload.filter(|_| !checkpoint.done) {
-            if let Err(e) = sink.abort_upload(&key, &upload.upload_id).await {
-                tracing::warn!(%key, error = %e, "could not discard an unfinished output");
-            }
-            state.forget_file(&run_id, &key)?;
-        }
-    }
+    discard_uploads(&state, &run_id, sink.as_ref()).await?;
     if !opts.resume {
         state.forget_run(&run_id)?;
     }
@@ -295,27 +287,17 @@ pub async fn transfer(
                 let job = job.clone();
                 tokio::task::spawn_blocking(move || job.write_output(&output))
             };
-            match worker.await.map_err(join_error).and_then(|r| r) {
-                Ok((report, written)) => {
-                    let recorded = state.file_done(
-                        &run_id,
-                        &key,
-                        size,
-                        Some(&version),
-                        None,
-                        written.version.as_deref(),
-                    );
-                    job.progress.file_finished(&key);
-                    match recorded {
-                        Ok(()) => {
-                            crate::failpoint::file_recorded().await;
-                            report
-                        }
-                        Err(e) => failed_report(key, e),
-                    }
-                }
-                Err(e) => failed_report(key, e),
-            }
+            let outcome = worker.await.map_err(join_error).and_then(|r| r);
+            record_output(
+                &state,
+                &run_id,
+                key,
+                size,
+                &version,
+                outcome,
+                job.progress.as_ref(),
+            )
+            .await
         }
     }))
     .buffer_unordered(parallel)
@@ -479,6 +461,55 @@ pub(crate) fn finish(
         error,
         outputs,
     }
+}
+
+/// Checkpoints an output a worker finished (or reports why it failed).
+pub(crate) async fn record_output(
+    state: &StateStore,
+    run_id: &str,
+    key: String,
+    size: u64,
+    version: &str,
+    outcome: Result<(OutputReport, Entry)>,
+    progress: &dyn Progress,
+) -> OutputReport {
+    let (report, written) = match outcome {
+        Ok(done) => done,
+        Err(e) => return failed_report(key, e),
+    };
+    let recorded = state.file_done(
+        run_id,
+        &key,
+        size,
+        Some(version),
+        None,
+        written.version.as_deref(),
+    );
+    progress.file_finished(&key);
+    match recorded {
+        Ok(()) => {
+            crate::failpoint::file_recorded().await;
+            report
+        }
+        Err(e) => failed_report(key, e),
+    }
+}
+
+/// Uploads an interrupted run left unfinished hold partial outputs: discard them.
+pub(crate) async fn discard_uploads(
+    state: &StateStore,
+    run_id: &str,
+    sink: &dyn Sink,
+) -> Result<()> {
+    for (key, checkpoint) in state.files(run_id)? {
+        if let Some(upload) = checkpoint.upload.filter(|_| !checkpoint.done) {
+            if let Err(e) = sink.abort_upload(&key, &upload.upload_id).await {
+                tracing::warn!(%key, error = %e, "could not discard an unfinished output");
+            }
+            state.forget_file(run_id, &key)?;
+        }
+    }
+    Ok(())
 }
 
 fn planned_report(output: &Output) -> OutputReport {

@@ -24,8 +24,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::records::{
-    collect_inputs, failed_report, fingerprint, finish, join_error, probe_schema, read_input,
-    run_id, DatasetReport, OutputReport, RecordOptions, RecordReport,
+    collect_inputs, discard_uploads, fingerprint, finish, join_error, probe_schema, read_input,
+    record_output, run_id, DatasetReport, OutputReport, RecordOptions, RecordReport,
 };
 use crate::report::{run_outcome, Progress};
 use crate::upload::{OnStart, UploadWriter};
@@ -334,11 +334,9 @@ async fn to_files(
     let run_id = run_id(src, dst, rec);
     // Partitions done by an interrupted run are kept; after a run that finished, a new
     // one reads the table afresh.
+    discard_uploads(&state, &run_id, sink.as_ref()).await?;
     if !opts.resume || state.run_status(&run_id)?.as_deref() == Some(run_outcome(0)) {
-        discard_uploads(&state, &run_id, sink.as_ref()).await?;
         state.forget_run(&run_id)?;
-    } else {
-        discard_uploads(&state, &run_id, sink.as_ref()).await?;
     }
     state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
     let checkpoints = state.files(&run_id)?;
@@ -386,27 +384,9 @@ async fn to_files(
                         job.write(&key, &version, rx, handle, planned)
                     })
                 };
-                match worker.await.map_err(join_error).and_then(|r| r) {
-                    Ok((report, written)) => {
-                        let recorded = job.state.file_done(
-                            &job.run_id,
-                            &key,
-                            0,
-                            Some(&version),
-                            None,
-                            written.version.as_deref(),
-                        );
-                        job.progress.file_finished(&key);
-                        match recorded {
-                            Ok(()) => {
-                                crate::failpoint::file_recorded().await;
-                                report
-                            }
-                            Err(e) => failed_report(key, e),
-                        }
-                    }
-                    Err(e) => failed_report(key, e),
-                }
+                let outcome = worker.await.map_err(join_error).and_then(|r| r);
+                let progress = job.progress.as_ref();
+                record_output(&job.state, &job.run_id, key, 0, &version, outcome, progress).await
             }
         }))
         .buffer_unordered(outer)
@@ -425,19 +405,6 @@ async fn to_files(
     );
     state.finish_run(&run_id, run_outcome(report.failed))?;
     Ok(report)
-}
-
-/// Uploads an interrupted run left unfinished hold partial outputs: discard them.
-async fn discard_uploads(state: &StateStore, run_id: &str, sink: &dyn Sink) -> Result<()> {
-    for (key, checkpoint) in state.files(run_id)? {
-        if let Some(upload) = checkpoint.upload.filter(|_| !checkpoint.done) {
-            if let Err(e) = sink.abort_upload(&key, &upload.upload_id).await {
-                tracing::warn!(%key, error = %e, "could not discard an unfinished output");
-            }
-            state.forget_file(run_id, &key)?;
-        }
-    }
-    Ok(())
 }
 
 /// What the file writers share.

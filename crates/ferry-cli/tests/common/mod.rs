@@ -1,0 +1,37 @@
+//! Running the `ferry` binary from tests: a command with its own state directory, and a
+//! run stopped at a failpoint and killed with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// `ferry` with its state in `state`, run in `cwd`, without a failpoint from outside.
+pub fn ferry(state: &Path, cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.env("FERRY_STATE_DIR", state)
+        .env_remove("FERRY_FAILPOINT")
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Starts ferry with a failpoint, waits until it announces it, then SIGKILLs it.
+pub fn start_and_kill(cmd: &mut Command, failpoint: &str) {
+    let mut child = cmd
+        .env("FERRY_FAILPOINT", failpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let stderr = child.stderr.take().unwrap();
+    let reached = BufReader::new(stderr)
+        .lines()
+        .any(|line| line.unwrap().starts_with("ferry: failpoint reached"));
+    assert!(
+        reached,
+        "ferry exited before the failpoint: {:?}",
+        child.wait()
+    );
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+}

@@ -6,12 +6,19 @@ use std::sync::Arc;
 use ferry_core::{DataAddress, Error, Result, Sink, Source};
 
 pub mod local;
+pub mod mysql;
 pub mod object;
 pub mod postgres;
+pub mod sqlite;
+pub mod tables;
 pub mod testkit;
 
 pub use local::LocalStore;
 pub use object::ObjectBackend;
+pub use tables::{
+    open_table, prepare_load, Selection, TableLoad, TablePartition, TableScan, TableSource,
+    TableWriter,
+};
 
 /// The backend that reads `address`.
 pub fn open_source(address: &DataAddress) -> Result<Arc<dyn Source>> {

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use url::Url;
 
 use crate::redact::{is_secret_name, redact, MASK};
-use crate::table::TableAddress;
+use crate::table::{Database, TableAddress};
 use crate::Error;
 
 /// A location of files or objects.
@@ -66,15 +66,21 @@ impl DataAddress {
             "https",
             "postgres",
             "postgresql",
+            "mysql",
+            "mariadb",
+            "sqlite",
+            "sqlite3",
         ];
         if !known.contains(&scheme.as_str()) {
             return Err(invalid(&format!(
-                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http://, https:// or postgres://"
+                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http://, https://, postgres://, mysql:// or sqlite://"
             )));
         }
         let url = Url::parse(trimmed).map_err(|e| invalid(&format!("malformed URL: {e}")))?;
         match scheme.as_str() {
-            "postgres" | "postgresql" => Ok(Self::Table(TableAddress::parse(input, url)?)),
+            s if Database::from_scheme(s).is_some() => {
+                Ok(Self::Table(TableAddress::parse(input, url)?))
+            }
             "file" => {
                 let path = url.to_file_path().map_err(|()| {
                     invalid("file:// URLs need an absolute path, e.g. file:///data/in")

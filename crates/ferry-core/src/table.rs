@@ -1,8 +1,10 @@
 //! Tables in relational databases: where they are and how a load writes them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
+use percent_encoding::percent_decode_str;
 use url::Url;
 
 use crate::redact::{redact, MASK};
@@ -12,12 +14,29 @@ use crate::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Database {
     Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
+    /// An SQLite file, opened in-process.
+    Sqlite,
 }
 
 impl Database {
     pub fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+            Self::Sqlite => "sqlite",
+        }
+    }
+
+    /// The family a URL scheme names: `postgres`/`postgresql`, `mysql`/`mariadb`,
+    /// `sqlite`/`sqlite3`.
+    pub fn from_scheme(scheme: &str) -> Option<Self> {
+        match scheme.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "mysql" | "mariadb" => Some(Self::Mysql),
+            "sqlite" | "sqlite3" => Some(Self::Sqlite),
+            _ => None,
         }
     }
 }
@@ -96,10 +115,10 @@ impl TableAddress {
             address: redact(input),
             reason: format!("malformed URL: {e}"),
         })?;
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
+        if Database::from_scheme(url.scheme()).is_none() {
             return Err(Error::InvalidAddress {
                 address: redact(input),
-                reason: "expected a postgres:// URL".into(),
+                reason: "expected a postgres://, mysql:// or sqlite:// URL".into(),
             });
         }
         Self::from_url(input, url)
@@ -119,8 +138,10 @@ impl TableAddress {
             address: redact(&shown),
             reason,
         };
+        let database = Database::from_scheme(url.scheme())
+            .ok_or_else(|| invalid(format!("'{}' is not a database scheme", url.scheme())))?;
         let mut address = Self {
-            database: Database::Postgres,
+            database,
             url: url.clone(),
             table: None,
             query: None,
@@ -151,9 +172,16 @@ impl TableAddress {
             address.url.query_pairs_mut().extend_pairs(kept);
         }
         if url.password().is_some() {
-            return Err(invalid(
-                "a password in the URL would be stored and shown; give it as a secret reference (?password=env:NAME or file:PATH) or in PGPASSWORD".into(),
-            ));
+            let variable = match database {
+                Database::Mysql => "MYSQL_PWD",
+                _ => "PGPASSWORD",
+            };
+            return Err(invalid(format!(
+                "a password in the URL would be stored and shown; give it as a secret reference (?password=env:NAME or file:PATH) or in {variable}"
+            )));
+        }
+        if database == Database::Sqlite {
+            address.sqlite_path().map_err(invalid)?;
         }
         Ok(address)
     }
@@ -175,6 +203,24 @@ impl TableAddress {
             return Err("mode upsert needs keyColumns (e.g. ?keyColumns=id)".into());
         }
         Ok(())
+    }
+
+    /// The file an `sqlite:` address names: `sqlite:///abs/path.db` or `sqlite:rel/path.db`.
+    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+        let url = &self.url;
+        if url.host_str().is_some_and(|h| !h.is_empty()) {
+            return Err(format!(
+                "an sqlite address names a file, not a host ('{}'): write sqlite:///absolute/path.db or sqlite:relative/path.db",
+                url.host_str().unwrap_or_default()
+            ));
+        }
+        let path = percent_decode_str(url.path())
+            .decode_utf8_lossy()
+            .into_owned();
+        if path.is_empty() || path == "/" {
+            return Err("no database file: write sqlite:///absolute/path.db".into());
+        }
+        Ok(PathBuf::from(path))
     }
 
     /// The table's name as the user wrote it, or `query` for a query.

@@ -64,6 +64,10 @@ pub enum StoreType {
     Http,
     #[serde(alias = "postgresql")]
     Postgres,
+    #[serde(alias = "mariadb")]
+    Mysql,
+    #[serde(alias = "sqlite3")]
+    Sqlite,
 }
 
 /// Where a dataset lives and how it is encoded, in the typed form.
@@ -72,7 +76,8 @@ pub enum StoreType {
 pub struct AddressSpec {
     #[serde(rename = "type")]
     pub store: StoreType,
-    /// `file`: the file or directory. `azure`: the path inside the container.
+    /// `file`: the file or directory. `azure`: the path inside the container. `sqlite`: the
+    /// database file.
     pub path: Option<String>,
     /// `s3`.
     pub bucket: Option<String>,
@@ -86,17 +91,18 @@ pub struct AddressSpec {
     pub endpoint: Option<String>,
     /// `s3`.
     pub region: Option<String>,
-    /// `http`: the object's URL. `postgres`: the database, `postgres://user@host:port/db`.
+    /// `http`: the object's URL. `postgres`, `mysql`: the database,
+    /// `postgres://user@host:port/db`; `sqlite`: `sqlite:///path/file.db` (or `path`).
     pub url: Option<String>,
-    /// `postgres`: the table, `schema.name` or `name`.
+    /// Databases: the table, `schema.name` or `name`.
     pub table: Option<String>,
-    /// `postgres`, as a source: a query whose result is read instead of a table.
+    /// Databases, as a source: a query whose result is read instead of a table.
     pub query: Option<String>,
-    /// `postgres`: a secret reference for the password (`env:NAME`, `file:PATH`).
+    /// `postgres`, `mysql`: a secret reference for the password (`env:NAME`, `file:PATH`).
     pub password: Option<String>,
-    /// `postgres`, as a destination: `overwrite` (default), `append` or `upsert`.
+    /// Databases, as a destination: `overwrite` (default), `append` or `upsert`.
     pub mode: Option<WriteMode>,
-    /// `postgres`, mode `upsert`: the columns that identify a row.
+    /// Databases, mode `upsert`: the columns that identify a row.
     pub key_columns: Option<Vec<String>>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
@@ -203,7 +209,10 @@ impl AddressSpec {
             StoreType::S3 => &["bucket", "key", "endpoint", "region"],
             StoreType::Azure => &["container", "path", "account", "endpoint"],
             StoreType::Http => &["url"],
-            StoreType::Postgres => &["url", "table", "query", "password", "mode", "keyColumns"],
+            StoreType::Postgres | StoreType::Mysql => {
+                &["url", "table", "query", "password", "mode", "keyColumns"]
+            }
+            StoreType::Sqlite => &["path", "url", "table", "query", "mode", "keyColumns"],
         };
         let fields = [
             ("path", &self.path),
@@ -262,9 +271,18 @@ impl AddressSpec {
                 path: self.path.clone().unwrap_or_default(),
                 options,
             },
-            StoreType::Postgres => {
-                let url = need(&self.url, "url")?;
+            StoreType::Postgres | StoreType::Mysql | StoreType::Sqlite => {
+                let url = match (&self.path, self.store) {
+                    (Some(path), StoreType::Sqlite) => sqlite_url(path),
+                    _ => need(&self.url, "url")?,
+                };
                 let mut table = TableAddress::parse_connection(&url)?;
+                if table.database.name() != self.type_name() {
+                    return Err(Error::invalid_option(
+                        format!("{at}.url"),
+                        format!("must be a {}:// URL", self.type_name()),
+                    ));
+                }
                 if self.table.is_some() || self.query.is_some() {
                     table.table = self.table.clone();
                     table.query = self.query.clone();
@@ -305,7 +323,25 @@ impl AddressSpec {
             StoreType::Azure => "azure",
             StoreType::Http => "http",
             StoreType::Postgres => "postgres",
+            StoreType::Mysql => "mysql",
+            StoreType::Sqlite => "sqlite",
         }
+    }
+}
+
+/// The `sqlite:` URL of a database file given as a path.
+fn sqlite_url(path: &str) -> String {
+    let encoded: String = path
+        .chars()
+        .map(|c| match c {
+            '%' | '?' | '#' | ' ' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    if encoded.starts_with('/') {
+        format!("sqlite://{encoded}")
+    } else {
+        format!("sqlite:{encoded}")
     }
 }
 

@@ -3,8 +3,9 @@
 //! A table is read in partitions, one connection each, all in one snapshot; files are read
 //! one after another. Batches go through the transformations, then either into files (one
 //! per partition when the destination is a directory, so a killed run resumes from its
-//! completed partitions) or into a table load: several `COPY` streams into a staging
-//! table, made the table's in one transaction at the end.
+//! completed partitions) or into a table load: several streams into a staging table,
+//! made the table's in one step at the end. The database behind either end is any that
+//! `ferry_connectors::tables` speaks to.
 
 use std::io;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use ferry_connectors::postgres::{PgLoad, PgScan, PgSource, Selection};
-use ferry_connectors::{open_sink, open_source};
+use ferry_connectors::{
+    open_sink, open_source, open_table, prepare_load, Selection, TableLoad, TableScan,
+};
 use ferry_core::TransformSpec;
 use ferry_core::{ChecksumAlgo, DataAddress, Entry, Result, Sink, Source, TableAddress};
 use ferry_formats::{describe_schema, open_writer, written_schema, Format};
@@ -41,7 +43,7 @@ const COMMITTING: &str = "committing";
 /// Where the rows come from.
 enum Origin {
     Table {
-        scan: Arc<PgScan>,
+        scan: Arc<dyn TableScan>,
     },
     Files {
         source: Arc<dyn Source>,
@@ -95,7 +97,7 @@ async fn plan(
     parallel: usize,
 ) -> Result<Plan> {
     if let DataAddress::Table(address) = src {
-        let table = PgSource::open(address).await?;
+        let table = open_table(address).await?;
         let source_schema = table.schema();
         let pushed = ferry_transforms::pushdown(&rec.transforms, &source_schema)?;
         let selection = Selection {
@@ -107,9 +109,7 @@ async fn plan(
         let transforms = rec.transforms[pushed.consumed..].to_vec();
         let output_schema = Chain::bind(&transforms, input_schema.clone())?.output_schema();
         return Ok(Plan {
-            origin: Origin::Table {
-                scan: Arc::new(scan),
-            },
+            origin: Origin::Table { scan: scan.into() },
             source_schema,
             input_schema,
             transforms,
@@ -495,7 +495,8 @@ async fn to_table(
     parallel: usize,
 ) -> Result<RecordReport> {
     let run_id = run_id(src, dst, rec);
-    let mut load = PgLoad::prepare(table, plan.output_schema.clone(), &run_id).await?;
+    let mut load = prepare_load(table, plan.output_schema.clone(), &run_id).await?;
+    let parallel = parallel.min(load.max_writers()).max(1);
     let units: Vec<usize> = (0..plan.units()).collect();
     let mut report = OutputReport {
         key: TABLE_KEY.to_string(),
@@ -553,7 +554,7 @@ async fn to_table(
     progress.planned(1, plan.bytes);
 
     load.create_staging().await?;
-    let load = Arc::new(load);
+    let load: Arc<dyn TableLoad> = load.into();
     let plan = Arc::new(plan);
     let rx = Arc::new(Mutex::new(plan.feed(
         units,
@@ -566,7 +567,7 @@ async fn to_table(
             let (load, plan, rx) = (load.clone(), plan.clone(), rx.clone());
             let handle = Handle::current();
             tokio::task::spawn_blocking(move || {
-                let result = stream_rows(&load, &plan, &rx, &handle);
+                let result = stream_rows(load.as_ref(), &plan, &rx, &handle);
                 if result.is_err() {
                     // Stop the readers and the other streams: the load has failed.
                     handle.block_on(async { rx.lock().await.close() });
@@ -589,7 +590,7 @@ async fn to_table(
     }
     let outcome = match failure {
         Some(e) => Err(e),
-        None => commit(&state, &run_id, &load, size, &version).await,
+        None => commit(&state, &run_id, load.as_ref(), size, &version).await,
     };
     if let Err(e) = outcome {
         if let Err(d) = load.discard().await {
@@ -609,7 +610,7 @@ async fn to_table(
 async fn commit(
     state: &StateStore,
     run_id: &str,
-    load: &PgLoad,
+    load: &dyn TableLoad,
     size: u64,
     version: &str,
 ) -> Result<()> {
@@ -622,7 +623,7 @@ async fn commit(
 /// One COPY stream: takes batches from the shared channel until it is empty, transforms
 /// and encodes them on this thread. Returns rows read and rows written.
 fn stream_rows(
-    load: &PgLoad,
+    load: &dyn TableLoad,
     plan: &Plan,
     rx: &Mutex<mpsc::Receiver<Result<RecordBatch>>>,
     handle: &Handle,

@@ -16,7 +16,7 @@ use tokio_postgres::{Client, NoTls};
 
 pub use codec::{CodecError, CopyDecoder, CopyEncoder, PgColumn, PgType};
 pub use sink::{PgLoad, PgWriter};
-pub use source::{PgScan, PgSource, Selection};
+pub use source::{PgScan, PgSource};
 
 /// Opens a session to the database `address` names. What the URL leaves out comes from
 /// the standard `PG*` environment variables; the password from the address's secret

@@ -5,10 +5,13 @@ use std::pin::Pin;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ferry_core::{Error, Result, TableAddress, WriteMode};
 use futures::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
+
+use crate::tables::{TableLoad, TableWriter};
 
 use super::source::table_columns;
 use super::{connect, literal, pg_error, quote, split_name, CopyEncoder, PgColumn, PgType};
@@ -160,14 +163,16 @@ impl PgLoad {
     pub fn target_exists(&self) -> bool {
         self.target_exists
     }
+}
 
-    /// The target table as PostgreSQL names it.
-    pub fn target(&self) -> &str {
+#[async_trait]
+impl TableLoad for PgLoad {
+    fn target(&self) -> &str {
         &self.target
     }
 
     /// True when the staging table of this load exists (an interrupted run left it).
-    pub async fn staging_exists(&self) -> Result<bool> {
+    async fn staging_exists(&self) -> Result<bool> {
         let client = connect(&self.address).await?;
         let row = client
             .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&self.staging])
@@ -178,7 +183,7 @@ impl PgLoad {
 
     /// Creates an empty staging table, replacing one an interrupted run left. Enum types a
     /// new table needs are created too.
-    pub async fn create_staging(&mut self) -> Result<()> {
+    async fn create_staging(&mut self) -> Result<()> {
         let client = connect(&self.address).await?;
         let err = |e| pg_error(&self.address, e);
         client
@@ -218,7 +223,7 @@ impl PgLoad {
     }
 
     /// A new connection streaming rows into the staging table.
-    pub async fn writer(&self, schema: &SchemaRef) -> Result<PgWriter> {
+    async fn writer(&self, schema: &SchemaRef) -> Result<Box<dyn TableWriter>> {
         let encoder = CopyEncoder::new(self.columns.clone(), schema)
             .map_err(|e| Error::data(&self.address, e))?;
         let client = connect(&self.address).await?;
@@ -232,19 +237,19 @@ impl PgLoad {
             .map_err(|e| self.error(e))?;
         let mut buf = BytesMut::with_capacity(SEND_BYTES * 2);
         CopyEncoder::header(&mut buf);
-        Ok(PgWriter {
+        Ok(Box::new(PgWriter {
             _client: client,
             sink: Box::pin(sink),
             encoder,
             buf,
             load: self.describe(),
-        })
+        }))
     }
 
     /// Makes the staged rows the table's, in one transaction: a new table is renamed into
     /// place; `overwrite` replaces an existing table's rows, `append` adds to them, and
     /// `upsert` inserts or updates by key.
-    pub async fn commit(&self) -> Result<()> {
+    async fn commit(&self) -> Result<()> {
         let client = connect(&self.address).await?;
         let list = self.column_list();
         let mut sql = vec!["BEGIN".to_string()];
@@ -306,14 +311,16 @@ impl PgLoad {
     }
 
     /// Drops the staging table.
-    pub async fn discard(&self) -> Result<()> {
+    async fn discard(&self) -> Result<()> {
         let client = connect(&self.address).await?;
         client
             .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.staging))
             .await
             .map_err(|e| pg_error(&self.address, e))
     }
+}
 
+impl PgLoad {
     fn column_list(&self) -> String {
         self.columns
             .iter()
@@ -387,9 +394,10 @@ pub struct PgWriter {
     load: LoadNames,
 }
 
-impl PgWriter {
+#[async_trait]
+impl TableWriter for PgWriter {
     /// Encodes `batch` (on the calling thread) and sends what has filled up.
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.encoder.encode(batch, &mut self.buf).map_err(|e| {
             Error::data(
                 format!("{} (table {})", self.load.address, self.load.target),
@@ -407,7 +415,7 @@ impl PgWriter {
     }
 
     /// Ends the stream; the rows are then committed in the staging table. Returns how many.
-    pub async fn finish(mut self) -> Result<u64> {
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
         CopyEncoder::trailer(&mut self.buf);
         let chunk = self.buf.split().freeze();
         self.sink

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
 use ferry_core::{Error, Result, TableAddress};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
+
+use crate::tables::{Selection, TablePartition, TableScan, TableSource};
 
 use super::{connect, literal, pg_error, quote, CopyDecoder, PgColumn, PgType};
 
@@ -33,24 +36,6 @@ struct Relation {
     kind: String,
     pages: u64,
     estimated_rows: Option<u64>,
-}
-
-/// What to read: a subset of the columns (in their order) and a row filter, both pushed
-/// into the query the database runs.
-#[derive(Clone, Debug, Default)]
-pub struct Selection {
-    pub columns: Option<Vec<String>>,
-    /// An SQL boolean expression over the columns.
-    pub filter: Option<String>,
-}
-
-/// One piece of a scan, read by one connection.
-#[derive(Clone, Debug)]
-pub struct PgPartition {
-    /// Stable across runs of the same plan: used to name outputs and checkpoints.
-    pub key: String,
-    /// A predicate selecting this partition's rows (`ctid` page range), if any.
-    pub predicate: Option<String>,
 }
 
 impl PgSource {
@@ -97,30 +82,33 @@ impl PgSource {
             relation,
         })
     }
+}
 
-    pub fn address(&self) -> &TableAddress {
+#[async_trait]
+impl TableSource for PgSource {
+    fn address(&self) -> &TableAddress {
         &self.address
     }
 
     /// The Arrow schema of every column.
-    pub fn schema(&self) -> SchemaRef {
+    fn schema(&self) -> SchemaRef {
         schema_of(&self.columns)
     }
 
     /// The catalog's row estimate (no `COUNT(*)`), when the table has been analyzed.
-    pub fn estimated_rows(&self) -> Option<u64> {
+    fn estimated_rows(&self) -> Option<u64> {
         self.relation.as_ref().and_then(|r| r.estimated_rows)
     }
 
     /// The table's size on disk, in bytes.
-    pub fn estimated_bytes(&self) -> u64 {
+    fn estimated_bytes(&self) -> u64 {
         self.relation.as_ref().map_or(0, |r| r.pages * 8192)
     }
 
     /// Plans a read of `selection` in partitions for up to `parallel` connections. With
     /// more than one partition, a coordinating session exports a snapshot that every
     /// partition reads in, so together they see the table at one instant.
-    pub async fn scan(&self, selection: &Selection, parallel: usize) -> Result<PgScan> {
+    async fn scan(&self, selection: &Selection, parallel: usize) -> Result<Box<dyn TableScan>> {
         let columns = match &selection.columns {
             None => self.columns.clone(),
             Some(names) => names
@@ -154,7 +142,7 @@ impl PgSource {
             Some(r) if (r.kind == "r" || r.kind == "m") && r.pages >= MIN_PARTITION_PAGES => {
                 page_ranges(r.pages, parallel)
             }
-            _ => vec![PgPartition {
+            _ => vec![TablePartition {
                 key: "all".into(),
                 predicate: None,
             }],
@@ -173,7 +161,7 @@ impl PgSource {
         } else {
             (None, None)
         };
-        Ok(PgScan {
+        Ok(Box::new(PgScan {
             inner: Arc::new(ScanInner {
                 address: self.address.clone(),
                 columns,
@@ -183,14 +171,14 @@ impl PgSource {
                 _holder: holder,
             }),
             partitions,
-        })
+        }))
     }
 }
 
 /// A planned read: partitions, and the snapshot they share while this lives.
 pub struct PgScan {
     inner: Arc<ScanInner>,
-    partitions: Vec<PgPartition>,
+    partitions: Vec<TablePartition>,
 }
 
 struct ScanInner {
@@ -203,17 +191,17 @@ struct ScanInner {
     _holder: Option<Client>,
 }
 
-impl PgScan {
-    pub fn partitions(&self) -> &[PgPartition] {
+impl TableScan for PgScan {
+    fn partitions(&self) -> &[TablePartition] {
         &self.partitions
     }
 
-    pub fn schema(&self) -> SchemaRef {
+    fn schema(&self) -> SchemaRef {
         schema_of(&self.inner.columns)
     }
 
     /// The query one partition runs (without `COPY`).
-    pub fn query(&self, index: usize) -> String {
+    fn query(&self, index: usize) -> String {
         let p = &self.partitions[index];
         let conditions: Vec<String> = p
             .predicate
@@ -230,7 +218,7 @@ impl PgScan {
 
     /// Reads partition `index` on its own connection. Batches arrive through a channel of
     /// two, so a slow consumer holds the database back rather than filling memory.
-    pub fn read(&self, index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>> {
+    fn read(&self, index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>> {
         let (tx, rx) = mpsc::channel(2);
         let inner = self.inner.clone();
         let query = self.query(index);
@@ -292,7 +280,7 @@ impl ScanInner {
 
 /// Page ranges of equal size; the last one is open-ended so rows added at the end of the
 /// table since planning are not missed.
-fn page_ranges(pages: u64, parallel: usize) -> Vec<PgPartition> {
+fn page_ranges(pages: u64, parallel: usize) -> Vec<TablePartition> {
     let per = pages
         .div_ceil(parallel.max(1) as u64)
         .clamp(MIN_PARTITION_PAGES, MAX_PARTITION_PAGES);
@@ -308,7 +296,7 @@ fn page_ranges(pages: u64, parallel: usize) -> Vec<PgPartition> {
                     start + per
                 )
             };
-            PgPartition {
+            TablePartition {
                 key: format!("pages-{start}"),
                 predicate: Some(predicate),
             }

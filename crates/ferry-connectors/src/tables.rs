@@ -1,0 +1,140 @@
+//! Tables in any database behind one interface, which the engine drives.
+//!
+//! Reading: [`open_table`] finds a table (or prepares a query) and maps its columns to
+//! Arrow; [`TableSource::scan`] plans partitions that the engine reads side by side, each
+//! into a bounded channel of record batches.
+//!
+//! Loading: [`prepare_load`] checks the target against the incoming Arrow schema before
+//! any row moves; rows then go into a staging table through one or more
+//! [`TableWriter`]s, and [`TableLoad::commit`] makes them the table's in one step
+//! according to the address's [`WriteMode`](ferry_core::WriteMode).
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use ferry_core::{Database, Result, TableAddress};
+use tokio::sync::mpsc;
+
+/// What to read: a subset of the columns (in their order) and a row filter, both pushed
+/// into the query the database runs.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub columns: Option<Vec<String>>,
+    /// An SQL boolean expression over the columns, identifiers in double quotes and
+    /// strings in single quotes (`''` inside), as [`ferry_transforms::pushdown`] writes it.
+    pub filter: Option<String>,
+}
+
+/// One piece of a scan, read on its own connection.
+#[derive(Clone, Debug)]
+pub struct TablePartition {
+    /// Stable across runs of the same plan: names outputs and checkpoints.
+    pub key: String,
+    /// A predicate selecting this partition's rows (a key or page range), if any.
+    pub predicate: Option<String>,
+}
+
+/// A table or a query's result, opened for reading.
+#[async_trait]
+pub trait TableSource: Send + Sync {
+    fn address(&self) -> &TableAddress;
+
+    /// All columns, as Arrow fields. Database types that Arrow cannot tell apart travel in
+    /// field metadata (e.g. `ferry.pg.type`), so a load into the same database recreates
+    /// them.
+    fn schema(&self) -> SchemaRef;
+
+    /// Rows, from the catalog's statistics (never a `COUNT(*)`).
+    fn estimated_rows(&self) -> Option<u64>;
+
+    /// Bytes the table occupies, from the catalog, for progress (0 when unknown).
+    fn estimated_bytes(&self) -> u64;
+
+    /// Plans a read of `selection` in up to about `parallel` partitions at once (a scan
+    /// may plan more partitions than that; they are read `parallel` at a time). All
+    /// partitions see one consistent state of the table where the database allows it.
+    async fn scan(&self, selection: &Selection, parallel: usize) -> Result<Box<dyn TableScan>>;
+}
+
+/// A planned read. Whatever keeps its snapshot alive lives as long as this does.
+pub trait TableScan: Send + Sync {
+    fn partitions(&self) -> &[TablePartition];
+
+    /// The columns each batch holds (the selection's, in its order).
+    fn schema(&self) -> SchemaRef;
+
+    /// The query partition `index` runs: a run compares it with its checkpoint to tell
+    /// whether a finished partition is still the same work.
+    fn query(&self, index: usize) -> String;
+
+    /// Reads partition `index` on its own connection, into a channel of a few batches
+    /// (a slow consumer holds the database back rather than filling memory). An error
+    /// ends the stream; batches hold at most `batch_rows` rows.
+    fn read(&self, index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>>;
+}
+
+/// A load into one table, prepared and checked.
+#[async_trait]
+pub trait TableLoad: Send + Sync {
+    /// The target as the database names it, for messages.
+    fn target(&self) -> &str;
+
+    /// How many writers may stream into the staging table at once.
+    fn max_writers(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Whether an earlier run of this load (same load id) staged rows that were not
+    /// committed. After a commit that succeeded this is false, even when the process died
+    /// right after it, so a re-run never commits the same rows twice.
+    async fn staging_exists(&self) -> Result<bool>;
+
+    /// Creates the staging table, replacing one a killed run left behind.
+    async fn create_staging(&mut self) -> Result<()>;
+
+    /// A writer into the staging table, for batches of `schema` (the schema the load was
+    /// prepared with).
+    async fn writer(&self, schema: &SchemaRef) -> Result<Box<dyn TableWriter>>;
+
+    /// Makes the staged rows the table's, per the address's mode, all or nothing, and
+    /// removes the staging table. Creates the target when it did not exist.
+    async fn commit(&self) -> Result<()>;
+
+    /// Drops the staging table after a failed load; the target is untouched.
+    async fn discard(&self) -> Result<()>;
+}
+
+/// One stream of rows into the staging table.
+#[async_trait]
+pub trait TableWriter: Send {
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+
+    /// Flushes what is buffered; returns the rows this writer stored.
+    async fn finish(self: Box<Self>) -> Result<u64>;
+}
+
+/// Opens the table or query `address` names, for reading.
+pub async fn open_table(address: &TableAddress) -> Result<Box<dyn TableSource>> {
+    Ok(match address.database {
+        Database::Postgres => Box::new(crate::postgres::PgSource::open(address).await?),
+        Database::Mysql => crate::mysql::open(address).await?,
+        Database::Sqlite => crate::sqlite::open(address).await?,
+    })
+}
+
+/// Prepares a load of batches shaped like `schema` into the table `address` names,
+/// checking before any row moves that the table can hold them. `load_id` names the
+/// staging table; the same id finds what a killed run left.
+pub async fn prepare_load(
+    address: &TableAddress,
+    schema: SchemaRef,
+    load_id: &str,
+) -> Result<Box<dyn TableLoad>> {
+    Ok(match address.database {
+        Database::Postgres => {
+            Box::new(crate::postgres::PgLoad::prepare(address, schema, load_id).await?)
+        }
+        Database::Mysql => crate::mysql::prepare(address, schema, load_id).await?,
+        Database::Sqlite => crate::sqlite::prepare(address, schema, load_id).await?,
+    })
+}

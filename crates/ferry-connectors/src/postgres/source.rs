@@ -1,5 +1,5 @@
-//! Reading a table or query: catalog introspection, page-range partitions in one snapshot,
-//! and binary `COPY` decoded into Arrow.
+//! Reading a table or query: catalog introspection, partitions (integer key ranges, else
+//! page ranges) in one snapshot, and binary `COPY` decoded into Arrow.
 
 use std::sync::Arc;
 
@@ -36,6 +36,8 @@ struct Relation {
     kind: String,
     pages: u64,
     estimated_rows: Option<u64>,
+    /// A NOT NULL integer column with a unique index, to split reads into key ranges.
+    key: Option<String>,
 }
 
 impl PgSource {
@@ -64,6 +66,7 @@ impl PgSource {
                     estimated_rows: Some(row.get::<_, f64>(4))
                         .filter(|n| *n >= 0.0)
                         .map(|n| n as u64),
+                    key: integer_key(&client, address, oid).await?,
                 };
                 let columns = table_columns(&client, address, oid, &relation.sql).await?;
                 (columns, Some(relation))
@@ -138,28 +141,50 @@ impl TableSource for PgSource {
             "SELECT {} FROM {from}",
             if list.is_empty() { "" } else { &list }
         );
-        let partitions = match &self.relation {
+        let count = match &self.relation {
             Some(r) if (r.kind == "r" || r.kind == "m") && r.pages >= MIN_PARTITION_PAGES => {
-                page_ranges(r.pages, parallel)
+                partition_pages(r.pages, parallel).1
             }
-            _ => vec![TablePartition {
-                key: "all".into(),
-                predicate: None,
-            }],
+            _ => 1,
         };
-        let (snapshot, holder) = if partitions.len() > 1 {
-            let client = connect(&self.address).await?;
-            client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| pg_error(&self.address, e))?;
-            let row = client
-                .query_one("SELECT pg_export_snapshot()", &[])
-                .await
-                .map_err(|e| pg_error(&self.address, e))?;
-            (Some(row.get::<_, String>(0)), Some(client))
-        } else {
-            (None, None)
+        let (snapshot, holder, partitions) = match &self.relation {
+            Some(r) if count > 1 => {
+                let client = connect(&self.address).await?;
+                let err = |e| pg_error(&self.address, e);
+                client
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(err)?;
+                let row = client
+                    .query_one("SELECT pg_export_snapshot()", &[])
+                    .await
+                    .map_err(err)?;
+                // Key ranges stay put when rows move between pages (an UPDATE, VACUUM
+                // FULL), so a resumed export neither repeats nor misses rows; page
+                // ranges serve tables without such a key.
+                let partitions = match &r.key {
+                    Some(key) => {
+                        let bounds = client
+                            .query_one(
+                                &format!(
+                                    "SELECT min({k})::int8, max({k})::int8 FROM {}",
+                                    r.sql,
+                                    k = quote(key)
+                                ),
+                                &[],
+                            )
+                            .await
+                            .map_err(err)?;
+                        match (bounds.get(0), bounds.get(1)) {
+                            (Some(lo), Some(hi)) => key_ranges(key, lo, hi, count),
+                            _ => vec![whole()],
+                        }
+                    }
+                    None => page_ranges(r.pages, parallel),
+                };
+                (Some(row.get::<_, String>(0)), Some(client), partitions)
+            }
+            _ => (None, None, vec![whole()]),
         };
         Ok(Box::new(PgScan {
             inner: Arc::new(ScanInner {
@@ -278,13 +303,69 @@ impl ScanInner {
     }
 }
 
-/// Page ranges of equal size; the last one is open-ended so rows added at the end of the
-/// table since planning are not missed.
-fn page_ranges(pages: u64, parallel: usize) -> Vec<TablePartition> {
+/// The whole table or query as one partition.
+fn whole() -> TablePartition {
+    TablePartition {
+        key: "all".into(),
+        predicate: None,
+    }
+}
+
+/// Pages per partition and the number of partitions for a table of `pages`.
+fn partition_pages(pages: u64, parallel: usize) -> (u64, u64) {
     let per = pages
         .div_ceil(parallel.max(1) as u64)
         .clamp(MIN_PARTITION_PAGES, MAX_PARTITION_PAGES);
-    let count = pages.div_ceil(per).max(1);
+    (per, pages.div_ceil(per).max(1))
+}
+
+/// `count` ranges of equal width over the key's values `lo..=hi`. The first and last are
+/// open-ended, so keys written outside the bounds since planning are read too.
+fn key_ranges(key: &str, lo: i64, hi: i64, count: u64) -> Vec<TablePartition> {
+    let column = quote(key);
+    let span = i128::from(hi) - i128::from(lo) + 1;
+    let count = (count as i128).min(span).max(1);
+    let step = (span + count - 1) / count;
+    let bound = |i: i128| (i128::from(lo) + i * step) as i64;
+    (0..count)
+        .map(|i| {
+            let mut conditions = Vec::new();
+            if i > 0 {
+                conditions.push(format!("{column} >= {}", bound(i)));
+            }
+            if i + 1 < count {
+                conditions.push(format!("{column} < {}", bound(i + 1)));
+            }
+            TablePartition {
+                key: format!("keys-{i}"),
+                predicate: (!conditions.is_empty()).then(|| conditions.join(" AND ")),
+            }
+        })
+        .collect()
+}
+
+/// The first NOT NULL smallint, integer or bigint column that alone has a unique index
+/// (the primary key first), if the table has one.
+async fn integer_key(client: &Client, address: &TableAddress, oid: u32) -> Result<Option<String>> {
+    let row = client
+        .query_opt(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = $1 AND i.indnkeyatts = 1 AND i.indisunique AND i.indisvalid \
+             AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attnotnull \
+             AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) \
+             ORDER BY i.indisprimary DESC LIMIT 1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error(address, e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Page ranges of equal size; the last one is open-ended so rows added at the end of the
+/// table since planning are not missed.
+fn page_ranges(pages: u64, parallel: usize) -> Vec<TablePartition> {
+    let (per, count) = partition_pages(pages, parallel);
     (0..count)
         .map(|i| {
             let start = i * per;
@@ -402,5 +483,25 @@ mod tests {
         let parts = page_ranges(3_000, 2);
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1].key, "pages-1500");
+    }
+
+    #[test]
+    fn key_ranges_are_open_at_both_ends_and_never_empty() {
+        let parts = key_ranges("id", 1, 10, 3);
+        let predicates: Vec<_> = parts.iter().map(|p| p.predicate.clone().unwrap()).collect();
+        assert_eq!(
+            predicates,
+            [
+                "\"id\" < 5",
+                "\"id\" >= 5 AND \"id\" < 9",
+                "\"id\" >= 9"
+            ]
+        );
+        // More partitions than keys: one per key at most; one key: no predicate at all.
+        assert_eq!(key_ranges("id", 7, 8, 4).len(), 2);
+        assert_eq!(key_ranges("id", 7, 7, 4)[0].predicate, None);
+        // The full bigint range does not overflow.
+        let parts = key_ranges("id", i64::MIN, i64::MAX, 4);
+        assert_eq!(parts[3].predicate.as_deref(), Some("\"id\" >= 4611686018427387904"));
     }
 }

@@ -1,7 +1,8 @@
 //! A test hook for crash tests: `FERRY_FAILPOINT=pause-after-parts:N` (or `…-files:N`)
 //! makes the process announce on stderr that it reached the point, then hang, so a test
-//! can SIGKILL it at a known place instead of guessing with timers. Unset, it costs one
-//! relaxed atomic increment.
+//! can SIGKILL it at a known place instead of guessing with timers. `wait-after-batches:N`
+//! announces, then waits for a line on stdin, so a test can break something (a database
+//! connection) and let the run go on. Unset, it costs one relaxed atomic increment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -45,7 +46,13 @@ pub fn batch_written() {
             std::thread::park();
         }
     }
+    if reached("wait-after-batches", &WAITS) {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
 }
+
+static WAITS: AtomicU64 = AtomicU64::new(0);
 
 /// Called after a part is durably recorded in the checkpoint.
 pub async fn part_recorded() {

@@ -98,6 +98,9 @@ pub(crate) fn pg_error(address: &TableAddress, e: tokio_postgres::Error) -> Erro
             _ => Error::store(address, text),
         };
     }
+    if e.is_closed() {
+        return Error::unreachable(address, "the server closed the connection");
+    }
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {

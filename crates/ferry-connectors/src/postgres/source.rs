@@ -491,17 +491,16 @@ mod tests {
         let predicates: Vec<_> = parts.iter().map(|p| p.predicate.clone().unwrap()).collect();
         assert_eq!(
             predicates,
-            [
-                "\"id\" < 5",
-                "\"id\" >= 5 AND \"id\" < 9",
-                "\"id\" >= 9"
-            ]
+            ["\"id\" < 5", "\"id\" >= 5 AND \"id\" < 9", "\"id\" >= 9"]
         );
         // More partitions than keys: one per key at most; one key: no predicate at all.
         assert_eq!(key_ranges("id", 7, 8, 4).len(), 2);
         assert_eq!(key_ranges("id", 7, 7, 4)[0].predicate, None);
         // The full bigint range does not overflow.
         let parts = key_ranges("id", i64::MIN, i64::MAX, 4);
-        assert_eq!(parts[3].predicate.as_deref(), Some("\"id\" >= 4611686018427387904"));
+        assert_eq!(
+            parts[3].predicate.as_deref(),
+            Some("\"id\" >= 4611686018427387904")
+        );
     }
 }

@@ -461,3 +461,59 @@ async fn errors_name_the_table_and_column_and_leave_the_target_alone() {
         "no output from a failed read"
     );
 }
+
+/// Whether the session that reads is encrypted, as the server sees it.
+const ENCRYPTED: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+#[tokio::test]
+async fn sslmode_encrypts_and_checks_the_server_as_libpq_does() {
+    let Some(pg) = TestPostgres::get() else {
+        return;
+    };
+    let ca = std::env::var("FERRY_TEST_POSTGRES_CA").expect("scripts/services env sets it");
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let base = pg.url("ferry");
+    let encrypted = |params: String| {
+        let out = work.path().join(format!("{}.csv", unique_name("ssl")));
+        let (src, state) = (format!("{base}?{params}&query={ENCRYPTED}"), state.clone());
+        async move {
+            try_copy(
+                &src,
+                out.to_str().unwrap(),
+                &RecordOptions::default(),
+                &state,
+            )
+            .await
+            .map(|_| std::fs::read_to_string(&out).unwrap())
+            .map(|csv| csv.lines().nth(1).unwrap().to_string())
+            .map_err(|e| e.to_string())
+        }
+    };
+    assert_eq!(encrypted("sslmode=disable".into()).await.unwrap(), "false");
+    // libpq's default, prefer: encrypted when the server offers it.
+    assert_eq!(
+        encrypted("application_name=x".into()).await.unwrap(),
+        "true"
+    );
+    assert_eq!(encrypted("sslmode=require".into()).await.unwrap(), "true");
+    let verified = format!("sslmode=verify-full&sslrootcert={ca}");
+    assert_eq!(encrypted(verified).await.unwrap(), "true");
+
+    // The certificate is checked against the given root, else the system's roots, which
+    // do not know the test CA.
+    let e = encrypted("sslmode=verify-full".into()).await.unwrap_err();
+    assert!(
+        e.contains("certificate") && e.contains("postgres://"),
+        "{e}"
+    );
+    let e = encrypted(format!(
+        "sslmode=verify-ca&sslrootcert={}",
+        work.path().join("none.pem").display()
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.contains("sslrootcert") && e.contains("none.pem"), "{e}");
+    let e = encrypted("sslmode=sometimes".into()).await.unwrap_err();
+    assert!(e.contains("unknown sslmode 'sometimes'"), "{e}");
+}

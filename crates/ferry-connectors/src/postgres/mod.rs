@@ -8,11 +8,12 @@
 mod codec;
 mod sink;
 mod source;
+mod tls;
 
 use std::time::Duration;
 
 use ferry_core::{Error, Result, TableAddress};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 pub use codec::{CodecError, CopyDecoder, CopyEncoder, PgColumn, PgType};
 pub use sink::{PgLoad, PgWriter};
@@ -22,16 +23,32 @@ pub use source::{PgScan, PgSource};
 /// the standard `PG*` environment variables; the password from the address's secret
 /// reference, else `PGPASSWORD`.
 pub async fn connect(address: &TableAddress) -> Result<Client> {
-    let mut config: tokio_postgres::Config =
-        address
-            .url
-            .as_str()
-            .parse()
-            .map_err(|e| Error::InvalidAddress {
-                address: address.to_string(),
-                reason: format!("{e}"),
-            })?;
+    let invalid = |reason: String| Error::InvalidAddress {
+        address: address.to_string(),
+        reason,
+    };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    // TLS settings are ferry's to apply (tokio-postgres knows neither verify-* nor roots).
+    let mut url = address.url.clone();
+    let (mut sslmode, mut sslrootcert) = (env("PGSSLMODE"), env("PGSSLROOTCERT"));
+    let mut kept = Vec::new();
+    for (k, v) in address.url.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => sslmode = Some(v.into_owned()),
+            "sslrootcert" => sslrootcert = Some(v.into_owned()),
+            _ => kept.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    url.set_query(None);
+    if !kept.is_empty() {
+        url.query_pairs_mut().extend_pairs(kept);
+    }
+    let tls_mode = tls::Mode::parse(sslmode.as_deref().unwrap_or("prefer")).map_err(invalid)?;
+    let tls = tls::connector(tls_mode, sslrootcert.as_deref().map(std::path::Path::new))
+        .map_err(invalid)?;
+    let mut config: tokio_postgres::Config =
+        url.as_str().parse().map_err(|e| invalid(format!("{e}")))?;
+    config.ssl_mode(tls_mode.ssl_mode());
     if config.get_hosts().is_empty() {
         config.host(env("PGHOST").as_deref().unwrap_or("localhost"));
     }
@@ -63,7 +80,7 @@ pub async fn connect(address: &TableAddress) -> Result<Client> {
     }
     config.application_name("ferry");
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|e| pg_error(address, e))?;
     tokio::spawn(async move {
@@ -106,6 +123,9 @@ pub(crate) fn pg_error(address: &TableAddress, e: tokio_postgres::Error) -> Erro
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
+    }
+    if text.contains("UnknownIssuer") {
+        text.push_str("; give the server's CA certificate as sslrootcert=PATH");
     }
     if e.is_closed() || text.contains("connection") || text.contains("timed out") {
         Error::unreachable(address, text)

@@ -263,19 +263,24 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
             o.error.as_deref().unwrap_or("unknown error")
         );
     }
+    // A table's size is what the catalog estimates, and unknown for a query or a load.
+    let shape = |format: &str, bytes: u64| match (format, bytes) {
+        ("table", 0) => "table".to_string(),
+        ("table", n) => format!("table, ~{}", human_bytes(n)),
+        (f, n) => format!("{f}, {}", human_bytes(n)),
+    };
+    let unit = if dst.format == "table" { "table" } else { "file" };
     let mut line = format!(
-        "{}: {} rows ({}, {}) -> {} rows ({}, {}) in {} file{}, {:.2}s ({:.0} rows/s)",
+        "{}: {} rows ({}) -> {} rows ({}) in {} {unit}{}, {:.2}s ({:.0} rows/s)",
         if report.failed == 0 {
             "converted"
         } else {
             "incomplete"
         },
         src.rows,
-        src.format,
-        human_bytes(src.bytes),
+        shape(&src.format, src.bytes),
         dst.rows,
-        dst.format,
-        human_bytes(dst.bytes),
+        shape(&dst.format, dst.bytes),
         report.objects,
         if report.objects == 1 { "" } else { "s" },
         report.duration_s,

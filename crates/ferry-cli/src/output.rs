@@ -269,7 +269,11 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
         ("table", n) => format!("table, ~{}", human_bytes(n)),
         (f, n) => format!("{f}, {}", human_bytes(n)),
     };
-    let unit = if dst.format == "table" { "table" } else { "file" };
+    let unit = if dst.format == "table" {
+        "table"
+    } else {
+        "file"
+    };
     let mut line = format!(
         "{}: {} rows ({}) -> {} rows ({}) in {} {unit}{}, {:.2}s ({:.0} rows/s)",
         if report.failed == 0 {

@@ -50,7 +50,9 @@ impl SqlType {
         Some(match bare.as_str() {
             "BOOLEAN" | "BOOL" => SqlType::Bool,
             "TINYINT" | "SMALLINT" | "INT2" => SqlType::Int16,
-            "DECIMAL" | "NUMERIC" => match args.and_then(precision_scale) {
+            // DECIMAL_TEXT: TEXT affinity, so SQLite keeps every digit (ferry's name for
+            // decimals wider than a REAL holds exactly).
+            "DECIMAL" | "NUMERIC" | "DECIMAL_TEXT" => match args.and_then(precision_scale) {
                 Some((p, s)) if (1..=38).contains(&p) && s >= 0 && s as u8 <= p => {
                     SqlType::Decimal(p, s)
                 }
@@ -198,10 +200,16 @@ pub(crate) fn declared_for(field: &Field) -> String {
         D::Int8 | D::Int16 | D::UInt8 => "SMALLINT".into(),
         D::Int32 | D::Int64 | D::UInt16 | D::UInt32 | D::UInt64 => "INTEGER".into(),
         D::Float16 | D::Float32 | D::Float64 => "REAL".into(),
+        // SQLite turns text in a NUMERIC column into a REAL, exact to 15 digits only.
+        D::Decimal32(p, s) | D::Decimal64(p, s) | D::Decimal128(p, s) | D::Decimal256(p, s)
+            if *s >= 0 && *p <= 15 =>
+        {
+            format!("DECIMAL({p},{s})")
+        }
         D::Decimal32(p, s) | D::Decimal64(p, s) | D::Decimal128(p, s) | D::Decimal256(p, s)
             if *s >= 0 && *p <= 38 =>
         {
-            format!("DECIMAL({p},{s})")
+            format!("DECIMAL_TEXT({p},{s})")
         }
         // Wider than Decimal128 or a negative scale: kept as exact text.
         D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) | D::Decimal256(..) => {
@@ -399,15 +407,13 @@ pub(crate) fn format_date(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// `HH:MM:SS`, with `.ffffff` (or nine digits for nanoseconds) when not zero.
+/// `HH:MM:SS`, with as many fractional digits as the value needs (none when whole).
 pub(crate) fn format_time(nanos_of_day: i64) -> String {
     let secs = nanos_of_day / 1_000_000_000;
     let nanos = nanos_of_day % 1_000_000_000;
     let mut out = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
-    if nanos % 1000 != 0 {
-        out.push_str(&format!(".{nanos:09}"));
-    } else if nanos != 0 {
-        out.push_str(&format!(".{:06}", nanos / 1000));
+    if nanos != 0 {
+        out.push_str(format!(".{nanos:09}").trim_end_matches('0'));
     }
     out
 }
@@ -497,6 +503,7 @@ mod tests {
         assert_eq!(t("smallint"), Some(SqlType::Int16));
         assert_eq!(t("decimal(12, 2)"), Some(SqlType::Decimal(12, 2)));
         assert_eq!(t("NUMERIC(50,2)"), Some(SqlType::Text));
+        assert_eq!(t("DECIMAL_TEXT(38,10)"), Some(SqlType::Decimal(38, 10)));
         assert_eq!(t("numeric"), Some(SqlType::Float64));
         assert_eq!(t("VARCHAR(20)"), Some(SqlType::Text));
         assert_eq!(t("timestamp with time zone"), Some(SqlType::TimestampTz));
@@ -515,7 +522,7 @@ mod tests {
         assert_eq!(parse_date("2023-02-29"), None);
         assert_eq!(parse_time("23:59:59.999999"), Some(MICROS_PER_DAY - 1));
         assert_eq!(parse_time("12:00:00.1234567"), None);
-        assert_eq!(format_time(1_500_000_000), "00:00:01.500000");
+        assert_eq!(format_time(1_500_000_000), "00:00:01.5");
         assert_eq!(
             parse_timestamp("1970-01-01T01:00:00+01:00"),
             Some(0),

@@ -545,7 +545,7 @@ impl ColumnBuilder {
 
 /// A real that holds a whole number within i64.
 fn whole(f: f64) -> Option<i64> {
-    (f.fract() == 0.0 && f >= -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18)
+    (f.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f))
         .then_some(f as i64)
 }
 

@@ -51,7 +51,11 @@ impl DataAddress {
         if trimmed.is_empty() {
             return Err(invalid("empty address"));
         }
-        let Some((scheme, _)) = trimmed.split_once("://") else {
+        // `sqlite:relative/file.db` names a file relative to the working directory.
+        let relative_sqlite = trimmed.split_once(':').filter(|(s, rest)| {
+            !rest.starts_with("//") && Database::from_scheme(s) == Some(Database::Sqlite)
+        });
+        let Some((scheme, _)) = trimmed.split_once("://").or(relative_sqlite) else {
             return Ok(Self::Local {
                 path: PathBuf::from(trimmed),
             });
@@ -323,6 +327,19 @@ mod tests {
             }
         );
         assert!(DataAddress::parse("data/").unwrap().names_a_directory());
+    }
+
+    #[test]
+    fn sqlite_files_by_absolute_or_relative_path() {
+        for (input, path) in [
+            ("sqlite:///abs/app.db?table=t", "/abs/app.db"),
+            ("sqlite:data/app.db?table=t", "data/app.db"),
+        ] {
+            let DataAddress::Table(t) = DataAddress::parse(input).unwrap() else {
+                panic!("{input} is a table");
+            };
+            assert_eq!(t.sqlite_path().unwrap(), PathBuf::from(path));
+        }
     }
 
     #[test]

@@ -415,7 +415,7 @@ async fn errors_name_the_table_and_column_and_leave_the_target_alone() {
         "ferry",
         &format!(
             "CREATE TABLE {t} (id int, name text, n int);
-             INSERT INTO {t} VALUES (1, 'a', 1), (2, 'b', 300), (3, NULL, 1)"
+             INSERT INTO {t} VALUES (1, 'a', 1), (2, 'b', 300), (3, 'c', 1)"
         ),
     );
     my.sql(
@@ -503,7 +503,10 @@ async fn errors_name_the_table_and_column_and_leave_the_target_alone() {
     );
     assert_eq!(kept(), "7kept1");
     // NULL into NOT NULL.
-    my.sql("ferry", &format!("UPDATE {t} SET n = 1"));
+    my.sql(
+        "ferry",
+        &format!("UPDATE {t} SET n = 1; UPDATE {t} SET name = NULL WHERE id = 3"),
+    );
     let report = try_copy(&src, &dst, &rec, &state).await.unwrap();
     let e = report.error.unwrap();
     assert!(e.contains("'name'") && e.contains("row 3"), "{e}");

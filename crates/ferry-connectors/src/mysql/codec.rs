@@ -760,6 +760,8 @@ pub fn writable(ty: &DataType) -> Result<(), String> {
 /// Writes one batch's columns as SQL literals, row by row.
 pub struct LiteralWriter<'a> {
     columns: Vec<ColumnLiterals<'a>>,
+    /// Columns that refuse NULL, checked here so the error can name the row.
+    not_null: &'a [bool],
 }
 
 enum ColumnLiterals<'a> {
@@ -767,10 +769,19 @@ enum ColumnLiterals<'a> {
     Json(&'a dyn Array, arrow::json::writer::NullableEncoder<'a>),
 }
 
+impl ColumnLiterals<'_> {
+    fn array(&self) -> &dyn Array {
+        match self {
+            Self::Plain(array) | Self::Json(array, _) => *array,
+        }
+    }
+}
+
 impl<'a> LiteralWriter<'a> {
     pub fn new(
         batch: &'a RecordBatch,
         fields: &'a [FieldRef],
+        not_null: &'a [bool],
         options: &'a EncoderOptions,
     ) -> Result<Self, String> {
         let columns = batch
@@ -788,7 +799,7 @@ impl<'a> LiteralWriter<'a> {
                 _ => Ok(ColumnLiterals::Plain(array.as_ref())),
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { columns })
+        Ok(Self { columns, not_null })
     }
 
     /// Appends `(v1, v2, …)` for `row`; an error names the column index at fault.
@@ -797,6 +808,9 @@ impl<'a> LiteralWriter<'a> {
         for (i, column) in self.columns.iter_mut().enumerate() {
             if i > 0 {
                 out.push_str(", ");
+            }
+            if self.not_null.get(i) == Some(&true) && column.array().is_null(row) {
+                return Err((i, "NULL into a column that is NOT NULL".into()));
             }
             match column {
                 ColumnLiterals::Plain(array) => literal(*array, row, out).map_err(|e| (i, e))?,

@@ -38,6 +38,8 @@ pub struct MyLoad {
     columns: Vec<String>,
     /// `CREATE TABLE` column definitions when the target does not exist yet.
     definitions: Vec<String>,
+    /// For each incoming field, whether its column refuses NULL.
+    not_null: Vec<bool>,
     mode: WriteMode,
 }
 
@@ -83,8 +85,19 @@ impl MyLoad {
             .await
             .map_err(err)?;
         let target_exists = found.is_some();
-        let (columns, definitions) = if target_exists {
+        let (columns, definitions, not_null) = if target_exists {
             let existing = table_columns(&mut conn, address, &db, &name).await?;
+            // NULL would become a value in these (a counter, the current time).
+            let generated: Vec<String> = conn
+                .exec(
+                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                     AND (EXTRA LIKE '%auto_increment%' OR DATA_TYPE = 'timestamp')",
+                    (&db, &name),
+                )
+                .await
+                .map_err(err)?;
+            let mut not_null = Vec::new();
             let mut columns = Vec::new();
             for field in schema.fields() {
                 let column = existing
@@ -117,12 +130,13 @@ impl MyLoad {
                         ),
                     ));
                 }
+                not_null.push(!column.nullable && !generated.contains(&column.name));
                 columns.push(column.name.clone());
             }
             if mode == WriteMode::Upsert {
                 check_unique_key(&mut conn, address, &db, &name, &target).await?;
             }
-            (columns, Vec::new())
+            (columns, Vec::new(), not_null)
         } else {
             let mut definitions = Vec::new();
             for field in schema.fields() {
@@ -152,6 +166,7 @@ impl MyLoad {
             (
                 schema.fields().iter().map(|f| f.name().clone()).collect(),
                 definitions,
+                schema.fields().iter().map(|f| !f.is_nullable()).collect(),
             )
         };
         let _ = conn.disconnect().await;
@@ -164,6 +179,7 @@ impl MyLoad {
             db,
             columns,
             definitions,
+            not_null,
             mode,
         })
     }
@@ -268,6 +284,7 @@ impl TableLoad for MyLoad {
             statement_rows: 0,
             rows: 0,
             json: EncoderOptions::default(),
+            not_null: self.not_null.clone(),
             location: format!("{} (table {})", self.address, self.target),
             staging_name: self.staging_name.clone(),
             target: self.target.clone(),
@@ -365,6 +382,7 @@ pub struct MyWriter {
     /// Rows this writer sent before the current statement.
     rows: u64,
     json: EncoderOptions,
+    not_null: Vec<bool>,
     location: String,
     staging_name: String,
     target: String,
@@ -421,7 +439,7 @@ impl TableWriter for MyWriter {
         let full = {
             let fields = &self.fields;
             let options = &self.json;
-            let mut literals = LiteralWriter::new(batch, fields, options)
+            let mut literals = LiteralWriter::new(batch, fields, &self.not_null, options)
                 .map_err(|e| Error::data(&self.location, e))?;
             let mut full: Vec<(String, u64)> = Vec::new();
             let mut pending = 0;

@@ -117,7 +117,7 @@ fn staging_tables(my: &TestMysql, db: &str, prefix: &str) -> String {
         db,
         &format!(
             "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{db}'
-             AND TABLE_NAME LIKE '{prefix}%\\_\\_ferry\\_%'"
+             AND TABLE_NAME LIKE '{prefix}%!_!_ferry!_%' ESCAPE '!'"
         ),
     )
 }

@@ -306,7 +306,12 @@ impl Builder {
                 ref v => parse(&text(v)?)?,
             }),
             Self::Text(b) => {
-                let s = text(&value)?;
+                let s = match value {
+                    Value::Bytes(bytes) => {
+                        String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())?
+                    }
+                    other => text(&other)?,
+                };
                 b.append_value(&s);
                 return Ok(s.len() + 4);
             }

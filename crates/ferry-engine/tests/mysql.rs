@@ -241,6 +241,38 @@ async fn tables_go_between_mysql_and_postgres() {
         &state,
     )
     .await;
+    // NaN has no MySQL value: column and row named, no table left behind.
+    pg.sql(
+        "ferry",
+        &format!(
+            "CREATE TABLE {t}.nan (id integer, f double precision);
+             INSERT INTO {t}.nan VALUES (1, 1.5), (2, 'NaN')"
+        ),
+    );
+    let report = try_copy(
+        &format!("{}?table={t}.nan", pg.url("ferry")),
+        &format!("{}?table={t}_nan", my.url("ferry_copy")),
+        &rec,
+        &state,
+    )
+    .await
+    .unwrap();
+    let e = report.error.unwrap_or_default();
+    assert!(
+        e.contains("column 'f', row 2") && e.contains("NaN") && e.contains(&format!("{t}_nan")),
+        "{e}"
+    );
+    assert_eq!(
+        my.sql(
+            "ferry_copy",
+            &format!(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'ferry_copy'
+                 AND TABLE_NAME LIKE '{t}!_nan%' ESCAPE '!'"
+            )
+        ),
+        "0"
+    );
+
     let types = columns(&my, "ferry_copy", &format!("{t}_back"));
     assert!(
         types.starts_with("id bigint")
@@ -510,6 +542,18 @@ async fn errors_name_the_table_and_column_and_leave_the_target_alone() {
     let report = try_copy(&src, &dst, &rec, &state).await.unwrap();
     let e = report.error.unwrap();
     assert!(e.contains("'name'") && e.contains("row 3"), "{e}");
+    assert_eq!(kept(), "7kept1");
+    // A string longer than varchar(n) holds.
+    my.sql(
+        "ferry",
+        &format!("UPDATE {t} SET name = 'c'; UPDATE {t} SET name = 'far too long' WHERE id = 2"),
+    );
+    let report = try_copy(&src, &dst, &rec, &state).await.unwrap();
+    let e = report.error.unwrap();
+    assert!(
+        e.contains("'name'") && e.contains("row 2") && e.contains("too long"),
+        "{e}"
+    );
     assert_eq!(kept(), "7kept1");
     assert_eq!(staging_tables(&my, "ferry_copy", &t), "0");
 

@@ -557,6 +557,20 @@ async fn errors_name_the_table_and_column_and_leave_the_target_alone() {
     assert_eq!(kept(), "7kept1");
     assert_eq!(staging_tables(&my, "ferry_copy", &t), "0");
 
+    // Overwrite cannot swap a table that foreign keys reference.
+    my.sql(
+        "ferry_copy",
+        &format!("CREATE TABLE {t}_child (id smallint, FOREIGN KEY (id) REFERENCES {t} (id))"),
+    );
+    let e = try_copy(&src, &dst, &rec, &state)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("foreign key") && e.contains(&format!("{t}_child")),
+        "{e}"
+    );
+
     // A zero date cannot be read: column and row named.
     my.sql(
         "ferry",

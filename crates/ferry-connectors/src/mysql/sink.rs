@@ -136,6 +136,26 @@ impl MyLoad {
             if mode == WriteMode::Upsert {
                 check_unique_key(&mut conn, address, &db, &name, &target).await?;
             }
+            if mode == WriteMode::Overwrite {
+                // InnoDB moves a foreign key with the table it references: after the swap
+                // the old table could not be dropped.
+                let referenced: Option<(String, String)> = conn
+                    .exec_first(
+                        "SELECT TABLE_NAME, CONSTRAINT_NAME FROM information_schema.REFERENTIAL_CONSTRAINTS \
+                         WHERE UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?",
+                        (&db, &name),
+                    )
+                    .await
+                    .map_err(err)?;
+                if let Some((child, constraint)) = referenced {
+                    return Err(Error::not_supported(
+                        address,
+                        format!(
+                            "overwrite swaps in a new table, but foreign key {constraint} of table {child} references {target}; use mode=append into the emptied table, or drop the foreign key"
+                        ),
+                    ));
+                }
+            }
             (columns, Vec::new(), not_null)
         } else {
             let mut definitions = Vec::new();

@@ -104,6 +104,76 @@ impl TestPostgres {
     }
 }
 
+/// The test MySQL/MariaDB server (`FERRY_TEST_MYSQL`, password in `MYSQL_PWD`).
+pub struct TestMysql {
+    /// `mysql://user@host:port/` without a database.
+    server: String,
+}
+
+impl TestMysql {
+    /// The server, or `None` (after saying why) outside CI when it is not configured.
+    /// Panics under CI when it is missing.
+    pub fn get() -> Option<Self> {
+        match std::env::var("FERRY_TEST_MYSQL") {
+            Ok(url) => {
+                let server = match url.rfind('/') {
+                    Some(i) if i > "mysql://".len() => url[..=i].to_string(),
+                    _ => format!("{url}/"),
+                };
+                Some(Self { server })
+            }
+            Err(_) => {
+                let msg = "MySQL test service not configured (FERRY_TEST_MYSQL unset): run `scripts/services up` and `eval \"$(scripts/services env)\"`";
+                if std::env::var_os("CI").is_some() {
+                    panic!("{msg}");
+                }
+                eprintln!("skipping: {msg}");
+                None
+            }
+        }
+    }
+
+    /// The URL of database `db` (`ferry` and `ferry_copy` exist).
+    pub fn url(&self, db: &str) -> String {
+        format!("{}{db}", self.server)
+    }
+
+    /// Runs `sql` (one or more statements) in `db` with the `mariadb` client, failing the
+    /// test on any error; returns what it printed (tab-separated, no headers), trimmed.
+    /// Sessions use the connector's SQL dialect: double-quoted identifiers, UTC.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let url = url::Url::parse(&self.server).expect("FERRY_TEST_MYSQL is a URL");
+        let out = std::process::Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "--batch",
+                "--skip-column-names",
+                "--raw",
+                "--protocol=tcp",
+                "--default-character-set=utf8mb4",
+                "--init-command=SET time_zone = '+00:00', sql_mode = 'ANSI_QUOTES,NO_BACKSLASH_ESCAPES,STRICT_ALL_TABLES'",
+                "-h",
+                url.host_str().unwrap_or("127.0.0.1"),
+                "-P",
+                &url.port().unwrap_or(3306).to_string(),
+                "-u",
+                url.username(),
+                "-D",
+                db,
+                "-e",
+                sql,
+            ])
+            .output()
+            .expect("run the mariadb client");
+        assert!(
+            out.status.success(),
+            "mariadb failed on {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A name no other test run uses: label, process id, time and a counter.

@@ -4,17 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{ferry, start_and_kill};
+use common::{ferry, run_ok, start_and_kill};
 use ferry_connectors::sqlite::rusqlite::Connection;
-
-fn run_ok(cmd: &mut Command) -> serde_json::Value {
-    let out = cmd.arg("--json").output().expect("run ferry");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    serde_json::from_slice(&out.stdout).expect("a JSON summary")
-}
 
 fn sql(db: &Path, sql: &str) {
     Connection::open(db).unwrap().execute_batch(sql).unwrap();

@@ -5,15 +5,8 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
-use common::{ferry, start_and_kill};
+use common::{ferry, run_ok, start_and_kill};
 use ferry_connectors::testkit::{unique_name, TestPostgres};
-
-fn run_ok(cmd: &mut Command) -> serde_json::Value {
-    let out = cmd.arg("--json").output().expect("run ferry");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    serde_json::from_slice(&out.stdout).expect("a JSON summary")
-}
 
 fn schema(pg: &TestPostgres) -> String {
     let name = unique_name("kill").replace('-', "_");

@@ -1,6 +1,9 @@
 //! Running the `ferry` binary from tests: a command with its own state directory, and a
 //! run stopped at a failpoint and killed with SIGKILL.
 
+// Each test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,4 +37,12 @@ pub fn start_and_kill(cmd: &mut Command, failpoint: &str) {
     );
     child.kill().unwrap();
     assert!(!child.wait().unwrap().success());
+}
+
+/// Runs ferry with `--json`, asserts it succeeded, and returns its summary.
+pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.arg("--json").output().expect("run ferry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
 }

@@ -2,42 +2,12 @@
 //! starts: every supported type through Parquet and back, table to table, to and from
 //! PostgreSQL, the load modes, pushdown, and the errors a user sees.
 
-use std::path::Path;
-use std::sync::Arc;
+mod common;
 
+use common::{copy, options, try_copy, try_copy_with};
 use ferry_connectors::testkit::{unique_name, Remote, TestMysql, TestPostgres};
-use ferry_core::{DataAddress, TransformSpec};
-use ferry_engine::{transfer, CopyOptions, NoProgress, RecordOptions, RecordReport, Status};
-
-fn options(state: &Path) -> CopyOptions {
-    CopyOptions {
-        state_dir: state.to_path_buf(),
-        part_size: 5 << 20,
-        ..CopyOptions::default()
-    }
-}
-
-async fn try_copy(
-    src: &str,
-    dst: &str,
-    rec: &RecordOptions,
-    state: &Path,
-) -> ferry_core::Result<RecordReport> {
-    transfer(
-        &DataAddress::parse(src).unwrap(),
-        &DataAddress::parse(dst).unwrap(),
-        rec,
-        &options(state),
-        Arc::new(NoProgress),
-    )
-    .await
-}
-
-async fn copy(src: &str, dst: &str, rec: &RecordOptions, state: &Path) -> RecordReport {
-    let report = try_copy(src, dst, rec, state).await.unwrap();
-    assert_eq!(report.status, Status::Succeeded, "{:?}", report.error);
-    report
-}
+use ferry_core::TransformSpec;
+use ferry_engine::{RecordOptions, Status};
 
 /// A table name no other test uses.
 fn table(label: &str) -> String {
@@ -362,15 +332,7 @@ async fn overwrite_append_and_upsert_into_an_existing_table() {
     // ...unless the user asks for a fresh run.
     let mut opts = options(&state);
     opts.resume = false;
-    let fresh = transfer(
-        &DataAddress::parse(&file).unwrap(),
-        &DataAddress::parse(&log).unwrap(),
-        &rec,
-        &opts,
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let fresh = try_copy_with(&file, &log, &rec, &opts).await.unwrap();
     assert_eq!(fresh.status, Status::Succeeded, "{:?}", fresh.error);
     assert_eq!(
         my.sql("ferry_copy", &format!("SELECT COUNT(*) FROM {t}_log")),

@@ -2,43 +2,16 @@
 //! Parquet and back, table to table, to and from PostgreSQL, the load modes, pushdown, a
 //! query source, and the errors a user sees.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::{copy, options, try_copy, try_copy_with};
 use ferry_connectors::sqlite::rusqlite::{types::ValueRef, Connection};
 use ferry_connectors::testkit::{unique_name, Remote, TestPostgres};
-use ferry_core::{DataAddress, TransformSpec};
-use ferry_engine::{transfer, CopyOptions, NoProgress, RecordOptions, RecordReport, Status};
-
-fn options(state: &Path) -> CopyOptions {
-    CopyOptions {
-        state_dir: state.to_path_buf(),
-        part_size: 5 << 20,
-        ..CopyOptions::default()
-    }
-}
-
-async fn try_copy(
-    src: &str,
-    dst: &str,
-    rec: &RecordOptions,
-    state: &Path,
-) -> ferry_core::Result<RecordReport> {
-    transfer(
-        &DataAddress::parse(src).unwrap(),
-        &DataAddress::parse(dst).unwrap(),
-        rec,
-        &options(state),
-        Arc::new(NoProgress),
-    )
-    .await
-}
-
-async fn copy(src: &str, dst: &str, rec: &RecordOptions, state: &Path) -> RecordReport {
-    let report = try_copy(src, dst, rec, state).await.unwrap();
-    assert_eq!(report.status, Status::Succeeded, "{:?}", report.error);
-    report
-}
+use ferry_core::TransformSpec;
+use ferry_engine::{RecordOptions, Status};
 
 /// A database file, opened directly to set up and inspect.
 struct Db(PathBuf);
@@ -289,15 +262,7 @@ async fn overwrite_append_and_upsert_into_an_existing_table() {
     assert_eq!(rows("log"), "text 1:ada,2:grace,3:edsger");
     let mut opts = options(&state);
     opts.resume = false;
-    let fresh = transfer(
-        &DataAddress::parse(&file).unwrap(),
-        &DataAddress::parse(&log).unwrap(),
-        &rec,
-        &opts,
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let fresh = try_copy_with(&file, &log, &rec, &opts).await.unwrap();
     assert_eq!(fresh.status, Status::Succeeded, "{:?}", fresh.error);
     assert_eq!(dst.one("SELECT count(*) FROM log"), "integer 6");
 

@@ -12,7 +12,7 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use ferry_core::{Database, Result, TableAddress};
+use ferry_core::{Database, Error, Result, TableAddress};
 use tokio::sync::mpsc;
 
 /// What to read: a subset of the columns (in their order) and a row filter, both pushed
@@ -23,6 +23,44 @@ pub struct Selection {
     /// An SQL boolean expression over the columns, identifiers in double quotes and
     /// strings in single quotes (`''` inside), as [`ferry_transforms::pushdown`] writes it.
     pub filter: Option<String>,
+}
+
+impl Selection {
+    /// The selected columns out of `all` (named by `name`), in the selection's order; all
+    /// of them when the selection names none.
+    pub fn pick<C: Clone>(
+        &self,
+        all: &[C],
+        name: impl Fn(&C) -> &str,
+        address: &TableAddress,
+    ) -> Result<Vec<C>> {
+        let Some(names) = &self.columns else {
+            return Ok(all.to_vec());
+        };
+        names
+            .iter()
+            .map(|wanted| {
+                all.iter()
+                    .find(|c| name(c) == wanted)
+                    .cloned()
+                    .ok_or_else(|| Error::data(address, format!("column '{wanted}' not found")))
+            })
+            .collect()
+    }
+}
+
+/// `select` narrowed to the rows of a partition's `predicate` that pass `filter`.
+pub fn partition_query(select: &str, predicate: Option<&str>, filter: Option<&str>) -> String {
+    let conditions: Vec<String> = predicate
+        .into_iter()
+        .chain(filter)
+        .map(|c| format!("({c})"))
+        .collect();
+    if conditions.is_empty() {
+        select.to_string()
+    } else {
+        format!("{select} WHERE {}", conditions.join(" AND "))
+    }
 }
 
 /// One piece of a scan, read on its own connection.

@@ -11,7 +11,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tokio::sync::mpsc;
 
-use crate::tables::{Selection, TablePartition, TableScan, TableSource};
+use crate::tables::{partition_query, Selection, TablePartition, TableScan, TableSource};
 
 use super::codec::{schema_of, MyColumn, MyType, RowDecoder};
 use super::{connect, my_error, quote, table_of};
@@ -112,21 +112,7 @@ impl TableSource for MySource {
     /// split into key ranges; each range reads in its own snapshot, since MySQL cannot
     /// share one between connections.
     async fn scan(&self, selection: &Selection, parallel: usize) -> Result<Box<dyn TableScan>> {
-        let columns = match &selection.columns {
-            None => self.columns.clone(),
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    self.columns
-                        .iter()
-                        .find(|c| &c.name == name)
-                        .cloned()
-                        .ok_or_else(|| {
-                            Error::data(&self.address, format!("column '{name}' not found"))
-                        })
-                })
-                .collect::<Result<_>>()?,
-        };
+        let columns = selection.pick(&self.columns, |c| &c.name, &self.address)?;
         let list = if columns.is_empty() {
             "1".to_string()
         } else {
@@ -187,18 +173,11 @@ impl TableScan for MyScan {
     }
 
     fn query(&self, index: usize) -> String {
-        let p = &self.partitions[index];
-        let conditions: Vec<String> = p
-            .predicate
-            .iter()
-            .chain(self.inner.filter.iter())
-            .map(|c| format!("({c})"))
-            .collect();
-        if conditions.is_empty() {
-            self.inner.select.clone()
-        } else {
-            format!("{} WHERE {}", self.inner.select, conditions.join(" AND "))
-        }
+        partition_query(
+            &self.inner.select,
+            self.partitions[index].predicate.as_deref(),
+            self.inner.filter.as_deref(),
+        )
     }
 
     /// Reads partition `index` on its own connection, into a channel of two batches.

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::tables::{Selection, TablePartition, TableScan, TableSource};
+use crate::tables::{partition_query, Selection, TablePartition, TableScan, TableSource};
 
 use super::{connect, literal, pg_error, quote, CopyDecoder, PgColumn, PgType};
 
@@ -112,21 +112,7 @@ impl TableSource for PgSource {
     /// more than one partition, a coordinating session exports a snapshot that every
     /// partition reads in, so together they see the table at one instant.
     async fn scan(&self, selection: &Selection, parallel: usize) -> Result<Box<dyn TableScan>> {
-        let columns = match &selection.columns {
-            None => self.columns.clone(),
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    self.columns
-                        .iter()
-                        .find(|c| &c.name == name)
-                        .cloned()
-                        .ok_or_else(|| {
-                            Error::data(&self.address, format!("column '{name}' not found"))
-                        })
-                })
-                .collect::<Result<_>>()?,
-        };
+        let columns = selection.pick(&self.columns, |c| &c.name, &self.address)?;
         let list = columns
             .iter()
             .map(|c| quote(&c.name))
@@ -227,18 +213,11 @@ impl TableScan for PgScan {
 
     /// The query one partition runs (without `COPY`).
     fn query(&self, index: usize) -> String {
-        let p = &self.partitions[index];
-        let conditions: Vec<String> = p
-            .predicate
-            .iter()
-            .chain(self.inner.filter.iter())
-            .map(|c| format!("({c})"))
-            .collect();
-        if conditions.is_empty() {
-            self.inner.select.clone()
-        } else {
-            format!("{} WHERE {}", self.inner.select, conditions.join(" AND "))
-        }
+        partition_query(
+            &self.inner.select,
+            self.partitions[index].predicate.as_deref(),
+            self.inner.filter.as_deref(),
+        )
     }
 
     /// Reads partition `index` on its own connection. Batches arrive through a channel of

@@ -218,21 +218,7 @@ impl TableSource for SqliteSource {
     /// One partition: a single statement reads one snapshot of the file, and SQLite on a
     /// local disk reads faster than partitions could be converted side by side.
     async fn scan(&self, selection: &Selection, _parallel: usize) -> Result<Box<dyn TableScan>> {
-        let columns = match &selection.columns {
-            None => self.columns.clone(),
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    self.columns
-                        .iter()
-                        .find(|c| &c.name == name)
-                        .cloned()
-                        .ok_or_else(|| {
-                            Error::data(&self.address, format!("column '{name}' not found"))
-                        })
-                })
-                .collect::<Result<_>>()?,
-        };
+        let columns = selection.pick(&self.columns, |c| &c.name, &self.address)?;
         let list = if columns.is_empty() {
             "NULL".to_string()
         } else {

@@ -17,10 +17,11 @@ table's.
 """
 
 import json
-import os
-import statistics
 import sys
 from collections import defaultdict
+
+from benchlib import (Summary, fmt, human_bytes, num, read_meta, read_outputs,
+                      write_section)
 
 RSS_LIMIT_MIB = 256.0
 # (case, peer, ferry wall at most this times the peer's, what the peer is)
@@ -66,24 +67,6 @@ def heading(sf):
     return f"## PostgreSQL: TPC-H lineitem SF{sf}"
 
 
-def read_meta(path):
-    meta = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if "=" in line:
-                key, value = line.split("=", 1)
-                meta[key] = value
-    return meta
-
-
-def num(s):
-    try:
-        return float(s)
-    except ValueError:
-        return None
-
-
 def read_results(path):
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -119,62 +102,6 @@ def read_results(path):
                 "cx_write": num(cx_write),
             })
     return rows
-
-
-def read_outputs(path):
-    out = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                parts = line.rstrip("\n").split("\t", 2)
-                if len(parts) == 3:
-                    out[(parts[0], parts[1])] = json.loads(parts[2])
-    return out
-
-
-def fmt(x, digits=2):
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def human_bytes(n):
-    n = float(n)
-    for unit in ["B", "KiB", "MiB", "GiB", "TiB"]:
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-class Summary:
-    def __init__(self, runs):
-        self.timed = [r for r in runs if r["rep"] != "w"]
-        self.ok = [r for r in self.timed if r["ok"]]
-        self.failed = [r for r in self.timed if not r["ok"]]
-
-    def spread(self, key):
-        vals = [r[key] for r in self.ok if r[key] is not None]
-        return (min(vals), max(vals)) if vals else None
-
-    def median(self, key):
-        vals = [r[key] for r in self.ok if r[key] is not None]
-        return statistics.median(vals) if vals else None
-
-    @property
-    def disturbed(self):
-        """Successful timed runs during which the rest of the machine (neither the tool
-        nor the PostgreSQL server) used more than a quarter of a CPU on average."""
-        return sum(1 for r in self.ok
-                   if r["other_cpu"] is not None and r["wall"]
-                   and r["other_cpu"] > 0.25 * r["wall"])
-
-    @property
-    def peak_rss(self):
-        vals = [r["rss_mib"] for r in self.ok]
-        return max(vals) if vals else None
-
-    @property
-    def complete(self):
-        return bool(self.timed) and not self.failed
 
 
 def agg_diff(agg, ref):
@@ -515,46 +442,14 @@ def section(meta, rows, outputs):
     return out, problems
 
 
-def splice(text, head, new_lines):
-    """Replace the section starting at the line `head` (up to the next level-1 or level-2
-    heading outside code fences) with new_lines, or append it at the end of the file."""
-    lines = text.split("\n") if text else []
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == head), None)
-    if start is None:
-        while lines and lines[-1].strip() == "":
-            lines.pop()
-        if lines:
-            lines.append("")
-        return "\n".join(lines + new_lines)
-    end, fence = len(lines), False
-    for i in range(start + 1, len(lines)):
-        if lines[i].startswith("```"):
-            fence = not fence
-        elif not fence and (lines[i].startswith("# ") or lines[i].startswith("## ")):
-            end = i
-            break
-    tail = lines[end:]
-    return "\n".join(lines[:start] + new_lines + ([""] + tail if tail else []))
-
-
 def main():
     meta_path, results_path, outputs_path, out_path = sys.argv[1:5]
     meta = read_meta(meta_path)
     rows = read_results(results_path)
     outputs = read_outputs(outputs_path)
     new, problems = section(meta, rows, outputs)
-    while new and new[-1] == "":
-        new.pop()
-    text = ""
-    if os.path.exists(out_path):
-        with open(out_path, encoding="utf-8") as f:
-            text = f.read()
-    result = splice(text, heading(meta.get("sf", "1")), new)
-    with open(out_path, "w", encoding="utf-8") as f:
-        f.write(result.rstrip("\n") + "\n")
-    for p in problems:
-        print(f"postgres_report: {p}", file=sys.stderr)
-    return 3 if problems else 0
+    head = heading(meta.get("sf", "1"))
+    return write_section("postgres_report", out_path, head, new, problems)
 
 
 if __name__ == "__main__":

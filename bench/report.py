@@ -13,6 +13,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from benchlib import fmt, read_meta
+
 TOOLS = ["ferry", "rclone", "cp"]
 RSS_LIMIT_MIB = 200.0
 # case -> list of (peer, maximum allowed ferry/peer wall-time ratio or None)
@@ -21,17 +23,6 @@ TARGETS = {
     "b": [("rclone", 0.50)],
     "c": [("cp", 1.05), ("rclone", None)],
 }
-
-
-def read_meta(path):
-    meta = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if "=" in line:
-                key, value = line.split("=", 1)
-                meta[key] = value
-    return meta
 
 
 def read_results(path):
@@ -83,10 +74,6 @@ def human_bytes(n):
             return f"{n:.0f} {unit}" if n == int(n) else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def fmt(x, digits=2):
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 class Summary:

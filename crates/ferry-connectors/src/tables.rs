@@ -9,7 +9,9 @@
 //! [`TableWriter`]s, and [`TableLoad::commit`] makes them the table's in one step
 //! according to the address's [`WriteMode`](ferry_core::WriteMode).
 
-use arrow::datatypes::SchemaRef;
+use std::future::Future;
+
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use ferry_core::{Database, Error, Result, TableAddress};
@@ -61,6 +63,167 @@ pub fn partition_query(select: &str, predicate: Option<&str>, filter: Option<&st
     } else {
         format!("{select} WHERE {}", conditions.join(" AND "))
     }
+}
+
+/// An identifier quoted for SQL (double quotes: standard SQL, PostgreSQL, SQLite, and
+/// MySQL sessions with `ANSI_QUOTES`).
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// How a database spells table names.
+pub(crate) struct NameRules {
+    /// Characters that open and close a quoted part (doubled inside it).
+    pub quotes: &'static [char],
+    /// Whether unquoted parts fold to lower case.
+    pub fold_lower: bool,
+    /// What the part before the dot is called, for messages.
+    pub qualifier: &'static str,
+}
+
+/// A table name split into its qualifier and name, both unquoted (`"Sales".orders` →
+/// `Sales`, `orders`).
+pub(crate) fn split_name(
+    name: &str,
+    rules: &NameRules,
+) -> std::result::Result<(Option<String>, String), String> {
+    let mut parts = Vec::new();
+    let mut chars = name.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        match chars.peek().copied() {
+            Some(q) if rules.quotes.contains(&q) => {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some(c) if c == q && chars.peek() == Some(&q) => {
+                            chars.next();
+                            part.push(q);
+                        }
+                        Some(c) if c == q => break,
+                        Some(c) => part.push(c),
+                        None => return Err(format!("unclosed quote in table name '{name}'")),
+                    }
+                }
+            }
+            _ => {
+                while let Some(&c) = chars.peek() {
+                    if c == '.' {
+                        break;
+                    }
+                    part.push(if rules.fold_lower {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c
+                    });
+                    chars.next();
+                }
+            }
+        }
+        if part.is_empty() {
+            return Err(format!("table name '{name}' has an empty part"));
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(c) => return Err(format!("unexpected '{c}' in table name '{name}'")),
+        }
+    }
+    match parts.len() {
+        1 => Ok((None, parts.pop().unwrap_or_default())),
+        2 => {
+            let table = parts.pop().unwrap_or_default();
+            Ok((parts.pop(), table))
+        }
+        _ => Err(format!(
+            "table name '{name}' should be table or {}.table",
+            rules.qualifier
+        )),
+    }
+}
+
+/// Batches a partition's reader may hold ahead of its consumer: a slow consumer holds the
+/// database back rather than filling memory.
+const READ_AHEAD: usize = 2;
+
+/// Runs `read` on a task of its own, sending its batches into the channel returned. An
+/// error it returns is sent as the stream's last item.
+pub fn spawn_read<F, Fut>(read: F) -> mpsc::Receiver<Result<RecordBatch>>
+where
+    F: FnOnce(mpsc::Sender<Result<RecordBatch>>) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let reading = read(tx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = reading.await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// [`spawn_read`] for a synchronous reader, on a blocking thread.
+pub fn spawn_blocking_read<F>(read: F) -> mpsc::Receiver<Result<RecordBatch>>
+where
+    F: FnOnce(&mpsc::Sender<Result<RecordBatch>>) -> Result<()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = read(&tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Checks, before a load, that the upsert key columns are among the source's columns.
+pub fn check_key_columns(address: &TableAddress, schema: &Schema) -> Result<()> {
+    for key in &address.key_columns {
+        if schema.field_with_name(key).is_err() {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(Error::data(
+                address,
+                format!(
+                    "key column '{key}' is not among the source's columns ({})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The column of the target (`existing`, named by `name`) that source column `field`
+/// loads into: the one with its exact name, else the only one matching it regardless of
+/// case. `target` names the table in the error.
+pub fn target_column<'a, C>(
+    existing: &'a [C],
+    name: impl Fn(&C) -> &str,
+    field: &str,
+    address: &TableAddress,
+    target: &str,
+) -> Result<&'a C> {
+    existing
+        .iter()
+        .find(|c| name(c) == field)
+        .or_else(|| {
+            let mut same = existing
+                .iter()
+                .filter(|c| name(c).eq_ignore_ascii_case(field));
+            same.next().filter(|_| same.next().is_none())
+        })
+        .ok_or_else(|| {
+            let names: Vec<&str> = existing.iter().map(&name).collect();
+            Error::data(
+                address,
+                format!(
+                    "column '{field}' of the source is not in table {target} (its columns: {})",
+                    names.join(", ")
+                ),
+            )
+        })
 }
 
 /// One piece of a scan, read on its own connection.

@@ -45,6 +45,25 @@ impl Remote {
     }
 }
 
+/// The server URL in `variable` cut back to `scheme://user@host:port/` (without a
+/// database), or `None` (after saying why) outside CI when it is not set. Panics under CI
+/// when it is missing.
+fn database_server(variable: &str, name: &str) -> Option<String> {
+    let Ok(url) = std::env::var(variable) else {
+        let msg = format!("{name} test service not configured ({variable} unset): run `scripts/services up` and `eval \"$(scripts/services env)\"`");
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("skipping: {msg}");
+        return None;
+    };
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    Some(match url.rfind('/') {
+        Some(i) if i >= after_scheme => url[..=i].to_string(),
+        _ => format!("{url}/"),
+    })
+}
+
 /// The test PostgreSQL server (`FERRY_TEST_POSTGRES`, password in `PGPASSWORD`).
 pub struct TestPostgres {
     /// `postgres://user@host:port/` without a database.
@@ -55,23 +74,7 @@ impl TestPostgres {
     /// The server, or `None` (after saying why) outside CI when it is not configured.
     /// Panics under CI when it is missing.
     pub fn get() -> Option<Self> {
-        match std::env::var("FERRY_TEST_POSTGRES") {
-            Ok(url) => {
-                let server = match url.rfind('/') {
-                    Some(i) if i > "postgres://".len() => url[..=i].to_string(),
-                    _ => format!("{url}/"),
-                };
-                Some(Self { server })
-            }
-            Err(_) => {
-                let msg = "PostgreSQL test service not configured (FERRY_TEST_POSTGRES unset): run `scripts/services up` and `eval \"$(scripts/services env)\"`";
-                if std::env::var_os("CI").is_some() {
-                    panic!("{msg}");
-                }
-                eprintln!("skipping: {msg}");
-                None
-            }
-        }
+        database_server("FERRY_TEST_POSTGRES", "PostgreSQL").map(|server| Self { server })
     }
 
     /// The URL of database `db` (`ferry` and `ferry_copy` exist).
@@ -114,23 +117,7 @@ impl TestMysql {
     /// The server, or `None` (after saying why) outside CI when it is not configured.
     /// Panics under CI when it is missing.
     pub fn get() -> Option<Self> {
-        match std::env::var("FERRY_TEST_MYSQL") {
-            Ok(url) => {
-                let server = match url.rfind('/') {
-                    Some(i) if i > "mysql://".len() => url[..=i].to_string(),
-                    _ => format!("{url}/"),
-                };
-                Some(Self { server })
-            }
-            Err(_) => {
-                let msg = "MySQL test service not configured (FERRY_TEST_MYSQL unset): run `scripts/services up` and `eval \"$(scripts/services env)\"`";
-                if std::env::var_os("CI").is_some() {
-                    panic!("{msg}");
-                }
-                eprintln!("skipping: {msg}");
-                None
-            }
-        }
+        database_server("FERRY_TEST_MYSQL", "MySQL").map(|server| Self { server })
     }
 
     /// The URL of database `db` (`ferry` and `ferry_copy` exist).

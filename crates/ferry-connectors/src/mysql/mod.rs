@@ -14,7 +14,8 @@ use ferry_core::{Error, Result, TableAddress};
 use mysql_async::{Conn, Opts, OptsBuilder};
 use percent_encoding::percent_decode_str;
 
-use crate::tables::{TableLoad, TableSource};
+pub(crate) use crate::tables::quote;
+use crate::tables::{NameRules, TableLoad, TableSource};
 
 pub use codec::{MyColumn, MyType, TYPE_KEY};
 pub use sink::{MyLoad, MyWriter};
@@ -130,55 +131,12 @@ pub(crate) fn my_error(address: &TableAddress, e: mysql_async::Error) -> Error {
 /// A table name split into database and name, both unquoted (`"Sales".orders` or
 /// `` `Sales`.orders `` → `Sales`, `orders`). Names keep their case, as MySQL does.
 pub(crate) fn split_name(name: &str) -> std::result::Result<(Option<String>, String), String> {
-    let mut parts = Vec::new();
-    let mut chars = name.trim().chars().peekable();
-    loop {
-        let mut part = String::new();
-        match chars.peek().copied() {
-            Some(q @ ('"' | '`')) => {
-                chars.next();
-                loop {
-                    match chars.next() {
-                        Some(c) if c == q && chars.peek() == Some(&q) => {
-                            chars.next();
-                            part.push(q);
-                        }
-                        Some(c) if c == q => break,
-                        Some(c) => part.push(c),
-                        None => return Err(format!("unclosed quote in table name '{name}'")),
-                    }
-                }
-            }
-            _ => {
-                while let Some(&c) = chars.peek() {
-                    if c == '.' {
-                        break;
-                    }
-                    part.push(c);
-                    chars.next();
-                }
-            }
-        }
-        if part.is_empty() {
-            return Err(format!("table name '{name}' has an empty part"));
-        }
-        parts.push(part);
-        match chars.next() {
-            None => break,
-            Some('.') => continue,
-            Some(c) => return Err(format!("unexpected '{c}' in table name '{name}'")),
-        }
-    }
-    match parts.len() {
-        1 => Ok((None, parts.pop().unwrap_or_default())),
-        2 => {
-            let table = parts.pop().unwrap_or_default();
-            Ok((parts.pop(), table))
-        }
-        _ => Err(format!(
-            "table name '{name}' should be table or database.table"
-        )),
-    }
+    let rules = NameRules {
+        quotes: &['"', '`'],
+        fold_lower: false,
+        qualifier: "database",
+    };
+    crate::tables::split_name(name, &rules)
 }
 
 /// The database and table an address names; the database from the name or else the
@@ -193,11 +151,6 @@ pub(crate) fn table_of(address: &TableAddress, table: &str) -> Result<(String, S
         invalid("no database: name it in the URL (mysql://host/db) or as db.table".into())
     })?;
     Ok((db, name))
-}
-
-/// An identifier quoted for SQL (the session runs with `ANSI_QUOTES`).
-pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 #[cfg(test)]

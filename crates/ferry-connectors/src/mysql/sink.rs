@@ -13,7 +13,7 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use crate::tables::{TableLoad, TableWriter};
+use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter};
 
 use super::codec::{create_type, writable, LiteralWriter, MyType};
 use super::source::table_columns;
@@ -58,17 +58,7 @@ impl MyLoad {
         let (db, name) = table_of(address, table)?;
         let target = format!("{}.{}", quote(&db), quote(&name));
         let mode = address.mode;
-        for key in &address.key_columns {
-            if schema.field_with_name(key).is_err() {
-                return Err(Error::data(
-                    address,
-                    format!(
-                        "key column '{key}' is not among the source's columns ({})",
-                        field_names(&schema)
-                    ),
-                ));
-            }
-        }
+        check_key_columns(address, &schema)?;
         for field in schema.fields() {
             writable(field.data_type()).map_err(|reason| {
                 Error::data(address, format!("column '{}': {reason}", field.name()))
@@ -100,25 +90,7 @@ impl MyLoad {
             let mut not_null = Vec::new();
             let mut columns = Vec::new();
             for field in schema.fields() {
-                let column = existing
-                    .iter()
-                    .find(|c| &c.name == field.name())
-                    .or_else(|| {
-                        let mut same = existing
-                            .iter()
-                            .filter(|c| c.name.eq_ignore_ascii_case(field.name()));
-                        same.next().filter(|_| same.next().is_none())
-                    })
-                    .ok_or_else(|| {
-                        Error::data(
-                            address,
-                            format!(
-                                "column '{}' of the source is not in table {target} (its columns: {})",
-                                field.name(),
-                                existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                            ),
-                        )
-                    })?;
+                let column = target_column(&existing, |c| &c.name, field.name(), address, &target)?;
                 if column.ty == MyType::Bit && !field.data_type().is_integer() {
                     return Err(Error::data(
                         address,
@@ -570,15 +542,6 @@ fn staging_name(table: &str, load_id: &str, suffix: &str) -> String {
         base.pop();
     }
     format!("{base}{suffix}")
-}
-
-fn field_names(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

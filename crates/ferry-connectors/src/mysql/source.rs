@@ -11,7 +11,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tokio::sync::mpsc;
 
-use crate::tables::{partition_query, Selection, TablePartition, TableScan, TableSource};
+use crate::tables::{
+    partition_query, spawn_read, Selection, TablePartition, TableScan, TableSource,
+};
 
 use super::codec::{schema_of, MyColumn, MyType, RowDecoder};
 use super::{connect, my_error, quote, table_of};
@@ -180,18 +182,12 @@ impl TableScan for MyScan {
         )
     }
 
-    /// Reads partition `index` on its own connection, into a channel of two batches.
+    /// Reads partition `index` on its own connection.
     fn read(&self, index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>> {
-        let (tx, rx) = mpsc::channel(2);
         let inner = self.inner.clone();
         let query = self.query(index);
         let key = self.partitions[index].key.clone();
-        tokio::spawn(async move {
-            if let Err(e) = inner.stream(&query, &key, batch_rows.max(1), &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        rx
+        spawn_read(|tx| async move { inner.stream(&query, &key, batch_rows.max(1), &tx).await })
     }
 }
 

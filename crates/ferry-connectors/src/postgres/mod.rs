@@ -15,6 +15,9 @@ use std::time::Duration;
 use ferry_core::{Error, Result, TableAddress};
 use tokio_postgres::Client;
 
+pub(crate) use crate::tables::quote;
+use crate::tables::NameRules;
+
 pub use codec::{CodecError, CopyDecoder, CopyEncoder, PgColumn, PgType};
 pub use sink::{PgLoad, PgWriter};
 pub use source::{PgScan, PgSource};
@@ -137,57 +140,12 @@ pub(crate) fn pg_error(address: &TableAddress, e: tokio_postgres::Error) -> Erro
 /// A table name split into schema and name, both unquoted (`"Sales".orders` → `Sales`,
 /// `orders`). Unquoted parts are folded to lower case, as PostgreSQL does.
 pub(crate) fn split_name(name: &str) -> std::result::Result<(Option<String>, String), String> {
-    let mut parts = Vec::new();
-    let mut chars = name.trim().chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => part.push(c),
-                    None => return Err(format!("unclosed quote in table name '{name}'")),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                part.push(c.to_ascii_lowercase());
-                chars.next();
-            }
-        }
-        if part.is_empty() {
-            return Err(format!("table name '{name}' has an empty part"));
-        }
-        parts.push(part);
-        match chars.next() {
-            None => break,
-            Some('.') => continue,
-            Some(c) => return Err(format!("unexpected '{c}' in table name '{name}'")),
-        }
-    }
-    match parts.len() {
-        1 => Ok((None, parts.pop().unwrap_or_default())),
-        2 => {
-            let table = parts.pop().unwrap_or_default();
-            Ok((parts.pop(), table))
-        }
-        _ => Err(format!(
-            "table name '{name}' should be table or schema.table"
-        )),
-    }
-}
-
-/// An identifier quoted for SQL.
-pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
+    let rules = NameRules {
+        quotes: &['"'],
+        fold_lower: true,
+        qualifier: "schema",
+    };
+    crate::tables::split_name(name, &rules)
 }
 
 /// A string quoted as an SQL literal.

@@ -11,7 +11,7 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use futures::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
-use crate::tables::{TableLoad, TableWriter};
+use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter};
 
 use super::source::table_columns;
 use super::{connect, literal, pg_error, quote, split_name, CopyEncoder, PgColumn, PgType};
@@ -76,17 +76,7 @@ impl PgLoad {
             .await
             .map_err(err)?;
         let mode = address.mode;
-        for key in &address.key_columns {
-            if schema.field_with_name(key).is_err() {
-                return Err(Error::data(
-                    address,
-                    format!(
-                        "key column '{key}' is not among the source's columns ({})",
-                        field_names(&schema)
-                    ),
-                ));
-            }
-        }
+        check_key_columns(address, &schema)?;
         let target_exists = found.is_some();
         let (columns, definitions) = match found {
             Some(row) => {
@@ -94,25 +84,8 @@ impl PgLoad {
                 let existing = table_columns(&client, address, oid, &target).await?;
                 let mut columns = Vec::new();
                 for field in schema.fields() {
-                    let column = existing
-                        .iter()
-                        .find(|c| &c.name == field.name())
-                        .or_else(|| {
-                            let mut same = existing
-                                .iter()
-                                .filter(|c| c.name.eq_ignore_ascii_case(field.name()));
-                            same.next().filter(|_| same.next().is_none())
-                        })
-                        .ok_or_else(|| {
-                            Error::data(
-                                address,
-                                format!(
-                                    "column '{}' of the source is not in table {target} (its columns: {})",
-                                    field.name(),
-                                    existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                                ),
-                            )
-                        })?;
+                    let column =
+                        target_column(&existing, |c| &c.name, field.name(), address, &target)?;
                     columns.push(column.clone());
                 }
                 if mode == WriteMode::Upsert {
@@ -506,15 +479,6 @@ fn staging_name(table: &str, load_id: &str) -> String {
         base.pop();
     }
     format!("{base}{suffix}")
-}
-
-fn field_names(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

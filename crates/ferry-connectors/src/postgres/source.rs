@@ -11,7 +11,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::tables::{partition_query, Selection, TablePartition, TableScan, TableSource};
+use crate::tables::{
+    partition_query, spawn_read, Selection, TablePartition, TableScan, TableSource,
+};
 
 use super::{connect, literal, pg_error, quote, CopyDecoder, PgColumn, PgType};
 
@@ -220,20 +222,12 @@ impl TableScan for PgScan {
         )
     }
 
-    /// Reads partition `index` on its own connection. Batches arrive through a channel of
-    /// two, so a slow consumer holds the database back rather than filling memory.
+    /// Reads partition `index` on its own connection.
     fn read(&self, index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>> {
-        let (tx, rx) = mpsc::channel(2);
         let inner = self.inner.clone();
         let query = self.query(index);
         let key = self.partitions[index].key.clone();
-        tokio::spawn(async move {
-            let result = inner.copy_out(&query, &key, batch_rows, &tx).await;
-            if let Err(e) = result {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        rx
+        spawn_read(|tx| async move { inner.copy_out(&query, &key, batch_rows, &tx).await })
     }
 }
 

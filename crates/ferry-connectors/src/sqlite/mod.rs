@@ -17,6 +17,7 @@ use arrow::datatypes::SchemaRef;
 use ferry_core::{Error, Result, TableAddress};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+pub(crate) use crate::tables::quote;
 use crate::tables::{TableLoad, TableSource};
 
 /// For callers (and tests) that inspect a database next to ferry.
@@ -112,11 +113,6 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Internal(format!("sqlite worker: {e}")))?
-}
-
-/// An identifier quoted for SQL.
-pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// A table or view `name` names in the main schema, as SQLite spells it (names are

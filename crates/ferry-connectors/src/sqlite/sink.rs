@@ -15,7 +15,7 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::tables::{TableLoad, TableWriter};
+use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter};
 
 use super::types::{
     declared_for, format_date, format_time, format_timestamp, format_uuid, SqlType,
@@ -72,17 +72,7 @@ impl SqliteLoad {
         };
         let address = address.clone();
         let path = database_path(&address)?;
-        for key in &address.key_columns {
-            if schema.field_with_name(key).is_err() {
-                return Err(Error::data(
-                    &address,
-                    format!(
-                        "key column '{key}' is not among the source's columns ({})",
-                        field_names(&schema)
-                    ),
-                ));
-            }
-        }
+        check_key_columns(&address, &schema)?;
         for field in schema.fields() {
             check_writable(field).map_err(|reason| {
                 Error::data(&address, format!("column '{}': {reason}", field.name()))
@@ -131,25 +121,8 @@ impl SqliteLoad {
         let address = &self.address;
         let existing = table_columns(connection, name).map_err(|e| sqlite_error(address, e))?;
         for field in schema.fields() {
-            let column =
-                existing
-                    .iter()
-                    .find(|c| &c.name == field.name())
-                    .or_else(|| {
-                        existing
-                            .iter()
-                            .find(|c| c.name.eq_ignore_ascii_case(field.name()))
-                    })
-                    .ok_or_else(|| {
-                        Error::data(
-                            address,
-                            format!(
-                            "column '{}' of the source is not in table '{name}' (its columns: {})",
-                            field.name(),
-                            existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                        )
-                    })?;
+            let shown = format!("'{name}'");
+            let column = target_column(&existing, |c| &c.name, field.name(), address, &shown)?;
             if column.generated {
                 return Err(Error::data(
                     address,
@@ -856,15 +829,6 @@ fn staging_name(table: &str, load_id: &str) -> String {
 
 fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.map(quote).collect::<Vec<_>>().join(", ")
-}
-
-fn field_names(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use crate::tables::{Selection, TablePartition, TableScan, TableSource};
+use crate::tables::{spawn_blocking_read, Selection, TablePartition, TableScan, TableSource};
 
 use super::types::{
     arrow_field, parse_date, parse_decimal, parse_time, parse_timestamp, parse_uuid, SqlType,
@@ -282,14 +282,8 @@ impl TableScan for SqliteScan {
     /// Reads on a blocking thread of its own; batches wait in a channel of two, so a slow
     /// consumer holds the reader back.
     fn read(&self, _index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>> {
-        let (tx, rx) = mpsc::channel(2);
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = inner.read(batch_rows.max(1), &tx) {
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
-        rx
+        spawn_blocking_read(move |tx| inner.read(batch_rows.max(1), tx))
     }
 }
 

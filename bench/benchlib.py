@@ -118,3 +118,19 @@ def write_section(script, out_path, head, new, problems):
     for p in problems:
         print(f"{script}: {p}", file=sys.stderr)
     return 3 if problems else 0
+
+
+def run_status(r):
+    """A run's status for the table of all runs."""
+    if r["ok"]:
+        return r["status"].replace("|", " ")
+    return "failed (see above)" if r["status"].startswith("failed") else r["status"].replace("|", " ")
+
+
+def main(script, read_results, section, heading):
+    """The command line of a report script: META RESULTS OUTPUTS OUT."""
+    meta_path, results_path, outputs_path, out_path = sys.argv[1:5]
+    meta = read_meta(meta_path)
+    new, problems = section(meta, read_results(results_path), read_outputs(outputs_path))
+    head = heading(meta.get("sf", "1"))
+    return write_section(script, out_path, head, new, problems)

@@ -20,8 +20,8 @@ import json
 import sys
 from collections import defaultdict
 
-from benchlib import (Summary, fmt, human_bytes, num, read_meta, read_outputs,
-                      write_section)
+import benchlib
+from benchlib import Summary, fmt, human_bytes, num, run_status
 
 RSS_LIMIT_MIB = 256.0
 # (case, peer, ferry wall at most this times the peer's, what the peer is)
@@ -433,24 +433,14 @@ def section(meta, rows, outputs):
     for r in rows:
         run = "warm-up" if r["rep"] == "w" else r["rep"]
         nrows = f"{r['rows']:,}" if r["rows"] is not None else "–"
-        status = r["status"] if r["ok"] else "failed (see above)" if r["status"].startswith(
-            "failed") else r["status"]
+        status = run_status(r)
         w(f"| ({r['case']}) | {r['tool']} | {run} | {fmt(r['wall'])} | {fmt(r['user'])} | "
           f"{fmt(r['sys'])} | {fmt(r['server'])} | {fmt(r['rss_mib'], 1)} | "
-          f"{fmt(r['other_cpu'])} | {nrows} | {status.replace('|', ' ')} |")
+          f"{fmt(r['other_cpu'])} | {nrows} | {status} |")
     w("")
     return out, problems
 
 
-def main():
-    meta_path, results_path, outputs_path, out_path = sys.argv[1:5]
-    meta = read_meta(meta_path)
-    rows = read_results(results_path)
-    outputs = read_outputs(outputs_path)
-    new, problems = section(meta, rows, outputs)
-    head = heading(meta.get("sf", "1"))
-    return write_section("postgres_report", out_path, head, new, problems)
-
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchlib.main("postgres_report", read_results, section, heading))

@@ -74,7 +74,7 @@ pub async fn copy(
     }
 
     let state = Arc::new(StateStore::open(&opts.state_dir)?);
-    let run_id = run_id(src, dst, opts.checksum);
+    let run_id = run_id(src, dst, opts.checksum, opts.run_key.as_deref());
     if !opts.resume {
         discard_run(&state, &run_id, sink.as_ref(), &plan).await?;
     }
@@ -134,7 +134,7 @@ pub(crate) async fn open_and_list(
 
 /// The same copy (same ends, same checksum) always has the same run id, so re-running a
 /// command finds its checkpoint.
-fn run_id(src: &DataAddress, dst: &DataAddress, algo: ChecksumAlgo) -> String {
+fn run_id(src: &DataAddress, dst: &DataAddress, algo: ChecksumAlgo, key: Option<&str>) -> String {
     let canonical = |a: &DataAddress| match a {
         DataAddress::Local { path } => {
             let abs = std::path::absolute(path).unwrap_or_else(|_| path.clone());
@@ -146,7 +146,10 @@ fn run_id(src: &DataAddress, dst: &DataAddress, algo: ChecksumAlgo) -> String {
         }
         other => other.to_string(),
     };
-    let text = format!("{}\n{}\n{algo}", canonical(src), canonical(dst));
+    let mut text = format!("{}\n{}\n{algo}", canonical(src), canonical(dst));
+    if let Some(key) = key {
+        text.push_str(&format!("\nrun {key}"));
+    }
     ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
 }
 

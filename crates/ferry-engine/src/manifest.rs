@@ -52,6 +52,36 @@ pub struct TransferSpec {
     /// Applied in order.
     #[serde(default)]
     pub transformation: Vec<TransformSpec>,
+    /// Service: when to run, as a 5-field cron expression (`*/15 * * * *`). Without one, the
+    /// service runs the transfer once, when it is created. `ferry run` ignores it.
+    pub schedule: Option<String>,
+    /// Service: the IANA time zone the schedule is read in (`Europe/Berlin`) [default: UTC].
+    pub time_zone: Option<String>,
+    /// Service: no new runs while true; a running run finishes.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Service: what a scheduled run does when the previous one is still running.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Service: how often a run that failed for a passing reason is tried again [default: 3].
+    pub max_failed_retries: Option<u32>,
+    /// Service: how many succeeded runs are kept [default: 3].
+    pub successful_jobs_history_limit: Option<u32>,
+    /// Service: how many failed runs are kept [default: 1].
+    pub failed_jobs_history_limit: Option<u32>,
+}
+
+/// What a scheduled run does when the previous run of its transfer is still running, as
+/// for Kubernetes CronJobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum ConcurrencyPolicy {
+    /// Skip the new run.
+    #[default]
+    Forbid,
+    /// Run both.
+    Allow,
+    /// Stop the running one and start the new one.
+    Replace,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

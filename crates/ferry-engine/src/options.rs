@@ -28,6 +28,9 @@ pub struct CopyOptions {
     pub exclude: Vec<String>,
     /// Where checkpoints live.
     pub state_dir: PathBuf,
+    /// Names the checkpoint apart from the two addresses: a service gives each run its own,
+    /// so a new run starts afresh and a resumed one finds its own progress.
+    pub run_key: Option<String>,
 }
 
 impl Default for CopyOptions {
@@ -44,6 +47,7 @@ impl Default for CopyOptions {
             include: Vec::new(),
             exclude: Vec::new(),
             state_dir: default_state_dir(),
+            run_key: None,
         }
     }
 }

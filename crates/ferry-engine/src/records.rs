@@ -228,7 +228,7 @@ pub async fn transfer(
     }
 
     let state = Arc::new(StateStore::open(&opts.state_dir)?);
-    let run_id = run_id(src, dst, rec);
+    let run_id = run_id(src, dst, rec, opts);
     discard_uploads(&state, &run_id, sink.as_ref()).await?;
     if !opts.resume {
         state.forget_run(&run_id)?;
@@ -552,7 +552,12 @@ pub(crate) fn fingerprint(inputs: &[(Entry, Format)]) -> (u64, String) {
 }
 
 /// The same request always has the same run id, so re-running it finds its checkpoint.
-pub(crate) fn run_id(src: &DataAddress, dst: &DataAddress, rec: &RecordOptions) -> String {
+pub(crate) fn run_id(
+    src: &DataAddress,
+    dst: &DataAddress,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+) -> String {
     let canonical = |a: &DataAddress| match a {
         DataAddress::Local { path } => std::path::absolute(path)
             .unwrap_or_else(|_| path.clone())
@@ -561,7 +566,10 @@ pub(crate) fn run_id(src: &DataAddress, dst: &DataAddress, rec: &RecordOptions) 
         other => other.to_string(),
     };
     let spec = serde_json::to_string(rec).unwrap_or_default();
-    let text = format!("records\n{}\n{}\n{spec}", canonical(src), canonical(dst));
+    let mut text = format!("records\n{}\n{}\n{spec}", canonical(src), canonical(dst));
+    if let Some(key) = &opts.run_key {
+        text.push_str(&format!("\nrun {key}"));
+    }
     ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
 }
 

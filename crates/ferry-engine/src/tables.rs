@@ -331,7 +331,7 @@ async fn to_files(
     }
 
     let state = Arc::new(StateStore::open(&opts.state_dir)?);
-    let run_id = run_id(src, dst, rec);
+    let run_id = run_id(src, dst, rec, opts);
     // Partitions done by an interrupted run are kept; after a run that finished, a new
     // one reads the table afresh.
     discard_uploads(&state, &run_id, sink.as_ref()).await?;
@@ -494,7 +494,7 @@ async fn to_table(
     started: Instant,
     parallel: usize,
 ) -> Result<RecordReport> {
-    let run_id = run_id(src, dst, rec);
+    let run_id = run_id(src, dst, rec, opts);
     let mut load = prepare_load(table, plan.output_schema.clone(), &run_id).await?;
     let parallel = parallel.min(load.max_writers()).max(1);
     let units: Vec<usize> = (0..plan.units()).collect();

@@ -1,0 +1,385 @@
+//! Durable checkpoints for runs, in an embedded SQLite database.
+//!
+//! A checkpoint records, per run, which files are done (with their checksums and the
+//! destination version written) and, for files moving in parts, the upload id and every
+//! completed part. A later process reads it back to skip finished files and to continue
+//! interrupted uploads where they stopped.
+//!
+//! The database runs in WAL mode with `synchronous=NORMAL`: a commit is durable against a
+//! process crash (`kill -9`) and costs no fsync; after a power loss the newest commits may
+//! be missing, which only means some finished work is done again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use ferry_core::{Error, PartToken, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    status      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    run_id          TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    source_size     INTEGER NOT NULL,
+    source_version  TEXT,
+    done            INTEGER NOT NULL,
+    upload_id       TEXT,
+    part_size       INTEGER,
+    checksum        TEXT,
+    dest_version    TEXT,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS parts (
+    run_id   TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    idx      INTEGER NOT NULL,
+    token    TEXT NOT NULL,
+    checksum TEXT,
+    PRIMARY KEY (run_id, key, idx)
+);
+";
+
+/// What the checkpoint knows about one file of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileCheckpoint {
+    pub source_size: u64,
+    pub source_version: Option<String>,
+    pub done: bool,
+    /// Set while the file moves in parts.
+    pub upload: Option<UploadCheckpoint>,
+    /// The file's checksum (`algo:hex`), once done.
+    pub checksum: Option<String>,
+    /// The version the destination reported after the write, once done.
+    pub dest_version: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UploadCheckpoint {
+    pub upload_id: String,
+    pub part_size: u64,
+    /// Completed parts by index: the token to complete the upload with, and the part's checksum.
+    pub parts: BTreeMap<usize, (PartToken, Option<String>)>,
+}
+
+/// The checkpoint database in a state directory.
+pub struct StateStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl StateStore {
+    /// Opens (creating if needed) `dir/ferry.db`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let shown = dir.display().to_string();
+        std::fs::create_dir_all(dir).map_err(|e| Error::state(&shown, e))?;
+        let path = dir.join("ferry.db");
+        let conn = Connection::open(&path).map_err(|e| Error::state(&shown, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| Error::state(&shown, e))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .and_then(|()| conn.execute_batch(SCHEMA))
+            .map_err(|e| Error::state(&shown, e))?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: SQLite rolls back.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, e: rusqlite::Error) -> Error {
+        Error::state(self.path.display(), e)
+    }
+
+    /// Records that run `id` copies `source` to `destination`; keeps its progress if known.
+    pub fn start_run(&self, id: &str, source: &str, destination: &str) -> Result<()> {
+        let t = now();
+        self.conn()
+            .execute(
+                "INSERT INTO runs (id, source, destination, created_at, updated_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 'running')
+                 ON CONFLICT(id) DO UPDATE SET updated_at = ?4, status = 'running'",
+                params![id, source, destination, t],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    pub fn finish_run(&self, id: &str, status: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE runs SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, status, now()],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Everything the checkpoint holds for run `id`, by file key.
+    pub fn files(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
+        let conn = self.conn();
+        let mut out = BTreeMap::new();
+        let mut stmt = conn
+            .prepare(
+                "SELECT key, source_size, source_version, done, upload_id, part_size, checksum, dest_version
+                 FROM files WHERE run_id = ?1",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                let upload_id: Option<String> = r.get(4)?;
+                let part_size: Option<i64> = r.get(5)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    FileCheckpoint {
+                        source_size: r.get::<_, i64>(1)? as u64,
+                        source_version: r.get(2)?,
+                        done: r.get::<_, i64>(3)? != 0,
+                        upload: upload_id.map(|upload_id| UploadCheckpoint {
+                            upload_id,
+                            part_size: part_size.unwrap_or_default() as u64,
+                            parts: BTreeMap::new(),
+                        }),
+                        checksum: r.get(6)?,
+                        dest_version: r.get(7)?,
+                    },
+                ))
+            })
+            .map_err(|e| self.fail(e))?;
+        for row in rows {
+            let (key, file) = row.map_err(|e| self.fail(e))?;
+            out.insert(key, file);
+        }
+        let mut stmt = conn
+            .prepare("SELECT key, idx, token, checksum FROM parts WHERE run_id = ?1")
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as usize,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .map_err(|e| self.fail(e))?;
+        for row in rows {
+            let (key, idx, token, checksum) = row.map_err(|e| self.fail(e))?;
+            if let Some(upload) = out.get_mut(&key).and_then(|f| f.upload.as_mut()) {
+                upload.parts.insert(idx, (PartToken(token), checksum));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a started upload in parts, replacing whatever was known of the file.
+    pub fn begin_upload(
+        &self,
+        id: &str,
+        key: &str,
+        source_size: u64,
+        source_version: Option<&str>,
+        upload_id: &str,
+        part_size: u64,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.fail(e))?;
+        tx.execute(
+            "DELETE FROM parts WHERE run_id = ?1 AND key = ?2",
+            params![id, key],
+        )
+        .and_then(|_| {
+            tx.execute(
+                "INSERT OR REPLACE INTO files
+                 (run_id, key, source_size, source_version, done, upload_id, part_size, checksum, dest_version)
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, NULL, NULL)",
+                params![id, key, source_size as i64, source_version, upload_id, part_size as i64],
+            )
+        })
+        .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
+    /// Records a completed part (after the destination acknowledged it).
+    pub fn part_done(
+        &self,
+        id: &str,
+        key: &str,
+        index: usize,
+        token: &PartToken,
+        checksum: Option<&str>,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO parts (run_id, key, idx, token, checksum) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, key, index as i64, token.0, checksum],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Records a file as complete at the destination; its parts are no longer needed.
+    pub fn file_done(
+        &self,
+        id: &str,
+        key: &str,
+        source_size: u64,
+        source_version: Option<&str>,
+        checksum: Option<&str>,
+        dest_version: Option<&str>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.fail(e))?;
+        tx.execute(
+            "DELETE FROM parts WHERE run_id = ?1 AND key = ?2",
+            params![id, key],
+        )
+        .and_then(|_| {
+            tx.execute(
+                "INSERT OR REPLACE INTO files
+                 (run_id, key, source_size, source_version, done, upload_id, part_size, checksum, dest_version)
+                 VALUES (?1, ?2, ?3, ?4, 1, NULL, NULL, ?5, ?6)",
+                params![id, key, source_size as i64, source_version, checksum, dest_version],
+            )
+        })
+        .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
+    /// Forgets one file (its upload was aborted or its source changed).
+    pub fn forget_file(&self, id: &str, key: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM parts WHERE run_id = ?1 AND key = ?2",
+            params![id, key],
+        )
+        .and_then(|_| {
+            conn.execute(
+                "DELETE FROM files WHERE run_id = ?1 AND key = ?2",
+                params![id, key],
+            )
+        })
+        .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Forgets everything about run `id`.
+    pub fn forget_run(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute_batch(&format!(
+                "DELETE FROM parts WHERE run_id = {0}; DELETE FROM files WHERE run_id = {0}; DELETE FROM runs WHERE id = {0};",
+                quote(id)
+            ))
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// The status a run was last left in, if it is known.
+    pub fn run_status(&self, id: &str) -> Result<Option<String>> {
+        self.conn()
+            .query_row("SELECT status FROM runs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.fail(e))
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.start_run("r1", "src", "dst").unwrap();
+            store
+                .begin_upload("r1", "big.bin", 100, Some("v1"), "up-1", 40)
+                .unwrap();
+            store
+                .part_done(
+                    "r1",
+                    "big.bin",
+                    0,
+                    &PartToken("t0".into()),
+                    Some("crc32c:00"),
+                )
+                .unwrap();
+            store
+                .part_done("r1", "big.bin", 2, &PartToken("t2".into()), None)
+                .unwrap();
+            store
+                .file_done(
+                    "r1",
+                    "small.txt",
+                    3,
+                    Some("v9"),
+                    Some("crc32c:01"),
+                    Some("e1"),
+                )
+                .unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        let files = store.files("r1").unwrap();
+        let big = &files["big.bin"];
+        assert!(!big.done);
+        let upload = big.upload.as_ref().unwrap();
+        assert_eq!(upload.upload_id, "up-1");
+        assert_eq!(upload.part_size, 40);
+        assert_eq!(upload.parts.keys().copied().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(upload.parts[&0].0, PartToken("t0".into()));
+        let small = &files["small.txt"];
+        assert!(small.done);
+        assert_eq!(small.checksum.as_deref(), Some("crc32c:01"));
+        assert_eq!(small.dest_version.as_deref(), Some("e1"));
+        assert!(store.files("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn finishing_a_file_drops_its_parts_and_forgetting_a_run_drops_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.start_run("r'1", "s", "d").unwrap();
+        store.begin_upload("r'1", "k", 10, None, "u", 5).unwrap();
+        store
+            .part_done("r'1", "k", 0, &PartToken("a".into()), None)
+            .unwrap();
+        store
+            .file_done("r'1", "k", 10, None, Some("crc32c:ff"), None)
+            .unwrap();
+        let files = store.files("r'1").unwrap();
+        assert!(files["k"].done && files["k"].upload.is_none());
+        assert_eq!(store.run_status("r'1").unwrap().as_deref(), Some("running"));
+        store.forget_run("r'1").unwrap();
+        assert!(store.files("r'1").unwrap().is_empty());
+        assert_eq!(store.run_status("r'1").unwrap(), None);
+    }
+}

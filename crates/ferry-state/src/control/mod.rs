@@ -1,0 +1,162 @@
+//! The service's durable resources: transfers (desired state and status), their runs and
+//! their events.
+//!
+//! Specs, statuses and statistics are kept as JSON documents: this crate stores them and
+//! indexes the few fields it filters or claims on (name, phase, owner, lease), and the
+//! control plane owns their meaning. Times are milliseconds since the Unix epoch, UTC.
+//!
+//! [`SqliteControlStore`] implements [`ControlStore`] for one server; every backend passes
+//! the [`conformance`] suite.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use ferry_core::Result;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod conformance;
+mod sqlite;
+
+pub use sqlite::SqliteControlStore;
+
+/// A transfer as stored: its manifest (apiVersion, kind, metadata, spec, with secrets as
+/// references) and its status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub name: String,
+    /// Changes when the transfer is deleted and created again under the same name.
+    pub uid: String,
+    /// Starts at 1; each replaced spec adds 1.
+    pub generation: i64,
+    pub labels: BTreeMap<String, String>,
+    pub manifest: Value,
+    /// The phase, also inside `status`, kept apart to filter on.
+    pub phase: String,
+    pub status: Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One execution of a transfer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub transfer: String,
+    /// The transfer's uid when the run was made: a run outlives no transfer.
+    pub transfer_uid: String,
+    /// The spec generation the run executes.
+    pub generation: i64,
+    /// Pending, Running, Succeeded, Failed, Fatal, ConfigurationError, Cancelled.
+    pub phase: String,
+    /// Why the run exists: `created`, `schedule`, `manual`.
+    pub trigger: String,
+    /// Attempts started so far (retries included).
+    pub attempt: i64,
+    /// The schedule time it stands for, for scheduled runs.
+    pub scheduled_for: Option<i64>,
+    /// Not to be started before (a retry's backoff).
+    pub not_before: Option<i64>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// The process executing it, while it runs.
+    pub owner: Option<String>,
+    /// The owner's claim ends here unless renewed.
+    pub lease_until: Option<i64>,
+    /// Records, bytes, progress, schemas: whatever the control plane reports.
+    pub stats: Value,
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// True once the run can change no more.
+    pub fn finished(&self) -> bool {
+        self.finished_at.is_some()
+    }
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub transfer: String,
+    pub run: Option<String>,
+    pub time: i64,
+    /// `Normal` or `Warning`, as Kubernetes events.
+    pub severity: String,
+    /// A CamelCase word: RunStarted, Progress, RunSucceeded, RunFailed, …
+    pub reason: String,
+    pub message: String,
+    pub data: Value,
+}
+
+/// An event as stored; `seq` grows with every event of the store, so a reader resumes
+/// after the last one it saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// Where the service keeps its resources.
+///
+/// Methods that change one record do so atomically. `claim_run` is the only way a process
+/// takes a run to execute, so two processes never execute one run at once.
+#[async_trait]
+pub trait ControlStore: Send + Sync + 'static {
+    /// Stores a new transfer; false (and nothing changed) when the name is taken.
+    async fn create_transfer(&self, transfer: &TransferRecord) -> Result<bool>;
+    async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>>;
+    /// Every transfer, by name.
+    async fn list_transfers(&self) -> Result<Vec<TransferRecord>>;
+    /// Replaces manifest and labels, adds 1 to the generation and returns the new record;
+    /// `None` when there is no such transfer.
+    async fn replace_manifest(
+        &self,
+        name: &str,
+        manifest: &Value,
+        labels: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<Option<TransferRecord>>;
+    /// Sets phase and status of the transfer whose uid is `uid`; false when it is gone.
+    async fn set_status(
+        &self,
+        name: &str,
+        uid: &str,
+        phase: &str,
+        status: &Value,
+        now: i64,
+    ) -> Result<bool>;
+    /// Deletes a transfer with its runs and events; false when there was none.
+    async fn delete_transfer(&self, name: &str) -> Result<bool>;
+
+    /// Inserts or replaces a run, except the claim fields (`owner`, `lease_until`), which
+    /// only the claim methods change.
+    async fn put_run(&self, run: &RunRecord) -> Result<()>;
+    async fn get_run(&self, id: &str) -> Result<Option<RunRecord>>;
+    /// A transfer's runs, newest first.
+    async fn list_runs(&self, transfer: &str) -> Result<Vec<RunRecord>>;
+    /// Runs not finished, of every transfer, oldest first.
+    async fn unfinished_runs(&self) -> Result<Vec<RunRecord>>;
+    async fn delete_runs(&self, ids: &[String]) -> Result<()>;
+    /// Makes `owner` the run's owner until `lease_until`, if the run is unfinished and has
+    /// no owner, or its owner's lease ended before `now`, or `owner` owns it already.
+    /// Returns the run when the claim holds.
+    async fn claim_run(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Option<RunRecord>>;
+    /// Extends every lease `owner` holds; returns how many.
+    async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64>;
+    /// Gives a run up: no owner, no lease.
+    async fn release_run(&self, id: &str, owner: &str) -> Result<()>;
+
+    async fn append_event(&self, event: &NewEvent) -> Result<EventRecord>;
+    /// A transfer's events with `seq > after`, oldest first, at most `limit`.
+    async fn list_events(&self, transfer: &str, after: i64, limit: usize)
+        -> Result<Vec<EventRecord>>;
+}

@@ -1,0 +1,466 @@
+//! [`ControlStore`] in an embedded SQLite file: one server, no setup.
+//!
+//! Statements are short (one row, indexed), so they run on the caller's thread under one
+//! lock; WAL with `synchronous=NORMAL` makes each commit durable against a process crash
+//! without an fsync per request.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use ferry_core::{Error, Result};
+use rusqlite::{params, Connection, Row};
+use serde_json::Value;
+
+use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferRecord};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS transfers (
+    name        TEXT PRIMARY KEY,
+    uid         TEXT NOT NULL,
+    generation  INTEGER NOT NULL,
+    labels      TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id            TEXT PRIMARY KEY,
+    transfer      TEXT NOT NULL,
+    transfer_uid  TEXT NOT NULL,
+    generation    INTEGER NOT NULL,
+    phase         TEXT NOT NULL,
+    trigger_kind  TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    scheduled_for INTEGER,
+    not_before    INTEGER,
+    created_at    INTEGER NOT NULL,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    owner         TEXT,
+    lease_until   INTEGER,
+    stats         TEXT NOT NULL,
+    error         TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_transfer ON runs (transfer, created_at);
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (finished_at, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    transfer  TEXT NOT NULL,
+    run       TEXT,
+    time      INTEGER NOT NULL,
+    severity  TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    message   TEXT NOT NULL,
+    data      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_transfer ON events (transfer, seq);
+";
+
+const RUN_COLUMNS: &str = "id, transfer, transfer_uid, generation, phase, trigger_kind, attempt, \
+     scheduled_for, not_before, created_at, started_at, finished_at, owner, lease_until, stats, error";
+
+const TRANSFER_COLUMNS: &str =
+    "name, uid, generation, labels, manifest, phase, status, created_at, updated_at";
+
+pub struct SqliteControlStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteControlStore {
+    /// Opens (creating if needed) `dir/control.db`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let shown = dir.display().to_string();
+        std::fs::create_dir_all(dir).map_err(|e| Error::state(&shown, e))?;
+        let path = dir.join("control.db");
+        let conn = Connection::open(&path).map_err(|e| Error::state(&shown, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .and_then(|()| {
+                conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            })
+            .and_then(|()| conn.execute_batch(SCHEMA))
+            .map_err(|e| Error::state(&shown, e))?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> Error {
+        Error::state(self.path.display(), e)
+    }
+
+    fn transfer_where(&self, clause: &str, args: &[&str]) -> Result<Vec<TransferRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers {clause}"))
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), transfer_row)
+            .map_err(|e| self.fail(e))?;
+        rows.map(|r| r.map_err(|e| self.fail(e)).and_then(|r| r.decode(self)))
+            .collect()
+    }
+
+    fn run_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt.query_map(args, run_row).map_err(|e| self.fail(e))?;
+        rows.map(|r| r.map_err(|e| self.fail(e)).and_then(|r| r.decode(self)))
+            .collect()
+    }
+}
+
+/// A row with its JSON columns still text.
+struct Raw<T> {
+    record: T,
+    json: Vec<(usize, String)>,
+}
+
+impl Raw<TransferRecord> {
+    fn decode(mut self, store: &SqliteControlStore) -> Result<TransferRecord> {
+        for (i, text) in self.json.drain(..) {
+            match i {
+                0 => self.record.labels = serde_json::from_str(&text).map_err(|e| store.fail(e))?,
+                1 => self.record.manifest = parse(store, &text)?,
+                _ => self.record.status = parse(store, &text)?,
+            }
+        }
+        Ok(self.record)
+    }
+}
+
+impl Raw<RunRecord> {
+    fn decode(mut self, store: &SqliteControlStore) -> Result<RunRecord> {
+        if let Some((_, text)) = self.json.pop() {
+            self.record.stats = parse(store, &text)?;
+        }
+        Ok(self.record)
+    }
+}
+
+fn parse(store: &SqliteControlStore, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| store.fail(e))
+}
+
+fn transfer_row(r: &Row<'_>) -> rusqlite::Result<Raw<TransferRecord>> {
+    Ok(Raw {
+        record: TransferRecord {
+            name: r.get(0)?,
+            uid: r.get(1)?,
+            generation: r.get(2)?,
+            labels: BTreeMap::new(),
+            manifest: Value::Null,
+            phase: r.get(5)?,
+            status: Value::Null,
+            created_at: r.get(7)?,
+            updated_at: r.get(8)?,
+        },
+        json: vec![(0, r.get(3)?), (1, r.get(4)?), (2, r.get(6)?)],
+    })
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<Raw<RunRecord>> {
+    Ok(Raw {
+        record: RunRecord {
+            id: r.get(0)?,
+            transfer: r.get(1)?,
+            transfer_uid: r.get(2)?,
+            generation: r.get(3)?,
+            phase: r.get(4)?,
+            trigger: r.get(5)?,
+            attempt: r.get(6)?,
+            scheduled_for: r.get(7)?,
+            not_before: r.get(8)?,
+            created_at: r.get(9)?,
+            started_at: r.get(10)?,
+            finished_at: r.get(11)?,
+            owner: r.get(12)?,
+            lease_until: r.get(13)?,
+            stats: Value::Null,
+            error: r.get(15)?,
+        },
+        json: vec![(0, r.get(14)?)],
+    })
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+#[async_trait]
+impl ControlStore for SqliteControlStore {
+    async fn create_transfer(&self, t: &TransferRecord) -> Result<bool> {
+        let n = self
+            .conn()
+            .prepare_cached(&format!(
+                "INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(name) DO NOTHING"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    t.name,
+                    t.uid,
+                    t.generation,
+                    json(&t.labels),
+                    json(&t.manifest),
+                    t.phase,
+                    json(&t.status),
+                    t.created_at,
+                    t.updated_at
+                ])
+            })
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>> {
+        Ok(self.transfer_where("WHERE name = ?1", &[name])?.pop())
+    }
+
+    async fn list_transfers(&self) -> Result<Vec<TransferRecord>> {
+        self.transfer_where("ORDER BY name", &[])
+    }
+
+    async fn replace_manifest(
+        &self,
+        name: &str,
+        manifest: &Value,
+        labels: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<Option<TransferRecord>> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE transfers SET manifest = ?2, labels = ?3, generation = generation + 1,
+                 updated_at = ?4 WHERE name = ?1",
+            )
+            .and_then(|mut s| s.execute(params![name, json(manifest), json(labels), now]))
+            .map_err(|e| self.fail(e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.get_transfer(name).await
+    }
+
+    async fn set_status(
+        &self,
+        name: &str,
+        uid: &str,
+        phase: &str,
+        status: &Value,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE transfers SET phase = ?3, status = ?4, updated_at = ?5
+                 WHERE name = ?1 AND uid = ?2",
+            )
+            .and_then(|mut s| s.execute(params![name, uid, phase, json(status), now]))
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn delete_transfer(&self, name: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.fail(e))?;
+        tx.execute("DELETE FROM events WHERE transfer = ?1", [name])
+            .and_then(|_| tx.execute("DELETE FROM runs WHERE transfer = ?1", [name]))
+            .map_err(|e| self.fail(e))?;
+        let n = tx
+            .execute("DELETE FROM transfers WHERE name = ?1", [name])
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn put_run(&self, r: &RunRecord) -> Result<()> {
+        self.conn()
+            .prepare_cached(&format!(
+                "INSERT INTO runs ({RUN_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, ?13, ?14)
+                 ON CONFLICT(id) DO UPDATE SET phase = ?5, trigger_kind = ?6, attempt = ?7,
+                   scheduled_for = ?8, not_before = ?9, started_at = ?11, finished_at = ?12,
+                   stats = ?13, error = ?14"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    r.id,
+                    r.transfer,
+                    r.transfer_uid,
+                    r.generation,
+                    r.phase,
+                    r.trigger,
+                    r.attempt,
+                    r.scheduled_for,
+                    r.not_before,
+                    r.created_at,
+                    r.started_at,
+                    r.finished_at,
+                    json(&r.stats),
+                    r.error
+                ])
+            })
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
+        Ok(self.run_where("WHERE id = ?1", &[&id])?.pop())
+    }
+
+    async fn list_runs(&self, transfer: &str) -> Result<Vec<RunRecord>> {
+        self.run_where(
+            "WHERE transfer = ?1 ORDER BY created_at DESC, id DESC",
+            &[&transfer],
+        )
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
+        self.run_where(
+            "WHERE finished_at IS NULL ORDER BY created_at, id",
+            &[],
+        )
+    }
+
+    async fn delete_runs(&self, ids: &[String]) -> Result<()> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM runs WHERE id = ?1")
+            .map_err(|e| self.fail(e))?;
+        for id in ids {
+            stmt.execute([id]).map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    async fn claim_run(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Option<RunRecord>> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE runs SET owner = ?2, lease_until = ?3
+                 WHERE id = ?1 AND finished_at IS NULL
+                   AND (owner IS NULL OR owner = ?2 OR lease_until < ?4)",
+            )
+            .and_then(|mut s| s.execute(params![id, owner, lease_until, now]))
+            .map_err(|e| self.fail(e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.get_run(id).await
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE runs SET lease_until = ?2 WHERE owner = ?1 AND finished_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![owner, lease_until]))
+            .map_err(|e| self.fail(e))?;
+        Ok(n as u64)
+    }
+
+    async fn release_run(&self, id: &str, owner: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE id = ?1 AND owner = ?2",
+            )
+            .and_then(|mut s| s.execute(params![id, owner]))
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn append_event(&self, e: &NewEvent) -> Result<EventRecord> {
+        let conn = self.conn();
+        let seq = conn
+            .prepare_cached(
+                "INSERT INTO events (transfer, run, time, severity, reason, message, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        e.transfer,
+                        e.run,
+                        e.time,
+                        e.severity,
+                        e.reason,
+                        e.message,
+                        json(&e.data)
+                    ],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(|e| self.fail(e))?;
+        Ok(EventRecord {
+            seq,
+            event: e.clone(),
+        })
+    }
+
+    async fn list_events(
+        &self,
+        transfer: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, transfer, run, time, severity, reason, message, data FROM events
+                 WHERE transfer = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map(params![transfer, after, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    NewEvent {
+                        transfer: r.get(1)?,
+                        run: r.get(2)?,
+                        time: r.get(3)?,
+                        severity: r.get(4)?,
+                        reason: r.get(5)?,
+                        message: r.get(6)?,
+                        data: Value::Null,
+                    },
+                    r.get::<_, String>(7)?,
+                ))
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.map(|row| {
+            let (seq, mut event, data) = row.map_err(|e| self.fail(e))?;
+            event.data = parse(self, &data)?;
+            Ok(EventRecord { seq, event })
+        })
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteControlStore::open(dir.path()).unwrap();
+        super::super::conformance::all(&store).await;
+    }
+}

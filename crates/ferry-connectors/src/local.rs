@@ -274,6 +274,16 @@ impl Sink for LocalStore {
         .await
     }
 
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let path = self.target(key);
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(path.display(), &e)),
+        })
+        .await
+    }
+
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
         let target = self.target(key);
         self.prepare_parent(&target)?;

@@ -568,6 +568,18 @@ impl Sink for ObjectBackend {
         })
     }
 
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let path = self.path(key)?;
+        if self.head(key).await?.is_none() {
+            return Ok(false);
+        }
+        match self.store.delete(&path).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(&path, e)),
+        }
+    }
+
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
         let path = self.path(key)?;
         self.multipart()?

@@ -78,6 +78,15 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// Writes a whole object at once; it becomes visible only when complete.
     async fn put(&self, key: &str, data: Bytes) -> Result<Entry>;
 
+    /// Removes the object at `key`; true when there was one.
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let _ = key;
+        Err(crate::Error::not_supported(
+            self.address(),
+            "removing what was written",
+        ))
+    }
+
     /// Starts an upload in parts; nothing is visible under `key` until it is completed.
     async fn create_upload(&self, key: &str) -> Result<UploadId>;
 

@@ -164,6 +164,18 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Self> {
         let manifest: Manifest =
             serde_norway::from_str(text).map_err(|e| Error::invalid_option("manifest", e))?;
+        manifest.checked()
+    }
+
+    /// A manifest already read as JSON (the service's stored form, secrets resolved).
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| Error::invalid_option("manifest", e))?;
+        manifest.checked()
+    }
+
+    fn checked(self) -> Result<Self> {
+        let manifest = self;
         if manifest.api_version != API_VERSION {
             return Err(Error::invalid_option(
                 "manifest",

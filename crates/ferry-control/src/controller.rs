@@ -1,0 +1,1054 @@
+//! The control loop: keeps each transfer's runs and status in line with its spec.
+//!
+//! A run is a row in the control store before it executes, and a process executes it only
+//! after claiming it (a lease it renews while it works). A server killed mid-run finds its
+//! own claims on restart and resumes them from the engine's checkpoint; another process
+//! can take a run over only after the lease ends. Statuses are recomputed from the runs
+//! after every change, so a crash between two writes heals on the next one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_core::{Error, Result};
+use ferry_engine::manifest::ConcurrencyPolicy;
+use ferry_engine::CopyOptions;
+use ferry_state::{ControlStore, EventRecord, NewEvent, RunRecord, TransferRecord};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Notify};
+use tokio::task::AbortHandle;
+
+use crate::execute::{self, Outcome, Tracker};
+use crate::metrics::{Metrics, Snapshot};
+use crate::resource::{
+    parse_time, time_text, validate, EventView, FieldError, Phase, RunRef, RunStats, RunView,
+    Settings, TransferManifest, TransferStatus, TransferView,
+};
+use crate::retry::{Backoff, ErrorClass};
+use crate::secrets::{redact_manifest, SecretResolver};
+use crate::webhook::Webhooks;
+
+/// How the control loop behaves.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Checkpoints live under `data_dir/checkpoints`.
+    pub data_dir: PathBuf,
+    /// This process, as the owner of the runs it claims; stable across restarts.
+    pub instance: String,
+    /// How long a claim holds without renewal.
+    pub lease: Duration,
+    /// How often the loop looks for due schedules and runs to start.
+    pub tick: Duration,
+    /// How often a running run's progress is written.
+    pub progress_interval: Duration,
+    /// Runs this process executes at once.
+    pub max_active_runs: usize,
+    pub backoff: Backoff,
+    /// Engine settings for every run (state directory and run key are set per run).
+    pub copy: CopyOptions,
+}
+
+impl ControlConfig {
+    pub fn new(data_dir: PathBuf, instance: String) -> Self {
+        Self {
+            copy: CopyOptions {
+                state_dir: data_dir.join("checkpoints"),
+                ..CopyOptions::default()
+            },
+            data_dir,
+            instance,
+            lease: Duration::from_secs(30),
+            tick: Duration::from_secs(1),
+            progress_interval: Duration::from_secs(1),
+            max_active_runs: 4,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What the API can get wrong, mapped to status codes by the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("transfer '{0}' not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the transfer is invalid")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+pub type ControlResult<T> = std::result::Result<T, ControlError>;
+
+/// The control plane of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ControlStore>,
+    config: ControlConfig,
+    secrets: SecretResolver,
+    webhooks: Webhooks,
+    metrics: Metrics,
+    events: broadcast::Sender<EventRecord>,
+    active: Mutex<HashMap<String, Active>>,
+    /// Serialises status rewrites, so two writers never interleave a read and a write.
+    status_lock: tokio::sync::Mutex<()>,
+    wake: Notify,
+    stopping: AtomicBool,
+    /// Parsed settings by (transfer uid, generation).
+    settings: Mutex<HashMap<(String, i64), Settings>>,
+}
+
+struct Active {
+    transfer: String,
+    task: AbortHandle,
+    tracker: Arc<Tracker>,
+}
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn new_id(name: &str) -> String {
+    format!("{name}-{:x}{:04x}", now_ms(), rand::random::<u16>())
+}
+
+const FAILED_PHASES: [&str; 4] = ["Failed", "Fatal", "ConfigurationError", "Cancelled"];
+
+impl Controller {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        config: ControlConfig,
+        secrets: SecretResolver,
+        webhooks: Webhooks,
+    ) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                secrets,
+                webhooks,
+                metrics: Metrics::default(),
+                events,
+                active: Mutex::new(HashMap::new()),
+                status_lock: tokio::sync::Mutex::new(()),
+                wake: Notify::new(),
+                stopping: AtomicBool::new(false),
+                settings: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ControlStore> {
+        &self.inner.store
+    }
+
+    /// Starts the control loop; it runs until [`Controller::shutdown`].
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            while !inner.stopping.load(Ordering::SeqCst) {
+                if let Err(e) = inner.clone().tick().await {
+                    tracing::warn!("control loop: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(inner.config.tick) => {}
+                    _ = inner.wake.notified() => {}
+                }
+            }
+        })
+    }
+
+    /// Stops starting runs, interrupts the running ones (their checkpoints stay, so the
+    /// next start resumes them) and gives their claims up.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        inner.wake.notify_one();
+        let active: Vec<(String, Active)> = lock(&inner.active).drain().collect();
+        for (_, a) in &active {
+            a.task.abort();
+        }
+        for (id, a) in active {
+            let Ok(Some(mut run)) = inner.store.get_run(&id).await else {
+                continue;
+            };
+            if run.finished() {
+                continue;
+            }
+            run.phase = "Pending".into();
+            run.stats = with_progress(&run.stats, &a.tracker);
+            let _ = inner.store.put_run(&run).await;
+            let _ = inner.store.release_run(&id, &inner.config.instance).await;
+            inner
+                .emit(
+                    &a.transfer,
+                    Some(&id),
+                    "Warning",
+                    "RunInterrupted",
+                    "the server stopped; the run resumes from its checkpoint on the next start"
+                        .into(),
+                    json!({}),
+                )
+                .await;
+            let _ = inner.refresh_status(&a.transfer).await;
+        }
+    }
+
+    /// Creates a transfer; a one-time transfer (no schedule) gets its run at once.
+    pub async fn create(&self, raw: Value) -> ControlResult<TransferView> {
+        let manifest = validate(raw).map_err(ControlError::Invalid)?;
+        let inner = &self.inner;
+        let now = now_ms();
+        let phase = if manifest.settings.suspend {
+            Phase::Suspended
+        } else {
+            Phase::Pending
+        };
+        let status = TransferStatus {
+            phase: Some(phase),
+            observed_generation: 1,
+            next_schedule_time: next_schedule(&manifest.settings, now),
+            ..TransferStatus::default()
+        };
+        let record = TransferRecord {
+            name: manifest.name.clone(),
+            uid: format!("{:016x}", rand::random::<u64>()),
+            generation: 1,
+            labels: manifest.labels.clone(),
+            manifest: manifest.raw.clone(),
+            phase: phase.as_str().into(),
+            status: serde_json::to_value(&status).unwrap_or_default(),
+            created_at: now,
+            updated_at: now,
+        };
+        if !inner.store.create_transfer(&record).await? {
+            return Err(ControlError::Conflict(format!(
+                "transfer '{}' already exists; replace it with PUT /v1/transfers/{}",
+                record.name, record.name
+            )));
+        }
+        inner
+            .emit(&record.name, None, "Normal", "Created", "transfer created".into(), json!({}))
+            .await;
+        if manifest.settings.schedule.is_none() && !manifest.settings.suspend {
+            inner.new_run(&record, "created", None).await?;
+        }
+        self.get(&record.name).await
+    }
+
+    /// Replaces the spec (and labels) of an existing transfer.
+    pub async fn replace(&self, name: &str, raw: Value) -> ControlResult<TransferView> {
+        let manifest = validate(raw).map_err(ControlError::Invalid)?;
+        if manifest.name != name {
+            return Err(ControlError::Invalid(vec![FieldError {
+                field: "metadata.name".into(),
+                message: format!("'{}' does not match the transfer '{name}'", manifest.name),
+            }]));
+        }
+        self.replace_manifest(&manifest).await
+    }
+
+    /// Creates the transfer, or replaces its spec when it exists; true when created.
+    pub async fn apply(&self, raw: Value) -> ControlResult<(TransferView, bool)> {
+        let manifest = validate(raw.clone()).map_err(ControlError::Invalid)?;
+        if self.inner.store.get_transfer(&manifest.name).await?.is_some() {
+            return Ok((self.replace_manifest(&manifest).await?, false));
+        }
+        match self.create(raw).await {
+            Err(ControlError::Conflict(_)) => Ok((self.replace_manifest(&manifest).await?, false)),
+            other => other.map(|v| (v, true)),
+        }
+    }
+
+    async fn replace_manifest(&self, manifest: &TransferManifest) -> ControlResult<TransferView> {
+        let inner = &self.inner;
+        let record = inner
+            .store
+            .replace_manifest(&manifest.name, &manifest.raw, &manifest.labels, now_ms())
+            .await?
+            .ok_or_else(|| ControlError::NotFound(manifest.name.clone()))?;
+        inner
+            .emit(
+                &record.name,
+                None,
+                "Normal",
+                "SpecReplaced",
+                format!("spec replaced (generation {})", record.generation),
+                json!({"generation": record.generation}),
+            )
+            .await;
+        inner.refresh_status(&record.name).await?;
+        inner.wake.notify_one();
+        self.get(&record.name).await
+    }
+
+    pub async fn get(&self, name: &str) -> ControlResult<TransferView> {
+        let record = self.inner.transfer(name).await?;
+        Ok(self.inner.view(&record))
+    }
+
+    /// Transfers, optionally only those in `phase` and carrying every label in `labels`.
+    pub async fn list(
+        &self,
+        phase: Option<Phase>,
+        labels: &BTreeMap<String, String>,
+    ) -> ControlResult<Vec<TransferView>> {
+        let records = self.inner.store.list_transfers().await?;
+        Ok(records
+            .iter()
+            .filter(|r| phase.is_none_or(|p| r.phase == p.as_str()))
+            .filter(|r| labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+            .map(|r| self.inner.view(r))
+            .collect())
+    }
+
+    /// Deletes a transfer, its runs and its events; a running run is stopped first.
+    /// With `cleanup`, what its runs wrote at the destination is removed too.
+    pub async fn delete(&self, name: &str, cleanup: bool) -> ControlResult<Vec<String>> {
+        let inner = &self.inner;
+        let record = inner.transfer(name).await?;
+        inner.cancel_active(name, None);
+        let mut removed = Vec::new();
+        if cleanup {
+            let runs = inner.store.list_runs(name).await?;
+            removed = execute::cleanup(&inner.secrets, &record.manifest, &runs).await?;
+        }
+        inner.store.delete_transfer(name).await?;
+        inner.settings_forget(&record.uid);
+        Ok(removed)
+    }
+
+    /// Sets `spec.suspend`.
+    pub async fn set_suspend(&self, name: &str, suspend: bool) -> ControlResult<TransferView> {
+        let record = self.inner.transfer(name).await?;
+        let mut raw = record.manifest.clone();
+        raw["spec"]["suspend"] = Value::Bool(suspend);
+        let manifest = validate(raw).map_err(ControlError::Invalid)?;
+        let view = self.replace_manifest(&manifest).await?;
+        let reason = if suspend { "Suspended" } else { "Resumed" };
+        self.inner
+            .emit(name, None, "Normal", reason, format!("transfer {}", reason.to_lowercase()), json!({}))
+            .await;
+        Ok(view)
+    }
+
+    /// Starts a run now, whatever the schedule says (suspended transfers included: an
+    /// explicit request wins).
+    pub async fn run_now(&self, name: &str) -> ControlResult<RunView> {
+        let inner = &self.inner;
+        let record = inner.transfer(name).await?;
+        let run = inner.new_run(&record, "manual", None).await?;
+        Ok(RunView::of(&run))
+    }
+
+    pub async fn runs(&self, name: &str) -> ControlResult<Vec<RunView>> {
+        self.inner.transfer(name).await?;
+        let runs = self.inner.store.list_runs(name).await?;
+        Ok(runs.iter().map(|r| self.inner.run_view(r)).collect())
+    }
+
+    pub async fn events(&self, name: &str, after: i64, limit: usize) -> ControlResult<Vec<EventView>> {
+        self.inner.transfer(name).await?;
+        let events = self.inner.store.list_events(name, after, limit).await?;
+        Ok(events.iter().map(EventView::of).collect())
+    }
+
+    /// Every event from now on, as it is recorded.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+        self.inner.events.subscribe()
+    }
+
+    /// True when the store answers.
+    pub async fn ready(&self) -> bool {
+        self.inner.store.get_transfer("-").await.is_ok()
+    }
+
+    pub async fn metrics_text(&self) -> ControlResult<String> {
+        let inner = &self.inner;
+        let mut by_phase: BTreeMap<&'static str, u64> =
+            Phase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
+        for t in inner.store.list_transfers().await? {
+            if let Some(p) = Phase::parse(&t.phase) {
+                *by_phase.entry(p.as_str()).or_default() += 1;
+            }
+        }
+        let hooks = inner.webhooks.counters();
+        Ok(inner.metrics.render(&Snapshot {
+            transfers_by_phase: by_phase,
+            active_runs: lock(&inner.active).len() as u64,
+            webhook_delivered: hooks.0,
+            webhook_failed: hooks.1,
+            webhook_dropped: hooks.2,
+        }))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn next_schedule(settings: &Settings, after: i64) -> Option<String> {
+    let schedule = settings.schedule.as_ref()?;
+    if settings.suspend {
+        return None;
+    }
+    schedule
+        .next_after(ms_to_time(after))
+        .map(|t| time_text(t.timestamp_millis()))
+}
+
+fn with_progress(stats: &Value, tracker: &Tracker) -> Value {
+    let mut s: RunStats = serde_json::from_value(stats.clone()).unwrap_or_default();
+    s.progress = Some(tracker.progress());
+    s.last_record_ms = tracker.last_advance_ms().or(s.last_record_ms);
+    serde_json::to_value(s).unwrap_or_default()
+}
+
+impl Inner {
+    async fn transfer(&self, name: &str) -> ControlResult<TransferRecord> {
+        self.store
+            .get_transfer(name)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(name.to_string()))
+    }
+
+    fn settings(&self, record: &TransferRecord) -> Option<Settings> {
+        let key = (record.uid.clone(), record.generation);
+        if let Some(s) = lock(&self.settings).get(&key) {
+            return Some(s.clone());
+        }
+        let settings = validate(record.manifest.clone()).ok()?.settings;
+        lock(&self.settings).insert(key, settings.clone());
+        Some(settings)
+    }
+
+    fn settings_forget(&self, uid: &str) {
+        lock(&self.settings).retain(|(u, _), _| u != uid);
+    }
+
+    fn view(&self, record: &TransferRecord) -> TransferView {
+        let redacted = redact_manifest(&record.manifest);
+        let mut status: TransferStatus =
+            serde_json::from_value(record.status.clone()).unwrap_or_default();
+        // Progress of a run in this process is fresher than what was last written.
+        if let Some(run) = &status.active_run {
+            if let Some(a) = lock(&self.active).get(run) {
+                status.progress = Some(a.tracker.progress());
+            }
+        }
+        TransferView {
+            api_version: redacted["apiVersion"].as_str().unwrap_or_default().into(),
+            kind: redacted["kind"].as_str().unwrap_or_default().into(),
+            metadata: redacted["metadata"].clone(),
+            spec: redacted["spec"].clone(),
+            status,
+        }
+    }
+
+    fn run_view(&self, run: &RunRecord) -> RunView {
+        let mut view = RunView::of(run);
+        if let Some(a) = lock(&self.active).get(&run.id) {
+            view.stats.progress = Some(a.tracker.progress());
+        }
+        view
+    }
+
+    async fn emit(
+        &self,
+        transfer: &str,
+        run: Option<&str>,
+        severity: &str,
+        reason: &str,
+        message: String,
+        data: Value,
+    ) {
+        let event = NewEvent {
+            transfer: transfer.into(),
+            run: run.map(str::to_string),
+            time: now_ms(),
+            severity: severity.into(),
+            reason: reason.into(),
+            message,
+            data,
+        };
+        self.metrics.event();
+        match self.store.append_event(&event).await {
+            Ok(record) => {
+                if let Ok(body) = serde_json::to_value(EventView::of(&record)) {
+                    self.webhooks.send(&body, reason);
+                }
+                let _ = self.events.send(record);
+            }
+            Err(e) => tracing::warn!("event {reason} of {transfer} not recorded: {e}"),
+        }
+        if severity == "Warning" {
+            tracing::warn!(transfer, run, reason, "{}", event.message);
+        } else {
+            tracing::info!(transfer, run, reason, "{}", event.message);
+        }
+    }
+
+    async fn new_run(
+        &self,
+        record: &TransferRecord,
+        trigger: &str,
+        scheduled_for: Option<i64>,
+    ) -> Result<RunRecord> {
+        let now = now_ms();
+        let run = RunRecord {
+            id: new_id(&record.name),
+            transfer: record.name.clone(),
+            transfer_uid: record.uid.clone(),
+            generation: record.generation,
+            phase: "Pending".into(),
+            trigger: trigger.into(),
+            attempt: 0,
+            scheduled_for,
+            not_before: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            owner: None,
+            lease_until: None,
+            stats: json!({}),
+            error: None,
+        };
+        self.store.put_run(&run).await?;
+        self.emit(
+            &record.name,
+            Some(&run.id),
+            "Normal",
+            "RunCreated",
+            format!("run {} created ({trigger})", run.id),
+            json!({"trigger": trigger}),
+        )
+        .await;
+        self.refresh_status(&record.name).await?;
+        self.wake.notify_one();
+        Ok(run)
+    }
+
+    /// Stops runs of `transfer` executing here (all, or all but `keep`).
+    fn cancel_active(&self, transfer: &str, keep: Option<&str>) -> Vec<String> {
+        let mut active = lock(&self.active);
+        let ids: Vec<String> = active
+            .iter()
+            .filter(|(id, a)| a.transfer == transfer && Some(id.as_str()) != keep)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            if let Some(a) = active.remove(id) {
+                a.task.abort();
+            }
+        }
+        ids
+    }
+
+    /// One pass of the loop: renew claims, fire due schedules, start runs.
+    async fn tick(self: Arc<Self>) -> Result<()> {
+        let now = now_ms();
+        let lease_until = now + self.config.lease.as_millis() as i64;
+        self.store
+            .renew_leases(&self.config.instance, lease_until)
+            .await?;
+        let transfers = self.store.list_transfers().await?;
+        let mut unfinished = self.store.unfinished_runs().await?;
+        for record in &transfers {
+            let Some(settings) = self.settings(record) else {
+                continue;
+            };
+            if let Some(created) = self.fire_schedule(record, &settings, &unfinished, now).await? {
+                unfinished.push(created);
+            }
+        }
+        let suspended: HashMap<&str, bool> = transfers
+            .iter()
+            .map(|t| (t.name.as_str(), t.phase == "Suspended"))
+            .collect();
+        for run in unfinished {
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            if lock(&self.active).len() >= self.config.max_active_runs {
+                break;
+            }
+            if lock(&self.active).contains_key(&run.id)
+                || run.not_before.is_some_and(|t| t > now)
+                || !suspended.contains_key(run.transfer.as_str())
+            {
+                continue;
+            }
+            let Some(claimed) = self
+                .store
+                .claim_run(&run.id, &self.config.instance, lease_until, now)
+                .await?
+            else {
+                continue;
+            };
+            self.clone().spawn_run(claimed);
+        }
+        Ok(())
+    }
+
+    /// Creates the run a due schedule asks for, as the concurrency policy allows.
+    async fn fire_schedule(
+        &self,
+        record: &TransferRecord,
+        settings: &Settings,
+        unfinished: &[RunRecord],
+        now: i64,
+    ) -> Result<Option<RunRecord>> {
+        let Some(schedule) = &settings.schedule else {
+            return Ok(None);
+        };
+        if settings.suspend {
+            return Ok(None);
+        }
+        let status: TransferStatus =
+            serde_json::from_value(record.status.clone()).unwrap_or_default();
+        let last = status
+            .last_schedule_time
+            .as_deref()
+            .and_then(parse_time)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(record.created_at);
+        let Some(due) = schedule.due(ms_to_time(last), ms_to_time(now)) else {
+            return Ok(None);
+        };
+        let at = due.at.timestamp_millis();
+        self.set_last_schedule(record, at).await?;
+        if due.missed > 0 {
+            self.emit(
+                &record.name,
+                None,
+                "Warning",
+                "MissedSchedules",
+                format!(
+                    "{} scheduled times passed while the server was down; running once for {}",
+                    due.missed,
+                    time_text(at)
+                ),
+                json!({"missed": due.missed}),
+            )
+            .await;
+        }
+        let running: Vec<&RunRecord> = unfinished
+            .iter()
+            .filter(|r| r.transfer == record.name)
+            .collect();
+        if !running.is_empty() {
+            match settings.concurrency_policy {
+                ConcurrencyPolicy::Forbid => {
+                    self.emit(
+                        &record.name,
+                        None,
+                        "Normal",
+                        "RunSkipped",
+                        format!(
+                            "schedule {} skipped: run {} is still running (concurrencyPolicy Forbid)",
+                            time_text(at),
+                            running[0].id
+                        ),
+                        json!({}),
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                ConcurrencyPolicy::Allow => {}
+                ConcurrencyPolicy::Replace => {
+                    for run in running {
+                        self.finish_cancelled(run, "replaced by a newer scheduled run")
+                            .await?;
+                    }
+                }
+            }
+        }
+        self.new_run(record, "schedule", Some(at)).await.map(Some)
+    }
+
+    async fn set_last_schedule(&self, record: &TransferRecord, at: i64) -> Result<()> {
+        let _guard = self.status_lock.lock().await;
+        let Some(current) = self.store.get_transfer(&record.name).await? else {
+            return Ok(());
+        };
+        let mut status: TransferStatus =
+            serde_json::from_value(current.status.clone()).unwrap_or_default();
+        status.last_schedule_time = Some(time_text(at));
+        let settings = self.settings(&current);
+        status.next_schedule_time = settings.as_ref().and_then(|s| next_schedule(s, at));
+        self.store
+            .set_status(
+                &current.name,
+                &current.uid,
+                &current.phase,
+                &serde_json::to_value(&status).unwrap_or_default(),
+                now_ms(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_cancelled(&self, run: &RunRecord, why: &str) -> Result<()> {
+        if let Some(a) = lock(&self.active).remove(&run.id) {
+            a.task.abort();
+        }
+        let mut run = self.store.get_run(&run.id).await?.unwrap_or_else(|| run.clone());
+        run.phase = "Cancelled".into();
+        run.finished_at = Some(now_ms());
+        run.error = Some(why.into());
+        self.store.put_run(&run).await?;
+        self.store.release_run(&run.id, &self.config.instance).await?;
+        self.emit(
+            &run.transfer,
+            Some(&run.id),
+            "Warning",
+            "RunCancelled",
+            format!("run {} cancelled: {why}", run.id),
+            json!({}),
+        )
+        .await;
+        self.refresh_status(&run.transfer).await
+    }
+
+    fn spawn_run(self: Arc<Self>, run: RunRecord) {
+        let tracker = Arc::new(Tracker::default());
+        let id = run.id.clone();
+        let transfer = run.transfer.clone();
+        let mut active = lock(&self.active);
+        let this = self.clone();
+        let t = tracker.clone();
+        let task = tokio::spawn(async move {
+            let id = run.id.clone();
+            if let Err(e) = this.clone().execute(run, t).await {
+                tracing::warn!("run {id}: {e}");
+            }
+            lock(&this.active).remove(&id);
+            this.wake.notify_one();
+        });
+        active.insert(
+            id,
+            Active {
+                transfer,
+                task: task.abort_handle(),
+                tracker,
+            },
+        );
+    }
+
+    /// One attempt of a run, from claim to its outcome.
+    async fn execute(self: Arc<Self>, mut run: RunRecord, tracker: Arc<Tracker>) -> Result<()> {
+        let Some(record) = self.store.get_transfer(&run.transfer).await? else {
+            return self.finish_cancelled(&run, "its transfer was deleted").await;
+        };
+        if record.uid != run.transfer_uid {
+            return self.finish_cancelled(&run, "its transfer was deleted").await;
+        }
+        let resumed = run.phase == "Running";
+        let now = now_ms();
+        run.attempt += 1;
+        run.phase = "Running".into();
+        run.started_at.get_or_insert(now);
+        run.not_before = None;
+        self.store.put_run(&run).await?;
+        self.metrics.run_started();
+        let (reason, message) = if resumed {
+            (
+                "RunResumed",
+                format!("run {} resumed from its checkpoint after an interruption", run.id),
+            )
+        } else {
+            (
+                "RunStarted",
+                format!("run {} started (attempt {})", run.id, run.attempt),
+            )
+        };
+        self.emit(
+            &run.transfer,
+            Some(&run.id),
+            "Normal",
+            reason,
+            message,
+            json!({"attempt": run.attempt}),
+        )
+        .await;
+        self.refresh_status(&run.transfer).await?;
+
+        let reporter = {
+            let this = self.clone();
+            let (id, transfer, tracker) = (run.id.clone(), run.transfer.clone(), tracker.clone());
+            tokio::spawn(async move { this.report_progress(&id, &transfer, &tracker).await })
+        };
+        let mut opts = self.config.copy.clone();
+        opts.run_key = Some(run.id.clone());
+        opts.resume = true;
+        let outcome = execute::run(&self.secrets, &record.manifest, &opts, tracker.clone()).await;
+        reporter.abort();
+
+        let settings = self.settings(&record);
+        let max_retries = settings.as_ref().map_or(0, |s| s.max_failed_retries);
+        let now = now_ms();
+        let mut stats: RunStats = serde_json::from_value(run.stats.clone()).unwrap_or_default();
+        stats.progress = None;
+        stats.last_record_ms = tracker.last_advance_ms().or(stats.last_record_ms);
+        match outcome {
+            Outcome::Succeeded(done) => {
+                let seconds = ((now - run.started_at.unwrap_or(now)) as f64 / 1000.0).max(0.001);
+                stats.merge(done, seconds);
+                run.phase = "Succeeded".into();
+                run.finished_at = Some(now);
+                run.error = None;
+                run.stats = serde_json::to_value(&stats).unwrap_or_default();
+                self.store.put_run(&run).await?;
+                self.store.release_run(&run.id, &self.config.instance).await?;
+                self.metrics
+                    .run_finished("Succeeded", seconds, stats.bytes, stats.num_records);
+                self.emit(
+                    &run.transfer,
+                    Some(&run.id),
+                    "Normal",
+                    "RunSucceeded",
+                    format!(
+                        "run {} succeeded: {} records, {} bytes in {:.1} s ({:.0} bytes/s)",
+                        run.id, stats.num_records, stats.bytes, seconds, stats.bytes_per_second
+                    ),
+                    json!({"records": stats.num_records, "bytes": stats.bytes,
+                           "durationSeconds": seconds, "bytesPerSecond": stats.bytes_per_second,
+                           "recordsPerSecond": stats.records_per_second}),
+                )
+                .await;
+            }
+            Outcome::Failed {
+                error,
+                class,
+                moved,
+            } => {
+                if let Some(moved) = moved {
+                    self.metrics.moved(moved.bytes, moved.num_records);
+                }
+                let retry = class == ErrorClass::Retryable && (run.attempt as u32) <= max_retries;
+                run.error = Some(error.clone());
+                if retry {
+                    let delay = self.config.backoff.delay(run.attempt as u32);
+                    run.phase = "Pending".into();
+                    run.not_before = Some(now + delay.as_millis() as i64);
+                    run.stats = serde_json::to_value(&stats).unwrap_or_default();
+                    self.store.put_run(&run).await?;
+                    self.store.release_run(&run.id, &self.config.instance).await?;
+                    self.metrics.retried();
+                    self.emit(
+                        &run.transfer,
+                        Some(&run.id),
+                        "Warning",
+                        "RunRetrying",
+                        format!(
+                            "attempt {} of run {} failed; retrying in {:.0} s (retry {} of {max_retries}): {error}",
+                            run.attempt,
+                            run.id,
+                            delay.as_secs_f64(),
+                            run.attempt
+                        ),
+                        json!({"attempt": run.attempt, "delaySeconds": delay.as_secs_f64(), "error": error}),
+                    )
+                    .await;
+                } else {
+                    let phase = match class {
+                        ErrorClass::Retryable => "Failed",
+                        ErrorClass::Fatal => "Fatal",
+                        ErrorClass::Configuration => "ConfigurationError",
+                    };
+                    let seconds = ((now - run.started_at.unwrap_or(now)) as f64 / 1000.0).max(0.0);
+                    run.phase = phase.into();
+                    run.finished_at = Some(now);
+                    run.stats = serde_json::to_value(&stats).unwrap_or_default();
+                    self.store.put_run(&run).await?;
+                    self.store.release_run(&run.id, &self.config.instance).await?;
+                    self.metrics.run_finished(phase, seconds, 0, 0);
+                    self.emit(
+                        &run.transfer,
+                        Some(&run.id),
+                        "Warning",
+                        "RunFailed",
+                        format!("run {} failed ({phase}) after {} attempts: {error}", run.id, run.attempt),
+                        json!({"phase": phase, "attempts": run.attempt, "error": error}),
+                    )
+                    .await;
+                }
+            }
+        }
+        self.prune_history(&run.transfer, settings.as_ref()).await?;
+        self.refresh_status(&run.transfer).await?;
+        Ok(())
+    }
+
+    /// Writes progress while a run works, and an event at each quarter.
+    async fn report_progress(&self, id: &str, transfer: &str, tracker: &Tracker) {
+        let mut milestone = 0;
+        loop {
+            tokio::time::sleep(self.config.progress_interval).await;
+            let progress = tracker.progress();
+            if let Ok(Some(mut run)) = self.store.get_run(id).await {
+                if run.finished() {
+                    return;
+                }
+                run.stats = with_progress(&run.stats, tracker);
+                let _ = self.store.put_run(&run).await;
+            }
+            let _ = self.refresh_status(transfer).await;
+            let reached = progress.fraction.map_or(0, |f| (f * 4.0).floor() as i32).min(3);
+            if reached > milestone {
+                milestone = reached;
+                self.emit(
+                    transfer,
+                    Some(id),
+                    "Normal",
+                    "Progress",
+                    format!(
+                        "run {id} is {}% done ({} of {} bytes)",
+                        milestone * 25,
+                        progress.bytes_done,
+                        progress.bytes_total
+                    ),
+                    json!({"percent": milestone * 25, "bytesDone": progress.bytes_done,
+                           "bytesTotal": progress.bytes_total}),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Keeps the newest `successfulJobsHistoryLimit` succeeded and `failedJobsHistoryLimit`
+    /// failed runs.
+    async fn prune_history(&self, transfer: &str, settings: Option<&Settings>) -> Result<()> {
+        let Some(settings) = settings else {
+            return Ok(());
+        };
+        let runs = self.store.list_runs(transfer).await?;
+        let (mut ok, mut failed) = (0, 0);
+        let mut drop = Vec::new();
+        for run in runs.iter().filter(|r| r.finished()) {
+            let (seen, limit) = if run.phase == "Succeeded" {
+                (&mut ok, settings.successful_history)
+            } else {
+                (&mut failed, settings.failed_history)
+            };
+            *seen += 1;
+            if *seen > limit {
+                drop.push(run.id.clone());
+            }
+        }
+        if !drop.is_empty() {
+            self.store.delete_runs(&drop).await?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes a transfer's status from its runs and spec.
+    async fn refresh_status(&self, name: &str) -> Result<()> {
+        let _guard = self.status_lock.lock().await;
+        let Some(record) = self.store.get_transfer(name).await? else {
+            return Ok(());
+        };
+        let settings = self.settings(&record);
+        let runs = self.store.list_runs(name).await?;
+        let mut status: TransferStatus =
+            serde_json::from_value(record.status.clone()).unwrap_or_default();
+        let running = runs.iter().find(|r| r.phase == "Running" && !r.finished());
+        let waiting = runs.iter().find(|r| !r.finished());
+        let last_done = runs.iter().find(|r| r.finished() && r.phase != "Cancelled");
+        let suspended = settings.as_ref().is_some_and(|s| s.suspend);
+
+        status.active_run = running.or(waiting).map(|r| r.id.clone());
+        status.progress = running.and_then(|r| {
+            lock(&self.active)
+                .get(&r.id)
+                .map(|a| a.tracker.progress())
+                .or_else(|| RunView::of(r).stats.progress)
+        });
+        if let Some(run) = runs.iter().find(|r| r.finished()) {
+            let reference = RunRef {
+                id: run.id.clone(),
+                phase: run.phase.clone(),
+                finished_at: run.finished_at.map(time_text),
+                error: run.error.clone(),
+            };
+            if run.phase == "Succeeded" {
+                let stats = RunView::of(run).stats;
+                let newer = status
+                    .last_completed_run
+                    .as_ref()
+                    .is_none_or(|r| r.id != run.id);
+                if newer {
+                    status.num_records = stats.num_records;
+                    status.bytes = stats.bytes;
+                    status.last_success_time = run.finished_at.map(time_text);
+                    if stats.source_schema.is_some() {
+                        status.source_schema = stats.source_schema;
+                    }
+                    if stats.destination_schema.is_some() {
+                        status.destination_schema = stats.destination_schema;
+                    }
+                    status.observed_generation = run.generation;
+                }
+                status.last_completed_run = Some(reference);
+            } else if FAILED_PHASES.contains(&run.phase.as_str()) {
+                status.last_failed_run = Some(reference);
+            }
+        }
+        if let Some(ms) = runs
+            .iter()
+            .filter_map(|r| RunView::of(r).stats.last_record_ms)
+            .max()
+        {
+            let text = time_text(ms);
+            if status.last_record_time.as_deref().is_none_or(|t| *t < *text) {
+                status.last_record_time = Some(text);
+            }
+        }
+        let phase = if running.is_some() {
+            Phase::Running
+        } else if suspended {
+            Phase::Suspended
+        } else if waiting.is_some() {
+            Phase::Pending
+        } else if let Some(run) = last_done {
+            Phase::parse(&run.phase).unwrap_or(Phase::Failed)
+        } else {
+            Phase::Pending
+        };
+        status.error = match phase {
+            Phase::Running | Phase::Succeeded | Phase::Suspended => None,
+            _ => waiting
+                .and_then(|r| r.error.clone())
+                .or_else(|| last_done.filter(|r| r.phase != "Succeeded").and_then(|r| r.error.clone())),
+        };
+        status.phase = Some(phase);
+        status.next_schedule_time = settings.as_ref().and_then(|s| {
+            let from = status
+                .last_schedule_time
+                .as_deref()
+                .and_then(parse_time)
+                .map_or(record.created_at, |t| t.timestamp_millis());
+            next_schedule(s, from.max(now_ms()))
+        });
+        let value = serde_json::to_value(&status).unwrap_or_default();
+        if value != record.status || record.phase != phase.as_str() {
+            self.store
+                .set_status(&record.name, &record.uid, phase.as_str(), &value, now_ms())
+                .await?;
+        }
+        Ok(())
+    }
+}

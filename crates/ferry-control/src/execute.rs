@@ -1,0 +1,241 @@
+//! One attempt of a run on the embedded data plane: resolve secrets, plan, move the data
+//! with the engine, and say how it went in the control plane's terms.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_core::{DataAddress, Error};
+use ferry_engine::manifest::Manifest;
+use ferry_engine::{CopyOptions, Progress, Status};
+use ferry_state::RunRecord;
+use serde_json::Value;
+
+use crate::controller::{now_ms, ControlError};
+use crate::resource::{RunProgress, RunStats};
+use crate::retry::{classify, ErrorClass};
+use crate::secrets::SecretResolver;
+
+/// How an attempt ended.
+pub enum Outcome {
+    Succeeded(RunStats),
+    Failed {
+        /// One line, secrets removed.
+        error: String,
+        class: ErrorClass,
+        /// What moved before it failed, when known.
+        moved: Option<RunStats>,
+    },
+}
+
+/// Follows the engine's progress for status and events.
+#[derive(Default)]
+pub struct Tracker {
+    bytes_total: AtomicU64,
+    bytes_done: AtomicU64,
+    started: std::sync::OnceLock<Instant>,
+    last_advance: AtomicI64,
+}
+
+impl Progress for Tracker {
+    fn planned(&self, _files: u64, bytes: u64) {
+        self.bytes_total.store(bytes, Ordering::Relaxed);
+        let _ = self.started.set(Instant::now());
+    }
+
+    fn advanced(&self, bytes: u64) {
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+        self.last_advance.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Tracker {
+    pub fn progress(&self) -> RunProgress {
+        let total = self.bytes_total.load(Ordering::Relaxed);
+        let done = self.bytes_done.load(Ordering::Relaxed).min(total.max(1));
+        let fraction = (total > 0).then(|| done as f64 / total as f64);
+        let eta_seconds = match (fraction, self.started.get()) {
+            (Some(f), Some(started)) if f > 0.0 && f < 1.0 => {
+                let spent = started.elapsed().as_secs_f64();
+                Some(spent / f * (1.0 - f))
+            }
+            (Some(f), _) if f >= 1.0 => Some(0.0),
+            _ => None,
+        };
+        RunProgress {
+            fraction,
+            bytes_done: done,
+            bytes_total: total,
+            eta_seconds,
+        }
+    }
+
+    pub fn last_advance_ms(&self) -> Option<i64> {
+        Some(self.last_advance.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+}
+
+impl RunStats {
+    /// Takes what an attempt reported, with rates over the run's whole duration.
+    pub fn merge(&mut self, done: RunStats, seconds: f64) {
+        let last_record_ms = self.last_record_ms;
+        *self = done;
+        self.last_record_ms = self.last_record_ms.or(last_record_ms);
+        self.duration_seconds = seconds;
+        self.bytes_per_second = self.bytes as f64 / seconds;
+        self.records_per_second = self.num_records as f64 / seconds;
+    }
+}
+
+/// Runs the transfer `manifest` describes once.
+pub async fn run(
+    secrets: &SecretResolver,
+    manifest: &Value,
+    opts: &CopyOptions,
+    tracker: Arc<Tracker>,
+) -> Outcome {
+    let resolved = match secrets.resolve_manifest(manifest).await {
+        Ok(v) => v,
+        Err(e) => return failed(&e, &[]),
+    };
+    let hidden = secret_values(manifest, &resolved);
+    let planned = Manifest::from_json(resolved).and_then(|m| m.plan());
+    let (src, dst, rec) = match planned {
+        Ok(p) => p,
+        Err(e) => return failed(&e, &hidden),
+    };
+    let progress: Arc<dyn Progress> = tracker;
+    if rec.needed(&src, &dst) {
+        match ferry_engine::transfer(&src, &dst, &rec, opts, progress).await {
+            Ok(report) => {
+                let stats = RunStats {
+                    num_records: report.destination.rows,
+                    bytes: report.destination.bytes,
+                    objects: report.objects,
+                    outputs: report
+                        .outputs
+                        .iter()
+                        .filter(|o| !o.skipped && o.error.is_none())
+                        .map(|o| o.key.clone())
+                        .collect(),
+                    source_schema: serde_json::to_value(&report.source.schema).ok(),
+                    destination_schema: serde_json::to_value(&report.destination.schema).ok(),
+                    ..RunStats::default()
+                };
+                match report.status {
+                    Status::Succeeded => Outcome::Succeeded(stats),
+                    Status::Failed => report_failed(report.error, &hidden, stats),
+                }
+            }
+            Err(e) => failed(&e, &hidden),
+        }
+    } else {
+        match ferry_engine::copy(&src, &dst, opts, progress).await {
+            Ok(report) => {
+                let stats = RunStats {
+                    bytes: report.bytes,
+                    objects: report.objects,
+                    outputs: report
+                        .files
+                        .iter()
+                        .filter(|f| f.error.is_none())
+                        .map(|f| f.destination_key.clone())
+                        .collect(),
+                    ..RunStats::default()
+                };
+                match report.status {
+                    Status::Succeeded => Outcome::Succeeded(stats),
+                    Status::Failed => report_failed(report.error, &hidden, stats),
+                }
+            }
+            Err(e) => failed(&e, &hidden),
+        }
+    }
+}
+
+fn failed(e: &Error, hidden: &[String]) -> Outcome {
+    Outcome::Failed {
+        error: scrub(&e.to_string(), hidden),
+        class: classify(e),
+        moved: None,
+    }
+}
+
+/// Some files failed while others moved: a passing problem as far as we can tell, and
+/// the next attempt continues from the checkpoint.
+fn report_failed(error: Option<String>, hidden: &[String], moved: RunStats) -> Outcome {
+    let error = error.unwrap_or_else(|| "some files failed".into());
+    Outcome::Failed {
+        error: scrub(&error, hidden),
+        class: ErrorClass::Retryable,
+        moved: Some(moved),
+    }
+}
+
+/// The strings secret resolution put into the manifest: anything in `resolved` that is
+/// not, at the same place, in `original`.
+fn secret_values(original: &Value, resolved: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(original: Option<&Value>, resolved: &Value, out: &mut Vec<String>) {
+        match resolved {
+            Value::String(s) => {
+                if original.and_then(Value::as_str) != Some(s.as_str()) && s.len() >= 3 {
+                    out.push(s.clone());
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(original.and_then(|o| o.get(i)), item, out);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    walk(original.and_then(|o| o.get(k)), v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(Some(original), resolved, &mut out);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+fn scrub(text: &str, hidden: &[String]) -> String {
+    let mut text = ferry_core::error::one_line(text);
+    for secret in hidden {
+        text = text.replace(secret.as_str(), ferry_core::redact::MASK);
+    }
+    text
+}
+
+/// Removes what `runs` wrote at the transfer's destination; returns the removed keys.
+pub async fn cleanup(
+    secrets: &SecretResolver,
+    manifest: &Value,
+    runs: &[RunRecord],
+) -> Result<Vec<String>, ControlError> {
+    let resolved = secrets.resolve_manifest(manifest).await?;
+    let (_, dst, _) = Manifest::from_json(resolved)?.plan()?;
+    if let DataAddress::Table(table) = &dst {
+        return Err(ControlError::Conflict(format!(
+            "cleanup of a table destination is not supported ({}): delete without cleanup and drop or truncate the table yourself",
+            table
+        )));
+    }
+    let sink = ferry_connectors::open_sink(&dst)?;
+    let mut keys: Vec<String> = runs
+        .iter()
+        .filter_map(|r| serde_json::from_value::<RunStats>(r.stats.clone()).ok())
+        .flat_map(|s| s.outputs)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut removed = Vec::new();
+    for key in keys {
+        if sink.delete(&key).await? {
+            removed.push(key);
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,205 @@
+//! Counters the control plane keeps, written in Prometheus' text format for `/metrics`.
+//!
+//! A handful of fixed series do not need a metrics library: atomics, and one histogram of
+//! run durations with fixed buckets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Upper bounds of the run-duration buckets, in seconds.
+const DURATION_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    runs_started: AtomicU64,
+    /// Finished runs by phase.
+    runs_finished: Mutex<BTreeMap<String, u64>>,
+    retries: AtomicU64,
+    bytes: AtomicU64,
+    records: AtomicU64,
+    durations: Mutex<Histogram>,
+    events: AtomicU64,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Numbers read from elsewhere when the metrics are written.
+pub struct Snapshot {
+    pub transfers_by_phase: BTreeMap<&'static str, u64>,
+    pub active_runs: u64,
+    pub webhook_delivered: u64,
+    pub webhook_failed: u64,
+    pub webhook_dropped: u64,
+}
+
+impl Metrics {
+    pub fn run_started(&self) {
+        self.runs_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn event(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A run ended in `phase` after `seconds`, having moved `bytes` and `records`.
+    pub fn run_finished(&self, phase: &str, seconds: f64, bytes: u64, records: u64) {
+        *lock(&self.runs_finished).entry(phase.to_string()).or_default() += 1;
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        let mut h = lock(&self.durations);
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// Bytes and records of an attempt that failed still moved.
+    pub fn moved(&self, bytes: u64, records: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let mut out = String::new();
+        let mut series = |name: &str, kind: &str, help: &str, values: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in values {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        series(
+            "ferry_transfers",
+            "gauge",
+            "Transfers by phase.",
+            snap.transfers_by_phase
+                .iter()
+                .map(|(phase, n)| (format!("{{phase=\"{phase}\"}}"), n.to_string()))
+                .collect(),
+        );
+        series(
+            "ferry_runs_active",
+            "gauge",
+            "Runs executing in this process.",
+            vec![(String::new(), snap.active_runs.to_string())],
+        );
+        series(
+            "ferry_runs_started_total",
+            "counter",
+            "Run attempts started.",
+            vec![(String::new(), load(&self.runs_started))],
+        );
+        series(
+            "ferry_runs_finished_total",
+            "counter",
+            "Runs finished, by phase.",
+            lock(&self.runs_finished)
+                .iter()
+                .map(|(phase, n)| (format!("{{phase=\"{phase}\"}}"), n.to_string()))
+                .collect(),
+        );
+        series(
+            "ferry_run_retries_total",
+            "counter",
+            "Failed attempts scheduled to be tried again.",
+            vec![(String::new(), load(&self.retries))],
+        );
+        series(
+            "ferry_bytes_moved_total",
+            "counter",
+            "Bytes moved by runs.",
+            vec![(String::new(), load(&self.bytes))],
+        );
+        series(
+            "ferry_records_moved_total",
+            "counter",
+            "Records written by runs.",
+            vec![(String::new(), load(&self.records))],
+        );
+        series(
+            "ferry_events_total",
+            "counter",
+            "Events recorded.",
+            vec![(String::new(), load(&self.events))],
+        );
+        series(
+            "ferry_webhook_deliveries_total",
+            "counter",
+            "Webhook deliveries, by outcome.",
+            vec![
+                ("{outcome=\"delivered\"}".into(), snap.webhook_delivered.to_string()),
+                ("{outcome=\"failed\"}".into(), snap.webhook_failed.to_string()),
+                ("{outcome=\"dropped\"}".into(), snap.webhook_dropped.to_string()),
+            ],
+        );
+        let h = lock(&self.durations);
+        let mut buckets: Vec<(String, String)> = DURATION_BUCKETS
+            .iter()
+            .zip(h.counts)
+            .map(|(bound, n)| (format!("_bucket{{le=\"{bound}\"}}"), n.to_string()))
+            .collect();
+        buckets.push(("_bucket{le=\"+Inf\"}".into(), h.count.to_string()));
+        buckets.push(("_sum".into(), h.sum.to_string()));
+        buckets.push(("_count".into(), h.count.to_string()));
+        series(
+            "ferry_run_duration_seconds",
+            "histogram",
+            "How long finished runs took.",
+            buckets,
+        );
+        out
+    }
+}
+
+fn load(n: &AtomicU64) -> String {
+    n.load(Ordering::Relaxed).to_string()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_has_every_series() {
+        let m = Metrics::default();
+        m.run_started();
+        m.run_finished("Succeeded", 2.0, 100, 10);
+        m.run_finished("Failed", 0.05, 1, 0);
+        let text = m.render(&Snapshot {
+            transfers_by_phase: BTreeMap::from([("Running", 2), ("Succeeded", 1)]),
+            active_runs: 2,
+            webhook_delivered: 3,
+            webhook_failed: 0,
+            webhook_dropped: 0,
+        });
+        for line in [
+            "ferry_transfers{phase=\"Running\"} 2",
+            "ferry_runs_finished_total{phase=\"Failed\"} 1",
+            "ferry_bytes_moved_total 101",
+            "ferry_run_duration_seconds_bucket{le=\"0.1\"} 1",
+            "ferry_run_duration_seconds_bucket{le=\"5\"} 2",
+            "ferry_run_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "ferry_run_duration_seconds_count 2",
+            "ferry_webhook_deliveries_total{outcome=\"delivered\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+}

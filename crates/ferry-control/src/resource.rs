@@ -1,0 +1,756 @@
+//! Transfers as the API shows them: validation of a manifest before anything is stored,
+//! phases, status, runs and events.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use ferry_core::{Error, TransformSpec};
+use ferry_engine::manifest::{AddressSpec, ConcurrencyPolicy, API_VERSION};
+use ferry_state::{EventRecord, RunRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::schedule::Schedule;
+
+pub const DEFAULT_MAX_FAILED_RETRIES: u32 = 3;
+pub const DEFAULT_SUCCESSFUL_HISTORY: u32 = 3;
+pub const DEFAULT_FAILED_HISTORY: u32 = 1;
+const MAX_RETRIES: u64 = 100;
+const MAX_HISTORY: u64 = 1000;
+
+/// Where a transfer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Phase {
+    /// Waiting for its first run (or its next schedule, before any run).
+    Pending,
+    Running,
+    /// The last run succeeded.
+    Succeeded,
+    /// The last run failed after its retries; the next schedule tries again.
+    Failed,
+    /// The last run failed for a reason retrying cannot fix (authentication, data).
+    Fatal,
+    /// `spec.suspend` is true and nothing runs.
+    Suspended,
+    /// The spec cannot run as written (checked against the data at run time).
+    ConfigurationError,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Fatal,
+        Phase::Suspended,
+        Phase::ConfigurationError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Fatal => "Fatal",
+            Phase::Suspended => "Suspended",
+            Phase::ConfigurationError => "ConfigurationError",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Phase> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(text))
+    }
+}
+
+/// One invalid field of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    /// Its place in the manifest, e.g. `spec.schedule` or `spec.transformation[1].columns`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A manifest that passed validation, with what the control plane reads from it.
+#[derive(Clone, Debug)]
+pub struct TransferManifest {
+    /// The manifest as given (secrets as references), `status` removed.
+    pub raw: Value,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub settings: Settings,
+}
+
+/// The service fields of a spec, with defaults applied.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub schedule: Option<Schedule>,
+    pub suspend: bool,
+    pub concurrency_policy: ConcurrencyPolicy,
+    pub max_failed_retries: u32,
+    pub successful_history: u32,
+    pub failed_history: u32,
+}
+
+const SPEC_FIELDS: [&str; 10] = [
+    "source",
+    "destination",
+    "transformation",
+    "schedule",
+    "timeZone",
+    "suspend",
+    "concurrencyPolicy",
+    "maxFailedRetries",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+];
+
+/// Checks everything about a manifest that can be checked without touching data or
+/// secrets, and lists every invalid field.
+pub fn validate(raw: Value) -> Result<TransferManifest, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let Value::Object(mut top) = raw else {
+        return Err(vec![FieldError::new(
+            "",
+            "a transfer is an object with apiVersion, kind, metadata and spec",
+        )]);
+    };
+    top.remove("status");
+    for key in top.keys() {
+        if !["apiVersion", "kind", "metadata", "spec"].contains(&key.as_str()) {
+            errors.push(FieldError::new(key, "unknown field"));
+        }
+    }
+    match top.get("apiVersion") {
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(other) => errors.push(FieldError::new(
+            "apiVersion",
+            format!("{} is not supported; use {API_VERSION}", short(other)),
+        )),
+        None => errors.push(FieldError::new(
+            "apiVersion",
+            format!("required: {API_VERSION}"),
+        )),
+    }
+    match top.get("kind").and_then(Value::as_str) {
+        Some("BatchTransfer") => {}
+        Some("StreamTransfer") => errors.push(FieldError::new(
+            "kind",
+            "StreamTransfer is not supported yet; use BatchTransfer",
+        )),
+        Some(other) => errors.push(FieldError::new(
+            "kind",
+            format!("unknown kind '{other}'; use BatchTransfer"),
+        )),
+        None => errors.push(FieldError::new("kind", "required: BatchTransfer")),
+    }
+    let (name, labels) = metadata(top.get("metadata"), &mut errors);
+    let settings = match top.get("spec") {
+        Some(Value::Object(spec)) => spec_settings(spec, &mut errors),
+        Some(_) => {
+            errors.push(FieldError::new("spec", "must be an object"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new("spec", "required"));
+            None
+        }
+    };
+    match (errors.is_empty(), settings) {
+        (true, Some(settings)) => Ok(TransferManifest {
+            raw: Value::Object(top),
+            name,
+            labels,
+            settings,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() > 60 {
+        format!("{}…", &text[..text.floor_char_boundary(60)])
+    } else {
+        text
+    }
+}
+
+fn metadata(
+    meta: Option<&Value>,
+    errors: &mut Vec<FieldError>,
+) -> (String, BTreeMap<String, String>) {
+    let Some(Value::Object(meta)) = meta else {
+        errors.push(FieldError::new("metadata", "required, with a name"));
+        return (String::new(), BTreeMap::new());
+    };
+    for key in meta.keys() {
+        if !["name", "labels", "annotations"].contains(&key.as_str()) {
+            errors.push(FieldError::new(format!("metadata.{key}"), "unknown field"));
+        }
+    }
+    let name = match meta.get("name") {
+        Some(Value::String(name)) => {
+            if let Err(reason) = check_name(name) {
+                errors.push(FieldError::new("metadata.name", reason));
+            }
+            name.clone()
+        }
+        _ => {
+            errors.push(FieldError::new("metadata.name", "required, a string"));
+            String::new()
+        }
+    };
+    let mut labels = BTreeMap::new();
+    for field in ["labels", "annotations"] {
+        match meta.get(field) {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    match v {
+                        Value::String(s) if field == "labels" => {
+                            labels.insert(k.clone(), s.clone());
+                        }
+                        Value::String(_) => {}
+                        _ => errors.push(FieldError::new(
+                            format!("metadata.{field}.{k}"),
+                            "must be a string",
+                        )),
+                    }
+                }
+            }
+            Some(_) => errors.push(FieldError::new(
+                format!("metadata.{field}"),
+                "must be a map of strings",
+            )),
+        }
+    }
+    (name, labels)
+}
+
+/// Names appear in URLs and in Kubernetes objects: DNS labels.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}': use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Settings> {
+    let before = errors.len();
+    for key in spec.keys() {
+        if !SPEC_FIELDS.contains(&key.as_str()) {
+            errors.push(FieldError::new(format!("spec.{key}"), "unknown field"));
+        }
+    }
+    for side in ["source", "destination"] {
+        match spec.get(side) {
+            None => errors.push(FieldError::new(format!("spec.{side}"), "required")),
+            Some(value) => check_address(&format!("spec.{side}"), value, errors),
+        }
+    }
+    match spec.get("transformation") {
+        None => {}
+        Some(Value::Array(list)) => {
+            for (i, item) in list.iter().enumerate() {
+                check_transformation(&format!("spec.transformation[{i}]"), item, errors);
+            }
+        }
+        Some(_) => errors.push(FieldError::new(
+            "spec.transformation",
+            "must be a list of transformations",
+        )),
+    }
+
+    let time_zone = match spec.get("timeZone") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(tz)) => Some(tz.as_str()),
+        Some(_) => {
+            errors.push(FieldError::new("spec.timeZone", "must be a string"));
+            None
+        }
+    };
+    let schedule = match spec.get("schedule") {
+        None | Some(Value::Null) => {
+            if time_zone.is_some() {
+                errors.push(FieldError::new(
+                    "spec.timeZone",
+                    "applies to a schedule; set spec.schedule too",
+                ));
+            }
+            None
+        }
+        Some(Value::String(expr)) => match Schedule::parse(expr, time_zone) {
+            Ok(s) => Some(s),
+            Err(reason) => {
+                let field = if reason.contains("time zone") {
+                    "spec.timeZone"
+                } else {
+                    "spec.schedule"
+                };
+                errors.push(FieldError::new(field, reason));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new(
+                "spec.schedule",
+                "must be a cron expression in a string, e.g. \"*/15 * * * *\"",
+            ));
+            None
+        }
+    };
+    let suspend = match spec.get("suspend") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::new("spec.suspend", "must be true or false"));
+            false
+        }
+    };
+    let concurrency_policy = match spec.get("concurrencyPolicy") {
+        None | Some(Value::Null) => ConcurrencyPolicy::default(),
+        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                "spec.concurrencyPolicy",
+                format!("{} is not one of Forbid, Allow, Replace", short(v)),
+            ));
+            ConcurrencyPolicy::default()
+        }),
+    };
+    let mut number = |field: &str, max: u64, default: u32| -> u32 {
+        match spec.get(field) {
+            None | Some(Value::Null) => default,
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => n as u32,
+                _ => {
+                    errors.push(FieldError::new(
+                        format!("spec.{field}"),
+                        format!("{} is out of range: a whole number from 0 to {max}", short(v)),
+                    ));
+                    default
+                }
+            },
+        }
+    };
+    let max_failed_retries = number("maxFailedRetries", MAX_RETRIES, DEFAULT_MAX_FAILED_RETRIES);
+    let successful_history = number(
+        "successfulJobsHistoryLimit",
+        MAX_HISTORY,
+        DEFAULT_SUCCESSFUL_HISTORY,
+    );
+    let failed_history = number("failedJobsHistoryLimit", MAX_HISTORY, DEFAULT_FAILED_HISTORY);
+    (errors.len() == before).then_some(Settings {
+        schedule,
+        suspend,
+        concurrency_policy,
+        max_failed_retries,
+        successful_history,
+        failed_history,
+    })
+}
+
+/// True when some string in `v` is a secret reference resolved at run time.
+fn has_run_time_values(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.starts_with("ref+"),
+        Value::Array(items) => items.iter().any(has_run_time_values),
+        Value::Object(map) => {
+            map.contains_key("vaultPath") || map.values().any(has_run_time_values)
+        }
+        _ => false,
+    }
+}
+
+fn check_address(at: &str, value: &Value, errors: &mut Vec<FieldError>) {
+    let Value::Object(map) = value else {
+        errors.push(FieldError::new(at, "must be an object with a type"));
+        return;
+    };
+    let mut structural = map.clone();
+    if let Some(path) = structural.remove("vaultPath") {
+        if !path.is_string() {
+            errors.push(FieldError::new(
+                format!("{at}.vaultPath"),
+                "must be a path in Vault, e.g. secret/data/lake",
+            ));
+        }
+    }
+    let spec: AddressSpec = match serde_json::from_value(Value::Object(structural)) {
+        Ok(spec) => spec,
+        Err(e) => {
+            errors.push(serde_error(at, &e.to_string()));
+            return;
+        }
+    };
+    // Fields that come from Vault are only known at run time; what is here must still fit.
+    if has_run_time_values(value) {
+        return;
+    }
+    if let Err(e) = spec.address(at) {
+        errors.push(field_error(at, e));
+    }
+}
+
+fn check_transformation(at: &str, value: &Value, errors: &mut Vec<FieldError>) {
+    let spec: TransformSpec = match serde_json::from_value(value.clone()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            errors.push(serde_error(at, &e.to_string()));
+            return;
+        }
+    };
+    use ferry_core::Action;
+    let needs_columns = !matches!(spec.action, Action::Filter | Action::Sample);
+    if needs_columns && spec.columns.is_empty() {
+        errors.push(FieldError::new(
+            format!("{at}.columns"),
+            format!("required for action {}: the columns it applies to", spec.action.as_str()),
+        ));
+    }
+}
+
+/// serde names unknown fields and bad variants in its message; lift the field name into
+/// the path when it says which.
+fn serde_error(at: &str, message: &str) -> FieldError {
+    let field = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))
+        .and_then(|rest| rest.split('`').next());
+    match field {
+        Some(name) => FieldError::new(format!("{at}.{name}"), first_clause(message)),
+        None => FieldError::new(at, first_clause(message)),
+    }
+}
+
+fn first_clause(message: &str) -> String {
+    message.lines().next().unwrap_or(message).to_string()
+}
+
+fn field_error(at: &str, e: Error) -> FieldError {
+    match e {
+        Error::InvalidOption { name, reason } => FieldError::new(name, reason),
+        Error::InvalidAddress { address, reason } => {
+            FieldError::new(at, format!("'{address}': {reason}"))
+        }
+        other => FieldError::new(at, other.to_string()),
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339, for the API.
+pub fn time_text(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Progress of a running run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunProgress {
+    /// 0 to 1, when the total is known.
+    pub fraction: Option<f64>,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Seconds left at the current rate.
+    pub eta_seconds: Option<f64>,
+}
+
+/// What a run moved.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStats {
+    /// Rows written (record transfers).
+    pub num_records: u64,
+    pub bytes: u64,
+    /// Files, objects or tables written.
+    pub objects: u64,
+    pub duration_seconds: f64,
+    pub bytes_per_second: f64,
+    pub records_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunProgress>,
+    /// What the run wrote, relative to the destination (for `?cleanup=true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub source_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub destination_schema: Option<Value>,
+    /// Milliseconds since the epoch when the last record or byte moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_record_ms: Option<i64>,
+}
+
+/// A run as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    pub id: String,
+    pub transfer: String,
+    /// Pending, Running, Succeeded, Failed, Fatal, ConfigurationError, Cancelled.
+    pub phase: String,
+    /// created, schedule, manual.
+    pub trigger: String,
+    pub attempt: i64,
+    pub generation: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub stats: RunStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RunView {
+    pub fn of(run: &RunRecord) -> Self {
+        Self {
+            id: run.id.clone(),
+            transfer: run.transfer.clone(),
+            phase: run.phase.clone(),
+            trigger: run.trigger.clone(),
+            attempt: run.attempt,
+            generation: run.generation,
+            scheduled_for: run.scheduled_for.map(time_text),
+            next_attempt_at: run
+                .not_before
+                .filter(|_| !run.finished())
+                .map(time_text),
+            created_at: time_text(run.created_at),
+            started_at: run.started_at.map(time_text),
+            finished_at: run.finished_at.map(time_text),
+            owner: run.owner.clone(),
+            stats: serde_json::from_value(run.stats.clone()).unwrap_or_default(),
+            error: run.error.clone(),
+        }
+    }
+}
+
+/// A short reference to a finished run, in a transfer's status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRef {
+    pub id: String,
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A transfer's status, kept current by the control plane.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferStatus {
+    #[schema(value_type = String)]
+    pub phase: Option<Phase>,
+    /// One line, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Records written by the last completed run.
+    pub num_records: u64,
+    /// Bytes moved by the last completed run.
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunProgress>,
+    pub observed_generation: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_record_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_run: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_completed_run: Option<RunRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failed_run: Option<RunRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub source_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub destination_schema: Option<Value>,
+}
+
+/// A transfer as the API shows it: the manifest with secrets redacted, and its status.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferView {
+    pub api_version: String,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub status: TransferStatus,
+}
+
+/// An event as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    pub seq: i64,
+    pub transfer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    pub time: String,
+    /// Normal or Warning.
+    #[serde(rename = "type")]
+    pub severity: String,
+    pub reason: String,
+    pub message: String,
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+impl EventView {
+    pub fn of(e: &EventRecord) -> Self {
+        Self {
+            seq: e.seq,
+            transfer: e.event.transfer.clone(),
+            run: e.event.run.clone(),
+            time: time_text(e.event.time),
+            severity: e.event.severity.clone(),
+            reason: e.event.reason.clone(),
+            message: e.event.message.clone(),
+            data: e.event.data.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest() -> Value {
+        json!({
+            "apiVersion": "ferry.dev/v1",
+            "kind": "BatchTransfer",
+            "metadata": {"name": "orders", "labels": {"team": "lake"}},
+            "spec": {
+                "source": {"type": "file", "path": "in/orders.csv", "format": "csv"},
+                "destination": {"type": "file", "path": "out/", "format": "parquet"},
+                "transformation": [{"action": "RemoveColumn", "columns": ["notes"]}],
+                "schedule": "*/5 * * * *",
+                "maxFailedRetries": 2
+            }
+        })
+    }
+
+    #[test]
+    fn a_good_manifest_passes_with_its_settings() {
+        let m = validate(manifest()).unwrap();
+        assert_eq!(m.name, "orders");
+        assert_eq!(m.labels["team"], "lake");
+        assert_eq!(m.settings.max_failed_retries, 2);
+        assert_eq!(m.settings.successful_history, DEFAULT_SUCCESSFUL_HISTORY);
+        assert!(m.settings.schedule.is_some());
+    }
+
+    #[test]
+    fn every_invalid_field_is_listed() {
+        let mut m = manifest();
+        let spec = m["spec"].as_object_mut().unwrap();
+        spec.insert("schedule".into(), json!("61 * * * *"));
+        spec.remove("destination");
+        spec.insert("maxFailedRetries".into(), json!(1000));
+        spec.insert("failedJobsHistoryLimit".into(), json!(-1));
+        spec.insert("concurrencyPolicy".into(), json!("Sometimes"));
+        spec["source"]["type"] = json!("ftp");
+        spec.insert(
+            "transformation".into(),
+            json!([{"action": "Digest"}, {"action": "Shuffle", "columns": ["a"]}]),
+        );
+        spec.insert("colour".into(), json!("red"));
+        let errors = validate(m).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        for expected in [
+            "spec.colour",
+            "spec.source",
+            "spec.destination",
+            "spec.transformation[0].columns",
+            "spec.transformation[1]",
+            "spec.schedule",
+            "spec.concurrencyPolicy",
+            "spec.maxFailedRetries",
+            "spec.failedJobsHistoryLimit",
+        ] {
+            assert!(fields.contains(&expected), "{expected} missing in {errors:?}");
+        }
+        let source = errors.iter().find(|e| e.field == "spec.source").unwrap();
+        assert!(source.message.contains("ftp"), "{source:?}");
+        let shuffle = errors
+            .iter()
+            .find(|e| e.field == "spec.transformation[1]")
+            .unwrap();
+        assert!(shuffle.message.contains("Shuffle"), "{shuffle:?}");
+        assert!(errors.iter().all(|e| !e.message.contains('\n')));
+    }
+
+    #[test]
+    fn names_and_kinds() {
+        let mut m = manifest();
+        m["metadata"]["name"] = json!("Orders_2024");
+        m["kind"] = json!("Copy");
+        let errors = validate(m).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0].field, "kind");
+        assert_eq!(errors[1].field, "metadata.name");
+    }
+
+    #[test]
+    fn vault_fields_are_checked_at_run_time_only() {
+        let mut m = manifest();
+        m["spec"]["destination"] = json!({"type": "s3", "vaultPath": "secret/data/lake",
+                                          "format": "parquet"});
+        validate(m.clone()).unwrap();
+        m["spec"]["destination"]["colour"] = json!("red");
+        let errors = validate(m).unwrap_err();
+        assert_eq!(errors[0].field, "spec.destination.colour", "{errors:?}");
+    }
+}

@@ -1,1 +1,471 @@
-//! (being written)
+//! ferry's REST API over a [`Controller`]: transfers, their runs and events, metrics,
+//! health, and the OpenAPI document that describes it.
+//!
+//! [`app`] builds the whole router, so tests call it in-process without a socket.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_control::{
+    ControlError, Controller, EventView, FieldError, Phase, RunView, TransferStatus, TransferView,
+};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub controller: Controller,
+    /// Bearer tokens that may call the API.
+    pub tokens: Arc<Vec<String>>,
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/transfers", get(list_transfers).post(create_transfer))
+        .route(
+            "/v1/transfers/{name}",
+            get(get_transfer).put(replace_transfer).delete(delete_transfer),
+        )
+        .route("/v1/transfers/{name}/suspend", post(suspend_transfer))
+        .route("/v1/transfers/{name}/resume", post(resume_transfer))
+        .route("/v1/transfers/{name}/run", post(run_transfer))
+        .route("/v1/transfers/{name}/runs", get(list_runs))
+        .route("/v1/transfers/{name}/events", get(list_events))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The OpenAPI document, generated from the handlers and types below.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ferry", description = "Transfers as durable resources: create them, run them on schedules, follow their runs and events."),
+    paths(
+        list_transfers, create_transfer, get_transfer, replace_transfer, delete_transfer,
+        suspend_transfer, resume_transfer, run_transfer, list_runs, list_events,
+        metrics, healthz, readyz
+    ),
+    components(schemas(TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every error the API returns.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// One line; secrets redacted.
+    pub error: String,
+    /// For 422: every invalid field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    body: ApiErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ApiErrorBody {
+                error: error.into(),
+                details: Vec::new(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            ControlError::Invalid(details) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                body: ApiErrorBody {
+                    error: format!("the transfer is invalid: {} field(s)", details.len()),
+                    details,
+                },
+            },
+            ControlError::Store(e) => {
+                tracing::warn!("request failed: {e}");
+                let status = match e {
+                    ferry_core::Error::Unreachable { .. } | ferry_core::Error::State { .. } => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    ferry_core::Error::InvalidOption { .. }
+                    | ferry_core::Error::InvalidAddress { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                ApiError::new(status, ferry_core::error::one_line(&e.to_string()))
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| state.tokens.iter().any(|t| same(t.as_bytes(), g.as_bytes())));
+    if ok {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "a bearer token is required: send Authorization: Bearer <token>",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid header"));
+    response
+}
+
+/// Compares in time that does not depend on where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
+}
+
+/// A manifest body: JSON, or YAML when the content type says so (or it is not JSON).
+fn manifest_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let yaml = content_type.contains("yaml");
+    let parsed = if yaml {
+        serde_norway::from_slice::<Value>(body).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .or_else(|json_err| {
+                if content_type.contains("json") {
+                    Err(json_err.to_string())
+                } else {
+                    serde_norway::from_slice::<Value>(body).map_err(|e| e.to_string())
+                }
+            })
+    };
+    parsed.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not a {} manifest: {}",
+                if yaml { "YAML" } else { "JSON or YAML" },
+                ferry_core::error::one_line(&e)
+            ),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    /// Only transfers in this phase.
+    phase: Option<String>,
+    /// Only transfers with these labels: `team=lake,tier=gold`.
+    label_selector: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/transfers", params(ListQuery),
+    responses((status = 200, body = [TransferView]), (status = 400, body = ApiErrorBody)))]
+async fn list_transfers(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<TransferView>>> {
+    let phase = match q.phase.as_deref() {
+        None | Some("") => None,
+        Some(p) => Some(Phase::parse(p).ok_or_else(|| {
+            let known: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("phase '{p}' is not one of {}", known.join(", ")),
+            )
+        })?),
+    };
+    let mut labels = BTreeMap::new();
+    for pair in q.label_selector.iter().flat_map(|s| s.split(',')) {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("labelSelector '{pair}': expected key=value"),
+            )
+        })?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(Json(state.controller.list(phase, &labels).await?))
+}
+
+#[utoipa::path(post, path = "/v1/transfers",
+    request_body(content = Object, description = "A manifest (apiVersion ferry.dev/v1, kind BatchTransfer), JSON or YAML", content_type = "application/json"),
+    responses((status = 201, body = TransferView), (status = 409, body = ApiErrorBody),
+              (status = 422, body = ApiErrorBody)))]
+async fn create_transfer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<TransferView>)> {
+    let manifest = manifest_body(&headers, &body)?;
+    let view = state.controller.create(manifest).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(get, path = "/v1/transfers/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = TransferView), (status = 404, body = ApiErrorBody)))]
+async fn get_transfer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TransferView>> {
+    Ok(Json(state.controller.get(&name).await?))
+}
+
+#[utoipa::path(put, path = "/v1/transfers/{name}", params(("name" = String, Path)),
+    request_body(content = Object, description = "The whole manifest; its spec replaces the stored one", content_type = "application/json"),
+    responses((status = 200, body = TransferView), (status = 404, body = ApiErrorBody),
+              (status = 422, body = ApiErrorBody)))]
+async fn replace_transfer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<TransferView>> {
+    let manifest = manifest_body(&headers, &body)?;
+    Ok(Json(state.controller.replace(&name, manifest).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeleteQuery {
+    /// Also remove what the transfer's runs wrote at its destination.
+    #[serde(default)]
+    cleanup: bool,
+}
+
+/// What a delete removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeleteReport {
+    pub deleted: String,
+    /// Keys removed at the destination (with `cleanup=true`).
+    pub removed: Vec<String>,
+}
+
+#[utoipa::path(delete, path = "/v1/transfers/{name}", params(("name" = String, Path), DeleteQuery),
+    responses((status = 200, body = DeleteReport), (status = 404, body = ApiErrorBody)))]
+async fn delete_transfer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<Json<DeleteReport>> {
+    let removed = state.controller.delete(&name, q.cleanup).await?;
+    Ok(Json(DeleteReport {
+        deleted: name,
+        removed,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/transfers/{name}/suspend", params(("name" = String, Path)),
+    responses((status = 200, body = TransferView), (status = 404, body = ApiErrorBody)))]
+async fn suspend_transfer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TransferView>> {
+    Ok(Json(state.controller.set_suspend(&name, true).await?))
+}
+
+#[utoipa::path(post, path = "/v1/transfers/{name}/resume", params(("name" = String, Path)),
+    responses((status = 200, body = TransferView), (status = 404, body = ApiErrorBody)))]
+async fn resume_transfer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TransferView>> {
+    Ok(Json(state.controller.set_suspend(&name, false).await?))
+}
+
+#[utoipa::path(post, path = "/v1/transfers/{name}/run", params(("name" = String, Path)),
+    responses((status = 202, body = RunView), (status = 404, body = ApiErrorBody)))]
+async fn run_transfer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<RunView>)> {
+    Ok((StatusCode::ACCEPTED, Json(state.controller.run_now(&name).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/transfers/{name}/runs", params(("name" = String, Path)),
+    responses((status = 200, body = [RunView]), (status = 404, body = ApiErrorBody)))]
+async fn list_runs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<RunView>>> {
+    Ok(Json(state.controller.runs(&name).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// Only events after this sequence number.
+    #[serde(default)]
+    after: i64,
+    /// At most this many (default 1000).
+    limit: Option<usize>,
+    /// Keep the connection open and send new events as server-sent events (also chosen
+    /// by `Accept: text/event-stream`).
+    #[serde(default)]
+    follow: bool,
+}
+
+#[utoipa::path(get, path = "/v1/transfers/{name}/events", params(("name" = String, Path), EventsQuery),
+    responses((status = 200, body = [EventView], description = "JSON, or with follow a text/event-stream of EventView"),
+              (status = 404, body = ApiErrorBody)))]
+async fn list_events(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let wants_stream = q.follow
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    if !wants_stream {
+        return Ok(Json(state.controller.events(&name, q.after, limit).await?).into_response());
+    }
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let live = state.controller.subscribe();
+    let backlog = state.controller.events(&name, q.after, 10_000).await?;
+    let stream = follow(state.controller.clone(), name, backlog, live);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn follow(
+    controller: Controller,
+    name: String,
+    backlog: Vec<EventView>,
+    live: tokio::sync::broadcast::Receiver<ferry_state::EventRecord>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let last = backlog.last().map_or(0, |e| e.seq);
+    let state = (controller, name, backlog.into_iter(), live, last);
+    futures::stream::unfold(state, |(controller, name, mut backlog, mut live, mut last)| async move {
+        if let Some(e) = backlog.next() {
+            let event = sse_event(&e);
+            return Some((Ok(event), (controller, name, backlog, live, last)));
+        }
+        loop {
+            match live.recv().await {
+                Ok(record) if record.event.transfer == name && record.seq > last => {
+                    last = record.seq;
+                    let event = sse_event(&EventView::of(&record));
+                    return Some((Ok(event), (controller, name, backlog, live, last)));
+                }
+                Ok(_) => {}
+                // Fell behind: read what was missed from the store.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let missed = controller.events(&name, last, 10_000).await.ok()?;
+                    if let Some(newest) = missed.last() {
+                        last = newest.seq;
+                    }
+                    backlog = missed.into_iter();
+                    if let Some(e) = backlog.next() {
+                        let event = sse_event(&e);
+                        return Some((Ok(event), (controller, name, backlog, live, last)));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn sse_event(e: &EventView) -> Event {
+    Event::default()
+        .id(e.seq.to_string())
+        .event(e.reason.clone())
+        .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let text = state.controller.metrics_text().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/healthz", security(()),
+    responses((status = 200, description = "The process is up")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/readyz", security(()),
+    responses((status = 200, description = "The store answers"), (status = 503, description = "The store does not answer")))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.controller.ready().await {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the control store does not answer\n").into_response()
+    }
+}

@@ -15,8 +15,8 @@ use ferry_formats::{Format, FormatOptions};
 
 use crate::output;
 
-/// Move files and objects between local disks, S3 and Azure Blob Storage: fast, resumable
-/// and verified.
+/// Move datasets between local disks, S3, Azure Blob Storage and databases: fast,
+/// resumable and verified; once from the command line, or as a service.
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about, long_about = None)]
 pub struct Cli {
@@ -39,6 +39,11 @@ enum Command {
     Verify(VerifyArgs),
     /// Run the transfer a manifest describes (apiVersion ferry.dev/v1, kind BatchTransfer).
     Run(RunArgs),
+    /// Run the service: REST API, durable transfers, schedules, retries and events, with
+    /// an embedded data plane.
+    Serve(crate::serve::ServeArgs),
+    /// Manage the transfers of a running `ferry serve`.
+    Transfers(crate::client::TransfersArgs),
 }
 
 /// How a run shows itself and where it keeps its checkpoint.
@@ -183,7 +188,7 @@ impl Cli {
                 !rec.needed(&src, &dst)
             }
             Command::Verify(_) => true,
-            Command::Run(_) => false,
+            Command::Run(_) | Command::Serve(_) | Command::Transfers(_) => false,
         }
     }
 }
@@ -193,6 +198,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Copy(args) => copy(*args).await,
         Command::Verify(args) => verify(args).await,
         Command::Run(args) => run_manifest(args).await,
+        Command::Serve(args) => crate::serve::serve(args).await,
+        Command::Transfers(args) => crate::client::transfers(args).await,
     }
 }
 

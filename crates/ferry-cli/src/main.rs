@@ -1,7 +1,9 @@
 //! `ferry`: parse, dispatch, print the error once, map it to an exit code.
 
 mod args;
+mod client;
 mod output;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,447 @@
+//! `ferry transfers …`: a client of a running `ferry serve`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use ferry_core::{Error, Result};
+use serde_json::Value;
+
+use crate::serve::{default_data_dir, DEFAULT_LISTEN, TOKEN_FILE};
+
+#[derive(Args, Debug)]
+pub struct TransfersArgs {
+    /// The server [default: $FERRY_SERVER, else http://127.0.0.1:8080].
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// The API token [default: $FERRY_TOKEN, else the token file of a local server's data dir].
+    #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: TransfersCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum TransfersCommand {
+    /// Create a transfer from a manifest, or replace the spec of the one with its name.
+    Apply {
+        /// The manifest (YAML or JSON).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List transfers.
+    List {
+        /// Only transfers in this phase (Pending, Running, Succeeded, Failed, …).
+        #[arg(long)]
+        phase: Option<String>,
+        /// Only transfers with this label, key=value. Repeatable.
+        #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Show a transfer: spec (secrets redacted) and status.
+    Get { name: String },
+    /// Stop starting runs of a transfer (a running run finishes).
+    Suspend { name: String },
+    /// Start scheduling a suspended transfer again.
+    Resume { name: String },
+    /// Start a run now.
+    Run { name: String },
+    /// List a transfer's runs, newest first.
+    Runs { name: String },
+    /// Delete a transfer, its runs and events.
+    Delete {
+        name: String,
+        /// Also remove what its runs wrote at the destination.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Show a transfer's events.
+    Events {
+        name: String,
+        /// Keep following new events until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(args: &TransfersArgs) -> Result<Self> {
+        let base = args
+            .server
+            .clone()
+            .or_else(|| std::env::var("FERRY_SERVER").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(Error::invalid_option(
+                "--server",
+                format!("'{base}': use http://host:port"),
+            ));
+        }
+        let token = args
+            .token
+            .clone()
+            .or_else(|| std::env::var("FERRY_TOKEN").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string(default_data_dir().join(TOKEN_FILE))
+                    .ok()
+                    .map(|t| t.trim().to_string())
+            });
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
+        Ok(Self { base, token, http })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    /// Sends and returns the JSON body of a 2xx answer; anything else is an error naming
+    /// what the server said.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value)> {
+        let response = request.send().await.map_err(|e| {
+            Error::unreachable(&self.base, format!("{}; is ferry serve running?", plain(&e)))
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Error::unreachable(&self.base, plain(&e)))?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if (200..300).contains(&status) {
+            return Ok((status, body));
+        }
+        Err(server_error(&self.base, status, &body))
+    }
+}
+
+fn plain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    ferry_core::error::one_line(&text)
+}
+
+fn server_error(base: &str, status: u16, body: &Value) -> Error {
+    let message = body["error"].as_str().unwrap_or("no message").to_string();
+    let details: Vec<String> = body["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            format!(
+                "{}: {}",
+                d["field"].as_str().unwrap_or(""),
+                d["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let text = if details.is_empty() {
+        message
+    } else {
+        format!("{message}: {}", details.join("; "))
+    };
+    match status {
+        401 => Error::permission_denied(
+            base,
+            format!("{text} (give --token or FERRY_TOKEN)"),
+        ),
+        404 => Error::Store {
+            address: base.to_string(),
+            detail: text,
+        },
+        400 | 409 | 422 => Error::invalid_option("transfer", text),
+        _ => Error::store(base, format!("HTTP {status}: {text}")),
+    }
+}
+
+pub async fn transfers(args: TransfersArgs) -> Result<u8> {
+    use reqwest::Method;
+    let client = Client::new(&args)?;
+    let json = args.json;
+    match &args.command {
+        TransfersCommand::Apply { file } => {
+            let shown = format!("-f {}", file.display());
+            let text = std::fs::read_to_string(file).map_err(|e| Error::invalid_option(&shown, e))?;
+            let manifest: Value = serde_norway::from_str(&text).map_err(|e| {
+                Error::invalid_option(&shown, ferry_core::error::one_line(&e.to_string()))
+            })?;
+            let name = manifest["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let create = client
+                .request(Method::POST, "/v1/transfers")
+                .json(&manifest)
+                .send()
+                .await
+                .map_err(|e| Error::unreachable(&client.base, format!("{}; is ferry serve running?", plain(&e))))?;
+            let (verb, body) = if create.status().as_u16() == 409 && !name.is_empty() {
+                let (_, body) = client
+                    .send(
+                        client
+                            .request(Method::PUT, &format!("/v1/transfers/{name}"))
+                            .json(&manifest),
+                    )
+                    .await?;
+                ("configured", body)
+            } else {
+                let status = create.status().as_u16();
+                let body: Value = create.json().await.unwrap_or(Value::Null);
+                if !(200..300).contains(&status) {
+                    return Err(server_error(&client.base, status, &body));
+                }
+                ("created", body)
+            };
+            if json {
+                print_json(&body);
+            } else {
+                println!("transfer/{} {verb}", body["metadata"]["name"].as_str().unwrap_or(&name));
+            }
+        }
+        TransfersCommand::List { phase, labels } => {
+            let mut query = Vec::new();
+            if let Some(p) = phase {
+                query.push(("phase", p.clone()));
+            }
+            if !labels.is_empty() {
+                query.push(("labelSelector", labels.join(",")));
+            }
+            let (_, body) = client
+                .send(client.request(Method::GET, "/v1/transfers").query(&query))
+                .await?;
+            if json {
+                print_json(&body);
+            } else {
+                print_transfers(&body);
+            }
+        }
+        TransfersCommand::Get { name } => {
+            let (_, body) = client
+                .send(client.request(Method::GET, &format!("/v1/transfers/{name}")))
+                .await?;
+            if json {
+                print_json(&body);
+            } else {
+                print!("{}", serde_norway::to_string(&body).unwrap_or_default());
+            }
+        }
+        TransfersCommand::Suspend { name } | TransfersCommand::Resume { name } => {
+            let action = if matches!(args.command, TransfersCommand::Suspend { .. }) {
+                "suspend"
+            } else {
+                "resume"
+            };
+            let (_, body) = client
+                .send(client.request(Method::POST, &format!("/v1/transfers/{name}/{action}")))
+                .await?;
+            if json {
+                print_json(&body);
+            } else {
+                println!("transfer/{name} {action}ed");
+            }
+        }
+        TransfersCommand::Run { name } => {
+            let (_, body) = client
+                .send(client.request(Method::POST, &format!("/v1/transfers/{name}/run")))
+                .await?;
+            if json {
+                print_json(&body);
+            } else {
+                println!("run/{} started", body["id"].as_str().unwrap_or("?"));
+            }
+        }
+        TransfersCommand::Runs { name } => {
+            let (_, body) = client
+                .send(client.request(Method::GET, &format!("/v1/transfers/{name}/runs")))
+                .await?;
+            if json {
+                print_json(&body);
+            } else {
+                print_runs(&body);
+            }
+        }
+        TransfersCommand::Delete { name, cleanup } => {
+            let (_, body) = client
+                .send(
+                    client
+                        .request(Method::DELETE, &format!("/v1/transfers/{name}"))
+                        .query(&[("cleanup", cleanup.to_string())]),
+                )
+                .await?;
+            if json {
+                print_json(&body);
+            } else {
+                let removed = body["removed"].as_array().map_or(0, Vec::len);
+                if *cleanup {
+                    println!("transfer/{name} deleted; {removed} outputs removed at the destination");
+                } else {
+                    println!("transfer/{name} deleted");
+                }
+            }
+        }
+        TransfersCommand::Events { name, follow } => {
+            events(&client, name, *follow, json).await?;
+        }
+    }
+    Ok(0)
+}
+
+async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result<()> {
+    let path = format!("/v1/transfers/{name}/events");
+    if !follow {
+        let (_, body) = client.send(client.request(reqwest::Method::GET, &path)).await?;
+        if json {
+            print_json(&body);
+        } else {
+            for e in body.as_array().into_iter().flatten() {
+                print_event(e);
+            }
+        }
+        return Ok(());
+    }
+    let mut response = client
+        .request(reqwest::Method::GET, &path)
+        .query(&[("follow", "true")])
+        .send()
+        .await
+        .map_err(|e| Error::unreachable(&client.base, plain(&e)))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        return Err(server_error(&client.base, status, &body));
+    }
+    let mut pending = String::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Error::unreachable(&client.base, plain(&e)))?
+    {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+                        continue;
+                    };
+                    if json {
+                        println!("{event}");
+                    } else {
+                        print_event(&event);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn print_transfers(body: &Value) {
+    let rows = body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let s = &t["status"];
+            vec![
+                text(&t["metadata"]["name"]),
+                text(&s["phase"]),
+                text(&t["spec"]["schedule"]),
+                text(&s["lastSuccessTime"]),
+                text(&s["numRecords"]),
+                text(&s["bytes"]),
+                text(&s["activeRun"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &["NAME", "PHASE", "SCHEDULE", "LAST SUCCESS", "RECORDS", "BYTES", "ACTIVE RUN"],
+        rows,
+    );
+}
+
+fn print_runs(body: &Value) {
+    let rows = body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let progress = r["stats"]["progress"]["fraction"]
+                .as_f64()
+                .map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0));
+            vec![
+                text(&r["id"]),
+                text(&r["phase"]),
+                text(&r["trigger"]),
+                text(&r["attempt"]),
+                text(&r["startedAt"]),
+                text(&r["finishedAt"]),
+                text(&r["stats"]["numRecords"]),
+                text(&r["stats"]["bytes"]),
+                progress,
+                text(&r["error"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &["RUN", "PHASE", "TRIGGER", "ATTEMPT", "STARTED", "FINISHED", "RECORDS", "BYTES", "PROGRESS", "ERROR"],
+        rows,
+    );
+}
+
+fn print_event(e: &Value) {
+    println!(
+        "{}  {:<7}  {:<15}  {}",
+        text(&e["time"]),
+        text(&e["type"]),
+        text(&e["reason"]),
+        text(&e["message"])
+    );
+}

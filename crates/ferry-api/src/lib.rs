@@ -38,7 +38,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers", get(list_transfers).post(create_transfer))
         .route(
             "/v1/transfers/{name}",
-            get(get_transfer).put(replace_transfer).delete(delete_transfer),
+            get(get_transfer)
+                .put(replace_transfer)
+                .delete(delete_transfer),
         )
         .route("/v1/transfers/{name}/suspend", post(suspend_transfer))
         .route("/v1/transfers/{name}/resume", post(resume_transfer))
@@ -154,7 +156,12 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok = given.is_some_and(|g| state.tokens.iter().any(|t| same(t.as_bytes(), g.as_bytes())));
+    let ok = given.is_some_and(|g| {
+        state
+            .tokens
+            .iter()
+            .any(|t| same(t.as_bytes(), g.as_bytes()))
+    });
     if ok {
         return next.run(request).await;
     }
@@ -163,9 +170,10 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         "a bearer token is required: send Authorization: Bearer <token>",
     )
     .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid header"));
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("valid header"),
+    );
     response
 }
 
@@ -188,14 +196,13 @@ fn manifest_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let parsed = if yaml {
         serde_norway::from_slice::<Value>(body).map_err(|e| e.to_string())
     } else {
-        serde_json::from_slice::<Value>(body)
-            .or_else(|json_err| {
-                if content_type.contains("json") {
-                    Err(json_err.to_string())
-                } else {
-                    serde_norway::from_slice::<Value>(body).map_err(|e| e.to_string())
-                }
-            })
+        serde_json::from_slice::<Value>(body).or_else(|json_err| {
+            if content_type.contains("json") {
+                Err(json_err.to_string())
+            } else {
+                serde_norway::from_slice::<Value>(body).map_err(|e| e.to_string())
+            }
+        })
     };
     parsed.map_err(|e| {
         ApiError::new(
@@ -341,7 +348,10 @@ async fn run_transfer(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<RunView>)> {
-    Ok((StatusCode::ACCEPTED, Json(state.controller.run_now(&name).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.controller.run_now(&name).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/transfers/{name}/runs", params(("name" = String, Path)),
@@ -401,35 +411,38 @@ fn follow(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let last = backlog.last().map_or(0, |e| e.seq);
     let state = (controller, name, backlog.into_iter(), live, last);
-    futures::stream::unfold(state, |(controller, name, mut backlog, mut live, mut last)| async move {
-        if let Some(e) = backlog.next() {
-            let event = sse_event(&e);
-            return Some((Ok(event), (controller, name, backlog, live, last)));
-        }
-        loop {
-            match live.recv().await {
-                Ok(record) if record.event.transfer == name && record.seq > last => {
-                    last = record.seq;
-                    let event = sse_event(&EventView::of(&record));
-                    return Some((Ok(event), (controller, name, backlog, live, last)));
-                }
-                Ok(_) => {}
-                // Fell behind: read what was missed from the store.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    let missed = controller.events(&name, last, 10_000).await.ok()?;
-                    if let Some(newest) = missed.last() {
-                        last = newest.seq;
-                    }
-                    backlog = missed.into_iter();
-                    if let Some(e) = backlog.next() {
-                        let event = sse_event(&e);
+    futures::stream::unfold(
+        state,
+        |(controller, name, mut backlog, mut live, mut last)| async move {
+            if let Some(e) = backlog.next() {
+                let event = sse_event(&e);
+                return Some((Ok(event), (controller, name, backlog, live, last)));
+            }
+            loop {
+                match live.recv().await {
+                    Ok(record) if record.event.transfer == name && record.seq > last => {
+                        last = record.seq;
+                        let event = sse_event(&EventView::of(&record));
                         return Some((Ok(event), (controller, name, backlog, live, last)));
                     }
+                    Ok(_) => {}
+                    // Fell behind: read what was missed from the store.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let missed = controller.events(&name, last, 10_000).await.ok()?;
+                        if let Some(newest) = missed.last() {
+                            last = newest.seq;
+                        }
+                        backlog = missed.into_iter();
+                        if let Some(e) = backlog.next() {
+                            let event = sse_event(&e);
+                            return Some((Ok(event), (controller, name, backlog, live, last)));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
-        }
-    })
+        },
+    )
 }
 
 fn sse_event(e: &EventView) -> Event {
@@ -443,11 +456,7 @@ fn sse_event(e: &EventView) -> Event {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let text = state.controller.metrics_text().await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
@@ -466,6 +475,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.controller.ready().await {
         "ready\n".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the control store does not answer\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control store does not answer\n",
+        )
+            .into_response()
     }
 }

@@ -113,7 +113,10 @@ impl Client {
     /// what the server said.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value)> {
         let response = request.send().await.map_err(|e| {
-            Error::unreachable(&self.base, format!("{}; is ferry serve running?", plain(&e)))
+            Error::unreachable(
+                &self.base,
+                format!("{}; is ferry serve running?", plain(&e)),
+            )
         })?;
         let status = response.status().as_u16();
         let text = response
@@ -158,10 +161,7 @@ fn server_error(base: &str, status: u16, body: &Value) -> Error {
         format!("{message}: {}", details.join("; "))
     };
     match status {
-        401 => Error::permission_denied(
-            base,
-            format!("{text} (give --token or FERRY_TOKEN)"),
-        ),
+        401 => Error::permission_denied(base, format!("{text} (give --token or FERRY_TOKEN)")),
         404 => Error::Store {
             address: base.to_string(),
             detail: text,
@@ -178,17 +178,26 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
     match &args.command {
         TransfersCommand::Apply { file } => {
             let shown = format!("-f {}", file.display());
-            let text = std::fs::read_to_string(file).map_err(|e| Error::invalid_option(&shown, e))?;
+            let text =
+                std::fs::read_to_string(file).map_err(|e| Error::invalid_option(&shown, e))?;
             let manifest: Value = serde_norway::from_str(&text).map_err(|e| {
                 Error::invalid_option(&shown, ferry_core::error::one_line(&e.to_string()))
             })?;
-            let name = manifest["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let name = manifest["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let create = client
                 .request(Method::POST, "/v1/transfers")
                 .json(&manifest)
                 .send()
                 .await
-                .map_err(|e| Error::unreachable(&client.base, format!("{}; is ferry serve running?", plain(&e))))?;
+                .map_err(|e| {
+                    Error::unreachable(
+                        &client.base,
+                        format!("{}; is ferry serve running?", plain(&e)),
+                    )
+                })?;
             let (verb, body) = if create.status().as_u16() == 409 && !name.is_empty() {
                 let (_, body) = client
                     .send(
@@ -209,7 +218,10 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             if json {
                 print_json(&body);
             } else {
-                println!("transfer/{} {verb}", body["metadata"]["name"].as_str().unwrap_or(&name));
+                println!(
+                    "transfer/{} {verb}",
+                    body["metadata"]["name"].as_str().unwrap_or(&name)
+                );
             }
         }
         TransfersCommand::List { phase, labels } => {
@@ -287,7 +299,9 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             } else {
                 let removed = body["removed"].as_array().map_or(0, Vec::len);
                 if *cleanup {
-                    println!("transfer/{name} deleted; {removed} outputs removed at the destination");
+                    println!(
+                        "transfer/{name} deleted; {removed} outputs removed at the destination"
+                    );
                 } else {
                     println!("transfer/{name} deleted");
                 }
@@ -303,7 +317,9 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
 async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result<()> {
     let path = format!("/v1/transfers/{name}/events");
     if !follow {
-        let (_, body) = client.send(client.request(reqwest::Method::GET, &path)).await?;
+        let (_, body) = client
+            .send(client.request(reqwest::Method::GET, &path))
+            .await?;
         if json {
             print_json(&body);
         } else {
@@ -402,7 +418,15 @@ fn print_transfers(body: &Value) {
         })
         .collect();
     print_table(
-        &["NAME", "PHASE", "SCHEDULE", "LAST SUCCESS", "RECORDS", "BYTES", "ACTIVE RUN"],
+        &[
+            "NAME",
+            "PHASE",
+            "SCHEDULE",
+            "LAST SUCCESS",
+            "RECORDS",
+            "BYTES",
+            "ACTIVE RUN",
+        ],
         rows,
     );
 }
@@ -431,7 +455,10 @@ fn print_runs(body: &Value) {
         })
         .collect();
     print_table(
-        &["RUN", "PHASE", "TRIGGER", "ATTEMPT", "STARTED", "FINISHED", "RECORDS", "BYTES", "PROGRESS", "ERROR"],
+        &[
+            "RUN", "PHASE", "TRIGGER", "ATTEMPT", "STARTED", "FINISHED", "RECORDS", "BYTES",
+            "PROGRESS", "ERROR",
+        ],
         rows,
     );
 }

@@ -100,8 +100,10 @@ impl ServeArgs {
             s.store = Some(v);
         }
         if let Some(v) = env("FERRY_MAX_ACTIVE_RUNS") {
-            s.max_active_runs =
-                Some(v.parse().map_err(|_| bad("FERRY_MAX_ACTIVE_RUNS", "not a number"))?);
+            s.max_active_runs = Some(
+                v.parse()
+                    .map_err(|_| bad("FERRY_MAX_ACTIVE_RUNS", "not a number"))?,
+            );
         }
         if env("FERRY_API_TOKEN").is_some() {
             s.tokens.push("env:FERRY_API_TOKEN".into());
@@ -132,9 +134,12 @@ pub fn default_data_dir() -> PathBuf {
 pub async fn serve(args: ServeArgs) -> Result<u8> {
     let settings = args.settings()?;
     let listen = settings.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| bad("listen", format!("'{listen}' is not an address like 127.0.0.1:8080")))?;
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        bad(
+            "listen",
+            format!("'{listen}' is not an address like 127.0.0.1:8080"),
+        )
+    })?;
     let data_dir = settings.data_dir.clone().unwrap_or_else(default_data_dir);
     let shown = data_dir.display().to_string();
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::state(&shown, e))?;
@@ -151,10 +156,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
     } else if store_url.starts_with("postgres://") || store_url.starts_with("postgresql://") {
         Arc::new(PostgresControlStore::connect(store_url).await?)
     } else {
-        return Err(bad(
-            "store",
-            "use sqlite (embedded) or a postgres:// URL",
-        ));
+        return Err(bad("store", "use sqlite (embedded) or a postgres:// URL"));
     };
 
     let tokens = tokens(&settings.tokens, &data_dir)?;
@@ -173,7 +175,9 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
     if let Some(r) = &settings.retry {
         let d = Backoff::default();
         let secs = |v: Option<f64>, default: Duration| {
-            v.map_or(default, |s| Duration::from_secs_f64(s.clamp(0.01, 86_400.0)))
+            v.map_or(default, |s| {
+                Duration::from_secs_f64(s.clamp(0.01, 86_400.0))
+            })
         };
         config.backoff = Backoff {
             initial: secs(r.initial_seconds, d.initial),
@@ -193,7 +197,11 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
     });
     eprintln!(
         "ferry serve: listening on http://{addr}, data in {shown}, store {}",
-        if store_url == "sqlite" { "sqlite" } else { "postgres" }
+        if store_url == "sqlite" {
+            "sqlite"
+        } else {
+            "postgres"
+        }
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(stop_signal())

@@ -241,7 +241,14 @@ impl Controller {
             )));
         }
         inner
-            .emit(&record.name, None, "Normal", "Created", "transfer created".into(), json!({}))
+            .emit(
+                &record.name,
+                None,
+                "Normal",
+                "Created",
+                "transfer created".into(),
+                json!({}),
+            )
             .await;
         if manifest.settings.schedule.is_none() && !manifest.settings.suspend {
             inner.new_run(&record, "created", None).await?;
@@ -264,7 +271,13 @@ impl Controller {
     /// Creates the transfer, or replaces its spec when it exists; true when created.
     pub async fn apply(&self, raw: Value) -> ControlResult<(TransferView, bool)> {
         let manifest = validate(raw.clone()).map_err(ControlError::Invalid)?;
-        if self.inner.store.get_transfer(&manifest.name).await?.is_some() {
+        if self
+            .inner
+            .store
+            .get_transfer(&manifest.name)
+            .await?
+            .is_some()
+        {
             return Ok((self.replace_manifest(&manifest).await?, false));
         }
         match self.create(raw).await {
@@ -340,7 +353,14 @@ impl Controller {
         let view = self.replace_manifest(&manifest).await?;
         let reason = if suspend { "Suspended" } else { "Resumed" };
         self.inner
-            .emit(name, None, "Normal", reason, format!("transfer {}", reason.to_lowercase()), json!({}))
+            .emit(
+                name,
+                None,
+                "Normal",
+                reason,
+                format!("transfer {}", reason.to_lowercase()),
+                json!({}),
+            )
             .await;
         Ok(view)
     }
@@ -360,7 +380,12 @@ impl Controller {
         Ok(runs.iter().map(|r| self.inner.run_view(r)).collect())
     }
 
-    pub async fn events(&self, name: &str, after: i64, limit: usize) -> ControlResult<Vec<EventView>> {
+    pub async fn events(
+        &self,
+        name: &str,
+        after: i64,
+        limit: usize,
+    ) -> ControlResult<Vec<EventView>> {
         self.inner.transfer(name).await?;
         let events = self.inner.store.list_events(name, after, limit).await?;
         Ok(events.iter().map(EventView::of).collect())
@@ -570,7 +595,10 @@ impl Inner {
             let Some(settings) = self.settings(record) else {
                 continue;
             };
-            if let Some(created) = self.fire_schedule(record, &settings, &unfinished, now).await? {
+            if let Some(created) = self
+                .fire_schedule(record, &settings, &unfinished, now)
+                .await?
+            {
                 unfinished.push(created);
             }
         }
@@ -705,12 +733,18 @@ impl Inner {
         if let Some(a) = lock(&self.active).remove(&run.id) {
             a.task.abort();
         }
-        let mut run = self.store.get_run(&run.id).await?.unwrap_or_else(|| run.clone());
+        let mut run = self
+            .store
+            .get_run(&run.id)
+            .await?
+            .unwrap_or_else(|| run.clone());
         run.phase = "Cancelled".into();
         run.finished_at = Some(now_ms());
         run.error = Some(why.into());
         self.store.put_run(&run).await?;
-        self.store.release_run(&run.id, &self.config.instance).await?;
+        self.store
+            .release_run(&run.id, &self.config.instance)
+            .await?;
         self.emit(
             &run.transfer,
             Some(&run.id),
@@ -751,10 +785,14 @@ impl Inner {
     /// One attempt of a run, from claim to its outcome.
     async fn execute(self: Arc<Self>, mut run: RunRecord, tracker: Arc<Tracker>) -> Result<()> {
         let Some(record) = self.store.get_transfer(&run.transfer).await? else {
-            return self.finish_cancelled(&run, "its transfer was deleted").await;
+            return self
+                .finish_cancelled(&run, "its transfer was deleted")
+                .await;
         };
         if record.uid != run.transfer_uid {
-            return self.finish_cancelled(&run, "its transfer was deleted").await;
+            return self
+                .finish_cancelled(&run, "its transfer was deleted")
+                .await;
         }
         let resumed = run.phase == "Running";
         let now = now_ms();
@@ -767,7 +805,10 @@ impl Inner {
         let (reason, message) = if resumed {
             (
                 "RunResumed",
-                format!("run {} resumed from its checkpoint after an interruption", run.id),
+                format!(
+                    "run {} resumed from its checkpoint after an interruption",
+                    run.id
+                ),
             )
         } else {
             (
@@ -812,7 +853,9 @@ impl Inner {
                 run.error = None;
                 run.stats = serde_json::to_value(&stats).unwrap_or_default();
                 self.store.put_run(&run).await?;
-                self.store.release_run(&run.id, &self.config.instance).await?;
+                self.store
+                    .release_run(&run.id, &self.config.instance)
+                    .await?;
                 self.metrics
                     .run_finished("Succeeded", seconds, stats.bytes, stats.num_records);
                 self.emit(
@@ -846,7 +889,9 @@ impl Inner {
                     run.not_before = Some(now + delay.as_millis() as i64);
                     run.stats = serde_json::to_value(&stats).unwrap_or_default();
                     self.store.put_run(&run).await?;
-                    self.store.release_run(&run.id, &self.config.instance).await?;
+                    self.store
+                        .release_run(&run.id, &self.config.instance)
+                        .await?;
                     self.metrics.retried();
                     self.emit(
                         &run.transfer,
@@ -874,14 +919,19 @@ impl Inner {
                     run.finished_at = Some(now);
                     run.stats = serde_json::to_value(&stats).unwrap_or_default();
                     self.store.put_run(&run).await?;
-                    self.store.release_run(&run.id, &self.config.instance).await?;
+                    self.store
+                        .release_run(&run.id, &self.config.instance)
+                        .await?;
                     self.metrics.run_finished(phase, seconds, 0, 0);
                     self.emit(
                         &run.transfer,
                         Some(&run.id),
                         "Warning",
                         "RunFailed",
-                        format!("run {} failed ({phase}) after {} attempts: {error}", run.id, run.attempt),
+                        format!(
+                            "run {} failed ({phase}) after {} attempts: {error}",
+                            run.id, run.attempt
+                        ),
                         json!({"phase": phase, "attempts": run.attempt, "error": error}),
                     )
                     .await;
@@ -907,7 +957,10 @@ impl Inner {
                 let _ = self.store.put_run(&run).await;
             }
             let _ = self.refresh_status(transfer).await;
-            let reached = progress.fraction.map_or(0, |f| (f * 4.0).floor() as i32).min(3);
+            let reached = progress
+                .fraction
+                .map_or(0, |f| (f * 4.0).floor() as i32)
+                .min(3);
             if reached > milestone {
                 milestone = reached;
                 self.emit(
@@ -1013,7 +1066,11 @@ impl Inner {
             .max()
         {
             let text = time_text(ms);
-            if status.last_record_time.as_deref().is_none_or(|t| *t < *text) {
+            if status
+                .last_record_time
+                .as_deref()
+                .is_none_or(|t| *t < *text)
+            {
                 status.last_record_time = Some(text);
             }
         }
@@ -1030,9 +1087,11 @@ impl Inner {
         };
         status.error = match phase {
             Phase::Running | Phase::Succeeded | Phase::Suspended => None,
-            _ => waiting
-                .and_then(|r| r.error.clone())
-                .or_else(|| last_done.filter(|r| r.phase != "Succeeded").and_then(|r| r.error.clone())),
+            _ => waiting.and_then(|r| r.error.clone()).or_else(|| {
+                last_done
+                    .filter(|r| r.phase != "Succeeded")
+                    .and_then(|r| r.error.clone())
+            }),
         };
         status.phase = Some(phase);
         status.next_schedule_time = settings.as_ref().and_then(|s| {

@@ -54,7 +54,9 @@ impl Metrics {
 
     /// A run ended in `phase` after `seconds`, having moved `bytes` and `records`.
     pub fn run_finished(&self, phase: &str, seconds: f64, bytes: u64, records: u64) {
-        *lock(&self.runs_finished).entry(phase.to_string()).or_default() += 1;
+        *lock(&self.runs_finished)
+            .entry(phase.to_string())
+            .or_default() += 1;
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.records.fetch_add(records, Ordering::Relaxed);
         let mut h = lock(&self.durations);
@@ -140,9 +142,18 @@ impl Metrics {
             "counter",
             "Webhook deliveries, by outcome.",
             vec![
-                ("{outcome=\"delivered\"}".into(), snap.webhook_delivered.to_string()),
-                ("{outcome=\"failed\"}".into(), snap.webhook_failed.to_string()),
-                ("{outcome=\"dropped\"}".into(), snap.webhook_dropped.to_string()),
+                (
+                    "{outcome=\"delivered\"}".into(),
+                    snap.webhook_delivered.to_string(),
+                ),
+                (
+                    "{outcome=\"failed\"}".into(),
+                    snap.webhook_failed.to_string(),
+                ),
+                (
+                    "{outcome=\"dropped\"}".into(),
+                    snap.webhook_dropped.to_string(),
+                ),
             ],
         );
         let h = lock(&self.durations);

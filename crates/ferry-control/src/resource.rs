@@ -349,7 +349,10 @@ fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
                 _ => {
                     errors.push(FieldError::new(
                         format!("spec.{field}"),
-                        format!("{} is out of range: a whole number from 0 to {max}", short(v)),
+                        format!(
+                            "{} is out of range: a whole number from 0 to {max}",
+                            short(v)
+                        ),
                     ));
                     default
                 }
@@ -362,7 +365,11 @@ fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
         MAX_HISTORY,
         DEFAULT_SUCCESSFUL_HISTORY,
     );
-    let failed_history = number("failedJobsHistoryLimit", MAX_HISTORY, DEFAULT_FAILED_HISTORY);
+    let failed_history = number(
+        "failedJobsHistoryLimit",
+        MAX_HISTORY,
+        DEFAULT_FAILED_HISTORY,
+    );
     (errors.len() == before).then_some(Settings {
         schedule,
         suspend,
@@ -428,7 +435,10 @@ fn check_transformation(at: &str, value: &Value, errors: &mut Vec<FieldError>) {
     if needs_columns && spec.columns.is_empty() {
         errors.push(FieldError::new(
             format!("{at}.columns"),
-            format!("required for action {}: the columns it applies to", spec.action.as_str()),
+            format!(
+                "required for action {}: the columns it applies to",
+                spec.action.as_str()
+            ),
         ));
     }
 }
@@ -552,10 +562,7 @@ impl RunView {
             attempt: run.attempt,
             generation: run.generation,
             scheduled_for: run.scheduled_for.map(time_text),
-            next_attempt_at: run
-                .not_before
-                .filter(|_| !run.finished())
-                .map(time_text),
+            next_attempt_at: run.not_before.filter(|_| !run.finished()).map(time_text),
             created_at: time_text(run.created_at),
             started_at: run.started_at.map(time_text),
             finished_at: run.finished_at.map(time_text),
@@ -720,7 +727,10 @@ mod tests {
             "spec.maxFailedRetries",
             "spec.failedJobsHistoryLimit",
         ] {
-            assert!(fields.contains(&expected), "{expected} missing in {errors:?}");
+            assert!(
+                fields.contains(&expected),
+                "{expected} missing in {errors:?}"
+            );
         }
         let source = errors.iter().find(|e| e.field == "spec.source").unwrap();
         assert!(source.message.contains("ftp"), "{source:?}");

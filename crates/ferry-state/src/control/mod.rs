@@ -157,6 +157,10 @@ pub trait ControlStore: Send + Sync + 'static {
 
     async fn append_event(&self, event: &NewEvent) -> Result<EventRecord>;
     /// A transfer's events with `seq > after`, oldest first, at most `limit`.
-    async fn list_events(&self, transfer: &str, after: i64, limit: usize)
-        -> Result<Vec<EventRecord>>;
+    async fn list_events(
+        &self,
+        transfer: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>>;
 }

@@ -1,0 +1,249 @@
+//! `ferry serve` as a real process, driven by `ferry transfers`: a run survives `kill -9`
+//! of the server, and a schedule fires.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TOKEN: &str = "e2e-token-77c1";
+
+struct Served {
+    child: Child,
+    /// Lines the server writes on stderr.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// Starts `ferry serve` on `port` with its data in `data`, and waits until it listens.
+    fn start(root: &Path, data: &Path, port: u16, failpoint: Option<&str>) -> Served {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .env("FERRY_API_TOKEN", TOKEN)
+            .env("FERRY_STATE_DIR", root.join("state"))
+            .env_remove("FERRY_FAILPOINT")
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(fp) = failpoint {
+            cmd.env("FERRY_FAILPOINT", fp);
+        }
+        let mut child = cmd.spawn().expect("spawn ferry serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let served = Served { child, lines };
+        served.wait_line("listening on");
+        served
+    }
+
+    /// Waits for a stderr line containing `text`; fails on exit or after a minute.
+    fn wait_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("ferry serve never printed '{text}': {e}"),
+            }
+        }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        assert!(!self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ferry transfers ARGS --json` against the server on `port`.
+fn transfers(root: &Path, port: u16, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("transfers")
+        .args(args)
+        .arg("--json")
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_TOKEN", TOKEN)
+        .current_dir(root)
+        .output()
+        .expect("run ferry transfers");
+    assert!(
+        out.status.success(),
+        "ferry transfers {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from ferry transfers")
+}
+
+/// Polls `ferry transfers get NAME` until `done` holds.
+fn wait_for(root: &Path, port: u16, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let t = transfers(root, port, &["get", name]);
+        if done(&t) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{name} never got there: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn write_manifest(root: &Path, name: &str, body: &str) -> PathBuf {
+    let path = root.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!("apiVersion: ferry.dev/v1\nkind: BatchTransfer\nmetadata: {{name: {name}}}\nspec:\n{body}"),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_run_killed_with_the_server_finishes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            root.join(format!("in/part-{i}.bin")),
+            ferry_connectors::testkit::bytes(3 << 20, i),
+        )
+        .unwrap();
+    }
+    let data = root.join("server");
+    let port = free_port();
+    let server = Served::start(root, &data, port, Some("pause-after-files:2"));
+
+    // A second server on the same data would execute the same runs: refused.
+    let second = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("FERRY_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another ferry serve"));
+
+    let manifest = write_manifest(
+        root,
+        "blobs",
+        "  source: {type: file, path: in/}\n  destination: {type: file, path: out/}\n",
+    );
+    let applied = transfers(root, port, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(applied["metadata"]["name"], "blobs");
+    server.wait_line("failpoint reached");
+    let running = transfers(root, port, &["get", "blobs"]);
+    assert_eq!(running["status"]["phase"], "Running", "{running}");
+    server.kill_9();
+
+    let server = Served::start(root, &data, port, None);
+    let done = wait_for(root, port, "blobs", |t| t["status"]["phase"] == "Succeeded");
+    assert!(done["status"]["error"].is_null(), "{done}");
+    for i in 0..6 {
+        let name = format!("part-{i}.bin");
+        assert_eq!(
+            std::fs::read(root.join("out").join(&name)).unwrap(),
+            std::fs::read(root.join("in").join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    let runs = transfers(root, port, &["runs", "blobs"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "the same run went on, no second one: {runs:?}");
+    assert_eq!(runs[0]["phase"], "Succeeded");
+    assert_eq!(runs[0]["attempt"], 2);
+    // The resumed attempt moved only what the first had not finished.
+    let bytes = runs[0]["stats"]["bytes"].as_u64().unwrap();
+    assert!(bytes < 6 * (3 << 20), "moved {bytes} bytes again");
+    let events = transfers(root, port, &["events", "blobs"]);
+    let reasons: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    let resumed = reasons.iter().position(|r| *r == "RunResumed");
+    let succeeded = reasons.iter().position(|r| *r == "RunSucceeded");
+    assert!(
+        resumed.is_some() && resumed < succeeded,
+        "resumed, then succeeded: {reasons:?}"
+    );
+    assert_eq!(reasons.iter().filter(|r| **r == "RunSucceeded").count(), 1);
+    drop(server);
+}
+
+#[test]
+fn a_schedule_fires_and_events_can_be_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    std::fs::write(root.join("in/orders.csv"), "id,amount\n1,2.5\n2,3.5\n").unwrap();
+    let port = free_port();
+    let _server = Served::start(root, &root.join("server"), port, None);
+    let manifest = write_manifest(
+        root,
+        "minutely",
+        "  source: {type: file, path: in/orders.csv}\n  destination: {type: file, path: out/orders.parquet}\n  schedule: \"* * * * *\"\n",
+    );
+    transfers(root, port, &["apply", "-f", manifest.to_str().unwrap()]);
+
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["transfers", "events", "minutely", "--follow"])
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("RunSucceeded");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("Created")) && seen.iter().any(|l| l.contains("RunStarted")),
+        "{seen:?}"
+    );
+    let t = transfers(root, port, &["get", "minutely"]);
+    assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
+    assert_eq!(t["status"]["numRecords"], 2);
+    assert!(t["status"]["lastScheduleTime"].is_string());
+    let runs = transfers(root, port, &["runs", "minutely"]);
+    assert_eq!(runs[0]["trigger"], "schedule");
+    assert!(root.join("out/orders.parquet").is_file());
+}

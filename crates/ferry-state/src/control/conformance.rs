@@ -57,12 +57,21 @@ pub async fn transfers(store: &dyn ControlStore) {
     let t = transfer("orders", "u1");
     assert!(store.create_transfer(&t).await.unwrap());
     assert!(
-        !store.create_transfer(&transfer("orders", "u2")).await.unwrap(),
+        !store
+            .create_transfer(&transfer("orders", "u2"))
+            .await
+            .unwrap(),
         "a taken name is refused"
     );
-    assert_eq!(store.get_transfer("orders").await.unwrap().as_ref(), Some(&t));
+    assert_eq!(
+        store.get_transfer("orders").await.unwrap().as_ref(),
+        Some(&t)
+    );
     assert_eq!(store.get_transfer("missing").await.unwrap(), None);
-    assert!(store.create_transfer(&transfer("alpha", "u3")).await.unwrap());
+    assert!(store
+        .create_transfer(&transfer("alpha", "u3"))
+        .await
+        .unwrap());
     let names: Vec<String> = store
         .list_transfers()
         .await
@@ -82,7 +91,10 @@ pub async fn transfers(store: &dyn ControlStore) {
     assert_eq!(replaced.generation, 2);
     assert_eq!(replaced.manifest, manifest);
     assert_eq!(replaced.labels, labels);
-    assert_eq!(replaced.status, t.status, "replacing the spec keeps the status");
+    assert_eq!(
+        replaced.status, t.status,
+        "replacing the spec keeps the status"
+    );
     assert!(store
         .replace_manifest("missing", &manifest, &labels, 2_000)
         .await
@@ -95,7 +107,10 @@ pub async fn transfers(store: &dyn ControlStore) {
         .await
         .unwrap());
     assert!(
-        !store.set_status("orders", "old-uid", "Failed", &status, 3_000).await.unwrap(),
+        !store
+            .set_status("orders", "old-uid", "Failed", &status, 3_000)
+            .await
+            .unwrap(),
         "a status for an earlier transfer of the same name is dropped"
     );
     let got = store.get_transfer("orders").await.unwrap().unwrap();
@@ -115,20 +130,47 @@ pub async fn runs_and_claims(store: &dyn ControlStore) {
     store.put_run(&run("r3", "other", 15)).await.unwrap();
     let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(ids(store.list_runs("orders").await.unwrap()), ["r2", "r1"]);
-    assert_eq!(ids(store.unfinished_runs().await.unwrap()), ["r1", "r3", "r2"]);
+    assert_eq!(
+        ids(store.unfinished_runs().await.unwrap()),
+        ["r1", "r3", "r2"]
+    );
 
-    let claimed = store.claim_run("r1", "a", 1_000, 100).await.unwrap().unwrap();
+    let claimed = store
+        .claim_run("r1", "a", 1_000, 100)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.owner.as_deref(), Some("a"));
     assert_eq!(claimed.lease_until, Some(1_000));
     assert!(
-        store.claim_run("r1", "b", 2_000, 500).await.unwrap().is_none(),
+        store
+            .claim_run("r1", "b", 2_000, 500)
+            .await
+            .unwrap()
+            .is_none(),
         "a live lease keeps others out"
     );
-    assert!(store.claim_run("r1", "a", 1_500, 500).await.unwrap().is_some());
+    assert!(store
+        .claim_run("r1", "a", 1_500, 500)
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(store.renew_leases("a", 3_000).await.unwrap(), 1);
-    assert!(store.claim_run("r1", "b", 4_000, 2_999).await.unwrap().is_none());
-    let taken = store.claim_run("r1", "b", 5_000, 3_001).await.unwrap().unwrap();
-    assert_eq!(taken.owner.as_deref(), Some("b"), "an ended lease can be taken over");
+    assert!(store
+        .claim_run("r1", "b", 4_000, 2_999)
+        .await
+        .unwrap()
+        .is_none());
+    let taken = store
+        .claim_run("r1", "b", 5_000, 3_001)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        taken.owner.as_deref(),
+        Some("b"),
+        "an ended lease can be taken over"
+    );
 
     // put_run leaves the claim alone.
     first.phase = "Running".into();
@@ -152,7 +194,11 @@ pub async fn runs_and_claims(store: &dyn ControlStore) {
     store.put_run(&first).await.unwrap();
     assert!(store.get_run("r1").await.unwrap().unwrap().finished());
     assert!(
-        store.claim_run("r1", "c", 9_000, 9_000).await.unwrap().is_none(),
+        store
+            .claim_run("r1", "c", 9_000, 9_000)
+            .await
+            .unwrap()
+            .is_none(),
         "a finished run is never claimed"
     );
     assert_eq!(ids(store.unfinished_runs().await.unwrap()), ["r3", "r2"]);
@@ -173,9 +219,18 @@ pub async fn events(store: &dyn ControlStore) {
         message: format!("{reason} happened"),
         data: json!({"records": 3}),
     };
-    let a = store.append_event(&event("orders", "RunStarted")).await.unwrap();
-    store.append_event(&event("other", "RunStarted")).await.unwrap();
-    let b = store.append_event(&event("orders", "RunSucceeded")).await.unwrap();
+    let a = store
+        .append_event(&event("orders", "RunStarted"))
+        .await
+        .unwrap();
+    store
+        .append_event(&event("other", "RunStarted"))
+        .await
+        .unwrap();
+    let b = store
+        .append_event(&event("orders", "RunSucceeded"))
+        .await
+        .unwrap();
     assert!(b.seq > a.seq);
     let all = store.list_events("orders", 0, 100).await.unwrap();
     assert_eq!(all.len(), 2);
@@ -187,7 +242,10 @@ pub async fn events(store: &dyn ControlStore) {
 }
 
 pub async fn deleting_a_transfer_deletes_its_runs_and_events(store: &dyn ControlStore) {
-    assert!(store.create_transfer(&transfer("gone", "u9")).await.unwrap());
+    assert!(store
+        .create_transfer(&transfer("gone", "u9"))
+        .await
+        .unwrap());
     store.put_run(&run("g1", "gone", 1)).await.unwrap();
     store
         .append_event(&NewEvent {

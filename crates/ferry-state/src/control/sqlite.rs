@@ -101,7 +101,9 @@ impl SqliteControlStore {
     fn transfer_where(&self, clause: &str, args: &[&str]) -> Result<Vec<TransferRecord>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers {clause}"))
+            .prepare_cached(&format!(
+                "SELECT {TRANSFER_COLUMNS} FROM transfers {clause}"
+            ))
             .map_err(|e| self.fail(e))?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args), transfer_row)
@@ -328,10 +330,7 @@ impl ControlStore for SqliteControlStore {
     }
 
     async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
-        self.run_where(
-            "WHERE finished_at IS NULL ORDER BY created_at, id",
-            &[],
-        )
+        self.run_where("WHERE finished_at IS NULL ORDER BY created_at, id", &[])
     }
 
     async fn delete_runs(&self, ids: &[String]) -> Result<()> {

@@ -5,8 +5,9 @@
 //! indexes the few fields it filters or claims on (name, phase, owner, lease), and the
 //! control plane owns their meaning. Times are milliseconds since the Unix epoch, UTC.
 //!
-//! [`SqliteControlStore`] implements [`ControlStore`] for one server; every backend passes
-//! the [`conformance`] suite.
+//! Two backends implement [`ControlStore`]: [`SqliteControlStore`], an embedded file for
+//! one server, and [`PostgresControlStore`], a shared database for several servers. Both
+//! pass the [`conformance`] suite.
 
 use std::collections::BTreeMap;
 
@@ -16,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod conformance;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresControlStore;
 pub use sqlite::SqliteControlStore;
 
 /// A transfer as stored: its manifest (apiVersion, kind, metadata, spec, with secrets as

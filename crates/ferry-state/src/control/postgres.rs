@@ -1,0 +1,1002 @@
+//! [`ControlStore`] in a shared PostgreSQL database, so several servers share one state.
+//!
+//! Every method is a single statement, hence atomic without client-side transactions, and
+//! callers share a few pipelined connections. JSON documents are stored as text so they
+//! come back exactly as written (jsonb would reorder object keys).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_core::redact::{redact, MASK};
+use ferry_core::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{Mutex, OnceCell};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+
+use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferRecord};
+
+/// Sessions per store: enough to overlap concurrent requests, few enough that many
+/// servers can share one database.
+const POOL: usize = 4;
+
+/// Advisory lock (per database) held while creating the schema, so that processes
+/// starting together do not race on `CREATE TABLE IF NOT EXISTS`.
+const SCHEMA_LOCK: i64 = 0x6665_7272_795f_7363;
+
+/// Advisory lock held by each event append until it commits, so events commit in `seq`
+/// order and a reader resuming after a `seq` never misses one committed later.
+const EVENTS_LOCK: i64 = 0x6665_7272_795f_6576;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ferry_transfers (
+    name        TEXT PRIMARY KEY,
+    uid         TEXT NOT NULL,
+    generation  BIGINT NOT NULL,
+    labels      TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ferry_runs (
+    id            TEXT PRIMARY KEY,
+    transfer      TEXT NOT NULL,
+    transfer_uid  TEXT NOT NULL,
+    generation    BIGINT NOT NULL,
+    phase         TEXT NOT NULL,
+    trigger_kind  TEXT NOT NULL,
+    attempt       BIGINT NOT NULL,
+    scheduled_for BIGINT,
+    not_before    BIGINT,
+    created_at    BIGINT NOT NULL,
+    started_at    BIGINT,
+    finished_at   BIGINT,
+    owner         TEXT,
+    lease_until   BIGINT,
+    stats         TEXT NOT NULL,
+    error         TEXT
+);
+CREATE INDEX IF NOT EXISTS ferry_runs_by_transfer ON ferry_runs (transfer, created_at);
+CREATE INDEX IF NOT EXISTS ferry_runs_unfinished ON ferry_runs (created_at)
+    WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS ferry_runs_by_owner ON ferry_runs (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ferry_events (
+    seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    transfer  TEXT NOT NULL,
+    run       TEXT,
+    time      BIGINT NOT NULL,
+    severity  TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    message   TEXT NOT NULL,
+    data      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ferry_events_by_transfer ON ferry_events (transfer, seq);
+";
+
+macro_rules! transfer_columns {
+    () => {
+        "name, uid, generation, labels, manifest, phase, status, created_at, updated_at"
+    };
+}
+
+macro_rules! run_columns {
+    () => {
+        "id, transfer, transfer_uid, generation, phase, trigger_kind, attempt, scheduled_for, \
+         not_before, created_at, started_at, finished_at, owner, lease_until, stats, error"
+    };
+}
+
+/// The statements the store runs; each session prepares one the first time it runs it.
+#[derive(Clone, Copy)]
+enum Q {
+    CreateTransfer,
+    GetTransfer,
+    ListTransfers,
+    ReplaceManifest,
+    SetStatus,
+    DeleteTransfer,
+    PutRun,
+    GetRun,
+    ListRuns,
+    UnfinishedRuns,
+    DeleteRuns,
+    ClaimRun,
+    RenewLeases,
+    ReleaseRun,
+    AppendEvent,
+    ListEvents,
+}
+
+const QUERIES: usize = Q::ListEvents as usize + 1;
+
+impl Q {
+    /// Names sort by `COLLATE "C"`, byte order, as in SQLite, whatever the database's
+    /// collation.
+    fn sql(self) -> &'static str {
+        match self {
+            Q::CreateTransfer => concat!(
+                "INSERT INTO ferry_transfers (",
+                transfer_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING"
+            ),
+            Q::GetTransfer => concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM ferry_transfers WHERE name = $1"
+            ),
+            Q::ListTransfers => concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM ferry_transfers ORDER BY name COLLATE \"C\""
+            ),
+            Q::ReplaceManifest => concat!(
+                "UPDATE ferry_transfers SET manifest = $2, labels = $3, \
+                 generation = generation + 1, updated_at = $4 WHERE name = $1 RETURNING ",
+                transfer_columns!()
+            ),
+            Q::SetStatus => {
+                "UPDATE ferry_transfers SET phase = $3, status = $4, updated_at = $5
+                 WHERE name = $1 AND uid = $2"
+            }
+            // Data-modifying CTEs all run, in one statement: one transaction.
+            Q::DeleteTransfer => {
+                "WITH events AS (DELETE FROM ferry_events WHERE transfer = $1),
+                      runs AS (DELETE FROM ferry_runs WHERE transfer = $1)
+                 DELETE FROM ferry_transfers WHERE name = $1"
+            }
+            Q::PutRun => concat!(
+                "INSERT INTO ferry_runs (",
+                run_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, $13, $14)
+                 ON CONFLICT (id) DO UPDATE SET phase = EXCLUDED.phase,
+                   trigger_kind = EXCLUDED.trigger_kind, attempt = EXCLUDED.attempt,
+                   scheduled_for = EXCLUDED.scheduled_for, not_before = EXCLUDED.not_before,
+                   started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+                   stats = EXCLUDED.stats, error = EXCLUDED.error"
+            ),
+            Q::GetRun => concat!("SELECT ", run_columns!(), " FROM ferry_runs WHERE id = $1"),
+            Q::ListRuns => concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM ferry_runs WHERE transfer = $1
+                 ORDER BY created_at DESC, id COLLATE \"C\" DESC"
+            ),
+            Q::UnfinishedRuns => concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM ferry_runs WHERE finished_at IS NULL ORDER BY created_at, id COLLATE \"C\""
+            ),
+            Q::DeleteRuns => "DELETE FROM ferry_runs WHERE id = ANY($1)",
+            // One conditional UPDATE: PostgreSQL rechecks the condition on the newest row
+            // version, so of racing claims exactly one matches.
+            Q::ClaimRun => concat!(
+                "UPDATE ferry_runs SET owner = $2, lease_until = $3
+                 WHERE id = $1 AND finished_at IS NULL
+                   AND (owner IS NULL OR owner = $2 OR lease_until < $4)
+                 RETURNING ",
+                run_columns!()
+            ),
+            Q::RenewLeases => {
+                "UPDATE ferry_runs SET lease_until = $2 WHERE owner = $1 AND finished_at IS NULL"
+            }
+            Q::ReleaseRun => {
+                "UPDATE ferry_runs SET owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $2"
+            }
+            // The lock is taken (in the subquery) before the identity default draws `seq`,
+            // and held until the statement commits.
+            Q::AppendEvent => {
+                "INSERT INTO ferry_events (transfer, run, time, severity, reason, message, data)
+                 SELECT $1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text
+                 FROM (SELECT pg_advisory_xact_lock($8::bigint)) AS serialized
+                 RETURNING seq"
+            }
+            Q::ListEvents => {
+                "SELECT seq, transfer, run, time, severity, reason, message, data FROM ferry_events
+                 WHERE transfer = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            }
+        }
+    }
+}
+
+/// One session with the statements it has prepared.
+struct Conn {
+    client: Client,
+    prepared: [OnceCell<Statement>; QUERIES],
+    /// Set when a call found the session closed, so the next caller opens a new one.
+    broken: AtomicBool,
+}
+
+impl Conn {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            prepared: std::array::from_fn(|_| OnceCell::new()),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed) && !self.client.is_closed()
+    }
+
+    async fn statement(&self, q: Q) -> Result<&Statement, tokio_postgres::Error> {
+        self.prepared[q as usize]
+            .get_or_try_init(|| self.client.prepare(q.sql()))
+            .await
+    }
+}
+
+pub struct PostgresControlStore {
+    /// The URL without its password, to name the store in errors.
+    shown: String,
+    config: Config,
+    /// Opened on first use and again after the session is lost (a server restart).
+    slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+}
+
+impl PostgresControlStore {
+    /// Connects to `postgres://user[:password]@host[:port]/database` and creates the
+    /// tables if needed. The password comes from the URL, else `PGPASSWORD`; sessions are
+    /// not encrypted yet, so `sslmode` must be `disable`, `allow` or `prefer`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let shown = shown(url);
+        let config = parse_config(url, &shown)?;
+        let mut client = dial(&config, &shown).await?;
+        create_schema(&mut client)
+            .await
+            .map_err(|e| Error::state(&shown, describe(&e, &config)))?;
+        let mut slots: Vec<_> = (0..POOL).map(|_| Mutex::new(None)).collect();
+        slots[0] = Mutex::new(Some(Arc::new(Conn::new(client))));
+        Ok(Self {
+            shown,
+            config,
+            slots,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next session round-robin, (re)opened if it is not open.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        match slot.as_ref() {
+            Some(conn) if conn.usable() => Ok(Arc::clone(conn)),
+            _ => {
+                *slot = None;
+                let conn = Arc::new(Conn::new(dial(&self.config, &self.shown).await?));
+                *slot = Some(Arc::clone(&conn));
+                Ok(conn)
+            }
+        }
+    }
+
+    fn fail(&self, e: &tokio_postgres::Error) -> Error {
+        Error::state(&self.shown, describe(e, &self.config))
+    }
+
+    /// An error from `conn`, marking it for replacement when the session is gone.
+    fn failed(&self, conn: &Conn, e: &tokio_postgres::Error) -> Error {
+        if e.is_closed() {
+            conn.broken.store(true, Ordering::Relaxed);
+        }
+        self.fail(e)
+    }
+
+    async fn query(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .statement(q)
+            .await
+            .map_err(|e| self.failed(&conn, &e))?;
+        conn.client
+            .query(statement, params)
+            .await
+            .map_err(|e| self.failed(&conn, &e))
+    }
+
+    async fn execute(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .statement(q)
+            .await
+            .map_err(|e| self.failed(&conn, &e))?;
+        conn.client
+            .execute(statement, params)
+            .await
+            .map_err(|e| self.failed(&conn, &e))
+    }
+
+    fn get<'r, T: FromSql<'r>>(&self, row: &'r Row, i: usize) -> Result<T> {
+        row.try_get(i).map_err(|e| self.fail(&e))
+    }
+
+    fn json<T: DeserializeOwned>(&self, row: &Row, i: usize) -> Result<T> {
+        let text: &str = self.get(row, i)?;
+        serde_json::from_str(text).map_err(|e| {
+            let column = row.columns().get(i).map_or("?", |c| c.name());
+            Error::state(&self.shown, format!("column {column}: {e}"))
+        })
+    }
+
+    fn transfer(&self, row: &Row) -> Result<TransferRecord> {
+        Ok(TransferRecord {
+            name: self.get(row, 0)?,
+            uid: self.get(row, 1)?,
+            generation: self.get(row, 2)?,
+            labels: self.json(row, 3)?,
+            manifest: self.json(row, 4)?,
+            phase: self.get(row, 5)?,
+            status: self.json(row, 6)?,
+            created_at: self.get(row, 7)?,
+            updated_at: self.get(row, 8)?,
+        })
+    }
+
+    fn run(&self, row: &Row) -> Result<RunRecord> {
+        Ok(RunRecord {
+            id: self.get(row, 0)?,
+            transfer: self.get(row, 1)?,
+            transfer_uid: self.get(row, 2)?,
+            generation: self.get(row, 3)?,
+            phase: self.get(row, 4)?,
+            trigger: self.get(row, 5)?,
+            attempt: self.get(row, 6)?,
+            scheduled_for: self.get(row, 7)?,
+            not_before: self.get(row, 8)?,
+            created_at: self.get(row, 9)?,
+            started_at: self.get(row, 10)?,
+            finished_at: self.get(row, 11)?,
+            owner: self.get(row, 12)?,
+            lease_until: self.get(row, 13)?,
+            stats: self.json(row, 14)?,
+            error: self.get(row, 15)?,
+        })
+    }
+
+    async fn runs(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<RunRecord>> {
+        let rows = self.query(q, params).await?;
+        rows.iter().map(|row| self.run(row)).collect()
+    }
+}
+
+/// Where the store is, for messages: the URL with its password masked.
+fn shown(url: &str) -> String {
+    // As tokio-postgres reads it: user and password run up to the first `@`.
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let masked = match url[start..].find('@') {
+        Some(at) => match url[start..start + at].find(':') {
+            Some(colon) => format!("{}{MASK}{}", &url[..=start + colon], &url[start + at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    };
+    redact(&masked)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The session settings: the URL's, `PGPASSWORD` when it has no password, and `sslmode`
+/// checked here because the sessions are plain TCP.
+fn parse_config(url: &str, shown: &str) -> Result<Config> {
+    let invalid = |reason: String| Error::invalid_option("--store", reason);
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Err(invalid(format!(
+            "'{shown}': expected postgres://user@host:port/database"
+        )));
+    };
+    // The query starts at the first `?` after the credentials (a password may hold one).
+    let after_credentials = url.len() - rest.len() + rest.find('@').map_or(0, |i| i + 1);
+    let (base, query) = match url[after_credentials..].find('?') {
+        Some(i) => url.split_at(after_credentials + i),
+        None => (url, ""),
+    };
+    let mut sslmode = None;
+    let mut kept = Vec::new();
+    for pair in query.trim_start_matches('?').split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", mode)) => sslmode = Some(mode.to_string()),
+            _ if pair.is_empty() => {}
+            _ => kept.push(pair),
+        }
+    }
+    let from_env = sslmode.is_none();
+    match sslmode.or_else(|| env("PGSSLMODE")).as_deref() {
+        None | Some("disable" | "allow" | "prefer") => {}
+        Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
+            let origin = if from_env { "PGSSLMODE=" } else { "sslmode=" };
+            return Err(invalid(format!(
+                "{origin}{mode}: TLS to the control store is not supported yet; \
+                 use sslmode=disable or prefer"
+            )));
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "unknown sslmode '{other}': expected disable, allow, prefer, require, \
+                 verify-ca or verify-full"
+            )))
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        invalid(format!("'{shown}': {}", describe(&e, &Config::new())))
+    })?;
+    config.ssl_mode(SslMode::Disable);
+    if config.get_password().is_none() {
+        if let Some(password) = env("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("ferry");
+    }
+    Ok(config)
+}
+
+/// Opens a session; a server that does not answer (or is starting or stopping) is
+/// unreachable, any other refusal (password, missing database) a state error.
+async fn dial(config: &Config, shown: &str) -> Result<Client> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        let unreachable = match e.as_db_error() {
+            // 08: connection exception; 57: operator intervention (starting up, shutdown).
+            Some(db) => matches!(&db.code().code()[..2], "08" | "57"),
+            None => e.is_closed() || caused_by_io(&e),
+        };
+        let detail = describe(&e, config);
+        if unreachable {
+            Error::unreachable(shown, detail)
+        } else {
+            Error::state(shown, detail)
+        }
+    })?;
+    // The session ends with the connection; callers then see `is_closed` and reconnect.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn caused_by_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+async fn create_schema(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
+        .await?;
+    tx.batch_execute(SCHEMA).await?;
+    tx.commit().await
+}
+
+/// One line: PostgreSQL's message with its code, detail and hint, or the client error
+/// with its causes; never the password.
+fn describe(e: &tokio_postgres::Error, config: &Config) -> String {
+    let mut text = match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    };
+    // Neither the server nor the client quote it, but make sure; very short passwords
+    // would mask random words, so they are left to the line above.
+    if let Some(password) = config
+        .get_password()
+        .and_then(|p| std::str::from_utf8(p).ok())
+    {
+        if password.len() >= 6 {
+            text = text.replace(password, MASK);
+        }
+    }
+    text
+}
+
+fn text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+#[async_trait]
+impl ControlStore for PostgresControlStore {
+    async fn create_transfer(&self, t: &TransferRecord) -> Result<bool> {
+        let n = self
+            .execute(
+                Q::CreateTransfer,
+                &[
+                    &t.name,
+                    &t.uid,
+                    &t.generation,
+                    &text(&t.labels),
+                    &text(&t.manifest),
+                    &t.phase,
+                    &text(&t.status),
+                    &t.created_at,
+                    &t.updated_at,
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>> {
+        let rows = self.query(Q::GetTransfer, &[&name]).await?;
+        rows.first().map(|row| self.transfer(row)).transpose()
+    }
+
+    async fn list_transfers(&self) -> Result<Vec<TransferRecord>> {
+        let rows = self.query(Q::ListTransfers, &[]).await?;
+        rows.iter().map(|row| self.transfer(row)).collect()
+    }
+
+    async fn replace_manifest(
+        &self,
+        name: &str,
+        manifest: &Value,
+        labels: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<Option<TransferRecord>> {
+        let rows = self
+            .query(
+                Q::ReplaceManifest,
+                &[&name, &text(manifest), &text(labels), &now],
+            )
+            .await?;
+        rows.first().map(|row| self.transfer(row)).transpose()
+    }
+
+    async fn set_status(
+        &self,
+        name: &str,
+        uid: &str,
+        phase: &str,
+        status: &Value,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .execute(Q::SetStatus, &[&name, &uid, &phase, &text(status), &now])
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_transfer(&self, name: &str) -> Result<bool> {
+        Ok(self.execute(Q::DeleteTransfer, &[&name]).await? == 1)
+    }
+
+    async fn put_run(&self, r: &RunRecord) -> Result<()> {
+        self.execute(
+            Q::PutRun,
+            &[
+                &r.id,
+                &r.transfer,
+                &r.transfer_uid,
+                &r.generation,
+                &r.phase,
+                &r.trigger,
+                &r.attempt,
+                &r.scheduled_for,
+                &r.not_before,
+                &r.created_at,
+                &r.started_at,
+                &r.finished_at,
+                &text(&r.stats),
+                &r.error,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
+        Ok(self.runs(Q::GetRun, &[&id]).await?.pop())
+    }
+
+    async fn list_runs(&self, transfer: &str) -> Result<Vec<RunRecord>> {
+        self.runs(Q::ListRuns, &[&transfer]).await
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs(Q::UnfinishedRuns, &[]).await
+    }
+
+    async fn delete_runs(&self, ids: &[String]) -> Result<()> {
+        if !ids.is_empty() {
+            self.execute(Q::DeleteRuns, &[&ids]).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim_run(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Option<RunRecord>> {
+        Ok(self
+            .runs(Q::ClaimRun, &[&id, &owner, &lease_until, &now])
+            .await?
+            .pop())
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64> {
+        self.execute(Q::RenewLeases, &[&owner, &lease_until]).await
+    }
+
+    async fn release_run(&self, id: &str, owner: &str) -> Result<()> {
+        self.execute(Q::ReleaseRun, &[&id, &owner]).await?;
+        Ok(())
+    }
+
+    async fn append_event(&self, e: &NewEvent) -> Result<EventRecord> {
+        let rows = self
+            .query(
+                Q::AppendEvent,
+                &[
+                    &e.transfer,
+                    &e.run,
+                    &e.time,
+                    &e.severity,
+                    &e.reason,
+                    &e.message,
+                    &text(&e.data),
+                    &EVENTS_LOCK,
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Err(Error::state(
+                &self.shown,
+                "appending an event returned no seq",
+            ));
+        };
+        Ok(EventRecord {
+            seq: self.get(row, 0)?,
+            event: e.clone(),
+        })
+    }
+
+    async fn list_events(
+        &self,
+        transfer: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(Q::ListEvents, &[&transfer, &after, &limit])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EventRecord {
+                    seq: self.get(row, 0)?,
+                    event: NewEvent {
+                        transfer: self.get(row, 1)?,
+                        run: self.get(row, 2)?,
+                        time: self.get(row, 3)?,
+                        severity: self.get(row, 4)?,
+                        reason: self.get(row, 5)?,
+                        message: self.get(row, 6)?,
+                        data: self.json(row, 7)?,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::control::conformance;
+
+    /// The test server's URL (`FERRY_TEST_POSTGRES`, password in `PGPASSWORD`); `None`,
+    /// after saying so, outside CI when it is not configured.
+    fn server() -> Option<String> {
+        let Ok(url) = std::env::var("FERRY_TEST_POSTGRES") else {
+            let msg = "PostgreSQL test service not configured (FERRY_TEST_POSTGRES unset): \
+                       run `scripts/services up` and `eval \"$(scripts/services env)\"`";
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}");
+            }
+            eprintln!("skipping: {msg}");
+            return None;
+        };
+        Some(url)
+    }
+
+    async fn admin(url: &str) -> Client {
+        let mut config: Config = url.parse().unwrap();
+        if config.get_password().is_none() {
+            if let Some(password) = env("PGPASSWORD") {
+                config.password(password);
+            }
+        }
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Runs `body` with the URL of a new, empty database, dropped afterwards even when
+    /// `body` panics.
+    async fn with_database<F, Fut>(body: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let Some(server) = server() else { return };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "ferry_ctl_{}_{nanos}_{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = admin(&server).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let base = &server[..server.rfind('/').unwrap()];
+        let outcome = tokio::spawn(body(format!("{base}/{name}"))).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    #[tokio::test]
+    async fn conforms() {
+        with_database(|url| async move {
+            let store = PostgresControlStore::connect(&url).await.unwrap();
+            conformance::all(&store).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_racing_claims_from_two_processes_exactly_one_wins() {
+        with_database(|url| async move {
+            let (a, b) = tokio::join!(
+                PostgresControlStore::connect(&url),
+                PostgresControlStore::connect(&url)
+            );
+            let stores = [Arc::new(a.unwrap()), Arc::new(b.unwrap())];
+            stores[0]
+                .put_run(&conformance::run("race", "orders", 1))
+                .await
+                .unwrap();
+            let claims: Vec<_> = (0..20)
+                .map(|i| {
+                    let store = Arc::clone(&stores[i % 2]);
+                    tokio::spawn(async move {
+                        let owner = format!("p{i}");
+                        let won = store.claim_run("race", &owner, 10_000, 100).await.unwrap();
+                        won.map(|run| (owner, run))
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for claim in claims {
+                winners.extend(claim.await.unwrap());
+            }
+            assert_eq!(winners.len(), 1, "{winners:?}");
+            let (owner, run) = &winners[0];
+            assert_eq!(run.owner.as_ref(), Some(owner));
+            let stored = stores[1].get_run("race").await.unwrap().unwrap();
+            assert_eq!(stored.owner.as_ref(), Some(owner));
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_get_distinct_growing_seqs() {
+        with_database(|url| async move {
+            let (a, b) = tokio::join!(
+                PostgresControlStore::connect(&url),
+                PostgresControlStore::connect(&url)
+            );
+            let stores = [Arc::new(a.unwrap()), Arc::new(b.unwrap())];
+            let appends: Vec<_> = (0..40)
+                .map(|i| {
+                    let store = Arc::clone(&stores[i % 2]);
+                    tokio::spawn(async move {
+                        let event = NewEvent {
+                            transfer: "orders".into(),
+                            run: None,
+                            time: i as i64,
+                            severity: "Normal".into(),
+                            reason: "Progress".into(),
+                            message: format!("event {i}"),
+                            data: serde_json::json!({"i": i}),
+                        };
+                        store.append_event(&event).await.unwrap().seq
+                    })
+                })
+                .collect();
+            let mut seqs = Vec::new();
+            for append in appends {
+                seqs.push(append.await.unwrap());
+            }
+            let listed = stores[0].list_events("orders", 0, 100).await.unwrap();
+            let listed: Vec<i64> = listed.iter().map(|e| e.seq).collect();
+            seqs.sort_unstable();
+            assert_eq!(listed, seqs, "every append listed once, in seq order");
+            assert!(listed.windows(2).all(|w| w[0] < w[1]));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_session_is_reopened() {
+        with_database(|url| async move {
+            let store = PostgresControlStore::connect(&url).await.unwrap();
+            assert!(store
+                .create_transfer(&conformance::transfer("orders", "u1"))
+                .await
+                .unwrap());
+            // Open every pooled session, then have the server end them all.
+            for _ in 0..2 * POOL {
+                store.get_transfer("orders").await.unwrap().unwrap();
+            }
+            let killer = admin(&url).await;
+            let killed = killer
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'ferry'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(killed.len(), POOL);
+            // Calls that find a session gone may fail, but each session only once.
+            let mut failures = 0;
+            for _ in 0..3 * POOL {
+                match store.get_transfer("orders").await {
+                    Ok(got) => assert!(got.is_some()),
+                    Err(e) => {
+                        failures += 1;
+                        assert!(failures <= POOL, "the store stays broken: {e}");
+                    }
+                }
+            }
+            for _ in 0..POOL {
+                store.get_transfer("orders").await.unwrap().unwrap();
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_is_one_line_without_the_password() {
+        with_database(|url| async move {
+            let wrong = "not-the-password-7f3a";
+            let url = url.replacen('@', &format!(":{wrong}@"), 1);
+            let Err(e) = PostgresControlStore::connect(&url).await else {
+                panic!("a wrong password is refused");
+            };
+            let text = e.to_string();
+            assert!(!text.contains(wrong), "{text}");
+            assert!(!text.contains('\n'), "{text}");
+            assert!(text.contains("password authentication failed"), "{text}");
+            assert!(text.contains(&format!(":{MASK}@")), "{text}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_connect_is_unreachable() {
+        // A port nothing listens on: bind one, then free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://ferry:secret-pass-91@127.0.0.1:{port}/ferry");
+        let Err(e) = PostgresControlStore::connect(&url).await else {
+            panic!("nothing listens on port {port}");
+        };
+        assert!(matches!(e, Error::Unreachable { .. }), "{e}");
+        assert!(!e.to_string().contains("secret-pass-91"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tls_and_other_addresses_are_refused_before_connecting() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://ferry:pw-123456@db.invalid:5432/ferry?sslmode={mode}");
+            let Err(e) = PostgresControlStore::connect(&url).await else {
+                panic!("sslmode={mode} is refused");
+            };
+            let text = e.to_string();
+            assert!(matches!(e, Error::InvalidOption { .. }), "{text}");
+            assert!(
+                text.contains("TLS to the control store is not supported yet"),
+                "{text}"
+            );
+            assert!(text.contains("use sslmode=disable or prefer"), "{text}");
+        }
+        let Err(e) = PostgresControlStore::connect("mysql://ferry@db/x").await else {
+            panic!("only postgres:// URLs");
+        };
+        assert!(matches!(e, Error::InvalidOption { .. }), "{e}");
+        let Err(e) = PostgresControlStore::connect("postgres://db/x?sslmode=sometimes").await
+        else {
+            panic!("an unknown sslmode is refused");
+        };
+        assert!(e.to_string().contains("unknown sslmode 'sometimes'"), "{e}");
+    }
+
+    #[test]
+    fn the_shown_url_has_no_password() {
+        assert_eq!(
+            shown("postgres://app:s3cr%40t@db:5432/shop?sslmode=disable"),
+            "postgres://app:***@db:5432/shop?sslmode=disable"
+        );
+        assert_eq!(shown("postgres://app@db/shop"), "postgres://app@db/shop");
+        assert_eq!(
+            shown("postgres://app@db/shop?password=hunter22"),
+            "postgres://app@db/shop?password=***"
+        );
+    }
+
+    #[test]
+    fn sslmode_is_taken_out_and_the_rest_kept() {
+        let config = parse_config(
+            "postgres://app:pw?x@db:5432/shop?sslmode=prefer&application_name=tool",
+            "shown",
+        )
+        .unwrap();
+        assert_eq!(config.get_password(), Some(&b"pw?x"[..]));
+        assert_eq!(config.get_dbname(), Some("shop"));
+        assert_eq!(config.get_application_name(), Some("tool"));
+        assert_eq!(config.get_ssl_mode(), SslMode::Disable);
+    }
+}

@@ -89,7 +89,13 @@ async fn main() {
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / s.rate);
         tokio::time::sleep_until(due.into()).await;
-        let (client, base, tx, s, tag) = (client.clone(), base.clone(), tx.clone(), s.clone(), tag.clone());
+        let (client, base, tx, s, tag) = (
+            client.clone(),
+            base.clone(),
+            tx.clone(),
+            s.clone(),
+            tag.clone(),
+        );
         tokio::spawn(async move {
             // A fixed pattern spreads POSTs evenly: post_share of every 100 requests.
             let kind = if ((i % 100) as f64) < s.post_share * 100.0 {

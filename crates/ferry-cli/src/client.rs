@@ -14,7 +14,7 @@ pub struct TransfersArgs {
     #[arg(long, global = true, value_name = "URL")]
     server: Option<String>,
     /// The API token [default: $FERRY_TOKEN, else the token file of a local server's data dir].
-    #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, value_name = "TOKEN")]
     token: Option<String>,
     /// Print the server's JSON instead of text.
     #[arg(long, global = true)]

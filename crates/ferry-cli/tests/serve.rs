@@ -177,7 +177,11 @@ fn a_run_killed_with_the_server_finishes_after_a_restart() {
     }
     let runs = transfers(root, port, &["runs", "blobs"]);
     let runs = runs.as_array().unwrap();
-    assert_eq!(runs.len(), 1, "the same run went on, no second one: {runs:?}");
+    assert_eq!(
+        runs.len(),
+        1,
+        "the same run went on, no second one: {runs:?}"
+    );
     assert_eq!(runs[0]["phase"], "Succeeded");
     assert_eq!(runs[0]["attempt"], 2);
     // The resumed attempt moved only what the first had not finished.

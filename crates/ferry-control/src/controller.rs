@@ -410,7 +410,11 @@ impl Controller {
                 *by_phase.entry(p.as_str()).or_default() += 1;
             }
         }
-        let hooks = inner.webhooks.counters();
+        let hooks = (
+            inner.webhooks.delivered(),
+            inner.webhooks.failed(),
+            inner.webhooks.dropped(),
+        );
         Ok(inner.metrics.render(&Snapshot {
             transfers_by_phase: by_phase,
             active_runs: lock(&inner.active).len() as u64,
@@ -602,10 +606,8 @@ impl Inner {
                 unfinished.push(created);
             }
         }
-        let suspended: HashMap<&str, bool> = transfers
-            .iter()
-            .map(|t| (t.name.as_str(), t.phase == "Suspended"))
-            .collect();
+        let existing: std::collections::HashSet<String> =
+            transfers.iter().map(|t| t.name.clone()).collect();
         for run in unfinished {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -615,7 +617,7 @@ impl Inner {
             }
             if lock(&self.active).contains_key(&run.id)
                 || run.not_before.is_some_and(|t| t > now)
-                || !suspended.contains_key(run.transfer.as_str())
+                || !existing.contains(&run.transfer)
             {
                 continue;
             }
@@ -673,9 +675,10 @@ impl Inner {
             )
             .await;
         }
-        let running: Vec<&RunRecord> = unfinished
+        let running: Vec<RunRecord> = unfinished
             .iter()
             .filter(|r| r.transfer == record.name)
+            .cloned()
             .collect();
         if !running.is_empty() {
             match settings.concurrency_policy {
@@ -697,7 +700,7 @@ impl Inner {
                 }
                 ConcurrencyPolicy::Allow => {}
                 ConcurrencyPolicy::Replace => {
-                    for run in running {
+                    for run in &running {
                         self.finish_cancelled(run, "replaced by a newer scheduled run")
                             .await?;
                     }
@@ -1014,8 +1017,24 @@ impl Inner {
         let Some(record) = self.store.get_transfer(name).await? else {
             return Ok(());
         };
-        let settings = self.settings(&record);
         let runs = self.store.list_runs(name).await?;
+        let (phase, status) = self.compute_status(&record, &runs);
+        let value = serde_json::to_value(&status).unwrap_or_default();
+        if value != record.status || record.phase != phase.as_str() {
+            self.store
+                .set_status(&record.name, &record.uid, phase.as_str(), &value, now_ms())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A transfer's phase and status from its runs, its spec and what runs here.
+    fn compute_status(
+        &self,
+        record: &TransferRecord,
+        runs: &[RunRecord],
+    ) -> (Phase, TransferStatus) {
+        let settings = self.settings(record);
         let mut status: TransferStatus =
             serde_json::from_value(record.status.clone()).unwrap_or_default();
         let running = runs.iter().find(|r| r.phase == "Running" && !r.finished());
@@ -1102,12 +1121,6 @@ impl Inner {
                 .map_or(record.created_at, |t| t.timestamp_millis());
             next_schedule(s, from.max(now_ms()))
         });
-        let value = serde_json::to_value(&status).unwrap_or_default();
-        if value != record.status || record.phase != phase.as_str() {
-            self.store
-                .set_status(&record.name, &record.uid, phase.as_str(), &value, now_ms())
-                .await?;
-        }
-        Ok(())
+        (phase, status)
     }
 }

@@ -99,10 +99,67 @@ pub async fn run(
         Err(e) => return failed(&e, &[]),
     };
     let hidden = secret_values(manifest, &resolved);
+    apart(resolved, hidden, opts.clone(), tracker).await
+}
+
+/// Runs the engine in a thread with a runtime of its own. The engine's futures hold
+/// borrows across awaits that the compiler cannot prove `Send` for every lifetime, so they
+/// cannot be spawned on a shared runtime; and dropping a runtime of its own stops a run at
+/// once (its tasks are cancelled) when the caller gives up on it.
+async fn apart(
+    resolved: Value,
+    hidden: Vec<String>,
+    opts: CopyOptions,
+    tracker: Arc<Tracker>,
+) -> Outcome {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let started = std::thread::Builder::new()
+        .name("ferry-run".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = done_tx.send(failed(&Error::Internal(format!("no runtime: {e}")), &[]));
+                    return;
+                }
+            };
+            let outcome = runtime.block_on(async move {
+                tokio::select! {
+                    outcome = engine(resolved, &hidden, &opts, tracker) => Some(outcome),
+                    _ = stop_rx => None,
+                }
+            });
+            runtime.shutdown_background();
+            if let Some(outcome) = outcome {
+                let _ = done_tx.send(outcome);
+            }
+        });
+    if let Err(e) = started {
+        return failed(&Error::Internal(format!("no thread for the run: {e}")), &[]);
+    }
+    // Dropped with this future, which tells the thread to stop.
+    let _stop = stop_tx;
+    done_rx.await.unwrap_or_else(|_| Outcome::Failed {
+        error: "the run was stopped".into(),
+        class: ErrorClass::Retryable,
+        moved: None,
+    })
+}
+
+async fn engine(
+    resolved: Value,
+    hidden: &[String],
+    opts: &CopyOptions,
+    tracker: Arc<Tracker>,
+) -> Outcome {
     let planned = Manifest::from_json(resolved).and_then(|m| m.plan());
     let (src, dst, rec) = match planned {
         Ok(p) => p,
-        Err(e) => return failed(&e, &hidden),
+        Err(e) => return failed(&e, hidden),
     };
     let progress: Arc<dyn Progress> = tracker;
     if rec.needed(&src, &dst) {
@@ -124,10 +181,10 @@ pub async fn run(
                 };
                 match report.status {
                     Status::Succeeded => Outcome::Succeeded(stats),
-                    Status::Failed => report_failed(report.error, &hidden, stats),
+                    Status::Failed => report_failed(report.error, hidden, stats),
                 }
             }
-            Err(e) => failed(&e, &hidden),
+            Err(e) => failed(&e, hidden),
         }
     } else {
         match ferry_engine::copy(&src, &dst, opts, progress).await {
@@ -145,10 +202,10 @@ pub async fn run(
                 };
                 match report.status {
                     Status::Succeeded => Outcome::Succeeded(stats),
-                    Status::Failed => report_failed(report.error, &hidden, stats),
+                    Status::Failed => report_failed(report.error, hidden, stats),
                 }
             }
-            Err(e) => failed(&e, &hidden),
+            Err(e) => failed(&e, hidden),
         }
     }
 }
@@ -178,10 +235,10 @@ fn secret_values(original: &Value, resolved: &Value) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(original: Option<&Value>, resolved: &Value, out: &mut Vec<String>) {
         match resolved {
-            Value::String(s) => {
-                if original.and_then(Value::as_str) != Some(s.as_str()) && s.len() >= 3 {
-                    out.push(s.clone());
-                }
+            Value::String(s)
+                if original.and_then(Value::as_str) != Some(s.as_str()) && s.len() >= 3 =>
+            {
+                out.push(s.clone());
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {

@@ -182,8 +182,8 @@ pub fn validate(raw: Value) -> Result<TransferManifest, Vec<FieldError>> {
 
 fn short(v: &Value) -> String {
     let text = v.to_string();
-    if text.len() > 60 {
-        format!("{}…", &text[..text.floor_char_boundary(60)])
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
     } else {
         text
     }

@@ -26,6 +26,10 @@ struct Server {
 }
 
 fn server() -> Server {
+    server_with(SecretsConfig::default())
+}
+
+fn server_with(secrets: SecretsConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteControlStore::open(&dir.path().join("data")).unwrap());
     let mut config = ControlConfig::new(dir.path().join("data"), "test-instance".into());
@@ -39,7 +43,7 @@ fn server() -> Server {
     let controller = Controller::new(
         store,
         config,
-        SecretResolver::new(SecretsConfig::default()).unwrap(),
+        SecretResolver::new(secrets).unwrap(),
         Webhooks::start(Vec::new()).unwrap(),
     );
     controller.start();
@@ -515,6 +519,108 @@ async fn secrets_never_come_back_and_are_never_stored() {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "the store holds the secret"
+        );
+    }
+}
+
+/// A test service's setting, or `None` outside CI when it is missing (CI fails instead).
+fn service(variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(v) => Some(v),
+        Err(_) if std::env::var_os("CI").is_some() => panic!("{variable} unset under CI"),
+        Err(_) => {
+            eprintln!("skipping: {variable} unset; run scripts/services up and eval \"$(scripts/services env)\"");
+            None
+        }
+    }
+}
+
+/// Every copy of ferry's state a user or operator could read, as bytes.
+fn state_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn vault_secrets_reach_the_run_and_nothing_else() {
+    let (Some(vault), Some(token), Some(s3)) = (
+        service("FERRY_TEST_VAULT"),
+        service("FERRY_TEST_VAULT_TOKEN"),
+        service("FERRY_TEST_S3_ENDPOINT"),
+    ) else {
+        return;
+    };
+    // The S3 test server takes any key pair; the secret only has to be used.
+    let secret = format!("vault-held-{:x}", std::process::id() as u64 * 7919);
+    let path = format!("ferry-api-test-{}", std::process::id());
+    let stored = reqwest::Client::new()
+        .post(format!("{vault}/v1/secret/data/{path}"))
+        .header("X-Vault-Token", &token)
+        .json(
+            &json!({"data": {"access_key_id": "vault-user", "secret_access_key": secret,
+                               "region": "us-east-1"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.status().is_success(), "{}", stored.status());
+
+    std::env::set_var("FERRY_API_TEST_VAULT_TOKEN", &token);
+    let secrets: SecretsConfig = serde_json::from_value(json!({
+        "vault": {"address": vault, "token": "env:FERRY_API_TEST_VAULT_TOKEN"}
+    }))
+    .unwrap();
+    let s = server_with(secrets);
+    write_orders(&s.dir.path().join("in/orders.csv"), 50);
+    let prefix = format!("api-vault-{}/", std::process::id());
+    let mut t = transfer("from-vault", &s.path("in/orders.csv"), "unused");
+    t["spec"]["destination"] = json!({
+        "type": "s3", "bucket": "ferry-test", "key": prefix, "format": "parquet",
+        "endpoint": s3,
+        "storeOptions": {
+            "vaultPath": format!("secret/data/{path}"),
+            "secret_access_key": format!("ref+vault://secret/{path}#secret_access_key"),
+            "allow_http": "true"
+        }
+    });
+    let (status, created) = s.call("POST", "/v1/transfers", Some(t)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let done = s
+        .wait_for("from-vault", |t| {
+            t["status"]["phase"] != "Pending" && t["status"]["phase"] != "Running"
+        })
+        .await;
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done}");
+    assert_eq!(done["status"]["numRecords"], 50);
+
+    let (_, runs) = s.call("GET", "/v1/transfers/from-vault/runs", None).await;
+    let (_, events) = s.call("GET", "/v1/transfers/from-vault/events", None).await;
+    let (_, metrics) = s.call("GET", "/metrics", None).await;
+    for (what, text) in [
+        ("transfer", done.to_string()),
+        ("runs", runs.to_string()),
+        ("events", events.to_string()),
+        ("metrics", metrics.to_string()),
+    ] {
+        assert!(!text.contains(&secret), "{what} shows the secret: {text}");
+    }
+    let files = state_files(s.dir.path());
+    assert!(files.iter().any(|(name, _)| name.ends_with("control.db")));
+    for (name, bytes) in files {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{name} holds the secret"
         );
     }
 }

@@ -205,6 +205,64 @@ fn a_run_killed_with_the_server_finishes_after_a_restart() {
 }
 
 #[test]
+fn sigterm_stops_a_run_that_the_next_start_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            root.join(format!("in/part-{i}.bin")),
+            ferry_connectors::testkit::bytes(1 << 20, i),
+        )
+        .unwrap();
+    }
+    let data = root.join("server");
+    let port = free_port();
+    let mut server = Served::start(root, &data, port, Some("pause-after-files:1"));
+    let manifest = write_manifest(
+        root,
+        "blobs",
+        "  source: {type: file, path: in/}\n  destination: {type: file, path: out/}\n",
+    );
+    transfers(root, port, &["apply", "-f", manifest.to_str().unwrap()]);
+    server.wait_line("failpoint reached");
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    server.wait_line("stopping");
+    assert!(
+        server.child.wait().unwrap().success(),
+        "a clean exit on SIGTERM"
+    );
+
+    let _server = Served::start(root, &data, port, None);
+    wait_for(root, port, "blobs", |t| t["status"]["phase"] == "Succeeded");
+    let events = transfers(root, port, &["events", "blobs"]);
+    let reasons: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    let interrupted = reasons.iter().position(|r| *r == "RunInterrupted");
+    let resumed = reasons.iter().position(|r| *r == "RunResumed");
+    assert!(
+        interrupted.is_some() && interrupted < resumed,
+        "interrupted, then resumed: {reasons:?}"
+    );
+    for i in 0..4 {
+        let name = format!("part-{i}.bin");
+        assert_eq!(
+            std::fs::read(root.join("out").join(&name)).unwrap(),
+            std::fs::read(root.join("in").join(&name)).unwrap()
+        );
+    }
+}
+
+#[test]
 fn a_schedule_fires_and_events_can_be_followed() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

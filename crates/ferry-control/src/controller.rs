@@ -797,7 +797,9 @@ impl Inner {
                 .finish_cancelled(&run, "its transfer was deleted")
                 .await;
         }
-        let resumed = run.phase == "Running";
+        // Running: the process died mid-attempt; started before without an error: the
+        // server stopped it on shutdown. Either way the checkpoint holds its progress.
+        let resumed = run.phase == "Running" || (run.attempt > 0 && run.error.is_none());
         let now = now_ms();
         run.attempt += 1;
         run.phase = "Running".into();

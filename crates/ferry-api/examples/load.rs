@@ -75,7 +75,7 @@ async fn main() {
         let r = client
             .post(format!("{base}/v1/transfers"))
             .bearer_auth(&s.token)
-            .json(&manifest(&format!("seed-{tag}-{i}")))
+            .json(&manifest(&format!("seed-{tag}-{i}"), "seed"))
             .send()
             .await
             .expect("the server answers");
@@ -105,12 +105,12 @@ async fn main() {
             };
             let seed = format!("seed-{tag}-{}", i % 10);
             let request = match kind {
-                Kind::List => client.get(format!("{base}/v1/transfers?labelSelector=load%3Dyes")),
+                Kind::List => client.get(format!("{base}/v1/transfers?labelSelector=load%3Dseed")),
                 Kind::Get => client.get(format!("{base}/v1/transfers/{seed}")),
                 Kind::Runs => client.get(format!("{base}/v1/transfers/{seed}/runs")),
                 Kind::Create => client
                     .post(format!("{base}/v1/transfers"))
-                    .json(&manifest(&format!("load-{tag}-{i}"))),
+                    .json(&manifest(&format!("load-{tag}-{i}"), "created")),
             };
             let ok = match request.bearer_auth(&s.token).send().await {
                 Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
@@ -162,11 +162,11 @@ async fn main() {
 }
 
 /// A transfer that is stored but not run during the test (its schedule is once a year).
-fn manifest(name: &str) -> serde_json::Value {
+fn manifest(name: &str, kind: &str) -> serde_json::Value {
     json!({
         "apiVersion": "ferry.dev/v1",
         "kind": "BatchTransfer",
-        "metadata": {"name": name, "labels": {"load": "yes"}},
+        "metadata": {"name": name, "labels": {"load": kind}},
         "spec": {
             "source": {"type": "file", "path": "in/orders.csv", "format": "csv"},
             "destination": {"type": "s3", "bucket": "lake", "key": "orders/", "format": "parquet"},

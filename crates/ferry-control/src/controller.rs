@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use ferry_core::{Error, Result};
 use ferry_engine::manifest::ConcurrencyPolicy;
 use ferry_engine::CopyOptions;
-use ferry_state::{ControlStore, EventRecord, NewEvent, RunRecord, TransferRecord};
+use ferry_state::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::AbortHandle;
@@ -319,13 +319,12 @@ impl Controller {
         phase: Option<Phase>,
         labels: &BTreeMap<String, String>,
     ) -> ControlResult<Vec<TransferView>> {
-        let records = self.inner.store.list_transfers().await?;
-        Ok(records
-            .iter()
-            .filter(|r| phase.is_none_or(|p| r.phase == p.as_str()))
-            .filter(|r| labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
-            .map(|r| self.inner.view(r))
-            .collect())
+        let filter = TransferFilter {
+            phase: phase.map(|p| p.as_str().to_string()),
+            labels: labels.clone(),
+        };
+        let records = self.inner.store.list_transfers(&filter).await?;
+        Ok(records.iter().map(|r| self.inner.view(r)).collect())
     }
 
     /// Deletes a transfer, its runs and its events; a running run is stopped first.
@@ -405,7 +404,11 @@ impl Controller {
         let inner = &self.inner;
         let mut by_phase: BTreeMap<&'static str, u64> =
             Phase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
-        for t in inner.store.list_transfers().await? {
+        for t in inner
+            .store
+            .list_transfers(&TransferFilter::default())
+            .await?
+        {
             if let Some(p) = Phase::parse(&t.phase) {
                 *by_phase.entry(p.as_str()).or_default() += 1;
             }
@@ -593,7 +596,10 @@ impl Inner {
         self.store
             .renew_leases(&self.config.instance, lease_until)
             .await?;
-        let transfers = self.store.list_transfers().await?;
+        let transfers = self
+            .store
+            .list_transfers(&TransferFilter::default())
+            .await?;
         let mut unfinished = self.store.unfinished_runs().await?;
         for record in &transfers {
             let Some(settings) = self.settings(record) else {

@@ -8,4 +8,4 @@ mod checkpoint;
 pub mod control;
 
 pub use checkpoint::{FileCheckpoint, StateStore, UploadCheckpoint};
-pub use control::{ControlStore, EventRecord, NewEvent, RunRecord, TransferRecord};
+pub use control::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};

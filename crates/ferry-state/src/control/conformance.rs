@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{ControlStore, NewEvent, RunRecord, TransferRecord};
+use super::{ControlStore, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 /// A transfer record named `name`, generation 1, phase Pending.
 pub fn transfer(name: &str, uid: &str) -> TransferRecord {
@@ -72,14 +72,46 @@ pub async fn transfers(store: &dyn ControlStore) {
         .create_transfer(&transfer("alpha", "u3"))
         .await
         .unwrap());
-    let names: Vec<String> = store
-        .list_transfers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    assert_eq!(names, ["alpha", "orders"]);
+    let names = |filter: TransferFilter| async move {
+        store
+            .list_transfers(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(TransferFilter::default()).await, ["alpha", "orders"]);
+    let mut other = transfer("beta", "u4");
+    other.labels.insert("tier".into(), "gold".into());
+    other.phase = "Running".into();
+    assert!(store.create_transfer(&other).await.unwrap());
+    let labels = |pairs: &[(&str, &str)]| TransferFilter {
+        phase: None,
+        labels: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    assert_eq!(
+        names(labels(&[("team", "lake")])).await,
+        ["alpha", "beta", "orders"]
+    );
+    assert_eq!(
+        names(labels(&[("team", "lake"), ("tier", "gold")])).await,
+        ["beta"]
+    );
+    assert!(names(labels(&[("team", "ops")])).await.is_empty());
+    assert!(
+        names(labels(&[("tier", "lake")])).await.is_empty(),
+        "key and value together"
+    );
+    let running = TransferFilter {
+        phase: Some("Running".into()),
+        labels: BTreeMap::new(),
+    };
+    assert_eq!(names(running).await, ["beta"]);
+    assert!(store.delete_transfer("beta").await.unwrap());
 
     let labels = BTreeMap::from([("team".to_string(), "ops".to_string())]);
     let manifest = json!({"spec": {"schedule": "0 * * * *"}});

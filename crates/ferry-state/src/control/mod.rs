@@ -41,6 +41,22 @@ pub struct TransferRecord {
     pub updated_at: i64,
 }
 
+/// Which transfers a listing returns; the default is all of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferFilter {
+    /// Only transfers in this phase.
+    pub phase: Option<String>,
+    /// Only transfers carrying every one of these labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TransferFilter {
+    /// The labels as a JSON object, or `None` when any labels will do.
+    fn labels_json(&self) -> Option<String> {
+        (!self.labels.is_empty()).then(|| serde_json::to_string(&self.labels).unwrap_or_default())
+    }
+}
+
 /// One execution of a transfer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -111,8 +127,8 @@ pub trait ControlStore: Send + Sync + 'static {
     /// Stores a new transfer; false (and nothing changed) when the name is taken.
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<bool>;
     async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>>;
-    /// Every transfer, by name.
-    async fn list_transfers(&self) -> Result<Vec<TransferRecord>>;
+    /// The transfers `filter` selects, by name.
+    async fn list_transfers(&self, filter: &TransferFilter) -> Result<Vec<TransferRecord>>;
     /// Replaces manifest and labels, adds 1 to the generation and returns the new record;
     /// `None` when there is no such transfer.
     async fn replace_manifest(

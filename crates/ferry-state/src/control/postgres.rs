@@ -19,7 +19,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferRecord};
+use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 /// Sessions per store: enough to overlap concurrent requests, few enough that many
 /// servers can share one database.
@@ -134,7 +134,8 @@ impl Q {
             Q::ListTransfers => concat!(
                 "SELECT ",
                 transfer_columns!(),
-                " FROM ferry_transfers ORDER BY name COLLATE \"C\""
+                " FROM ferry_transfers WHERE ($1::text IS NULL OR phase = $1) \
+                 AND ($2::text IS NULL OR labels::jsonb @> $2::jsonb) ORDER BY name COLLATE \"C\""
             ),
             Q::ReplaceManifest => concat!(
                 "UPDATE ferry_transfers SET manifest = $2, labels = $3, \
@@ -562,8 +563,11 @@ impl ControlStore for PostgresControlStore {
         rows.first().map(|row| self.transfer(row)).transpose()
     }
 
-    async fn list_transfers(&self) -> Result<Vec<TransferRecord>> {
-        let rows = self.query(Q::ListTransfers, &[]).await?;
+    async fn list_transfers(&self, filter: &TransferFilter) -> Result<Vec<TransferRecord>> {
+        let labels = filter.labels_json();
+        let rows = self
+            .query(Q::ListTransfers, &[&filter.phase, &labels])
+            .await?;
         rows.iter().map(|row| self.transfer(row)).collect()
     }
 

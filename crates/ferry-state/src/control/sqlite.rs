@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -13,7 +14,7 @@ use ferry_core::{Error, Result};
 use rusqlite::{params, Connection, Row};
 use serde_json::Value;
 
-use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferRecord};
+use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS transfers (
@@ -66,9 +67,15 @@ const RUN_COLUMNS: &str = "id, transfer, transfer_uid, generation, phase, trigge
 const TRANSFER_COLUMNS: &str =
     "name, uid, generation, labels, manifest, phase, status, created_at, updated_at";
 
+/// Connections that only read, so listings never wait for a write (WAL lets readers and
+/// the writer work at once).
+const READERS: usize = 2;
+
 pub struct SqliteControlStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
 }
 
 impl SqliteControlStore {
@@ -84,9 +91,23 @@ impl SqliteControlStore {
             })
             .and_then(|()| conn.execute_batch(SCHEMA))
             .map_err(|e| Error::state(&shown, e))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let reader = Connection::open_with_flags(&path, flags)
+                .and_then(|r| {
+                    r.busy_timeout(std::time::Duration::from_secs(10))
+                        .map(|()| r)
+                })
+                .map_err(|e| Error::state(&shown, e))?;
+            readers.push(Mutex::new(reader));
+        }
         Ok(Self {
             path,
             conn: Mutex::new(conn),
+            readers,
+            next_reader: AtomicUsize::new(0),
         })
     }
 
@@ -94,32 +115,54 @@ impl SqliteControlStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A free reading connection, else the next one in turn.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            if let Ok(guard) = r.try_lock() {
+                return guard;
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn fail(&self, e: impl std::fmt::Display) -> Error {
         Error::state(self.path.display(), e)
     }
 
-    fn transfer_where(&self, clause: &str, args: &[&str]) -> Result<Vec<TransferRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {TRANSFER_COLUMNS} FROM transfers {clause}"
-            ))
-            .map_err(|e| self.fail(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), transfer_row)
-            .map_err(|e| self.fail(e))?;
-        rows.map(|r| r.map_err(|e| self.fail(e)).and_then(|r| r.decode(self)))
-            .collect()
+    /// Reads rows under the lock and decodes their JSON after releasing it.
+    fn transfer_where(
+        &self,
+        clause: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<TransferRecord>> {
+        let raw: Vec<Raw<TransferRecord>> = {
+            let conn = self.reader();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {TRANSFER_COLUMNS} FROM transfers {clause}"
+                ))
+                .map_err(|e| self.fail(e))?;
+            let rows = stmt
+                .query_map(args, transfer_row)
+                .map_err(|e| self.fail(e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.fail(e))?
+        };
+        raw.into_iter().map(|r| r.decode(self)).collect()
     }
 
     fn run_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
-            .map_err(|e| self.fail(e))?;
-        let rows = stmt.query_map(args, run_row).map_err(|e| self.fail(e))?;
-        rows.map(|r| r.map_err(|e| self.fail(e)).and_then(|r| r.decode(self)))
-            .collect()
+        let raw: Vec<Raw<RunRecord>> = {
+            let conn = self.reader();
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
+                .map_err(|e| self.fail(e))?;
+            let rows = stmt.query_map(args, run_row).map_err(|e| self.fail(e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.fail(e))?
+        };
+        raw.into_iter().map(|r| r.decode(self)).collect()
     }
 }
 
@@ -227,11 +270,20 @@ impl ControlStore for SqliteControlStore {
     }
 
     async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>> {
-        Ok(self.transfer_where("WHERE name = ?1", &[name])?.pop())
+        Ok(self.transfer_where("WHERE name = ?1", &[&name])?.pop())
     }
 
-    async fn list_transfers(&self) -> Result<Vec<TransferRecord>> {
-        self.transfer_where("ORDER BY name", &[])
+    async fn list_transfers(&self, filter: &TransferFilter) -> Result<Vec<TransferRecord>> {
+        // Every wanted label must be among the transfer's, key and value alike.
+        self.transfer_where(
+            "WHERE (?1 IS NULL OR phase = ?1)
+               AND (?2 IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM json_each(?2) AS want WHERE NOT EXISTS (
+                       SELECT 1 FROM json_each(transfers.labels) AS have
+                       WHERE have.key = want.key AND have.value = want.value)))
+             ORDER BY name",
+            &[&filter.phase, &filter.labels_json()],
+        )
     }
 
     async fn replace_manifest(
@@ -421,7 +473,7 @@ impl ControlStore for SqliteControlStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<EventRecord>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT seq, transfer, run, time, severity, reason, message, data FROM events

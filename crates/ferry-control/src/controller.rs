@@ -1132,3 +1132,162 @@ impl Inner {
         (phase, status)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_state::control::SqliteControlStore;
+
+    const MINUTE: i64 = 60_000;
+    /// 2026-01-05 00:00 UTC, a Monday.
+    const T0: i64 = 1_767_571_200_000;
+
+    fn controller(dir: &std::path::Path) -> Controller {
+        let store = Arc::new(SqliteControlStore::open(dir).unwrap());
+        Controller::new(
+            store,
+            ControlConfig::new(dir.to_path_buf(), "test".into()),
+            SecretResolver::new(Default::default()).unwrap(),
+            Webhooks::start(Vec::new()).unwrap(),
+        )
+    }
+
+    /// A transfer on `*/5 * * * *` created at T0, with a run of it still going.
+    async fn scheduled_with_a_running_run(
+        c: &Controller,
+        policy: &str,
+    ) -> (TransferRecord, RunRecord) {
+        let manifest = json!({
+            "apiVersion": "ferry.dev/v1", "kind": "BatchTransfer",
+            "metadata": {"name": "every-five"},
+            "spec": {"source": {"type": "file", "path": "in.csv"},
+                     "destination": {"type": "file", "path": "out/"},
+                     "schedule": "*/5 * * * *", "concurrencyPolicy": policy}
+        });
+        c.create(manifest).await.unwrap();
+        let inner = &c.inner;
+        let mut record = inner
+            .store
+            .get_transfer("every-five")
+            .await
+            .unwrap()
+            .unwrap();
+        record.created_at = T0;
+        let run = inner.new_run(&record, "schedule", Some(T0)).await.unwrap();
+        (record, run)
+    }
+
+    async fn reasons(c: &Controller) -> Vec<String> {
+        c.events("every-five", 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.reason)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn forbid_skips_a_due_run_while_one_is_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = controller(dir.path());
+        let (record, run) = scheduled_with_a_running_run(&c, "Forbid").await;
+        let settings = c.inner.settings(&record).unwrap();
+        let fired = c
+            .inner
+            .fire_schedule(
+                &record,
+                &settings,
+                std::slice::from_ref(&run),
+                T0 + 6 * MINUTE,
+            )
+            .await
+            .unwrap();
+        assert!(fired.is_none());
+        assert!(reasons(&c).await.contains(&"RunSkipped".to_string()));
+        assert_eq!(c.runs("every-five").await.unwrap().len(), 1);
+        let status = c.get("every-five").await.unwrap().status;
+        assert_eq!(
+            status.last_schedule_time.as_deref(),
+            Some("2026-01-05T00:05:00.000Z")
+        );
+    }
+
+    #[tokio::test]
+    async fn allow_runs_both_and_replace_cancels_the_old_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = controller(dir.path());
+        let (record, run) = scheduled_with_a_running_run(&c, "Allow").await;
+        let settings = c.inner.settings(&record).unwrap();
+        let fired = c
+            .inner
+            .fire_schedule(
+                &record,
+                &settings,
+                std::slice::from_ref(&run),
+                T0 + 5 * MINUTE,
+            )
+            .await
+            .unwrap()
+            .expect("a second run");
+        assert_eq!(fired.scheduled_for, Some(T0 + 5 * MINUTE));
+        let old = c.inner.store.get_run(&run.id).await.unwrap().unwrap();
+        assert!(!old.finished(), "Allow leaves the first run alone");
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = controller(dir.path());
+        let (record, run) = scheduled_with_a_running_run(&c, "Replace").await;
+        let settings = c.inner.settings(&record).unwrap();
+        let fired = c
+            .inner
+            .fire_schedule(
+                &record,
+                &settings,
+                std::slice::from_ref(&run),
+                T0 + 5 * MINUTE,
+            )
+            .await
+            .unwrap();
+        assert!(fired.is_some());
+        let old = c.inner.store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(old.phase, "Cancelled");
+        assert!(reasons(&c).await.contains(&"RunCancelled".to_string()));
+    }
+
+    #[tokio::test]
+    async fn downtime_gives_one_catch_up_run_for_the_latest_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = controller(dir.path());
+        let (record, run) = scheduled_with_a_running_run(&c, "Forbid").await;
+        c.inner.store.delete_runs(&[run.id]).await.unwrap();
+        let settings = c.inner.settings(&record).unwrap();
+        // Down from T0 to T0+17 min: 00:05, 00:10 and 00:15 passed.
+        let fired = c
+            .inner
+            .fire_schedule(&record, &settings, &[], T0 + 17 * MINUTE)
+            .await
+            .unwrap()
+            .expect("one catch-up run");
+        assert_eq!(fired.scheduled_for, Some(T0 + 15 * MINUTE));
+        let events = c.events("every-five", 0, 100).await.unwrap();
+        let missed = events
+            .iter()
+            .find(|e| e.reason == "MissedSchedules")
+            .unwrap();
+        assert_eq!(missed.data["missed"], 2);
+        // Nothing more is due until 00:20.
+        let record = c
+            .inner
+            .store
+            .get_transfer("every-five")
+            .await
+            .unwrap()
+            .unwrap();
+        let again = c
+            .inner
+            .fire_schedule(&record, &settings, &[fired], T0 + 19 * MINUTE)
+            .await
+            .unwrap();
+        assert!(again.is_none());
+        assert_eq!(c.runs("every-five").await.unwrap().len(), 1);
+    }
+}

@@ -30,6 +30,10 @@ fn server() -> Server {
 }
 
 fn server_with(secrets: SecretsConfig) -> Server {
+    server_full(secrets, Webhooks::start(Vec::new()).unwrap())
+}
+
+fn server_full(secrets: SecretsConfig, webhooks: Webhooks) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteControlStore::open(&dir.path().join("data")).unwrap());
     let mut config = ControlConfig::new(dir.path().join("data"), "test-instance".into());
@@ -44,7 +48,7 @@ fn server_with(secrets: SecretsConfig) -> Server {
         store,
         config,
         SecretResolver::new(secrets).unwrap(),
-        Webhooks::start(Vec::new()).unwrap(),
+        webhooks,
     );
     controller.start();
     let router = app(AppState {
@@ -623,4 +627,48 @@ async fn vault_secrets_reach_the_run_and_nothing_else() {
             "{name} holds the secret"
         );
     }
+}
+
+#[tokio::test]
+async fn events_reach_a_webhook() {
+    // A receiver that hands every event it gets to the test.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let receiver = Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(event): axum::Json<Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(event);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let hooks: Vec<ferry_control::webhook::WebhookConfig> =
+        serde_json::from_value(json!([{"url": url, "reasons": ["RunStarted", "RunSucceeded"]}]))
+            .unwrap();
+    let s = server_full(SecretsConfig::default(), Webhooks::start(hooks).unwrap());
+    write_orders(&s.dir.path().join("in/orders.csv"), 20);
+    let t = transfer("hooked", &s.path("in/orders.csv"), &s.path("out/"));
+    assert_eq!(
+        s.call("POST", "/v1/transfers", Some(t)).await.0,
+        StatusCode::CREATED
+    );
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("the webhook hears of the run")
+            .unwrap();
+        got.push(event);
+    }
+    assert_eq!(
+        got[0]["reason"], "RunStarted",
+        "in order, filtered: {got:?}"
+    );
+    assert_eq!(got[1]["reason"], "RunSucceeded");
+    assert_eq!(got[1]["transfer"], "hooked");
+    assert_eq!(got[1]["data"]["records"], 20);
 }

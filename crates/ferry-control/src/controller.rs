@@ -233,6 +233,7 @@ impl Controller {
             status: serde_json::to_value(&status).unwrap_or_default(),
             created_at: now,
             updated_at: now,
+            next_due: next_due(&manifest.settings, now),
         };
         if !inner.store.create_transfer(&record).await? {
             return Err(ControlError::Conflict(format!(
@@ -432,6 +433,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// When the control loop must next look at a transfer: its schedule's next time after
+/// `after`, unless it has no schedule or is suspended.
+fn next_due(settings: &Settings, after: i64) -> Option<i64> {
+    if settings.suspend {
+        return None;
+    }
+    let next = settings.schedule.as_ref()?.next_after(ms_to_time(after))?;
+    Some(next.timestamp_millis())
+}
+
 fn next_schedule(settings: &Settings, after: i64) -> Option<String> {
     let schedule = settings.schedule.as_ref()?;
     if settings.suspend {
@@ -596,12 +607,9 @@ impl Inner {
         self.store
             .renew_leases(&self.config.instance, lease_until)
             .await?;
-        let transfers = self
-            .store
-            .list_transfers(&TransferFilter::default())
-            .await?;
+        let due = self.store.due_transfers(now).await?;
         let mut unfinished = self.store.unfinished_runs().await?;
-        for record in &transfers {
+        for record in &due {
             let Some(settings) = self.settings(record) else {
                 continue;
             };
@@ -612,8 +620,6 @@ impl Inner {
                 unfinished.push(created);
             }
         }
-        let existing: std::collections::HashSet<String> =
-            transfers.iter().map(|t| t.name.clone()).collect();
         for run in unfinished {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -621,10 +627,7 @@ impl Inner {
             if lock(&self.active).len() >= self.config.max_active_runs {
                 break;
             }
-            if lock(&self.active).contains_key(&run.id)
-                || run.not_before.is_some_and(|t| t > now)
-                || !existing.contains(&run.transfer)
-            {
+            if lock(&self.active).contains_key(&run.id) || run.not_before.is_some_and(|t| t > now) {
                 continue;
             }
             let Some(claimed) = self
@@ -732,6 +735,7 @@ impl Inner {
                 &current.uid,
                 &current.phase,
                 &serde_json::to_value(&status).unwrap_or_default(),
+                settings.as_ref().and_then(|s| next_due(s, at)),
                 now_ms(),
             )
             .await?;
@@ -1028,9 +1032,22 @@ impl Inner {
         let runs = self.store.list_runs(name).await?;
         let (phase, status) = self.compute_status(&record, &runs);
         let value = serde_json::to_value(&status).unwrap_or_default();
-        if value != record.status || record.phase != phase.as_str() {
+        let last = status
+            .last_schedule_time
+            .as_deref()
+            .and_then(parse_time)
+            .map_or(record.created_at, |t| t.timestamp_millis());
+        let due = self.settings(&record).and_then(|s| next_due(&s, last));
+        if value != record.status || record.phase != phase.as_str() || due != record.next_due {
             self.store
-                .set_status(&record.name, &record.uid, phase.as_str(), &value, now_ms())
+                .set_status(
+                    &record.name,
+                    &record.uid,
+                    phase.as_str(),
+                    &value,
+                    due,
+                    now_ms(),
+                )
                 .await?;
         }
         Ok(())

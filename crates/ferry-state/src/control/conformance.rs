@@ -20,6 +20,7 @@ pub fn transfer(name: &str, uid: &str) -> TransferRecord {
         status: json!({"phase": "Pending"}),
         created_at: 1_000,
         updated_at: 1_000,
+        next_due: None,
     }
 }
 
@@ -135,12 +136,23 @@ pub async fn transfers(store: &dyn ControlStore) {
 
     let status = json!({"phase": "Running", "numRecords": 7});
     assert!(store
-        .set_status("orders", "u1", "Running", &status, 3_000)
+        .set_status("orders", "u1", "Running", &status, Some(5_000), 3_000)
         .await
         .unwrap());
+    let due = |now: i64| async move {
+        store
+            .due_transfers(now)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+    };
+    assert!(due(4_999).await.is_empty(), "not due before its time");
+    assert_eq!(due(5_000).await, ["orders"]);
     assert!(
         !store
-            .set_status("orders", "old-uid", "Failed", &status, 3_000)
+            .set_status("orders", "old-uid", "Failed", &status, None, 3_000)
             .await
             .unwrap(),
         "a status for an earlier transfer of the same name is dropped"
@@ -148,6 +160,12 @@ pub async fn transfers(store: &dyn ControlStore) {
     let got = store.get_transfer("orders").await.unwrap().unwrap();
     assert_eq!((got.phase.as_str(), &got.status), ("Running", &status));
     assert_eq!(got.updated_at, 3_000);
+    assert_eq!(got.next_due, Some(5_000));
+    assert!(store
+        .set_status("orders", "u1", "Suspended", &status, None, 3_500)
+        .await
+        .unwrap());
+    assert!(due(i64::MAX).await.is_empty(), "no next time, never due");
     assert_eq!(got.generation, 2);
     for name in ["orders", "alpha"] {
         assert!(store.delete_transfer(name).await.unwrap());

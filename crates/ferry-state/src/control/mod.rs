@@ -39,6 +39,9 @@ pub struct TransferRecord {
     pub status: Value,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When the schedule next asks for a run (`None`: no schedule, or suspended), kept
+    /// apart so the control loop reads only the transfers that are due.
+    pub next_due: Option<i64>,
 }
 
 /// Which transfers a listing returns; the default is all of them.
@@ -138,15 +141,19 @@ pub trait ControlStore: Send + Sync + 'static {
         labels: &BTreeMap<String, String>,
         now: i64,
     ) -> Result<Option<TransferRecord>>;
-    /// Sets phase and status of the transfer whose uid is `uid`; false when it is gone.
+    /// Sets phase, status and next due time of the transfer whose uid is `uid`; false when
+    /// it is gone.
     async fn set_status(
         &self,
         name: &str,
         uid: &str,
         phase: &str,
         status: &Value,
+        next_due: Option<i64>,
         now: i64,
     ) -> Result<bool>;
+    /// Transfers whose `next_due` is at or before `now`, by name.
+    async fn due_transfers(&self, now: i64) -> Result<Vec<TransferRecord>>;
     /// Deletes a transfer with its runs and events; false when there was none.
     async fn delete_transfer(&self, name: &str) -> Result<bool>;
 

@@ -43,8 +43,11 @@ CREATE TABLE IF NOT EXISTS ferry_transfers (
     phase       TEXT NOT NULL,
     status      TEXT NOT NULL,
     created_at  BIGINT NOT NULL,
-    updated_at  BIGINT NOT NULL
+    updated_at  BIGINT NOT NULL,
+    next_due    BIGINT
 );
+CREATE INDEX IF NOT EXISTS ferry_transfers_due ON ferry_transfers (next_due)
+    WHERE next_due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS ferry_runs (
     id            TEXT PRIMARY KEY,
     transfer      TEXT NOT NULL,
@@ -82,7 +85,7 @@ CREATE INDEX IF NOT EXISTS ferry_events_by_transfer ON ferry_events (transfer, s
 
 macro_rules! transfer_columns {
     () => {
-        "name, uid, generation, labels, manifest, phase, status, created_at, updated_at"
+        "name, uid, generation, labels, manifest, phase, status, created_at, updated_at, next_due"
     };
 }
 
@@ -99,6 +102,7 @@ enum Q {
     CreateTransfer,
     GetTransfer,
     ListTransfers,
+    DueTransfers,
     ReplaceManifest,
     SetStatus,
     DeleteTransfer,
@@ -124,7 +128,7 @@ impl Q {
             Q::CreateTransfer => concat!(
                 "INSERT INTO ferry_transfers (",
                 transfer_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING"
             ),
             Q::GetTransfer => concat!(
                 "SELECT ",
@@ -137,13 +141,19 @@ impl Q {
                 " FROM ferry_transfers WHERE ($1::text IS NULL OR phase = $1) \
                  AND ($2::text IS NULL OR labels::jsonb @> $2::jsonb) ORDER BY name COLLATE \"C\""
             ),
+            Q::DueTransfers => concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM ferry_transfers WHERE next_due IS NOT NULL AND next_due <= $1 \
+                 ORDER BY name COLLATE \"C\""
+            ),
             Q::ReplaceManifest => concat!(
                 "UPDATE ferry_transfers SET manifest = $2, labels = $3, \
                  generation = generation + 1, updated_at = $4 WHERE name = $1 RETURNING ",
                 transfer_columns!()
             ),
             Q::SetStatus => {
-                "UPDATE ferry_transfers SET phase = $3, status = $4, updated_at = $5
+                "UPDATE ferry_transfers SET phase = $3, status = $4, updated_at = $5, next_due = $6
                  WHERE name = $1 AND uid = $2"
             }
             // Data-modifying CTEs all run, in one statement: one transaction.
@@ -338,6 +348,7 @@ impl PostgresControlStore {
             status: self.json(row, 6)?,
             created_at: self.get(row, 7)?,
             updated_at: self.get(row, 8)?,
+            next_due: self.get(row, 9)?,
         })
     }
 
@@ -552,6 +563,7 @@ impl ControlStore for PostgresControlStore {
                     &text(&t.status),
                     &t.created_at,
                     &t.updated_at,
+                    &t.next_due,
                 ],
             )
             .await?;
@@ -593,12 +605,21 @@ impl ControlStore for PostgresControlStore {
         uid: &str,
         phase: &str,
         status: &Value,
+        next_due: Option<i64>,
         now: i64,
     ) -> Result<bool> {
         let n = self
-            .execute(Q::SetStatus, &[&name, &uid, &phase, &text(status), &now])
+            .execute(
+                Q::SetStatus,
+                &[&name, &uid, &phase, &text(status), &now, &next_due],
+            )
             .await?;
         Ok(n == 1)
+    }
+
+    async fn due_transfers(&self, now: i64) -> Result<Vec<TransferRecord>> {
+        let rows = self.query(Q::DueTransfers, &[&now]).await?;
+        rows.iter().map(|row| self.transfer(row)).collect()
     }
 
     async fn delete_transfer(&self, name: &str) -> Result<bool> {

@@ -26,8 +26,10 @@ CREATE TABLE IF NOT EXISTS transfers (
     phase       TEXT NOT NULL,
     status      TEXT NOT NULL,
     created_at  INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL
+    updated_at  INTEGER NOT NULL,
+    next_due    INTEGER
 );
+CREATE INDEX IF NOT EXISTS transfers_due ON transfers (next_due) WHERE next_due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS runs (
     id            TEXT PRIMARY KEY,
     transfer      TEXT NOT NULL,
@@ -65,7 +67,7 @@ const RUN_COLUMNS: &str = "id, transfer, transfer_uid, generation, phase, trigge
      scheduled_for, not_before, created_at, started_at, finished_at, owner, lease_until, stats, error";
 
 const TRANSFER_COLUMNS: &str =
-    "name, uid, generation, labels, manifest, phase, status, created_at, updated_at";
+    "name, uid, generation, labels, manifest, phase, status, created_at, updated_at, next_due";
 
 /// Connections that only read, so listings never wait for a write (WAL lets readers and
 /// the writer work at once).
@@ -210,6 +212,7 @@ fn transfer_row(r: &Row<'_>) -> rusqlite::Result<Raw<TransferRecord>> {
             status: Value::Null,
             created_at: r.get(7)?,
             updated_at: r.get(8)?,
+            next_due: r.get(9)?,
         },
         json: vec![(0, r.get(3)?), (1, r.get(4)?), (2, r.get(6)?)],
     })
@@ -249,7 +252,7 @@ impl ControlStore for SqliteControlStore {
         let n = self
             .conn()
             .prepare_cached(&format!(
-                "INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(name) DO NOTHING"
             ))
             .and_then(|mut s| {
@@ -262,7 +265,8 @@ impl ControlStore for SqliteControlStore {
                     t.phase,
                     json(&t.status),
                     t.created_at,
-                    t.updated_at
+                    t.updated_at,
+                    t.next_due
                 ])
             })
             .map_err(|e| self.fail(e))?;
@@ -313,17 +317,25 @@ impl ControlStore for SqliteControlStore {
         uid: &str,
         phase: &str,
         status: &Value,
+        next_due: Option<i64>,
         now: i64,
     ) -> Result<bool> {
         let n = self
             .conn()
             .prepare_cached(
-                "UPDATE transfers SET phase = ?3, status = ?4, updated_at = ?5
+                "UPDATE transfers SET phase = ?3, status = ?4, updated_at = ?5, next_due = ?6
                  WHERE name = ?1 AND uid = ?2",
             )
-            .and_then(|mut s| s.execute(params![name, uid, phase, json(status), now]))
+            .and_then(|mut s| s.execute(params![name, uid, phase, json(status), now, next_due]))
             .map_err(|e| self.fail(e))?;
         Ok(n == 1)
+    }
+
+    async fn due_transfers(&self, now: i64) -> Result<Vec<TransferRecord>> {
+        self.transfer_where(
+            "WHERE next_due IS NOT NULL AND next_due <= ?1 ORDER BY name",
+            &[&now],
+        )
     }
 
     async fn delete_transfer(&self, name: &str) -> Result<bool> {

@@ -879,7 +879,7 @@ impl Inner {
                     "Normal",
                     "RunSucceeded",
                     format!(
-                        "run {} succeeded: {} records, {} bytes in {:.1} s ({:.0} bytes/s)",
+                        "run {} succeeded: {} records, {} bytes in {:.2} s ({:.0} bytes/s)",
                         run.id, stats.num_records, stats.bytes, seconds, stats.bytes_per_second
                     ),
                     json!({"records": stats.num_records, "bytes": stats.bytes,

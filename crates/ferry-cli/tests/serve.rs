@@ -125,18 +125,52 @@ fn write_manifest(root: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// `count` files of `size` random bytes in `root/in/`, and a manifest copying that
+/// directory to `root/out/`.
+fn blobs(root: &Path, count: u64, size: usize) -> PathBuf {
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    for i in 0..count {
+        std::fs::write(
+            root.join(format!("in/part-{i}.bin")),
+            ferry_connectors::testkit::bytes(size, i),
+        )
+        .unwrap();
+    }
+    write_manifest(
+        root,
+        "blobs",
+        "  source: {type: file, path: in/}\n  destination: {type: file, path: out/}\n",
+    )
+}
+
+/// Asserts that every file under `root/in/` arrived in `root/out/` unchanged.
+fn assert_copied(root: &Path, count: u64) {
+    for i in 0..count {
+        let name = format!("part-{i}.bin");
+        assert_eq!(
+            std::fs::read(root.join("out").join(&name)).unwrap(),
+            std::fs::read(root.join("in").join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+/// The reasons of a transfer's events, in order.
+fn reasons(root: &Path, port: u16, name: &str) -> Vec<String> {
+    let events = transfers(root, port, &["events", name]);
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn a_run_killed_with_the_server_finishes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    std::fs::create_dir_all(root.join("in")).unwrap();
-    for i in 0..6 {
-        std::fs::write(
-            root.join(format!("in/part-{i}.bin")),
-            ferry_connectors::testkit::bytes(3 << 20, i),
-        )
-        .unwrap();
-    }
+    let manifest = blobs(root, 6, 3 << 20);
     let data = root.join("server");
     let port = free_port();
     let server = Served::start(root, &data, port, Some("pause-after-files:2"));
@@ -152,11 +186,6 @@ fn a_run_killed_with_the_server_finishes_after_a_restart() {
     assert_eq!(second.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another ferry serve"));
 
-    let manifest = write_manifest(
-        root,
-        "blobs",
-        "  source: {type: file, path: in/}\n  destination: {type: file, path: out/}\n",
-    );
     let applied = transfers(root, port, &["apply", "-f", manifest.to_str().unwrap()]);
     assert_eq!(applied["metadata"]["name"], "blobs");
     server.wait_line("failpoint reached");
@@ -167,14 +196,7 @@ fn a_run_killed_with_the_server_finishes_after_a_restart() {
     let server = Served::start(root, &data, port, None);
     let done = wait_for(root, port, "blobs", |t| t["status"]["phase"] == "Succeeded");
     assert!(done["status"]["error"].is_null(), "{done}");
-    for i in 0..6 {
-        let name = format!("part-{i}.bin");
-        assert_eq!(
-            std::fs::read(root.join("out").join(&name)).unwrap(),
-            std::fs::read(root.join("in").join(&name)).unwrap(),
-            "{name}"
-        );
-    }
+    assert_copied(root, 6);
     let runs = transfers(root, port, &["runs", "blobs"]);
     let runs = runs.as_array().unwrap();
     assert_eq!(
@@ -187,20 +209,14 @@ fn a_run_killed_with_the_server_finishes_after_a_restart() {
     // The resumed attempt moved only what the first had not finished.
     let bytes = runs[0]["stats"]["bytes"].as_u64().unwrap();
     assert!(bytes < 6 * (3 << 20), "moved {bytes} bytes again");
-    let events = transfers(root, port, &["events", "blobs"]);
-    let reasons: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap())
-        .collect();
-    let resumed = reasons.iter().position(|r| *r == "RunResumed");
-    let succeeded = reasons.iter().position(|r| *r == "RunSucceeded");
+    let reasons = reasons(root, port, "blobs");
+    let resumed = reasons.iter().position(|r| r == "RunResumed");
+    let succeeded = reasons.iter().position(|r| r == "RunSucceeded");
     assert!(
         resumed.is_some() && resumed < succeeded,
         "resumed, then succeeded: {reasons:?}"
     );
-    assert_eq!(reasons.iter().filter(|r| **r == "RunSucceeded").count(), 1);
+    assert_eq!(reasons.iter().filter(|r| *r == "RunSucceeded").count(), 1);
     drop(server);
 }
 
@@ -208,22 +224,10 @@ fn a_run_killed_with_the_server_finishes_after_a_restart() {
 fn sigterm_stops_a_run_that_the_next_start_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    std::fs::create_dir_all(root.join("in")).unwrap();
-    for i in 0..4 {
-        std::fs::write(
-            root.join(format!("in/part-{i}.bin")),
-            ferry_connectors::testkit::bytes(1 << 20, i),
-        )
-        .unwrap();
-    }
+    let manifest = blobs(root, 4, 1 << 20);
     let data = root.join("server");
     let port = free_port();
     let mut server = Served::start(root, &data, port, Some("pause-after-files:1"));
-    let manifest = write_manifest(
-        root,
-        "blobs",
-        "  source: {type: file, path: in/}\n  destination: {type: file, path: out/}\n",
-    );
     transfers(root, port, &["apply", "-f", manifest.to_str().unwrap()]);
     server.wait_line("failpoint reached");
     let pid = server.child.id().to_string();
@@ -240,26 +244,14 @@ fn sigterm_stops_a_run_that_the_next_start_resumes() {
 
     let _server = Served::start(root, &data, port, None);
     wait_for(root, port, "blobs", |t| t["status"]["phase"] == "Succeeded");
-    let events = transfers(root, port, &["events", "blobs"]);
-    let reasons: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap())
-        .collect();
-    let interrupted = reasons.iter().position(|r| *r == "RunInterrupted");
-    let resumed = reasons.iter().position(|r| *r == "RunResumed");
+    let reasons = reasons(root, port, "blobs");
+    let interrupted = reasons.iter().position(|r| r == "RunInterrupted");
+    let resumed = reasons.iter().position(|r| r == "RunResumed");
     assert!(
         interrupted.is_some() && interrupted < resumed,
         "interrupted, then resumed: {reasons:?}"
     );
-    for i in 0..4 {
-        let name = format!("part-{i}.bin");
-        assert_eq!(
-            std::fs::read(root.join("out").join(&name)).unwrap(),
-            std::fs::read(root.join("in").join(&name)).unwrap()
-        );
-    }
+    assert_copied(root, 4);
 }
 
 #[test]

@@ -551,24 +551,7 @@ impl Inner {
         scheduled_for: Option<i64>,
     ) -> Result<RunRecord> {
         let now = now_ms();
-        let run = RunRecord {
-            id: new_id(&record.name),
-            transfer: record.name.clone(),
-            transfer_uid: record.uid.clone(),
-            generation: record.generation,
-            phase: "Pending".into(),
-            trigger: trigger.into(),
-            attempt: 0,
-            scheduled_for,
-            not_before: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            owner: None,
-            lease_until: None,
-            stats: json!({}),
-            error: None,
-        };
+        let run = RunRecord::pending(new_id(&record.name), record, trigger, scheduled_for, now);
         self.store.put_run(&run).await?;
         self.emit(
             &record.name,

@@ -26,24 +26,8 @@ pub fn transfer(name: &str, uid: &str) -> TransferRecord {
 
 /// An unfinished run of `transfer`, created at `created_at`.
 pub fn run(id: &str, transfer: &str, created_at: i64) -> RunRecord {
-    RunRecord {
-        id: id.into(),
-        transfer: transfer.into(),
-        transfer_uid: "u1".into(),
-        generation: 1,
-        phase: "Pending".into(),
-        trigger: "schedule".into(),
-        attempt: 0,
-        scheduled_for: Some(created_at),
-        not_before: None,
-        created_at,
-        started_at: None,
-        finished_at: None,
-        owner: None,
-        lease_until: None,
-        stats: json!({}),
-        error: None,
-    }
+    let of = self::transfer(transfer, "u1");
+    RunRecord::pending(id.into(), &of, "schedule", Some(created_at), created_at)
 }
 
 /// Runs every check in turn.

@@ -92,6 +92,34 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// A new run of `transfer`, waiting to be claimed.
+    pub fn pending(
+        id: String,
+        transfer: &TransferRecord,
+        trigger: &str,
+        scheduled_for: Option<i64>,
+        now: i64,
+    ) -> Self {
+        Self {
+            id,
+            transfer: transfer.name.clone(),
+            transfer_uid: transfer.uid.clone(),
+            generation: transfer.generation,
+            phase: "Pending".into(),
+            trigger: trigger.into(),
+            attempt: 0,
+            scheduled_for,
+            not_before: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            owner: None,
+            lease_until: None,
+            stats: Value::Object(Default::default()),
+            error: None,
+        }
+    }
+
     /// True once the run can change no more.
     pub fn finished(&self) -> bool {
         self.finished_at.is_some()

@@ -319,3 +319,47 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     file.write_all(text.as_bytes())
         .map_err(|e| Error::state(path.display(), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.yaml");
+        std::fs::write(
+            &file,
+            "listen: 127.0.0.1:1111\ndataDir: /from/file\nstore: sqlite\nmaxActiveRuns: 2\n",
+        )
+        .unwrap();
+        let args = |listen: Option<&str>| ServeArgs {
+            config: Some(file.clone()),
+            listen: listen.map(str::to_string),
+            data_dir: None,
+            store: None,
+            max_active_runs: None,
+        };
+        std::env::remove_var("FERRY_LISTEN");
+        std::env::remove_var("FERRY_DATA_DIR");
+        let s = args(None).settings().unwrap();
+        assert_eq!(s.listen.as_deref(), Some("127.0.0.1:1111"));
+        assert_eq!(s.max_active_runs, Some(2));
+
+        std::env::set_var("FERRY_LISTEN", "127.0.0.1:2222");
+        std::env::set_var("FERRY_DATA_DIR", "/from/env");
+        let s = args(None).settings().unwrap();
+        assert_eq!(s.listen.as_deref(), Some("127.0.0.1:2222"));
+        assert_eq!(s.data_dir, Some(PathBuf::from("/from/env")));
+
+        let s = args(Some("127.0.0.1:3333")).settings().unwrap();
+        assert_eq!(s.listen.as_deref(), Some("127.0.0.1:3333"));
+        assert_eq!(s.data_dir, Some(PathBuf::from("/from/env")));
+        std::env::remove_var("FERRY_LISTEN");
+        std::env::remove_var("FERRY_DATA_DIR");
+
+        std::fs::write(&file, "listen: 127.0.0.1:1111\nlistn: typo\n").unwrap();
+        let err = args(None).settings().unwrap_err().to_string();
+        assert!(err.contains("--config") && err.contains("listn"), "{err}");
+    }
+}

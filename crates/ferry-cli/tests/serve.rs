@@ -20,6 +20,17 @@ struct Served {
 impl Served {
     /// Starts `ferry serve` on `port` with its data in `data`, and waits until it listens.
     fn start(root: &Path, data: &Path, port: u16, failpoint: Option<&str>) -> Served {
+        Self::start_with(root, data, port, failpoint, &[])
+    }
+
+    /// As `start`, with more environment for the server.
+    fn start_with(
+        root: &Path,
+        data: &Path,
+        port: u16,
+        failpoint: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Served {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
@@ -34,6 +45,7 @@ impl Served {
         if let Some(fp) = failpoint {
             cmd.env("FERRY_FAILPOINT", fp);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn ferry serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -300,4 +312,77 @@ fn a_schedule_fires_and_events_can_be_followed() {
     let runs = transfers(root, port, &["runs", "minutely"]);
     assert_eq!(runs[0]["trigger"], "schedule");
     assert!(root.join("out/orders.parquet").is_file());
+}
+
+#[test]
+fn a_secret_is_used_but_never_logged_stored_or_shown() {
+    let Some(base) = ferry_connectors::testkit::Remote::S3.unique("serve-secret") else {
+        return;
+    };
+    let endpoint = std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap();
+    let (bucket, key) = base.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    std::fs::write(root.join("in/orders.csv"), "id,amount\n1,2.5\n2,3.5\n").unwrap();
+    // The S3 test server takes any key pair: the secret only has to be used.
+    let secret = format!("e2e-secret-{:x}", std::process::id() as u64 * 104_729);
+    let data = root.join("server");
+    let port = free_port();
+    let mut server = Served::start_with(
+        root,
+        &data,
+        port,
+        None,
+        &[("FERRY_E2E_SECRET", &secret), ("FERRY_LOG", "debug")],
+    );
+    let manifest = write_manifest(
+        root,
+        "secretive",
+        &format!(
+            "  source: {{type: file, path: in/orders.csv}}\n  destination:\n    type: s3\n    bucket: {bucket}\n    key: {key}\n    format: parquet\n    endpoint: {endpoint}\n    storeOptions: {{allow_http: \"true\", secret_access_key: \"ref+env://FERRY_E2E_SECRET\"}}\n"
+        ),
+    );
+    let mut shown = vec![transfers(
+        root,
+        port,
+        &["apply", "-f", manifest.to_str().unwrap()],
+    )];
+    shown.push(wait_for(root, port, "secretive", |t| {
+        t["status"]["phase"] == "Succeeded"
+    }));
+    shown.push(transfers(root, port, &["runs", "secretive"]));
+    shown.push(transfers(root, port, &["events", "secretive"]));
+    shown.push(transfers(root, port, &["list"]));
+    for answer in &shown {
+        assert!(!answer.to_string().contains(&secret), "shown: {answer}");
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut log = String::new();
+    while let Ok(line) = server.lines.recv_timeout(Duration::from_secs(5)) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(
+        log.contains("RunSucceeded") || log.contains("succeeded"),
+        "the debug log: {log}"
+    );
+    assert!(!log.contains(&secret), "the log holds the secret");
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the secret",
+                path.display()
+            );
+        }
+    }
 }

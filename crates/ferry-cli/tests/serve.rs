@@ -386,3 +386,68 @@ fn a_secret_is_used_but_never_logged_stored_or_shown() {
         }
     }
 }
+
+#[test]
+fn the_client_drives_every_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    std::fs::write(root.join("in/orders.csv"), "id,amount\n1,2.5\n").unwrap();
+    let port = free_port();
+    let _server = Served::start(root, &root.join("server"), port, None);
+    let manifest = write_manifest(
+        root,
+        "acts",
+        "  source: {type: file, path: in/orders.csv}\n  destination: {type: file, path: out/orders.parquet}\n",
+    );
+    let path = manifest.to_str().unwrap();
+    transfers(root, port, &["apply", "-f", path]);
+    wait_for(root, port, "acts", |t| t["status"]["phase"] == "Succeeded");
+    // Applying again replaces the spec.
+    let again = transfers(root, port, &["apply", "-f", path]);
+    assert_eq!(again["metadata"]["name"], "acts");
+
+    let suspended = transfers(root, port, &["suspend", "acts"]);
+    assert_eq!(suspended["spec"]["suspend"], true);
+    let listed = transfers(root, port, &["list", "--phase", "Suspended"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let resumed = transfers(root, port, &["resume", "acts"]);
+    assert_eq!(resumed["spec"]["suspend"], false);
+    let run = transfers(root, port, &["run", "acts"]);
+    let id = run["id"].as_str().unwrap().to_string();
+    wait_for(root, port, "acts", |t| {
+        t["status"]["lastCompletedRun"]["id"] == id.as_str()
+    });
+    let deleted = transfers(root, port, &["delete", "acts", "--cleanup"]);
+    assert_eq!(deleted["removed"], serde_json::json!([""]));
+    assert!(!root.join("out/orders.parquet").exists());
+
+    // What goes wrong is one line naming it, with the exit code for bad input.
+    let client = |args: &[&str], token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("transfers")
+            .args(args)
+            .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+            .env("FERRY_TOKEN", token)
+            .current_dir(root)
+            .output()
+            .unwrap()
+    };
+    let out = client(&["get", "acts"], TOKEN);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("transfer 'acts' not found"));
+    let out = client(&["list"], "wrong");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bearer token") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    std::fs::write(root.join("bad.yaml"), "apiVersion: ferry.dev/v1\nkind: BatchTransfer\nmetadata: {name: bad}\nspec:\n  source: {type: file, path: in/}\n  schedule: \"61 * * * *\"\n").unwrap();
+    let out = client(&["apply", "-f", "bad.yaml"], TOKEN);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.schedule") && stderr.contains("spec.destination"),
+        "{stderr}"
+    );
+}

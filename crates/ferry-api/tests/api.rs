@@ -264,6 +264,18 @@ async fn a_one_time_transfer_runs_once_and_reports_status_runs_and_events() {
         .collect();
     assert_eq!(fields, ["id", "email", "amount"]);
     assert!(s.dir.path().join("out/orders.parquet").is_file());
+    // A finished run's checkpoint is forgotten, so the checkpoint store does not grow
+    // with every scheduled run.
+    let checkpoints =
+        rusqlite::Connection::open(s.dir.path().join("data/checkpoints/ferry.db")).unwrap();
+    let left: i64 = checkpoints
+        .query_row(
+            "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM files)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "checkpoint rows left after a finished run");
 
     let (_, runs) = s.call("GET", "/v1/transfers/orders/runs", None).await;
     let runs = runs.as_array().unwrap();

@@ -180,7 +180,7 @@ async fn engine(
                     ..RunStats::default()
                 };
                 match report.status {
-                    Status::Succeeded => Outcome::Succeeded(stats),
+                    Status::Succeeded => succeeded(stats, (&src, &dst, &rec, opts)),
                     Status::Failed => report_failed(report.error, hidden, stats),
                 }
             }
@@ -201,13 +201,30 @@ async fn engine(
                     ..RunStats::default()
                 };
                 match report.status {
-                    Status::Succeeded => Outcome::Succeeded(stats),
+                    Status::Succeeded => succeeded(stats, (&src, &dst, &rec, opts)),
                     Status::Failed => report_failed(report.error, hidden, stats),
                 }
             }
             Err(e) => failed(&e, hidden),
         }
     }
+}
+
+/// A finished run's checkpoint is no use to anyone: the next run of the transfer has a
+/// run key of its own.
+fn succeeded(
+    stats: RunStats,
+    (src, dst, rec, opts): (
+        &DataAddress,
+        &DataAddress,
+        &ferry_engine::RecordOptions,
+        &CopyOptions,
+    ),
+) -> Outcome {
+    if let Err(e) = ferry_engine::forget_checkpoint(src, dst, rec, opts) {
+        tracing::warn!("the checkpoint of a finished run stays: {e}");
+    }
+    Outcome::Succeeded(stats)
 }
 
 fn failed(e: &Error, hidden: &[String]) -> Outcome {

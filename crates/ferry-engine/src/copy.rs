@@ -153,6 +153,19 @@ fn run_id(src: &DataAddress, dst: &DataAddress, algo: ChecksumAlgo, key: Option<
     ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
 }
 
+/// Forgets the checkpoint of a finished copy or record transfer, so that a service running
+/// the same transfer again and again does not keep every run's progress forever.
+pub fn forget_checkpoint(
+    src: &DataAddress,
+    dst: &DataAddress,
+    rec: &crate::RecordOptions,
+    opts: &CopyOptions,
+) -> Result<()> {
+    let state = StateStore::open(&opts.state_dir)?;
+    state.forget_run(&run_id(src, dst, opts.checksum, opts.run_key.as_deref()))?;
+    state.forget_run(&crate::records::run_id(src, dst, rec, opts))
+}
+
 /// `--no-resume`: abort the uploads an earlier run left open and forget its progress.
 async fn discard_run(
     state: &StateStore,

@@ -12,7 +12,7 @@ mod tables;
 mod upload;
 mod verify;
 
-pub use copy::copy;
+pub use copy::{copy, forget_checkpoint};
 pub use filter::KeyFilter;
 pub use options::{parse_size, CopyOptions};
 pub use records::{transfer, DatasetReport, OutputReport, RecordOptions, RecordReport};

@@ -410,8 +410,9 @@ fn follow(
     live: tokio::sync::broadcast::Receiver<ferry_state::EventRecord>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let last = backlog.last().map_or(0, |e| e.seq);
+    let closed = controller.streams_closed();
     let state = (controller, name, backlog.into_iter(), live, last);
-    futures::stream::unfold(
+    let events = futures::stream::unfold(
         state,
         |(controller, name, mut backlog, mut live, mut last)| async move {
             if let Some(e) = backlog.next() {
@@ -442,7 +443,9 @@ fn follow(
                 }
             }
         },
-    )
+    );
+    // The stream ends when the server stops, so that it does not hold the shutdown up.
+    futures::StreamExt::take_until(events, closed)
 }
 
 fn sse_event(e: &EventView) -> Event {

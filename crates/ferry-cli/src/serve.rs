@@ -203,8 +203,12 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
             "postgres"
         }
     );
+    let closing = controller.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(stop_signal())
+        .with_graceful_shutdown(async move {
+            stop_signal().await;
+            closing.close_streams();
+        })
         .await
         .map_err(|e| Error::Internal(format!("the server stopped: {e}")))?;
     eprintln!("ferry serve: stopping; running runs resume on the next start");

@@ -242,6 +242,24 @@ fn sigterm_stops_a_run_that_the_next_start_resumes() {
     let mut server = Served::start(root, &data, port, Some("pause-after-files:1"));
     transfers(root, port, &["apply", "-f", manifest.to_str().unwrap()]);
     server.wait_line("failpoint reached");
+    // A client following events must not hold the shutdown up.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["transfers", "events", "blobs", "--follow"])
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = follower.stdout.take().unwrap();
+    let (tx, followed) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = followed.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(first.contains("Created"), "{first}");
     let pid = server.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -253,6 +271,15 @@ fn sigterm_stops_a_run_that_the_next_start_resumes() {
         server.child.wait().unwrap().success(),
         "a clean exit on SIGTERM"
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the follower was never let go");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ended.success(), "the stream ended cleanly: {ended:?}");
 
     let _server = Served::start(root, &data, port, None);
     wait_for(root, port, "blobs", |t| t["status"]["phase"] == "Succeeded");

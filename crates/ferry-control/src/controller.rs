@@ -102,6 +102,8 @@ struct Inner {
     status_lock: tokio::sync::Mutex<()>,
     wake: Notify,
     stopping: AtomicBool,
+    /// True once the server stops taking requests: event streams end so connections close.
+    closing: tokio::sync::watch::Sender<bool>,
     /// Parsed settings by (transfer uid, generation).
     settings: Mutex<HashMap<(String, i64), Settings>>,
 }
@@ -146,6 +148,7 @@ impl Controller {
                 status_lock: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
                 stopping: AtomicBool::new(false),
+                closing: tokio::sync::watch::Sender::new(false),
                 settings: Mutex::new(HashMap::new()),
             }),
         }
@@ -394,6 +397,20 @@ impl Controller {
     /// Every event from now on, as it is recorded.
     pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
         self.inner.events.subscribe()
+    }
+
+    /// Ends every event stream, so that a server shutting down is not held open by
+    /// clients following events.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Controller::close_streams`] was called.
+    pub fn streams_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.inner.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|closed| *closed).await;
+        }
     }
 
     /// True when the store answers.

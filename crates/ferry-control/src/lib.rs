@@ -13,6 +13,7 @@ pub mod resource;
 pub mod retry;
 pub mod schedule;
 pub mod secrets;
+pub mod selector;
 pub mod webhook;
 
 pub use controller::{ControlConfig, ControlError, ControlResult, Controller};

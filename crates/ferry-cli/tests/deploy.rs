@@ -48,12 +48,12 @@ fn kubernetes_manifests_validate_offline() {
     let good = std::fs::read_to_string(repo_root().join("deploy/kubernetes/control-plane.yaml"))
         .expect("read control-plane.yaml");
     assert!(
-        good.contains("  replicas: 2\n"),
-        "control-plane.yaml has no `replicas: 2`"
+        good.contains("  replicas: 1\n"),
+        "control-plane.yaml has no `replicas: 1`"
     );
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("control-plane.yaml");
-    std::fs::write(&broken, good.replace("  replicas: 2\n", "  replcas: 2\n")).unwrap();
+    std::fs::write(&broken, good.replace("  replicas: 1\n", "  replcas: 1\n")).unwrap();
     let (ok, out) = validate(&[&broken]);
     assert!(!ok, "a manifest with `replcas:` passed:\n{out}");
     assert!(

@@ -241,8 +241,8 @@ fn metadata(
     (name, labels)
 }
 
-/// Names appear in URLs and in Kubernetes objects: DNS labels.
-fn check_name(name: &str) -> Result<(), String> {
+/// Names appear in URLs, configuration keys and Kubernetes objects: DNS labels.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

@@ -291,22 +291,9 @@ pub(crate) fn field_error(field: impl Into<String>, message: impl Into<String>) 
     }
 }
 
-/// Ids appear in URLs and in configuration keys: lowercase letters, digits and `-`.
+/// Ids appear in URLs and in configuration keys, so they follow the rules of transfer names.
 fn check_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-        && !id.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "'{id}': use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ))
-    }
+    crate::resource::check_name(id)
 }
 
 /// The control plane calls the instance over HTTP: an absolute `http`/`https` URL with a

@@ -111,23 +111,34 @@ impl Client {
 
     /// Sends and returns the JSON body of a 2xx answer; anything else is an error naming
     /// what the server said.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value)> {
-        let response = request.send().await.map_err(|e| {
+    /// Sends a request; a server that does not answer is an error, any answer is not.
+    async fn open(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        request.send().await.map_err(|e| {
             Error::unreachable(
                 &self.base,
                 format!("{}; is ferry serve running?", plain(&e)),
             )
-        })?;
+        })
+    }
+
+    /// The status and JSON body of an answer, whatever its status.
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value)> {
+        let response = self.open(request).await?;
         let status = response.status().as_u16();
         let text = response
             .text()
             .await
             .map_err(|e| Error::unreachable(&self.base, plain(&e)))?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if (200..300).contains(&status) {
-            return Ok((status, body));
+        Ok((status, body))
+    }
+
+    /// The JSON body of a 2xx answer; anything else is an error naming what the server said.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        match self.exchange(request).await? {
+            (status, body) if (200..300).contains(&status) => Ok(body),
+            (status, body) => Err(server_error(&self.base, status, &body)),
         }
-        Err(server_error(&self.base, status, &body))
     }
 }
 
@@ -187,33 +198,18 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            let create = client
+            let post = client
                 .request(Method::POST, "/v1/transfers")
-                .json(&manifest)
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::unreachable(
-                        &client.base,
-                        format!("{}; is ferry serve running?", plain(&e)),
-                    )
-                })?;
-            let (verb, body) = if create.status().as_u16() == 409 && !name.is_empty() {
-                let (_, body) = client
-                    .send(
-                        client
-                            .request(Method::PUT, &format!("/v1/transfers/{name}"))
-                            .json(&manifest),
-                    )
-                    .await?;
-                ("configured", body)
-            } else {
-                let status = create.status().as_u16();
-                let body: Value = create.json().await.unwrap_or(Value::Null);
-                if !(200..300).contains(&status) {
-                    return Err(server_error(&client.base, status, &body));
+                .json(&manifest);
+            let (verb, body) = match client.exchange(post).await? {
+                (409, _) if !name.is_empty() => {
+                    let put = client
+                        .request(Method::PUT, &format!("/v1/transfers/{name}"))
+                        .json(&manifest);
+                    ("configured", client.send(put).await?)
                 }
-                ("created", body)
+                (status, body) if (200..300).contains(&status) => ("created", body),
+                (status, body) => return Err(server_error(&client.base, status, &body)),
             };
             if json {
                 print_json(&body);
@@ -232,7 +228,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             if !labels.is_empty() {
                 query.push(("labelSelector", labels.join(",")));
             }
-            let (_, body) = client
+            let body = client
                 .send(client.request(Method::GET, "/v1/transfers").query(&query))
                 .await?;
             if json {
@@ -242,7 +238,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Get { name } => {
-            let (_, body) = client
+            let body = client
                 .send(client.request(Method::GET, &format!("/v1/transfers/{name}")))
                 .await?;
             if json {
@@ -257,7 +253,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             } else {
                 "resume"
             };
-            let (_, body) = client
+            let body = client
                 .send(client.request(Method::POST, &format!("/v1/transfers/{name}/{action}")))
                 .await?;
             if json {
@@ -267,7 +263,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Run { name } => {
-            let (_, body) = client
+            let body = client
                 .send(client.request(Method::POST, &format!("/v1/transfers/{name}/run")))
                 .await?;
             if json {
@@ -277,7 +273,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Runs { name } => {
-            let (_, body) = client
+            let body = client
                 .send(client.request(Method::GET, &format!("/v1/transfers/{name}/runs")))
                 .await?;
             if json {
@@ -287,7 +283,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Delete { name, cleanup } => {
-            let (_, body) = client
+            let body = client
                 .send(
                     client
                         .request(Method::DELETE, &format!("/v1/transfers/{name}"))
@@ -317,7 +313,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
 async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result<()> {
     let path = format!("/v1/transfers/{name}/events");
     if !follow {
-        let (_, body) = client
+        let body = client
             .send(client.request(reqwest::Method::GET, &path))
             .await?;
         if json {
@@ -330,11 +326,12 @@ async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result
         return Ok(());
     }
     let mut response = client
-        .request(reqwest::Method::GET, &path)
-        .query(&[("follow", "true")])
-        .send()
-        .await
-        .map_err(|e| Error::unreachable(&client.base, plain(&e)))?;
+        .open(
+            client
+                .request(reqwest::Method::GET, &path)
+                .query(&[("follow", "true")]),
+        )
+        .await?;
     let status = response.status().as_u16();
     if status != 200 {
         let body: Value = response.json().await.unwrap_or(Value::Null);

@@ -272,24 +272,6 @@ impl Controller {
         self.replace_manifest(&manifest).await
     }
 
-    /// Creates the transfer, or replaces its spec when it exists; true when created.
-    pub async fn apply(&self, raw: Value) -> ControlResult<(TransferView, bool)> {
-        let manifest = validate(raw.clone()).map_err(ControlError::Invalid)?;
-        if self
-            .inner
-            .store
-            .get_transfer(&manifest.name)
-            .await?
-            .is_some()
-        {
-            return Ok((self.replace_manifest(&manifest).await?, false));
-        }
-        match self.create(raw).await {
-            Err(ControlError::Conflict(_)) => Ok((self.replace_manifest(&manifest).await?, false)),
-            other => other.map(|v| (v, true)),
-        }
-    }
-
     async fn replace_manifest(&self, manifest: &TransferManifest) -> ControlResult<TransferView> {
         let inner = &self.inner;
         let record = inner
@@ -461,13 +443,7 @@ fn next_due(settings: &Settings, after: i64) -> Option<i64> {
 }
 
 fn next_schedule(settings: &Settings, after: i64) -> Option<String> {
-    let schedule = settings.schedule.as_ref()?;
-    if settings.suspend {
-        return None;
-    }
-    schedule
-        .next_after(ms_to_time(after))
-        .map(|t| time_text(t.timestamp_millis()))
+    next_due(settings, after).map(time_text)
 }
 
 fn with_progress(stats: &Value, tracker: &Tracker) -> Value {
@@ -604,9 +580,12 @@ impl Inner {
     async fn tick(self: Arc<Self>) -> Result<()> {
         let now = now_ms();
         let lease_until = now + self.config.lease.as_millis() as i64;
-        self.store
-            .renew_leases(&self.config.instance, lease_until)
-            .await?;
+        // Claims are held only by runs executing here; nothing to renew when none are.
+        if !lock(&self.active).is_empty() {
+            self.store
+                .renew_leases(&self.config.instance, lease_until)
+                .await?;
+        }
         let due = self.store.due_transfers(now).await?;
         let mut unfinished = self.store.unfinished_runs().await?;
         for record in &due {
@@ -859,23 +838,16 @@ impl Inner {
         let mut stats: RunStats = serde_json::from_value(run.stats.clone()).unwrap_or_default();
         stats.progress = None;
         stats.last_record_ms = tracker.last_advance_ms().or(stats.last_record_ms);
-        match outcome {
+        let seconds = ((now - run.started_at.unwrap_or(now)) as f64 / 1000.0).max(0.001);
+        let (severity, reason, message, data) = match outcome {
             Outcome::Succeeded(done) => {
-                let seconds = ((now - run.started_at.unwrap_or(now)) as f64 / 1000.0).max(0.001);
                 stats.merge(done, seconds);
                 run.phase = "Succeeded".into();
                 run.finished_at = Some(now);
                 run.error = None;
-                run.stats = serde_json::to_value(&stats).unwrap_or_default();
-                self.store.put_run(&run).await?;
-                self.store
-                    .release_run(&run.id, &self.config.instance)
-                    .await?;
                 self.metrics
                     .run_finished("Succeeded", seconds, stats.bytes, stats.num_records);
-                self.emit(
-                    &run.transfer,
-                    Some(&run.id),
+                (
                     "Normal",
                     "RunSucceeded",
                     format!(
@@ -886,7 +858,6 @@ impl Inner {
                            "durationSeconds": seconds, "bytesPerSecond": stats.bytes_per_second,
                            "recordsPerSecond": stats.records_per_second}),
                 )
-                .await;
             }
             Outcome::Failed {
                 error,
@@ -896,21 +867,13 @@ impl Inner {
                 if let Some(moved) = moved {
                     self.metrics.moved(moved.bytes, moved.num_records);
                 }
-                let retry = class == ErrorClass::Retryable && (run.attempt as u32) <= max_retries;
                 run.error = Some(error.clone());
-                if retry {
+                if class == ErrorClass::Retryable && (run.attempt as u32) <= max_retries {
                     let delay = self.config.backoff.delay(run.attempt as u32);
                     run.phase = "Pending".into();
                     run.not_before = Some(now + delay.as_millis() as i64);
-                    run.stats = serde_json::to_value(&stats).unwrap_or_default();
-                    self.store.put_run(&run).await?;
-                    self.store
-                        .release_run(&run.id, &self.config.instance)
-                        .await?;
                     self.metrics.retried();
-                    self.emit(
-                        &run.transfer,
-                        Some(&run.id),
+                    (
                         "Warning",
                         "RunRetrying",
                         format!(
@@ -922,25 +885,16 @@ impl Inner {
                         ),
                         json!({"attempt": run.attempt, "delaySeconds": delay.as_secs_f64(), "error": error}),
                     )
-                    .await;
                 } else {
                     let phase = match class {
                         ErrorClass::Retryable => "Failed",
                         ErrorClass::Fatal => "Fatal",
                         ErrorClass::Configuration => "ConfigurationError",
                     };
-                    let seconds = ((now - run.started_at.unwrap_or(now)) as f64 / 1000.0).max(0.0);
                     run.phase = phase.into();
                     run.finished_at = Some(now);
-                    run.stats = serde_json::to_value(&stats).unwrap_or_default();
-                    self.store.put_run(&run).await?;
-                    self.store
-                        .release_run(&run.id, &self.config.instance)
-                        .await?;
                     self.metrics.run_finished(phase, seconds, 0, 0);
-                    self.emit(
-                        &run.transfer,
-                        Some(&run.id),
+                    (
                         "Warning",
                         "RunFailed",
                         format!(
@@ -949,10 +903,23 @@ impl Inner {
                         ),
                         json!({"phase": phase, "attempts": run.attempt, "error": error}),
                     )
-                    .await;
                 }
             }
-        }
+        };
+        run.stats = serde_json::to_value(&stats).unwrap_or_default();
+        self.store.put_run(&run).await?;
+        self.store
+            .release_run(&run.id, &self.config.instance)
+            .await?;
+        self.emit(
+            &run.transfer,
+            Some(&run.id),
+            severity,
+            reason,
+            message,
+            data,
+        )
+        .await;
         self.prune_history(&run.transfer, settings.as_ref()).await?;
         self.refresh_status(&run.transfer).await?;
         Ok(())

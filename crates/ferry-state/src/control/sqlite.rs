@@ -132,114 +132,92 @@ impl SqliteControlStore {
         Error::state(self.path.display(), e)
     }
 
-    /// Reads rows under the lock and decodes their JSON after releasing it.
+    /// Reads rows on a reading connection; the caller decodes their JSON after the
+    /// connection is free again.
+    fn fetch<T>(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.fail(e))?;
+        let rows = stmt.query_map(args, row).map_err(|e| self.fail(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.fail(e))
+    }
+
     fn transfer_where(
         &self,
         clause: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<TransferRecord>> {
-        let raw: Vec<Raw<TransferRecord>> = {
-            let conn = self.reader();
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {TRANSFER_COLUMNS} FROM transfers {clause}"
-                ))
-                .map_err(|e| self.fail(e))?;
-            let rows = stmt
-                .query_map(args, transfer_row)
-                .map_err(|e| self.fail(e))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(|e| self.fail(e))?
-        };
-        raw.into_iter().map(|r| r.decode(self)).collect()
+        let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers {clause}");
+        let rows = self.fetch(&sql, args, transfer_row)?;
+        rows.into_iter()
+            .map(|(mut t, [labels, manifest, status])| {
+                t.labels = serde_json::from_str(&labels).map_err(|e| self.fail(e))?;
+                t.manifest = self.parse(&manifest)?;
+                t.status = self.parse(&status)?;
+                Ok(t)
+            })
+            .collect()
     }
 
     fn run_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRecord>> {
-        let raw: Vec<Raw<RunRecord>> = {
-            let conn = self.reader();
-            let mut stmt = conn
-                .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
-                .map_err(|e| self.fail(e))?;
-            let rows = stmt.query_map(args, run_row).map_err(|e| self.fail(e))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(|e| self.fail(e))?
-        };
-        raw.into_iter().map(|r| r.decode(self)).collect()
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {clause}");
+        let rows = self.fetch(&sql, args, run_row)?;
+        rows.into_iter()
+            .map(|(mut r, stats)| {
+                r.stats = self.parse(&stats)?;
+                Ok(r)
+            })
+            .collect()
+    }
+
+    fn parse(&self, text: &str) -> Result<Value> {
+        serde_json::from_str(text).map_err(|e| self.fail(e))
     }
 }
 
-/// A row with its JSON columns still text.
-struct Raw<T> {
-    record: T,
-    json: Vec<(usize, String)>,
+/// A transfer row, its JSON columns (labels, manifest, status) still text.
+fn transfer_row(r: &Row<'_>) -> rusqlite::Result<(TransferRecord, [String; 3])> {
+    let record = TransferRecord {
+        name: r.get(0)?,
+        uid: r.get(1)?,
+        generation: r.get(2)?,
+        labels: BTreeMap::new(),
+        manifest: Value::Null,
+        phase: r.get(5)?,
+        status: Value::Null,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        next_due: r.get(9)?,
+    };
+    Ok((record, [r.get(3)?, r.get(4)?, r.get(6)?]))
 }
 
-impl Raw<TransferRecord> {
-    fn decode(mut self, store: &SqliteControlStore) -> Result<TransferRecord> {
-        for (i, text) in self.json.drain(..) {
-            match i {
-                0 => self.record.labels = serde_json::from_str(&text).map_err(|e| store.fail(e))?,
-                1 => self.record.manifest = parse(store, &text)?,
-                _ => self.record.status = parse(store, &text)?,
-            }
-        }
-        Ok(self.record)
-    }
-}
-
-impl Raw<RunRecord> {
-    fn decode(mut self, store: &SqliteControlStore) -> Result<RunRecord> {
-        if let Some((_, text)) = self.json.pop() {
-            self.record.stats = parse(store, &text)?;
-        }
-        Ok(self.record)
-    }
-}
-
-fn parse(store: &SqliteControlStore, text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| store.fail(e))
-}
-
-fn transfer_row(r: &Row<'_>) -> rusqlite::Result<Raw<TransferRecord>> {
-    Ok(Raw {
-        record: TransferRecord {
-            name: r.get(0)?,
-            uid: r.get(1)?,
-            generation: r.get(2)?,
-            labels: BTreeMap::new(),
-            manifest: Value::Null,
-            phase: r.get(5)?,
-            status: Value::Null,
-            created_at: r.get(7)?,
-            updated_at: r.get(8)?,
-            next_due: r.get(9)?,
-        },
-        json: vec![(0, r.get(3)?), (1, r.get(4)?), (2, r.get(6)?)],
-    })
-}
-
-fn run_row(r: &Row<'_>) -> rusqlite::Result<Raw<RunRecord>> {
-    Ok(Raw {
-        record: RunRecord {
-            id: r.get(0)?,
-            transfer: r.get(1)?,
-            transfer_uid: r.get(2)?,
-            generation: r.get(3)?,
-            phase: r.get(4)?,
-            trigger: r.get(5)?,
-            attempt: r.get(6)?,
-            scheduled_for: r.get(7)?,
-            not_before: r.get(8)?,
-            created_at: r.get(9)?,
-            started_at: r.get(10)?,
-            finished_at: r.get(11)?,
-            owner: r.get(12)?,
-            lease_until: r.get(13)?,
-            stats: Value::Null,
-            error: r.get(15)?,
-        },
-        json: vec![(0, r.get(14)?)],
-    })
+/// A run row, its stats still text.
+fn run_row(r: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+    let record = RunRecord {
+        id: r.get(0)?,
+        transfer: r.get(1)?,
+        transfer_uid: r.get(2)?,
+        generation: r.get(3)?,
+        phase: r.get(4)?,
+        trigger: r.get(5)?,
+        attempt: r.get(6)?,
+        scheduled_for: r.get(7)?,
+        not_before: r.get(8)?,
+        created_at: r.get(9)?,
+        started_at: r.get(10)?,
+        finished_at: r.get(11)?,
+        owner: r.get(12)?,
+        lease_until: r.get(13)?,
+        stats: Value::Null,
+        error: r.get(15)?,
+    };
+    Ok((record, r.get(14)?))
 }
 
 fn json(v: &impl serde::Serialize) -> String {
@@ -485,36 +463,29 @@ impl ControlStore for SqliteControlStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<EventRecord>> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT seq, transfer, run, time, severity, reason, message, data FROM events
-                 WHERE transfer = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(|e| self.fail(e))?;
-        let rows = stmt
-            .query_map(params![transfer, after, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    NewEvent {
-                        transfer: r.get(1)?,
-                        run: r.get(2)?,
-                        time: r.get(3)?,
-                        severity: r.get(4)?,
-                        reason: r.get(5)?,
-                        message: r.get(6)?,
-                        data: Value::Null,
-                    },
-                    r.get::<_, String>(7)?,
-                ))
+        let rows = self.fetch(
+            "SELECT seq, transfer, run, time, severity, reason, message, data FROM events
+             WHERE transfer = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            &[&transfer, &after, &(limit as i64)],
+            |r| {
+                let event = NewEvent {
+                    transfer: r.get(1)?,
+                    run: r.get(2)?,
+                    time: r.get(3)?,
+                    severity: r.get(4)?,
+                    reason: r.get(5)?,
+                    message: r.get(6)?,
+                    data: Value::Null,
+                };
+                Ok((r.get::<_, i64>(0)?, event, r.get::<_, String>(7)?))
+            },
+        )?;
+        rows.into_iter()
+            .map(|(seq, mut event, data)| {
+                event.data = self.parse(&data)?;
+                Ok(EventRecord { seq, event })
             })
-            .map_err(|e| self.fail(e))?;
-        rows.map(|row| {
-            let (seq, mut event, data) = row.map_err(|e| self.fail(e))?;
-            event.data = parse(self, &data)?;
-            Ok(EventRecord { seq, event })
-        })
-        .collect()
+            .collect()
     }
 }
 

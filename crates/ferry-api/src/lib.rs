@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+mod dataflows;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -47,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers/{name}/run", post(run_transfer))
         .route("/v1/transfers/{name}/runs", get(list_runs))
         .route("/v1/transfers/{name}/events", get(list_events))
+        .merge(dataflows::router())
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -65,9 +68,14 @@ pub fn app(state: AppState) -> Router {
     paths(
         list_transfers, create_transfer, get_transfer, replace_transfer, delete_transfer,
         suspend_transfer, resume_transfer, run_transfer, list_runs, list_events,
-        metrics, healthz, readyz
+        metrics, healthz, readyz,
+        dataflows::prepare, dataflows::start, dataflows::status, dataflows::suspend,
+        dataflows::resume, dataflows::terminate, dataflows::completed, dataflows::notified
     ),
-    components(schemas(TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase)),
+    components(schemas(TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase,
+        ferry_control::signaling::FlowMessage, ferry_control::signaling::FlowResponse,
+        ferry_control::signaling::FlowStatus, ferry_control::signaling::FlowState,
+        ferry_control::signaling::ReasonMessage)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -102,7 +110,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self {
             status,
             body: ApiErrorBody {
@@ -122,7 +130,23 @@ impl IntoResponse for ApiError {
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            ControlError::NotFound(_) | ControlError::Missing(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            ControlError::BadMessage(details) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                body: ApiErrorBody {
+                    error: format!(
+                        "the message is invalid: {}",
+                        details
+                            .iter()
+                            .map(|d| format!("{}: {}", d.field, d.message))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    details,
+                },
+            },
             ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             ControlError::Invalid(details) => ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,

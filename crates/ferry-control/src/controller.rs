@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::AbortHandle;
 
+use crate::dispatch::Dispatcher;
 use crate::execute::{self, Outcome, Tracker};
+use crate::signaling::{Callbacks, FlowEvent};
 use crate::metrics::{Metrics, Snapshot};
 use crate::resource::{
     parse_time, time_text, validate, EventView, FieldError, Phase, RunRef, RunStats, RunView,
@@ -49,6 +51,25 @@ pub struct ControlConfig {
     pub backoff: Backoff,
     /// Engine settings for every run (state directory and run key are set per run).
     pub copy: CopyOptions,
+    /// What this process does with runs.
+    pub role: Role,
+    /// Bearer token this process presents to other ferry processes (data planes, control
+    /// planes' callbacks).
+    pub peer_token: Option<String>,
+}
+
+/// What a process does with the runs in its store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// `ferry serve` alone: fires schedules and executes every run itself.
+    #[default]
+    Standalone,
+    /// A control plane with remote data planes: fires schedules and dispatches each run to
+    /// a data plane chosen by the selector; executes nothing.
+    Control,
+    /// `ferry dataplane`: executes the runs it is told to start (and its own runs after a
+    /// restart); fires no schedules.
+    Data,
 }
 
 impl ControlConfig {
@@ -65,6 +86,8 @@ impl ControlConfig {
             progress_interval: Duration::from_secs(1),
             max_active_runs: 4,
             backoff: Backoff::default(),
+            role: Role::Standalone,
+            peer_token: None,
         }
     }
 }
@@ -74,6 +97,12 @@ impl ControlConfig {
 pub enum ControlError {
     #[error("transfer '{0}' not found")]
     NotFound(String),
+    /// Something other than a transfer is missing; the text says what.
+    #[error("{0}")]
+    Missing(String),
+    /// A message (not a transfer) is malformed; each field at fault is listed.
+    #[error("the message is invalid")]
+    BadMessage(Vec<FieldError>),
     #[error("{0}")]
     Conflict(String),
     #[error("the transfer is invalid")]
@@ -90,28 +119,38 @@ pub struct Controller {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn ControlStore>,
-    config: ControlConfig,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn ControlStore>,
+    pub(crate) config: ControlConfig,
     secrets: SecretResolver,
     webhooks: Webhooks,
     metrics: Metrics,
     events: broadcast::Sender<EventRecord>,
-    active: Mutex<HashMap<String, Active>>,
+    pub(crate) active: Mutex<HashMap<String, Active>>,
     /// Serialises status rewrites, so two writers never interleave a read and a write.
     status_lock: tokio::sync::Mutex<()>,
-    wake: Notify,
+    pub(crate) wake: Notify,
     stopping: AtomicBool,
+    /// No new runs start here (a data plane draining before it stops).
+    pub(crate) draining: AtomicBool,
     /// True once the server stops taking requests: event streams end so connections close.
     closing: tokio::sync::watch::Sender<bool>,
     /// Parsed settings by (transfer uid, generation).
     settings: Mutex<HashMap<(String, i64), Settings>>,
+    /// Where to report the runs started through the signaling API, by run id.
+    pub(crate) callback_addresses: Mutex<HashMap<String, String>>,
+    pub(crate) callbacks: Callbacks,
+    dispatcher: Option<Dispatcher>,
 }
 
-struct Active {
-    transfer: String,
-    task: AbortHandle,
-    tracker: Arc<Tracker>,
+pub(crate) struct Active {
+    pub(crate) transfer: String,
+    pub(crate) task: AbortHandle,
+    pub(crate) tracker: Arc<Tracker>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub fn now_ms() -> i64 {
@@ -128,6 +167,9 @@ fn new_id(name: &str) -> String {
 
 const FAILED_PHASES: [&str; 4] = ["Failed", "Fatal", "ConfigurationError", "Cancelled"];
 
+/// A run stopped by the signaling API; it keeps its checkpoint and resumes when told to.
+pub(crate) const SUSPENDED: &str = "Suspended";
+
 impl Controller {
     pub fn new(
         store: Arc<dyn ControlStore>,
@@ -136,6 +178,7 @@ impl Controller {
         webhooks: Webhooks,
     ) -> Self {
         let (events, _) = broadcast::channel(1024);
+        let callbacks = Callbacks::start(config.peer_token.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -148,10 +191,51 @@ impl Controller {
                 status_lock: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
                 stopping: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
                 closing: tokio::sync::watch::Sender::new(false),
                 settings: Mutex::new(HashMap::new()),
+                callback_addresses: Mutex::new(HashMap::new()),
+                callbacks,
+                dispatcher: None,
             }),
         }
+    }
+
+    /// Dispatches runs to remote data planes instead of executing them (role `Control`).
+    pub fn with_dispatcher(self, dispatcher: Dispatcher) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_dispatcher is called before the controller is shared"));
+        inner.dispatcher = Some(dispatcher);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.inner.config
+    }
+
+    /// Runs executing in this process now.
+    pub fn active_runs(&self) -> usize {
+        lock(&self.inner.active).len()
+    }
+
+    /// Bytes per second over the runs executing here now.
+    pub fn bytes_per_second(&self) -> f64 {
+        lock(&self.inner.active)
+            .values()
+            .map(|a| a.tracker.bytes_per_second())
+            .sum()
+    }
+
+    /// Stops taking new runs; those executing go on. For a data plane draining before it
+    /// stops.
+    pub fn stop_taking_runs(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
     }
 
     pub fn store(&self) -> &Arc<dyn ControlStore> {
@@ -213,7 +297,21 @@ impl Controller {
     /// Creates a transfer; a one-time transfer (no schedule) gets its run at once.
     pub async fn create(&self, raw: Value) -> ControlResult<TransferView> {
         let manifest = validate(raw).map_err(ControlError::Invalid)?;
-        let inner = &self.inner;
+        let record = self.inner.create_record(&manifest).await?;
+        if manifest.settings.schedule.is_none() && !manifest.settings.suspend {
+            self.inner.new_run(&record, "created", None, None).await?;
+        }
+        self.get(&record.name).await
+    }
+}
+
+impl Inner {
+    /// Stores a new transfer, without runs.
+    pub(crate) async fn create_record(
+        &self,
+        manifest: &TransferManifest,
+    ) -> ControlResult<TransferRecord> {
+        let inner = self;
         let now = now_ms();
         let phase = if manifest.settings.suspend {
             Phase::Suspended
@@ -254,11 +352,11 @@ impl Controller {
                 json!({}),
             )
             .await;
-        if manifest.settings.schedule.is_none() && !manifest.settings.suspend {
-            inner.new_run(&record, "created", None).await?;
-        }
-        self.get(&record.name).await
+        Ok(record)
     }
+}
+
+impl Controller {
 
     /// Replaces the spec (and labels) of an existing transfer.
     pub async fn replace(&self, name: &str, raw: Value) -> ControlResult<TransferView> {
@@ -355,7 +453,7 @@ impl Controller {
     pub async fn run_now(&self, name: &str) -> ControlResult<RunView> {
         let inner = &self.inner;
         let record = inner.transfer(name).await?;
-        let run = inner.new_run(&record, "manual", None).await?;
+        let run = inner.new_run(&record, "manual", None, None).await?;
         Ok(RunView::of(&run))
     }
 
@@ -428,10 +526,6 @@ impl Controller {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// When the control loop must next look at a transfer: its schedule's next time after
 /// `after`, unless it has no schedule or is suspended.
 fn next_due(settings: &Settings, after: i64) -> Option<i64> {
@@ -446,7 +540,7 @@ fn next_schedule(settings: &Settings, after: i64) -> Option<String> {
     next_due(settings, after).map(time_text)
 }
 
-fn with_progress(stats: &Value, tracker: &Tracker) -> Value {
+pub(crate) fn with_progress(stats: &Value, tracker: &Tracker) -> Value {
     let mut s: RunStats = serde_json::from_value(stats.clone()).unwrap_or_default();
     s.progress = Some(tracker.progress());
     s.last_record_ms = tracker.last_advance_ms().or(s.last_record_ms);
@@ -454,7 +548,7 @@ fn with_progress(stats: &Value, tracker: &Tracker) -> Value {
 }
 
 impl Inner {
-    async fn transfer(&self, name: &str) -> ControlResult<TransferRecord> {
+    pub(crate) async fn transfer(&self, name: &str) -> ControlResult<TransferRecord> {
         self.store
             .get_transfer(name)
             .await?
@@ -502,7 +596,7 @@ impl Inner {
         view
     }
 
-    async fn emit(
+    pub(crate) async fn emit(
         &self,
         transfer: &str,
         run: Option<&str>,
@@ -537,14 +631,16 @@ impl Inner {
         }
     }
 
-    async fn new_run(
+    pub(crate) async fn new_run(
         &self,
         record: &TransferRecord,
         trigger: &str,
         scheduled_for: Option<i64>,
+        id: Option<String>,
     ) -> Result<RunRecord> {
         let now = now_ms();
-        let run = RunRecord::pending(new_id(&record.name), record, trigger, scheduled_for, now);
+        let id = id.unwrap_or_else(|| new_id(&record.name));
+        let run = RunRecord::pending(id, record, trigger, scheduled_for, now);
         self.store.put_run(&run).await?;
         self.emit(
             &record.name,
@@ -586,27 +682,54 @@ impl Inner {
                 .renew_leases(&self.config.instance, lease_until)
                 .await?;
         }
-        let due = self.store.due_transfers(now).await?;
+        let role = self.config.role;
         let mut unfinished = self.store.unfinished_runs().await?;
-        for record in &due {
-            let Some(settings) = self.settings(record) else {
-                continue;
-            };
-            if let Some(created) = self
-                .fire_schedule(record, &settings, &unfinished, now)
-                .await?
-            {
-                unfinished.push(created);
+        if role != Role::Data {
+            for record in &self.store.due_transfers(now).await? {
+                let Some(settings) = self.settings(record) else {
+                    continue;
+                };
+                // Of several control planes sharing the store, one fires each time.
+                let next = next_due(&settings, now);
+                let Some(due) = record.next_due else {
+                    continue;
+                };
+                if !self
+                    .store
+                    .claim_schedule(&record.name, &record.uid, due, next, now)
+                    .await?
+                {
+                    continue;
+                }
+                if let Some(created) = self
+                    .fire_schedule(record, &settings, &unfinished, now)
+                    .await?
+                {
+                    unfinished.push(created);
+                }
             }
         }
+        if role == Role::Control {
+            if let Some(dispatcher) = &self.dispatcher {
+                dispatcher.dispatch(&self, unfinished, now).await;
+            }
+            return Ok(());
+        }
         for run in unfinished {
-            if self.stopping.load(Ordering::SeqCst) {
+            if self.stopping.load(Ordering::SeqCst) || self.draining.load(Ordering::SeqCst) {
                 break;
             }
             if lock(&self.active).len() >= self.config.max_active_runs {
                 break;
             }
-            if lock(&self.active).contains_key(&run.id) || run.not_before.is_some_and(|t| t > now) {
+            if lock(&self.active).contains_key(&run.id)
+                || run.not_before.is_some_and(|t| t > now)
+                || run.phase == SUSPENDED
+            {
+                continue;
+            }
+            // A data plane executes what it is told to, and its own runs after a restart.
+            if role == Role::Data && run.owner.as_deref() != Some(&self.config.instance) {
                 continue;
             }
             let Some(claimed) = self
@@ -695,11 +818,14 @@ impl Inner {
                 }
             }
         }
-        self.new_run(record, "schedule", Some(at)).await.map(Some)
+        self.new_run(record, "schedule", Some(at), None)
+            .await
+            .map(Some)
     }
 
     async fn set_last_schedule(&self, record: &TransferRecord, at: i64) -> Result<()> {
         let _guard = self.status_lock.lock().await;
+        let now = now_ms();
         let Some(current) = self.store.get_transfer(&record.name).await? else {
             return Ok(());
         };
@@ -715,13 +841,13 @@ impl Inner {
                 &current.phase,
                 &serde_json::to_value(&status).unwrap_or_default(),
                 settings.as_ref().and_then(|s| next_due(s, at)),
-                now_ms(),
+                now,
             )
             .await?;
         Ok(())
     }
 
-    async fn finish_cancelled(&self, run: &RunRecord, why: &str) -> Result<()> {
+    pub(crate) async fn finish_cancelled(&self, run: &RunRecord, why: &str) -> Result<()> {
         if let Some(a) = lock(&self.active).remove(&run.id) {
             a.task.abort();
         }
@@ -749,7 +875,7 @@ impl Inner {
         self.refresh_status(&run.transfer).await
     }
 
-    fn spawn_run(self: Arc<Self>, run: RunRecord) {
+    pub(crate) fn spawn_run(self: Arc<Self>, run: RunRecord) {
         let tracker = Arc::new(Tracker::default());
         let id = run.id.clone();
         let transfer = run.transfer.clone();
@@ -820,6 +946,7 @@ impl Inner {
         )
         .await;
         self.refresh_status(&run.transfer).await?;
+        self.notify_flow(&run, &record, FlowEvent::Started);
 
         let reporter = {
             let this = self.clone();
@@ -920,6 +1047,11 @@ impl Inner {
             data,
         )
         .await;
+        if run.phase == "Succeeded" {
+            self.notify_flow(&run, &record, FlowEvent::Completed);
+        } else if run.finished() {
+            self.notify_flow(&run, &record, FlowEvent::Errored);
+        }
         self.prune_history(&run.transfer, settings.as_ref()).await?;
         self.refresh_status(&run.transfer).await?;
         Ok(())
@@ -991,8 +1123,11 @@ impl Inner {
     }
 
     /// Recomputes a transfer's status from its runs and spec.
-    async fn refresh_status(&self, name: &str) -> Result<()> {
+    pub(crate) async fn refresh_status(&self, name: &str) -> Result<()> {
         let _guard = self.status_lock.lock().await;
+        // Taken before reading: a status computed from older reads than another
+        // process's write is dropped by the store.
+        let now = now_ms();
         let Some(record) = self.store.get_transfer(name).await? else {
             return Ok(());
         };
@@ -1013,7 +1148,7 @@ impl Inner {
                     phase.as_str(),
                     &value,
                     due,
-                    now_ms(),
+                    now,
                 )
                 .await?;
         }
@@ -1157,7 +1292,7 @@ mod tests {
             .unwrap()
             .unwrap();
         record.created_at = T0;
-        let run = inner.new_run(&record, "schedule", Some(T0)).await.unwrap();
+        let run = inner.new_run(&record, "schedule", Some(T0), None).await.unwrap();
         (record, run)
     }
 

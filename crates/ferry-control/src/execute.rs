@@ -70,6 +70,15 @@ impl Tracker {
         }
     }
 
+    /// Bytes moved per second since the attempt planned its work.
+    pub fn bytes_per_second(&self) -> f64 {
+        let done = self.bytes_done.load(Ordering::Relaxed) as f64;
+        match self.started.get() {
+            Some(started) => done / started.elapsed().as_secs_f64().max(0.001),
+            None => 0.0,
+        }
+    }
+
     pub fn last_advance_ms(&self) -> Option<i64> {
         Some(self.last_advance.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }

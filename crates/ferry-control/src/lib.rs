@@ -7,6 +7,7 @@
 //! - [`schedule`], [`retry`], [`secrets`], [`webhook`], [`metrics`]: the parts it uses.
 
 pub mod controller;
+pub mod dispatch;
 pub mod execute;
 pub mod metrics;
 pub mod resource;
@@ -14,7 +15,8 @@ pub mod retry;
 pub mod schedule;
 pub mod secrets;
 pub mod selector;
+pub mod signaling;
 pub mod webhook;
 
-pub use controller::{ControlConfig, ControlError, ControlResult, Controller};
+pub use controller::{ControlConfig, ControlError, ControlResult, Controller, Role};
 pub use resource::{EventView, FieldError, Phase, RunView, TransferStatus, TransferView};

@@ -145,8 +145,36 @@ pub async fn transfers(store: &dyn ControlStore) {
     assert_eq!((got.phase.as_str(), &got.status), ("Running", &status));
     assert_eq!(got.updated_at, 3_000);
     assert_eq!(got.next_due, Some(5_000));
+    assert!(
+        !store
+            .set_status("orders", "u1", "Pending", &json!({}), None, 2_000)
+            .await
+            .unwrap(),
+        "a status computed before the last write is stale and dropped"
+    );
+    assert_eq!(
+        store.get_transfer("orders").await.unwrap().unwrap().phase,
+        "Running"
+    );
+    // Two control planes see the same due time; one fires it.
     assert!(store
-        .set_status("orders", "u1", "Suspended", &status, None, 3_500)
+        .claim_schedule("orders", "u1", 5_000, Some(8_000), 5_001)
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_schedule("orders", "u1", 5_000, Some(8_000), 5_002)
+        .await
+        .unwrap());
+    assert!(due(7_999).await.is_empty());
+    assert!(
+        !store
+            .set_status("orders", "u1", "Running", &status, Some(5_000), 5_000)
+            .await
+            .unwrap(),
+        "a status read before the schedule was claimed does not bring the due time back"
+    );
+    assert!(store
+        .set_status("orders", "u1", "Suspended", &status, None, 5_500)
         .await
         .unwrap());
     assert!(due(i64::MAX).await.is_empty(), "no next time, never due");

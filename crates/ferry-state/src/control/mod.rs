@@ -169,14 +169,26 @@ pub trait ControlStore: Send + Sync + 'static {
         labels: &BTreeMap<String, String>,
         now: i64,
     ) -> Result<Option<TransferRecord>>;
-    /// Sets phase, status and next due time of the transfer whose uid is `uid`; false when
-    /// it is gone.
+    /// Sets phase, status and next due time of the transfer whose uid is `uid`, as computed
+    /// from what was read at `now`; false when it is gone, or when it changed after `now`
+    /// (another process wrote a newer status, so this one is stale and dropped).
     async fn set_status(
         &self,
         name: &str,
         uid: &str,
         phase: &str,
         status: &Value,
+        next_due: Option<i64>,
+        now: i64,
+    ) -> Result<bool>;
+    /// Takes the schedule time `due` of the transfer whose uid is `uid` for this process:
+    /// moves `next_due` from `due` to `next_due`. False when another process took it first,
+    /// so of several control planes sharing the store exactly one fires each schedule time.
+    async fn claim_schedule(
+        &self,
+        name: &str,
+        uid: &str,
+        due: i64,
         next_due: Option<i64>,
         now: i64,
     ) -> Result<bool>;

@@ -105,6 +105,7 @@ enum Q {
     DueTransfers,
     ReplaceManifest,
     SetStatus,
+    ClaimSchedule,
     DeleteTransfer,
     PutRun,
     GetRun,
@@ -154,7 +155,11 @@ impl Q {
             ),
             Q::SetStatus => {
                 "UPDATE ferry_transfers SET phase = $3, status = $4, updated_at = $5, next_due = $6
-                 WHERE name = $1 AND uid = $2"
+                 WHERE name = $1 AND uid = $2 AND updated_at <= $5"
+            }
+            Q::ClaimSchedule => {
+                "UPDATE ferry_transfers SET next_due = $4, updated_at = GREATEST(updated_at, $5)
+                 WHERE name = $1 AND uid = $2 AND next_due = $3"
             }
             // Data-modifying CTEs all run, in one statement: one transaction.
             Q::DeleteTransfer => {
@@ -613,6 +618,20 @@ impl ControlStore for PostgresControlStore {
                 Q::SetStatus,
                 &[&name, &uid, &phase, &text(status), &now, &next_due],
             )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn claim_schedule(
+        &self,
+        name: &str,
+        uid: &str,
+        due: i64,
+        next_due: Option<i64>,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .execute(Q::ClaimSchedule, &[&name, &uid, &due, &next_due, &now])
             .await?;
         Ok(n == 1)
     }

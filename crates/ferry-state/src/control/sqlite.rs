@@ -302,9 +302,28 @@ impl ControlStore for SqliteControlStore {
             .conn()
             .prepare_cached(
                 "UPDATE transfers SET phase = ?3, status = ?4, updated_at = ?5, next_due = ?6
-                 WHERE name = ?1 AND uid = ?2",
+                 WHERE name = ?1 AND uid = ?2 AND updated_at <= ?5",
             )
             .and_then(|mut s| s.execute(params![name, uid, phase, json(status), now, next_due]))
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn claim_schedule(
+        &self,
+        name: &str,
+        uid: &str,
+        due: i64,
+        next_due: Option<i64>,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE transfers SET next_due = ?4, updated_at = MAX(updated_at, ?5)
+                 WHERE name = ?1 AND uid = ?2 AND next_due = ?3",
+            )
+            .and_then(|mut s| s.execute(params![name, uid, due, next_due, now]))
             .map_err(|e| self.fail(e))?;
         Ok(n == 1)
     }

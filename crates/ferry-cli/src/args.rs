@@ -42,6 +42,9 @@ enum Command {
     /// Run the service: REST API, durable transfers, schedules, retries and events, with
     /// an embedded data plane.
     Serve(crate::serve::ServeArgs),
+    /// Run a data plane: executes runs and serves the Dataplane Signaling API
+    /// (`/dataflows/…`), alone or registered with a control plane.
+    Dataplane(crate::dataplane::DataplaneArgs),
     /// Manage the transfers of a running `ferry serve`.
     Transfers(crate::client::TransfersArgs),
 }
@@ -188,7 +191,9 @@ impl Cli {
                 !rec.needed(&src, &dst)
             }
             Command::Verify(_) => true,
-            Command::Run(_) | Command::Serve(_) | Command::Transfers(_) => false,
+            Command::Run(_) | Command::Serve(_) | Command::Dataplane(_) | Command::Transfers(_) => {
+                false
+            }
         }
     }
 }
@@ -199,6 +204,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Verify(args) => verify(args).await,
         Command::Run(args) => run_manifest(args).await,
         Command::Serve(args) => crate::serve::serve(args).await,
+        Command::Dataplane(args) => crate::serve::dataplane(args).await,
         Command::Transfers(args) => crate::client::transfers(args).await,
     }
 }

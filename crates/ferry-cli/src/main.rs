@@ -2,6 +2,8 @@
 
 mod args;
 mod client;
+mod cluster;
+mod dataplane;
 mod output;
 mod serve;
 

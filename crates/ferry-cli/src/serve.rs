@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use ferry_api::AppState;
 use ferry_control::retry::Backoff;
 use ferry_control::secrets::{SecretResolver, SecretsConfig};
 use ferry_control::webhook::{WebhookConfig, Webhooks};
-use ferry_control::{ControlConfig, Controller};
+use ferry_control::{ControlConfig, Controller, Role};
 use ferry_core::{Error, Result};
 use ferry_state::control::{PostgresControlStore, SqliteControlStore};
 use ferry_state::ControlStore;
@@ -42,6 +41,14 @@ pub struct ServeArgs {
     /// Runs executed at once [default: 4; env FERRY_MAX_ACTIVE_RUNS].
     #[arg(long, value_name = "N")]
     max_active_runs: Option<usize>,
+    /// `standalone` (execute runs here, the default) or `control` (dispatch them to the
+    /// registered data planes) [env FERRY_ROLE].
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+    /// The URL other processes reach this one at, for data plane callbacks
+    /// [default: http://LISTEN; env FERRY_ADVERTISE_URL].
+    #[arg(long, value_name = "URL")]
+    advertise_url: Option<String>,
 }
 
 /// The settings file.
@@ -61,6 +68,20 @@ struct Settings {
     max_active_runs: Option<usize>,
     lease_seconds: Option<u64>,
     retry: Option<RetrySettings>,
+    /// `standalone` or `control` (`ferry serve`); `data` (`ferry dataplane`).
+    role: Option<String>,
+    /// The URL other processes reach this one at.
+    advertise_url: Option<String>,
+    /// Stable name of this process (the owner of the runs it claims); made once and kept
+    /// in the data directory when not set.
+    instance_id: Option<String>,
+    /// Data planes this control plane knows from its configuration, and the default
+    /// selection strategy.
+    #[serde(default)]
+    selector: ferry_control::selector::SelectorConfig,
+    /// `ferry dataplane`: how it registers with its control plane.
+    #[serde(default)]
+    dataplane: crate::dataplane::DataplaneSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +129,7 @@ impl ServeArgs {
         if env("FERRY_API_TOKEN").is_some() {
             s.tokens.push("env:FERRY_API_TOKEN".into());
         }
+        s.env_overrides()?;
         if let Some(v) = &self.listen {
             s.listen = Some(v.clone());
         }
@@ -120,7 +142,38 @@ impl ServeArgs {
         if let Some(v) = self.max_active_runs {
             s.max_active_runs = Some(v);
         }
+        if let Some(v) = &self.role {
+            s.role = Some(v.clone());
+        }
+        if let Some(v) = &self.advertise_url {
+            s.advertise_url = Some(v.clone());
+        }
         Ok(s)
+    }
+}
+
+impl Settings {
+    /// The settings every service process reads from `FERRY_*` variables.
+    fn env_overrides(&mut self) -> Result<()> {
+        for (name, field) in [
+            ("FERRY_ROLE", &mut self.role),
+            ("FERRY_ADVERTISE_URL", &mut self.advertise_url),
+            ("FERRY_INSTANCE_ID", &mut self.instance_id),
+        ] {
+            if let Some(v) = env(name) {
+                *field = Some(v);
+            }
+        }
+        if let Some(v) = env("FERRY_LEASE_SECONDS") {
+            self.lease_seconds = Some(
+                v.parse()
+                    .map_err(|_| bad("FERRY_LEASE_SECONDS", "not a number"))?,
+            );
+        }
+        self.selector
+            .merge_env(std::env::vars())
+            .map_err(|e| bad("FERRY_SELECTOR__…", e))?;
+        self.dataplane.env_overrides()
     }
 }
 
@@ -133,24 +186,73 @@ pub fn default_data_dir() -> PathBuf {
 
 pub async fn serve(args: ServeArgs) -> Result<u8> {
     let settings = args.settings()?;
-    let listen = settings.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let role = match settings.role.as_deref().unwrap_or("standalone") {
+        "standalone" => Role::Standalone,
+        "control" => Role::Control,
+        other => {
+            return Err(bad(
+                "role",
+                format!("'{other}' is not a role of ferry serve; use standalone or control"),
+            ))
+        }
+    };
+    run_service(settings, role, "ferry serve", DEFAULT_LISTEN, default_data_dir()).await
+}
+
+/// `ferry dataplane`: a data plane alone, or one of a control plane's.
+pub async fn dataplane(args: crate::dataplane::DataplaneArgs) -> Result<u8> {
+    let mut settings = ServeArgs {
+        config: args.config.clone(),
+        listen: args.listen.clone(),
+        data_dir: args.data_dir.clone(),
+        store: args.store.clone(),
+        max_active_runs: None,
+        role: None,
+        advertise_url: args.advertise_url.clone(),
+    }
+    .settings()?;
+    args.apply(&mut settings.dataplane)?;
+    if let Some(id) = &args.id {
+        settings.instance_id = Some(id.clone());
+    }
+    if let Some(n) = settings.dataplane.capacity {
+        settings.max_active_runs = Some(n as usize);
+    }
+    let data_dir = env("FERRY_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ferry_engine::options::default_state_dir().join("dataplane"));
+    run_service(
+        settings,
+        Role::Data,
+        "ferry dataplane",
+        crate::dataplane::DEFAULT_LISTEN,
+        data_dir,
+    )
+    .await
+}
+
+async fn run_service(
+    settings: Settings,
+    role: Role,
+    program: &str,
+    default_listen: &str,
+    default_dir: PathBuf,
+) -> Result<u8> {
+    let listen = settings.listen.as_deref().unwrap_or(default_listen);
     let addr: SocketAddr = listen.parse().map_err(|_| {
         bad(
             "listen",
             format!("'{listen}' is not an address like 127.0.0.1:8080"),
         )
     })?;
-    let data_dir = settings.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = settings.data_dir.clone().unwrap_or(default_dir);
     let shown = data_dir.display().to_string();
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::state(&shown, e))?;
 
     let store_url = settings.store.as_deref().unwrap_or("sqlite");
-    // One server per embedded store: a second one would execute the same runs.
-    let _lock = if store_url == "sqlite" {
-        Some(lock_data_dir(&data_dir)?)
-    } else {
-        None
-    };
+    // One process per data directory: a second one would be the same instance and
+    // execute the same runs.
+    let _lock = lock_data_dir(&data_dir, program)?;
     let store: Arc<dyn ControlStore> = if store_url == "sqlite" {
         Arc::new(SqliteControlStore::open(&data_dir)?)
     } else if store_url.starts_with("postgres://") || store_url.starts_with("postgresql://") {
@@ -162,7 +264,13 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
     let tokens = tokens(&settings.tokens, &data_dir)?;
     let webhooks = Webhooks::start(settings.webhooks.clone()).map_err(|e| bad("webhooks", e))?;
     let secrets = SecretResolver::new(settings.secrets.clone()).map_err(|e| bad("secrets", e))?;
-    let mut config = ControlConfig::new(data_dir.clone(), instance_id(&data_dir)?);
+    let instance = match &settings.instance_id {
+        Some(id) => id.clone(),
+        None => instance_id(&data_dir)?,
+    };
+    let mut config = ControlConfig::new(data_dir.clone(), instance.clone());
+    config.role = role;
+    config.peer_token = tokens.first().cloned();
     if let Some(n) = settings.max_active_runs {
         if n == 0 || n > 256 {
             return Err(bad("maxActiveRuns", "must be between 1 and 256"));
@@ -170,7 +278,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
         config.max_active_runs = n;
     }
     if let Some(s) = settings.lease_seconds {
-        config.lease = Duration::from_secs(s.clamp(5, 3600));
+        config.lease = Duration::from_secs(s.clamp(2, 3600));
     }
     if let Some(r) = &settings.retry {
         let d = Backoff::default();
@@ -185,35 +293,116 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
             factor: r.factor.unwrap_or(d.factor).clamp(1.0, 10.0),
         };
     }
-    let controller = Controller::new(store, config, secrets, webhooks);
+    let advertise = settings
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let registry = crate::cluster::registry(&settings.selector, &store).await?;
+    let mut controller = Controller::new(store, config, secrets, webhooks);
+    if role == Role::Control {
+        controller = controller.with_dispatcher(crate::cluster::dispatcher(
+            registry.clone(),
+            &settings.selector,
+            &advertise,
+            tokens.first().cloned(),
+        )?);
+    }
     let looping = controller.start();
+    let agent = if role == Role::Data && !settings.dataplane.control_planes.is_empty() {
+        Some(Arc::new(crate::dataplane::Agent::new(
+            &settings.dataplane,
+            &instance,
+            &advertise,
+            tokens.first().cloned(),
+        )?))
+    } else {
+        None
+    };
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| bad("listen", format!("cannot listen on {addr}: {e}")))?;
-    let app = ferry_api::app(AppState {
-        controller: controller.clone(),
-        tokens: Arc::new(tokens),
-    });
+    let app = crate::cluster::app(controller.clone(), Arc::new(tokens), registry);
     eprintln!(
-        "ferry serve: listening on http://{addr}, data in {shown}, store {}",
+        "{program}: listening on http://{addr} as {instance}, data in {shown}, store {}",
         if store_url == "sqlite" {
             "sqlite"
         } else {
             "postgres"
         }
     );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let closing = controller.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            closing.close_streams();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+                closing.close_streams();
+            })
+            .await
+    });
+    let beats = agent.as_ref().map(|agent| {
+        let (agent, controller) = (agent.clone(), controller.clone());
+        let every = settings.dataplane.heartbeat();
+        let capacity = settings.dataplane.capacity.unwrap_or(4);
+        tokio::spawn(async move {
+            let mut registered = false;
+            loop {
+                let result = if registered {
+                    agent
+                        .heartbeat(controller.active_runs(), controller.bytes_per_second(), capacity)
+                        .await
+                } else {
+                    agent.register().await
+                };
+                match result {
+                    Ok(()) if !registered => {
+                        registered = true;
+                        eprintln!("ferry dataplane: registered with the control plane");
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!("control plane: {e}"),
+                }
+                tokio::time::sleep(every).await;
+            }
         })
-        .await
-        .map_err(|e| Error::Internal(format!("the server stopped: {e}")))?;
-    eprintln!("ferry serve: stopping; running runs resume on the next start");
+    });
+
+    stop_signal().await;
+    if let Some(agent) = &agent {
+        // No new runs; those running finish (or, after the drain time, stop and resume
+        // elsewhere from their checkpoints); the registration goes last.
+        controller.stop_taking_runs();
+        if let Err(e) = agent.drain().await {
+            tracing::warn!("control plane: {e}");
+        }
+        let deadline = tokio::time::Instant::now() + settings.dataplane.drain();
+        if controller.active_runs() > 0 {
+            eprintln!(
+                "{program}: draining {} run(s)",
+                controller.active_runs()
+            );
+        }
+        while controller.active_runs() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!("{program}: stopping; running runs resume on the next start");
     controller.shutdown().await;
     looping.abort();
+    if let Some(beats) = beats {
+        beats.abort();
+    }
+    if let Some(agent) = &agent {
+        if let Err(e) = agent.deregister().await {
+            tracing::warn!("control plane: {e}");
+        }
+    }
+    let _ = stop_tx.send(());
+    server
+        .await
+        .map_err(|e| Error::Internal(format!("the server stopped: {e}")))?
+        .map_err(|e| Error::Internal(format!("the server stopped: {e}")))?;
     Ok(0)
 }
 
@@ -231,7 +420,7 @@ async fn stop_signal() {
     }
 }
 
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+fn lock_data_dir(dir: &Path, program: &str) -> Result<std::fs::File> {
     let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -244,7 +433,7 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
         Err(std::fs::TryLockError::WouldBlock) => Err(bad(
             "data dir",
             format!(
-                "{} is in use by another ferry serve; stop it or give --data-dir",
+                "{} is in use by another {program}; stop it or give --data-dir",
                 dir.display()
             ),
         )),
@@ -343,6 +532,8 @@ mod tests {
             data_dir: None,
             store: None,
             max_active_runs: None,
+            role: None,
+            advertise_url: None,
         };
         std::env::remove_var("FERRY_LISTEN");
         std::env::remove_var("FERRY_DATA_DIR");

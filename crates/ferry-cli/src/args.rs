@@ -61,6 +61,12 @@ struct RunControl {
     /// Where checkpoints are kept [default: $FERRY_STATE_DIR, else ~/.local/state/ferry].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Keep checkpoints in PostgreSQL instead of --state-dir, shared by every process that
+    /// uses the same database: a run killed on one machine continues on another.
+    /// postgres://user@host:port/database, password from PGPASSWORD
+    /// [default: $FERRY_STATE_URL].
+    #[arg(long, value_name = "URL")]
+    state_url: Option<String>,
     /// Show progress even when stderr is not a terminal (then as a plain line every 2 s).
     #[arg(long, overrides_with = "no_progress")]
     progress: bool,
@@ -280,6 +286,11 @@ impl RunControl {
             resume: !self.no_resume,
             dry_run: self.dry_run,
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            state_url: self.state_url.clone().or_else(|| {
+                std::env::var("FERRY_STATE_URL")
+                    .ok()
+                    .filter(|url| !url.is_empty())
+            }),
             ..base
         }
     }

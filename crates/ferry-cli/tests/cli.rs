@@ -12,6 +12,7 @@ const MIB: usize = 1024 * 1024;
 fn ferry(state: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.env("FERRY_STATE_DIR", state)
+        .env_remove("FERRY_STATE_URL")
         .env_remove("FERRY_FAILPOINT")
         .stdin(Stdio::null());
     cmd

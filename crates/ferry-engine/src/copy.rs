@@ -73,7 +73,7 @@ pub async fn copy(
         ));
     }
 
-    let state = Arc::new(StateStore::open(&opts.state_dir)?);
+    let state = Arc::new(opts.state_store()?);
     let run_id = run_id(src, dst, opts.checksum, opts.run_key.as_deref());
     if !opts.resume {
         discard_run(&state, &run_id, sink.as_ref(), &plan).await?;
@@ -161,7 +161,7 @@ pub fn forget_checkpoint(
     rec: &crate::RecordOptions,
     opts: &CopyOptions,
 ) -> Result<()> {
-    let state = StateStore::open(&opts.state_dir)?;
+    let state = opts.state_store()?;
     state.forget_run(&run_id(src, dst, opts.checksum, opts.run_key.as_deref()))?;
     state.forget_run(&crate::records::run_id(src, dst, rec, opts))
 }

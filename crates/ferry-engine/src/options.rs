@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use ferry_core::{ChecksumAlgo, Error, Result};
+use ferry_state::StateStore;
 
 pub const MIB: u64 = 1024 * 1024;
 
@@ -26,8 +27,12 @@ pub struct CopyOptions {
     pub dry_run: bool,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
-    /// Where checkpoints live.
+    /// Where checkpoints live, unless `state_url` is set.
     pub state_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://user@host:port/db`) to keep checkpoints in
+    /// instead of `state_dir`, so that processes on several machines share them: a run
+    /// interrupted on one continues on another.
+    pub state_url: Option<String>,
     /// Names the checkpoint apart from the two addresses: a service gives each run its own,
     /// so a new run starts afresh and a resumed one finds its own progress.
     pub run_key: Option<String>,
@@ -47,6 +52,7 @@ impl Default for CopyOptions {
             include: Vec::new(),
             exclude: Vec::new(),
             state_dir: default_state_dir(),
+            state_url: None,
             run_key: None,
         }
     }
@@ -78,7 +84,21 @@ impl CopyOptions {
                 "must be at least the part size",
             ));
         }
+        if let Some(url) = &self.state_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(Error::invalid_option(
+                    "--state-url",
+                    "expected postgres://user@host:port/database",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The checkpoint store these options name: PostgreSQL at `state_url` when set, else
+    /// the SQLite database in `state_dir`. Opened once per copy or transfer.
+    pub fn state_store(&self) -> Result<StateStore> {
+        StateStore::open_for(&self.state_dir, self.state_url.as_deref())
     }
 }
 
@@ -140,5 +160,12 @@ mod tests {
         let e = opts.validate().unwrap_err();
         assert!(e.to_string().contains("--part-size"));
         assert_eq!(e.exit_code(), 2);
+        let opts = CopyOptions {
+            state_url: Some("mysql://ferry:pw@db/state".into()),
+            ..CopyOptions::default()
+        };
+        let e = opts.validate().unwrap_err();
+        assert!(e.to_string().contains("--state-url"), "{e}");
+        assert!(!e.to_string().contains("pw"), "{e}");
     }
 }

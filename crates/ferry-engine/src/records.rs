@@ -227,7 +227,7 @@ pub async fn transfer(
         ));
     }
 
-    let state = Arc::new(StateStore::open(&opts.state_dir)?);
+    let state = Arc::new(opts.state_store()?);
     let run_id = run_id(src, dst, rec, opts);
     discard_uploads(&state, &run_id, sink.as_ref()).await?;
     if !opts.resume {

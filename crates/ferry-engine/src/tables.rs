@@ -330,7 +330,7 @@ async fn to_files(
         ));
     }
 
-    let state = Arc::new(StateStore::open(&opts.state_dir)?);
+    let state = Arc::new(opts.state_store()?);
     let run_id = run_id(src, dst, rec, opts);
     // Partitions done by an interrupted run are kept; after a run that finished, a new
     // one reads the table afresh.
@@ -524,7 +524,7 @@ async fn to_table(
         return Ok(done(&plan, report));
     }
 
-    let state = StateStore::open(&opts.state_dir)?;
+    let state = opts.state_store()?;
     let (size, version) = plan.fingerprint(&units);
     let previous = state
         .files(&run_id)?

@@ -1,6 +1,7 @@
 //! ferry's durable state.
 //!
-//! - [`StateStore`]: run checkpoints (files done, uploads in flight), embedded SQLite.
+//! - [`StateStore`]: run checkpoints (files done, uploads in flight), in embedded SQLite
+//!   or a shared PostgreSQL.
 //! - [`control`]: the service's transfers, runs and events, behind the [`ControlStore`]
 //!   trait, in embedded SQLite or a shared PostgreSQL.
 

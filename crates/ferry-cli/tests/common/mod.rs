@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 pub fn ferry(state: &Path, cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.env("FERRY_STATE_DIR", state)
+        .env_remove("FERRY_STATE_URL")
         .env_remove("FERRY_FAILPOINT")
         .current_dir(cwd)
         .stdin(Stdio::null());

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod conformance;
-mod postgres;
+pub(crate) mod postgres;
 mod sqlite;
 
 pub use postgres::PostgresControlStore;

@@ -264,7 +264,7 @@ impl PostgresControlStore {
     /// not encrypted yet, so `sslmode` must be `disable`, `allow` or `prefer`.
     pub async fn connect(url: &str) -> Result<Self> {
         let shown = shown(url);
-        let config = parse_config(url, &shown)?;
+        let config = parse_config(url, &shown, "--store", "the control store")?;
         let mut client = dial(&config, &shown).await?;
         create_schema(&mut client)
             .await
@@ -385,7 +385,7 @@ impl PostgresControlStore {
 }
 
 /// Where the store is, for messages: the URL with its password masked.
-fn shown(url: &str) -> String {
+pub(crate) fn shown(url: &str) -> String {
     // As tokio-postgres reads it: user and password run up to the first `@`.
     let start = url.find("://").map_or(0, |i| i + 3);
     let masked = match url[start..].find('@') {
@@ -403,9 +403,10 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// The session settings: the URL's, `PGPASSWORD` when it has no password, and `sslmode`
-/// checked here because the sessions are plain TCP.
-fn parse_config(url: &str, shown: &str) -> Result<Config> {
-    let invalid = |reason: String| Error::invalid_option("--store", reason);
+/// checked here because the sessions are plain TCP. Errors name `flag`, and `store` (e.g.
+/// "the control store") in the refusal of TLS.
+pub(crate) fn parse_config(url: &str, shown: &str, flag: &str, store: &str) -> Result<Config> {
+    let invalid = |reason: String| Error::invalid_option(flag, reason);
     let Some(rest) = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -435,7 +436,7 @@ fn parse_config(url: &str, shown: &str) -> Result<Config> {
         Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
             let origin = if from_env { "PGSSLMODE=" } else { "sslmode=" };
             return Err(invalid(format!(
-                "{origin}{mode}: TLS to the control store is not supported yet; \
+                "{origin}{mode}: TLS to {store} is not supported yet; \
                  use sslmode=disable or prefer"
             )));
         }
@@ -471,7 +472,7 @@ fn parse_config(url: &str, shown: &str) -> Result<Config> {
 
 /// Opens a session; a server that does not answer (or is starting or stopping) is
 /// unreachable, any other refusal (password, missing database) a state error.
-async fn dial(config: &Config, shown: &str) -> Result<Client> {
+pub(crate) async fn dial(config: &Config, shown: &str) -> Result<Client> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
         let unreachable = match e.as_db_error() {
             // 08: connection exception; 57: operator intervention (starting up, shutdown).
@@ -513,7 +514,7 @@ async fn create_schema(client: &mut Client) -> Result<(), tokio_postgres::Error>
 
 /// One line: PostgreSQL's message with its code, detail and hint, or the client error
 /// with its causes; never the password.
-fn describe(e: &tokio_postgres::Error, config: &Config) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error, config: &Config) -> String {
     let mut text = match e.as_db_error() {
         Some(db) => {
             let mut text = format!("{} ({})", db.message(), db.code().code());
@@ -1036,6 +1037,8 @@ mod tests {
         let config = parse_config(
             "postgres://app:pw?x@db:5432/shop?sslmode=prefer&application_name=tool",
             "shown",
+            "--store",
+            "the control store",
         )
         .unwrap();
         assert_eq!(config.get_password(), Some(&b"pw?x"[..]));

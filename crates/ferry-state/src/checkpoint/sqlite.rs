@@ -1,9 +1,4 @@
-//! Durable checkpoints for runs, in an embedded SQLite database.
-//!
-//! A checkpoint records, per run, which files are done (with their checksums and the
-//! destination version written) and, for files moving in parts, the upload id and every
-//! completed part. A later process reads it back to skip finished files and to continue
-//! interrupted uploads where they stopped.
+//! Checkpoints in an embedded SQLite database, `ferry.db` in the state directory.
 //!
 //! The database runs in WAL mode with `synchronous=NORMAL`: a commit is durable against a
 //! process crash (`kill -9`) and costs no fsync; after a power loss the newest commits may
@@ -15,6 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use ferry_core::{Error, PartToken, Result};
 use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{now, FileCheckpoint, UploadCheckpoint};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -47,44 +44,15 @@ CREATE TABLE IF NOT EXISTS parts (
 );
 ";
 
-/// What the checkpoint knows about one file of a run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileCheckpoint {
-    pub source_size: u64,
-    pub source_version: Option<String>,
-    pub done: bool,
-    /// Set while the file moves in parts.
-    pub upload: Option<UploadCheckpoint>,
-    /// The file's checksum (`algo:hex`), once done.
-    pub checksum: Option<String>,
-    /// The version the destination reported after the write, once done.
-    pub dest_version: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UploadCheckpoint {
-    pub upload_id: String,
-    pub part_size: u64,
-    /// Completed parts by index: the token to complete the upload with, and the part's checksum.
-    pub parts: BTreeMap<usize, (PartToken, Option<String>)>,
-}
-
 /// The checkpoint database in a state directory.
-pub struct StateStore {
+pub(super) struct SqliteCheckpoints {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
-impl StateStore {
+impl SqliteCheckpoints {
     /// Opens (creating if needed) `dir/ferry.db`.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(super) fn open(dir: &Path) -> Result<Self> {
         let shown = dir.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| Error::state(&shown, e))?;
         let path = dir.join("ferry.db");
@@ -100,7 +68,7 @@ impl StateStore {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -114,7 +82,7 @@ impl StateStore {
     }
 
     /// Records that run `id` copies `source` to `destination`; keeps its progress if known.
-    pub fn start_run(&self, id: &str, source: &str, destination: &str) -> Result<()> {
+    pub(super) fn start_run(&self, id: &str, source: &str, destination: &str) -> Result<()> {
         let t = now();
         self.conn()
             .execute(
@@ -127,7 +95,7 @@ impl StateStore {
         Ok(())
     }
 
-    pub fn finish_run(&self, id: &str, status: &str) -> Result<()> {
+    pub(super) fn finish_run(&self, id: &str, status: &str) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE runs SET status = ?2, updated_at = ?3 WHERE id = ?1",
@@ -138,7 +106,7 @@ impl StateStore {
     }
 
     /// Everything the checkpoint holds for run `id`, by file key.
-    pub fn files(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
+    pub(super) fn files(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
         let conn = self.conn();
         let mut out = BTreeMap::new();
         let mut stmt = conn
@@ -195,7 +163,7 @@ impl StateStore {
     }
 
     /// Records a started upload in parts, replacing whatever was known of the file.
-    pub fn begin_upload(
+    pub(super) fn begin_upload(
         &self,
         id: &str,
         key: &str,
@@ -223,7 +191,7 @@ impl StateStore {
     }
 
     /// Records a completed part (after the destination acknowledged it).
-    pub fn part_done(
+    pub(super) fn part_done(
         &self,
         id: &str,
         key: &str,
@@ -241,7 +209,7 @@ impl StateStore {
     }
 
     /// Records a file as complete at the destination; its parts are no longer needed.
-    pub fn file_done(
+    pub(super) fn file_done(
         &self,
         id: &str,
         key: &str,
@@ -269,7 +237,7 @@ impl StateStore {
     }
 
     /// Forgets one file (its upload was aborted or its source changed).
-    pub fn forget_file(&self, id: &str, key: &str) -> Result<()> {
+    pub(super) fn forget_file(&self, id: &str, key: &str) -> Result<()> {
         let conn = self.conn();
         conn.execute(
             "DELETE FROM parts WHERE run_id = ?1 AND key = ?2",
@@ -286,7 +254,7 @@ impl StateStore {
     }
 
     /// Forgets everything about run `id`.
-    pub fn forget_run(&self, id: &str) -> Result<()> {
+    pub(super) fn forget_run(&self, id: &str) -> Result<()> {
         self.conn()
             .execute_batch(&format!(
                 "DELETE FROM parts WHERE run_id = {0}; DELETE FROM files WHERE run_id = {0}; DELETE FROM runs WHERE id = {0};",
@@ -297,7 +265,7 @@ impl StateStore {
     }
 
     /// The status a run was last left in, if it is known.
-    pub fn run_status(&self, id: &str) -> Result<Option<String>> {
+    pub(super) fn run_status(&self, id: &str) -> Result<Option<String>> {
         self.conn()
             .query_row("SELECT status FROM runs WHERE id = ?1", params![id], |r| {
                 r.get(0)
@@ -309,77 +277,4 @@ impl StateStore {
 
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = StateStore::open(dir.path()).unwrap();
-            store.start_run("r1", "src", "dst").unwrap();
-            store
-                .begin_upload("r1", "big.bin", 100, Some("v1"), "up-1", 40)
-                .unwrap();
-            store
-                .part_done(
-                    "r1",
-                    "big.bin",
-                    0,
-                    &PartToken("t0".into()),
-                    Some("crc32c:00"),
-                )
-                .unwrap();
-            store
-                .part_done("r1", "big.bin", 2, &PartToken("t2".into()), None)
-                .unwrap();
-            store
-                .file_done(
-                    "r1",
-                    "small.txt",
-                    3,
-                    Some("v9"),
-                    Some("crc32c:01"),
-                    Some("e1"),
-                )
-                .unwrap();
-        }
-        let store = StateStore::open(dir.path()).unwrap();
-        let files = store.files("r1").unwrap();
-        let big = &files["big.bin"];
-        assert!(!big.done);
-        let upload = big.upload.as_ref().unwrap();
-        assert_eq!(upload.upload_id, "up-1");
-        assert_eq!(upload.part_size, 40);
-        assert_eq!(upload.parts.keys().copied().collect::<Vec<_>>(), vec![0, 2]);
-        assert_eq!(upload.parts[&0].0, PartToken("t0".into()));
-        let small = &files["small.txt"];
-        assert!(small.done);
-        assert_eq!(small.checksum.as_deref(), Some("crc32c:01"));
-        assert_eq!(small.dest_version.as_deref(), Some("e1"));
-        assert!(store.files("other").unwrap().is_empty());
-    }
-
-    #[test]
-    fn finishing_a_file_drops_its_parts_and_forgetting_a_run_drops_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        store.start_run("r'1", "s", "d").unwrap();
-        store.begin_upload("r'1", "k", 10, None, "u", 5).unwrap();
-        store
-            .part_done("r'1", "k", 0, &PartToken("a".into()), None)
-            .unwrap();
-        store
-            .file_done("r'1", "k", 10, None, Some("crc32c:ff"), None)
-            .unwrap();
-        let files = store.files("r'1").unwrap();
-        assert!(files["k"].done && files["k"].upload.is_none());
-        assert_eq!(store.run_status("r'1").unwrap().as_deref(), Some("running"));
-        store.forget_run("r'1").unwrap();
-        assert!(store.files("r'1").unwrap().is_empty());
-        assert_eq!(store.run_status("r'1").unwrap(), None);
-    }
 }

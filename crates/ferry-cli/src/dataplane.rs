@@ -185,7 +185,11 @@ impl Agent {
         url: &str,
         token: Option<String>,
     ) -> Result<Self> {
-        let nonce = format!("{:016x}", rand::random::<u64>());
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // Tells this process's registration from a later one's under the same id.
+        let nonce = format!("{:x}-{:x}", started.as_nanos(), std::process::id());
         let registration = json!({
             "id": id,
             "url": url,
@@ -238,7 +242,7 @@ impl Agent {
         }
         Err(Error::Unreachable {
             address: "control plane".into(),
-            reason: last,
+            detail: last,
         })
     }
 

@@ -170,7 +170,7 @@ impl Settings {
                     .map_err(|_| bad("FERRY_LEASE_SECONDS", "not a number"))?,
             );
         }
-        self.selector
+        self.selector = std::mem::take(&mut self.selector)
             .merge_env(std::env::vars())
             .map_err(|e| bad("FERRY_SELECTOR__…", e))?;
         self.dataplane.env_overrides()
@@ -270,6 +270,10 @@ async fn run_service(
     };
     let mut config = ControlConfig::new(data_dir.clone(), instance.clone());
     config.role = role;
+    if store_url != "sqlite" {
+        // Checkpoints go where the runs are, so any process can take a run over.
+        config.copy.state_url = Some(store_url.to_string());
+    }
     config.peer_token = tokens.first().cloned();
     if let Some(n) = settings.max_active_runs {
         if n == 0 || n > 256 {

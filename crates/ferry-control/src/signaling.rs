@@ -486,21 +486,26 @@ impl Controller {
 
     async fn start_existing(&self, run: RunRecord, ids: &Checked) -> ControlResult<FlowResponse> {
         let inner = self.inner();
-        let here = lock(&inner.active).contains_key(&run.id);
-        if here || run.finished() || run.phase == SUSPENDED {
-            // Sent again (or late): the flow as it is.
-            return Ok(self.run_response(&run));
-        }
+        // A flow another control plane started takes one start message: the same one
+        // again gets the flow's state, another is refused.
         if let Some(record) = self.store().get_transfer(&run.transfer).await? {
-            let sent_again = annotation(&record, MESSAGE_ID) == Some(ids.message_id.as_str());
             let external = annotation(&record, PROCESS_ID).is_some();
-            if external && !sent_again && run.owner.as_deref() != Some(&inner.config.instance) {
+            let sent_again = annotation(&record, MESSAGE_ID) == Some(ids.message_id.as_str());
+            if external && !sent_again {
                 return Err(ControlError::Conflict(format!(
                     "data flow '{}' exists already ({:?}); a start is accepted once per processId",
                     run.id,
                     FlowState::of(&run)
                 )));
             }
+            if external {
+                return Ok(self.run_response(&run));
+            }
+        }
+        // A run a ferry control plane dispatched: started here unless it runs here already.
+        let here = lock(&inner.active).contains_key(&run.id);
+        if here || run.finished() || run.phase == SUSPENDED {
+            return Ok(self.run_response(&run));
         }
         self.claim_and_spawn(run).await
     }

@@ -2,7 +2,9 @@
 //! makes the process announce on stderr that it reached the point, then hang, so a test
 //! can SIGKILL it at a known place instead of guessing with timers. `wait-after-batches:N`
 //! announces, then waits for a line on stdin, so a test can break something (a database
-//! connection) and let the run go on. Unset, it costs one relaxed atomic increment.
+//! connection) and let the run go on. `pause-once-after-files:N` hangs only the Nth file,
+//! once, so a run that is stopped and started again in the same process finishes. Unset,
+//! each costs a relaxed atomic increment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -62,7 +64,18 @@ pub async fn part_recorded() {
 /// Called after a whole file is durably recorded in the checkpoint.
 pub async fn file_recorded() {
     hit("pause-after-files", &FILES).await;
+    // Only the Nth file's task pauses, once per process: the run cannot finish until it is
+    // stopped (suspended, interrupted), and when it starts again nothing pauses.
+    let count = ONCE_FILES.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some((name, n)) = setting() {
+        if name == "pause-once-after-files" && count == *n {
+            eprintln!("{REACHED}: {name}:{n}");
+            futures::future::pending::<()>().await;
+        }
+    }
 }
+
+static ONCE_FILES: AtomicU64 = AtomicU64::new(0);
 
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 

@@ -1,0 +1,183 @@
+//! A control plane speaking the Dataplane Signaling protocol drives a `ferry dataplane`
+//! process: it starts, suspends, resumes, terminates and completes flows, and hears of
+//! them at its callback address.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::service::{free_port, Callbacks, Service};
+use serde_json::{json, Value};
+
+fn dataplane(root: &Path, failpoint: Option<&str>) -> Service {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["dataplane", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(root.join("dp"))
+        .current_dir(root)
+        .env_remove("FERRY_CONTROL_PLANE")
+        .env_remove("FERRY_FAILPOINT");
+    if let Some(fp) = failpoint {
+        cmd.env("FERRY_FAILPOINT", fp);
+    }
+    Service::start(cmd, port)
+}
+
+fn files(root: &Path, dir: &str, count: u64, size: usize) {
+    std::fs::create_dir_all(root.join(dir)).unwrap();
+    for i in 0..count {
+        std::fs::write(
+            root.join(format!("{dir}/part-{i}.bin")),
+            ferry_connectors::testkit::bytes(size, i),
+        )
+        .unwrap();
+    }
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let mut names: Vec<_> = std::fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty());
+    for name in names {
+        assert_eq!(
+            std::fs::read(a.join(&name)).unwrap(),
+            std::fs::read(b.join(&name)).unwrap(),
+            "{name:?}"
+        );
+    }
+}
+
+fn start_message(process: &str, message: &str, callback: u16, src: &str, dst: &str) -> Value {
+    json!({
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "messageId": message,
+        "participantId": "provider",
+        "counterPartyId": "consumer",
+        "dataspaceContext": "test",
+        "processId": process,
+        "agreementId": "agreement-1",
+        "datasetId": "dataset-1",
+        "callbackAddress": format!("http://127.0.0.1:{callback}/signaling"),
+        "transferType": {"destinationType": "file", "flowType": "PUSH"},
+        "sourceDataAddress": {"@type": "DataAddress", "type": "file", "endpoint": src},
+        "dataAddress": {"@type": "DataAddress", "endpointType": "file",
+                        "endpointProperties": [{"name": "path", "value": dst}]}
+    })
+}
+
+#[test]
+fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    files(root, "in", 12, 200_000);
+    let dp = dataplane(root, Some("pause-once-after-files:3"));
+    let mut cp = Callbacks::start();
+
+    // Start: the flow moves data until the third file, where it hangs.
+    let start = start_message("process-1", "m-1", cp.port, "in/", "out/");
+    let (status, flow) = dp.call("POST", "/dataflows/start", Some(&start));
+    assert_eq!(status, 200, "{flow}");
+    assert_eq!(flow["state"], "STARTED");
+    assert_eq!(flow["processId"], "process-1");
+    assert!(flow["dataplaneId"].as_str().is_some_and(|id| !id.is_empty()));
+    dp.wait_line("failpoint reached");
+    let started = cp.wait("/transfers/process-1/dataflow/started");
+    assert_eq!(started["state"], "STARTED");
+
+    // The same message again gets the same answer; another start of the process is refused.
+    let (status, again) = dp.call("POST", "/dataflows/start", Some(&start));
+    assert_eq!((status, &again["state"]), (200, &json!("STARTED")), "{again}");
+    let other = start_message("process-1", "m-2", cp.port, "in/", "out/");
+    let (status, refused) = dp.call("POST", "/dataflows/start", Some(&other));
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("process-1"));
+
+    // Suspend: it stops, keeps its checkpoint, holds no lease.
+    let (status, suspended) = dp.call(
+        "POST",
+        "/dataflows/process-1/suspend",
+        Some(&json!({"reason": "maintenance"})),
+    );
+    assert_eq!((status, &suspended["state"]), (200, &json!("SUSPENDED")), "{suspended}");
+    let (_, st) = dp.call("GET", "/dataflows/process-1/status", None);
+    assert_eq!(st["state"], "SUSPENDED", "{st}");
+    assert_eq!(st["run"]["phase"], "Suspended", "{st}");
+    assert!(st["run"].get("owner").is_none_or(Value::is_null), "{st}");
+    let (status, _) = dp.call("POST", "/dataflows/process-1/suspend", None);
+    assert_eq!(status, 200, "suspending twice is harmless");
+
+    // Resume: it continues from its checkpoint and completes.
+    let (status, resumed) = dp.call("POST", "/dataflows/process-1/resume", None);
+    assert_eq!((status, &resumed["state"]), (200, &json!("STARTED")), "{resumed}");
+    let completed = cp.wait("/transfers/process-1/dataflow/completed");
+    assert_eq!(completed["state"], "COMPLETED", "{completed}");
+    same_tree(&root.join("in"), &root.join("out"));
+    let (_, st) = dp.call("GET", "/dataflows/process-1", None);
+    assert_eq!(st["state"], "COMPLETED", "{st}");
+    let (_, events) = dp.call("GET", &format!("/v1/transfers/{}/events", st["transfer"].as_str().unwrap()), None);
+    let reasons: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    for reason in ["RunStarted", "RunSuspended", "RunResumed", "RunSucceeded"] {
+        assert!(reasons.contains(&reason), "{reason} in {reasons:?}");
+    }
+    let (status, done) = dp.call("POST", "/dataflows/process-1/completed", None);
+    assert_eq!((status, &done["state"]), (200, &json!("COMPLETED")), "{done}");
+    let (status, _) = dp.call("POST", "/dataflows/process-1/terminate", None);
+    assert_eq!(status, 409, "a completed flow stays completed");
+
+    // Terminate a flow that cannot reach its destination and keeps retrying.
+    let mut unreachable = start_message("process-2", "m-3", cp.port, "in/", "x");
+    unreachable["dataAddress"] = json!({"type": "s3", "bucket": "b", "key": "out/",
+        "endpoint": "http://127.0.0.1:9", "storeOptions": {"allow_http": "true",
+        "skip_signature": "true"}});
+    let (status, flow) = dp.call("POST", "/dataflows/start", Some(&unreachable));
+    assert_eq!(status, 200, "{flow}");
+    let (status, ended) = dp.call(
+        "POST",
+        "/dataflows/process-2/terminate",
+        Some(&json!({"reason": "contract ended"})),
+    );
+    assert_eq!((status, &ended["state"]), (200, &json!("TERMINATED")), "{ended}");
+    assert!(ended["error"].as_str().unwrap().contains("contract ended"), "{ended}");
+    let (status, _) = dp.call("POST", "/dataflows/process-2/resume", None);
+    assert_eq!(status, 409, "a terminated flow stays terminated");
+    let (status, again) = dp.call("POST", "/dataflows/process-2/terminate", None);
+    assert_eq!((status, &again["state"]), (200, &json!("TERMINATED")));
+
+    // Prepare, then start with another message: the prepared flow runs.
+    let prepare = start_message("process-3", "m-4", cp.port, "in/", "out3/");
+    let (status, prepared) = dp.call("POST", "/dataflows/prepare", Some(&prepare));
+    assert_eq!((status, &prepared["state"]), (200, &json!("PREPARED")), "{prepared}");
+    let (_, st) = dp.call("GET", "/dataflows/process-3/status", None);
+    assert_eq!(st["state"], "PREPARED");
+    let start3 = start_message("process-3", "m-5", cp.port, "in/", "out3/");
+    let (status, _) = dp.call("POST", "/dataflows/start", Some(&start3));
+    assert_eq!(status, 200);
+    cp.wait("/transfers/process-3/dataflow/completed");
+    same_tree(&root.join("in"), &root.join("out3"));
+
+    // Bad messages name the field at fault; unknown flows are 404.
+    let (status, bad) = dp.call("POST", "/dataflows/start", Some(&json!({"messageId": "m"})));
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("processId"), "{bad}");
+    let mut wrong = start_message("process-4", "m-6", cp.port, "in/", "out4/");
+    wrong["dataAddress"]["endpointType"] = json!("ftp");
+    let (status, bad) = dp.call("POST", "/dataflows/start", Some(&wrong));
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["details"][0]["field"], "dataAddress.type", "{bad}");
+    let (status, bad) = dp.call("POST", "/dataflows/start", Some(&json!("not a message")));
+    assert_eq!(status, 400, "{bad}");
+    let (status, _) = dp.call("GET", "/dataflows/nope/status", None);
+    assert_eq!(status, 404);
+    let (status, _) = dp.call("POST", "/dataflows/nope/suspend", None);
+    assert_eq!(status, 404);
+}

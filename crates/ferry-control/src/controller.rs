@@ -548,6 +548,10 @@ pub(crate) fn with_progress(stats: &Value, tracker: &Tracker) -> Value {
 }
 
 impl Inner {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     pub(crate) async fn transfer(&self, name: &str) -> ControlResult<TransferRecord> {
         self.store
             .get_transfer(name)
@@ -676,8 +680,9 @@ impl Inner {
     async fn tick(self: Arc<Self>) -> Result<()> {
         let now = now_ms();
         let lease_until = now + self.config.lease.as_millis() as i64;
-        // Claims are held only by runs executing here; nothing to renew when none are.
-        if !lock(&self.active).is_empty() {
+        // Claims are held by runs executing here, and on a data plane by runs queued for
+        // it; nothing to renew otherwise.
+        if !lock(&self.active).is_empty() || self.config.role == Role::Data {
             self.store
                 .renew_leases(&self.config.instance, lease_until)
                 .await?;
@@ -880,6 +885,10 @@ impl Inner {
         let id = run.id.clone();
         let transfer = run.transfer.clone();
         let mut active = lock(&self.active);
+        // Started here already (the control loop and a start message can meet).
+        if active.contains_key(&id) {
+            return;
+        }
         let this = self.clone();
         let t = tracker.clone();
         let task = tokio::spawn(async move {

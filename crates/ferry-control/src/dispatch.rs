@@ -1,14 +1,265 @@
 //! A control plane's dispatch of runs to remote data planes.
+//!
+//! Each tick, every run that waits to execute and that no data plane holds is given to
+//! one: the selector picks a data plane that can handle it, the control plane claims the
+//! run in the shared store in that data plane's name (so no other control plane sends it
+//! elsewhere, and the claim ends with the lease if the data plane never takes it), then
+//! sends it a Dataplane Signaling `start`. A data plane that cannot be reached is marked
+//! unavailable and the run goes to another on the next tick. A data plane that dies
+//! mid-run stops renewing its lease; when the lease ends, the run is dispatched again and
+//! resumes from its checkpoint wherever it lands.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use ferry_state::RunRecord;
+use ferry_core::{Error, Result};
+use ferry_state::{RunRecord, TransferRecord};
+use serde_json::{json, Value};
 
-use crate::controller::Inner;
+use crate::controller::{lock, now_ms, Inner, SUSPENDED};
+use crate::selector::{DataPlaneRegistry, InstanceState, RegistryError, RunRequest};
 
 /// Chooses a data plane for each run waiting to execute and tells it to start.
-pub struct Dispatcher {}
+pub struct Dispatcher {
+    registry: Arc<dyn DataPlaneRegistry>,
+    client: reqwest::Client,
+    token: Option<String>,
+    /// Where data planes report back: `{advertised URL}/v1/signaling`.
+    callback_address: String,
+    /// Runs already told that no data plane is available, so the event is written once.
+    waiting: Mutex<HashSet<String>>,
+}
 
 impl Dispatcher {
-    pub(crate) async fn dispatch(&self, _inner: &Arc<Inner>, _runs: Vec<RunRecord>, _now: i64) {}
+    /// `advertised` is the URL data planes reach this control plane at; `token` is what
+    /// it presents to them.
+    pub fn new(
+        registry: Arc<dyn DataPlaneRegistry>,
+        advertised: &str,
+        token: Option<String>,
+    ) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| Error::Internal(format!("no HTTP client: {e}")))?;
+        Ok(Self {
+            registry,
+            client,
+            token,
+            callback_address: format!("{}/v1/signaling", advertised.trim_end_matches('/')),
+            waiting: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<dyn DataPlaneRegistry> {
+        &self.registry
+    }
+
+    pub(crate) async fn dispatch(&self, inner: &Arc<Inner>, runs: Vec<RunRecord>, now: i64) {
+        for run in runs {
+            if inner.stopping() {
+                break;
+            }
+            let held = run.owner.is_some() && run.lease_until.is_some_and(|t| t > now);
+            if held || run.phase == SUSPENDED || run.not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            if let Err(e) = self.dispatch_one(inner, &run).await {
+                tracing::warn!("run {}: dispatch: {e}", run.id);
+            }
+        }
+    }
+
+    async fn dispatch_one(&self, inner: &Arc<Inner>, run: &RunRecord) -> Result<()> {
+        let Some(record) = inner.store.get_transfer(&run.transfer).await? else {
+            return Ok(());
+        };
+        let (request, strategy) = run_request(&record);
+        let started = Instant::now();
+        let selection = match self.registry.select(&request, strategy.as_deref()).await {
+            Ok(selection) => selection,
+            Err(RegistryError::NoInstance(none)) => {
+                return self.no_data_plane(inner, run, &request, &none.reason).await;
+            }
+            Err(RegistryError::UnknownStrategy(e)) => {
+                return self
+                    .fail(inner, run, &format!("spec.dataPlane.strategy: {e}"))
+                    .await;
+            }
+            Err(e) => return Err(Error::Internal(e.to_string())),
+        };
+        let selected = started.elapsed();
+        let dp = selection.instance;
+        let now = now_ms();
+        let lease_until = now + inner.config.lease.as_millis() as i64;
+        // In the data plane's name: another control plane leaves it alone, and the data
+        // plane's own claim holds at once.
+        let Some(claimed) = inner
+            .store
+            .claim_run(&run.id, &dp.id, lease_until, now)
+            .await?
+        else {
+            return Ok(());
+        };
+        if claimed.phase == SUSPENDED || claimed.finished() {
+            inner.store.release_run(&run.id, &dp.id).await?;
+            return Ok(());
+        }
+        let message = json!({
+            "messageId": format!("{}-{}-{now:x}", run.id, run.attempt),
+            "processId": run.id,
+            "participantId": inner.config.instance,
+            "counterPartyId": dp.id,
+            "dataspaceContext": "ferry",
+            "agreementId": run.transfer,
+            "datasetId": run.transfer,
+            "callbackAddress": self.callback_address,
+            "transferType": {"destinationType": request.destination_type, "flowType": "PUSH"},
+        });
+        let url = format!("{}/dataflows/start", dp.url.trim_end_matches('/'));
+        let mut post = self.client.post(&url).json(&message);
+        if let Some(token) = &self.token {
+            post = post.bearer_auth(token);
+        }
+        let answer = post.send().await;
+        let total = started.elapsed();
+        let refused = match answer {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => {
+                let status = r.status();
+                let body: Value = r.json().await.unwrap_or_default();
+                Some(format!(
+                    "data plane '{}' refused the run ({status}): {}",
+                    dp.id,
+                    body["error"].as_str().unwrap_or("no reason given")
+                ))
+            }
+            Err(e) => {
+                // Unreachable: no more runs for it until it says it is back.
+                let _ = self
+                    .registry
+                    .set_state(&dp.id, InstanceState::Unavailable)
+                    .await;
+                Some(format!(
+                    "data plane '{}' at {} is unreachable, marked unavailable: {}",
+                    dp.id,
+                    dp.url,
+                    ferry_core::error::one_line(&e.to_string())
+                ))
+            }
+        };
+        if let Some(why) = refused {
+            inner.store.release_run(&run.id, &dp.id).await?;
+            inner
+                .emit(
+                    &run.transfer,
+                    Some(&run.id),
+                    "Warning",
+                    "DispatchFailed",
+                    format!("run {}: {why}; it goes to another data plane", run.id),
+                    json!({"dataPlane": dp.id}),
+                )
+                .await;
+            return Ok(());
+        }
+        lock(&self.waiting).remove(&run.id);
+        inner
+            .emit(
+                &run.transfer,
+                Some(&run.id),
+                "Normal",
+                "RunDispatched",
+                format!(
+                    "run {} sent to data plane '{}' ({})",
+                    run.id, dp.id, selection.strategy
+                ),
+                json!({"dataPlane": dp.id, "strategy": selection.strategy,
+                       "selectMs": selected.as_secs_f64() * 1000.0,
+                       "dispatchMs": total.as_secs_f64() * 1000.0}),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// No data plane takes the run now. If some registered one could handle it once it is
+    /// back, the run waits; if none could, it fails with the reason.
+    async fn no_data_plane(
+        &self,
+        inner: &Arc<Inner>,
+        run: &RunRecord,
+        request: &RunRequest,
+        reason: &str,
+    ) -> Result<()> {
+        let registered = self
+            .registry
+            .list()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let could = registered.iter().any(|dp| {
+            let mut available = dp.clone();
+            available.state = InstanceState::Available;
+            available.can_handle(request)
+        });
+        if !could {
+            return self.fail(inner, run, reason).await;
+        }
+        if lock(&self.waiting).insert(run.id.clone()) {
+            inner
+                .emit(
+                    &run.transfer,
+                    Some(&run.id),
+                    "Warning",
+                    "NoDataPlaneAvailable",
+                    format!("run {} waits for a data plane: {reason}", run.id),
+                    json!({}),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Ends a run that no data plane can ever execute as it stands.
+    async fn fail(&self, inner: &Arc<Inner>, run: &RunRecord, reason: &str) -> Result<()> {
+        let mut run = run.clone();
+        run.phase = "ConfigurationError".into();
+        run.finished_at = Some(now_ms());
+        run.error = Some(reason.to_string());
+        inner.store.put_run(&run).await?;
+        lock(&self.waiting).remove(&run.id);
+        inner
+            .emit(
+                &run.transfer,
+                Some(&run.id),
+                "Warning",
+                "RunFailed",
+                format!("run {} failed (ConfigurationError): {reason}", run.id),
+                json!({"phase": "ConfigurationError", "error": reason}),
+            )
+            .await;
+        inner.refresh_status(&run.transfer).await
+    }
+}
+
+/// What a transfer's runs need from a data plane, and the strategy it asks for.
+pub fn run_request(record: &TransferRecord) -> (RunRequest, Option<String>) {
+    let spec = &record.manifest["spec"];
+    let kind = |side: &str| {
+        spec[side]["type"]
+            .as_str()
+            .map(|t| crate::selector::canonical_type(t).unwrap_or(t).to_string())
+            .unwrap_or_default()
+    };
+    let mut request = RunRequest::new(kind("source"), kind("destination"));
+    if let Some(labels) = spec["dataPlane"]["labels"].as_object() {
+        for (k, v) in labels {
+            if let Some(v) = v.as_str() {
+                request = request.with_label(k.clone(), v);
+            }
+        }
+    }
+    request.transfer = Some(record.name.clone());
+    let strategy = spec["dataPlane"]["strategy"].as_str().map(str::to_string);
+    (request, strategy)
 }

@@ -105,7 +105,8 @@ pub struct Settings {
     pub failed_history: u32,
 }
 
-const SPEC_FIELDS: [&str; 10] = [
+const SPEC_FIELDS: [&str; 11] = [
+    "dataPlane",
     "source",
     "destination",
     "transformation",
@@ -285,6 +286,40 @@ fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
         )),
     }
 
+    match spec.get("dataPlane") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(dp)) => {
+            for (key, value) in dp {
+                let ok = match key.as_str() {
+                    "labels" => value
+                        .as_object()
+                        .is_some_and(|m| m.values().all(Value::is_string)),
+                    "strategy" => value.as_str().is_some_and(|s| !s.trim().is_empty()),
+                    _ => {
+                        errors.push(FieldError::new(
+                            format!("spec.dataPlane.{key}"),
+                            "unknown field; use labels or strategy",
+                        ));
+                        continue;
+                    }
+                };
+                if !ok {
+                    errors.push(FieldError::new(
+                        format!("spec.dataPlane.{key}"),
+                        if key == "labels" {
+                            "must be a map of strings"
+                        } else {
+                            "must be the name of a selection strategy"
+                        },
+                    ));
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new(
+            "spec.dataPlane",
+            "must be an object with labels and strategy",
+        )),
+    }
     let time_zone = match spec.get("timeZone") {
         None | Some(Value::Null) => None,
         Some(Value::String(tz)) => Some(tz.as_str()),

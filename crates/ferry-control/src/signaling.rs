@@ -532,10 +532,20 @@ impl Controller {
                 run.id
             )));
         };
+        let mut response = self.run_response(&claimed);
+        let queued = {
+            let active = lock(&inner.active);
+            !active.contains_key(&claimed.id) && active.len() >= inner.config.max_active_runs
+        };
+        if queued {
+            // At capacity: the claim holds it here, and the control loop starts it when a
+            // run ends.
+            response.state = FlowState::Starting;
+            return Ok(response);
+        }
         if !lock(&inner.active).contains_key(&claimed.id) {
             inner.clone().spawn_run(claimed.clone());
         }
-        let mut response = self.run_response(&claimed);
         response.state = FlowState::Started;
         Ok(response)
     }

@@ -69,6 +69,21 @@ pub struct TransferSpec {
     pub successful_jobs_history_limit: Option<u32>,
     /// Service: how many failed runs are kept [default: 1].
     pub failed_jobs_history_limit: Option<u32>,
+    /// Service with several data planes: which may execute the runs.
+    pub data_plane: Option<DataPlaneSpec>,
+}
+
+/// What a transfer asks of the data plane that executes its runs. `ferry run` ignores it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DataPlaneSpec {
+    /// Labels the data plane must carry, each with the same value (`region: eu`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The selection strategy for this transfer's runs (`round-robin`, `random`,
+    /// `least-recently-used`, `least-loaded`, or a custom one) [default: the control
+    /// plane's].
+    pub strategy: Option<String>,
 }
 
 /// What a scheduled run does when the previous run of its transfer is still running, as

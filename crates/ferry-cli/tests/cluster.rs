@@ -1,0 +1,322 @@
+//! A cluster on loopback: PostgreSQL, two control planes (`ferry serve --role control`)
+//! and three data planes (`ferry dataplane`) as separate processes. Runs spread over the
+//! data planes as each strategy says, a data plane stopped with SIGTERM drains and
+//! deregisters, and one killed with SIGKILL mid-transfer loses its runs to the others,
+//! which finish them from the checkpoints, so every output is whole and no row doubles.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::service::{free_port, Service};
+use ferry_connectors::testkit::{bytes, unique_name, TestPostgres};
+use serde_json::{json, Value};
+
+/// The lease in this test: how long a dead data plane keeps its runs.
+const LEASE_SECONDS: &str = "3";
+
+struct Cluster {
+    pg: TestPostgres,
+    db: String,
+    root: PathBuf,
+    control: Vec<Service>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.control.clear();
+        self.pg.sql(
+            "ferry",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db),
+        );
+    }
+}
+
+impl Cluster {
+    fn store(&self) -> String {
+        self.pg.url(&self.db)
+    }
+
+    fn control_plane(&mut self, n: usize) {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(["serve", "--role", "control", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(self.root.join(format!("cp{n}")))
+            .args(["--store", &self.store()])
+            .env("FERRY_LEASE_SECONDS", LEASE_SECONDS)
+            .env("FERRY_SELECTOR__STRATEGY", "round-robin")
+            .env("FERRY_SELECTOR__HEARTBEAT_TIMEOUT_SECONDS", "3")
+            .env_remove("FERRY_FAILPOINT")
+            .current_dir(&self.root);
+        self.control.push(Service::start(cmd, port));
+    }
+
+    fn data_plane(&self, id: &str, failpoint: Option<&str>) -> Service {
+        let port = free_port();
+        let planes: Vec<String> = self
+            .control
+            .iter()
+            .map(|c| format!("http://127.0.0.1:{}", c.port))
+            .collect();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(["dataplane", "--id", id, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(self.root.join(id))
+            .args(["--store", &self.store()])
+            .args(["--control-plane", &planes.join(",")])
+            .args(["--capacity", "4"])
+            .env("FERRY_LEASE_SECONDS", LEASE_SECONDS)
+            .env("FERRY_HEARTBEAT_SECONDS", "0.5")
+            .env("FERRY_DRAIN_SECONDS", "60")
+            .env_remove("FERRY_FAILPOINT")
+            .current_dir(&self.root);
+        if let Some(fp) = failpoint {
+            cmd.env("FERRY_FAILPOINT", fp);
+        }
+        let dp = Service::start(cmd, port);
+        dp.wait_line("registered with the control plane");
+        dp
+    }
+
+    /// The control plane that takes request `i` (they take turns).
+    fn cp(&self, i: usize) -> &Service {
+        &self.control[i % self.control.len()]
+    }
+
+    fn create(&self, i: usize, manifest: &Value) {
+        let (status, body) = self.cp(i).call("POST", "/v1/transfers", Some(manifest));
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Waits until every transfer named succeeded; fails on a final failure.
+    fn wait_succeeded(&self, names: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        for (i, name) in names.iter().enumerate() {
+            loop {
+                let (_, t) = self
+                    .cp(i)
+                    .call("GET", &format!("/v1/transfers/{name}"), None);
+                let phase = t["status"]["phase"].as_str().unwrap_or_default().to_string();
+                if phase == "Succeeded" {
+                    break;
+                }
+                assert!(
+                    !["Failed", "Fatal", "ConfigurationError"].contains(&phase.as_str()),
+                    "{name}: {t}"
+                );
+                assert!(Instant::now() < deadline, "{name} never succeeded: {t}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// The events of a transfer.
+    fn events(&self, name: &str) -> Vec<Value> {
+        let (status, events) = self
+            .cp(0)
+            .call("GET", &format!("/v1/transfers/{name}/events?limit=1000"), None);
+        assert_eq!(status, 200, "{events}");
+        events.as_array().unwrap().clone()
+    }
+
+    /// Data planes the transfer's run was dispatched to, in order.
+    fn dispatched(&self, name: &str) -> Vec<String> {
+        self.events(name)
+            .iter()
+            .filter(|e| e["reason"] == "RunDispatched")
+            .map(|e| e["data"]["dataPlane"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// How many of the transfers' runs went first to each data plane.
+    fn spread(&self, names: &[String]) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for name in names {
+            let first = self.dispatched(name).into_iter().next();
+            *counts
+                .entry(first.unwrap_or_else(|| panic!("{name} was never dispatched")))
+                .or_default() += 1;
+        }
+        counts
+    }
+}
+
+fn files(dir: &Path, count: u64, size: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        std::fs::write(
+            dir.join(format!("part-{i}.bin")),
+            bytes(size, seed * 1000 + i),
+        )
+        .unwrap();
+    }
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let mut names: Vec<_> = std::fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        assert!(
+            std::fs::read(a.join(&name)).unwrap() == std::fs::read(b.join(&name)).unwrap(),
+            "{} differs from {}",
+            b.join(&name).display(),
+            a.join(&name).display()
+        );
+    }
+}
+
+fn copy_manifest(name: &str, from: &str, to: &str, strategy: Option<&str>) -> Value {
+    let mut m = json!({
+        "apiVersion": "ferry.dev/v1", "kind": "BatchTransfer",
+        "metadata": {"name": name},
+        "spec": {"source": {"type": "file", "path": from},
+                 "destination": {"type": "file", "path": to}}
+    });
+    if let Some(s) = strategy {
+        m["spec"]["dataPlane"] = json!({"strategy": s});
+    }
+    m
+}
+
+#[test]
+fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
+    let Some(pg) = TestPostgres::get() else {
+        return;
+    };
+    let db = unique_name("ferry_cluster").replace('-', "_");
+    pg.sql("ferry", &format!("CREATE DATABASE {db}"));
+    let work = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster {
+        pg,
+        db,
+        root: work.path().to_path_buf(),
+        control: Vec::new(),
+    };
+    cluster.control_plane(1);
+    cluster.control_plane(2);
+    let dp1 = cluster.data_plane("dp-1", None);
+    let dp2 = cluster.data_plane("dp-2", None);
+    let mut dp3 = cluster.data_plane("dp-3", None);
+    let root = cluster.root.clone();
+    let (status, planes) = cluster.cp(1).call("GET", "/v1/dataplanes", None);
+    assert_eq!(status, 200, "{planes}");
+    assert_eq!(planes.as_array().map(Vec::len), Some(3), "{planes}");
+
+    // Round-robin with turn counts shared by both control planes, then least recently
+    // used: each data plane gets exactly a third.
+    files(&root.join("small"), 2, 10_000, 1);
+    for strategy in ["round-robin", "least-recently-used"] {
+        let names: Vec<String> = (0..6).map(|i| format!("{}-{i}", &strategy[..5])).collect();
+        for (i, name) in names.iter().enumerate() {
+            let out = format!("out-{name}/");
+            let s = (strategy != "round-robin").then_some(strategy);
+            cluster.create(i, &copy_manifest(name, "small/", &out, s));
+            // One at a time, so the spread depends on the strategy, not on timing.
+            cluster.wait_succeeded(std::slice::from_ref(name));
+        }
+        let spread = cluster.spread(&names);
+        assert_eq!(
+            spread,
+            BTreeMap::from([("dp-1".into(), 2), ("dp-2".into(), 2), ("dp-3".into(), 2)]),
+            "{strategy}"
+        );
+    }
+    // Random: every data plane gets some of 30.
+    let names: Vec<String> = (0..30).map(|i| format!("random-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        cluster.create(i, &copy_manifest(name, "small/", &format!("out-{name}/"), Some("random")));
+    }
+    cluster.wait_succeeded(&names);
+    let spread = cluster.spread(&names);
+    assert_eq!(spread.len(), 3, "random reached every data plane: {spread:?}");
+    assert_eq!(spread.values().sum::<usize>(), 30);
+
+    // A data plane stopped with SIGTERM drains and deregisters; its replacement pauses
+    // every run it gets after two files, until it is killed.
+    assert!(dp3.terminate(), "dp-3 exits cleanly on SIGTERM");
+    let (_, planes) = cluster.cp(0).call("GET", "/v1/dataplanes", None);
+    let ids: Vec<&str> = planes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dp-1", "dp-2"], "dp-3 deregistered");
+    let mut victim = cluster.data_plane("dp-4", Some("pause-after-files:2"));
+
+    // Objects and a table; the victim takes a third of them and stalls.
+    let rows = 30_000;
+    cluster.pg.sql(
+        &cluster.db,
+        &format!(
+            "CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS note, g * 1.5 AS amount \
+             FROM generate_series(1, {rows}) g; ALTER TABLE orders ADD PRIMARY KEY (id); \
+             CREATE TABLE orders_copy (id integer, note text, amount numeric)"
+        ),
+    );
+    let mut names = Vec::new();
+    for k in 0..5 {
+        let dir = format!("big-{k}");
+        files(&root.join(&dir), 8, 300_000, 10 + k);
+        let name = format!("objects-{k}");
+        cluster.create(k as usize, &copy_manifest(&name, &format!("{dir}/"), &format!("out-{dir}/"), None));
+        names.push(name);
+    }
+    let table = json!({
+        "apiVersion": "ferry.dev/v1", "kind": "BatchTransfer",
+        "metadata": {"name": "orders"},
+        "spec": {"source": {"type": "postgres", "url": cluster.store(), "table": "orders"},
+                 "destination": {"type": "postgres", "url": cluster.store(),
+                                 "table": "orders_copy", "mode": "append"}}
+    });
+    cluster.create(1, &table);
+    names.push("orders".into());
+
+    victim.wait_line("failpoint reached");
+    victim.kill_9();
+    cluster.wait_succeeded(&names);
+
+    let mut taken_over = 0;
+    for name in &names {
+        let hops = cluster.dispatched(name);
+        if hops.first().map(String::as_str) == Some("dp-4") {
+            assert!(hops.len() >= 2, "{name} went on after dp-4 died: {hops:?}");
+            assert_ne!(hops.last().map(String::as_str), Some("dp-4"), "{hops:?}");
+            taken_over += 1;
+        }
+    }
+    assert!(taken_over >= 1, "the victim had runs to lose");
+    let reasons: Vec<String> = names
+        .iter()
+        .flat_map(|n| cluster.events(n))
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "RunResumed"),
+        "a run resumed from its checkpoint: {reasons:?}"
+    );
+    for k in 0..5 {
+        same_tree(&root.join(format!("big-{k}")), &root.join(format!("out-big-{k}")));
+    }
+    let copied = cluster.pg.sql(
+        &cluster.db,
+        "SELECT count(*), count(DISTINCT id) FROM orders_copy",
+    );
+    assert_eq!(copied, format!("{rows}|{rows}"), "every row once");
+    let differ = cluster.pg.sql(
+        &cluster.db,
+        "SELECT count(*) FROM (SELECT id, note, amount FROM orders \
+         EXCEPT SELECT id, note, amount FROM orders_copy) d",
+    );
+    assert_eq!(differ, "0");
+    drop((dp1, dp2));
+}

@@ -1,5 +1,5 @@
-//! ferry's REST API over a [`Controller`]: transfers, their runs and events, metrics,
-//! health, and the OpenAPI document that describes it.
+//! ferry's REST API over a [`Controller`]: transfers, their runs and events, the data
+//! planes that execute runs, metrics, health, and the OpenAPI document that describes it.
 //!
 //! [`app`] builds the whole router, so tests call it in-process without a socket.
 
@@ -16,6 +16,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ferry_control::selector::{
+    DataPlaneInstance, DataPlaneRegistry, InstanceState, Load, RunRequest, Selection,
+};
 use ferry_control::{
     ControlError, Controller, EventView, FieldError, Phase, RunView, TransferStatus, TransferView,
 };
@@ -24,12 +27,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+mod dataplanes;
+
+pub use dataplanes::{SelectRequest, StateChange};
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub controller: Controller,
     /// Bearer tokens that may call the API.
     pub tokens: Arc<Vec<String>>,
+    /// The data planes `/v1/dataplanes` registers and selects.
+    pub dataplanes: Arc<dyn DataPlaneRegistry>,
 }
 
 /// The whole API.
@@ -47,6 +56,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers/{name}/run", post(run_transfer))
         .route("/v1/transfers/{name}/runs", get(list_runs))
         .route("/v1/transfers/{name}/events", get(list_events))
+        .merge(dataplanes::routes())
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -65,9 +75,13 @@ pub fn app(state: AppState) -> Router {
     paths(
         list_transfers, create_transfer, get_transfer, replace_transfer, delete_transfer,
         suspend_transfer, resume_transfer, run_transfer, list_runs, list_events,
+        dataplanes::list_dataplanes, dataplanes::register_dataplane, dataplanes::get_dataplane,
+        dataplanes::delete_dataplane, dataplanes::select_dataplane,
+        dataplanes::heartbeat_dataplane, dataplanes::set_dataplane_state,
         metrics, healthz, readyz
     ),
-    components(schemas(TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase)),
+    components(schemas(TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase,
+        DataPlaneInstance, InstanceState, Load, RunRequest, Selection, SelectRequest, StateChange)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -94,6 +108,10 @@ pub struct ApiErrorBody {
     /// For 422: every invalid field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
+    /// For 409 from `/v1/dataplanes/select`: why no data plane can take the run, naming
+    /// what each registered one lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 pub struct ApiError {
@@ -108,6 +126,7 @@ impl ApiError {
             body: ApiErrorBody {
                 error: error.into(),
                 details: Vec::new(),
+                reason: None,
             },
         }
     }
@@ -129,22 +148,27 @@ impl From<ControlError> for ApiError {
                 body: ApiErrorBody {
                     error: format!("the transfer is invalid: {} field(s)", details.len()),
                     details,
+                    reason: None,
                 },
             },
-            ControlError::Store(e) => {
-                tracing::warn!("request failed: {e}");
-                let status = match e {
-                    ferry_core::Error::Unreachable { .. } | ferry_core::Error::State { .. } => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    ferry_core::Error::InvalidOption { .. }
-                    | ferry_core::Error::InvalidAddress { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                ApiError::new(status, ferry_core::error::one_line(&e.to_string()))
-            }
+            ControlError::Store(e) => store_error(e),
         }
     }
+}
+
+/// A store failure: 503 when the store does not answer, one line, logged.
+fn store_error(e: ferry_core::Error) -> ApiError {
+    tracing::warn!("request failed: {e}");
+    let status = match e {
+        ferry_core::Error::Unreachable { .. } | ferry_core::Error::State { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ferry_core::Error::InvalidOption { .. } | ferry_core::Error::InvalidAddress { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, ferry_core::error::one_line(&e.to_string()))
 }
 
 type ApiResult<T> = Result<T, ApiError>;

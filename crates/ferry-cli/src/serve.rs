@@ -194,6 +194,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
     let app = ferry_api::app(AppState {
         controller: controller.clone(),
         tokens: Arc::new(tokens),
+        dataplanes: Arc::new(ferry_control::selector::InMemoryRegistry::new()),
     });
     eprintln!(
         "ferry serve: listening on http://{addr}, data in {shown}, store {}",

@@ -110,7 +110,9 @@ pub(crate) async fn terminate(
     body: Bytes,
 ) -> ApiResult<Json<FlowResponse>> {
     let msg: ReasonMessage = message(&body)?;
-    Ok(Json(state.controller.flow_terminate(&id, msg.reason).await?))
+    Ok(Json(
+        state.controller.flow_terminate(&id, msg.reason).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/dataflows/{id}/completed", tag = "signaling",

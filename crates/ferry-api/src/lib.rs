@@ -1,5 +1,5 @@
-//! ferry's REST API over a [`Controller`]: transfers, their runs and events, metrics,
-//! health, and the OpenAPI document that describes it.
+//! ferry's REST API over a [`Controller`]: transfers, their runs and events, the data
+//! planes that execute runs, metrics, health, and the OpenAPI document that describes it.
 //!
 //! [`app`] builds the whole router, so tests call it in-process without a socket.
 
@@ -16,6 +16,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ferry_control::selector::{
+    DataPlaneInstance, DataPlaneRegistry, InstanceState, Load, RunRequest, Selection,
+};
 use ferry_control::{
     ControlError, Controller, EventView, FieldError, Phase, RunView, TransferStatus, TransferView,
 };
@@ -25,6 +28,9 @@ use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 mod dataflows;
+mod dataplanes;
+
+pub use dataplanes::{SelectRequest, StateChange};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -32,6 +38,8 @@ pub struct AppState {
     pub controller: Controller,
     /// Bearer tokens that may call the API.
     pub tokens: Arc<Vec<String>>,
+    /// The data planes `/v1/dataplanes` registers and selects.
+    pub dataplanes: Arc<dyn DataPlaneRegistry>,
 }
 
 /// The whole API.
@@ -50,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers/{name}/runs", get(list_runs))
         .route("/v1/transfers/{name}/events", get(list_events))
         .merge(dataflows::router())
+        .merge(dataplanes::routes())
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -68,11 +77,15 @@ pub fn app(state: AppState) -> Router {
     paths(
         list_transfers, create_transfer, get_transfer, replace_transfer, delete_transfer,
         suspend_transfer, resume_transfer, run_transfer, list_runs, list_events,
+        dataplanes::list_dataplanes, dataplanes::register_dataplane, dataplanes::get_dataplane,
+        dataplanes::delete_dataplane, dataplanes::select_dataplane,
+        dataplanes::heartbeat_dataplane, dataplanes::set_dataplane_state,
         metrics, healthz, readyz,
         dataflows::prepare, dataflows::start, dataflows::status, dataflows::suspend,
         dataflows::resume, dataflows::terminate, dataflows::completed, dataflows::notified
     ),
     components(schemas(TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase,
+        DataPlaneInstance, InstanceState, Load, RunRequest, Selection, SelectRequest, StateChange,
         ferry_control::signaling::FlowMessage, ferry_control::signaling::FlowResponse,
         ferry_control::signaling::FlowStatus, ferry_control::signaling::FlowState,
         ferry_control::signaling::ReasonMessage)),
@@ -102,6 +115,10 @@ pub struct ApiErrorBody {
     /// For 422: every invalid field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
+    /// For 409 from `/v1/dataplanes/select`: why no data plane can take the run, naming
+    /// what each registered one lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 pub struct ApiError {
@@ -116,6 +133,7 @@ impl ApiError {
             body: ApiErrorBody {
                 error: error.into(),
                 details: Vec::new(),
+                reason: None,
             },
         }
     }
@@ -145,6 +163,7 @@ impl From<ControlError> for ApiError {
                             .join("; ")
                     ),
                     details,
+                    reason: None,
                 },
             },
             ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
@@ -153,22 +172,27 @@ impl From<ControlError> for ApiError {
                 body: ApiErrorBody {
                     error: format!("the transfer is invalid: {} field(s)", details.len()),
                     details,
+                    reason: None,
                 },
             },
-            ControlError::Store(e) => {
-                tracing::warn!("request failed: {e}");
-                let status = match e {
-                    ferry_core::Error::Unreachable { .. } | ferry_core::Error::State { .. } => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    ferry_core::Error::InvalidOption { .. }
-                    | ferry_core::Error::InvalidAddress { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                ApiError::new(status, ferry_core::error::one_line(&e.to_string()))
-            }
+            ControlError::Store(e) => store_error(e),
         }
     }
+}
+
+/// A store failure: 503 when the store does not answer, one line, logged.
+fn store_error(e: ferry_core::Error) -> ApiError {
+    tracing::warn!("request failed: {e}");
+    let status = match e {
+        ferry_core::Error::Unreachable { .. } | ferry_core::Error::State { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ferry_core::Error::InvalidOption { .. } | ferry_core::Error::InvalidAddress { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, ferry_core::error::one_line(&e.to_string()))
 }
 
 type ApiResult<T> = Result<T, ApiError>;

@@ -54,6 +54,7 @@ fn server_full(secrets: SecretsConfig, webhooks: Webhooks) -> Server {
     let router = app(AppState {
         controller: controller.clone(),
         tokens: Arc::new(vec![TOKEN.to_string()]),
+        dataplanes: Arc::new(ferry_control::selector::InMemoryRegistry::new()),
     });
     Server {
         router,

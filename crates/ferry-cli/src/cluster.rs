@@ -5,26 +5,47 @@ use std::sync::Arc;
 
 use ferry_api::AppState;
 use ferry_control::dispatch::Dispatcher;
-use ferry_control::selector::SelectorConfig;
+use ferry_control::selector::{DataPlaneRegistry, RegistryError, RegistryOptions, SelectorConfig};
 use ferry_control::Controller;
-use ferry_core::Result;
+use ferry_core::{Error, Result};
 use ferry_state::ControlStore;
 
-pub type Registry = ();
+pub type Registry = Arc<dyn DataPlaneRegistry>;
 
-pub async fn registry(_config: &SelectorConfig, _store: &Arc<dyn ControlStore>) -> Result<Registry> {
-    Ok(())
+/// The registry the settings describe: in the control store, so every control plane
+/// sharing it sees the same data planes and turn counts; in memory when the settings
+/// name exactly one data plane (selection is that one, without a store round trip).
+pub async fn registry(config: &SelectorConfig, store: &Arc<dyn ControlStore>) -> Result<Registry> {
+    let store: Arc<dyn ferry_state::control::dataplanes::DataPlaneStore> = store.clone();
+    config
+        .registry(Some(store), RegistryOptions::default())
+        .await
+        .map_err(|e| match e {
+            RegistryError::Invalid(fields) => Error::invalid_option(
+                "selector",
+                fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.field, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            other => Error::invalid_option("selector", other.to_string()),
+        })
 }
 
 pub fn dispatcher(
-    _registry: Registry,
+    registry: Registry,
     _config: &SelectorConfig,
-    _advertise: &str,
-    _token: Option<String>,
+    advertise: &str,
+    token: Option<String>,
 ) -> Result<Dispatcher> {
-    Ok(Dispatcher {})
+    Dispatcher::new(registry, advertise, token)
 }
 
-pub fn app(controller: Controller, tokens: Arc<Vec<String>>, _registry: Registry) -> axum::Router {
-    ferry_api::app(AppState { controller, tokens })
+pub fn app(controller: Controller, tokens: Arc<Vec<String>>, registry: Registry) -> axum::Router {
+    ferry_api::app(AppState {
+        controller,
+        tokens,
+        dataplanes: registry,
+    })
 }

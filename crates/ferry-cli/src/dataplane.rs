@@ -125,10 +125,10 @@ impl DataplaneSettings {
             );
         }
         if let Some(v) = env("FERRY_HEARTBEAT_SECONDS") {
-            self.heartbeat_seconds = Some(
-                v.parse()
-                    .map_err(|_| Error::invalid_option("FERRY_HEARTBEAT_SECONDS", "not a number"))?,
-            );
+            self.heartbeat_seconds =
+                Some(v.parse().map_err(|_| {
+                    Error::invalid_option("FERRY_HEARTBEAT_SECONDS", "not a number")
+                })?);
         }
         if let Some(v) = env("FERRY_DRAIN_SECONDS") {
             self.drain_seconds = Some(
@@ -249,20 +249,32 @@ impl Agent {
     /// Registers (or registers again, replacing the earlier registration).
     pub async fn register(&self) -> Result<()> {
         let (status, text) = self
-            .send(reqwest::Method::POST, "/v1/dataplanes", Some(&self.registration))
+            .send(
+                reqwest::Method::POST,
+                "/v1/dataplanes",
+                Some(&self.registration),
+            )
             .await?;
         if (200..300).contains(&status) {
             return Ok(());
         }
         Err(Error::invalid_option(
             "registration",
-            format!("the control plane refused it ({status}): {}", one_line_body(&text)),
+            format!(
+                "the control plane refused it ({status}): {}",
+                one_line_body(&text)
+            ),
         ))
     }
 
     /// Reports the load; registers again when the control plane does not know this
     /// data plane (it lost its registry, or removed it).
-    pub async fn heartbeat(&self, active_runs: usize, bytes_per_second: f64, capacity: u32) -> Result<()> {
+    pub async fn heartbeat(
+        &self,
+        active_runs: usize,
+        bytes_per_second: f64,
+        capacity: u32,
+    ) -> Result<()> {
         let load = json!({"activeRuns": active_runs, "bytesPerSecond": bytes_per_second,
                           "capacity": capacity});
         let path = format!("/v1/dataplanes/{}/heartbeat", self.id);
@@ -272,7 +284,10 @@ impl Agent {
             404 => self.register().await,
             _ => Err(Error::invalid_option(
                 "heartbeat",
-                format!("the control plane refused it ({status}): {}", one_line_body(&text)),
+                format!(
+                    "the control plane refused it ({status}): {}",
+                    one_line_body(&text)
+                ),
             )),
         }
     }

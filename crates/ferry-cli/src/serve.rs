@@ -196,7 +196,14 @@ pub async fn serve(args: ServeArgs) -> Result<u8> {
             ))
         }
     };
-    run_service(settings, role, "ferry serve", DEFAULT_LISTEN, default_data_dir()).await
+    run_service(
+        settings,
+        role,
+        "ferry serve",
+        DEFAULT_LISTEN,
+        default_data_dir(),
+    )
+    .await
 }
 
 /// `ferry dataplane`: a data plane alone, or one of a control plane's.
@@ -354,7 +361,11 @@ async fn run_service(
             loop {
                 let result = if registered {
                     agent
-                        .heartbeat(controller.active_runs(), controller.bytes_per_second(), capacity)
+                        .heartbeat(
+                            controller.active_runs(),
+                            controller.bytes_per_second(),
+                            capacity,
+                        )
                         .await
                 } else {
                     agent.register().await
@@ -373,6 +384,10 @@ async fn run_service(
     });
 
     stop_signal().await;
+    // A heartbeat says "available": none while draining.
+    if let Some(beats) = &beats {
+        beats.abort();
+    }
     if let Some(agent) = &agent {
         // No new runs; those running finish (or, after the drain time, stop and resume
         // elsewhere from their checkpoints); the registration goes last.
@@ -382,10 +397,7 @@ async fn run_service(
         }
         let deadline = tokio::time::Instant::now() + settings.dataplane.drain();
         if controller.active_runs() > 0 {
-            eprintln!(
-                "{program}: draining {} run(s)",
-                controller.active_runs()
-            );
+            eprintln!("{program}: draining {} run(s)", controller.active_runs());
         }
         while controller.active_runs() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -394,9 +406,6 @@ async fn run_service(
     eprintln!("{program}: stopping; running runs resume on the next start");
     controller.shutdown().await;
     looping.abort();
-    if let Some(beats) = beats {
-        beats.abort();
-    }
     if let Some(agent) = &agent {
         if let Err(e) = agent.deregister().await {
             tracing::warn!("control plane: {e}");

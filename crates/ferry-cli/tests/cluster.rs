@@ -102,7 +102,10 @@ impl Cluster {
                 let (_, t) = self
                     .cp(i)
                     .call("GET", &format!("/v1/transfers/{name}"), None);
-                let phase = t["status"]["phase"].as_str().unwrap_or_default().to_string();
+                let phase = t["status"]["phase"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 if phase == "Succeeded" {
                     break;
                 }
@@ -118,9 +121,11 @@ impl Cluster {
 
     /// The events of a transfer.
     fn events(&self, name: &str) -> Vec<Value> {
-        let (status, events) = self
-            .cp(0)
-            .call("GET", &format!("/v1/transfers/{name}/events?limit=1000"), None);
+        let (status, events) = self.cp(0).call(
+            "GET",
+            &format!("/v1/transfers/{name}/events?limit=1000"),
+            None,
+        );
         assert_eq!(status, 200, "{events}");
         events.as_array().unwrap().clone()
     }
@@ -233,11 +238,18 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
     // Random: every data plane gets some of 30.
     let names: Vec<String> = (0..30).map(|i| format!("random-{i}")).collect();
     for (i, name) in names.iter().enumerate() {
-        cluster.create(i, &copy_manifest(name, "small/", &format!("out-{name}/"), Some("random")));
+        cluster.create(
+            i,
+            &copy_manifest(name, "small/", &format!("out-{name}/"), Some("random")),
+        );
     }
     cluster.wait_succeeded(&names);
     let spread = cluster.spread(&names);
-    assert_eq!(spread.len(), 3, "random reached every data plane: {spread:?}");
+    assert_eq!(
+        spread.len(),
+        3,
+        "random reached every data plane: {spread:?}"
+    );
     assert_eq!(spread.values().sum::<usize>(), 30);
 
     // A data plane stopped with SIGTERM drains and deregisters; its replacement pauses
@@ -268,7 +280,10 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
         let dir = format!("big-{k}");
         files(&root.join(&dir), 8, 300_000, 10 + k);
         let name = format!("objects-{k}");
-        cluster.create(k as usize, &copy_manifest(&name, &format!("{dir}/"), &format!("out-{dir}/"), None));
+        cluster.create(
+            k as usize,
+            &copy_manifest(&name, &format!("{dir}/"), &format!("out-{dir}/"), None),
+        );
         names.push(name);
     }
     let table = json!({
@@ -294,6 +309,7 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
             taken_over += 1;
         }
     }
+    eprintln!("taken over from dp-4: {taken_over} of {}", names.len());
     assert!(taken_over >= 1, "the victim had runs to lose");
     let reasons: Vec<String> = names
         .iter()
@@ -305,7 +321,10 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
         "a run resumed from its checkpoint: {reasons:?}"
     );
     for k in 0..5 {
-        same_tree(&root.join(format!("big-{k}")), &root.join(format!("out-big-{k}")));
+        same_tree(
+            &root.join(format!("big-{k}")),
+            &root.join(format!("out-big-{k}")),
+        );
     }
     let copied = cluster.pg.sql(
         &cluster.db,

@@ -84,14 +84,20 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
     assert_eq!(status, 200, "{flow}");
     assert_eq!(flow["state"], "STARTED");
     assert_eq!(flow["processId"], "process-1");
-    assert!(flow["dataplaneId"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(flow["dataplaneId"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
     dp.wait_line("failpoint reached");
     let started = cp.wait("/transfers/process-1/dataflow/started");
     assert_eq!(started["state"], "STARTED");
 
     // The same message again gets the same answer; another start of the process is refused.
     let (status, again) = dp.call("POST", "/dataflows/start", Some(&start));
-    assert_eq!((status, &again["state"]), (200, &json!("STARTED")), "{again}");
+    assert_eq!(
+        (status, &again["state"]),
+        (200, &json!("STARTED")),
+        "{again}"
+    );
     let other = start_message("process-1", "m-2", cp.port, "in/", "out/");
     let (status, refused) = dp.call("POST", "/dataflows/start", Some(&other));
     assert_eq!(status, 409, "{refused}");
@@ -103,7 +109,11 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
         "/dataflows/process-1/suspend",
         Some(&json!({"reason": "maintenance"})),
     );
-    assert_eq!((status, &suspended["state"]), (200, &json!("SUSPENDED")), "{suspended}");
+    assert_eq!(
+        (status, &suspended["state"]),
+        (200, &json!("SUSPENDED")),
+        "{suspended}"
+    );
     let (_, st) = dp.call("GET", "/dataflows/process-1/status", None);
     assert_eq!(st["state"], "SUSPENDED", "{st}");
     assert_eq!(st["run"]["phase"], "Suspended", "{st}");
@@ -113,13 +123,21 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
 
     // Resume: it continues from its checkpoint and completes.
     let (status, resumed) = dp.call("POST", "/dataflows/process-1/resume", None);
-    assert_eq!((status, &resumed["state"]), (200, &json!("STARTED")), "{resumed}");
+    assert_eq!(
+        (status, &resumed["state"]),
+        (200, &json!("STARTED")),
+        "{resumed}"
+    );
     let completed = cp.wait("/transfers/process-1/dataflow/completed");
     assert_eq!(completed["state"], "COMPLETED", "{completed}");
     same_tree(&root.join("in"), &root.join("out"));
     let (_, st) = dp.call("GET", "/dataflows/process-1", None);
     assert_eq!(st["state"], "COMPLETED", "{st}");
-    let (_, events) = dp.call("GET", &format!("/v1/transfers/{}/events", st["transfer"].as_str().unwrap()), None);
+    let (_, events) = dp.call(
+        "GET",
+        &format!("/v1/transfers/{}/events", st["transfer"].as_str().unwrap()),
+        None,
+    );
     let reasons: Vec<&str> = events
         .as_array()
         .unwrap()
@@ -130,7 +148,11 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
         assert!(reasons.contains(&reason), "{reason} in {reasons:?}");
     }
     let (status, done) = dp.call("POST", "/dataflows/process-1/completed", None);
-    assert_eq!((status, &done["state"]), (200, &json!("COMPLETED")), "{done}");
+    assert_eq!(
+        (status, &done["state"]),
+        (200, &json!("COMPLETED")),
+        "{done}"
+    );
     let (status, _) = dp.call("POST", "/dataflows/process-1/terminate", None);
     assert_eq!(status, 409, "a completed flow stays completed");
 
@@ -146,8 +168,15 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
         "/dataflows/process-2/terminate",
         Some(&json!({"reason": "contract ended"})),
     );
-    assert_eq!((status, &ended["state"]), (200, &json!("TERMINATED")), "{ended}");
-    assert!(ended["error"].as_str().unwrap().contains("contract ended"), "{ended}");
+    assert_eq!(
+        (status, &ended["state"]),
+        (200, &json!("TERMINATED")),
+        "{ended}"
+    );
+    assert!(
+        ended["error"].as_str().unwrap().contains("contract ended"),
+        "{ended}"
+    );
     let (status, _) = dp.call("POST", "/dataflows/process-2/resume", None);
     assert_eq!(status, 409, "a terminated flow stays terminated");
     let (status, again) = dp.call("POST", "/dataflows/process-2/terminate", None);
@@ -156,7 +185,11 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
     // Prepare, then start with another message: the prepared flow runs.
     let prepare = start_message("process-3", "m-4", cp.port, "in/", "out3/");
     let (status, prepared) = dp.call("POST", "/dataflows/prepare", Some(&prepare));
-    assert_eq!((status, &prepared["state"]), (200, &json!("PREPARED")), "{prepared}");
+    assert_eq!(
+        (status, &prepared["state"]),
+        (200, &json!("PREPARED")),
+        "{prepared}"
+    );
     let (_, st) = dp.call("GET", "/dataflows/process-3/status", None);
     assert_eq!(st["state"], "PREPARED");
     let start3 = start_message("process-3", "m-5", cp.port, "in/", "out3/");
@@ -168,7 +201,10 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
     // Bad messages name the field at fault; unknown flows are 404.
     let (status, bad) = dp.call("POST", "/dataflows/start", Some(&json!({"messageId": "m"})));
     assert_eq!(status, 400, "{bad}");
-    assert!(bad["error"].as_str().unwrap().contains("processId"), "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("processId"),
+        "{bad}"
+    );
     let mut wrong = start_message("process-4", "m-6", cp.port, "in/", "out4/");
     wrong["dataAddress"]["endpointType"] = json!("ftp");
     let (status, bad) = dp.call("POST", "/dataflows/start", Some(&wrong));

@@ -23,7 +23,6 @@ use tokio::task::AbortHandle;
 
 use crate::dispatch::Dispatcher;
 use crate::execute::{self, Outcome, Tracker};
-use crate::signaling::{Callbacks, FlowEvent};
 use crate::metrics::{Metrics, Snapshot};
 use crate::resource::{
     parse_time, time_text, validate, EventView, FieldError, Phase, RunRef, RunStats, RunView,
@@ -31,6 +30,7 @@ use crate::resource::{
 };
 use crate::retry::{Backoff, ErrorClass};
 use crate::secrets::{redact_manifest, SecretResolver};
+use crate::signaling::{Callbacks, FlowEvent};
 use crate::webhook::Webhooks;
 
 /// How the control loop behaves.
@@ -203,8 +203,9 @@ impl Controller {
 
     /// Dispatches runs to remote data planes instead of executing them (role `Control`).
     pub fn with_dispatcher(self, dispatcher: Dispatcher) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner)
-            .unwrap_or_else(|_| panic!("with_dispatcher is called before the controller is shared"));
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            panic!("with_dispatcher is called before the controller is shared")
+        });
         inner.dispatcher = Some(dispatcher);
         Self {
             inner: Arc::new(inner),
@@ -357,7 +358,6 @@ impl Inner {
 }
 
 impl Controller {
-
     /// Replaces the spec (and labels) of an existing transfer.
     pub async fn replace(&self, name: &str, raw: Value) -> ControlResult<TransferView> {
         let manifest = validate(raw).map_err(ControlError::Invalid)?;
@@ -1151,14 +1151,7 @@ impl Inner {
         let due = self.settings(&record).and_then(|s| next_due(&s, last));
         if value != record.status || record.phase != phase.as_str() || due != record.next_due {
             self.store
-                .set_status(
-                    &record.name,
-                    &record.uid,
-                    phase.as_str(),
-                    &value,
-                    due,
-                    now,
-                )
+                .set_status(&record.name, &record.uid, phase.as_str(), &value, due, now)
                 .await?;
         }
         Ok(())
@@ -1301,7 +1294,10 @@ mod tests {
             .unwrap()
             .unwrap();
         record.created_at = T0;
-        let run = inner.new_run(&record, "schedule", Some(T0), None).await.unwrap();
+        let run = inner
+            .new_run(&record, "schedule", Some(T0), None)
+            .await
+            .unwrap();
         (record, run)
     }
 

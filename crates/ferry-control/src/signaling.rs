@@ -21,8 +21,8 @@ use crate::controller::{
     lock, now_ms, with_progress, ControlError, ControlResult, Controller, Inner, SUSPENDED,
 };
 use crate::resource::{validate, FieldError, RunView};
-use ferry_engine::manifest::API_VERSION;
 use crate::selector::canonical_type;
+use ferry_engine::manifest::API_VERSION;
 
 /// Annotations a flow's transfer keeps about the message that made it.
 pub const PROCESS_ID: &str = "ferry.dev/process-id";
@@ -152,16 +152,13 @@ pub fn flow_transfer_name(process_id: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let candidate = format!("flow-{clean}");
-    if candidate == format!("flow-{process_id}")
-        && crate::resource::check_name(&candidate).is_ok()
+    if candidate == format!("flow-{process_id}") && crate::resource::check_name(&candidate).is_ok()
     {
         return candidate;
     }
-    let hash = process_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = process_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let prefix: String = clean.trim_matches('-').chars().take(36).collect();
     let prefix = prefix.trim_end_matches('-');
     if prefix.is_empty() {
@@ -175,7 +172,10 @@ fn check_process_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 200 {
         return Err("must be 1 to 200 characters".into());
     }
-    if id.chars().any(|c| c.is_control() || c == '/' || c == '?' || c == '#') {
+    if id
+        .chars()
+        .any(|c| c.is_control() || c == '/' || c == '?' || c == '#')
+    {
         return Err(format!(
             "'{id}' must not contain '/', '?', '#' or control characters"
         ));
@@ -326,12 +326,16 @@ fn check_message(msg: &FlowMessage) -> Result<Checked, Vec<FieldError>> {
 /// The transfer manifest a flow message describes.
 fn flow_manifest(msg: &FlowMessage, ids: &Checked) -> Result<Value, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let (source_field, source) = match (&msg.source_data_address, msg.metadata.get("sourceDataAddress")) {
+    let (source_field, source) = match (
+        &msg.source_data_address,
+        msg.metadata.get("sourceDataAddress"),
+    ) {
         (Some(v), _) => ("sourceDataAddress", Some(v)),
         (None, Some(v)) => ("metadata.sourceDataAddress", Some(v)),
         (None, None) => ("sourceDataAddress", None),
     };
-    let (destination_field, destination) = match (&msg.data_address, &msg.destination_data_address) {
+    let (destination_field, destination) = match (&msg.data_address, &msg.destination_data_address)
+    {
         (Some(v), _) => ("dataAddress", Some(v)),
         (None, Some(v)) => ("destinationDataAddress", Some(v)),
         (None, None) => ("dataAddress", None),
@@ -558,7 +562,11 @@ impl Controller {
     }
 
     /// Stops the flow's run where it is; its checkpoint stays, so a resume continues it.
-    pub async fn flow_suspend(&self, id: &str, reason: Option<String>) -> ControlResult<FlowResponse> {
+    pub async fn flow_suspend(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> ControlResult<FlowResponse> {
         let inner = self.inner();
         let run = self.flow_run(id).await?;
         if run.finished() {
@@ -585,9 +593,7 @@ impl Controller {
             run.stats = with_progress(&run.stats, &a.tracker);
         }
         self.store().put_run(&run).await?;
-        self.store()
-            .release_run(id, &inner.config.instance)
-            .await?;
+        self.store().release_run(id, &inner.config.instance).await?;
         let why = reason.unwrap_or_else(|| "the control plane asked".into());
         inner
             .emit(
@@ -696,9 +702,11 @@ impl Controller {
         let dataplane_id = self.config().instance.clone();
         if let Some(run) = self.store().get_run(id).await? {
             let response = self.run_response(&run);
-            let view = self.runs(&run.transfer).await.ok().and_then(|runs| {
-                runs.into_iter().find(|r| r.id == run.id)
-            });
+            let view = self
+                .runs(&run.transfer)
+                .await
+                .ok()
+                .and_then(|runs| runs.into_iter().find(|r| r.id == run.id));
             let view = view.unwrap_or_else(|| RunView::of(&run));
             return Ok(FlowStatus {
                 dataflow_id: run.id.clone(),
@@ -928,7 +936,9 @@ mod tests {
         };
         let errors = flow_manifest(&msg, &ids).unwrap_err();
         assert!(
-            errors.iter().any(|e| e.field.starts_with("dataAddress.bogus")),
+            errors
+                .iter()
+                .any(|e| e.field.starts_with("dataAddress.bogus")),
             "{errors:?}"
         );
     }

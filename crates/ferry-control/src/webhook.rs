@@ -257,7 +257,7 @@ fn bearer(reference: &str) -> Result<HeaderValue, String> {
 }
 
 /// A request error with its causes, on one line and without the URL (it may hold a secret).
-fn describe(err: reqwest::Error) -> String {
+pub(crate) fn describe(err: reqwest::Error) -> String {
     let err = err.without_url();
     let mut text = err.to_string();
     let mut source = std::error::Error::source(&err);

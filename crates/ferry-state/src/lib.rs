@@ -2,8 +2,8 @@
 //!
 //! - [`StateStore`]: run checkpoints (files done, uploads in flight), in embedded SQLite
 //!   or a shared PostgreSQL.
-//! - [`control`]: the service's transfers, runs and events, behind the [`ControlStore`]
-//!   trait, in embedded SQLite or a shared PostgreSQL.
+//! - [`control`]: the service's transfers, runs, events and data plane registrations,
+//!   behind the [`ControlStore`] trait, in embedded SQLite or a shared PostgreSQL.
 
 mod checkpoint;
 pub mod control;

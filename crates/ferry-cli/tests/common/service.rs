@@ -114,8 +114,14 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let text = if chunked { unchunk(rest) } else { rest.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let text = if chunked {
+        unchunk(rest)
+    } else {
+        rest.to_string()
+    };
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, value)
 }

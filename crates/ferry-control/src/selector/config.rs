@@ -10,11 +10,16 @@
 //! DNS-style, and `-` is not portable in variable names).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use ferry_state::control::DataPlaneStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::dataplanes::{
+    DataPlaneRegistry, InMemoryRegistry, RegistryError, RegistryOptions, StoreRegistry,
+};
 use super::registry::Selector;
 use super::{field_error, DataPlaneInstance};
 use crate::resource::FieldError;
@@ -31,6 +36,10 @@ pub struct SelectorConfig {
     /// Instances by id.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceConfig>,
+    /// A data plane whose last heartbeat is older than this counts as unavailable
+    /// [default: 15].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_seconds: Option<f64>,
 }
 
 /// One configured instance; its id is its key in `instances`.
@@ -89,6 +98,15 @@ impl SelectorConfig {
                         return Err(format!("{var} is empty; name a selection strategy"));
                     }
                     self.strategy = Some(name.to_string());
+                }
+                ["HEARTBEAT_TIMEOUT_SECONDS"] => {
+                    let seconds: f64 = value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                        .ok_or_else(|| format!("{var} is not a number of seconds"))?;
+                    self.heartbeat_timeout_seconds = Some(seconds);
                 }
                 ["INSTANCES", name, field @ ..] if !name.is_empty() && !field.is_empty() => {
                     let id = name.to_ascii_lowercase().replace('_', "-");
@@ -149,23 +167,83 @@ impl SelectorConfig {
                 errors.push(field_error("selector.strategy", e.to_string()));
             }
         }
-        for (id, config) in &self.instances {
-            if let Err(list) = selector.add(config.instance(id)) {
-                errors.extend(list.into_iter().map(|e| {
-                    let field = if e.field == "id" {
-                        format!("selector.instances.{id}")
-                    } else {
-                        format!("selector.instances.{id}.{}", e.field)
-                    };
-                    field_error(field, e.message)
-                }));
+        let instances = self.checked_instances(&mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        for instance in instances {
+            selector.add(instance)?;
+        }
+        Ok(selector)
+    }
+
+    /// The registry the control plane selects with, holding the configured instances:
+    ///
+    /// - exactly one instance configured and `options.registrations` off: that instance,
+    ///   in memory; selecting never touches the store.
+    /// - otherwise, with a store: the store's registrations ([`StoreRegistry`]), the
+    ///   configured instances registered into it (replacing ones of the same id).
+    /// - without a store: in memory ([`InMemoryRegistry`]).
+    ///
+    /// The configured strategy (checked against `options.strategies`, custom ones
+    /// included) replaces `options.default_strategy`. Errors are named as in the file.
+    pub async fn registry(
+        &self,
+        store: Option<Arc<dyn DataPlaneStore>>,
+        mut options: RegistryOptions,
+    ) -> Result<Arc<dyn DataPlaneRegistry>, RegistryError> {
+        let mut errors = Vec::new();
+        if let Some(name) = &self.strategy {
+            match options.strategies.get(name) {
+                Ok(_) => options.default_strategy = name.clone(),
+                Err(e) => errors.push(field_error("selector.strategy", e.to_string())),
             }
         }
-        if errors.is_empty() {
-            Ok(selector)
-        } else {
-            Err(errors)
+        if let Some(seconds) = self.heartbeat_timeout_seconds {
+            match std::time::Duration::try_from_secs_f64(seconds) {
+                Ok(d) if seconds > 0.0 => options.heartbeat_timeout = d,
+                _ => errors.push(field_error(
+                    "selector.heartbeatTimeoutSeconds",
+                    "must be a positive number of seconds",
+                )),
+            }
         }
+        let instances = self.checked_instances(&mut errors);
+        if !errors.is_empty() {
+            return Err(RegistryError::Invalid(errors));
+        }
+        let single = instances.len() == 1 && !options.registrations;
+        let registry: Arc<dyn DataPlaneRegistry> = match store {
+            Some(store) if !single => Arc::new(StoreRegistry::new(store, options)?),
+            _ => Arc::new(InMemoryRegistry::with_options(options)?),
+        };
+        for instance in instances {
+            registry.add(instance).await?;
+        }
+        Ok(registry)
+    }
+
+    /// The configured instances that are valid; the others' errors go to `errors`,
+    /// named `selector.instances.<id>.<field>`.
+    fn checked_instances(&self, errors: &mut Vec<FieldError>) -> Vec<DataPlaneInstance> {
+        let mut valid = Vec::new();
+        for (id, config) in &self.instances {
+            let instance = config.instance(id);
+            let found = instance.validate();
+            if found.is_empty() {
+                valid.push(instance);
+                continue;
+            }
+            errors.extend(found.into_iter().map(|e| {
+                let field = if e.field == "id" {
+                    format!("selector.instances.{id}")
+                } else {
+                    format!("selector.instances.{id}.{}", e.field)
+                };
+                field_error(field, e.message)
+            }));
+        }
+        valid
     }
 }
 
@@ -181,8 +259,11 @@ fn list(value: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use ferry_state::control::dataplanes::Chooser;
+    use ferry_state::control::DataPlaneRecord;
+
     use super::*;
-    use crate::selector::RunRequest;
+    use crate::selector::{RunRequest, SelectionStrategy};
 
     fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
         pairs
@@ -295,6 +376,200 @@ mod tests {
                 "selector.instances.dp-a.allowedSourceTypes[1]",
             ]
         );
+    }
+
+    /// A store that fails every call and counts them.
+    #[derive(Default)]
+    struct FailingStore {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FailingStore {
+        fn fail<T>(&self) -> ferry_core::Result<T> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(ferry_core::Error::state("failing store", "called"))
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl DataPlaneStore for FailingStore {
+        async fn put_dataplane(
+            &self,
+            _: &DataPlaneRecord,
+        ) -> ferry_core::Result<(DataPlaneRecord, bool)> {
+            self.fail()
+        }
+        async fn get_dataplane(&self, _: &str) -> ferry_core::Result<Option<DataPlaneRecord>> {
+            self.fail()
+        }
+        async fn list_dataplanes(&self) -> ferry_core::Result<Vec<DataPlaneRecord>> {
+            self.fail()
+        }
+        async fn delete_dataplane(
+            &self,
+            _: &str,
+            _: Option<&str>,
+        ) -> ferry_core::Result<Option<DataPlaneRecord>> {
+            self.fail()
+        }
+        async fn heartbeat_dataplane(
+            &self,
+            _: &str,
+            _: &Value,
+            _: i64,
+        ) -> ferry_core::Result<Option<DataPlaneRecord>> {
+            self.fail()
+        }
+        async fn set_dataplane_state(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> ferry_core::Result<Option<DataPlaneRecord>> {
+            self.fail()
+        }
+        async fn select_dataplane(
+            &self,
+            _: i64,
+            _: &mut Chooser<'_>,
+        ) -> ferry_core::Result<Option<DataPlaneRecord>> {
+            self.fail()
+        }
+    }
+
+    fn one_instance() -> SelectorConfig {
+        SelectorConfig::from_env(env(&[(
+            "FERRY_SELECTOR__INSTANCES__DP_A__URL",
+            "http://dp-a:8081",
+        )]))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_single_configured_instance_is_selected_without_the_store() {
+        let store = Arc::new(FailingStore::default());
+        let registry = one_instance()
+            .registry(Some(store.clone()), RegistryOptions::default())
+            .await
+            .unwrap();
+        let run = RunRequest::new("postgres", "s3");
+        for turn in 1..=3 {
+            let chosen = registry.select(&run, None).await.unwrap();
+            assert_eq!(chosen.instance.id, "dp-a");
+            assert_eq!(chosen.instance.turn_count, turn);
+        }
+        assert_eq!(registry.list().await.unwrap().len(), 1);
+        assert_eq!(store.calls(), 0, "the store is never called");
+
+        // With registrations on, the store is the registry, from the start.
+        let options = RegistryOptions {
+            registrations: true,
+            ..RegistryOptions::default()
+        };
+        let Err(err) = one_instance().registry(Some(store.clone()), options).await else {
+            panic!("the failing store is used");
+        };
+        assert!(matches!(err, RegistryError::Store(_)), "{err}");
+        assert_eq!(store.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn configured_instances_are_registered_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ferry_state::control::SqliteControlStore::open(dir.path()).unwrap());
+        let config = SelectorConfig::from_env(env(&[
+            ("FERRY_SELECTOR__STRATEGY", "least-recently-used"),
+            ("FERRY_SELECTOR__INSTANCES__DP_A__URL", "http://dp-a:8081"),
+            ("FERRY_SELECTOR__INSTANCES__DP_B__URL", "http://dp-b:8081"),
+            (
+                "FERRY_SELECTOR__INSTANCES__DP_B__ALLOWEDSOURCETYPES",
+                "postgresql",
+            ),
+        ]))
+        .unwrap();
+        let registry = config
+            .registry(Some(store.clone()), RegistryOptions::default())
+            .await
+            .unwrap();
+        let stored = store.list_dataplanes().await.unwrap();
+        let ids: Vec<&str> = stored.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["dp-a", "dp-b"]);
+        assert_eq!(
+            stored[1].document["allowedSourceTypes"],
+            serde_json::json!(["postgres"])
+        );
+
+        let chosen = registry
+            .select(&RunRequest::new("file", "s3"), None)
+            .await
+            .unwrap();
+        assert_eq!(chosen.strategy, "least-recently-used");
+        let turns = store
+            .get_dataplane(&chosen.instance.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .turn_count;
+        assert_eq!(turns, 1, "the turn is counted in the store");
+
+        // Started again (a restart, or a second control plane): the history stays.
+        let again = config
+            .registry(Some(store.clone()), RegistryOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            again
+                .get(&chosen.instance.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .turn_count,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn the_configured_strategy_may_be_a_custom_one() {
+        struct Last;
+        impl SelectionStrategy for Last {
+            fn name(&self) -> &str {
+                "last"
+            }
+            fn choose(&self, candidates: &[&DataPlaneInstance], _: &RunRequest) -> Option<usize> {
+                candidates.len().checked_sub(1)
+            }
+        }
+        let config = |strategy: &str| {
+            SelectorConfig::from_env(env(&[
+                ("FERRY_SELECTOR__STRATEGY", strategy),
+                ("FERRY_SELECTOR__INSTANCES__DP_A__URL", "http://dp-a:8081"),
+                ("FERRY_SELECTOR__INSTANCES__DP_B__URL", "http://dp-b:8081"),
+            ]))
+            .unwrap()
+        };
+        let mut options = RegistryOptions::default();
+        options.strategies.register(Box::new(Last));
+        let registry = config("last").registry(None, options).await.unwrap();
+        let chosen = registry
+            .select(&RunRequest::new("file", "s3"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (chosen.instance.id.as_str(), chosen.strategy.as_str()),
+            ("dp-b", "last")
+        );
+
+        let Err(RegistryError::Invalid(errors)) = config("last")
+            .registry(None, RegistryOptions::default())
+            .await
+        else {
+            panic!("'last' is not a built-in");
+        };
+        assert_eq!(errors[0].field, "selector.strategy");
     }
 
     #[test]

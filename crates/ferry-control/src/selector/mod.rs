@@ -4,9 +4,12 @@
 //! - [`DataPlaneInstance`], [`RunRequest`]: an instance and what a run needs from it.
 //! - [`strategy`]: the [`SelectionStrategy`] trait, the built-ins and the registry by name.
 //! - [`registry`]: the in-memory [`Selector`] that keeps instances and selects.
+//! - [`dataplanes`]: the [`DataPlaneRegistry`] the control plane uses, in memory, in the
+//!   shared control store, or over HTTP.
 //! - [`config`]: seeding instances from the configuration file and the environment.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,10 +18,15 @@ use utoipa::ToSchema;
 use crate::resource::FieldError;
 
 pub mod config;
+pub mod dataplanes;
 pub mod registry;
 pub mod strategy;
 
 pub use config::{InstanceConfig, SelectorConfig};
+pub use dataplanes::{
+    DataPlaneRegistry, InMemoryRegistry, Registered, RegistryError, RegistryOptions,
+    RemoteRegistry, StoreRegistry,
+};
 pub use registry::{NoInstance, SelectError, Selection, Selector};
 pub use strategy::{
     LeastLoaded, LeastRecentlyUsed, RandomChoice, RoundRobin, SelectionStrategy, StrategyRegistry,
@@ -30,6 +38,13 @@ pub const STORE_TYPES: [&str; 7] = ["file", "s3", "azure", "http", "postgres", "
 
 /// In an allowed-types list, this entry allows every type (as does an empty list).
 pub const ANY_TYPE: &str = "*";
+
+/// A data plane whose last heartbeat is older than this counts as unavailable: three
+/// heartbeats at the usual 5 s interval.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `/v1/dataplanes/select` selects, so no data plane may be named `select`.
+const RESERVED_ID: &str = "select";
 
 /// The canonical name of a store type, accepting the aliases manifests accept; `None` when
 /// the type is unknown.
@@ -51,6 +66,16 @@ pub enum InstanceState {
     #[default]
     Available,
     Unavailable,
+}
+
+impl InstanceState {
+    /// The name as serialized and stored: `Available` or `Unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Available => "Available",
+            InstanceState::Unavailable => "Unavailable",
+        }
+    }
 }
 
 /// The load a data plane last reported, for the least-loaded strategy.
@@ -86,6 +111,18 @@ impl Load {
             0.0
         }
     }
+
+    /// Lists every invalid field, named as in a heartbeat (`bytesPerSecond`).
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if !self.bytes_per_second.is_finite() || self.bytes_per_second < 0.0 {
+            errors.push(field_error(
+                "bytesPerSecond",
+                "must be a finite number, 0 or more",
+            ));
+        }
+        errors
+    }
 }
 
 /// One data plane the control plane can dispatch runs to.
@@ -119,6 +156,14 @@ pub struct DataPlaneInstance {
     pub last_active_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<Load>,
+    /// Chosen by the process that registers the data plane (a nonce, new at each start),
+    /// so that its deregistration never removes a newer registration of the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<String>,
+    /// When it last sent a heartbeat (Unix milliseconds); absent if never. Once it is
+    /// older than the heartbeat timeout, the instance counts as unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ms: Option<i64>,
 }
 
 /// What a run needs from the data plane that executes it.
@@ -183,6 +228,8 @@ impl DataPlaneInstance {
             turn_count: 0,
             last_active_ms: None,
             load: None,
+            registration: None,
+            last_heartbeat_ms: None,
         }
     }
 
@@ -191,6 +238,13 @@ impl DataPlaneInstance {
         let mut errors = Vec::new();
         if let Err(reason) = check_id(&self.id) {
             errors.push(field_error("id", reason));
+        } else if self.id == RESERVED_ID {
+            errors.push(field_error(
+                "id",
+                format!(
+                    "'{RESERVED_ID}' is reserved (POST /v1/dataplanes/select); choose another id"
+                ),
+            ));
         }
         if let Err(reason) = check_url(&self.url) {
             errors.push(field_error("url", reason));
@@ -217,14 +271,38 @@ impl DataPlaneInstance {
             }
         }
         if let Some(load) = &self.load {
-            if !load.bytes_per_second.is_finite() || load.bytes_per_second < 0.0 {
-                errors.push(field_error(
-                    "load.bytesPerSecond",
-                    "must be a finite number, 0 or more",
-                ));
+            errors.extend(
+                load.validate()
+                    .into_iter()
+                    .map(|e| field_error(format!("load.{}", e.field), e.message)),
+            );
+        }
+        if let Some(nonce) = &self.registration {
+            if let Err(reason) = check_registration(nonce) {
+                errors.push(field_error("registration", reason));
             }
         }
+        if self.last_heartbeat_ms.is_some_and(|t| t < 0) {
+            errors.push(field_error(
+                "lastHeartbeatMs",
+                "must be a time in Unix milliseconds, 0 or more",
+            ));
+        }
         errors
+    }
+
+    /// The instance as selection sees it at `now_ms`: unavailable once its last heartbeat
+    /// is older than `heartbeat_timeout`. One that never sent a heartbeat (configured, or
+    /// registered and silent since) keeps its state.
+    pub fn as_of(mut self, now_ms: i64, heartbeat_timeout: Duration) -> Self {
+        let timeout = i64::try_from(heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
+        if self
+            .last_heartbeat_ms
+            .is_some_and(|beat| now_ms.saturating_sub(beat) > timeout)
+        {
+            self.state = InstanceState::Unavailable;
+        }
+        self
     }
 
     /// The instance with its type names in canonical form (`postgresql` → `postgres`), as
@@ -296,9 +374,21 @@ fn check_id(id: &str) -> Result<(), String> {
     crate::resource::check_name(id)
 }
 
+/// A registration nonce travels in query strings and logs: 1 to 128 characters, none of
+/// them blank or a control character.
+fn check_registration(nonce: &str) -> Result<(), String> {
+    if nonce.is_empty() || nonce.len() > 128 {
+        return Err("use 1 to 128 characters".into());
+    }
+    if nonce.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
 /// The control plane calls the instance over HTTP: an absolute `http`/`https` URL with a
 /// host, and nothing a base URL should not carry (credentials, query, fragment).
-fn check_url(text: &str) -> Result<(), String> {
+pub(crate) fn check_url(text: &str) -> Result<(), String> {
     let parsed = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
     if !["http", "https"].contains(&parsed.scheme()) {
         return Err(format!(
@@ -409,6 +499,40 @@ mod tests {
         ] {
             assert!(DataPlaneInstance::new("dp-a", good).validate().is_empty());
         }
+    }
+
+    #[test]
+    fn registrations_and_heartbeats_are_checked() {
+        let mut dp = DataPlaneInstance::new("select", "http://dp-a");
+        dp.registration = Some("two words".into());
+        dp.last_heartbeat_ms = Some(-1);
+        let errors = dp.validate();
+        assert_eq!(
+            fields(&errors),
+            vec!["id", "registration", "lastHeartbeatMs"]
+        );
+        assert!(errors[0].message.contains("reserved"), "{errors:?}");
+        dp.id = "dp-a".into();
+        dp.registration = Some("9f1c2d-start-1".into());
+        dp.last_heartbeat_ms = Some(1_000);
+        assert!(dp.validate().is_empty());
+        let run = RunRequest::new("file", "s3");
+        assert!(dp.clone().as_of(1_000, Duration::ZERO).can_handle(&run));
+        assert!(!dp.clone().as_of(1_001, Duration::ZERO).can_handle(&run));
+        assert_eq!(
+            dp.clone().as_of(16_000, DEFAULT_HEARTBEAT_TIMEOUT).state,
+            InstanceState::Available
+        );
+        assert_eq!(
+            dp.clone().as_of(16_001, DEFAULT_HEARTBEAT_TIMEOUT).state,
+            InstanceState::Unavailable
+        );
+        dp.last_heartbeat_ms = None;
+        assert_eq!(
+            dp.as_of(i64::MAX, DEFAULT_HEARTBEAT_TIMEOUT).state,
+            InstanceState::Available,
+            "no heartbeat, no expiry"
+        );
     }
 
     #[test]

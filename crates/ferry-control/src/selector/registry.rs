@@ -3,17 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::strategy::{RoundRobin, SelectionStrategy, StrategyRegistry, UnknownStrategy};
-use super::{field_error, DataPlaneInstance, InstanceState, Load, RunRequest};
+use super::{
+    field_error, DataPlaneInstance, InstanceState, Load, RunRequest, DEFAULT_HEARTBEAT_TIMEOUT,
+};
 use crate::resource::FieldError;
 
 /// The instance chosen for a run, as it is after the choice (turn counted, marked active).
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Selection {
     pub instance: DataPlaneInstance,
@@ -22,7 +25,7 @@ pub struct Selection {
 }
 
 /// No data plane can take the run; the reason says what each registered one lacks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, thiserror::Error)]
 #[error("{reason}")]
 pub struct NoInstance {
     pub reason: String,
@@ -48,6 +51,7 @@ struct Inner {
     instances: BTreeMap<String, DataPlaneInstance>,
     strategies: StrategyRegistry,
     default_strategy: String,
+    heartbeat_timeout: Duration,
 }
 
 impl Default for Selector {
@@ -64,6 +68,7 @@ impl Selector {
                 instances: BTreeMap::new(),
                 strategies: StrategyRegistry::new(),
                 default_strategy: RoundRobin::NAME.to_string(),
+                heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             }),
         }
     }
@@ -79,6 +84,7 @@ impl Selector {
                 instances: BTreeMap::new(),
                 strategies,
                 default_strategy: default_strategy.to_string(),
+                heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             }),
         })
     }
@@ -109,6 +115,16 @@ impl Selector {
         Ok(())
     }
 
+    /// An instance whose last heartbeat is older than this counts as unavailable
+    /// ([`DEFAULT_HEARTBEAT_TIMEOUT`] unless set).
+    pub fn set_heartbeat_timeout(&self, timeout: Duration) {
+        self.lock().heartbeat_timeout = timeout;
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.lock().heartbeat_timeout
+    }
+
     /// Registers an instance after validation, with its type names in canonical form.
     pub fn add(&self, instance: DataPlaneInstance) -> Result<(), Vec<FieldError>> {
         let errors = instance.validate();
@@ -127,42 +143,122 @@ impl Selector {
         Ok(())
     }
 
+    /// Registers an instance after validation, or replaces the one with its id while
+    /// keeping that one's turn count and last active time. Returns the instance as stored
+    /// and whether it replaced one.
+    pub fn put(
+        &self,
+        instance: DataPlaneInstance,
+    ) -> Result<(DataPlaneInstance, bool), Vec<FieldError>> {
+        let errors = instance.validate();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut instance = instance.normalized();
+        let mut inner = self.lock();
+        let replaced = match inner.instances.get(&instance.id) {
+            Some(old) => {
+                instance.turn_count = old.turn_count;
+                instance.last_active_ms = old.last_active_ms;
+                true
+            }
+            None => false,
+        };
+        inner
+            .instances
+            .insert(instance.id.clone(), instance.clone());
+        Ok((instance, replaced))
+    }
+
     pub fn remove(&self, id: &str) -> Option<DataPlaneInstance> {
         self.lock().instances.remove(id)
     }
 
-    pub fn get(&self, id: &str) -> Option<DataPlaneInstance> {
-        self.lock().instances.get(id).cloned()
+    /// Removes the instance if `registration` is `None` or names its registration.
+    pub fn deregister(&self, id: &str, registration: Option<&str>) -> Option<DataPlaneInstance> {
+        let mut inner = self.lock();
+        let matches = inner.instances.get(id).is_some_and(|dp| {
+            registration.is_none_or(|nonce| dp.registration.as_deref() == Some(nonce))
+        });
+        if matches {
+            inner.instances.remove(id)
+        } else {
+            None
+        }
     }
 
-    /// Every instance, by id.
+    /// The instance as selection sees it now (see [`DataPlaneInstance::as_of`]).
+    pub fn get(&self, id: &str) -> Option<DataPlaneInstance> {
+        self.get_at(id, Utc::now().timestamp_millis())
+    }
+
+    /// [`Selector::get`] at a given time (Unix milliseconds).
+    pub fn get_at(&self, id: &str, now_ms: i64) -> Option<DataPlaneInstance> {
+        let inner = self.lock();
+        let timeout = inner.heartbeat_timeout;
+        inner
+            .instances
+            .get(id)
+            .map(|dp| dp.clone().as_of(now_ms, timeout))
+    }
+
+    /// Every instance, by id, as selection sees it now.
     pub fn list(&self) -> Vec<DataPlaneInstance> {
-        self.lock().instances.values().cloned().collect()
+        self.list_at(Utc::now().timestamp_millis())
+    }
+
+    /// [`Selector::list`] at a given time (Unix milliseconds).
+    pub fn list_at(&self, now_ms: i64) -> Vec<DataPlaneInstance> {
+        let inner = self.lock();
+        let timeout = inner.heartbeat_timeout;
+        inner
+            .instances
+            .values()
+            .map(|dp| dp.clone().as_of(now_ms, timeout))
+            .collect()
     }
 
     /// Skips the instance in selections until it is marked available again; false when no
     /// instance has the id.
     pub fn mark_unavailable(&self, id: &str) -> bool {
         self.update(id, |dp| dp.state = InstanceState::Unavailable)
+            .is_some()
     }
 
     pub fn mark_available(&self, id: &str) -> bool {
         self.update(id, |dp| dp.state = InstanceState::Available)
+            .is_some()
+    }
+
+    /// Sets the instance's state and returns it; `None` when no instance has the id.
+    pub fn set_state(&self, id: &str, state: InstanceState) -> Option<DataPlaneInstance> {
+        self.update(id, |dp| dp.state = state)
     }
 
     /// Records the load the instance reported; false when no instance has the id.
     pub fn report_load(&self, id: &str, load: Load) -> bool {
-        self.update(id, |dp| dp.load = Some(load))
+        self.update(id, |dp| dp.load = Some(load)).is_some()
     }
 
-    fn update(&self, id: &str, change: impl FnOnce(&mut DataPlaneInstance)) -> bool {
-        match self.lock().instances.get_mut(id) {
-            Some(dp) => {
-                change(dp);
-                true
-            }
-            None => false,
-        }
+    /// Records a heartbeat at `now_ms` with the load it reports, and makes the instance
+    /// available; `None` when no instance has the id.
+    pub fn heartbeat_at(&self, id: &str, load: Load, now_ms: i64) -> Option<DataPlaneInstance> {
+        self.update(id, |dp| {
+            dp.load = Some(load);
+            dp.last_heartbeat_ms = Some(now_ms);
+            dp.state = InstanceState::Available;
+        })
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut DataPlaneInstance),
+    ) -> Option<DataPlaneInstance> {
+        let mut inner = self.lock();
+        let dp = inner.instances.get_mut(id)?;
+        change(dp);
+        Some(dp.clone())
     }
 
     /// Chooses an instance for the run with the named strategy (the default when `None`),
@@ -182,70 +278,77 @@ impl Selector {
         strategy: Option<&str>,
         now_ms: i64,
     ) -> Result<Selection, SelectError> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let name = strategy
             .map(str::to_string)
             .unwrap_or_else(|| inner.default_strategy.clone());
         let chosen_strategy = inner.strategies.get(&name)?;
-
-        let chosen_id = if inner.instances.len() == 1 {
-            // A single data plane is the answer whenever it can take the run.
-            inner
-                .instances
-                .values()
-                .find(|dp| dp.can_handle(run))
-                .map(|dp| dp.id.clone())
-        } else {
-            let candidates: Vec<&DataPlaneInstance> = inner
-                .instances
-                .values()
-                .filter(|dp| dp.can_handle(run))
-                .collect();
-            if candidates.is_empty() {
-                None
-            } else {
-                match chosen_strategy.choose(&candidates, run) {
-                    Some(i) if i < candidates.len() => Some(candidates[i].id.clone()),
-                    _ => {
-                        let ids: Vec<&str> = candidates.iter().map(|dp| dp.id.as_str()).collect();
-                        return Err(NoInstance {
-                            reason: format!(
-                                "strategy '{name}' chose none of the data planes that handle {} ({})",
-                                run.describe(),
-                                ids.join(", ")
-                            ),
-                        }
-                        .into());
-                    }
-                }
-            }
-        };
-        let Some(id) = chosen_id else {
-            return Err(no_capable_instance(&inner.instances, run).into());
-        };
-        let Some(dp) = inner.instances.get_mut(&id) else {
-            return Err(no_capable_instance(&inner.instances, run).into());
+        let seen: Vec<DataPlaneInstance> = inner
+            .instances
+            .values()
+            .map(|dp| dp.clone().as_of(now_ms, inner.heartbeat_timeout))
+            .collect();
+        let i = choose(&seen, run, &name, chosen_strategy)?;
+        let Some(dp) = inner.instances.get_mut(&seen[i].id) else {
+            return Err(no_capable_instance(&seen, run).into());
         };
         dp.turn_count += 1;
         dp.last_active_ms = Some(now_ms);
         Ok(Selection {
-            instance: dp.clone(),
+            instance: dp.clone().as_of(now_ms, inner.heartbeat_timeout),
             strategy: name,
         })
     }
 }
 
+/// Which of `instances` (ordered by id, as selection sees them now) takes the run: a
+/// single instance whenever it can, else the one the strategy picks among the capable.
+/// Returns its index in `instances`.
+pub(crate) fn choose(
+    instances: &[DataPlaneInstance],
+    run: &RunRequest,
+    name: &str,
+    strategy: &dyn SelectionStrategy,
+) -> Result<usize, NoInstance> {
+    if let [only] = instances {
+        return if only.can_handle(run) {
+            Ok(0)
+        } else {
+            Err(no_capable_instance(instances, run))
+        };
+    }
+    let (places, candidates): (Vec<usize>, Vec<&DataPlaneInstance>) = instances
+        .iter()
+        .enumerate()
+        .filter(|(_, dp)| dp.can_handle(run))
+        .unzip();
+    if candidates.is_empty() {
+        return Err(no_capable_instance(instances, run));
+    }
+    match strategy.choose(&candidates, run) {
+        Some(i) if i < candidates.len() => Ok(places[i]),
+        _ => {
+            let ids: Vec<&str> = candidates.iter().map(|dp| dp.id.as_str()).collect();
+            Err(NoInstance {
+                reason: format!(
+                    "strategy '{name}' chose none of the data planes that handle {} ({})",
+                    run.describe(),
+                    ids.join(", ")
+                ),
+            })
+        }
+    }
+}
+
 /// "no available data plane handles source postgres → destination s3 (2 registered:
 /// dp-a lacks source postgres, dp-b is unavailable)".
-fn no_capable_instance(
-    instances: &BTreeMap<String, DataPlaneInstance>,
-    run: &RunRequest,
-) -> NoInstance {
+pub(crate) fn no_capable_instance(instances: &[DataPlaneInstance], run: &RunRequest) -> NoInstance {
     let registered = if instances.is_empty() {
         "none registered".to_string()
     } else {
         let each: Vec<String> = instances
-            .values()
+            .iter()
             .map(|dp| format!("{} {}", dp.id, dp.missing(run).join(" and ")))
             .collect();
         format!("{} registered: {}", instances.len(), each.join(", "))

@@ -2,9 +2,11 @@
 //! each backend's tests call with a fresh, empty store.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
+use super::dataplanes::{DataPlaneRecord, DataPlaneStore, AVAILABLE};
 use super::{ControlStore, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 /// A transfer record named `name`, generation 1, phase Pending.
@@ -36,6 +38,7 @@ pub async fn all(store: &dyn ControlStore) {
     runs_and_claims(store).await;
     events(store).await;
     deleting_a_transfer_deletes_its_runs_and_events(store).await;
+    dataplanes(store).await;
 }
 
 pub async fn transfers(store: &dyn ControlStore) {
@@ -324,4 +327,199 @@ pub async fn deleting_a_transfer_deletes_its_runs_and_events(store: &dyn Control
     assert!(store.delete_transfer("gone").await.unwrap());
     assert!(store.get_run("g1").await.unwrap().is_none());
     assert!(store.list_events("gone", 0, 10).await.unwrap().is_empty());
+}
+
+/// A data plane registration with no history, its document naming its URL.
+pub fn dataplane(id: &str) -> DataPlaneRecord {
+    DataPlaneRecord {
+        id: id.into(),
+        registration: None,
+        document: json!({"url": format!("http://{id}:8081"), "labels": {"region": "eu"}}),
+        state: AVAILABLE.into(),
+        turn_count: 0,
+        last_active_ms: None,
+        heartbeat_ms: None,
+        load: None,
+    }
+}
+
+pub async fn dataplanes(store: &dyn DataPlaneStore) {
+    let ids = |records: Vec<DataPlaneRecord>| records.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    for id in ["dp-b", "dp-a", "dp-c"] {
+        let (stored, replaced) = store.put_dataplane(&dataplane(id)).await.unwrap();
+        assert!(!replaced, "{id} is new");
+        assert_eq!(stored, dataplane(id));
+    }
+    assert_eq!(
+        ids(store.list_dataplanes().await.unwrap()),
+        ["dp-a", "dp-b", "dp-c"]
+    );
+    assert_eq!(
+        store.get_dataplane("dp-a").await.unwrap(),
+        Some(dataplane("dp-a"))
+    );
+    assert_eq!(store.get_dataplane("dp-z").await.unwrap(), None);
+
+    // The chooser sees every registration by id, and its choice takes the turn.
+    let mut seen = Vec::new();
+    let chosen = store
+        .select_dataplane(500, &mut |records| {
+            seen = records.iter().map(|d| d.id.clone()).collect();
+            records.iter().position(|d| d.id == "dp-b")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, ["dp-a", "dp-b", "dp-c"]);
+    assert_eq!((chosen.id.as_str(), chosen.turn_count), ("dp-b", 1));
+    assert_eq!(chosen.last_active_ms, Some(500));
+    for declined in [None, Some(3)] {
+        let none = store
+            .select_dataplane(600, &mut |_| declined)
+            .await
+            .unwrap();
+        assert!(none.is_none(), "choosing {declined:?} takes no turn");
+    }
+    assert_eq!(store.get_dataplane("dp-b").await.unwrap(), Some(chosen));
+
+    // Registering again replaces the document and keeps the history.
+    let mut again = dataplane("dp-b");
+    again.registration = Some("n2".into());
+    again.document = json!({"url": "http://dp-b-2:8081"});
+    again.turn_count = 0;
+    again.heartbeat_ms = Some(550);
+    let (stored, replaced) = store.put_dataplane(&again).await.unwrap();
+    assert!(replaced);
+    assert_eq!(stored.document, again.document);
+    assert_eq!(stored.registration.as_deref(), Some("n2"));
+    assert_eq!(stored.heartbeat_ms, Some(550));
+    assert_eq!((stored.turn_count, stored.last_active_ms), (1, Some(500)));
+
+    // State and heartbeats.
+    let drained = store
+        .set_dataplane_state("dp-a", "Unavailable")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(drained.state, "Unavailable");
+    assert!(store
+        .set_dataplane_state("dp-z", "Unavailable")
+        .await
+        .unwrap()
+        .is_none());
+    let load = json!({"activeRuns": 2, "capacity": 4});
+    let beat = store
+        .heartbeat_dataplane("dp-a", &load, 700)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        beat.state, AVAILABLE,
+        "a heartbeat makes it available again"
+    );
+    assert_eq!(
+        (beat.heartbeat_ms, beat.load.as_ref()),
+        (Some(700), Some(&load))
+    );
+    assert_eq!(store.get_dataplane("dp-a").await.unwrap(), Some(beat));
+    assert!(store
+        .heartbeat_dataplane("dp-z", &load, 700)
+        .await
+        .unwrap()
+        .is_none());
+
+    // A deregistration naming an older registration leaves the newer one.
+    assert!(store
+        .delete_dataplane("dp-b", Some("n1"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        store
+            .delete_dataplane("dp-a", Some("n1"))
+            .await
+            .unwrap()
+            .is_none(),
+        "a registration without a nonce is not one that names it"
+    );
+    let gone = store
+        .delete_dataplane("dp-b", Some("n2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.id, "dp-b");
+    assert!(store
+        .delete_dataplane("dp-a", None)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .delete_dataplane("dp-a", None)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .delete_dataplane("dp-c", None)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store.list_dataplanes().await.unwrap().is_empty());
+    assert!(store
+        .select_dataplane(800, &mut |_| Some(0))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Two handles on one store (two processes, as far as the store can tell) select
+/// concurrently with a fewest-turns chooser: no turn is lost or counted twice, and no
+/// chooser ever sees counts more than one apart.
+pub async fn shared_round_robin(a: Arc<dyn DataPlaneStore>, b: Arc<dyn DataPlaneStore>) {
+    for id in ["dp-a", "dp-b", "dp-c"] {
+        a.put_dataplane(&dataplane(id)).await.unwrap();
+    }
+    let spreads = Arc::new(Mutex::new(Vec::new()));
+    let selections: Vec<_> = (0..60)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let spreads = Arc::clone(&spreads);
+            tokio::spawn(async move {
+                let chosen = store
+                    .select_dataplane(i, &mut |records| {
+                        let turns = records.iter().map(|d| d.turn_count);
+                        let spread = turns.clone().max()? - turns.min()?;
+                        spreads.lock().unwrap().push(spread);
+                        (0..records.len()).min_by_key(|i| records[*i].turn_count)
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (chosen.id, chosen.turn_count)
+            })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for selection in selections {
+        taken.push(selection.await.unwrap());
+    }
+    taken.sort();
+    let expected: Vec<(String, i64)> = ["dp-a", "dp-b", "dp-c"]
+        .iter()
+        .flat_map(|id| (1..=20).map(move |turn| (id.to_string(), turn)))
+        .collect();
+    assert_eq!(
+        taken, expected,
+        "each turn of each data plane taken exactly once"
+    );
+    let spreads = spreads.lock().unwrap().clone();
+    assert_eq!(spreads.len(), 60);
+    assert!(spreads.iter().all(|s| *s <= 1), "{spreads:?}");
+    let turns: Vec<i64> = b
+        .list_dataplanes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.turn_count)
+        .collect();
+    assert_eq!(turns, [20, 20, 20]);
 }

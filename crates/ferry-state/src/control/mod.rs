@@ -1,5 +1,5 @@
 //! The service's durable resources: transfers (desired state and status), their runs and
-//! their events.
+//! their events, and the data planes registered to execute runs ([`dataplanes`]).
 //!
 //! Specs, statuses and statistics are kept as JSON documents: this crate stores them and
 //! indexes the few fields it filters or claims on (name, phase, owner, lease), and the
@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod conformance;
+pub mod dataplanes;
 pub(crate) mod postgres;
 mod sqlite;
 
+pub use dataplanes::{DataPlaneRecord, DataPlaneStore};
 pub use postgres::PostgresControlStore;
 pub use sqlite::SqliteControlStore;
 
@@ -152,9 +154,10 @@ pub struct EventRecord {
 /// Where the service keeps its resources.
 ///
 /// Methods that change one record do so atomically. `claim_run` is the only way a process
-/// takes a run to execute, so two processes never execute one run at once.
+/// takes a run to execute, so two processes never execute one run at once. Every control
+/// store keeps data plane registrations too.
 #[async_trait]
-pub trait ControlStore: Send + Sync + 'static {
+pub trait ControlStore: DataPlaneStore {
     /// Stores a new transfer; false (and nothing changed) when the name is taken.
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<bool>;
     async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>>;

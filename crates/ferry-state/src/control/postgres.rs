@@ -1,7 +1,8 @@
 //! [`ControlStore`] in a shared PostgreSQL database, so several servers share one state.
 //!
-//! Every method is a single statement, hence atomic without client-side transactions, and
-//! callers share a few pipelined connections. JSON documents are stored as text so they
+//! Every method but one is a single statement, hence atomic without client-side
+//! transactions, and callers share a few pipelined connections. Selecting a data plane is
+//! a transaction (lock, choose, count the turn) on a session of its own. JSON documents are stored as text so they
 //! come back exactly as written (jsonb would reorder object keys).
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
+use super::dataplanes::{Chooser, DataPlaneRecord, DataPlaneStore, AVAILABLE};
 use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 /// Sessions per store: enough to overlap concurrent requests, few enough that many
@@ -81,6 +83,16 @@ CREATE TABLE IF NOT EXISTS ferry_events (
     data      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ferry_events_by_transfer ON ferry_events (transfer, seq);
+CREATE TABLE IF NOT EXISTS ferry_dataplanes (
+    id              TEXT PRIMARY KEY,
+    registration    TEXT,
+    document        TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    turn_count      BIGINT NOT NULL,
+    last_active_ms  BIGINT,
+    heartbeat_ms    BIGINT,
+    load            TEXT
+);
 ";
 
 macro_rules! transfer_columns {
@@ -93,6 +105,12 @@ macro_rules! run_columns {
     () => {
         "id, transfer, transfer_uid, generation, phase, trigger_kind, attempt, scheduled_for, \
          not_before, created_at, started_at, finished_at, owner, lease_until, stats, error"
+    };
+}
+
+macro_rules! dataplane_columns {
+    () => {
+        "id, registration, document, state, turn_count, last_active_ms, heartbeat_ms, load"
     };
 }
 
@@ -117,9 +135,17 @@ enum Q {
     ReleaseRun,
     AppendEvent,
     ListEvents,
+    PutDataPlane,
+    GetDataPlane,
+    ListDataPlanes,
+    DeleteDataPlane,
+    HeartbeatDataPlane,
+    SetDataPlaneState,
+    LockDataPlanes,
+    TakeTurn,
 }
 
-const QUERIES: usize = Q::ListEvents as usize + 1;
+const QUERIES: usize = Q::TakeTurn as usize + 1;
 
 impl Q {
     /// Names sort by `COLLATE "C"`, byte order, as in SQLite, whatever the database's
@@ -217,6 +243,54 @@ impl Q {
                 "SELECT seq, transfer, run, time, severity, reason, message, data FROM ferry_events
                  WHERE transfer = $1 AND seq > $2 ORDER BY seq LIMIT $3"
             }
+            // A row the upsert inserted has no xmax yet; one it updated has this
+            // transaction's, so `created` tells the two apart in the same statement.
+            Q::PutDataPlane => concat!(
+                "INSERT INTO ferry_dataplanes (",
+                dataplane_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (id) DO UPDATE SET registration = EXCLUDED.registration,
+                   document = EXCLUDED.document, state = EXCLUDED.state,
+                   heartbeat_ms = EXCLUDED.heartbeat_ms, load = EXCLUDED.load
+                 RETURNING ",
+                dataplane_columns!(),
+                ", (xmax = 0) AS created"
+            ),
+            Q::GetDataPlane => concat!(
+                "SELECT ",
+                dataplane_columns!(),
+                " FROM ferry_dataplanes WHERE id = $1"
+            ),
+            Q::ListDataPlanes => concat!(
+                "SELECT ",
+                dataplane_columns!(),
+                " FROM ferry_dataplanes ORDER BY id COLLATE \"C\""
+            ),
+            Q::DeleteDataPlane => concat!(
+                "DELETE FROM ferry_dataplanes WHERE id = $1
+                 AND ($2::text IS NULL OR registration = $2) RETURNING ",
+                dataplane_columns!()
+            ),
+            Q::HeartbeatDataPlane => concat!(
+                "UPDATE ferry_dataplanes SET load = $2, heartbeat_ms = $3, state = $4
+                 WHERE id = $1 RETURNING ",
+                dataplane_columns!()
+            ),
+            Q::SetDataPlaneState => concat!(
+                "UPDATE ferry_dataplanes SET state = $2 WHERE id = $1 RETURNING ",
+                dataplane_columns!()
+            ),
+            // Rows are locked in id order, so concurrent selections never deadlock.
+            Q::LockDataPlanes => concat!(
+                "SELECT ",
+                dataplane_columns!(),
+                " FROM ferry_dataplanes ORDER BY id COLLATE \"C\" FOR UPDATE"
+            ),
+            Q::TakeTurn => concat!(
+                "UPDATE ferry_dataplanes SET turn_count = turn_count + 1, last_active_ms = $2
+                 WHERE id = $1 RETURNING ",
+                dataplane_columns!()
+            ),
         }
     }
 }
@@ -256,6 +330,8 @@ pub struct PostgresControlStore {
     /// Opened on first use and again after the session is lost (a server restart).
     slots: Vec<Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
+    /// The session for data plane selections: a transaction needs a session to itself.
+    selecting: Mutex<Option<Conn>>,
 }
 
 impl PostgresControlStore {
@@ -276,6 +352,7 @@ impl PostgresControlStore {
             config,
             slots,
             next: AtomicUsize::new(0),
+            selecting: Mutex::new(None),
         })
     }
 
@@ -381,6 +458,80 @@ impl PostgresControlStore {
     async fn runs(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<RunRecord>> {
         let rows = self.query(q, params).await?;
         rows.iter().map(|row| self.run(row)).collect()
+    }
+
+    fn dataplane(&self, row: &Row) -> Result<DataPlaneRecord> {
+        let load: Option<&str> = self.get(row, 7)?;
+        Ok(DataPlaneRecord {
+            id: self.get(row, 0)?,
+            registration: self.get(row, 1)?,
+            document: self.json(row, 2)?,
+            state: self.get(row, 3)?,
+            turn_count: self.get(row, 4)?,
+            last_active_ms: self.get(row, 5)?,
+            heartbeat_ms: self.get(row, 6)?,
+            load: load
+                .map(|text| {
+                    serde_json::from_str(text)
+                        .map_err(|e| Error::state(&self.shown, format!("column load: {e}")))
+                })
+                .transpose()?,
+        })
+    }
+
+    async fn dataplanes(
+        &self,
+        q: Q,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<DataPlaneRecord>> {
+        let rows = self.query(q, params).await?;
+        rows.iter().map(|row| self.dataplane(row)).collect()
+    }
+
+    /// [`DataPlaneStore::select_dataplane`] on the selection session: one transaction that
+    /// locks every registration, so selections from every store sharing the database wait
+    /// for each other.
+    async fn select_on(
+        &self,
+        conn: &mut Conn,
+        now: i64,
+        choose: &mut Chooser<'_>,
+    ) -> Result<Option<DataPlaneRecord>> {
+        let lock_all = conn
+            .statement(Q::LockDataPlanes)
+            .await
+            .map_err(|e| self.failed(conn, &e))?
+            .clone();
+        let take_turn = conn
+            .statement(Q::TakeTurn)
+            .await
+            .map_err(|e| self.failed(conn, &e))?
+            .clone();
+        let broken = &conn.broken;
+        let fail = |e: tokio_postgres::Error| {
+            if e.is_closed() {
+                broken.store(true, Ordering::Relaxed);
+            }
+            self.fail(&e)
+        };
+        // Dropped without a commit (an error, or a chooser that panics), it rolls back.
+        let tx = conn.client.transaction().await.map_err(fail)?;
+        let rows = tx.query(&lock_all, &[]).await.map_err(fail)?;
+        let records = rows
+            .iter()
+            .map(|row| self.dataplane(row))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(chosen) = choose(&records).and_then(|i| records.get(i)) else {
+            tx.rollback().await.map_err(fail)?;
+            return Ok(None);
+        };
+        let rows = tx
+            .query(&take_turn, &[&chosen.id, &now])
+            .await
+            .map_err(fail)?;
+        let record = rows.first().map(|row| self.dataplane(row)).transpose()?;
+        tx.commit().await.map_err(fail)?;
+        Ok(record)
     }
 }
 
@@ -768,6 +919,90 @@ impl ControlStore for PostgresControlStore {
     }
 }
 
+#[async_trait]
+impl DataPlaneStore for PostgresControlStore {
+    async fn put_dataplane(&self, d: &DataPlaneRecord) -> Result<(DataPlaneRecord, bool)> {
+        let load = d.load.as_ref().map(text);
+        let rows = self
+            .query(
+                Q::PutDataPlane,
+                &[
+                    &d.id,
+                    &d.registration,
+                    &text(&d.document),
+                    &d.state,
+                    &d.turn_count,
+                    &d.last_active_ms,
+                    &d.heartbeat_ms,
+                    &load,
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Err(Error::state(
+                &self.shown,
+                "storing a data plane returned no row",
+            ));
+        };
+        let created: bool = self.get(row, 8)?;
+        Ok((self.dataplane(row)?, !created))
+    }
+
+    async fn get_dataplane(&self, id: &str) -> Result<Option<DataPlaneRecord>> {
+        Ok(self.dataplanes(Q::GetDataPlane, &[&id]).await?.pop())
+    }
+
+    async fn list_dataplanes(&self) -> Result<Vec<DataPlaneRecord>> {
+        self.dataplanes(Q::ListDataPlanes, &[]).await
+    }
+
+    async fn delete_dataplane(
+        &self,
+        id: &str,
+        registration: Option<&str>,
+    ) -> Result<Option<DataPlaneRecord>> {
+        Ok(self
+            .dataplanes(Q::DeleteDataPlane, &[&id, &registration])
+            .await?
+            .pop())
+    }
+
+    async fn heartbeat_dataplane(
+        &self,
+        id: &str,
+        load: &Value,
+        now: i64,
+    ) -> Result<Option<DataPlaneRecord>> {
+        Ok(self
+            .dataplanes(Q::HeartbeatDataPlane, &[&id, &text(load), &now, &AVAILABLE])
+            .await?
+            .pop())
+    }
+
+    async fn set_dataplane_state(&self, id: &str, state: &str) -> Result<Option<DataPlaneRecord>> {
+        Ok(self
+            .dataplanes(Q::SetDataPlaneState, &[&id, &state])
+            .await?
+            .pop())
+    }
+
+    async fn select_dataplane(
+        &self,
+        now: i64,
+        choose: &mut Chooser<'_>,
+    ) -> Result<Option<DataPlaneRecord>> {
+        let mut slot = self.selecting.lock().await;
+        if !slot.as_ref().is_some_and(Conn::usable) {
+            *slot = None;
+            *slot = Some(Conn::new(dial(&self.config, &self.shown).await?));
+        }
+        match slot.as_mut() {
+            Some(conn) => self.select_on(conn, now, choose).await,
+            None => Err(Error::Internal("the selection session is not open".into())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::Future;
@@ -843,6 +1078,18 @@ mod tests {
         with_database(|url| async move {
             let store = PostgresControlStore::connect(&url).await.unwrap();
             conformance::all(&store).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_processes_take_data_plane_turns_together() {
+        with_database(|url| async move {
+            let (a, b) = tokio::join!(
+                PostgresControlStore::connect(&url),
+                PostgresControlStore::connect(&url)
+            );
+            conformance::shared_round_robin(Arc::new(a.unwrap()), Arc::new(b.unwrap())).await;
         })
         .await;
     }

@@ -14,6 +14,7 @@ use ferry_core::{Error, Result};
 use rusqlite::{params, Connection, Row};
 use serde_json::Value;
 
+use super::dataplanes::{Chooser, DataPlaneRecord, DataPlaneStore, AVAILABLE};
 use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 const SCHEMA: &str = "
@@ -61,6 +62,16 @@ CREATE TABLE IF NOT EXISTS events (
     data      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_transfer ON events (transfer, seq);
+CREATE TABLE IF NOT EXISTS ferry_dataplanes (
+    id              TEXT PRIMARY KEY,
+    registration    TEXT,
+    document        TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    turn_count      INTEGER NOT NULL,
+    last_active_ms  INTEGER,
+    heartbeat_ms    INTEGER,
+    load            TEXT
+);
 ";
 
 const RUN_COLUMNS: &str = "id, transfer, transfer_uid, generation, phase, trigger_kind, attempt, \
@@ -68,6 +79,9 @@ const RUN_COLUMNS: &str = "id, transfer, transfer_uid, generation, phase, trigge
 
 const TRANSFER_COLUMNS: &str =
     "name, uid, generation, labels, manifest, phase, status, created_at, updated_at, next_due";
+
+const DATAPLANE_COLUMNS: &str =
+    "id, registration, document, state, turn_count, last_active_ms, heartbeat_ms, load";
 
 /// Connections that only read, so listings never wait for a write (WAL lets readers and
 /// the writer work at once).
@@ -178,6 +192,44 @@ impl SqliteControlStore {
     fn parse(&self, text: &str) -> Result<Value> {
         serde_json::from_str(text).map_err(|e| self.fail(e))
     }
+
+    fn dataplane_where(
+        &self,
+        clause: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<DataPlaneRecord>> {
+        let sql = format!("SELECT {DATAPLANE_COLUMNS} FROM ferry_dataplanes {clause}");
+        let rows = self.fetch(&sql, args, dataplane_row)?;
+        self.dataplanes(rows)
+    }
+
+    fn dataplanes(&self, rows: Vec<DataPlaneRow>) -> Result<Vec<DataPlaneRecord>> {
+        rows.into_iter()
+            .map(|(mut d, document, load)| {
+                d.document = self.parse(&document)?;
+                d.load = load.map(|l| self.parse(&l)).transpose()?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Runs one statement on the writing connection that returns data plane rows.
+    fn change_dataplane(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Option<DataPlaneRecord>> {
+        let rows = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.fail(e))?;
+            let rows = stmt
+                .query_map(args, dataplane_row)
+                .map_err(|e| self.fail(e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.fail(e))?
+        };
+        Ok(self.dataplanes(rows)?.pop())
+    }
 }
 
 /// A transfer row, its JSON columns (labels, manifest, status) still text.
@@ -218,6 +270,23 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
         error: r.get(15)?,
     };
     Ok((record, r.get(14)?))
+}
+
+/// A data plane row, its document and load still text.
+type DataPlaneRow = (DataPlaneRecord, String, Option<String>);
+
+fn dataplane_row(r: &Row<'_>) -> rusqlite::Result<DataPlaneRow> {
+    let record = DataPlaneRecord {
+        id: r.get(0)?,
+        registration: r.get(1)?,
+        document: Value::Null,
+        state: r.get(3)?,
+        turn_count: r.get(4)?,
+        last_active_ms: r.get(5)?,
+        heartbeat_ms: r.get(6)?,
+        load: None,
+    };
+    Ok((record, r.get(2)?, r.get(7)?))
 }
 
 fn json(v: &impl serde::Serialize) -> String {
@@ -508,12 +577,150 @@ impl ControlStore for SqliteControlStore {
     }
 }
 
+#[async_trait]
+impl DataPlaneStore for SqliteControlStore {
+    async fn put_dataplane(&self, d: &DataPlaneRecord) -> Result<(DataPlaneRecord, bool)> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let replaced = tx
+            .prepare_cached("SELECT 1 FROM ferry_dataplanes WHERE id = ?1")
+            .and_then(|mut s| s.exists([&d.id]))
+            .map_err(|e| self.fail(e))?;
+        let row = tx
+            .prepare_cached(&format!(
+                "INSERT INTO ferry_dataplanes ({DATAPLANE_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET registration = ?2, document = ?3, state = ?4,
+                   heartbeat_ms = ?7, load = ?8
+                 RETURNING {DATAPLANE_COLUMNS}"
+            ))
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        d.id,
+                        d.registration,
+                        json(&d.document),
+                        d.state,
+                        d.turn_count,
+                        d.last_active_ms,
+                        d.heartbeat_ms,
+                        d.load.as_ref().map(json)
+                    ],
+                    dataplane_row,
+                )
+            })
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        drop(conn);
+        let stored = self.dataplanes(vec![row])?.pop();
+        let stored = stored.ok_or_else(|| self.fail("storing a data plane returned no row"))?;
+        Ok((stored, replaced))
+    }
+
+    async fn get_dataplane(&self, id: &str) -> Result<Option<DataPlaneRecord>> {
+        Ok(self.dataplane_where("WHERE id = ?1", &[&id])?.pop())
+    }
+
+    async fn list_dataplanes(&self) -> Result<Vec<DataPlaneRecord>> {
+        self.dataplane_where("ORDER BY id", &[])
+    }
+
+    async fn delete_dataplane(
+        &self,
+        id: &str,
+        registration: Option<&str>,
+    ) -> Result<Option<DataPlaneRecord>> {
+        self.change_dataplane(
+            &format!(
+                "DELETE FROM ferry_dataplanes WHERE id = ?1 AND (?2 IS NULL OR registration = ?2)
+                 RETURNING {DATAPLANE_COLUMNS}"
+            ),
+            &[&id, &registration],
+        )
+    }
+
+    async fn heartbeat_dataplane(
+        &self,
+        id: &str,
+        load: &Value,
+        now: i64,
+    ) -> Result<Option<DataPlaneRecord>> {
+        self.change_dataplane(
+            &format!(
+                "UPDATE ferry_dataplanes SET load = ?2, heartbeat_ms = ?3, state = ?4 WHERE id = ?1
+                 RETURNING {DATAPLANE_COLUMNS}"
+            ),
+            &[&id, &json(load), &now, &AVAILABLE],
+        )
+    }
+
+    async fn set_dataplane_state(&self, id: &str, state: &str) -> Result<Option<DataPlaneRecord>> {
+        self.change_dataplane(
+            &format!(
+                "UPDATE ferry_dataplanes SET state = ?2 WHERE id = ?1 RETURNING {DATAPLANE_COLUMNS}"
+            ),
+            &[&id, &state],
+        )
+    }
+
+    async fn select_dataplane(
+        &self,
+        now: i64,
+        choose: &mut Chooser<'_>,
+    ) -> Result<Option<DataPlaneRecord>> {
+        // An immediate transaction takes the database's write lock before reading, so other
+        // processes on the same file wait until the turn is counted.
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
+        let rows = tx
+            .prepare_cached(&format!(
+                "SELECT {DATAPLANE_COLUMNS} FROM ferry_dataplanes ORDER BY id"
+            ))
+            .and_then(|mut s| {
+                s.query_map([], dataplane_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.fail(e))?;
+        let records = self.dataplanes(rows)?;
+        let Some(chosen) = choose(&records).and_then(|i| records.get(i)) else {
+            return Ok(None);
+        };
+        let row = tx
+            .prepare_cached(&format!(
+                "UPDATE ferry_dataplanes SET turn_count = turn_count + 1, last_active_ms = ?2
+                 WHERE id = ?1 RETURNING {DATAPLANE_COLUMNS}"
+            ))
+            .and_then(|mut s| s.query_row(params![chosen.id, now], dataplane_row))
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        drop(conn);
+        Ok(self.dataplanes(vec![row])?.pop())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::super::conformance;
+    use super::SqliteControlStore;
+
     #[tokio::test]
     async fn conforms() {
         let dir = tempfile::tempdir().unwrap();
-        let store = super::SqliteControlStore::open(dir.path()).unwrap();
-        super::super::conformance::all(&store).await;
+        let store = SqliteControlStore::open(dir.path()).unwrap();
+        conformance::all(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_handles_on_one_file_take_turns_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
+        let b = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
+        conformance::shared_round_robin(a, b).await;
     }
 }

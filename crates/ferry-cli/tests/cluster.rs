@@ -339,3 +339,115 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
     assert_eq!(differ, "0");
     drop((dp1, dp2));
 }
+
+#[test]
+fn unreachable_and_incapable_data_planes_are_skipped_with_reasons() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["serve", "--role", "control", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(root.join("cp"))
+        .env_remove("FERRY_STORE")
+        .current_dir(root);
+    let cp = Service::start(cmd, port);
+
+    // Registrations with a malformed URL or an unknown type name the field.
+    let (status, bad) = cp.call(
+        "POST",
+        "/v1/dataplanes",
+        Some(&json!({"id": "dp-x", "url": "not a url"})),
+    );
+    assert_eq!(status, 422, "{bad}");
+    assert_eq!(bad["details"][0]["field"], "url", "{bad}");
+    let (status, bad) = cp.call(
+        "POST",
+        "/v1/dataplanes",
+        Some(&json!({"id": "dp-x", "url": "http://127.0.0.1:9",
+                     "allowedSourceTypes": ["mongodb"]})),
+    );
+    assert_eq!(status, 422, "{bad}");
+    assert!(
+        bad["details"][0]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("allowedSourceTypes"),
+        "{bad}"
+    );
+
+    // A data plane nothing listens for: the run waits, the data plane is marked down.
+    let (status, body) = cp.call(
+        "POST",
+        "/v1/dataplanes",
+        Some(&json!({"id": "dp-gone", "url": "http://127.0.0.1:9",
+                     "allowedSourceTypes": ["file"], "labels": {"region": "eu"}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    files(&root.join("in"), 1, 1000, 1);
+    let (status, body) = cp.call(
+        "POST",
+        "/v1/transfers",
+        Some(&copy_manifest("waits", "in/", "out/", None)),
+    );
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reasons = loop {
+        let (_, events) = cp.call("GET", "/v1/transfers/waits/events", None);
+        let reasons: Vec<String> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e["reason"].as_str().unwrap(),
+                    e["message"].as_str().unwrap()
+                )
+            })
+            .collect();
+        if reasons
+            .iter()
+            .any(|r| r.starts_with("NoDataPlaneAvailable"))
+        {
+            break reasons;
+        }
+        assert!(Instant::now() < deadline, "{reasons:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let failed = reasons
+        .iter()
+        .find(|r| r.starts_with("DispatchFailed"))
+        .unwrap_or_else(|| panic!("{reasons:?}"));
+    assert!(
+        failed.contains("dp-gone") && failed.contains("unreachable"),
+        "{failed}"
+    );
+    let (_, dp) = cp.call("GET", "/v1/dataplanes/dp-gone", None);
+    assert_eq!(dp["state"], "Unavailable", "{dp}");
+    let (_, t) = cp.call("GET", "/v1/transfers/waits", None);
+    assert_eq!(
+        t["status"]["phase"], "Pending",
+        "it waits for a data plane: {t}"
+    );
+
+    // A run no registered data plane could ever take fails, saying what each lacks.
+    let mut mars = copy_manifest("mars", "in/", "out2/", None);
+    mars["spec"]["dataPlane"] = json!({"labels": {"region": "mars"}});
+    assert_eq!(cp.call("POST", "/v1/transfers", Some(&mars)).0, 201);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let t = loop {
+        let (_, t) = cp.call("GET", "/v1/transfers/mars", None);
+        if t["status"]["phase"] == "ConfigurationError" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "{t}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let error = t["status"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("dp-gone") && error.contains("region"),
+        "{error}"
+    );
+}

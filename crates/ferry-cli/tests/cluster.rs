@@ -7,12 +7,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::service::{free_port, Service};
-use ferry_connectors::testkit::{bytes, unique_name, TestPostgres};
+use common::service::{assert_same_tree, free_port, write_files, Service};
+use ferry_connectors::testkit::{unique_name, TestPostgres};
 use serde_json::{json, Value};
 
 /// The lease in this test: how long a dead data plane keeps its runs.
@@ -152,33 +152,6 @@ impl Cluster {
     }
 }
 
-fn files(dir: &Path, count: u64, size: usize, seed: u64) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..count {
-        std::fs::write(
-            dir.join(format!("part-{i}.bin")),
-            bytes(size, seed * 1000 + i),
-        )
-        .unwrap();
-    }
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let mut names: Vec<_> = std::fs::read_dir(a)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        assert!(
-            std::fs::read(a.join(&name)).unwrap() == std::fs::read(b.join(&name)).unwrap(),
-            "{} differs from {}",
-            b.join(&name).display(),
-            a.join(&name).display()
-        );
-    }
-}
-
 fn copy_manifest(name: &str, from: &str, to: &str, strategy: Option<&str>) -> Value {
     let mut m = json!({
         "apiVersion": "ferry.dev/v1", "kind": "BatchTransfer",
@@ -218,7 +191,7 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
 
     // Round-robin with turn counts shared by both control planes, then least recently
     // used: each data plane gets exactly a third.
-    files(&root.join("small"), 2, 10_000, 1);
+    write_files(&root.join("small"), 2, 10_000, 1);
     for strategy in ["round-robin", "least-recently-used"] {
         let names: Vec<String> = (0..6).map(|i| format!("{}-{i}", &strategy[..5])).collect();
         for (i, name) in names.iter().enumerate() {
@@ -278,7 +251,7 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
     let mut names = Vec::new();
     for k in 0..5 {
         let dir = format!("big-{k}");
-        files(&root.join(&dir), 8, 300_000, 10 + k);
+        write_files(&root.join(&dir), 8, 300_000, 10 + k);
         let name = format!("objects-{k}");
         cluster.create(
             k as usize,
@@ -321,7 +294,7 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
         "a run resumed from its checkpoint: {reasons:?}"
     );
     for k in 0..5 {
-        same_tree(
+        assert_same_tree(
             &root.join(format!("big-{k}")),
             &root.join(format!("out-big-{k}")),
         );
@@ -385,7 +358,7 @@ fn unreachable_and_incapable_data_planes_are_skipped_with_reasons() {
                      "allowedSourceTypes": ["file"], "labels": {"region": "eu"}})),
     );
     assert_eq!(status, 201, "{body}");
-    files(&root.join("in"), 1, 1000, 1);
+    write_files(&root.join("in"), 1, 1000, 1);
     let (status, body) = cp.call(
         "POST",
         "/v1/transfers",

@@ -3,23 +3,21 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const TOKEN: &str = "e2e-token-77c1";
+mod common;
 
-struct Served {
-    child: Child,
-    /// Lines the server writes on stderr.
-    lines: mpsc::Receiver<String>,
-}
+use common::service::{free_port, Service, TOKEN};
+
+/// `ferry serve` on `port` with its data in `data`, started and listening.
+struct Served;
 
 impl Served {
-    /// Starts `ferry serve` on `port` with its data in `data`, and waits until it listens.
-    fn start(root: &Path, data: &Path, port: u16, failpoint: Option<&str>) -> Served {
+    fn start(root: &Path, data: &Path, port: u16, failpoint: Option<&str>) -> Service {
         Self::start_with(root, data, port, failpoint, &[])
     }
 
@@ -30,69 +28,20 @@ impl Served {
         port: u16,
         failpoint: Option<&str>,
         env: &[(&str, &str)],
-    ) -> Served {
+    ) -> Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data)
-            .env("FERRY_API_TOKEN", TOKEN)
             .env("FERRY_STATE_DIR", root.join("state"))
             .env_remove("FERRY_FAILPOINT")
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .current_dir(root);
         if let Some(fp) = failpoint {
             cmd.env("FERRY_FAILPOINT", fp);
         }
         cmd.envs(env.iter().copied());
-        let mut child = cmd.spawn().expect("spawn ferry serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let served = Served { child, lines };
-        served.wait_line("listening on");
-        served
+        Service::start(cmd, port)
     }
-
-    /// Waits for a stderr line containing `text`; fails on exit or after a minute.
-    fn wait_line(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("ferry serve never printed '{text}': {e}"),
-            }
-        }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        assert!(!self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `ferry transfers ARGS --json` against the server on `port`.
@@ -185,7 +134,7 @@ fn a_run_killed_with_the_server_finishes_after_a_restart() {
     let manifest = blobs(root, 6, 3 << 20);
     let data = root.join("server");
     let port = free_port();
-    let server = Served::start(root, &data, port, Some("pause-after-files:2"));
+    let mut server = Served::start(root, &data, port, Some("pause-after-files:2"));
 
     // A second server on the same data would execute the same runs: refused.
     let second = Command::new(env!("CARGO_BIN_EXE_ferry"))

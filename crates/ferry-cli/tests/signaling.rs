@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::service::{free_port, Callbacks, Service};
+use common::service::{assert_same_tree, free_port, write_files, Callbacks, Service};
 use serde_json::{json, Value};
 
 fn dataplane(root: &Path, failpoint: Option<&str>) -> Service {
@@ -23,33 +23,6 @@ fn dataplane(root: &Path, failpoint: Option<&str>) -> Service {
         cmd.env("FERRY_FAILPOINT", fp);
     }
     Service::start(cmd, port)
-}
-
-fn files(root: &Path, dir: &str, count: u64, size: usize) {
-    std::fs::create_dir_all(root.join(dir)).unwrap();
-    for i in 0..count {
-        std::fs::write(
-            root.join(format!("{dir}/part-{i}.bin")),
-            ferry_connectors::testkit::bytes(size, i),
-        )
-        .unwrap();
-    }
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let mut names: Vec<_> = std::fs::read_dir(a)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    assert!(!names.is_empty());
-    for name in names {
-        assert_eq!(
-            std::fs::read(a.join(&name)).unwrap(),
-            std::fs::read(b.join(&name)).unwrap(),
-            "{name:?}"
-        );
-    }
 }
 
 fn start_message(process: &str, message: &str, callback: u16, src: &str, dst: &str) -> Value {
@@ -74,7 +47,7 @@ fn start_message(process: &str, message: &str, callback: u16, src: &str, dst: &s
 fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    files(root, "in", 12, 200_000);
+    write_files(&root.join("in"), 12, 200_000, 0);
     let dp = dataplane(root, Some("pause-once-after-files:3"));
     let mut cp = Callbacks::start();
 
@@ -130,7 +103,7 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
     );
     let completed = cp.wait("/transfers/process-1/dataflow/completed");
     assert_eq!(completed["state"], "COMPLETED", "{completed}");
-    same_tree(&root.join("in"), &root.join("out"));
+    assert_same_tree(&root.join("in"), &root.join("out"));
     let (_, st) = dp.call("GET", "/dataflows/process-1", None);
     assert_eq!(st["state"], "COMPLETED", "{st}");
     let (_, events) = dp.call(
@@ -196,7 +169,7 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
     let (status, _) = dp.call("POST", "/dataflows/start", Some(&start3));
     assert_eq!(status, 200);
     cp.wait("/transfers/process-3/dataflow/completed");
-    same_tree(&root.join("in"), &root.join("out3"));
+    assert_same_tree(&root.join("in"), &root.join("out3"));
 
     // Bad messages name the field at fault; unknown flows are 404.
     let (status, bad) = dp.call("POST", "/dataflows/start", Some(&json!({"messageId": "m"})));

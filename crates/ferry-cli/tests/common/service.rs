@@ -24,7 +24,8 @@ pub fn free_port() -> u16 {
 pub struct Service {
     pub child: Child,
     pub port: u16,
-    lines: mpsc::Receiver<String>,
+    /// What it writes on stderr, line by line.
+    pub lines: mpsc::Receiver<String>,
 }
 
 impl Service {
@@ -215,4 +216,34 @@ fn read_request(mut stream: TcpStream) -> Option<(String, Value)> {
     reader.read_exact(&mut body).ok()?;
     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     Some((path, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// `count` files of `size` pseudo-random bytes (from `seed`) in `dir`.
+pub fn write_files(dir: &std::path::Path, count: u64, size: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        std::fs::write(
+            dir.join(format!("part-{i}.bin")),
+            ferry_connectors::testkit::bytes(size, seed * 1000 + i),
+        )
+        .unwrap();
+    }
+}
+
+/// Every file in directory `a` is in `b` with the same bytes.
+pub fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
+    let mut names: Vec<_> = std::fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "{} is empty", a.display());
+    for name in names {
+        assert!(
+            std::fs::read(a.join(&name)).unwrap() == std::fs::read(b.join(&name)).unwrap(),
+            "{} differs from {}",
+            b.join(&name).display(),
+            a.join(&name).display()
+        );
+    }
 }

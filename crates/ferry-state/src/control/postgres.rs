@@ -218,10 +218,14 @@ impl Q {
             Q::DeleteRuns => "DELETE FROM ferry_runs WHERE id = ANY($1)",
             // One conditional UPDATE: PostgreSQL rechecks the condition on the newest row
             // version, so of racing claims exactly one matches.
+            // A claimer finding the row locked by another one skips it instead of waiting:
+            // that one is taking the run.
             Q::ClaimRun => concat!(
                 "UPDATE ferry_runs SET owner = $2, lease_until = $3
-                 WHERE id = $1 AND finished_at IS NULL
-                   AND (owner IS NULL OR owner = $2 OR lease_until < $4)
+                 WHERE id = (SELECT id FROM ferry_runs
+                             WHERE id = $1 AND finished_at IS NULL
+                               AND (owner IS NULL OR owner = $2 OR lease_until < $4)
+                             FOR UPDATE SKIP LOCKED)
                  RETURNING ",
                 run_columns!()
             ),

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use ferry_core::{ChecksumAlgo, Error, Result};
+use ferry_core::{ChecksumAlgo, Error, Result, WriteMode};
+
+use crate::Partition;
 
 pub const MIB: u64 = 1024 * 1024;
 
@@ -31,6 +33,9 @@ pub struct CopyOptions {
     /// Names the checkpoint apart from the two addresses: a service gives each run its own,
     /// so a new run starts afresh and a resumed one finds its own progress.
     pub run_key: Option<String>,
+    /// Run only this share of the work, for transfers split over several processes (the
+    /// pods of a Kubernetes Indexed Job). Each partition has a checkpoint of its own.
+    pub partition: Option<Partition>,
 }
 
 impl Default for CopyOptions {
@@ -48,6 +53,7 @@ impl Default for CopyOptions {
             exclude: Vec::new(),
             state_dir: default_state_dir(),
             run_key: None,
+            partition: None,
         }
     }
 }
@@ -78,7 +84,38 @@ impl CopyOptions {
                 "must be at least the part size",
             ));
         }
+        if let Some(p) = self.partition {
+            Partition::new(p.index, p.count)?;
+        }
         Ok(())
+    }
+
+    /// A partitioned load into a table must add to it: with `overwrite`, each partition
+    /// would replace the rows the others loaded.
+    pub fn check_destination_mode(&self, mode: WriteMode) -> Result<()> {
+        match self.partition {
+            Some(p) if mode == WriteMode::Overwrite => Err(Error::invalid_option(
+                "spec.destination.mode",
+                format!(
+                    "overwrite (the default) would make each of the {} partitions replace the table; use append or upsert",
+                    p.count
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The text a run id is made of, extended by the run key and the partition, so that
+    /// neither two service runs nor two partitions share a checkpoint.
+    pub(crate) fn run_id_suffix(&self) -> String {
+        let mut text = String::new();
+        if let Some(key) = &self.run_key {
+            text.push_str(&format!("\nrun {key}"));
+        }
+        if let Some(p) = self.partition {
+            text.push_str(&format!("\npartition {}/{}", p.index, p.count));
+        }
+        text
     }
 }
 

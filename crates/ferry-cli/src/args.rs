@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use ferry_core::{ChecksumAlgo, DataAddress, Error, Result, TransformSpec};
 use ferry_engine::manifest::Manifest;
 use ferry_engine::{
-    options::default_state_dir, parse_size, CopyOptions, NoProgress, Progress, RecordOptions,
-    Status,
+    options::default_state_dir, parse_size, CopyOptions, NoProgress, Partition, Progress,
+    RecordOptions, Status,
 };
 use ferry_formats::{Format, FormatOptions};
 
@@ -75,6 +75,52 @@ struct RunArgs {
     json: bool,
     #[command(flatten)]
     control: RunControl,
+    #[command(flatten)]
+    partition: PartitionArgs,
+}
+
+/// One of several processes sharing a transfer, such as the pods of a Kubernetes Indexed Job.
+#[derive(Args, Debug)]
+struct PartitionArgs {
+    /// Split the transfer into N partitions and run one of them: its share of the files or
+    /// table ranges.
+    #[arg(long, value_name = "N")]
+    partitions: Option<u32>,
+    /// The partition to run, from 0 [default: $JOB_COMPLETION_INDEX, which Kubernetes sets].
+    #[arg(long, value_name = "I", requires = "partitions")]
+    partition: Option<u32>,
+}
+
+impl PartitionArgs {
+    fn partition(&self) -> Result<Option<Partition>> {
+        let Some(count) = self.partitions else {
+            return Ok(None);
+        };
+        let (index, given_as) = match self.partition {
+            Some(index) => (index, "--partition"),
+            None => {
+                let from_env = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+                    Error::invalid_option(
+                        "--partition",
+                        "give --partition I, or set JOB_COMPLETION_INDEX (a Kubernetes Indexed Job sets it)",
+                    )
+                })?;
+                let index = from_env.trim().parse().map_err(|_| {
+                    Error::invalid_option(
+                        "JOB_COMPLETION_INDEX",
+                        format!("'{from_env}' is not a partition number"),
+                    )
+                })?;
+                (index, "JOB_COMPLETION_INDEX")
+            }
+        };
+        Partition::new(index, count).map(Some).map_err(|e| match e {
+            Error::InvalidOption { name, reason } if name == "--partition" => {
+                Error::invalid_option(given_as, reason)
+            }
+            other => other,
+        })
+    }
 }
 
 /// Formats and transformations: when given, or when the two ends' extensions name
@@ -316,8 +362,16 @@ async fn records(
 async fn run_manifest(args: RunArgs) -> Result<u8> {
     let manifest = Manifest::load(&args.manifest)?;
     let (src, dst, rec) = manifest.plan()?;
-    let opts = args.control.options(CopyOptions::default());
-    records(&src, &dst, &rec, &opts, &args.control, args.json).await
+    let opts = CopyOptions {
+        partition: args.partition.partition()?,
+        ..args.control.options(CopyOptions::default())
+    };
+    // As the service runs it: bytes as they are, unless formats or transformations differ.
+    if rec.needed(&src, &dst) {
+        records(&src, &dst, &rec, &opts, &args.control, args.json).await
+    } else {
+        bytes(&src, &dst, &opts, &args.control, args.json).await
+    }
 }
 
 async fn copy(args: CopyArgs) -> Result<u8> {
@@ -341,12 +395,22 @@ async fn copy(args: CopyArgs) -> Result<u8> {
         }
         return records(&src, &dst, &rec, &opts, &args.control, args.common.json).await;
     }
-    let (bar, progress) = progress_for(&args.control, args.common.json);
-    let report = ferry_engine::copy(&src, &dst, &opts, progress).await?;
+    bytes(&src, &dst, &opts, &args.control, args.common.json).await
+}
+
+async fn bytes(
+    src: &DataAddress,
+    dst: &DataAddress,
+    opts: &CopyOptions,
+    control: &RunControl,
+    json: bool,
+) -> Result<u8> {
+    let (bar, progress) = progress_for(control, json);
+    let report = ferry_engine::copy(src, dst, opts, progress).await?;
     if let Some(bar) = bar {
         bar.finish();
     }
-    output::copy_report(&report, &src, &dst, opts.dry_run, args.common.json);
+    output::copy_report(&report, src, dst, opts.dry_run, json);
     Ok(if report.status == Status::Succeeded {
         0
     } else {

@@ -44,6 +44,8 @@ enum Command {
     Serve(crate::serve::ServeArgs),
     /// Manage the transfers of a running `ferry serve`.
     Transfers(crate::client::TransfersArgs),
+    /// Kubernetes resources for ferry, printed as YAML.
+    K8s(crate::k8s::K8sArgs),
 }
 
 /// How a run shows itself and where it keeps its checkpoint.
@@ -234,7 +236,7 @@ impl Cli {
                 !rec.needed(&src, &dst)
             }
             Command::Verify(_) => true,
-            Command::Run(_) | Command::Serve(_) | Command::Transfers(_) => false,
+            Command::Run(_) | Command::Serve(_) | Command::Transfers(_) | Command::K8s(_) => false,
         }
     }
 }
@@ -246,6 +248,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Run(args) => run_manifest(args).await,
         Command::Serve(args) => crate::serve::serve(args).await,
         Command::Transfers(args) => crate::client::transfers(args).await,
+        Command::K8s(args) => crate::k8s::k8s(args).await,
     }
 }
 

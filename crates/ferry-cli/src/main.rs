@@ -2,6 +2,7 @@
 
 mod args;
 mod client;
+mod k8s;
 mod output;
 mod serve;
 

@@ -221,8 +221,9 @@ impl Common {
 }
 
 impl Cli {
-    /// True for commands that move bytes through part buffers (copies and verifications
-    /// without conversion). Decided before any thread starts; parse errors count as no.
+    /// True for commands that move bytes through part buffers (copies, manifests and
+    /// verifications without conversion). Decided before any thread starts; parse errors
+    /// count as no.
     pub fn moves_bytes(&self) -> bool {
         match &self.command {
             Command::Copy(args) => {
@@ -236,7 +237,10 @@ impl Cli {
                 !rec.needed(&src, &dst)
             }
             Command::Verify(_) => true,
-            Command::Run(_) | Command::Serve(_) | Command::Transfers(_) | Command::K8s(_) => false,
+            Command::Run(args) => Manifest::load(&args.manifest)
+                .and_then(|m| m.plan())
+                .is_ok_and(|(src, dst, rec)| !rec.needed(&src, &dst)),
+            Command::Serve(_) | Command::Transfers(_) | Command::K8s(_) => false,
         }
     }
 }

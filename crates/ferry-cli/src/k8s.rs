@@ -61,6 +61,7 @@ struct JobArgs {
     /// The ferry image the pods run.
     #[arg(long, default_value = DEFAULT_IMAGE, value_name = "IMAGE")]
     image: String,
+    /// The namespace of the Job and the ConfigMap.
     #[arg(long, default_value = DEFAULT_NAMESPACE, value_name = "NAMESPACE")]
     namespace: String,
     /// The Job's and the ConfigMap's name [default: ferry-<transfer name>].

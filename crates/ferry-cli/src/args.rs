@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use ferry_core::{ChecksumAlgo, DataAddress, Error, Result, TransformSpec};
 use ferry_engine::manifest::Manifest;
 use ferry_engine::{
-    options::default_state_dir, parse_size, CopyOptions, NoProgress, Progress, RecordOptions,
-    Status,
+    options::default_state_dir, parse_size, CopyOptions, NoProgress, Partition, Progress,
+    RecordOptions, Status,
 };
 use ferry_formats::{Format, FormatOptions};
 
@@ -47,6 +47,8 @@ enum Command {
     Dataplane(crate::dataplane::DataplaneArgs),
     /// Manage the transfers of a running `ferry serve`.
     Transfers(crate::client::TransfersArgs),
+    /// Kubernetes resources for ferry, printed as YAML.
+    K8s(crate::k8s::K8sArgs),
 }
 
 /// How a run shows itself and where it keeps its checkpoint.
@@ -84,6 +86,52 @@ struct RunArgs {
     json: bool,
     #[command(flatten)]
     control: RunControl,
+    #[command(flatten)]
+    partition: PartitionArgs,
+}
+
+/// One of several processes sharing a transfer, such as the pods of a Kubernetes Indexed Job.
+#[derive(Args, Debug)]
+struct PartitionArgs {
+    /// Split the transfer into N partitions and run one of them: its share of the files or
+    /// table ranges.
+    #[arg(long, value_name = "N")]
+    partitions: Option<u32>,
+    /// The partition to run, from 0 [default: $JOB_COMPLETION_INDEX, which Kubernetes sets].
+    #[arg(long, value_name = "I", requires = "partitions")]
+    partition: Option<u32>,
+}
+
+impl PartitionArgs {
+    fn partition(&self) -> Result<Option<Partition>> {
+        let Some(count) = self.partitions else {
+            return Ok(None);
+        };
+        let (index, given_as) = match self.partition {
+            Some(index) => (index, "--partition"),
+            None => {
+                let from_env = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+                    Error::invalid_option(
+                        "--partition",
+                        "give --partition I, or set JOB_COMPLETION_INDEX (a Kubernetes Indexed Job sets it)",
+                    )
+                })?;
+                let index = from_env.trim().parse().map_err(|_| {
+                    Error::invalid_option(
+                        "JOB_COMPLETION_INDEX",
+                        format!("'{from_env}' is not a partition number"),
+                    )
+                })?;
+                (index, "JOB_COMPLETION_INDEX")
+            }
+        };
+        Partition::new(index, count).map(Some).map_err(|e| match e {
+            Error::InvalidOption { name, reason } if name == "--partition" => {
+                Error::invalid_option(given_as, reason)
+            }
+            other => other,
+        })
+    }
 }
 
 /// Formats and transformations: when given, or when the two ends' extensions name
@@ -182,8 +230,9 @@ impl Common {
 }
 
 impl Cli {
-    /// True for commands that move bytes through part buffers (copies and verifications
-    /// without conversion). Decided before any thread starts; parse errors count as no.
+    /// True for commands that move bytes through part buffers (copies, manifests and
+    /// verifications without conversion). Decided before any thread starts; parse errors
+    /// count as no.
     pub fn moves_bytes(&self) -> bool {
         match &self.command {
             Command::Copy(args) => {
@@ -197,7 +246,10 @@ impl Cli {
                 !rec.needed(&src, &dst)
             }
             Command::Verify(_) => true,
-            Command::Run(_) | Command::Serve(_) | Command::Dataplane(_) | Command::Transfers(_) => {
+            Command::Run(args) => Manifest::load(&args.manifest)
+                .and_then(|m| m.plan())
+                .is_ok_and(|(src, dst, rec)| !rec.needed(&src, &dst)),
+            Command::Serve(_) | Command::Dataplane(_) | Command::Transfers(_) | Command::K8s(_) => {
                 false
             }
         }
@@ -212,6 +264,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Serve(args) => crate::serve::serve(args).await,
         Command::Dataplane(args) => crate::serve::dataplane(args).await,
         Command::Transfers(args) => crate::client::transfers(args).await,
+        Command::K8s(args) => crate::k8s::k8s(args).await,
     }
 }
 
@@ -333,8 +386,16 @@ async fn records(
 async fn run_manifest(args: RunArgs) -> Result<u8> {
     let manifest = Manifest::load(&args.manifest)?;
     let (src, dst, rec) = manifest.plan()?;
-    let opts = args.control.options(CopyOptions::default());
-    records(&src, &dst, &rec, &opts, &args.control, args.json).await
+    let opts = CopyOptions {
+        partition: args.partition.partition()?,
+        ..args.control.options(CopyOptions::default())
+    };
+    // As the service runs it: bytes as they are, unless formats or transformations differ.
+    if rec.needed(&src, &dst) {
+        records(&src, &dst, &rec, &opts, &args.control, args.json).await
+    } else {
+        bytes(&src, &dst, &opts, &args.control, args.json).await
+    }
 }
 
 async fn copy(args: CopyArgs) -> Result<u8> {
@@ -358,12 +419,22 @@ async fn copy(args: CopyArgs) -> Result<u8> {
         }
         return records(&src, &dst, &rec, &opts, &args.control, args.common.json).await;
     }
-    let (bar, progress) = progress_for(&args.control, args.common.json);
-    let report = ferry_engine::copy(&src, &dst, &opts, progress).await?;
+    bytes(&src, &dst, &opts, &args.control, args.common.json).await
+}
+
+async fn bytes(
+    src: &DataAddress,
+    dst: &DataAddress,
+    opts: &CopyOptions,
+    control: &RunControl,
+    json: bool,
+) -> Result<u8> {
+    let (bar, progress) = progress_for(control, json);
+    let report = ferry_engine::copy(src, dst, opts, progress).await?;
     if let Some(bar) = bar {
         bar.finish();
     }
-    output::copy_report(&report, &src, &dst, opts.dry_run, args.common.json);
+    output::copy_report(&report, src, dst, opts.dry_run, json);
     Ok(if report.status == Status::Succeeded {
         0
     } else {

@@ -66,17 +66,17 @@ enum TransfersCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(args: &TransfersArgs) -> Result<Self> {
-        let base = args
-            .server
-            .clone()
+    /// `server` and `token` as given on the command line, else from the environment.
+    pub(crate) fn new(server: Option<&str>, token: Option<&str>) -> Result<Self> {
+        let base = server
+            .map(str::to_string)
             .or_else(|| std::env::var("FERRY_SERVER").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
         let base = base.trim_end_matches('/').to_string();
@@ -86,9 +86,8 @@ impl Client {
                 format!("'{base}': use http://host:port"),
             ));
         }
-        let token = args
-            .token
-            .clone()
+        let token = token
+            .map(str::to_string)
             .or_else(|| std::env::var("FERRY_TOKEN").ok().filter(|s| !s.is_empty()))
             .or_else(|| {
                 std::fs::read_to_string(default_data_dir().join(TOKEN_FILE))
@@ -140,6 +139,13 @@ impl Client {
             (status, body) => Err(server_error(&self.base, status, &body)),
         }
     }
+
+    /// Transfer `name` as the server shows it: spec (references as written, inline secrets
+    /// masked) and status.
+    pub(crate) async fn transfer(&self, name: &str) -> Result<Value> {
+        self.send(self.request(reqwest::Method::GET, &format!("/v1/transfers/{name}")))
+            .await
+    }
 }
 
 fn plain(e: &reqwest::Error) -> String {
@@ -184,7 +190,7 @@ fn server_error(base: &str, status: u16, body: &Value) -> Error {
 
 pub async fn transfers(args: TransfersArgs) -> Result<u8> {
     use reqwest::Method;
-    let client = Client::new(&args)?;
+    let client = Client::new(args.server.as_deref(), args.token.as_deref())?;
     let json = args.json;
     match &args.command {
         TransfersCommand::Apply { file } => {
@@ -238,9 +244,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Get { name } => {
-            let body = client
-                .send(client.request(Method::GET, &format!("/v1/transfers/{name}")))
-                .await?;
+            let body = client.transfer(name).await?;
             if json {
                 print_json(&body);
             } else {

@@ -4,6 +4,7 @@ mod args;
 mod client;
 mod cluster;
 mod dataplane;
+mod k8s;
 mod output;
 mod serve;
 

@@ -108,6 +108,13 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A partition with nothing to do says so, on stderr, whatever the summary's form.
+fn idle(why: Option<&str>) {
+    if let Some(why) = why {
+        eprintln!("ferry: {why}");
+    }
+}
+
 pub fn copy_report(
     report: &CopyReport,
     src: &DataAddress,
@@ -115,6 +122,7 @@ pub fn copy_report(
     dry_run: bool,
     json: bool,
 ) {
+    idle(report.idle.as_deref());
     if dry_run {
         let total: u64 = report.files.iter().map(|f| f.size).sum();
         if json {
@@ -225,6 +233,7 @@ pub fn verify_report(report: &VerifyReport, json: bool) {
 }
 
 pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
+    idle(report.idle.as_deref());
     if json {
         match serde_json::to_string(report) {
             Ok(line) => println!("{line}"),

@@ -285,6 +285,11 @@ pub trait TableLoad: Send + Sync {
         usize::MAX
     }
 
+    /// Whether the commit creates the target, which did not exist when the load was
+    /// prepared. Another process may create it meanwhile; that commit then fails, and a
+    /// load prepared anew commits into the table instead.
+    fn creates_target(&self) -> bool;
+
     /// Whether an earlier run of this load (same load id) staged rows that were not
     /// committed. After a commit that succeeded this is false, even when the process died
     /// right after it, so a re-run never commits the same rows twice.

@@ -23,6 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::budget::Budget;
 use crate::filter::KeyFilter;
 use crate::options::CopyOptions;
+use crate::partition::{self, Share};
 use crate::report::{Action, CopyReport, FileReport, Progress};
 use crate::verify::read_digest;
 
@@ -51,6 +52,11 @@ pub async fn copy(
             (e, dest_key)
         })
         .collect();
+    let Share { items: plan, idle } = if single {
+        partition::whole(opts.partition, plan, "the source is one object")
+    } else {
+        partition::files(opts.partition, plan, |(e, _)| e.key.clone())
+    };
 
     if opts.dry_run {
         let files = plan
@@ -65,16 +71,13 @@ pub async fn copy(
                 error: None,
             })
             .collect();
-        return Ok(CopyReport::new(
-            files,
-            opts.checksum,
-            started.elapsed(),
-            single,
-        ));
+        let mut report = CopyReport::new(files, opts.checksum, started.elapsed(), single);
+        report.idle = idle;
+        return Ok(report);
     }
 
     let state = Arc::new(opts.state_store()?);
-    let run_id = run_id(src, dst, opts.checksum, opts.run_key.as_deref());
+    let run_id = run_id(src, dst, opts);
     if !opts.resume {
         discard_run(&state, &run_id, sink.as_ref(), &plan).await?;
     }
@@ -102,6 +105,7 @@ pub async fn copy(
         .await;
 
     let mut report = CopyReport::new(files, opts.checksum, started.elapsed(), single);
+    report.idle = idle;
     if opts.verify && report.failed == 0 {
         let ok = run.verify_copied(dst, &mut report).await?;
         report.verified = Some(ok);
@@ -132,9 +136,9 @@ pub(crate) async fn open_and_list(
     Ok((filter, source, sink, listing))
 }
 
-/// The same copy (same ends, same checksum) always has the same run id, so re-running a
-/// command finds its checkpoint.
-fn run_id(src: &DataAddress, dst: &DataAddress, algo: ChecksumAlgo, key: Option<&str>) -> String {
+/// The same copy (same ends, same checksum, same partition) always has the same run id, so
+/// re-running a command finds its checkpoint.
+fn run_id(src: &DataAddress, dst: &DataAddress, opts: &CopyOptions) -> String {
     let canonical = |a: &DataAddress| match a {
         DataAddress::Local { path } => {
             let abs = std::path::absolute(path).unwrap_or_else(|_| path.clone());
@@ -146,10 +150,13 @@ fn run_id(src: &DataAddress, dst: &DataAddress, algo: ChecksumAlgo, key: Option<
         }
         other => other.to_string(),
     };
-    let mut text = format!("{}\n{}\n{algo}", canonical(src), canonical(dst));
-    if let Some(key) = key {
-        text.push_str(&format!("\nrun {key}"));
-    }
+    let text = format!(
+        "{}\n{}\n{}{}",
+        canonical(src),
+        canonical(dst),
+        opts.checksum,
+        opts.run_id_suffix()
+    );
     ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
 }
 
@@ -162,7 +169,7 @@ pub fn forget_checkpoint(
     opts: &CopyOptions,
 ) -> Result<()> {
     let state = opts.state_store()?;
-    state.forget_run(&run_id(src, dst, opts.checksum, opts.run_key.as_deref()))?;
+    state.forget_run(&run_id(src, dst, opts))?;
     state.forget_run(&crate::records::run_id(src, dst, rec, opts))
 }
 

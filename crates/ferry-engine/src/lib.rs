@@ -6,6 +6,7 @@ pub mod failpoint;
 mod filter;
 pub mod manifest;
 pub mod options;
+mod partition;
 mod records;
 pub mod report;
 mod tables;
@@ -15,6 +16,7 @@ mod verify;
 pub use copy::{copy, forget_checkpoint};
 pub use filter::KeyFilter;
 pub use options::{parse_size, CopyOptions};
+pub use partition::Partition;
 pub use records::{transfer, DatasetReport, OutputReport, RecordOptions, RecordReport};
 pub use report::{
     Action, CopyReport, Difference, FileReport, NoProgress, Progress, Status, VerifyReport,

@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use ferry_core::{ChecksumAlgo, Error, Result};
+use ferry_core::{ChecksumAlgo, Error, Result, WriteMode};
 use ferry_state::StateStore;
+
+use crate::Partition;
 
 pub const MIB: u64 = 1024 * 1024;
 
@@ -36,6 +38,9 @@ pub struct CopyOptions {
     /// Names the checkpoint apart from the two addresses: a service gives each run its own,
     /// so a new run starts afresh and a resumed one finds its own progress.
     pub run_key: Option<String>,
+    /// Run only this share of the work, for transfers split over several processes (the
+    /// pods of a Kubernetes Indexed Job). Each partition has a checkpoint of its own.
+    pub partition: Option<Partition>,
 }
 
 impl Default for CopyOptions {
@@ -54,6 +59,7 @@ impl Default for CopyOptions {
             state_dir: default_state_dir(),
             state_url: None,
             run_key: None,
+            partition: None,
         }
     }
 }
@@ -92,6 +98,9 @@ impl CopyOptions {
                 ));
             }
         }
+        if let Some(p) = self.partition {
+            Partition::new(p.index, p.count)?;
+        }
         Ok(())
     }
 
@@ -99,6 +108,34 @@ impl CopyOptions {
     /// the SQLite database in `state_dir`. Opened once per copy or transfer.
     pub fn state_store(&self) -> Result<StateStore> {
         StateStore::open_for(&self.state_dir, self.state_url.as_deref())
+    }
+
+    /// A partitioned load into a table must add to it: with `overwrite`, each partition
+    /// would replace the rows the others loaded.
+    pub fn check_destination_mode(&self, mode: WriteMode) -> Result<()> {
+        match self.partition {
+            Some(p) if mode == WriteMode::Overwrite => Err(Error::invalid_option(
+                "spec.destination.mode",
+                format!(
+                    "overwrite (the default) would make each of the {} partitions replace the table; use append or upsert",
+                    p.count
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The text a run id is made of, extended by the run key and the partition, so that
+    /// neither two service runs nor two partitions share a checkpoint.
+    pub(crate) fn run_id_suffix(&self) -> String {
+        let mut text = String::new();
+        if let Some(key) = &self.run_key {
+            text.push_str(&format!("\nrun {key}"));
+        }
+        if let Some(p) = self.partition {
+            text.push_str(&format!("\npartition {}/{}", p.index, p.count));
+        }
+        text
     }
 }
 

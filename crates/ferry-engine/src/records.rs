@@ -26,6 +26,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::runtime::Handle;
 
+use crate::partition::{self, Share};
 use crate::report::{run_outcome, Progress, Status};
 use crate::upload::{OnStart, UploadWriter};
 use crate::CopyOptions;
@@ -105,6 +106,9 @@ pub struct RecordReport {
     pub rows_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why this partition of a partitioned run had nothing to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
     pub outputs: Vec<OutputReport>,
 }
 
@@ -155,19 +159,25 @@ pub async fn transfer(
         .dest_format
         .or_else(|| Format::from_name(&dst_path).filter(|_| names_file))
         .unwrap_or(first_format);
-    let outputs: Vec<Output> = if names_file {
-        vec![Output {
+    // Every partition reads the schema from the same first file, whichever files it writes.
+    let Share {
+        items: outputs,
+        idle,
+    } = if names_file {
+        let one = vec![Output {
             key: String::new(),
             inputs,
-        }]
+        }];
+        partition::whole(opts.partition, one, "the destination is one file")
     } else {
-        inputs
+        let each = inputs
             .into_iter()
             .map(|(entry, format)| Output {
                 key: dest_format.rename(&entry.key),
                 inputs: vec![(entry, format)],
             })
-            .collect()
+            .collect();
+        partition::files(opts.partition, each, |o: &Output| o.inputs[0].0.key.clone())
     };
 
     // Everything that can be wrong with the request shows up here, before data moves:
@@ -216,7 +226,7 @@ pub async fn transfer(
             .flat_map(|o| &o.inputs)
             .map(|(e, _)| e.size)
             .sum();
-        return Ok(finish(
+        let mut report = finish(
             source_report(0, bytes, planned),
             dst,
             dest_format,
@@ -224,7 +234,9 @@ pub async fn transfer(
             rec,
             outputs.into_iter().map(|o| planned_report(&o)).collect(),
             started,
-        ));
+        );
+        report.idle = idle;
+        return Ok(report);
     }
 
     let state = Arc::new(opts.state_store()?);
@@ -306,7 +318,7 @@ pub async fn transfer(
 
     let rows_read = reports.iter().map(|r| r.rows_read).sum();
     let bytes_read = reports.iter().map(|r| r.bytes_read).sum();
-    let report = finish(
+    let mut report = finish(
         source_report(rows_read, bytes_read, total_files),
         dst,
         dest_format,
@@ -315,6 +327,7 @@ pub async fn transfer(
         reports,
         started,
     );
+    report.idle = idle;
     state.finish_run(&run_id, run_outcome(report.failed))?;
     Ok(report)
 }
@@ -459,6 +472,7 @@ pub(crate) fn finish(
         failed,
         duration_s,
         error,
+        idle: None,
         outputs,
     }
 }
@@ -551,7 +565,8 @@ pub(crate) fn fingerprint(inputs: &[(Entry, Format)]) -> (u64, String) {
     (size, ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex())
 }
 
-/// The same request always has the same run id, so re-running it finds its checkpoint.
+/// The same request (and partition) always has the same run id, so re-running it finds its
+/// checkpoint.
 pub(crate) fn run_id(
     src: &DataAddress,
     dst: &DataAddress,
@@ -566,10 +581,12 @@ pub(crate) fn run_id(
         other => other.to_string(),
     };
     let spec = serde_json::to_string(rec).unwrap_or_default();
-    let mut text = format!("records\n{}\n{}\n{spec}", canonical(src), canonical(dst));
-    if let Some(key) = &opts.run_key {
-        text.push_str(&format!("\nrun {key}"));
-    }
+    let text = format!(
+        "records\n{}\n{}\n{spec}{}",
+        canonical(src),
+        canonical(dst),
+        opts.run_id_suffix()
+    );
     ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
 }
 

@@ -87,6 +87,9 @@ pub struct CopyReport {
     pub verified: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why this partition of a partitioned run had nothing to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
     #[serde(skip)]
     pub files: Vec<FileReport>,
 }
@@ -142,6 +145,7 @@ impl CopyReport {
             checksum,
             verified: None,
             error,
+            idle: None,
             files,
         }
     }

@@ -25,6 +25,7 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::partition::{self, Share};
 use crate::records::{
     collect_inputs, discard_uploads, fingerprint, finish, join_error, probe_schema, read_input,
     record_output, run_id, DatasetReport, OutputReport, RecordOptions, RecordReport,
@@ -64,6 +65,9 @@ struct Plan {
     output_schema: SchemaRef,
     /// Bytes the source holds, for progress.
     bytes: u64,
+    /// The units (table ranges or files) this process reads: all of them, or its
+    /// partition's share.
+    share: Share<usize>,
 }
 
 /// Runs a transfer from or to a table.
@@ -75,6 +79,9 @@ pub(crate) async fn transfer(
     progress: Arc<dyn Progress>,
 ) -> Result<RecordReport> {
     opts.validate()?;
+    if let DataAddress::Table(table) = dst {
+        opts.check_destination_mode(table.mode)?;
+    }
     let started = Instant::now();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let parallel = opts.transfers.min(cores).max(1);
@@ -104,11 +111,18 @@ async fn plan(
             columns: pushed.columns,
             filter: (!pushed.filters.is_empty()).then(|| pushed.filters.join(" AND ")),
         };
-        let scan = table.scan(&selection, parallel).await?;
+        // Partitions must plan the same ranges, so their plan cannot depend on the cores
+        // each one has: it depends on the flags, which they share.
+        let planned = match opts.partition {
+            Some(p) => opts.transfers.max(1) * p.count as usize,
+            None => parallel,
+        };
+        let scan = table.scan(&selection, planned).await?;
         let input_schema = scan.schema();
         let transforms = rec.transforms[pushed.consumed..].to_vec();
         let output_schema = Chain::bind(&transforms, input_schema.clone())?.output_schema();
         return Ok(Plan {
+            share: partition::units(opts.partition, scan.partitions().len()),
             origin: Origin::Table { scan: scan.into() },
             source_schema,
             input_schema,
@@ -123,8 +137,12 @@ async fn plan(
     let (first, format) = inputs[0].clone();
     let input_schema = probe_schema(&source, &first, format, rec).await?;
     let output_schema = Chain::bind(&rec.transforms, input_schema.clone())?.output_schema();
+    let share = partition::files(opts.partition, (0..inputs.len()).collect(), |&i| {
+        inputs[i].0.key.as_str()
+    });
     Ok(Plan {
         bytes: inputs.iter().map(|(e, _)| e.size).sum(),
+        share,
         origin: Origin::Files {
             source,
             inputs,
@@ -138,7 +156,7 @@ async fn plan(
 }
 
 impl Plan {
-    /// How many units the origin reads: partitions or files.
+    /// How many units the origin has: table ranges or files, whichever partition reads them.
     fn units(&self) -> usize {
         match &self.origin {
             Origin::Table { scan } => scan.partitions().len(),
@@ -250,7 +268,7 @@ impl Plan {
         DatasetReport {
             address: src.to_string(),
             format: self.format_name(),
-            files: self.units() as u64,
+            files: self.share.items.len() as u64,
             rows,
             bytes: self.bytes,
             schema: describe_schema(&self.source_schema),
@@ -293,13 +311,23 @@ async fn to_files(
         Box::new(io::sink()),
         &location,
     )?;
-    let n = plan.units();
-    let outputs: Vec<(String, Vec<usize>)> = if names_file {
-        vec![(String::new(), (0..n).collect())]
+    let (outputs, idle): (Vec<(String, Vec<usize>)>, _) = if names_file {
+        let one = vec![(String::new(), (0..plan.units()).collect())];
+        let share = partition::whole(opts.partition, one, "the destination is one file");
+        (share.items, share.idle)
     } else {
-        (0..n)
-            .map(|i| (dest_format.rename(&format!("part-{i:05}")), vec![i]))
-            .collect()
+        // Partitions write side by side: their names must differ even if their plans did.
+        let name = |i: usize| match opts.partition {
+            Some(p) => format!("partition-{}-part-{i:05}", p.index),
+            None => format!("part-{i:05}"),
+        };
+        let each = plan
+            .share
+            .items
+            .iter()
+            .map(|&i| (dest_format.rename(&name(i)), vec![i]))
+            .collect();
+        (each, plan.share.idle.clone())
     };
     let outputs: Vec<(String, Vec<usize>, OutputReport)> = outputs
         .into_iter()
@@ -319,7 +347,7 @@ async fn to_files(
         .collect();
     if opts.dry_run {
         let reports = outputs.into_iter().map(|(_, _, r)| r).collect();
-        return Ok(finish(
+        let mut report = finish(
             plan.source_report(src, 0),
             dst,
             dest_format,
@@ -327,7 +355,9 @@ async fn to_files(
             rec,
             reports,
             started,
-        ));
+        );
+        report.idle = idle;
+        return Ok(report);
     }
 
     let state = Arc::new(opts.state_store()?);
@@ -394,7 +424,7 @@ async fn to_files(
         .await;
 
     let rows = reports.iter().map(|r| r.rows_read).sum();
-    let report = finish(
+    let mut report = finish(
         job.plan.source_report(src, rows),
         dst,
         dest_format,
@@ -403,6 +433,7 @@ async fn to_files(
         reports,
         started,
     );
+    report.idle = idle;
     state.finish_run(&run_id, run_outcome(report.failed))?;
     Ok(report)
 }
@@ -495,9 +526,7 @@ async fn to_table(
     parallel: usize,
 ) -> Result<RecordReport> {
     let run_id = run_id(src, dst, rec, opts);
-    let mut load = prepare_load(table, plan.output_schema.clone(), &run_id).await?;
-    let parallel = parallel.min(load.max_writers()).max(1);
-    let units: Vec<usize> = (0..plan.units()).collect();
+    let units = plan.share.items.clone();
     let mut report = OutputReport {
         key: TABLE_KEY.to_string(),
         inputs: plan.unit_names(&units),
@@ -510,7 +539,7 @@ async fn to_table(
     };
     let done = |plan: &Plan, report: OutputReport| {
         let rows = report.rows_read;
-        finish(
+        let mut done = finish(
             plan.source_report(src, rows),
             dst,
             "table",
@@ -518,8 +547,16 @@ async fn to_table(
             rec,
             vec![report],
             started,
-        )
+        );
+        done.idle = plan.share.idle.clone();
+        done
     };
+    // A partition with nothing to read leaves the table alone (not even creating it).
+    if plan.share.idle.is_some() {
+        return Ok(done(&plan, report));
+    }
+    let mut load = prepare_load(table, plan.output_schema.clone(), &run_id).await?;
+    let parallel = parallel.min(load.max_writers()).max(1);
     if opts.dry_run {
         return Ok(done(&plan, report));
     }
@@ -590,7 +627,7 @@ async fn to_table(
     }
     let outcome = match failure {
         Some(e) => Err(e),
-        None => commit(&state, &run_id, load.as_ref(), size, &version).await,
+        None => commit_or_add(&state, &run_id, load.as_ref(), table, &plan, size, &version).await,
     };
     if let Err(e) = outcome {
         if let Err(d) = load.discard().await {
@@ -604,6 +641,34 @@ async fn to_table(
     progress.file_finished(TABLE_KEY);
     state.finish_run(&run_id, run_outcome(0))?;
     Ok(done(&plan, report))
+}
+
+/// Commits the load. When the commit was to create the target and another process (a
+/// partition of the same run) created it meanwhile, the staged rows go into that table.
+async fn commit_or_add(
+    state: &StateStore,
+    run_id: &str,
+    load: &dyn TableLoad,
+    table: &TableAddress,
+    plan: &Plan,
+    size: u64,
+    version: &str,
+) -> Result<()> {
+    let failure = match commit(state, run_id, load, size, version).await {
+        Err(e) if load.creates_target() => e,
+        outcome => return outcome,
+    };
+    let Ok(again) = prepare_load(table, plan.output_schema.clone(), run_id).await else {
+        return Err(failure);
+    };
+    if again.creates_target() || !again.staging_exists().await.unwrap_or(false) {
+        return Err(failure);
+    }
+    tracing::info!(
+        target = again.target(),
+        "created by another process meanwhile: adding the rows to it"
+    );
+    commit(state, run_id, again.as_ref(), size, version).await
 }
 
 /// Records that the load is committing, commits, and records that it did.

@@ -220,6 +220,10 @@ impl TableLoad for MyLoad {
         &self.target
     }
 
+    fn creates_target(&self) -> bool {
+        !self.target_exists
+    }
+
     /// True when this load's staging table exists. An overwrite killed between its
     /// rename and dropping the old table left that old table: it is dropped here.
     async fn staging_exists(&self) -> Result<bool> {

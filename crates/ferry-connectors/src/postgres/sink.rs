@@ -144,6 +144,10 @@ impl TableLoad for PgLoad {
         &self.target
     }
 
+    fn creates_target(&self) -> bool {
+        !self.target_exists
+    }
+
     /// True when the staging table of this load exists (an interrupted run left it).
     async fn staging_exists(&self) -> Result<bool> {
         let client = connect(&self.address).await?;

@@ -235,6 +235,10 @@ impl TableLoad for SqliteLoad {
         &self.target_name
     }
 
+    fn creates_target(&self) -> bool {
+        !self.target_exists
+    }
+
     /// SQLite has one writer at a time.
     fn max_writers(&self) -> usize {
         1

@@ -72,7 +72,8 @@ def main():
         "**select** is the `selectMs` of the `RunDispatched` events (choosing the data "
         "plane), **dispatch** their `dispatchMs` (selection + claiming the run in the store "
         "+ the Dataplane Signaling `start` request to the data plane), over all runs of a "
-        "repetition. **CPU per run** is the CPU time of the control plane, of all data "
+        "repetition; **all dispatched** is when the last of them was sent, from the first "
+        "POST. **CPU per run** is the CPU time of the control plane, of all data "
         f"planes together and of the PostgreSQL server over the timed window, / {n_runs}. "
         "Every output is checked to be byte-identical to its input. Medians of "
         f"{meta['reps']} repetitions, each on a fresh database and fresh processes; the "
@@ -83,10 +84,10 @@ def main():
         f"{meta['date']}. The control plane, every data plane, PostgreSQL and the client "
         "share these cores.",
         "",
-        "| data planes | runs/s | wall s | select p50 / p99 / max ms | dispatch p50 / p99 / "
-        "max ms | runs per data plane | CPU per run ms: control / data planes / PostgreSQL "
-        "| machine CPU busy | peak RSS control / each data plane |",
-        "|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| data planes | runs/s | wall s | all dispatched s | select p50 / p99 / max ms | "
+        "dispatch p50 / p99 / max ms | runs per data plane | CPU per run ms: control / data "
+        "planes / PostgreSQL | machine CPU busy | peak RSS control / each data plane |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for n, rs in sorted(by_n.items()):
         busy = med(rs, lambda r: r["cpu_s"]["machine"] / r["polled_s"] / meta["cpus"])
@@ -95,6 +96,7 @@ def main():
         new.append(
             f"| {n} | **{med(rs, lambda r: r['runs_per_s']):.1f}** | "
             f"{med(rs, lambda r: r['wall_s']):.2f} | "
+            f"{med(rs, lambda r: r['dispatched_s']):.2f} | "
             f"{trio({q: med(rs, lambda r: r['select_ms'][q]) for q in d}, 3)} | "
             f"{d['p50']:.2f} / **{d['p99']:.2f}** / {d['max']:.2f} | "
             f"{'; '.join(sorted({spread(r) for r in rs}))} | "
@@ -111,6 +113,16 @@ def main():
             f"data planes compete with the control plane and PostgreSQL for the same "
             f"{meta['cpus']} cores, so here more data planes add no CPU to run on; *machine "
             "CPU busy* is the share of all cores busy (any process) during the timed window.",
+        ]
+    if by_n and all("postgres" in r["cpu_s"] for r in results):
+        total = med(results, lambda r: sum(cpu_parts(r)[:4]) / r["transfers"] * 1000)
+        pg = med(results, lambda r: cpu_parts(r)[2] / sum(cpu_parts(r)[:4]))
+        new += [
+            "",
+            f"The processes of the benchmark together use {total:.1f} ms of CPU per run "
+            f"(median over all repetitions; PostgreSQL {pg * 100:.0f}% of it), so "
+            f"{meta['cpus']} cores cannot finish more than about "
+            f"{meta['cpus'] * 1000 / total:.0f} runs/s, however many data planes there are.",
         ]
     alone = {n: rs for n, rs in by_n.items() if all(r.get("alone_dispatch_ms") for r in rs)}
     if alone:

@@ -218,6 +218,27 @@ impl PostgresCheckpoints {
     /// if needed. Blocks until the session is open.
     pub(super) fn connect(url: &str) -> Result<Self> {
         let shown = shown(url);
+        // One session per database and process, shared by every run: a service starting
+        // many runs neither opens a connection nor checks the tables for each of them.
+        static SESSIONS: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::HashMap<String, UnboundedSender<Request>>>,
+        > = std::sync::OnceLock::new();
+        let mut sessions = SESSIONS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(requests) = sessions.get(url).filter(|r| !r.is_closed()) {
+            return Ok(Self {
+                shown,
+                requests: requests.clone(),
+            });
+        }
+        let store = Self::open_session(url, shown)?;
+        sessions.insert(url.to_string(), store.requests.clone());
+        Ok(store)
+    }
+
+    fn open_session(url: &str, shown: String) -> Result<Self> {
         let config = parse_config(url, &shown, "--state-url", "the checkpoint store")?;
         let (requests, inbox) = unbounded_channel();
         let (ready, opened) = mpsc::sync_channel(1);

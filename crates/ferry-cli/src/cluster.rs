@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use ferry_api::AppState;
 use ferry_control::dispatch::Dispatcher;
-use ferry_control::selector::{DataPlaneRegistry, RegistryError, RegistryOptions, SelectorConfig};
+use ferry_control::selector::{
+    DataPlaneRegistry, RegistryError, RegistryOptions, RemoteRegistry, SelectorConfig,
+};
 use ferry_control::Controller;
 use ferry_core::{Error, Result};
 use ferry_state::ControlStore;
@@ -15,7 +17,17 @@ pub type Registry = Arc<dyn DataPlaneRegistry>;
 /// The registry the settings describe: in the control store, so every control plane
 /// sharing it sees the same data planes and turn counts; in memory when the settings
 /// name exactly one data plane (selection is that one, without a store round trip).
-pub async fn registry(config: &SelectorConfig, store: &Arc<dyn ControlStore>) -> Result<Registry> {
+/// With `selector.url`, the registry of that control plane, over its API.
+pub async fn registry(
+    config: &SelectorConfig,
+    store: &Arc<dyn ControlStore>,
+    token: Option<&str>,
+) -> Result<Registry> {
+    if let Some(url) = &config.url {
+        let remote = RemoteRegistry::new(url, token)
+            .map_err(|e| Error::invalid_option("selector.url", e.to_string()))?;
+        return Ok(Arc::new(remote));
+    }
     let store: Arc<dyn ferry_state::control::dataplanes::DataPlaneStore> = store.clone();
     config
         .registry(Some(store), RegistryOptions::default())

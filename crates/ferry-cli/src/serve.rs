@@ -308,7 +308,12 @@ async fn run_service(
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let registry = crate::cluster::registry(&settings.selector, &store).await?;
+    let registry = crate::cluster::registry(
+        &settings.selector,
+        &store,
+        tokens.first().map(String::as_str),
+    )
+    .await?;
     let mut controller = Controller::new(store, config, secrets, webhooks);
     if role == Role::Control {
         controller = controller.with_dispatcher(crate::cluster::dispatcher(

@@ -40,9 +40,17 @@ impl Cluster {
         self.pg.url(&self.db)
     }
 
+    /// The second control plane selects through the first one's registry API, as a
+    /// remote selector; the turns are the same.
     fn control_plane(&mut self, n: usize) {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        if let Some(first) = self.control.first() {
+            cmd.env(
+                "FERRY_SELECTOR__URL",
+                format!("http://127.0.0.1:{}", first.port),
+            );
+        }
         cmd.args(["serve", "--role", "control", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")

@@ -40,6 +40,10 @@ pub struct SelectorConfig {
     /// [default: 15].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_seconds: Option<f64>,
+    /// Another control plane whose registry (`/v1/dataplanes`) this one selects through,
+    /// instead of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// One configured instance; its id is its key in `instances`.
@@ -98,6 +102,13 @@ impl SelectorConfig {
                         return Err(format!("{var} is empty; name a selection strategy"));
                     }
                     self.strategy = Some(name.to_string());
+                }
+                ["URL"] => {
+                    let url = value.trim();
+                    if url.is_empty() {
+                        return Err(format!("{var} is empty; give a control plane's URL"));
+                    }
+                    self.url = Some(url.to_string());
                 }
                 ["HEARTBEAT_TIMEOUT_SECONDS"] => {
                     let seconds: f64 = value

@@ -525,17 +525,29 @@ impl Controller {
         }
         let now = now_ms();
         let lease_until = now + inner.config.lease.as_millis() as i64;
-        let Some(claimed) = self
+        let claimed = match self
             .store()
             .claim_run(&run.id, &inner.config.instance, lease_until, now)
             .await?
-        else {
-            let owner = run.owner.unwrap_or_default();
-            return Err(ControlError::Conflict(format!(
-                "data flow '{}' executes on '{owner}' until its lease ends",
-                run.id
-            )));
+        {
+            Some(claimed) => claimed,
+            None => {
+                // Not claimed now: someone else holds it, or this process's own control
+                // loop was writing the row at that moment (claims skip locked rows).
+                let current = self.flow_run(&run.id).await?;
+                if current.owner.as_deref() != Some(inner.config.instance.as_str()) {
+                    let owner = current.owner.unwrap_or_default();
+                    return Err(ControlError::Conflict(format!(
+                        "data flow '{}' executes on '{owner}' until its lease ends",
+                        run.id
+                    )));
+                }
+                current
+            }
         };
+        if claimed.finished() || claimed.phase == SUSPENDED {
+            return Ok(self.run_response(&claimed));
+        }
         let mut response = self.run_response(&claimed);
         let queued = {
             let active = lock(&inner.active);

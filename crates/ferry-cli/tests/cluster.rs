@@ -147,10 +147,18 @@ impl Cluster {
             .collect()
     }
 
-    /// How many of the transfers' runs went first to each data plane.
+    /// How many of the transfers' runs went to each data plane; each went to one, at the
+    /// first try.
     fn spread(&self, names: &[String]) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for name in names {
+            let failed: Vec<Value> = self
+                .events(name)
+                .into_iter()
+                .filter(|e| e["type"] == "Warning")
+                .collect();
+            assert!(failed.is_empty(), "{name}: {failed:?}");
+            assert_eq!(self.dispatched(name).len(), 1, "{name}");
             let first = self.dispatched(name).into_iter().next();
             *counts
                 .entry(first.unwrap_or_else(|| panic!("{name} was never dispatched")))

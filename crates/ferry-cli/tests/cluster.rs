@@ -158,7 +158,12 @@ impl Cluster {
                 .filter(|e| e["type"] == "Warning")
                 .collect();
             assert!(failed.is_empty(), "{name}: {failed:?}");
-            assert_eq!(self.dispatched(name).len(), 1, "{name}");
+            assert_eq!(
+                self.dispatched(name).len(),
+                1,
+                "{name}: {:?}",
+                self.events(name)
+            );
             let first = self.dispatched(name).into_iter().next();
             *counts
                 .entry(first.unwrap_or_else(|| panic!("{name} was never dispatched")))

@@ -76,35 +76,48 @@ impl Dispatcher {
         let Some(record) = inner.store.get_transfer(&run.transfer).await? else {
             return Ok(());
         };
-        let (request, strategy) = run_request(&record);
         let started = Instant::now();
-        let selection = match self.registry.select(&request, strategy.as_deref()).await {
-            Ok(selection) => selection,
-            Err(RegistryError::NoInstance(none)) => {
-                return self.no_data_plane(inner, run, &request, &none.reason).await;
-            }
-            Err(RegistryError::UnknownStrategy(e)) => {
-                return self
-                    .fail(inner, run, &format!("spec.dataPlane.strategy: {e}"))
-                    .await;
-            }
-            Err(e) => return Err(Error::Internal(e.to_string())),
-        };
-        let selected = started.elapsed();
-        let dp = selection.instance;
         let now = now_ms();
         let lease_until = now + inner.config.lease.as_millis() as i64;
-        // In the data plane's name: another control plane leaves it alone, and the data
-        // plane's own claim holds at once.
+        // Claimed in this control plane's name while it chooses, so that of several
+        // control planes one dispatches the run, and only its choice counts a turn.
+        let choosing = format!("dispatch/{}", inner.config.instance);
         let Some(claimed) = inner
             .store
-            .claim_run(&run.id, &dp.id, lease_until, now)
+            .claim_run(&run.id, &choosing, lease_until, now)
             .await?
         else {
             return Ok(());
         };
         if claimed.phase == SUSPENDED || claimed.finished() {
-            inner.store.release_run(&run.id, &dp.id).await?;
+            inner.store.release_run(&run.id, &choosing).await?;
+            return Ok(());
+        }
+        let (request, strategy) = run_request(&record);
+        let selection = match self.registry.select(&request, strategy.as_deref()).await {
+            Ok(selection) => selection,
+            Err(e) => {
+                inner.store.release_run(&run.id, &choosing).await?;
+                return match e {
+                    RegistryError::NoInstance(none) => {
+                        self.no_data_plane(inner, run, &request, &none.reason).await
+                    }
+                    RegistryError::UnknownStrategy(e) => {
+                        self.fail(inner, run, &format!("spec.dataPlane.strategy: {e}"))
+                            .await
+                    }
+                    e => Err(Error::Internal(e.to_string())),
+                };
+            }
+        };
+        let selected = started.elapsed();
+        let dp = selection.instance;
+        // The data plane's own claim then holds at once.
+        if !inner
+            .store
+            .hand_over_run(&run.id, &choosing, &dp.id, lease_until)
+            .await?
+        {
             return Ok(());
         }
         let message = json!({

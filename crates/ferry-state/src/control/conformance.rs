@@ -236,6 +236,20 @@ pub async fn runs_and_claims(store: &dyn ControlStore) {
         Some("b"),
         "an ended lease can be taken over"
     );
+    // b hands its claim to c; a, holding nothing, cannot.
+    assert!(!store.hand_over_run("r1", "a", "c", 6_000).await.unwrap());
+    assert!(store.hand_over_run("r1", "b", "c", 6_000).await.unwrap());
+    let got = store.get_run("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.owner.as_deref(), got.lease_until),
+        (Some("c"), Some(6_000))
+    );
+    assert!(store
+        .claim_run("r1", "b", 7_000, 5_500)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.hand_over_run("r1", "c", "b", 5_000).await.unwrap());
 
     // put_run leaves the claim alone.
     first.phase = "Running".into();

@@ -219,6 +219,11 @@ pub trait ControlStore: DataPlaneStore {
         lease_until: i64,
         now: i64,
     ) -> Result<Option<RunRecord>>;
+    /// Passes the claim on an unfinished run from `from` to `to`, with a new lease; false
+    /// when `from` does not hold it. A control plane claims a run in its own name while it
+    /// chooses a data plane, then hands the claim to that data plane.
+    async fn hand_over_run(&self, id: &str, from: &str, to: &str, lease_until: i64)
+        -> Result<bool>;
     /// Extends every lease `owner` holds; returns how many.
     async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64>;
     /// Gives a run up: no owner, no lease.

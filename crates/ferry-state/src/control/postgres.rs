@@ -131,6 +131,7 @@ enum Q {
     UnfinishedRuns,
     DeleteRuns,
     ClaimRun,
+    HandOverRun,
     RenewLeases,
     ReleaseRun,
     AppendEvent,
@@ -229,6 +230,10 @@ impl Q {
                  RETURNING ",
                 run_columns!()
             ),
+            Q::HandOverRun => {
+                "UPDATE ferry_runs SET owner = $3, lease_until = $4
+                 WHERE id = $1 AND owner = $2 AND finished_at IS NULL"
+            }
             Q::RenewLeases => {
                 "UPDATE ferry_runs SET lease_until = $2 WHERE owner = $1 AND finished_at IS NULL"
             }
@@ -855,6 +860,19 @@ impl ControlStore for PostgresControlStore {
             .runs(Q::ClaimRun, &[&id, &owner, &lease_until, &now])
             .await?
             .pop())
+    }
+
+    async fn hand_over_run(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
+        let n = self
+            .execute(Q::HandOverRun, &[&id, &from, &to, &lease_until])
+            .await?;
+        Ok(n == 1)
     }
 
     async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64> {

@@ -496,6 +496,24 @@ impl ControlStore for SqliteControlStore {
         self.get_run(id).await
     }
 
+    async fn hand_over_run(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        lease_until: i64,
+    ) -> Result<bool> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE runs SET owner = ?3, lease_until = ?4
+                 WHERE id = ?1 AND owner = ?2 AND finished_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![id, from, to, lease_until]))
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
     async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<u64> {
         let n = self
             .conn()

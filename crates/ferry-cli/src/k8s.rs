@@ -306,20 +306,7 @@ fn masked(value: &Value, at: &str) -> Option<String> {
 
 /// Job names are DNS labels; pods add `-<index>-<suffix>` to them.
 fn check_name(name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "'{name}': use 1 to {MAX_NAME} lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ))
-    }
+    ferry_control::resource::check_dns_label(name, MAX_NAME)
 }
 
 /// Room for the index and the random suffix Kubernetes appends to pod names.

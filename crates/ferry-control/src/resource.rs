@@ -244,8 +244,14 @@ fn metadata(
 
 /// Names appear in URLs, configuration keys and Kubernetes objects: DNS labels.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    check_dns_label(name, 63)
+}
+
+/// A DNS label of at most `max` bytes: lowercase letters, digits and '-', starting and
+/// ending with a letter or digit.
+pub fn check_dns_label(name: &str, max: usize) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= max
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -255,7 +261,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "'{name}': use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+            "'{name}': use 1 to {max} lowercase letters, digits and '-', starting and ending with a letter or digit"
         ))
     }
 }

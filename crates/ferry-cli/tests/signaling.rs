@@ -171,6 +171,27 @@ fn a_connector_starts_suspends_resumes_terminates_and_completes_flows() {
     cp.wait("/transfers/process-3/dataflow/completed");
     assert_same_tree(&root.join("in"), &root.join("out3"));
 
+    // A flow that cannot succeed is reported as errored, even to a control plane that
+    // fails the first two deliveries.
+    let mut flaky = Callbacks::failing_first(2);
+    let missing = start_message("process-5", "m-7", flaky.port, "nowhere/", "out5/");
+    let (status, _) = dp.call("POST", "/dataflows/start", Some(&missing));
+    assert_eq!(status, 200);
+    let errored = flaky.wait("/transfers/process-5/dataflow/errored");
+    assert_eq!(errored["state"], "TERMINATED", "{errored}");
+    assert!(
+        errored["error"].as_str().unwrap().contains("nowhere"),
+        "{errored}"
+    );
+    assert!(
+        flaky
+            .seen
+            .iter()
+            .any(|(p, _)| p.ends_with("/dataflow/started")),
+        "started came first: {:?}",
+        flaky.seen
+    );
+
     // Bad messages name the field at fault; unknown flows are 404.
     let (status, bad) = dp.call("POST", "/dataflows/start", Some(&json!({"messageId": "m"})));
     assert_eq!(status, 400, "{bad}");

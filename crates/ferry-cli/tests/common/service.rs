@@ -151,14 +151,29 @@ pub struct Callbacks {
 
 impl Callbacks {
     pub fn start() -> Callbacks {
+        Self::failing_first(0)
+    }
+
+    /// Answers the first `failures` requests with 503 (not recorded), then 200.
+    pub fn failing_first(failures: usize) -> Callbacks {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, received) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut left = failures;
             for stream in listener.incoming().map_while(Result::ok) {
-                let Some(request) = read_request(stream) else {
+                let status = if left > 0 {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let Some(request) = read_request(stream, status) else {
                     continue;
                 };
+                if left > 0 {
+                    left -= 1;
+                    continue;
+                }
                 if tx.send(request).is_err() {
                     break;
                 }
@@ -191,7 +206,7 @@ impl Callbacks {
     }
 }
 
-fn read_request(mut stream: TcpStream) -> Option<(String, Value)> {
+fn read_request(mut stream: TcpStream, status: &str) -> Option<(String, Value)> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -214,7 +229,10 @@ fn read_request(mut stream: TcpStream) -> Option<(String, Value)> {
         .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     Some((path, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use ferry_core::{Error, PartToken, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{now, FileCheckpoint, UploadCheckpoint};
 
@@ -56,6 +56,15 @@ impl SqliteCheckpoints {
         let shown = dir.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| Error::state(&shown, e))?;
         let path = dir.join("ferry.db");
+        // Processes opening the same directory at once (partitions of one transfer) take
+        // turns: switching a new database to WAL is not covered by the busy timeout.
+        let opening = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("ferry.db.open"))
+            .map_err(|e| Error::state(&shown, e))?;
+        opening.lock().map_err(|e| Error::state(&shown, e))?;
         let conn = Connection::open(&path).map_err(|e| Error::state(&shown, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| Error::state(&shown, e))?;
@@ -173,7 +182,9 @@ impl SqliteCheckpoints {
         part_size: u64,
     ) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.fail(e))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
         tx.execute(
             "DELETE FROM parts WHERE run_id = ?1 AND key = ?2",
             params![id, key],
@@ -219,7 +230,9 @@ impl SqliteCheckpoints {
         dest_version: Option<&str>,
     ) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.fail(e))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.fail(e))?;
         tx.execute(
             "DELETE FROM parts WHERE run_id = ?1 AND key = ?2",
             params![id, key],

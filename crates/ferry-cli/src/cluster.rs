@@ -1,10 +1,9 @@
-//! What a service process needs to take part in a cluster: the data plane registry, the
-//! dispatcher of a control plane, and the API over both.
+//! What a service process needs to take part in a cluster: the data plane registry and
+//! the API over it and the controller.
 
 use std::sync::Arc;
 
 use ferry_api::AppState;
-use ferry_control::dispatch::Dispatcher;
 use ferry_control::selector::{
     DataPlaneRegistry, RegistryError, RegistryOptions, RemoteRegistry, SelectorConfig,
 };
@@ -43,15 +42,6 @@ pub async fn registry(
             ),
             other => Error::invalid_option("selector", other.to_string()),
         })
-}
-
-pub fn dispatcher(
-    registry: Registry,
-    _config: &SelectorConfig,
-    advertise: &str,
-    token: Option<String>,
-) -> Result<Dispatcher> {
-    Dispatcher::new(registry, advertise, token)
 }
 
 pub fn app(controller: Controller, tokens: Arc<Vec<String>>, registry: Registry) -> axum::Router {

@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use ferry_control::selector::{
+    DataPlaneInstance, DataPlaneRegistry, InstanceState, Load, RegistryError, RemoteRegistry,
+};
 use ferry_core::{Error, Result};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 
@@ -168,14 +170,30 @@ impl DataplaneArgs {
     }
 }
 
-/// A data plane's registration with its control plane, kept alive by heartbeats.
+/// A data plane's registration with its control plane(s), kept alive by heartbeats; the
+/// calls go through the registry client, to the first control plane that answers.
 pub struct Agent {
-    client: reqwest::Client,
-    control_planes: Vec<String>,
-    token: Option<String>,
-    registration: Value,
-    id: String,
-    nonce: String,
+    planes: Vec<RemoteRegistry>,
+    registration: DataPlaneInstance,
+    capacity: u32,
+}
+
+/// The first answer of `$planes` to `$call`: a control plane that cannot be reached
+/// gives way to the next.
+macro_rules! first_answer {
+    ($planes:expr, |$plane:ident| $call:expr) => {{
+        let mut answer = Err(RegistryError::Remote {
+            url: "control plane".into(),
+            detail: "none configured".into(),
+        });
+        for $plane in $planes {
+            answer = $call.await;
+            if !matches!(answer, Err(RegistryError::Remote { .. })) {
+                break;
+            }
+        }
+        answer.map_err(|e| Error::invalid_option("control plane", e.to_string()))
+    }};
 }
 
 impl Agent {
@@ -185,137 +203,66 @@ impl Agent {
         url: &str,
         token: Option<String>,
     ) -> Result<Self> {
+        let planes = settings
+            .control_planes
+            .iter()
+            .map(|base| RemoteRegistry::new(base, token.as_deref()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid_option("--control-plane", e.to_string()))?;
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        let capacity = settings.capacity.unwrap_or(4);
+        let mut registration = DataPlaneInstance::new(id, url);
+        registration.allowed_source_types = settings.source_types.clone();
+        registration.allowed_destination_types = settings.destination_types.clone();
+        registration.labels = settings.labels.clone();
         // Tells this process's registration from a later one's under the same id.
-        let nonce = format!("{:x}-{:x}", started.as_nanos(), std::process::id());
-        let registration = json!({
-            "id": id,
-            "url": url,
-            "allowedSourceTypes": settings.source_types,
-            "allowedDestinationTypes": settings.destination_types,
-            "labels": settings.labels,
-            "registration": nonce,
-            "load": {"activeRuns": 0, "bytesPerSecond": 0.0,
-                     "capacity": settings.capacity.unwrap_or(4)},
-        });
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Internal(format!("no HTTP client: {e}")))?;
+        registration.registration =
+            Some(format!("{:x}-{:x}", started.as_nanos(), std::process::id()));
+        registration.load = Some(load(0, 0.0, capacity));
         Ok(Self {
-            client,
-            control_planes: settings.control_planes.clone(),
-            token,
+            planes,
             registration,
-            id: id.to_string(),
-            nonce,
-        })
-    }
-
-    /// Sends a request to the first control plane that answers; its status and body.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, String)> {
-        let mut last = String::from("no control plane configured");
-        for base in &self.control_planes {
-            let url = format!("{}{path}", base.trim_end_matches('/'));
-            let mut request = self.client.request(method.clone(), &url);
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
-            }
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            match request.send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let text = r.text().await.unwrap_or_default();
-                    return Ok((status, text));
-                }
-                Err(e) => last = format!("{base}: {}", ferry_core::error::one_line(&e.to_string())),
-            }
-        }
-        Err(Error::Unreachable {
-            address: "control plane".into(),
-            detail: last,
+            capacity,
         })
     }
 
     /// Registers (or registers again, replacing the earlier registration).
     pub async fn register(&self) -> Result<()> {
-        let (status, text) = self
-            .send(
-                reqwest::Method::POST,
-                "/v1/dataplanes",
-                Some(&self.registration),
-            )
-            .await?;
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        Err(Error::invalid_option(
-            "registration",
-            format!(
-                "the control plane refused it ({status}): {}",
-                one_line_body(&text)
-            ),
-        ))
+        first_answer!(&self.planes, |plane| plane.add(self.registration.clone())).map(|_| ())
     }
 
     /// Reports the load; registers again when the control plane does not know this
     /// data plane (it lost its registry, or removed it).
-    pub async fn heartbeat(
-        &self,
-        active_runs: usize,
-        bytes_per_second: f64,
-        capacity: u32,
-    ) -> Result<()> {
-        let load = json!({"activeRuns": active_runs, "bytesPerSecond": bytes_per_second,
-                          "capacity": capacity});
-        let path = format!("/v1/dataplanes/{}/heartbeat", self.id);
-        let (status, text) = self.send(reqwest::Method::POST, &path, Some(&load)).await?;
-        match status {
-            200..=299 => Ok(()),
-            404 => self.register().await,
-            _ => Err(Error::invalid_option(
-                "heartbeat",
-                format!(
-                    "the control plane refused it ({status}): {}",
-                    one_line_body(&text)
-                ),
-            )),
+    pub async fn heartbeat(&self, active_runs: usize, bytes_per_second: f64) -> Result<()> {
+        let id = &self.registration.id;
+        let now = load(active_runs, bytes_per_second, self.capacity);
+        match first_answer!(&self.planes, |plane| plane.heartbeat(id, now.clone()))? {
+            Some(_) => Ok(()),
+            None => self.register().await,
         }
     }
 
     /// Tells the control plane to send no more runs here.
     pub async fn drain(&self) -> Result<()> {
-        let path = format!("/v1/dataplanes/{}/state", self.id);
-        self.send(
-            reqwest::Method::PUT,
-            &path,
-            Some(&json!({"state": "Unavailable"})),
-        )
-        .await
+        let id = &self.registration.id;
+        first_answer!(&self.planes, |plane| plane
+            .set_state(id, InstanceState::Unavailable))
         .map(|_| ())
     }
 
     /// Removes this registration, unless a newer process registered under the same id.
     pub async fn deregister(&self) -> Result<()> {
-        let path = format!("/v1/dataplanes/{}?registration={}", self.id, self.nonce);
-        self.send(reqwest::Method::DELETE, &path, None)
-            .await
-            .map(|_| ())
+        let (id, nonce) = (&self.registration.id, &self.registration.registration);
+        first_answer!(&self.planes, |plane| plane.remove(id, nonce.as_deref())).map(|_| ())
     }
 }
 
-fn one_line_body(text: &str) -> String {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| ferry_core::error::one_line(text))
+fn load(active_runs: usize, bytes_per_second: f64, capacity: u32) -> Load {
+    Load {
+        active_runs: u32::try_from(active_runs).unwrap_or(u32::MAX),
+        bytes_per_second,
+        capacity: Some(capacity),
+    }
 }

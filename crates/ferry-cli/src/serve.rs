@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use ferry_control::dispatch::Dispatcher;
 use ferry_control::retry::Backoff;
 use ferry_control::secrets::{SecretResolver, SecretsConfig};
 use ferry_control::webhook::{WebhookConfig, Webhooks};
@@ -225,9 +226,8 @@ pub async fn dataplane(args: crate::dataplane::DataplaneArgs) -> Result<u8> {
     if let Some(n) = settings.dataplane.capacity {
         settings.max_active_runs = Some(n as usize);
     }
-    let data_dir = env("FERRY_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ferry_engine::options::default_state_dir().join("dataplane"));
+    // FERRY_DATA_DIR and --data-dir are in the settings already.
+    let data_dir = ferry_engine::options::default_state_dir().join("dataplane");
     run_service(
         settings,
         Role::Data,
@@ -316,9 +316,8 @@ async fn run_service(
     .await?;
     let mut controller = Controller::new(store, config, secrets, webhooks);
     if role == Role::Control {
-        controller = controller.with_dispatcher(crate::cluster::dispatcher(
+        controller = controller.with_dispatcher(Dispatcher::new(
             registry.clone(),
-            &settings.selector,
             &advertise,
             tokens.first().cloned(),
         )?);
@@ -360,17 +359,12 @@ async fn run_service(
     let beats = agent.as_ref().map(|agent| {
         let (agent, controller) = (agent.clone(), controller.clone());
         let every = settings.dataplane.heartbeat();
-        let capacity = settings.dataplane.capacity.unwrap_or(4);
         tokio::spawn(async move {
             let mut registered = false;
             loop {
                 let result = if registered {
                     agent
-                        .heartbeat(
-                            controller.active_runs(),
-                            controller.bytes_per_second(),
-                            capacity,
-                        )
+                        .heartbeat(controller.active_runs(), controller.bytes_per_second())
                         .await
                 } else {
                     agent.register().await

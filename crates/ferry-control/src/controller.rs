@@ -140,7 +140,7 @@ pub(crate) struct Inner {
     /// Where to report the runs started through the signaling API, by run id.
     pub(crate) callback_addresses: Mutex<HashMap<String, String>>,
     pub(crate) callbacks: Callbacks,
-    dispatcher: Option<Dispatcher>,
+    dispatcher: std::sync::OnceLock<Dispatcher>,
 }
 
 pub(crate) struct Active {
@@ -196,20 +196,16 @@ impl Controller {
                 settings: Mutex::new(HashMap::new()),
                 callback_addresses: Mutex::new(HashMap::new()),
                 callbacks,
-                dispatcher: None,
+                dispatcher: std::sync::OnceLock::new(),
             }),
         }
     }
 
     /// Dispatches runs to remote data planes instead of executing them (role `Control`).
+    /// Set once; a second dispatcher is ignored.
     pub fn with_dispatcher(self, dispatcher: Dispatcher) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
-            panic!("with_dispatcher is called before the controller is shared")
-        });
-        inner.dispatcher = Some(dispatcher);
-        Self {
-            inner: Arc::new(inner),
-        }
+        let _ = self.inner.dispatcher.set(dispatcher);
+        self
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
@@ -592,7 +588,7 @@ impl Inner {
         }
     }
 
-    fn run_view(&self, run: &RunRecord) -> RunView {
+    pub(crate) fn run_view(&self, run: &RunRecord) -> RunView {
         let mut view = RunView::of(run);
         if let Some(a) = lock(&self.active).get(&run.id) {
             view.stats.progress = Some(a.tracker.progress());
@@ -715,7 +711,7 @@ impl Inner {
             }
         }
         if role == Role::Control {
-            if let Some(dispatcher) = &self.dispatcher {
+            if let Some(dispatcher) = self.dispatcher.get() {
                 dispatcher.dispatch(&self, unfinished, now).await;
             }
             return Ok(());

@@ -21,7 +21,9 @@ use crate::controller::{
     lock, now_ms, with_progress, ControlError, ControlResult, Controller, Inner, SUSPENDED,
 };
 use crate::resource::{validate, FieldError, RunView};
+use crate::retry::Backoff;
 use crate::selector::canonical_type;
+use crate::webhook::post_with_retries;
 use ferry_engine::manifest::API_VERSION;
 
 /// Annotations a flow's transfer keeps about the message that made it.
@@ -714,12 +716,7 @@ impl Controller {
         let dataplane_id = self.config().instance.clone();
         if let Some(run) = self.store().get_run(id).await? {
             let response = self.run_response(&run);
-            let view = self
-                .runs(&run.transfer)
-                .await
-                .ok()
-                .and_then(|runs| runs.into_iter().find(|r| r.id == run.id));
-            let view = view.unwrap_or_else(|| RunView::of(&run));
+            let view = self.inner().run_view(&run);
             return Ok(FlowStatus {
                 dataflow_id: run.id.clone(),
                 state: response.state,
@@ -803,6 +800,11 @@ pub struct Callbacks {
 
 const CALLBACK_QUEUE: usize = 1024;
 const CALLBACK_ATTEMPTS: u32 = 6;
+const CALLBACK_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(10),
+    factor: 2.0,
+};
 
 impl Callbacks {
     /// Starts the delivery task on the current runtime; without a runtime (unit tests that
@@ -835,31 +837,18 @@ impl Callbacks {
 }
 
 async fn deliver(client: &reqwest::Client, token: Option<&str>, url: &str, body: &Value) {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=CALLBACK_ATTEMPTS {
-        let mut request = client.post(url).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+    let build = || {
+        let request = client.post(url).json(body);
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
-        let failure = match request.send().await {
-            Ok(r) if r.status().is_success() => return,
-            // The control plane has its answer: retrying changes nothing.
-            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                tracing::warn!("callback to {} refused: {}", redact_url(url), r.status());
-                return;
-            }
-            Ok(r) => r.status().to_string(),
-            Err(e) => ferry_core::error::one_line(&e.to_string()),
-        };
-        if attempt == CALLBACK_ATTEMPTS {
-            tracing::warn!(
-                "callback to {} failed after {attempt} attempts: {failure}",
-                redact_url(url)
-            );
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
+    };
+    let label = redact_url(url);
+    if let Err(error) =
+        post_with_retries(build, CALLBACK_ATTEMPTS, &CALLBACK_BACKOFF, true, &label).await
+    {
+        tracing::warn!("callback to {label} failed: {error}");
     }
 }
 

@@ -302,7 +302,7 @@ impl Target {
                 return;
             }
         };
-        for attempt in 1..=attempts {
+        let build = || {
             let mut request = self
                 .client
                 .post(self.url.clone())
@@ -312,39 +312,58 @@ impl Target {
             if let Some(auth) = &auth {
                 request = request.header(AUTHORIZATION, auth.clone());
             }
-            let outcome = match request.send().await {
-                Ok(response) if response.status().is_success() => Ok(()),
-                Ok(response) => Err(format!("HTTP status {}", response.status())),
-                Err(e) => Err(describe(e)),
-            };
-            match outcome {
-                Ok(()) => {
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(error) if attempt == attempts => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        webhook = %self.label,
-                        attempts,
-                        %error,
-                        "webhook event given up"
-                    );
-                }
-                Err(error) => {
-                    let wait = self.options.backoff.delay(attempt);
-                    tracing::debug!(
-                        webhook = %self.label,
-                        attempt,
-                        %error,
-                        ?wait,
-                        "webhook delivery failed; retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
+            request
+        };
+        match post_with_retries(build, attempts, &self.options.backoff, false, &self.label).await {
+            Ok(()) => {
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    webhook = %self.label,
+                    attempts,
+                    %error,
+                    "webhook event given up"
+                );
             }
         }
     }
+}
+
+/// Sends the request `build` makes until it succeeds, at most `attempts` times (at least
+/// once), waiting `backoff` between tries. With `refusal_is_final`, an answer the receiver
+/// will give again (a 4xx other than 429) ends it at once. The error is one line, without
+/// the URL.
+pub(crate) async fn post_with_retries(
+    build: impl Fn() -> reqwest::RequestBuilder,
+    attempts: u32,
+    backoff: &Backoff,
+    refusal_is_final: bool,
+    label: &str,
+) -> Result<(), String> {
+    let attempts = attempts.max(1);
+    for attempt in 1..=attempts {
+        let error = match build().send().await {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) => {
+                let status = response.status();
+                let error = format!("HTTP status {status}");
+                if refusal_is_final && status.is_client_error() && status.as_u16() != 429 {
+                    return Err(error);
+                }
+                error
+            }
+            Err(e) => describe(e),
+        };
+        if attempt == attempts {
+            return Err(error);
+        }
+        let wait = backoff.delay(attempt);
+        tracing::debug!(target = %label, attempt, %error, ?wait, "delivery failed; retrying");
+        tokio::time::sleep(wait).await;
+    }
+    Err("no attempt made".into())
 }
 
 #[cfg(test)]

@@ -25,9 +25,15 @@ fn setting() -> &'static Option<(String, u64)> {
 }
 
 fn reached(name: &str, counter: &AtomicU64) -> bool {
+    counts(name, counter, |count, n| count >= n)
+}
+
+/// Counts one more pass and says (announcing it) when the failpoint `name` is set and
+/// `hits(count, N)` holds.
+fn counts(name: &str, counter: &AtomicU64, hits: impl Fn(u64, u64) -> bool) -> bool {
     let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
     match setting() {
-        Some((wanted, n)) if wanted == name && count >= *n => {
+        Some((wanted, n)) if wanted == name && hits(count, *n) => {
             eprintln!("{REACHED}: {name}:{n}");
             true
         }
@@ -66,12 +72,8 @@ pub async fn file_recorded() {
     hit("pause-after-files", &FILES).await;
     // Only the Nth file's task pauses, once per process: the run cannot finish until it is
     // stopped (suspended, interrupted), and when it starts again nothing pauses.
-    let count = ONCE_FILES.fetch_add(1, Ordering::Relaxed) + 1;
-    if let Some((name, n)) = setting() {
-        if name == "pause-once-after-files" && count == *n {
-            eprintln!("{REACHED}: {name}:{n}");
-            futures::future::pending::<()>().await;
-        }
+    if counts("pause-once-after-files", &ONCE_FILES, |count, n| count == n) {
+        futures::future::pending::<()>().await;
     }
 }
 

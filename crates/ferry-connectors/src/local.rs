@@ -357,6 +357,44 @@ impl Sink for LocalStore {
         .await
     }
 
+    /// Removes the partial files of `keys`, one directory listing per directory.
+    async fn discard_unrecorded(&self, keys: &[String]) -> Result<()> {
+        let mut by_dir: std::collections::BTreeMap<PathBuf, Vec<String>> = Default::default();
+        for key in keys {
+            let target = self.target(key);
+            if let (Some(dir), Some(name)) = (target.parent(), target.file_name()) {
+                by_dir
+                    .entry(dir.to_path_buf())
+                    .or_default()
+                    .push(format!(".{}.", name.to_string_lossy()));
+            }
+        }
+        blocking(move || {
+            for (dir, prefixes) in by_dir {
+                let Ok(entries) = fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.map_while(std::result::Result::ok) {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if name.ends_with(PARTIAL_SUFFIX)
+                        && prefixes.iter().any(|p| name.starts_with(p.as_str()))
+                    {
+                        let path = entry.path();
+                        match fs::remove_file(&path) {
+                            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                                return Err(Error::io(path.display(), &e))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn abort_upload(&self, key: &str, upload: &UploadId) -> Result<()> {
         let temp = self.temp_path(key, upload)?;
         blocking(move || match fs::remove_file(&temp) {

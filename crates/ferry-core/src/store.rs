@@ -124,6 +124,13 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// Discards an upload and whatever parts it holds.
     async fn abort_upload(&self, key: &str, upload: &UploadId) -> Result<()>;
 
+    /// Discards uploads to `keys` that no checkpoint knows of: a process killed between
+    /// starting an upload and recording it leaves one. Only for keys no one else writes.
+    /// Stores whose unrecorded uploads are invisible (and expire) do nothing.
+    async fn discard_unrecorded(&self, _keys: &[String]) -> Result<()> {
+        Ok(())
+    }
+
     /// Copies `entry` from `source` to `key` inside the store, when both are the same store.
     /// `None`: not possible here, stream the bytes instead.
     async fn copy_from(

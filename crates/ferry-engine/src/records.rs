@@ -242,11 +242,22 @@ pub async fn transfer(
     let state = Arc::new(opts.state_store()?);
     let run_id = run_id(src, dst, rec, opts);
     discard_uploads(&state, &run_id, sink.as_ref()).await?;
+    let earlier = state.run_status(&run_id)?.is_some();
     if !opts.resume {
         state.forget_run(&run_id)?;
     }
     state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
     let checkpoints = state.files(&run_id)?;
+    if earlier {
+        // An earlier attempt may have been killed after starting an output's upload and
+        // before recording it; no one else writes this run's outputs.
+        let unfinished: Vec<String> = outputs
+            .iter()
+            .filter(|o| !checkpoints.get(&o.key).is_some_and(|c| c.done))
+            .map(|o| o.key.clone())
+            .collect();
+        sink.discard_unrecorded(&unfinished).await?;
+    }
 
     let total_bytes = outputs
         .iter()

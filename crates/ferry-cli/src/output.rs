@@ -301,12 +301,25 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
     );
     if report.skipped > 0 {
         line.push_str(&format!(", {} already done", report.skipped));
+        // One reason says why; many would drown the line (they are in --json).
+        let mut reasons = report.outputs.iter().filter(|o| o.skipped);
+        if let (Some(reason), None) = (
+            reasons.next().and_then(|o| o.reason.as_ref()),
+            reasons.next(),
+        ) {
+            line.push_str(&format!(": {reason}"));
+        }
     }
     if report.failed > 0 {
         line.push_str(&format!(
             ", {} failed (run the same command again to retry them)",
             report.failed
         ));
+    }
+    for o in report.outputs.iter().filter(|o| !o.skipped) {
+        if let Some(reason) = &o.reason {
+            eprintln!("ferry: {reason}");
+        }
     }
     println!("{line}");
 }

@@ -17,7 +17,7 @@ pub use local::LocalStore;
 pub use object::ObjectBackend;
 pub use tables::{
     open_table, prepare_load, Selection, TableLoad, TablePartition, TableScan, TableSource,
-    TableWriter,
+    TableWriter, TargetState,
 };
 
 /// The backend that reads `address`.

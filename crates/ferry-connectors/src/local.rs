@@ -345,7 +345,14 @@ impl Sink for LocalStore {
         let key = key.to_string();
         let fsync = self.fsync;
         blocking(move || {
-            let file = open_partial(&temp)?;
+            // A missing partial file means the upload is gone (completed by an earlier
+            // process, or removed): NotFound, so the engine checks the destination.
+            let file = match OpenOptions::new().write(true).open(&temp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::not_found(target.display()))
+                }
+                other => other.map_err(|e| Error::io(temp.display(), &e))?,
+            };
             if fsync {
                 file.sync_data()
                     .map_err(|e| Error::io(temp.display(), &e))?;

@@ -369,6 +369,26 @@ impl ObjectBackend {
     }
 }
 
+/// The ETag S3 gives an object completed from parts with these ETags: the MD5 of their
+/// binary MD5s, a dash, the part count. `None` when a part's ETag is not an MD5 (SSE-KMS,
+/// or a store that does not follow S3 here).
+fn s3_multipart_etag(parts: &[PartToken]) -> Option<String> {
+    use md5::{Digest as _, Md5};
+    let mut md5 = Md5::new();
+    for part in parts {
+        let hex = unquote(&part.0);
+        if hex.len() != 32 {
+            return None;
+        }
+        for i in (0..32).step_by(2) {
+            md5.update([u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()?]);
+        }
+    }
+    let digest = md5.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{hex}-{}", parts.len()))
+}
+
 fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = text.find(open)? + open.len();
     let len = text[start..].find(close)?;
@@ -626,6 +646,19 @@ impl Sink for ObjectBackend {
             .await
             .map_err(|e| self.error(&path, e))?;
         Ok(self.entry(key.to_string(), &meta))
+    }
+
+    fn is_completion_of(&self, found: &Entry, parts: &[PartToken]) -> Option<bool> {
+        if self.family != Family::S3 {
+            return None;
+        }
+        let expected = s3_multipart_etag(parts)?;
+        let version = found.version.as_deref()?;
+        if version == expected {
+            return Some(true);
+        }
+        // Another multipart object: conclusive. A plain ETag may be an encrypted object's.
+        version.contains('-').then_some(false)
     }
 
     async fn abort_upload(&self, key: &str, upload: &UploadId) -> Result<()> {

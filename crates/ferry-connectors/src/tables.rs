@@ -274,6 +274,16 @@ pub trait TableScan: Send + Sync {
     fn read(&self, index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>>;
 }
 
+/// A load's target as it is now: what a finished load checks before it is skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetState {
+    /// Changes when the table is dropped and created again or truncated, where the
+    /// database tells (PostgreSQL: oid and relation file node; InnoDB: table id; SQLite:
+    /// root page, which TRUNCATE's equivalent, `DELETE` without `WHERE`, keeps).
+    pub identity: String,
+    pub rows: u64,
+}
+
 /// A load into one table, prepared and checked.
 #[async_trait]
 pub trait TableLoad: Send + Sync {
@@ -308,6 +318,9 @@ pub trait TableLoad: Send + Sync {
 
     /// Drops the staging table after a failed load; the target is untouched.
     async fn discard(&self) -> Result<()>;
+
+    /// The target's identity and row count now, or `None` when it does not exist.
+    async fn target_state(&self) -> Result<Option<TargetState>>;
 }
 
 /// One stream of rows into the staging table.

@@ -121,6 +121,14 @@ pub trait Sink: Send + Sync + fmt::Debug {
         parts: Vec<PartToken>,
     ) -> Result<Entry>;
 
+    /// Whether `found`, the object now at the upload's key, is what completing an upload
+    /// of `parts` made, judged from its metadata alone (S3: the multipart ETag derived from
+    /// the parts' ETags). `None`: the metadata cannot tell; compare the bytes.
+    fn is_completion_of(&self, found: &Entry, parts: &[PartToken]) -> Option<bool> {
+        let _ = (found, parts);
+        None
+    }
+
     /// Discards an upload and whatever parts it holds.
     async fn abort_upload(&self, key: &str, upload: &UploadId) -> Result<()>;
 

@@ -503,13 +503,87 @@ impl Run {
             }
             return Err(e);
         }
-        let tokens = parts.into_iter().map(|p| p.1).collect();
-        let written = self
+        let tokens: Vec<PartToken> = parts.into_iter().map(|p| p.1).collect();
+        let written = match self
             .sink
-            .complete_upload(dest_key, &upload_id, tokens)
-            .await?;
+            .complete_upload(dest_key, &upload_id, tokens.clone())
+            .await
+        {
+            Ok(written) => written,
+            Err(e) => {
+                self.completed_anyway(entry, dest_key, &tokens, &digest, e)
+                    .await?
+            }
+        };
+        crate::failpoint::upload_completed().await;
         self.record_done(entry, &written, Some(&digest))?;
         Ok((digest, moved))
+    }
+
+    /// After a completion failed: the object, when an earlier completion of the same
+    /// upload arrived anyway (a process killed after sending it, a response lost and the
+    /// retry refused because the upload is gone), otherwise the error. A store still
+    /// assembling the object gets a few seconds to finish; a `NotFound` (the upload is gone
+    /// and its object is not there) makes a resumed file start again.
+    async fn completed_anyway(
+        &self,
+        entry: &Entry,
+        dest_key: &str,
+        parts: &[PartToken],
+        digest: &Digest,
+        error: Error,
+    ) -> Result<Entry> {
+        let gone = matches!(error, Error::NotFound { .. });
+        let waits: &[u64] = if gone { &[0] } else { &[0, 1, 2, 4] };
+        for &secs in waits {
+            tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+            if let Some(found) = self
+                .holds_completion(entry, dest_key, parts, digest)
+                .await?
+            {
+                tracing::info!(
+                    key = %entry.key,
+                    error = %error,
+                    "the completion failed, but the destination holds the completed object"
+                );
+                return Ok(found);
+            }
+        }
+        Err(error)
+    }
+
+    /// The object at `dest_key` when it is what completing an upload of `parts` makes:
+    /// judged from its metadata where the store can tell (S3's multipart ETag), otherwise
+    /// by reading it back and comparing checksums.
+    async fn holds_completion(
+        &self,
+        entry: &Entry,
+        dest_key: &str,
+        parts: &[PartToken],
+        digest: &Digest,
+    ) -> Result<Option<Entry>> {
+        let Some(found) = self.sink.head(dest_key).await? else {
+            return Ok(None);
+        };
+        if found.size != entry.size {
+            return Ok(None);
+        }
+        match self.sink.is_completion_of(&found, parts) {
+            Some(same) => Ok(same.then_some(found)),
+            None => {
+                let dest = open_source(self.sink.address())?;
+                let algo = self.opts.checksum;
+                let at_dest = read_digest(
+                    dest.as_ref(),
+                    &found,
+                    algo,
+                    self.opts.part_size,
+                    &self.budget,
+                )
+                .await?;
+                Ok((at_dest == *digest).then_some(found))
+            }
+        }
     }
 
     /// Reads (or, for the kernel path, checksums) one part.

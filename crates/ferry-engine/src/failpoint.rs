@@ -79,6 +79,14 @@ pub async fn file_recorded() {
 
 static ONCE_FILES: AtomicU64 = AtomicU64::new(0);
 
+static COMPLETIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Called when an upload in parts was completed at the destination, before the checkpoint
+/// records the file as done.
+pub async fn upload_completed() {
+    hit("pause-after-complete", &COMPLETIONS).await;
+}
+
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 
 /// Called when a table load has staged every row and is about to commit it.

@@ -87,6 +87,9 @@ pub struct OutputReport {
     pub bytes_written: u64,
     /// Done by an earlier run and still at the destination.
     pub skipped: bool,
+    /// Why it was skipped, or done again although an earlier run had done it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -546,6 +549,7 @@ fn planned_report(output: &Output) -> OutputReport {
         bytes_read: 0,
         bytes_written: 0,
         skipped: false,
+        reason: None,
         error: None,
     }
 }
@@ -560,6 +564,7 @@ pub(crate) fn failed_report(key: String, error: Error) -> OutputReport {
         bytes_read: 0,
         bytes_written: 0,
         skipped: false,
+        reason: None,
         error: Some(error.to_string()),
     }
 }

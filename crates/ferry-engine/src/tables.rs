@@ -14,7 +14,7 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use ferry_connectors::{
-    open_sink, open_source, open_table, prepare_load, Selection, TableLoad, TableScan,
+    open_sink, open_source, open_table, prepare_load, Selection, TableLoad, TableScan, TargetState,
 };
 use ferry_core::TransformSpec;
 use ferry_core::{ChecksumAlgo, DataAddress, Entry, Result, Sink, Source, TableAddress};
@@ -38,8 +38,80 @@ use crate::{CopyOptions, KeyFilter};
 const BATCH_ROWS: usize = 32_768;
 /// The checkpoint key of a table destination.
 const TABLE_KEY: &str = "";
-/// Recorded before a load commits: on a re-run, a missing staging table means it did.
+/// Recorded before a load commits (with the rows staged in place of a part size): on a
+/// re-run, a missing staging table means it did.
 const COMMITTING: &str = "committing";
+
+/// What a committed load left, kept as the checkpoint's destination version: a re-run
+/// skips the load only while the table is the same one and still holds those rows.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Loaded {
+    /// The table's identity right after the commit ([`TargetState::identity`]).
+    identity: String,
+    /// The rows the load left in the table.
+    rows: u64,
+    /// When it committed (RFC 3339).
+    at: String,
+}
+
+impl Loaded {
+    /// Reads what a load recorded; `None` for a checkpoint written before ferry kept it.
+    fn recorded(dest_version: Option<&str>) -> Option<Loaded> {
+        serde_json::from_str(dest_version?).ok()
+    }
+
+    /// Why the load counts as still done (`Ok`) or must run again (`Err`), given the
+    /// table as it is now.
+    fn still_held(
+        this: Option<&Loaded>,
+        table: &str,
+        now: Option<&TargetState>,
+    ) -> std::result::Result<String, String> {
+        let Some(now) = now else {
+            return Err(format!("table {table} no longer exists"));
+        };
+        let Some(this) = this else {
+            return Ok(format!("table {table} was loaded by an earlier run"));
+        };
+        if now.identity != this.identity {
+            return Err(format!(
+                "table {table} was truncated or recreated since the load at {}",
+                this.at
+            ));
+        }
+        if now.rows < this.rows {
+            return Err(format!(
+                "table {table} holds {} rows, fewer than the {} loaded at {}",
+                thousands(now.rows),
+                thousands(this.rows),
+                this.at
+            ));
+        }
+        Ok(format!(
+            "table {table} still holds the {} rows loaded at {}",
+            thousands(this.rows),
+            this.at
+        ))
+    }
+}
+
+/// `6001215` → `6,001,215`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A table's name for messages: `public.t` rather than `"public"."t"`.
+fn shown(load: &dyn TableLoad) -> String {
+    load.target().replace(['"', '`'], "")
+}
 
 /// Where the rows come from.
 enum Origin {
@@ -340,6 +412,7 @@ async fn to_files(
                 bytes_read: 0,
                 bytes_written: 0,
                 skipped: false,
+                reason: None,
                 error: None,
             };
             (key, units, report)
@@ -535,6 +608,7 @@ async fn to_table(
         bytes_read: 0,
         bytes_written: 0,
         skipped: false,
+        reason: None,
         error: None,
     };
     let done = |plan: &Plan, report: OutputReport| {
@@ -569,18 +643,41 @@ async fn to_table(
         .filter(|c| opts.resume && c.source_version.as_deref() == Some(version.as_str()));
     let from_files = matches!(plan.origin, Origin::Files { .. });
     if let Some(previous) = &previous {
-        // The same files were loaded already; a table source is read afresh each run.
+        // The same files were loaded already, and the table still holds them; a table
+        // source is read afresh each run.
         if previous.done && from_files {
-            report.skipped = true;
-            return Ok(done(&plan, report));
+            let recorded = Loaded::recorded(previous.dest_version.as_deref());
+            let now = load.target_state().await?;
+            match Loaded::still_held(recorded.as_ref(), &shown(load.as_ref()), now.as_ref()) {
+                Ok(reason) => {
+                    report.skipped = true;
+                    report.reason = Some(reason);
+                    return Ok(done(&plan, report));
+                }
+                Err(reason) => {
+                    tracing::info!(%reason, "loading again");
+                    report.reason = Some(format!("loaded again: {reason}"));
+                }
+            }
         }
         // Killed while committing: the staging table is gone exactly when the commit was.
-        let committing = previous.upload.as_ref().map(|u| u.upload_id.as_str()) == Some(COMMITTING);
-        if committing && !previous.done {
+        let committing = previous
+            .upload
+            .as_ref()
+            .filter(|u| u.upload_id == COMMITTING);
+        if let (Some(committing), false) = (committing, previous.done) {
             if load.staging_exists().await? {
                 load.commit().await?;
             }
-            state.file_done(&run_id, TABLE_KEY, size, Some(&version), None, None)?;
+            let loaded = record_loaded(load.as_ref(), committing.part_size).await?;
+            state.file_done(
+                &run_id,
+                TABLE_KEY,
+                size,
+                Some(&version),
+                None,
+                Some(&loaded),
+            )?;
             state.finish_run(&run_id, run_outcome(0))?;
             report.skipped = true;
             return Ok(done(&plan, report));
@@ -627,7 +724,14 @@ async fn to_table(
     }
     let outcome = match failure {
         Some(e) => Err(e),
-        None => commit_or_add(&state, &run_id, load.as_ref(), table, &plan, size, &version).await,
+        None => {
+            let staged = Staged {
+                size,
+                version: &version,
+                rows: report.rows_written,
+            };
+            commit_or_add(&state, &run_id, load.as_ref(), table, &plan, staged).await
+        }
     };
     if let Err(e) = outcome {
         if let Err(d) = load.discard().await {
@@ -651,10 +755,9 @@ async fn commit_or_add(
     load: &dyn TableLoad,
     table: &TableAddress,
     plan: &Plan,
-    size: u64,
-    version: &str,
+    staged: Staged<'_>,
 ) -> Result<()> {
-    let failure = match commit(state, run_id, load, size, version).await {
+    let failure = match commit(state, run_id, load, &staged).await {
         Err(e) if load.creates_target() => e,
         outcome => return outcome,
     };
@@ -668,21 +771,49 @@ async fn commit_or_add(
         target = again.target(),
         "created by another process meanwhile: adding the rows to it"
     );
-    commit(state, run_id, again.as_ref(), size, version).await
+    commit(state, run_id, again.as_ref(), &staged).await
 }
 
-/// Records that the load is committing, commits, and records that it did.
+/// A load ready to commit: its source fingerprint and the rows it staged.
+struct Staged<'a> {
+    size: u64,
+    version: &'a str,
+    rows: u64,
+}
+
+/// Records that the load is committing, commits, and records what it left in the table.
 async fn commit(
     state: &StateStore,
     run_id: &str,
     load: &dyn TableLoad,
-    size: u64,
-    version: &str,
+    staged: &Staged<'_>,
 ) -> Result<()> {
-    state.begin_upload(run_id, TABLE_KEY, size, Some(version), COMMITTING, 0)?;
+    let (size, version) = (staged.size, Some(staged.version));
+    state.begin_upload(run_id, TABLE_KEY, size, version, COMMITTING, staged.rows)?;
     crate::failpoint::before_commit().await;
     load.commit().await?;
-    state.file_done(run_id, TABLE_KEY, size, Some(version), None, None)
+    let loaded = record_loaded(load, staged.rows).await?;
+    state.file_done(run_id, TABLE_KEY, size, version, None, Some(&loaded))
+}
+
+/// What a load that staged `rows` left in its table, as the checkpoint keeps it. An
+/// upsert may leave fewer rows than it staged; a checkpoint from before rows were kept
+/// says 0, and the table's count stands in.
+async fn record_loaded(load: &dyn TableLoad, rows: u64) -> Result<String> {
+    let now = load.target_state().await?.ok_or_else(|| {
+        ferry_core::Error::Internal(format!("table {} is missing after its load", shown(load)))
+    })?;
+    let rows = if rows == 0 {
+        now.rows
+    } else {
+        rows.min(now.rows)
+    };
+    let loaded = Loaded {
+        identity: now.identity,
+        rows,
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    serde_json::to_string(&loaded).map_err(|e| ferry_core::Error::Internal(e.to_string()))
 }
 
 /// One COPY stream: takes batches from the shared channel until it is empty, transforms

@@ -47,4 +47,5 @@ pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     serde_json::from_slice(&out.stdout).expect("a JSON summary")
 }
+pub mod proxy;
 pub mod service;

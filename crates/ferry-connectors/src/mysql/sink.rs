@@ -13,7 +13,7 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter};
+use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter, TargetState};
 
 use super::codec::{create_type, writable, LiteralWriter, MyType};
 use super::source::table_columns;
@@ -29,6 +29,8 @@ pub struct MyLoad {
     address: TableAddress,
     /// `"db"."name"`
     target: String,
+    /// The target's own name, unquoted.
+    name: String,
     target_exists: bool,
     db: String,
     staging_name: String,
@@ -173,6 +175,7 @@ impl MyLoad {
             definitions,
             not_null,
             mode,
+            name,
         })
     }
 
@@ -218,6 +221,46 @@ impl MyLoad {
 impl TableLoad for MyLoad {
     fn target(&self) -> &str {
         &self.target
+    }
+
+    /// InnoDB gives a truncated or recreated table a new table id (MariaDB's
+    /// `INNODB_SYS_TABLES`, MySQL 8's `INNODB_TABLES`, both need the PROCESS privilege);
+    /// without them, the creation time tells a recreated table.
+    async fn target_state(&self) -> Result<Option<TargetState>> {
+        let mut conn = connect(&self.address).await?;
+        let err = |e| my_error(&self.address, e);
+        let created: Option<Option<String>> = conn
+            .exec_first(
+                "SELECT CAST(CREATE_TIME AS CHAR) FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&self.db, &self.name),
+            )
+            .await
+            .map_err(err)?;
+        let Some(created) = created else {
+            let _ = conn.disconnect().await;
+            return Ok(None);
+        };
+        let innodb_name = format!("{}/{}", self.db, self.name);
+        let mut identity = None;
+        for view in ["INNODB_SYS_TABLES", "INNODB_TABLES"] {
+            let sql = format!("SELECT TABLE_ID FROM information_schema.{view} WHERE NAME = ?");
+            if let Ok(Some(id)) = conn.exec_first::<u64, _, _>(sql, (&innodb_name,)).await {
+                identity = Some(format!("table id {id}"));
+                break;
+            }
+        }
+        let rows: u64 = conn
+            .query_first(format!("SELECT COUNT(*) FROM {}", self.target))
+            .await
+            .map_err(err)?
+            .unwrap_or_default();
+        let _ = conn.disconnect().await;
+        Ok(Some(TargetState {
+            identity: identity
+                .unwrap_or_else(|| format!("created {}", created.unwrap_or_default())),
+            rows,
+        }))
     }
 
     fn creates_target(&self) -> bool {

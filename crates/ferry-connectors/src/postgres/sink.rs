@@ -11,7 +11,7 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use futures::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
-use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter};
+use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter, TargetState};
 
 use super::source::table_columns;
 use super::{connect, literal, pg_error, quote, split_name, CopyEncoder, PgColumn, PgType};
@@ -142,6 +142,34 @@ impl PgLoad {
 impl TableLoad for PgLoad {
     fn target(&self) -> &str {
         &self.target
+    }
+
+    /// TRUNCATE, VACUUM FULL and CLUSTER give a table a new relation file node; DROP and
+    /// CREATE a new oid.
+    async fn target_state(&self) -> Result<Option<TargetState>> {
+        let client = connect(&self.address).await?;
+        let err = |e| pg_error(&self.address, e);
+        let Some(row) = client
+            .query_opt(
+                "SELECT c.oid::bigint, pg_relation_filenode(c.oid)::bigint \
+                 FROM pg_class c WHERE c.oid = to_regclass($1::text)",
+                &[&self.target],
+            )
+            .await
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let (oid, node): (i64, Option<i64>) = (row.get(0), row.get(1));
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {}", self.target), &[])
+            .await
+            .map_err(err)?
+            .get(0);
+        Ok(Some(TargetState {
+            identity: format!("oid {oid}, file {}", node.unwrap_or_default()),
+            rows: rows.max(0) as u64,
+        }))
     }
 
     fn creates_target(&self) -> bool {

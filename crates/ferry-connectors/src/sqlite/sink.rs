@@ -15,7 +15,7 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter};
+use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter, TargetState};
 
 use super::types::{
     declared_for, format_date, format_time, format_timestamp, format_uuid, SqlType,
@@ -233,6 +233,45 @@ fn rename_staging(error: Error, address: &TableAddress, staging: &str, target: &
 impl TableLoad for SqliteLoad {
     fn target(&self) -> &str {
         &self.target_name
+    }
+
+    /// A dropped and recreated table gets a new root page; an emptied one keeps it, and
+    /// only its row count tells.
+    async fn target_state(&self) -> Result<Option<TargetState>> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let (address, path) = (self.address.clone(), self.path.clone());
+        let (name, quoted) = (self.target_name.clone(), self.target());
+        blocking(move || {
+            let connection = connect(&address, &path, false)?;
+            let err = |e| sqlite_error(&address, e);
+            let root: Option<i64> = connection
+                .query_row(
+                    "SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                    [&name],
+                    |row| row.get(0),
+                )
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+                .map_err(err)?;
+            let Some(root) = root else {
+                return Ok(None);
+            };
+            let rows: i64 = connection
+                .query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| {
+                    row.get(0)
+                })
+                .map_err(err)?;
+            Ok(Some(TargetState {
+                identity: format!("root page {root}"),
+                rows: rows.max(0) as u64,
+            }))
+        })
+        .await
     }
 
     fn creates_target(&self) -> bool {

@@ -87,11 +87,11 @@ fn internal_error() -> Answer {
 fn read_s3(state: &Path, object: &str) -> Vec<u8> {
     let out = state.parent().unwrap().join("read-back.bin");
     let _ = std::fs::remove_file(&out);
-    let status = ferry(state, state.parent().unwrap())
+    let done = ferry(state, state.parent().unwrap())
         .args(["copy", object, out.to_str().unwrap()])
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     std::fs::read(out).unwrap()
 }
 
@@ -135,6 +135,44 @@ fn completed_upload_whose_id_is_gone_counts_as_done() {
 #[test]
 fn completed_upload_whose_completion_now_fails_counts_as_done() {
     completed_but_unrecorded_upload_is_done(internal_error);
+}
+
+/// The killed run uploaded every part but never completed, and the upload is gone since
+/// (expired, aborted): nothing arrived, so the re-run starts the file again.
+#[test]
+fn gone_upload_without_its_object_starts_the_file_again() {
+    let Some(upstream) = s3_upstream() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let src = work.path().join("big.bin");
+    let data = bytes(3 * 5 * MIB + 17, 9);
+    std::fs::write(&src, &data).unwrap();
+    let dst = format!("{}big.bin", Remote::S3.unique("gone").unwrap());
+    let src_s = src.display().to_string();
+
+    let through = Proxy::start(&upstream, |_| None);
+    start_and_kill(
+        &mut copy(&state, &src_s, &dst, Some(&through.url())),
+        "pause-after-parts:4",
+    );
+    assert_eq!(through.count(is_completion), 0);
+    let part = &through.seen(is_part)[0].target;
+    let query = part.split_once('?').unwrap().1;
+    let stale = query
+        .split('&')
+        .find(|p| p.starts_with("uploadId="))
+        .unwrap()
+        .to_string();
+
+    let racing = Proxy::start(&upstream, move |s| {
+        (is_completion(s) && s.target.contains(&stale)).then(no_such_upload)
+    });
+    let v = summary(&mut copy(&state, &src_s, &dst, Some(&racing.url())));
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(v["bytes"], data.len() as u64, "{v}");
+    assert!(read_s3(&state, &dst) == data, "content differs");
 }
 
 #[test]

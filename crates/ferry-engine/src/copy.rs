@@ -511,7 +511,7 @@ impl Run {
         {
             Ok(written) => written,
             Err(e) => {
-                self.completed_anyway(entry, dest_key, &tokens, &digest, e)
+                self.completed_anyway(entry, dest_key, &upload_id, &tokens, &digest, e)
                     .await?
             }
         };
@@ -522,13 +522,15 @@ impl Run {
 
     /// After a completion failed: the object, when an earlier completion of the same
     /// upload arrived anyway (a process killed after sending it, a response lost and the
-    /// retry refused because the upload is gone), otherwise the error. A store still
-    /// assembling the object gets a few seconds to finish; a `NotFound` (the upload is gone
-    /// and its object is not there) makes a resumed file start again.
+    /// retry refused because the upload is gone), otherwise an error. A `NotFound` (the
+    /// upload is gone and its object is not there) makes a resumed file start again. After
+    /// another error the store may still be assembling the object: it gets a few seconds,
+    /// then one more completion, whose outcome stands (its `NotFound` restarts the file too).
     async fn completed_anyway(
         &self,
         entry: &Entry,
         dest_key: &str,
+        upload_id: &str,
         parts: &[PartToken],
         digest: &Digest,
         error: Error,
@@ -549,7 +551,13 @@ impl Run {
                 return Ok(found);
             }
         }
-        Err(error)
+        if gone {
+            return Err(error);
+        }
+        tracing::debug!(key = %entry.key, %error, "completing the upload once more");
+        self.sink
+            .complete_upload(dest_key, &upload_id.to_string(), parts.to_vec())
+            .await
     }
 
     /// The object at `dest_key` when it is what completing an upload of `parts` makes:

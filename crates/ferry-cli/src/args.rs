@@ -174,6 +174,9 @@ struct Common {
     /// Most bytes held in memory for data in flight.
     #[arg(long, default_value = "128MiB", value_name = "SIZE")]
     max_buffer: String,
+    /// Bytes of events per object when exporting a Kafka topic.
+    #[arg(long, default_value = "64MiB", value_name = "SIZE")]
+    object_size: String,
     /// Print one JSON summary on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -223,6 +226,7 @@ impl Common {
             transfers: self.transfers,
             part_size: size_flag("--part-size", &self.part_size)?,
             max_buffer: size_flag("--max-buffer", &self.max_buffer)?,
+            object_size: size_flag("--object-size", &self.object_size)?.max(1),
             checksum: self.checksum.parse::<ChecksumAlgo>()?,
             ..CopyOptions::default()
         })

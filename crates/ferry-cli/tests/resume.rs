@@ -91,7 +91,11 @@ fn read_s3(state: &Path, object: &str) -> Vec<u8> {
         .args(["copy", object, out.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     std::fs::read(out).unwrap()
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ferry_core::{DataAddress, Error, Result, Sink, Source};
 
+pub mod kafka;
 pub mod local;
 pub mod mysql;
 pub mod object;
@@ -23,7 +24,7 @@ pub use tables::{
 /// The backend that reads `address`.
 pub fn open_source(address: &DataAddress) -> Result<Arc<dyn Source>> {
     Ok(match address {
-        DataAddress::Table(_) => return Err(not_files(address)),
+        DataAddress::Table(_) | DataAddress::Kafka(_) => return Err(not_files(address)),
         DataAddress::Local { .. } => Arc::new(LocalStore::new(address.clone())?),
         _ => Arc::new(ObjectBackend::new(address.clone())?),
     })
@@ -32,7 +33,7 @@ pub fn open_source(address: &DataAddress) -> Result<Arc<dyn Source>> {
 /// The backend that writes `address`.
 pub fn open_sink(address: &DataAddress) -> Result<Arc<dyn Sink>> {
     Ok(match address {
-        DataAddress::Table(_) => return Err(not_files(address)),
+        DataAddress::Table(_) | DataAddress::Kafka(_) => return Err(not_files(address)),
         DataAddress::Local { .. } => Arc::new(LocalStore::new(address.clone())?),
         DataAddress::Http { .. } => {
             return Err(Error::InvalidAddress {
@@ -46,8 +47,9 @@ pub fn open_sink(address: &DataAddress) -> Result<Arc<dyn Sink>> {
 
 /// Tables move as records, never as bytes.
 fn not_files(address: &DataAddress) -> Error {
-    Error::not_supported(
-        address,
-        "a table holds rows, not files; it can be copied to or from files in a format, or another table",
-    )
+    let why = match address {
+        DataAddress::Kafka(_) => "a topic holds events, not files; it is exported to or imported from files and objects whole",
+        _ => "a table holds rows, not files; it can be copied to or from files in a format, or another table",
+    };
+    Error::not_supported(address, why)
 }

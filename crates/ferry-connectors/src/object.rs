@@ -103,7 +103,7 @@ impl ObjectBackend {
                 let url = url.clone();
                 Self::http(address, &url)
             }
-            DataAddress::Local { .. } | DataAddress::Table(_) => {
+            DataAddress::Local { .. } | DataAddress::Table(_) | DataAddress::Kafka(_) => {
                 Err(Error::Internal(format!("{address} is not an object store")))
             }
         }

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use url::Url;
 
+use crate::kafka::KafkaAddress;
 use crate::redact::{is_secret_name, redact, MASK};
 use crate::table::{Database, TableAddress};
 use crate::Error;
@@ -38,6 +39,8 @@ pub enum DataAddress {
     },
     /// A table, or a query's result, in a database: `postgres://host/db?table=t`.
     Table(TableAddress),
+    /// A Kafka topic: `kafka://host:9092/topic`.
+    Kafka(KafkaAddress),
 }
 
 impl DataAddress {
@@ -55,6 +58,16 @@ impl DataAddress {
         let relative_sqlite = trimmed.split_once(':').filter(|(s, rest)| {
             !rest.starts_with("//") && Database::from_scheme(s) == Some(Database::Sqlite)
         });
+        if let Some(rest) = trimmed
+            .get(..8)
+            .filter(|s| s.eq_ignore_ascii_case("kafka://"))
+            .map(|_| &trimmed[8..])
+        {
+            // Several brokers (`b1:9092,b2:9092`) are no URL host: parsed by hand.
+            return KafkaAddress::parse(rest)
+                .map(Self::Kafka)
+                .map_err(|r| invalid(&r));
+        }
         let Some((scheme, _)) = trimmed.split_once("://").or(relative_sqlite) else {
             return Ok(Self::Local {
                 path: PathBuf::from(trimmed),
@@ -77,7 +90,7 @@ impl DataAddress {
         ];
         if !known.contains(&scheme.as_str()) {
             return Err(invalid(&format!(
-                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http://, https://, postgres://, mysql:// or sqlite://"
+                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http://, https://, postgres://, mysql://, sqlite:// or kafka://"
             )));
         }
         let url = Url::parse(trimmed).map_err(|e| invalid(&format!("malformed URL: {e}")))?;
@@ -146,6 +159,7 @@ impl DataAddress {
             Self::Azure { .. } => "azure",
             Self::Http { .. } => "http",
             Self::Table(t) => t.database.name(),
+            Self::Kafka(_) => "kafka",
         }
     }
 
@@ -156,7 +170,7 @@ impl DataAddress {
             Self::S3 { key, .. } => key.is_empty() || key.ends_with('/'),
             Self::Azure { path, .. } => path.is_empty() || path.ends_with('/'),
             Self::Http { url } => url.path().ends_with('/'),
-            Self::Table(_) => false,
+            Self::Table(_) | Self::Kafka(_) => false,
         }
     }
 
@@ -167,8 +181,8 @@ impl DataAddress {
             Self::S3 { key, .. } => key.clone(),
             Self::Azure { path, .. } => path.clone(),
             Self::Http { url } => url.path().to_string(),
-            // A table has no file name to take a format from.
-            Self::Table(_) => String::new(),
+            // A table or a topic has no file name to take a format from.
+            Self::Table(_) | Self::Kafka(_) => String::new(),
         }
     }
 
@@ -214,7 +228,7 @@ impl DataAddress {
             Self::Http { url } => Self::Http {
                 url: url.join(child).unwrap_or_else(|_| url.clone()),
             },
-            Self::Table(_) => self.clone(),
+            Self::Table(_) | Self::Kafka(_) => self.clone(),
         }
     }
 }
@@ -298,6 +312,7 @@ impl fmt::Display for DataAddress {
                 write!(f, "{}", redact(shown.as_str()))
             }
             Self::Table(t) => write!(f, "{t}"),
+            Self::Kafka(k) => write!(f, "{k}"),
         }
     }
 }

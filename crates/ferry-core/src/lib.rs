@@ -7,6 +7,7 @@
 pub mod address;
 pub mod checksum;
 pub mod error;
+pub mod kafka;
 pub mod redact;
 pub mod secret;
 pub mod store;
@@ -16,6 +17,7 @@ pub mod transform;
 pub use address::DataAddress;
 pub use checksum::{ChecksumAlgo, Digest, Hasher};
 pub use error::{Error, Result};
+pub use kafka::{KafkaAddress, StartOffset};
 pub use store::{Entry, Listing, PartToken, Sink, Source, UploadId};
 pub use table::{Database, TableAddress, WriteMode};
 pub use transform::{Action, TransformSpec};

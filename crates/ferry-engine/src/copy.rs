@@ -35,6 +35,9 @@ pub async fn copy(
     opts: &CopyOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<CopyReport> {
+    if matches!(src, DataAddress::Kafka(_)) || matches!(dst, DataAddress::Kafka(_)) {
+        return crate::events::copy(src, dst, opts, progress, run_id(src, dst, opts)).await;
+    }
     let started = Instant::now();
     let (filter, source, sink, listing) = open_and_list(src, dst, opts).await?;
     let single = listing.single_object;

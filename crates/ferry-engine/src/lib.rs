@@ -2,6 +2,7 @@
 
 mod budget;
 mod copy;
+mod events;
 pub mod failpoint;
 mod filter;
 pub mod manifest;

@@ -41,6 +41,8 @@ pub struct CopyOptions {
     /// Run only this share of the work, for transfers split over several processes (the
     /// pods of a Kubernetes Indexed Job). Each partition has a checkpoint of its own.
     pub partition: Option<Partition>,
+    /// Bytes of events per exported object (a Kafka export rolls to a new object there).
+    pub object_size: u64,
 }
 
 impl Default for CopyOptions {
@@ -60,6 +62,7 @@ impl Default for CopyOptions {
             state_url: None,
             run_key: None,
             partition: None,
+            object_size: 64 * MIB,
         }
     }
 }

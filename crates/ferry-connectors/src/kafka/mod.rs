@@ -1,0 +1,369 @@
+//! Kafka through librdkafka (the `rdkafka` crate, librdkafka built from its bundled
+//! sources): clients configured from a [`KafkaAddress`], the topic's partitions and
+//! watermarks, a producer that reports each partition's last delivered offset, and
+//! librdkafka's errors turned into ferry's, naming the brokers, topic and partition.
+//!
+//! The clients are librdkafka's synchronous ones (`BaseConsumer`, `BaseProducer`): ferry
+//! drives them from a thread of its own, which also gives backpressure for free.
+
+pub mod container;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferry_core::{Error, KafkaAddress, StartOffset};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders, Timestamp};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use self::container::Event;
+
+pub use rdkafka;
+
+/// How long metadata and watermark requests may take before the brokers count as
+/// unreachable.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// librdkafka's settings for `address`: brokers, security, and a client id.
+pub fn client_config(address: &KafkaAddress) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", address.bootstrap())
+        .set("client.id", "ferry")
+        // A broker that never answers fails the run instead of retrying forever.
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .set("log_level", "3");
+    if let Some(p) = &address.security_protocol {
+        config.set("security.protocol", p.to_ascii_lowercase());
+    }
+    if let Some(m) = &address.sasl_mechanism {
+        config.set("sasl.mechanisms", m);
+    }
+    if let Some(u) = &address.user {
+        config.set("sasl.username", u);
+    }
+    if let Some(p) = &address.password {
+        config.set("sasl.password", p);
+    }
+    if let Some(ca) = &address.ca_file {
+        config.set("ssl.ca.location", ca);
+    }
+    config
+}
+
+/// A consumer that reads partitions it is assigned, from offsets ferry chooses, and
+/// commits nothing unless the address names a group. `queued_kib` bounds what librdkafka
+/// prefetches.
+pub fn consumer(address: &KafkaAddress, queued_kib: usize) -> Result<BaseConsumer, Error> {
+    let mut config = client_config(address);
+    config
+        .set("group.id", address.group_id.as_deref().unwrap_or("ferry"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "queued.max.messages.kbytes",
+            queued_kib.max(1024).to_string(),
+        )
+        .set(
+            "fetch.max.bytes",
+            (queued_kib.max(4096) * 1024 / 2).to_string(),
+        )
+        .set("isolation.level", "read_committed");
+    config.create().map_err(|e| error(address, None, e))
+}
+
+/// The partitions of the address's topic it selects, in order; a missing topic or
+/// partition is `NotFound`, naming it.
+pub fn partitions(consumer: &BaseConsumer, address: &KafkaAddress) -> Result<Vec<i32>, Error> {
+    let all = topic_partitions(consumer, address)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "topic '{}' at {}",
+            address.topic,
+            address.bootstrap()
+        ))
+    })?;
+    match &address.partitions {
+        None => Ok(all),
+        Some(wanted) => {
+            for p in wanted {
+                if !all.contains(p) {
+                    return Err(Error::not_found(format!(
+                        "partition {p} of topic '{}' (it has {})",
+                        address.topic,
+                        all.len()
+                    )));
+                }
+            }
+            Ok(wanted.clone())
+        }
+    }
+}
+
+/// The topic's partitions, or `None` when it does not exist.
+pub fn topic_partitions<C: ClientContext>(
+    client: &impl MetadataSource<C>,
+    address: &KafkaAddress,
+) -> Result<Option<Vec<i32>>, Error> {
+    let metadata = client
+        .metadata(&address.topic)
+        .map_err(|e| error(address, None, e))?;
+    let Some(topic) = metadata.topics().iter().find(|t| t.name() == address.topic) else {
+        return Ok(None);
+    };
+    if let Some(e) = topic.error() {
+        let code = RDKafkaErrorCode::from(e);
+        if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+            return Ok(None);
+        }
+        return Err(error(address, None, KafkaError::MetadataFetch(code)));
+    }
+    let mut partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+    partitions.sort_unstable();
+    Ok(Some(partitions))
+}
+
+/// Anything that can fetch metadata: consumers and producers.
+pub trait MetadataSource<C: ClientContext> {
+    fn metadata(&self, topic: &str) -> Result<rdkafka::metadata::Metadata, KafkaError>;
+}
+
+impl MetadataSource<DefaultClientContext> for BaseConsumer {
+    fn metadata(&self, topic: &str) -> Result<rdkafka::metadata::Metadata, KafkaError> {
+        self.fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    }
+}
+
+impl MetadataSource<Delivered> for BaseProducer<Delivered> {
+    fn metadata(&self, topic: &str) -> Result<rdkafka::metadata::Metadata, KafkaError> {
+        self.client().fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    }
+}
+
+/// The low and high watermarks of `partition`: the first offset kept and the one the
+/// next event will get.
+pub fn watermarks(
+    consumer: &BaseConsumer,
+    address: &KafkaAddress,
+    partition: i32,
+) -> Result<(i64, i64), Error> {
+    consumer
+        .fetch_watermarks(&address.topic, partition, METADATA_TIMEOUT)
+        .map_err(|e| error(address, Some(partition), e))
+}
+
+/// Where each partition starts, per the address's `startOffset` (`low` and `high` are
+/// each partition's watermarks).
+pub fn start_offsets(
+    consumer: &BaseConsumer,
+    address: &KafkaAddress,
+    marks: &BTreeMap<i32, (i64, i64)>,
+) -> Result<BTreeMap<i32, i64>, Error> {
+    Ok(match &address.start {
+        StartOffset::Earliest => marks.iter().map(|(p, (low, _))| (*p, *low)).collect(),
+        StartOffset::Latest => marks.iter().map(|(p, (_, high))| (*p, *high)).collect(),
+        StartOffset::Offsets(map) => marks
+            .iter()
+            .map(|(p, (low, _))| (*p, map.get(p).copied().unwrap_or(*low).max(*low)))
+            .collect(),
+        StartOffset::Time(ms) => {
+            let mut list = TopicPartitionList::new();
+            for p in marks.keys() {
+                list.add_partition_offset(&address.topic, *p, rdkafka::Offset::Offset(*ms))
+                    .map_err(|e| error(address, Some(*p), e))?;
+            }
+            let found = consumer
+                .offsets_for_times(list, METADATA_TIMEOUT)
+                .map_err(|e| error(address, None, e))?;
+            marks
+                .iter()
+                .map(|(p, (_, high))| {
+                    let offset = found
+                        .find_partition(&address.topic, *p)
+                        .and_then(|e| match e.offset() {
+                            rdkafka::Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                        // No event at or after the time: nothing to read there.
+                        .unwrap_or(*high);
+                    (*p, offset)
+                })
+                .collect()
+        }
+    })
+}
+
+/// The event a consumer received, owned.
+pub fn event_of(message: &BorrowedMessage<'_>) -> Event {
+    let (timestamp_type, timestamp) = match message.timestamp() {
+        Timestamp::NotAvailable => (0, -1),
+        Timestamp::CreateTime(t) => (1, t),
+        Timestamp::LogAppendTime(t) => (2, t),
+    };
+    Event {
+        offset: message.offset(),
+        timestamp,
+        timestamp_type,
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers: message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// An event's headers as a producer sends them.
+pub fn headers_of(event: &Event) -> Option<OwnedHeaders> {
+    if event.headers.is_empty() {
+        return None;
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(event.headers.len());
+    for (key, value) in &event.headers {
+        headers = headers.insert(rdkafka::message::Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    Some(headers)
+}
+
+/// A producer's delivery reports: each partition's last delivered offset, and the first
+/// error (which stops the import: nothing after it is recorded).
+#[derive(Default)]
+pub struct Delivered {
+    state: Mutex<DeliveredState>,
+}
+
+#[derive(Default)]
+struct DeliveredState {
+    last: BTreeMap<i32, i64>,
+    error: Option<(i32, KafkaError)>,
+}
+
+impl ClientContext for Delivered {}
+
+impl ProducerContext for Delivered {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(message) => {
+                let last = state.last.entry(message.partition()).or_insert(-1);
+                *last = (*last).max(message.offset());
+            }
+            Err((e, message)) => {
+                state.error.get_or_insert((message.partition(), e.clone()));
+            }
+        }
+    }
+}
+
+impl Delivered {
+    /// The last offset delivered to `partition`, if any.
+    pub fn last(&self, partition: i32) -> Option<i64> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last.get(&partition).copied()
+    }
+
+    /// The first delivery error, as ferry's error.
+    pub fn error(&self, address: &KafkaAddress) -> Option<Error> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .error
+            .as_ref()
+            .map(|(p, e)| error(address, Some(*p), e.clone()))
+    }
+}
+
+/// An idempotent producer (`acks=all`, in order, no duplicates on its retries) that
+/// reports deliveries to [`Delivered`]. `max_message_bytes` is the largest request it may
+/// send.
+pub fn producer(address: &KafkaAddress) -> Result<BaseProducer<Delivered>, Error> {
+    let mut config = client_config(address);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "10")
+        .set("batch.size", (1024 * 1024).to_string())
+        .set("queue.buffering.max.kbytes", (64 * 1024).to_string())
+        .set("message.timeout.ms", "120000");
+    config
+        .create_with_context(Delivered::default())
+        .map_err(|e| error(address, None, e))
+}
+
+/// Creates the address's topic with `partitions` partitions (replication: the broker's
+/// default).
+pub async fn create_topic(address: &KafkaAddress, partitions: i32) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = client_config(address)
+        .create()
+        .map_err(|e| error(address, None, e))?;
+    let topic = NewTopic::new(&address.topic, partitions, TopicReplication::Fixed(-1));
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = admin
+        .create_topics([&topic], &options)
+        .await
+        .map_err(|e| error(address, None, e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(error(address, None, KafkaError::AdminOp(code)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// librdkafka's error as ferry's, naming the brokers, the topic and the partition.
+pub fn error(address: &KafkaAddress, partition: Option<i32>, e: KafkaError) -> Error {
+    let at = match partition {
+        Some(p) => format!("{} partition {p}", address.topic_shown()),
+        None => address.topic_shown(),
+    };
+    let code = e.rdkafka_error_code();
+    use RDKafkaErrorCode as C;
+    match code {
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
+            Error::not_found(at)
+        }
+        Some(
+            C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed,
+        ) => Error::permission_denied(at, describe(&e)),
+        Some(C::AllBrokersDown | C::BrokerTransportFailure | C::OperationTimedOut | C::Resolve) => {
+            Error::store(
+                at,
+                format!(
+                    "no broker answered at {} ({})",
+                    address.bootstrap(),
+                    describe(&e)
+                ),
+            )
+        }
+        _ => Error::store(at, describe(&e)),
+    }
+}
+
+/// librdkafka's message without the Rust enum's wrapping.
+fn describe(e: &KafkaError) -> String {
+    match e.rdkafka_error_code() {
+        Some(code) => code.to_string(),
+        None => e.to_string(),
+    }
+}

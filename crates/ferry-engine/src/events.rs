@@ -699,6 +699,9 @@ fn send_object(
         }
         sent += 1;
         progress.advanced(event.weight());
+        crate::failpoint::event_sent(|| {
+            let _ = producer.flush(Duration::from_secs(30));
+        });
         if let Some(e) = producer.context().error(topic) {
             return Err(e);
         }

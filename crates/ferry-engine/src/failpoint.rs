@@ -93,3 +93,21 @@ static COMMITS: AtomicU64 = AtomicU64::new(0);
 pub async fn before_commit() {
     hit("pause-before-commit", &COMMITS).await;
 }
+
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Called on a Kafka import after each event is handed to the producer (blocking thread).
+/// At `pause-after-events:N` it runs `flush` first, so the events before the point have
+/// reached the broker but the checkpoint does not know it, then announces and hangs.
+pub fn event_sent(flush: impl FnOnce()) {
+    let count = EVENTS.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some((name, n)) = setting() {
+        if name == "pause-after-events" && count == *n {
+            flush();
+            eprintln!("{REACHED}: {name}:{n}");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Kafka topics exported to files and objects and imported back, against the real broker
+//! `scripts/services` starts: exact round trips, SIGKILLed exports and imports finished by
+//! running the same command again, and the errors a user meets.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ferry, start_and_kill};
+use ferry_connectors::kafka::container::{Event, EventReader};
+use ferry_connectors::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use ferry_connectors::kafka::rdkafka::error::KafkaError;
+use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
+use ferry_connectors::kafka::rdkafka::{Offset, TopicPartitionList};
+use ferry_connectors::kafka::{self};
+use ferry_connectors::testkit::{unique_name, Remote};
+use ferry_core::KafkaAddress;
+
+/// The test broker (`FERRY_TEST_KAFKA`), or `None` outside CI when it is not configured.
+fn broker() -> Option<String> {
+    match std::env::var("FERRY_TEST_KAFKA") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("FERRY_TEST_KAFKA unset: run `scripts/services up` and `eval \"$(scripts/services env)\"`")
+        }
+        Err(_) => {
+            eprintln!("skipping: Kafka test broker not configured (FERRY_TEST_KAFKA unset)");
+            None
+        }
+    }
+}
+
+fn address(broker: &str, topic: &str) -> KafkaAddress {
+    KafkaAddress::parse(&format!("{broker}/{topic}")).unwrap()
+}
+
+fn new_topic(broker: &str, partitions: i32) -> String {
+    let topic = unique_name("t").replace(['-'], "_");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(kafka::create_topic(&address(broker, &topic), partitions))
+        .unwrap();
+    topic
+}
+
+/// `count` events spread over `partitions` by key: null keys, empty values, tombstones,
+/// headers with null values, binary bytes and explicit timestamps among them.
+fn produce(broker: &str, topic: &str, partitions: i32, count: usize) {
+    let a = address(broker, topic);
+    let producer = kafka::producer(&a).unwrap();
+    for i in 0..count {
+        let key = format!("key-{}", i % 37).into_bytes();
+        let value: Vec<u8> = (0..(i % 300)).map(|b| (b * 7 + i) as u8).collect();
+        let event = Event {
+            offset: 0,
+            timestamp: 1_700_000_000_000 + i as i64,
+            timestamp_type: 1,
+            key: (i % 11 != 0).then_some(key),
+            value: (i % 13 != 0).then_some(value),
+            headers: (0..(i % 3))
+                .map(|h| (format!("h{h}"), (h != 1).then(|| vec![h as u8; i % 5])))
+                .collect(),
+        };
+        let headers = kafka::headers_of(&event);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition((i % partitions as usize) as i32)
+            .timestamp(event.timestamp);
+        if let Some(k) = &event.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &event.value {
+            record = record.payload(v.as_slice());
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        while let Err((e, back)) = producer.send(record) {
+            assert!(matches!(e, KafkaError::MessageProduction(_)), "{e}");
+            record = back;
+            producer.poll(Duration::from_millis(20));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    assert!(producer.context().error(&a).is_none());
+}
+
+/// Every event of the topic, per partition, in order (offsets included).
+fn read_topic(broker: &str, topic: &str) -> BTreeMap<i32, Vec<Event>> {
+    let a = address(broker, topic);
+    let consumer: BaseConsumer = kafka::consumer(&a, 4096).unwrap();
+    let partitions = kafka::partitions(&consumer, &a).unwrap();
+    let mut list = TopicPartitionList::new();
+    let mut open = std::collections::BTreeSet::new();
+    let mut out: BTreeMap<i32, Vec<Event>> = BTreeMap::new();
+    for p in &partitions {
+        let (low, high) = kafka::watermarks(&consumer, &a, *p).unwrap();
+        out.insert(*p, Vec::new());
+        if high > low {
+            list.add_partition_offset(topic, *p, Offset::Offset(low))
+                .unwrap();
+            open.insert(*p);
+        }
+    }
+    consumer.assign(&list).unwrap();
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => out
+                .get_mut(&ferry_connectors::kafka::rdkafka::message::Message::partition(&m))
+                .unwrap()
+                .push(kafka::event_of(&m)),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("{e}"),
+            None => panic!("no event within 10 s"),
+        }
+    }
+    out
+}
+
+/// The same events, offsets aside (an import assigns its own).
+fn same_events(a: &BTreeMap<i32, Vec<Event>>, b: &BTreeMap<i32, Vec<Event>>) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (p, events) in a {
+        let other = &b[p];
+        assert_eq!(
+            events.len(),
+            other.len(),
+            "partition {p}: event counts differ"
+        );
+        for (x, y) in events.iter().zip(other) {
+            let strip = |e: &Event| Event {
+                offset: 0,
+                ..e.clone()
+            };
+            assert_eq!(strip(x), strip(y), "partition {p}, offset {}", x.offset);
+        }
+    }
+}
+
+/// The events in an export's objects under `dir`, per partition, in name order.
+fn read_export(dir: &Path) -> BTreeMap<i32, Vec<Event>> {
+    let mut out: BTreeMap<i32, Vec<Event>> = BTreeMap::new();
+    let mut parts: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    parts.sort();
+    for part in parts {
+        let p: i32 = part.file_name().unwrap().to_str().unwrap()["partition=".len()..]
+            .parse()
+            .unwrap();
+        let mut objects: Vec<_> = std::fs::read_dir(&part)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        objects.sort();
+        for object in objects {
+            let name = object.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.ends_with(".events.zst"), "a stray file: {name}");
+            let data = std::fs::read(&object).unwrap();
+            let mut reader = EventReader::new(&data[..]).unwrap();
+            while let Some(e) = reader.next_event().unwrap() {
+                out.entry(p).or_default().push(e);
+            }
+        }
+    }
+    out
+}
+
+fn copy(work: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = ferry(&work.join("state"), work)
+        .arg("copy")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn copy_ok(work: &Path, args: &[&str]) -> String {
+    let (code, out, err) = copy(work, args);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+#[test]
+fn a_topic_round_trips_exactly_through_a_directory_and_s3() {
+    let Some(broker) = broker() else { return };
+    let topic = new_topic(&broker, 3);
+    produce(&broker, &topic, 3, 900);
+    let original = read_topic(&broker, &topic);
+    let work = tempfile::tempdir().unwrap();
+    let from = format!("kafka://{broker}/{topic}");
+
+    copy_ok(work.path(), &[&from, "backup/"]);
+    let exported = read_export(&work.path().join("backup"));
+    for (p, events) in &original {
+        // Offsets too: the export keeps each event's own.
+        assert!(exported[p] == *events, "partition {p} exported differently");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("backup/_manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (manifest["partitions"].as_u64(), manifest["events"].as_u64()),
+        (Some(3), Some(900))
+    );
+
+    let restored = format!("{topic}_restored");
+    let into = format!("kafka://{broker}/{restored}?createTopic=true");
+    copy_ok(work.path(), &["backup/", &into]);
+    same_events(&original, &read_topic(&broker, &restored));
+    // Run again: nothing is sent twice.
+    let out = copy_ok(work.path(), &["backup/", &into]);
+    assert!(out.contains("3 already done"), "{out}");
+    same_events(&original, &read_topic(&broker, &restored));
+
+    let Some(prefix) = Remote::S3.unique("kafka") else {
+        return;
+    };
+    copy_ok(work.path(), &[&from, &prefix]);
+    let again = format!("{topic}_from_s3");
+    copy_ok(
+        work.path(),
+        &[
+            &prefix,
+            &format!("kafka://{broker}/{again}?createTopic=true"),
+        ],
+    );
+    same_events(&original, &read_topic(&broker, &again));
+}
+
+#[test]
+fn a_killed_export_finishes_without_duplicates_or_gaps() {
+    let Some(broker) = broker() else { return };
+    let topic = new_topic(&broker, 3);
+    produce(&broker, &topic, 3, 1500);
+    let original = read_topic(&broker, &topic);
+    let work = tempfile::tempdir().unwrap();
+    let from = format!("kafka://{broker}/{topic}");
+    let args = ["copy", "--object-size", "4KiB", from.as_str(), "backup/"];
+    start_and_kill(
+        ferry(&work.path().join("state"), work.path()).args(args),
+        "pause-after-files:5",
+    );
+    let out = copy_ok(work.path(), &args[1..]);
+    assert!(out.contains("already done"), "{out}");
+    let exported = read_export(&work.path().join("backup"));
+    for (p, events) in &original {
+        assert!(
+            exported[p] == *events,
+            "partition {p}: events missing or repeated after the resume"
+        );
+    }
+}
+
+/// Killed mid-object, after events reached the broker that the checkpoint does not know
+/// of, and killed between objects: the same command finishes with every event once.
+#[test]
+fn a_killed_import_finishes_exactly_once() {
+    let Some(broker) = broker() else { return };
+    let topic = new_topic(&broker, 2);
+    produce(&broker, &topic, 2, 1200);
+    let original = read_topic(&broker, &topic);
+    let work = tempfile::tempdir().unwrap();
+    copy_ok(
+        work.path(),
+        &[
+            "--object-size",
+            "16KiB",
+            &format!("kafka://{broker}/{topic}"),
+            "backup/",
+        ],
+    );
+
+    for failpoint in ["pause-after-events:350", "pause-after-files:2"] {
+        let target = format!("{topic}_{}", failpoint.split([':', '-']).nth(2).unwrap());
+        let into = format!("kafka://{broker}/{target}?createTopic=true");
+        let state = work.path().join(format!("state-{target}"));
+        let args = ["copy", "backup/", into.as_str()];
+        start_and_kill(ferry(&state, work.path()).args(args), failpoint);
+        let landed: usize = read_topic(&broker, &target).values().map(Vec::len).sum();
+        assert!(
+            landed > 0 && landed < 1200,
+            "{failpoint}: {landed} events before the kill"
+        );
+        let out = ferry(&state, work.path()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        same_events(&original, &read_topic(&broker, &target));
+    }
+}
+
+#[test]
+fn errors_name_the_topic_or_the_broker() {
+    let Some(broker) = broker() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let one_line = |(code, _, err): (i32, String, String), needle: &str| {
+        assert_ne!(code, 0);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].starts_with("ferry: error: ") && lines[0].contains(needle),
+            "'{needle}' not in {err}"
+        );
+    };
+    one_line(
+        copy(
+            work.path(),
+            &[&format!("kafka://{broker}/no_such_topic_here"), "out/"],
+        ),
+        "topic 'no_such_topic_here'",
+    );
+    one_line(
+        copy(work.path(), &["kafka://127.0.0.1:1/orders", "out/"]),
+        "127.0.0.1:1",
+    );
+
+    let topic = new_topic(&broker, 1);
+    produce(&broker, &topic, 1, 10);
+    copy_ok(
+        work.path(),
+        &[&format!("kafka://{broker}/{topic}"), "backup/"],
+    );
+    one_line(
+        copy(
+            work.path(),
+            &["backup/", &format!("kafka://{broker}/{topic}_missing")],
+        ),
+        "createTopic=true",
+    );
+    let (_, _, err) = copy(
+        work.path(),
+        &["kafka://127.0.0.1:1/orders?password=hunter2", "out/"],
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

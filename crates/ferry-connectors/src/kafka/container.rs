@@ -4,12 +4,14 @@
 //! An object is one zstd stream. Decompressed, it is the 8 bytes `FERRYEV1`, then each
 //! event as a length-prefixed record, then an end mark:
 //!
-//!     event   := u32 length-of-the-rest, i64 offset, i64 timestamp (ms), u8 timestamp
-//!                type (0 none, 1 create time, 2 log append time), bytes key, bytes value,
-//!                u32 header count, header*
-//!     header  := u32 name length, name (UTF-8), bytes value
-//!     bytes   := i32 length (-1: null), the bytes
-//!     end     := u32 0xFFFFFFFF, u64 number of events
+//! ```text
+//! event   := u32 length-of-the-rest, i64 offset, i64 timestamp (ms), u8 timestamp
+//!            type (0 none, 1 create time, 2 log append time), bytes key, bytes value,
+//!            u32 header count, header*
+//! header  := u32 name length, name (UTF-8), bytes value
+//! bytes   := i32 length (-1: null), the bytes
+//! end     := u32 0xFFFFFFFF, u64 number of events
+//! ```
 //!
 //! Integers are big-endian. A reader that meets the end of the data before the end mark
 //! knows the object was cut short. Objects are named `partition=NNNN/OOOOOOOOOOOOOOOOOOOO.events.zst`

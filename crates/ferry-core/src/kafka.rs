@@ -119,7 +119,11 @@ impl KafkaAddress {
                         })?;
                         StartOffset::Time(time)
                     }
-                    v => StartOffset::Offsets(per_partition(v).map_err(bad)?),
+                    v => StartOffset::Offsets(per_partition(v).map_err(|_| {
+                        bad(format!(
+                            "'{v}': expected earliest, latest, an RFC 3339 time or partition:offset pairs (0:100,1:250)"
+                        ))
+                    })?),
                 }
             }
             "endOffset" => self.end = Some(per_partition(value).map_err(bad)?),

@@ -495,8 +495,19 @@ async fn import(
         )));
     }
     inputs.sort_by_key(|(first, i)| (i.partition, *first));
-    let manifest_partitions = match listing_manifest(source.as_ref()).await {
-        Some(n) => n,
+    let manifest = listing_manifest(source.as_ref()).await;
+    if let Some((_, listed)) = &manifest {
+        // Objects another export left under the same prefix are not this export's.
+        inputs.retain(|(_, i)| {
+            let keep = listed.contains(&i.entry.key);
+            if !keep {
+                tracing::warn!(key = %i.entry.key, "not in {MANIFEST}: left out");
+            }
+            keep
+        });
+    }
+    let manifest_partitions = match &manifest {
+        Some((n, _)) => *n,
         None => inputs
             .iter()
             .map(|(_, i)| i.partition + 1)
@@ -625,13 +636,18 @@ fn report(input: &Input, action: Action, moved: u64) -> FileReport {
     }
 }
 
-/// The partition count an export's manifest gives, if it has one.
-async fn listing_manifest(source: &dyn ferry_core::Source) -> Option<usize> {
+/// The partition count and the object keys an export's manifest gives, if it has one.
+async fn listing_manifest(source: &dyn ferry_core::Source) -> Option<(usize, BTreeSet<String>)> {
     let listing = source.list().await.ok()?;
     let entry = listing.entries.into_iter().find(|e| e.key == MANIFEST)?;
     let data = source.read(&entry, 0..entry.size).await.ok()?;
     let manifest: serde_json::Value = serde_json::from_slice(&data).ok()?;
-    manifest["partitions"].as_u64().map(|n| n as usize)
+    let keys = manifest["objects"]
+        .as_array()?
+        .iter()
+        .filter_map(|o| o["key"].as_str().map(str::to_string))
+        .collect();
+    Some((manifest["partitions"].as_u64()? as usize, keys))
 }
 
 /// A topic just created shows in the metadata after a moment.

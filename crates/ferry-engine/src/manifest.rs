@@ -113,6 +113,25 @@ pub enum StoreType {
     Mysql,
     #[serde(alias = "sqlite3")]
     Sqlite,
+    Kafka,
+}
+
+/// `kafka`: one broker (`host:9092`), or several.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Brokers {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `kafka`: where to start reading.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StartSpec {
+    /// `earliest`, `latest`, or an RFC 3339 time.
+    Named(String),
+    /// The offset per partition.
+    PerPartition(BTreeMap<i32, i64>),
 }
 
 /// Where a dataset lives and how it is encoded, in the typed form.
@@ -149,6 +168,29 @@ pub struct AddressSpec {
     pub mode: Option<WriteMode>,
     /// Databases, mode `upsert`: the columns that identify a row.
     pub key_columns: Option<Vec<String>>,
+    /// `kafka`: `host:9092`, or a list of them.
+    pub brokers: Option<Brokers>,
+    /// `kafka`.
+    pub topic: Option<String>,
+    /// `kafka`: only these partitions (default: all).
+    pub partitions: Option<Vec<i32>>,
+    /// `kafka`: `earliest` (default), `latest`, an RFC 3339 time, or `{partition: offset}`.
+    pub start_offset: Option<StartSpec>,
+    /// `kafka`: `{partition: offset}` to stop before (default: the high watermarks when the
+    /// run starts).
+    pub end_offset: Option<BTreeMap<i32, i64>>,
+    /// `kafka`: a consumer group to commit positions to.
+    pub group_id: Option<String>,
+    /// `kafka`: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    pub security_protocol: Option<String>,
+    /// `kafka`: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub sasl_mechanism: Option<String>,
+    /// `kafka`: the SASL user (the password is `password`, a secret reference).
+    pub user: Option<String>,
+    /// `kafka`: the CA that signed the brokers' certificates (PEM file).
+    pub ca_file: Option<String>,
+    /// `kafka`, as a destination: create the topic when missing.
+    pub create_topic: Option<bool>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
     #[serde(default)]
@@ -169,6 +211,11 @@ impl Manifest {
             Error::invalid_option(format!("manifest {}", path.display()), e.to_string())
         })?;
         Self::parse(&text).map_err(|e| match e {
+            // The field at fault stays in the message (serde's own errors name theirs).
+            Error::InvalidOption { name, reason } if name != "manifest" => Error::invalid_option(
+                format!("manifest {}", path.display()),
+                format!("{name}: {reason}"),
+            ),
             Error::InvalidOption { reason, .. } => {
                 Error::invalid_option(format!("manifest {}", path.display()), reason)
             }
@@ -270,6 +317,7 @@ impl AddressSpec {
                 &["url", "table", "query", "password", "mode", "keyColumns"]
             }
             StoreType::Sqlite => &["path", "url", "table", "query", "mode", "keyColumns"],
+            StoreType::Kafka => &["password"],
         };
         let fields = [
             ("path", &self.path),
@@ -300,6 +348,16 @@ impl AddressSpec {
         if let Some(name) = unused {
             return Err(Error::invalid_option(
                 format!("{at}.{name}"),
+                format!("not used by type {}", self.type_name()),
+            ));
+        }
+        if let Some(name) = self
+            .kafka_fields()
+            .first()
+            .filter(|_| self.store != StoreType::Kafka)
+        {
+            return Err(Error::invalid_option(
+                format!("{at}.{}", name.0),
                 format!("not used by type {}", self.type_name()),
             ));
         }
@@ -358,6 +416,7 @@ impl AddressSpec {
                     .map_err(|reason| Error::invalid_option(at, reason))?;
                 DataAddress::Table(table)
             }
+            StoreType::Kafka => self.kafka_address(at)?,
             StoreType::Http => {
                 let url = need(&self.url, "url")?;
                 match DataAddress::parse(&url)? {
@@ -373,6 +432,78 @@ impl AddressSpec {
         })
     }
 
+    /// The `kafka` fields that are set, by name, as address options.
+    fn kafka_fields(&self) -> Vec<(&'static str, String)> {
+        let list = |items: Vec<String>| items.join(",");
+        let per_partition =
+            |map: &BTreeMap<i32, i64>| list(map.iter().map(|(p, o)| format!("{p}:{o}")).collect());
+        let mut out = Vec::new();
+        if self.brokers.is_some() {
+            out.push(("brokers", String::new()));
+        }
+        if let Some(t) = &self.topic {
+            out.push(("topic", t.clone()));
+        }
+        if let Some(p) = &self.partitions {
+            out.push(("partitions", list(p.iter().map(i32::to_string).collect())));
+        }
+        match &self.start_offset {
+            Some(StartSpec::Named(n)) => out.push(("startOffset", n.clone())),
+            Some(StartSpec::PerPartition(map)) => out.push(("startOffset", per_partition(map))),
+            None => {}
+        }
+        if let Some(map) = &self.end_offset {
+            out.push(("endOffset", per_partition(map)));
+        }
+        for (name, value) in [
+            ("groupId", &self.group_id),
+            ("securityProtocol", &self.security_protocol),
+            ("saslMechanism", &self.sasl_mechanism),
+            ("user", &self.user),
+            ("caFile", &self.ca_file),
+        ] {
+            if let Some(v) = value {
+                out.push((name, v.clone()));
+            }
+        }
+        if let Some(create) = self.create_topic {
+            out.push(("createTopic", create.to_string()));
+        }
+        out
+    }
+
+    fn kafka_address(&self, at: &str) -> Result<DataAddress> {
+        let brokers = match &self.brokers {
+            Some(Brokers::One(b)) => b.clone(),
+            Some(Brokers::Many(list)) => list.join(","),
+            None => {
+                return Err(Error::invalid_option(
+                    format!("{at}.brokers"),
+                    "required for type kafka",
+                ))
+            }
+        };
+        let Some(topic) = &self.topic else {
+            return Err(Error::invalid_option(
+                format!("{at}.topic"),
+                "required for type kafka",
+            ));
+        };
+        let mut address = ferry_core::KafkaAddress::parse(&format!("{brokers}/{topic}"))
+            .map_err(|reason| Error::invalid_option(format!("{at}.brokers"), reason))?;
+        let mut fields = self.kafka_fields();
+        fields.retain(|(name, _)| !matches!(*name, "brokers" | "topic"));
+        if let Some(p) = &self.password {
+            fields.push(("password", p.clone()));
+        }
+        for (name, value) in fields {
+            address
+                .set(name, &value)
+                .map_err(|reason| Error::invalid_option(format!("{at}.{name}"), reason))?;
+        }
+        Ok(DataAddress::Kafka(address))
+    }
+
     fn type_name(&self) -> &'static str {
         match self.store {
             StoreType::File => "file",
@@ -382,6 +513,7 @@ impl AddressSpec {
             StoreType::Postgres => "postgres",
             StoreType::Mysql => "mysql",
             StoreType::Sqlite => "sqlite",
+            StoreType::Kafka => "kafka",
         }
     }
 }
@@ -455,6 +587,50 @@ spec:
             let err = Manifest::parse(&text).unwrap_err().to_string();
             assert!(err.contains("unknown field"), "{to}: {err}");
             assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn kafka_sources_and_destinations() {
+        let manifest = |source: &str| {
+            EXAMPLE.replace(
+                "source:      {type: file, path: examples/data/orders.csv, format: csv}",
+                &format!("source:      {source}"),
+            )
+        };
+        let text = manifest(
+            "{type: kafka, brokers: [\"b1:9092\", \"b2:9092\"], topic: orders, partitions: [0, 2], startOffset: {0: 5}, groupId: g, password: env:KAFKA_PASSWORD}",
+        );
+        assert_ne!(text, EXAMPLE);
+        let (src, _, _) = Manifest::parse(&text).unwrap().plan().unwrap();
+        let DataAddress::Kafka(k) = &src else {
+            panic!("{src}")
+        };
+        assert_eq!(
+            (k.bootstrap().as_str(), k.topic.as_str()),
+            ("b1:9092,b2:9092", "orders")
+        );
+        assert_eq!(k.partitions, Some(vec![0, 2]));
+        assert_eq!(k.password.as_deref(), Some("env:KAFKA_PASSWORD"));
+        assert!(!src.to_string().contains("KAFKA_PASSWORD"));
+        for (source, field) in [
+            ("{type: kafka, topic: orders}", "spec.source.brokers"),
+            ("{type: kafka, brokers: b:9092}", "spec.source.topic"),
+            (
+                "{type: kafka, brokers: b:9092, topic: o, table: t}",
+                "spec.source.table",
+            ),
+            (
+                "{type: kafka, brokers: b:9092, topic: o, startOffset: soon}",
+                "spec.source.startOffset",
+            ),
+            ("{type: file, path: x, topic: o}", "spec.source.topic"),
+        ] {
+            let err = Manifest::parse(&manifest(source)).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidOption { name, .. } if name == field),
+                "{source}: {err}"
+            );
         }
     }
 

@@ -30,8 +30,9 @@ pub use rdkafka;
 /// unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// librdkafka's settings for `address`: brokers, security, and a client id.
-pub fn client_config(address: &KafkaAddress) -> ClientConfig {
+/// librdkafka's settings for `address`: brokers, security, and a client id. A password
+/// written `env:NAME` or `file:PATH` is read from there.
+pub fn client_config(address: &KafkaAddress) -> Result<ClientConfig, Error> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", address.bootstrap())
@@ -49,19 +50,27 @@ pub fn client_config(address: &KafkaAddress) -> ClientConfig {
         config.set("sasl.username", u);
     }
     if let Some(p) = &address.password {
-        config.set("sasl.password", p);
+        let password = if p.starts_with("env:") || p.starts_with("file:") {
+            let bytes = ferry_core::secret::resolve_secret(p)?;
+            String::from_utf8(bytes).map_err(|_| {
+                Error::invalid_option("password", format!("'{p}' is not UTF-8 text"))
+            })?
+        } else {
+            p.clone()
+        };
+        config.set("sasl.password", password);
     }
     if let Some(ca) = &address.ca_file {
         config.set("ssl.ca.location", ca);
     }
-    config
+    Ok(config)
 }
 
 /// A consumer that reads partitions it is assigned, from offsets ferry chooses, and
 /// commits nothing unless the address names a group. `queued_kib` bounds what librdkafka
 /// prefetches.
 pub fn consumer(address: &KafkaAddress, queued_kib: usize) -> Result<BaseConsumer, Error> {
-    let mut config = client_config(address);
+    let mut config = client_config(address)?;
     config
         .set("group.id", address.group_id.as_deref().unwrap_or("ferry"))
         .set("enable.auto.commit", "false")
@@ -291,7 +300,7 @@ impl Delivered {
 /// reports deliveries to [`Delivered`]. `max_message_bytes` is the largest request it may
 /// send.
 pub fn producer(address: &KafkaAddress) -> Result<BaseProducer<Delivered>, Error> {
-    let mut config = client_config(address);
+    let mut config = client_config(address)?;
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -307,7 +316,7 @@ pub fn producer(address: &KafkaAddress) -> Result<BaseProducer<Delivered>, Error
 /// Creates the address's topic with `partitions` partitions (replication: the broker's
 /// default).
 pub async fn create_topic(address: &KafkaAddress, partitions: i32) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = client_config(address)
+    let admin: AdminClient<DefaultClientContext> = client_config(address)?
         .create()
         .map_err(|e| error(address, None, e))?;
     let topic = NewTopic::new(&address.topic, partitions, TopicReplication::Fixed(-1));

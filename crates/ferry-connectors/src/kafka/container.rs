@@ -74,7 +74,7 @@ pub struct EventWriter<W: Write> {
 
 impl<W: Write> EventWriter<W> {
     pub fn new(out: W) -> io::Result<Self> {
-        let mut out = zstd::stream::write::Encoder::new(out, 3)?;
+        let mut out = zstd::stream::write::Encoder::new(out, 1)?;
         out.write_all(MAGIC)?;
         Ok(Self {
             out,

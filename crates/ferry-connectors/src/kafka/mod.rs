@@ -84,6 +84,10 @@ pub fn consumer(address: &KafkaAddress, queued_kib: usize) -> Result<BaseConsume
             "fetch.max.bytes",
             (queued_kib.max(4096) * 1024 / 2).to_string(),
         )
+        .set("max.partition.fetch.bytes", (4 << 20).to_string())
+        // With the prefetch queue full librdkafka waits this long before fetching again
+        // (1 s by default): long enough to starve a consumer that drains it quickly.
+        .set("fetch.queue.backoff.ms", "10")
         .set("isolation.level", "read_committed");
     config.create().map_err(|e| error(address, None, e))
 }

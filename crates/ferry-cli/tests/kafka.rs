@@ -348,3 +348,40 @@ fn errors_name_the_topic_or_the_broker() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// With `groupId`, each finished object's position is committed to that group; without it
+/// ferry commits nothing anywhere.
+#[test]
+fn an_export_with_a_group_commits_its_positions() {
+    let Some(broker) = broker() else { return };
+    let topic = new_topic(&broker, 2);
+    produce(&broker, &topic, 2, 100);
+    let work = tempfile::tempdir().unwrap();
+    let group = format!("{topic}_group");
+    copy_ok(
+        work.path(),
+        &[
+            &format!("kafka://{broker}/{topic}?groupId={group}"),
+            "backup/",
+        ],
+    );
+    let committed = |group: &str| {
+        let a = KafkaAddress::parse(&format!("{broker}/{topic}?groupId={group}")).unwrap();
+        let consumer = kafka::consumer(&a, 1024).unwrap();
+        let mut list = TopicPartitionList::new();
+        for p in 0..2 {
+            list.add_partition(&topic, p);
+        }
+        let found = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap();
+        (0..2)
+            .map(|p| found.find_partition(&topic, p).unwrap().offset())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        committed(&group),
+        vec![Offset::Offset(50), Offset::Offset(50)]
+    );
+    assert_eq!(committed("ferry"), vec![Offset::Invalid, Offset::Invalid]);
+}

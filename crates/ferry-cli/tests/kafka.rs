@@ -93,7 +93,7 @@ fn produce(broker: &str, topic: &str, partitions: i32, count: usize) {
 fn read_topic(broker: &str, topic: &str) -> BTreeMap<i32, Vec<Event>> {
     let a = address(broker, topic);
     let consumer: BaseConsumer = kafka::consumer(&a, 4096).unwrap();
-    let partitions = kafka::partitions(&consumer, &a).unwrap();
+    let (partitions, _) = kafka::partitions(&consumer, &a).unwrap();
     let mut list = TopicPartitionList::new();
     let mut open = std::collections::BTreeSet::new();
     let mut out: BTreeMap<i32, Vec<Event>> = BTreeMap::new();

@@ -53,13 +53,30 @@ fn is_completion(s: &Seen) -> bool {
     s.method == "POST" && s.target.contains("uploadId=")
 }
 
+/// `uploadId=…` of a request the proxy saw.
+fn upload_id(seen: &Seen) -> String {
+    let query = seen.target.split_once('?').unwrap().1;
+    let id = query.split('&').find(|p| p.starts_with("uploadId="));
+    id.unwrap().to_string()
+}
+
 /// The upload id of the one completion `proxy` saw.
 fn completed_upload(proxy: &Proxy) -> String {
     let seen = proxy.seen(is_completion);
     assert_eq!(seen.len(), 1, "{seen:?}");
-    let query = seen[0].target.split_once('?').unwrap().1;
-    let id = query.split('&').find_map(|p| p.strip_prefix("uploadId="));
-    format!("uploadId={}", id.unwrap())
+    upload_id(&seen[0])
+}
+
+/// A work directory with a state directory and a source file of three and a bit 5 MiB
+/// parts of bytes from `seed`: the directory, the state, the source's path, its bytes.
+fn big_source(seed: u64) -> (tempfile::TempDir, std::path::PathBuf, String, Vec<u8>) {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let src = work.path().join("big.bin");
+    let data = bytes(3 * 5 * MIB + 17, seed);
+    std::fs::write(&src, &data).unwrap();
+    let src = src.display().to_string();
+    (work, state, src, data)
 }
 
 fn is_part(s: &Seen) -> bool {
@@ -106,13 +123,8 @@ fn completed_but_unrecorded_upload_is_done(answer: fn() -> Answer) {
     let Some(upstream) = s3_upstream() else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let src = work.path().join("big.bin");
-    let data = bytes(3 * 5 * MIB + 17, 5);
-    std::fs::write(&src, &data).unwrap();
+    let (_work, state, src_s, data) = big_source(5);
     let dst = format!("{}big.bin", Remote::S3.unique("race").unwrap());
-    let src_s = src.display().to_string();
 
     let through = Proxy::start(&upstream, |_| None);
     start_and_kill(
@@ -148,13 +160,8 @@ fn gone_upload_without_its_object_starts_the_file_again() {
     let Some(upstream) = s3_upstream() else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let src = work.path().join("big.bin");
-    let data = bytes(3 * 5 * MIB + 17, 9);
-    std::fs::write(&src, &data).unwrap();
+    let (_work, state, src_s, data) = big_source(9);
     let dst = format!("{}big.bin", Remote::S3.unique("gone").unwrap());
-    let src_s = src.display().to_string();
 
     let through = Proxy::start(&upstream, |_| None);
     start_and_kill(
@@ -162,13 +169,7 @@ fn gone_upload_without_its_object_starts_the_file_again() {
         "pause-after-parts:4",
     );
     assert_eq!(through.count(is_completion), 0);
-    let part = &through.seen(is_part)[0].target;
-    let query = part.split_once('?').unwrap().1;
-    let stale = query
-        .split('&')
-        .find(|p| p.starts_with("uploadId="))
-        .unwrap()
-        .to_string();
+    let stale = upload_id(&through.seen(is_part)[0]);
 
     let racing = Proxy::start(&upstream, move |s| {
         (is_completion(s) && s.target.contains(&stale)).then(no_such_upload)
@@ -181,13 +182,9 @@ fn gone_upload_without_its_object_starts_the_file_again() {
 
 #[test]
 fn completed_local_upload_is_not_copied_again() {
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let src = work.path().join("big.bin");
-    let data = bytes(3 * 5 * MIB + 17, 6);
-    std::fs::write(&src, &data).unwrap();
+    let (work, state, s, data) = big_source(6);
     let dst = work.path().join("copy.bin");
-    let (s, d) = (src.display().to_string(), dst.display().to_string());
+    let d = dst.display().to_string();
     start_and_kill(&mut copy(&state, &s, &d, None), "pause-after-complete:1");
     let v = summary(&mut copy(&state, &s, &d, None));
     assert_eq!((&v["failed"], &v["resumed"]), (&0.into(), &1.into()), "{v}");
@@ -199,14 +196,9 @@ fn completed_local_upload_is_not_copied_again() {
 /// re-run must not take it for its own, and copies the file again.
 #[test]
 fn replaced_object_of_the_same_size_is_copied_again() {
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let src = work.path().join("big.bin");
-    let data = bytes(3 * 5 * MIB + 17, 7);
-    std::fs::write(&src, &data).unwrap();
+    let (work, state, src_s, data) = big_source(7);
     let other = work.path().join("other.bin");
     std::fs::write(&other, bytes(data.len(), 8)).unwrap();
-    let src_s = src.display().to_string();
 
     // Local: the read-back checksum tells them apart.
     let dst = work.path().join("copy.bin");

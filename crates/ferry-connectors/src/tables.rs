@@ -281,7 +281,8 @@ pub struct TargetState {
     /// database tells (PostgreSQL: oid and relation file node; InnoDB: table id; SQLite:
     /// root page, which TRUNCATE's equivalent, `DELETE` without `WHERE`, keeps).
     pub identity: String,
-    pub rows: u64,
+    /// The rows it holds, when they were counted (a full scan on some databases).
+    pub rows: Option<u64>,
 }
 
 /// A load into one table, prepared and checked.
@@ -319,8 +320,9 @@ pub trait TableLoad: Send + Sync {
     /// Drops the staging table after a failed load; the target is untouched.
     async fn discard(&self) -> Result<()>;
 
-    /// The target's identity and row count now, or `None` when it does not exist.
-    async fn target_state(&self) -> Result<Option<TargetState>>;
+    /// The target's identity now, and its row count when `count_rows`, or `None` when
+    /// it does not exist.
+    async fn target_state(&self, count_rows: bool) -> Result<Option<TargetState>>;
 }
 
 /// One stream of rows into the staging table.

@@ -91,7 +91,8 @@ impl KafkaAddress {
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decoded(value)?;
+            let value = crate::address::percent_decode(value)
+                .ok_or_else(|| format!("option '{name}' is not valid percent-encoded UTF-8"))?;
             address.set(name, &value)?;
         }
         Ok(address)
@@ -277,26 +278,6 @@ fn per_partition(value: &str) -> Result<BTreeMap<i32, i64>, String> {
 fn show_per_partition(map: &BTreeMap<i32, i64>) -> String {
     let items: Vec<String> = map.iter().map(|(p, o)| format!("{p}:{o}")).collect();
     items.join(",")
-}
-
-fn percent_decoded(value: &str) -> Result<String, String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).map_err(|e| e.to_string())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex}"))?);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| "an option is not valid UTF-8".into())
 }
 
 /// `2026-12-03T07:00:00Z` or with an offset `+01:00`, fractions of a second allowed →

@@ -56,34 +56,32 @@ pub(crate) async fn copy(
 ) -> Result<CopyReport> {
     opts.validate()?;
     let started = Instant::now();
+    if let (DataAddress::Kafka(_), DataAddress::Kafka(_)) = (src, dst) {
+        return Err(Error::not_supported(
+            dst,
+            "topic to topic: export the topic to a directory or prefix, then import it",
+        ));
+    }
+    let state = opts.state_store()?;
+    if !opts.resume {
+        state.forget_run(&run_id)?;
+    }
+    state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    let state = Arc::new(state);
     let files = match (src, dst) {
-        (DataAddress::Kafka(_), DataAddress::Kafka(_)) => {
-            return Err(Error::not_supported(
-                dst,
-                "topic to topic: export the topic to a directory or prefix, then import it",
-            ))
+        (DataAddress::Kafka(topic), _) => {
+            export(topic, dst, opts, progress, &state, &run_id).await?
         }
-        (DataAddress::Kafka(topic), _) => export(topic, dst, opts, progress, &run_id).await?,
-        (_, DataAddress::Kafka(topic)) => import(src, topic, opts, progress, &run_id).await?,
+        (_, DataAddress::Kafka(topic)) => import(src, topic, progress, &state, &run_id).await?,
         _ => return Err(Error::Internal("not a Kafka transfer".into())),
     };
     let report = CopyReport::new(files, opts.checksum, started.elapsed(), false);
-    opts.state_store()?
-        .finish_run(&run_id, run_outcome(report.failed))?;
+    state.finish_run(&run_id, run_outcome(report.failed))?;
     Ok(report)
 }
 
 fn join_error(e: tokio::task::JoinError) -> Error {
     Error::Internal(format!("a Kafka worker stopped: {e}"))
-}
-
-fn state_for(opts: &CopyOptions, run_id: &str, src: &str, dst: &str) -> Result<Arc<StateStore>> {
-    let state = opts.state_store()?;
-    if !opts.resume {
-        state.forget_run(run_id)?;
-    }
-    state.start_run(run_id, src, dst)?;
-    Ok(Arc::new(state))
 }
 
 /// One finished object as the checkpoint and the manifest keep it.
@@ -133,11 +131,11 @@ async fn export(
     dst: &DataAddress,
     opts: &CopyOptions,
     progress: Arc<dyn Progress>,
+    state: &Arc<StateStore>,
     run_id: &str,
 ) -> Result<Vec<FileReport>> {
     let sink = open_sink(dst)?;
-    let state = state_for(opts, run_id, &topic.to_string(), &dst.to_string())?;
-    let done: Vec<ObjectRecord> = state
+    let mut objects: Vec<ObjectRecord> = state
         .files(run_id)?
         .iter()
         .filter(|(_, c)| c.done)
@@ -153,7 +151,7 @@ async fn export(
         handle: Handle::current(),
         progress,
     };
-    let mut files: Vec<FileReport> = done
+    let mut files: Vec<FileReport> = objects
         .iter()
         .map(|o| FileReport {
             key: o.key.clone(),
@@ -165,22 +163,19 @@ async fn export(
             error: None,
         })
         .collect();
-    let written = tokio::task::spawn_blocking(move || job.run(&done))
+    let done = objects.clone();
+    let exported = tokio::task::spawn_blocking(move || job.run(&done))
         .await
         .map_err(join_error)??;
-    files.extend(written);
-
-    let mut objects: Vec<ObjectRecord> = state
-        .files(run_id)?
-        .iter()
-        .filter(|(_, c)| c.done)
-        .filter_map(|(k, c)| ObjectRecord::from_checkpoint(k, c))
-        .collect();
+    for (file, object) in exported.objects {
+        files.push(file);
+        objects.push(object);
+    }
     objects.sort_by_key(|o| (o.partition, o.first_offset));
     let manifest = serde_json::json!({
         "format": container::FORMAT,
         "topic": topic.topic,
-        "partitions": job_partitions(topic)?,
+        "partitions": exported.partitions,
         "events": objects.iter().map(|o| o.events).sum::<u64>(),
         "objects": objects,
     });
@@ -189,10 +184,11 @@ async fn export(
     Ok(files)
 }
 
-/// The topic's partition count, for the manifest (what an import creates).
-fn job_partitions(topic: &KafkaAddress) -> Result<usize> {
-    let consumer = kafka::consumer(topic, 1024)?;
-    Ok(kafka::topic_partitions(&consumer, topic)?.map_or(0, |p| p.len()))
+/// What an export run wrote: each new object, and the topic's partition count (for the
+/// manifest: what an import creates).
+struct Exported {
+    objects: Vec<(FileReport, ObjectRecord)>,
+    partitions: usize,
 }
 
 struct Export {
@@ -236,10 +232,10 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 impl Export {
-    fn run(&self, done: &[ObjectRecord]) -> Result<Vec<FileReport>> {
+    fn run(&self, done: &[ObjectRecord]) -> Result<Exported> {
         let topic = &self.topic;
         let consumer = kafka::consumer(topic, PREFETCH_KIB)?;
-        let partitions = kafka::partitions(&consumer, topic)?;
+        let (partitions, all) = kafka::partitions(&consumer, topic)?;
         let mut marks = BTreeMap::new();
         for p in &partitions {
             marks.insert(*p, kafka::watermarks(&consumer, topic, *p)?);
@@ -275,11 +271,14 @@ impl Export {
             }
         }
         self.progress.planned(todo.len() as u64, 0);
-        let mut files = Vec::new();
+        let mut objects = Vec::new();
         for wave in todo.chunks(WAVE) {
-            files.extend(self.wave(&consumer, wave, &ends)?);
+            objects.extend(self.wave(&consumer, wave, &ends)?);
         }
-        Ok(files)
+        Ok(Exported {
+            objects,
+            partitions: all,
+        })
     }
 
     /// Exports `wave` (partition, start offset) up to `ends`.
@@ -288,7 +287,7 @@ impl Export {
         consumer: &BaseConsumer,
         wave: &[(i32, i64)],
         ends: &BTreeMap<i32, i64>,
-    ) -> Result<Vec<FileReport>> {
+    ) -> Result<Vec<(FileReport, ObjectRecord)>> {
         let topic = &self.topic;
         // A killed run may have left the partial file of the object it was writing.
         let unfinished: Vec<String> = wave
@@ -402,7 +401,7 @@ impl Export {
         consumer: &BaseConsumer,
         segments: &mut BTreeMap<i32, Segment>,
         p: i32,
-        files: &mut Vec<FileReport>,
+        files: &mut Vec<(FileReport, ObjectRecord)>,
     ) -> Result<()> {
         let Some(segment) = segments.remove(&p) else {
             return Ok(());
@@ -433,15 +432,16 @@ impl Export {
                 .map_err(|e| kafka::error(&self.topic, Some(p), e))?;
         }
         self.progress.file_finished(&segment.key);
-        files.push(FileReport {
+        let file = FileReport {
             key: format!("partition {p} offsets {}-{}", segment.first, segment.last),
             destination_key: segment.key,
             size: written.size,
             moved: written.size,
             action: Action::Copied,
-            checksum: Some(record.checksum),
+            checksum: Some(record.checksum.clone()),
             error: None,
-        });
+        };
+        files.push((file, record));
         self.handle.block_on(crate::failpoint::file_recorded());
         Ok(())
     }
@@ -474,12 +474,16 @@ struct Input {
 async fn import(
     src: &DataAddress,
     topic: &KafkaAddress,
-    opts: &CopyOptions,
     progress: Arc<dyn Progress>,
+    state: &StateStore,
     run_id: &str,
 ) -> Result<Vec<FileReport>> {
     let source = open_source(src)?;
     let listing = source.list().await?;
+    let manifest = match listing.entries.iter().find(|e| e.key == MANIFEST) {
+        Some(entry) => read_manifest(source.as_ref(), entry).await,
+        None => None,
+    };
     let mut inputs: Vec<(i64, Input)> = listing
         .entries
         .into_iter()
@@ -495,7 +499,6 @@ async fn import(
         )));
     }
     inputs.sort_by_key(|(first, i)| (i.partition, *first));
-    let manifest = listing_manifest(source.as_ref()).await;
     if let Some((_, listed)) = &manifest {
         // Objects another export left under the same prefix are not this export's.
         inputs.retain(|(_, i)| {
@@ -514,7 +517,6 @@ async fn import(
             .max()
             .unwrap_or(1) as usize,
     };
-    let state = state_for(opts, run_id, &src.to_string(), &topic.to_string())?;
     let checkpoints = state.files(run_id)?;
     progress.planned(
         inputs.len() as u64,
@@ -565,23 +567,31 @@ async fn import(
             .find_map(|i| checkpoints.get(&i.entry.key).filter(|c| c.done))
             .or_else(|| checkpoints.get(&start_key))
             .and_then(|c| c.dest_version.as_deref()?.parse::<i64>().ok());
-        let mut landed = None;
+        // Once this run has sent an object to `p`, the recorded offset is the target's end.
+        let mut sent_here = false;
         for input in inputs {
             let key = &input.entry.key;
             if checkpoints.get(key).is_some_and(|c| c.done) {
                 files.push(report(&input, Action::Skipped, 0));
                 continue;
             }
-            let (_, high) = kafka::watermarks(&consumer, topic, p)?;
-            let base = match recorded {
-                Some(at) => at,
+            let (base, already) = match recorded.filter(|_| sent_here) {
+                Some(at) => (at, 0),
                 None => {
-                    state.file_done(run_id, &start_key, 0, None, None, Some(&high.to_string()))?;
-                    high
+                    let (_, high) = kafka::watermarks(&consumer, topic, p)?;
+                    let base = match recorded {
+                        Some(at) => at,
+                        None => {
+                            let high_text = high.to_string();
+                            state.file_done(run_id, &start_key, 0, None, None, Some(&high_text))?;
+                            high
+                        }
+                    };
+                    // Events of this object the target received before the run that
+                    // sent them died.
+                    (base, high - base)
                 }
             };
-            // Events of this object the target received before the run that sent them died.
-            let already = *landed.get_or_insert(high - base);
             if already < 0 {
                 return Err(Error::store(
                     topic.topic_shown(),
@@ -610,7 +620,7 @@ async fn import(
             let next = next.unwrap_or(base + already);
             state.file_done(run_id, key, sent, None, None, Some(&next.to_string()))?;
             recorded = Some(next);
-            landed = Some(0);
+            sent_here = true;
             progress.file_finished(key);
             let action = if already > 0 {
                 Action::Resumed
@@ -636,11 +646,12 @@ fn report(input: &Input, action: Action, moved: u64) -> FileReport {
     }
 }
 
-/// The partition count and the object keys an export's manifest gives, if it has one.
-async fn listing_manifest(source: &dyn ferry_core::Source) -> Option<(usize, BTreeSet<String>)> {
-    let listing = source.list().await.ok()?;
-    let entry = listing.entries.into_iter().find(|e| e.key == MANIFEST)?;
-    let data = source.read(&entry, 0..entry.size).await.ok()?;
+/// The partition count and the object keys an export's manifest gives.
+async fn read_manifest(
+    source: &dyn ferry_core::Source,
+    entry: &Entry,
+) -> Option<(usize, BTreeSet<String>)> {
+    let data = source.read(entry, 0..entry.size).await.ok()?;
     let manifest: serde_json::Value = serde_json::from_slice(&data).ok()?;
     let keys = manifest["objects"]
         .as_array()?

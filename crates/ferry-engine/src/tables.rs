@@ -16,8 +16,8 @@ use arrow::record_batch::RecordBatch;
 use ferry_connectors::{
     open_sink, open_source, open_table, prepare_load, Selection, TableLoad, TableScan, TargetState,
 };
-use ferry_core::TransformSpec;
 use ferry_core::{ChecksumAlgo, DataAddress, Entry, Result, Sink, Source, TableAddress};
+use ferry_core::{TransformSpec, WriteMode};
 use ferry_formats::{describe_schema, open_writer, written_schema, Format};
 use ferry_state::StateStore;
 use ferry_transforms::Chain;
@@ -79,10 +79,11 @@ impl Loaded {
                 this.at
             ));
         }
-        if now.rows < this.rows {
+        let rows = now.rows.unwrap_or_default();
+        if rows < this.rows {
             return Err(format!(
                 "table {table} holds {} rows, fewer than the {} loaded at {}",
-                thousands(now.rows),
+                thousands(rows),
                 thousands(this.rows),
                 this.at
             ));
@@ -647,7 +648,7 @@ async fn to_table(
         // source is read afresh each run.
         if previous.done && from_files {
             let recorded = Loaded::recorded(previous.dest_version.as_deref());
-            let now = load.target_state().await?;
+            let now = load.target_state(true).await?;
             match Loaded::still_held(recorded.as_ref(), &shown(load.as_ref()), now.as_ref()) {
                 Ok(reason) => {
                     report.skipped = true;
@@ -669,7 +670,8 @@ async fn to_table(
             if load.staging_exists().await? {
                 load.commit().await?;
             }
-            let loaded = record_loaded(load.as_ref(), committing.part_size).await?;
+            let upsert = table.mode == WriteMode::Upsert;
+            let loaded = record_loaded(load.as_ref(), committing.part_size, upsert).await?;
             state.file_done(
                 &run_id,
                 TABLE_KEY,
@@ -729,6 +731,7 @@ async fn to_table(
                 size,
                 version: &version,
                 rows: report.rows_written,
+                upsert: table.mode == WriteMode::Upsert,
             };
             commit_or_add(&state, &run_id, load.as_ref(), table, &plan, staged).await
         }
@@ -779,6 +782,8 @@ struct Staged<'a> {
     size: u64,
     version: &'a str,
     rows: u64,
+    /// An upsert may leave fewer rows than it staged (keys repeated among them).
+    upsert: bool,
 }
 
 /// Records that the load is committing, commits, and records what it left in the table.
@@ -792,21 +797,22 @@ async fn commit(
     state.begin_upload(run_id, TABLE_KEY, size, version, COMMITTING, staged.rows)?;
     crate::failpoint::before_commit().await;
     load.commit().await?;
-    let loaded = record_loaded(load, staged.rows).await?;
+    let loaded = record_loaded(load, staged.rows, staged.upsert).await?;
     state.file_done(run_id, TABLE_KEY, size, version, None, Some(&loaded))
 }
 
-/// What a load that staged `rows` left in its table, as the checkpoint keeps it. An
-/// upsert may leave fewer rows than it staged; a checkpoint from before rows were kept
-/// says 0, and the table's count stands in.
-async fn record_loaded(load: &dyn TableLoad, rows: u64) -> Result<String> {
-    let now = load.target_state().await?.ok_or_else(|| {
+/// What a load that staged `rows` left in its table, as the checkpoint keeps it. The
+/// table is counted (a scan) only when that count matters: an upsert may leave fewer rows
+/// than it staged, and a checkpoint from before rows were kept says 0.
+async fn record_loaded(load: &dyn TableLoad, rows: u64, upsert: bool) -> Result<String> {
+    let count = rows == 0 || upsert;
+    let now = load.target_state(count).await?.ok_or_else(|| {
         ferry_core::Error::Internal(format!("table {} is missing after its load", shown(load)))
     })?;
-    let rows = if rows == 0 {
-        now.rows
-    } else {
-        rows.min(now.rows)
+    let rows = match now.rows {
+        Some(held) if rows == 0 => held,
+        Some(held) => rows.min(held),
+        None => rows,
     };
     let loaded = Loaded {
         identity: now.identity,

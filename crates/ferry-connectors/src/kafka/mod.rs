@@ -92,9 +92,12 @@ pub fn consumer(address: &KafkaAddress, queued_kib: usize) -> Result<BaseConsume
     config.create().map_err(|e| error(address, None, e))
 }
 
-/// The partitions of the address's topic it selects, in order; a missing topic or
-/// partition is `NotFound`, naming it.
-pub fn partitions(consumer: &BaseConsumer, address: &KafkaAddress) -> Result<Vec<i32>, Error> {
+/// The partitions of the address's topic it selects, in order, and how many the topic
+/// has; a missing topic or partition is `NotFound`, naming it.
+pub fn partitions(
+    consumer: &BaseConsumer,
+    address: &KafkaAddress,
+) -> Result<(Vec<i32>, usize), Error> {
     let all = topic_partitions(consumer, address)?.ok_or_else(|| {
         Error::not_found(format!(
             "topic '{}' at {}",
@@ -102,8 +105,9 @@ pub fn partitions(consumer: &BaseConsumer, address: &KafkaAddress) -> Result<Vec
             address.bootstrap()
         ))
     })?;
+    let count = all.len();
     match &address.partitions {
-        None => Ok(all),
+        None => Ok((all, count)),
         Some(wanted) => {
             for p in wanted {
                 if !all.contains(p) {
@@ -114,14 +118,14 @@ pub fn partitions(consumer: &BaseConsumer, address: &KafkaAddress) -> Result<Vec
                     )));
                 }
             }
-            Ok(wanted.clone())
+            Ok((wanted.clone(), count))
         }
     }
 }
 
 /// The topic's partitions, or `None` when it does not exist.
-pub fn topic_partitions<C: ClientContext>(
-    client: &impl MetadataSource<C>,
+pub fn topic_partitions(
+    client: &impl MetadataSource,
     address: &KafkaAddress,
 ) -> Result<Option<Vec<i32>>, Error> {
     let metadata = client
@@ -143,17 +147,17 @@ pub fn topic_partitions<C: ClientContext>(
 }
 
 /// Anything that can fetch metadata: consumers and producers.
-pub trait MetadataSource<C: ClientContext> {
+pub trait MetadataSource {
     fn metadata(&self, topic: &str) -> Result<rdkafka::metadata::Metadata, KafkaError>;
 }
 
-impl MetadataSource<DefaultClientContext> for BaseConsumer {
+impl MetadataSource for BaseConsumer {
     fn metadata(&self, topic: &str) -> Result<rdkafka::metadata::Metadata, KafkaError> {
         self.fetch_metadata(Some(topic), METADATA_TIMEOUT)
     }
 }
 
-impl MetadataSource<Delivered> for BaseProducer<Delivered> {
+impl MetadataSource for BaseProducer<Delivered> {
     fn metadata(&self, topic: &str) -> Result<rdkafka::metadata::Metadata, KafkaError> {
         self.client().fetch_metadata(Some(topic), METADATA_TIMEOUT)
     }

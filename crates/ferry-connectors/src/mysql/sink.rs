@@ -226,7 +226,7 @@ impl TableLoad for MyLoad {
     /// InnoDB gives a truncated or recreated table a new table id (MariaDB's
     /// `INNODB_SYS_TABLES`, MySQL 8's `INNODB_TABLES`, both need the PROCESS privilege);
     /// without them, the creation time tells a recreated table.
-    async fn target_state(&self) -> Result<Option<TargetState>> {
+    async fn target_state(&self, count_rows: bool) -> Result<Option<TargetState>> {
         let mut conn = connect(&self.address).await?;
         let err = |e| my_error(&self.address, e);
         let created: Option<Option<String>> = conn
@@ -250,11 +250,13 @@ impl TableLoad for MyLoad {
                 break;
             }
         }
-        let rows: u64 = conn
-            .query_first(format!("SELECT COUNT(*) FROM {}", self.target))
-            .await
-            .map_err(err)?
-            .unwrap_or_default();
+        let rows = match count_rows {
+            false => None,
+            true => conn
+                .query_first::<u64, _>(format!("SELECT COUNT(*) FROM {}", self.target))
+                .await
+                .map_err(err)?,
+        };
         let _ = conn.disconnect().await;
         Ok(Some(TargetState {
             identity: identity

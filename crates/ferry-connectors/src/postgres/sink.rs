@@ -146,7 +146,7 @@ impl TableLoad for PgLoad {
 
     /// TRUNCATE, VACUUM FULL and CLUSTER give a table a new relation file node; DROP and
     /// CREATE a new oid.
-    async fn target_state(&self) -> Result<Option<TargetState>> {
+    async fn target_state(&self, count_rows: bool) -> Result<Option<TargetState>> {
         let client = connect(&self.address).await?;
         let err = |e| pg_error(&self.address, e);
         let Some(row) = client
@@ -161,14 +161,17 @@ impl TableLoad for PgLoad {
             return Ok(None);
         };
         let (oid, node): (i64, Option<i64>) = (row.get(0), row.get(1));
-        let rows: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {}", self.target), &[])
-            .await
-            .map_err(err)?
-            .get(0);
+        let rows = match count_rows {
+            false => None,
+            true => {
+                let sql = format!("SELECT count(*) FROM {}", self.target);
+                let n: i64 = client.query_one(&sql, &[]).await.map_err(err)?.get(0);
+                Some(n.max(0) as u64)
+            }
+        };
         Ok(Some(TargetState {
             identity: format!("oid {oid}, file {}", node.unwrap_or_default()),
-            rows: rows.max(0) as u64,
+            rows,
         }))
     }
 

@@ -237,7 +237,7 @@ impl TableLoad for SqliteLoad {
 
     /// A dropped and recreated table gets a new root page; an emptied one keeps it, and
     /// only its row count tells.
-    async fn target_state(&self) -> Result<Option<TargetState>> {
+    async fn target_state(&self, count_rows: bool) -> Result<Option<TargetState>> {
         if !self.path.exists() {
             return Ok(None);
         }
@@ -261,14 +261,17 @@ impl TableLoad for SqliteLoad {
             let Some(root) = root else {
                 return Ok(None);
             };
-            let rows: i64 = connection
-                .query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| {
-                    row.get(0)
-                })
-                .map_err(err)?;
+            let rows = match count_rows {
+                false => None,
+                true => {
+                    let sql = format!("SELECT count(*) FROM {quoted}");
+                    let n: i64 = connection.query_row(&sql, [], |r| r.get(0)).map_err(err)?;
+                    Some(n.max(0) as u64)
+                }
+            };
             Ok(Some(TargetState {
                 identity: format!("root page {root}"),
-                rows: rows.max(0) as u64,
+                rows,
             }))
         })
         .await

@@ -165,14 +165,40 @@ impl MetadataSource for BaseProducer<Delivered> {
 
 /// The low and high watermarks of `partition`: the first offset kept and the one the
 /// next event will get.
+///
+/// A partition between leaders (a topic just created, a broker restarting) answers
+/// "not leader" for a moment; ferry asks again for up to [`LEADER_WAIT`] before failing.
 pub fn watermarks(
     consumer: &BaseConsumer,
     address: &KafkaAddress,
     partition: i32,
 ) -> Result<(i64, i64), Error> {
-    consumer
-        .fetch_watermarks(&address.topic, partition, METADATA_TIMEOUT)
-        .map_err(|e| error(address, Some(partition), e))
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    loop {
+        match consumer.fetch_watermarks(&address.topic, partition, METADATA_TIMEOUT) {
+            Ok(marks) => return Ok(marks),
+            Err(e) if leader_moving(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(error(address, Some(partition), e)),
+        }
+    }
+}
+
+/// How long a partition may be without a leader before ferry gives up on it.
+pub const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether `e` says a partition's leadership is moving (it settles by itself).
+pub fn leader_moving(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+        )
+    )
 }
 
 /// Where each partition starts, per the address's `startOffset` (`low` and `high` are

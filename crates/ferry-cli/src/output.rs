@@ -10,6 +10,8 @@ pub struct Bar {
     bar: ProgressBar,
     files_total: AtomicU64,
     files_done: AtomicU64,
+    /// Set once a stream's events are planned: the bar counts events, not bytes.
+    events: std::sync::atomic::AtomicBool,
     /// Set when stderr is not a terminal: progress is printed as plain lines instead.
     plain: Option<std::sync::mpsc::Sender<()>>,
 }
@@ -33,6 +35,7 @@ impl Bar {
             bar,
             files_total: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
+            events: std::sync::atomic::AtomicBool::new(false),
             plain: (!on_terminal).then_some(stop),
         });
         if !on_terminal {
@@ -57,6 +60,15 @@ impl Bar {
     }
 
     fn plain_line(&self) -> String {
+        if self.events.load(Ordering::Relaxed) {
+            return format!(
+                "ferry: events {} / {}, {:.0}/s, ETA {}s",
+                self.bar.position(),
+                self.bar.length().unwrap_or(0),
+                self.bar.per_sec(),
+                self.bar.eta().as_secs(),
+            );
+        }
         format!(
             "ferry: {} / {}, {}/s, files {}/{}",
             human_bytes(self.bar.position()),
@@ -84,7 +96,25 @@ impl Progress for Bar {
     }
 
     fn advanced(&self, bytes: u64) {
-        self.bar.inc(bytes);
+        if !self.events.load(Ordering::Relaxed) {
+            self.bar.inc(bytes);
+        }
+    }
+
+    fn events_planned(&self, events: u64) {
+        if !self.events.swap(true, Ordering::Relaxed) {
+            let style = ProgressStyle::with_template(
+                "{bar:30} {human_pos}/{human_len} events {per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            self.bar.set_style(style);
+            self.bar.set_position(0);
+        }
+        self.bar.set_length(events);
+    }
+
+    fn events_done(&self, events: u64) {
+        self.bar.inc(events);
     }
 
     fn file_finished(&self, _key: &str) {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use common::kafka::{address, broker, new_topic};
 use common::{ferry, start_and_kill};
 use ferry_connectors::kafka::container::{Event, EventReader};
 use ferry_connectors::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,38 +16,7 @@ use ferry_connectors::kafka::rdkafka::error::KafkaError;
 use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
 use ferry_connectors::kafka::rdkafka::{Offset, TopicPartitionList};
 use ferry_connectors::kafka::{self};
-use ferry_connectors::testkit::{unique_name, Remote};
-use ferry_core::KafkaAddress;
-
-/// The test broker (`FERRY_TEST_KAFKA`), or `None` outside CI when it is not configured.
-fn broker() -> Option<String> {
-    match std::env::var("FERRY_TEST_KAFKA") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("FERRY_TEST_KAFKA unset: run `scripts/services up` and `eval \"$(scripts/services env)\"`")
-        }
-        Err(_) => {
-            eprintln!("skipping: Kafka test broker not configured (FERRY_TEST_KAFKA unset)");
-            None
-        }
-    }
-}
-
-fn address(broker: &str, topic: &str) -> KafkaAddress {
-    KafkaAddress::parse(&format!("{broker}/{topic}")).unwrap()
-}
-
-fn new_topic(broker: &str, partitions: i32) -> String {
-    let topic = unique_name("t").replace(['-'], "_");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(kafka::create_topic(&address(broker, &topic), partitions))
-        .unwrap();
-    topic
-}
+use ferry_connectors::testkit::Remote;
 
 /// `count` events spread over `partitions` by key: null keys, empty values, tombstones,
 /// headers with null values, binary bytes and explicit timestamps among them.
@@ -366,7 +336,8 @@ fn an_export_with_a_group_commits_its_positions() {
         ],
     );
     let committed = |group: &str| {
-        let a = KafkaAddress::parse(&format!("{broker}/{topic}?groupId={group}")).unwrap();
+        let a =
+            ferry_core::KafkaAddress::parse(&format!("{broker}/{topic}?groupId={group}")).unwrap();
         let consumer = kafka::consumer(&a, 1024).unwrap();
         let mut list = TopicPartitionList::new();
         for p in 0..2 {

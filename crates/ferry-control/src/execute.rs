@@ -33,6 +33,9 @@ pub enum Outcome {
 pub struct Tracker {
     bytes_total: AtomicU64,
     bytes_done: AtomicU64,
+    /// Events planned and done, once a stream's plan is known (`u64::MAX`: not a stream).
+    events_total: AtomicU64,
+    events_done: AtomicU64,
     started: std::sync::OnceLock<Instant>,
     last_advance: AtomicI64,
 }
@@ -47,13 +50,31 @@ impl Progress for Tracker {
         self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
         self.last_advance.store(now_ms(), Ordering::Relaxed);
     }
+
+    fn events_planned(&self, events: u64) {
+        self.events_total
+            .store(events.saturating_add(1), Ordering::Relaxed);
+        let _ = self.started.set(Instant::now());
+    }
+
+    fn events_done(&self, events: u64) {
+        self.events_done.fetch_add(events, Ordering::Relaxed);
+        self.last_advance.store(now_ms(), Ordering::Relaxed);
+    }
 }
 
 impl Tracker {
     pub fn progress(&self) -> RunProgress {
         let total = self.bytes_total.load(Ordering::Relaxed);
         let done = self.bytes_done.load(Ordering::Relaxed).min(total.max(1));
-        let fraction = (total > 0).then(|| done as f64 / total as f64);
+        // Stored plus one, so that 0 means "not a stream".
+        let events_total = self.events_total.load(Ordering::Relaxed).checked_sub(1);
+        let events_done = events_total.map(|t| self.events_done.load(Ordering::Relaxed).min(t));
+        let fraction = match (events_total, events_done) {
+            (Some(0), _) => Some(1.0),
+            (Some(t), Some(d)) => Some(d as f64 / t as f64),
+            _ => (total > 0).then(|| done as f64 / total as f64),
+        };
         let eta_seconds = match (fraction, self.started.get()) {
             (Some(f), Some(started)) if f > 0.0 && f < 1.0 => {
                 let spent = started.elapsed().as_secs_f64();
@@ -66,6 +87,8 @@ impl Tracker {
             fraction,
             bytes_done: done,
             bytes_total: total,
+            events_done,
+            events_total,
             eta_seconds,
         }
     }
@@ -77,6 +100,12 @@ impl Tracker {
             Some(started) => done / started.elapsed().as_secs_f64().max(0.001),
             None => 0.0,
         }
+    }
+
+    /// The events done, when the run reads or writes a topic.
+    pub fn events(&self) -> Option<u64> {
+        (self.events_total.load(Ordering::Relaxed) > 0)
+            .then(|| self.events_done.load(Ordering::Relaxed))
     }
 
     pub fn last_advance_ms(&self) -> Option<i64> {
@@ -170,7 +199,7 @@ async fn engine(
         Ok(p) => p,
         Err(e) => return failed(&e, hidden),
     };
-    let progress: Arc<dyn Progress> = tracker;
+    let progress: Arc<dyn Progress> = tracker.clone();
     if rec.needed(&src, &dst) {
         match ferry_engine::transfer(&src, &dst, &rec, opts, progress).await {
             Ok(report) => {
@@ -199,6 +228,8 @@ async fn engine(
         match ferry_engine::copy(&src, &dst, opts, progress).await {
             Ok(report) => {
                 let stats = RunStats {
+                    // A topic's export or import moves events: each is a record.
+                    num_records: tracker.events().unwrap_or_default(),
                     bytes: report.bytes,
                     objects: report.objects,
                     outputs: report

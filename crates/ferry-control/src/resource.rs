@@ -533,6 +533,12 @@ pub struct RunProgress {
     pub fraction: Option<f64>,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// A stream's events read or written, and how many the run plans (when it reads or
+    /// writes a topic; progress and time left then count events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_total: Option<u64>,
     /// Seconds left at the current rate.
     pub eta_seconds: Option<f64>,
 }

@@ -13,6 +13,17 @@
 //! | `user`, `password` | SASL credentials (the password is a secret: masked wherever shown) |
 //! | `caFile` | PEM file of the CA that signed the brokers' certificates |
 //! | `createTopic` | `true`: a missing destination topic is created with the source's partition count |
+//!
+//! Read or written as rows (into a table, Parquet, CSV…, or from them):
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `valueFormat` | `json` (default), `avro` (Confluent wire format, needs `schemaRegistry`), `string`, `bytes` |
+//! | `schemaRegistry` | the registry's URL, e.g. `http://127.0.0.1:8081` (a Confluent-compatible API) |
+//! | `metadata` | `true`, or some of `_key,_partition,_offset,_timestamp,_headers`: columns added to each row |
+//! | `onError` | a value that does not decode: `fail` (default), `skip`, or `deadLetter` |
+//! | `deadLetter` | with `onError=deadLetter`: the topic (same brokers) that receives such events as they were |
+//! | `keyColumns` | as a destination: the columns whose values make each event's key |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +41,46 @@ pub enum StartOffset {
     Offsets(BTreeMap<i32, i64>),
 }
 
+/// How event values become rows and rows become values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ValueFormat {
+    /// One JSON object per value; its fields are the columns.
+    #[default]
+    Json,
+    /// Avro in the Confluent wire format: magic byte 0, a 4-byte schema id, the datum.
+    Avro,
+    /// The value as UTF-8 text, in one column `value`.
+    String,
+    /// The value as it is, in one binary column `value`.
+    Bytes,
+}
+
+impl ValueFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueFormat::Json => "json",
+            ValueFormat::Avro => "avro",
+            ValueFormat::String => "string",
+            ValueFormat::Bytes => "bytes",
+        }
+    }
+}
+
+/// What a value that does not decode does to a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// The run fails, naming the partition and offset; nothing after it is committed.
+    #[default]
+    Fail,
+    /// The event is left out and counted.
+    Skip,
+    /// The event goes, as it was, to the `deadLetter` topic.
+    DeadLetter,
+}
+
+/// The metadata columns a topic's rows may carry, in their order.
+pub const METADATA_COLUMNS: [&str; 5] = ["_key", "_partition", "_offset", "_timestamp", "_headers"];
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaAddress {
     /// `host:port`, at least one.
@@ -46,6 +97,14 @@ pub struct KafkaAddress {
     pub password: Option<String>,
     pub ca_file: Option<String>,
     pub create_topic: bool,
+    pub value_format: ValueFormat,
+    pub schema_registry: Option<String>,
+    /// Metadata columns added to each row read, in [`METADATA_COLUMNS`] order.
+    pub metadata: Vec<String>,
+    pub on_error: OnError,
+    pub dead_letter: Option<String>,
+    /// As a destination of rows: the columns making each event's key.
+    pub key_columns: Vec<String>,
 }
 
 impl KafkaAddress {
@@ -88,6 +147,12 @@ impl KafkaAddress {
             password: None,
             ca_file: None,
             create_topic: false,
+            value_format: ValueFormat::Json,
+            schema_registry: None,
+            metadata: Vec::new(),
+            on_error: OnError::Fail,
+            dead_letter: None,
+            key_columns: Vec::new(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -157,11 +222,94 @@ impl KafkaAddress {
                     v => return Err(bad(format!("'{v}': expected true or false"))),
                 }
             }
+            "valueFormat" => {
+                self.value_format = match value.to_ascii_lowercase().as_str() {
+                    "json" => ValueFormat::Json,
+                    "avro" => ValueFormat::Avro,
+                    "string" => ValueFormat::String,
+                    "bytes" => ValueFormat::Bytes,
+                    v => return Err(bad(format!("'{v}': expected json, avro, string or bytes"))),
+                }
+            }
+            "schemaRegistry" => {
+                if !(value.starts_with("http://") || value.starts_with("https://")) {
+                    return Err(bad(format!(
+                        "'{value}' is not an http(s) URL, e.g. http://127.0.0.1:8081"
+                    )));
+                }
+                self.schema_registry = Some(value.trim_end_matches('/').to_string());
+            }
+            "metadata" => {
+                self.metadata = match value {
+                    "true" | "" => METADATA_COLUMNS.iter().map(|c| c.to_string()).collect(),
+                    "false" => Vec::new(),
+                    list => {
+                        let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+                        if let Some(unknown) =
+                            wanted.iter().find(|c| !METADATA_COLUMNS.contains(c))
+                        {
+                            return Err(bad(format!(
+                                "unknown column '{unknown}'; expected true or some of {}",
+                                METADATA_COLUMNS.join(",")
+                            )));
+                        }
+                        METADATA_COLUMNS
+                            .iter()
+                            .filter(|c| wanted.contains(c))
+                            .map(|c| c.to_string())
+                            .collect()
+                    }
+                }
+            }
+            "onError" => {
+                self.on_error = match value {
+                    "fail" => OnError::Fail,
+                    "skip" => OnError::Skip,
+                    "deadLetter" => OnError::DeadLetter,
+                    v => return Err(bad(format!("'{v}': expected fail, skip or deadLetter"))),
+                }
+            }
+            "deadLetter" => {
+                check_topic(value).map_err(bad)?;
+                self.dead_letter = Some(value.to_string());
+            }
+            "keyColumns" => {
+                self.key_columns = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
             other => {
                 return Err(format!(
-                    "unknown Kafka option '{other}' (e.g. partitions, startOffset, endOffset, groupId, securityProtocol, saslMechanism, user, password, caFile, createTopic)"
+                    "unknown Kafka option '{other}' (e.g. partitions, startOffset, endOffset, groupId, securityProtocol, saslMechanism, user, password, caFile, createTopic, valueFormat, schemaRegistry, metadata, onError, deadLetter, keyColumns)"
                 ))
             }
+        }
+        Ok(())
+    }
+
+    /// Checks options that only make sense together: a registry for Avro, a dead-letter
+    /// topic for `onError=deadLetter`. The error names the option at fault.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.value_format == ValueFormat::Avro && self.schema_registry.is_none() {
+            return Err((
+                "schemaRegistry",
+                "required with valueFormat=avro, e.g. schemaRegistry=http://127.0.0.1:8081".into(),
+            ));
+        }
+        if self.on_error == OnError::DeadLetter && self.dead_letter.is_none() {
+            return Err((
+                "deadLetter",
+                "required with onError=deadLetter: the topic that receives events that do not decode".into(),
+            ));
+        }
+        if self.dead_letter.as_deref() == Some(self.topic.as_str()) {
+            return Err((
+                "deadLetter",
+                format!("'{}' is the topic being read", self.topic),
+            ));
         }
         Ok(())
     }
@@ -201,6 +349,26 @@ impl KafkaAddress {
         }
         if self.create_topic {
             out.push(("createTopic", "true".into()));
+        }
+        if self.value_format != ValueFormat::Json {
+            out.push(("valueFormat", self.value_format.name().into()));
+        }
+        if let Some(r) = &self.schema_registry {
+            out.push(("schemaRegistry", r.clone()));
+        }
+        if !self.metadata.is_empty() {
+            out.push(("metadata", self.metadata.join(",")));
+        }
+        match self.on_error {
+            OnError::Fail => {}
+            OnError::Skip => out.push(("onError", "skip".into())),
+            OnError::DeadLetter => out.push(("onError", "deadLetter".into())),
+        }
+        if let Some(d) = &self.dead_letter {
+            out.push(("deadLetter", d.clone()));
+        }
+        if !self.key_columns.is_empty() {
+            out.push(("keyColumns", self.key_columns.join(",")));
         }
         out
     }

@@ -17,7 +17,7 @@ pub mod transform;
 pub use address::DataAddress;
 pub use checksum::{ChecksumAlgo, Digest, Hasher};
 pub use error::{Error, Result};
-pub use kafka::{KafkaAddress, StartOffset};
+pub use kafka::{KafkaAddress, OnError, StartOffset, ValueFormat, METADATA_COLUMNS};
 pub use store::{Entry, Listing, PartToken, Sink, Source, UploadId};
 pub use table::{Database, TableAddress, WriteMode};
 pub use transform::{Action, TransformSpec};

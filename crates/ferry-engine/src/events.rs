@@ -271,6 +271,8 @@ impl Export {
             }
         }
         self.progress.planned(todo.len() as u64, 0);
+        self.progress
+            .events_planned(todo.iter().map(|(p, start)| (ends[p] - start) as u64).sum());
         let mut objects = Vec::new();
         for wave in todo.chunks(WAVE) {
             objects.extend(self.wave(&consumer, wave, &ends)?);
@@ -392,6 +394,7 @@ impl Export {
         segment.last = event.offset;
         segment.weight += event.weight();
         self.progress.advanced(event.weight());
+        self.progress.events_done(1);
         Ok(())
     }
 
@@ -502,7 +505,7 @@ async fn import(
     if let Some((_, listed)) = &manifest {
         // Objects another export left under the same prefix are not this export's.
         inputs.retain(|(_, i)| {
-            let keep = listed.contains(&i.entry.key);
+            let keep = listed.contains_key(&i.entry.key);
             if !keep {
                 tracing::warn!(key = %i.entry.key, "not in {MANIFEST}: left out");
             }
@@ -522,6 +525,14 @@ async fn import(
         inputs.len() as u64,
         inputs.iter().map(|(_, i)| i.entry.size).sum(),
     );
+    if let Some((_, listed)) = &manifest {
+        let events = inputs
+            .iter()
+            .filter(|(_, i)| !checkpoints.get(&i.entry.key).is_some_and(|c| c.done))
+            .map(|(_, i)| listed.get(&i.entry.key).copied().unwrap_or_default())
+            .sum();
+        progress.events_planned(events);
+    }
 
     let producer = Arc::new(kafka::producer(topic)?);
     let target = match kafka::topic_partitions(producer.as_ref(), topic)? {
@@ -650,13 +661,16 @@ fn report(input: &Input, action: Action, moved: u64) -> FileReport {
 async fn read_manifest(
     source: &dyn ferry_core::Source,
     entry: &Entry,
-) -> Option<(usize, BTreeSet<String>)> {
+) -> Option<(usize, BTreeMap<String, u64>)> {
     let data = source.read(entry, 0..entry.size).await.ok()?;
     let manifest: serde_json::Value = serde_json::from_slice(&data).ok()?;
     let keys = manifest["objects"]
         .as_array()?
         .iter()
-        .filter_map(|o| o["key"].as_str().map(str::to_string))
+        .filter_map(|o| {
+            let events = o["events"].as_u64().unwrap_or_default();
+            o["key"].as_str().map(|k| (k.to_string(), events))
+        })
         .collect();
     Some((manifest["partitions"].as_u64()? as usize, keys))
 }
@@ -695,6 +709,7 @@ fn send_object(
     let (mut seen, mut sent) = (0u64, 0u64);
     while let Some(event) = reader.next_event().map_err(corrupt)? {
         seen += 1;
+        progress.events_done(1);
         if seen <= skip {
             continue;
         }

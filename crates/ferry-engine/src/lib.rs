@@ -11,6 +11,7 @@ mod partition;
 mod records;
 pub mod report;
 mod tables;
+mod topics;
 mod upload;
 mod verify;
 

@@ -51,6 +51,14 @@ impl RecordOptions {
         if !self.transforms.is_empty() || table(src) || table(dst) {
             return true;
         }
+        // A topic's events go as they are to a directory (an export) unless a format is
+        // named; into a table or a file of a known format they are rows.
+        if matches!(src, DataAddress::Kafka(_)) {
+            return self.dest_format.is_some() || Format::from_name(&dst.path_text()).is_some();
+        }
+        if matches!(dst, DataAddress::Kafka(_)) {
+            return self.source_format.is_some() || Format::from_name(&src.path_text()).is_some();
+        }
         let from = self
             .source_format
             .or_else(|| Format::from_name(&src.path_text()));
@@ -147,7 +155,9 @@ pub async fn transfer(
     progress: Arc<dyn Progress>,
 ) -> Result<RecordReport> {
     let started = Instant::now();
-    if matches!(src, DataAddress::Table(_)) || matches!(dst, DataAddress::Table(_)) {
+    if matches!(src, DataAddress::Table(_) | DataAddress::Kafka(_))
+        || matches!(dst, DataAddress::Table(_))
+    {
         return crate::tables::transfer(src, dst, rec, opts, progress).await;
     }
     let (filter, source, sink, listing) = crate::copy::open_and_list(src, dst, opts).await?;

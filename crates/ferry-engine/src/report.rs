@@ -13,6 +13,11 @@ pub trait Progress: Send + Sync {
     fn advanced(&self, _bytes: u64) {}
     /// A file is complete (or failed).
     fn file_finished(&self, _key: &str) {}
+    /// A stream's plan: how many events (offsets) the run reads or writes. Progress is
+    /// then counted in events, which a stream knows exactly, rather than bytes.
+    fn events_planned(&self, _events: u64) {}
+    /// More events were read or written (whatever became of them: skipped ones count).
+    fn events_done(&self, _events: u64) {}
 }
 
 /// Progress nobody watches.

@@ -13,10 +13,13 @@ use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use ferry_connectors::kafka::rows::TopicScan;
 use ferry_connectors::{
     open_sink, open_source, open_table, prepare_load, Selection, TableLoad, TableScan, TargetState,
 };
-use ferry_core::{ChecksumAlgo, DataAddress, Entry, Result, Sink, Source, TableAddress};
+use ferry_core::{
+    ChecksumAlgo, DataAddress, Entry, KafkaAddress, Result, Sink, Source, TableAddress,
+};
 use ferry_core::{TransformSpec, WriteMode};
 use ferry_formats::{describe_schema, open_writer, written_schema, Format};
 use ferry_state::StateStore;
@@ -31,6 +34,7 @@ use crate::records::{
     record_output, run_id, DatasetReport, OutputReport, RecordOptions, RecordReport,
 };
 use crate::report::{run_outcome, Progress};
+use crate::topics::TopicRun;
 use crate::upload::{OnStart, UploadWriter};
 use crate::{CopyOptions, KeyFilter};
 
@@ -141,6 +145,17 @@ struct Plan {
     /// The units (table ranges or files) this process reads: all of them, or its
     /// partition's share.
     share: Share<usize>,
+    /// When the rows come from a topic: its offsets, and each unit's output name.
+    topic: Option<TopicPlan>,
+}
+
+/// A topic read as rows (its scan is the plan's origin).
+struct TopicPlan {
+    run: Option<TopicRun>,
+    /// Per unit: `partition=0003/00000000000000001200`, partition and first offset.
+    names: Vec<String>,
+    /// `kafka (json)`.
+    label: String,
 }
 
 /// Runs a transfer from or to a table.
@@ -158,7 +173,56 @@ pub(crate) async fn transfer(
     let started = Instant::now();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let parallel = opts.transfers.min(cores).max(1);
-    let plan = plan(src, rec, opts, parallel).await?;
+    let mut plan = plan(src, dst, rec, opts, parallel, progress.clone()).await?;
+    if let Some(run) = plan.topic.as_mut().and_then(|t| t.run.take()) {
+        let state = opts.state_store()?;
+        if run.is_empty() {
+            // Nothing arrived since the last run: the destination is left as it is.
+            if !opts.dry_run {
+                run.finished(&state)?;
+            }
+            let dest_format = match dst {
+                DataAddress::Table(_) => "table".to_string(),
+                _ => rec
+                    .dest_format
+                    .or_else(|| Format::from_name(&dst.path_text()))
+                    .unwrap_or(Format::Parquet)
+                    .to_string(),
+            };
+            let mut report = finish(
+                plan.source_report(src, 0),
+                dst,
+                dest_format,
+                &plan.output_schema,
+                rec,
+                Vec::new(),
+                started,
+            );
+            report.idle = Some("no events since the last run".into());
+            return Ok(report);
+        }
+        progress.events_planned(run.events());
+        let report =
+            transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await?;
+        if report.status == crate::report::Status::Succeeded && !opts.dry_run {
+            run.finished(&state)?;
+        }
+        return Ok(report);
+    }
+    transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer_planned(
+    src: &DataAddress,
+    dst: &DataAddress,
+    plan: Plan,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+    started: Instant,
+    parallel: usize,
+) -> Result<RecordReport> {
     match dst {
         DataAddress::Table(table) => {
             to_table(
@@ -172,10 +236,15 @@ pub(crate) async fn transfer(
 
 async fn plan(
     src: &DataAddress,
+    dst: &DataAddress,
     rec: &RecordOptions,
     opts: &CopyOptions,
     parallel: usize,
+    progress: Arc<dyn Progress>,
 ) -> Result<Plan> {
+    if let DataAddress::Kafka(address) = src {
+        return plan_topic(address, src, dst, rec, opts, progress).await;
+    }
     if let DataAddress::Table(address) = src {
         let table = open_table(address).await?;
         let source_schema = table.schema();
@@ -202,6 +271,7 @@ async fn plan(
             transforms,
             output_schema,
             bytes: table.estimated_bytes(),
+            topic: None,
         });
     }
     let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
@@ -225,6 +295,69 @@ async fn plan(
         input_schema,
         transforms: rec.transforms.clone(),
         output_schema,
+        topic: None,
+    })
+}
+
+/// A topic's partitions as units, over the offsets this run reads.
+async fn plan_topic(
+    address: &KafkaAddress,
+    src: &DataAddress,
+    dst: &DataAddress,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<Plan> {
+    if opts.partition.is_some() {
+        return Err(ferry_core::Error::invalid_option(
+            "--partition",
+            "a topic is read by one process; select its partitions with ?partitions=0,1 instead",
+        ));
+    }
+    let names_file = !dst.names_a_directory() && Format::from_name(&dst.path_text()).is_some();
+    let incremental = crate::topics::incremental(dst, names_file);
+    let declared = match &rec.source_options.schema {
+        Some(columns) => Some(ferry_formats::declared_schema(columns)?),
+        None => None,
+    };
+    let infer_rows = rec.source_options.infer_rows.unwrap_or(1000);
+    let offsets = crate::topics::offsets_id(address, dst);
+    let state = opts.state_store()?;
+    let (owned, resume, dry_run) = (address.clone(), opts.resume, opts.dry_run);
+    let shown = (src.to_string(), dst.to_string());
+    let (run, scan) = tokio::task::spawn_blocking(move || -> Result<_> {
+        // A dry run plans without recording anything.
+        let record = (!dry_run).then_some((shown.0.as_str(), shown.1.as_str()));
+        let run = crate::topics::plan(&owned, &state, offsets, resume, incremental, record)?;
+        let scan = TopicScan::open(&owned, run.ranges.clone(), declared, infer_rows)?
+            .with_progress(Arc::new(move |n| progress.events_done(n)));
+        Ok((run, scan))
+    })
+    .await
+    .map_err(join_error)??;
+    let names = scan
+        .ranges()
+        .iter()
+        .map(|r| format!("partition={:04}/{:020}", r.partition, r.start))
+        .collect();
+    let label = format!("kafka ({})", address.value_format.name());
+    let input_schema = scan.schema();
+    let output_schema = Chain::bind(&rec.transforms, input_schema.clone())?.output_schema();
+    Ok(Plan {
+        share: partition::units(None, scan.partitions().len()),
+        origin: Origin::Table {
+            scan: Arc::new(scan),
+        },
+        source_schema: input_schema.clone(),
+        input_schema,
+        transforms: rec.transforms.clone(),
+        output_schema,
+        bytes: 0,
+        topic: Some(TopicPlan {
+            run: Some(run),
+            names,
+            label,
+        }),
     })
 }
 
@@ -248,6 +381,9 @@ impl Plan {
     }
 
     fn format_name(&self) -> String {
+        if let Some(t) = &self.topic {
+            return t.label.clone();
+        }
         match &self.origin {
             Origin::Table { .. } => "table".into(),
             Origin::Files { format, .. } => format.to_string(),
@@ -281,11 +417,12 @@ impl Plan {
         match &self.origin {
             Origin::Table { scan } => {
                 let scan = scan.clone();
+                let batch_rows = rec.source_options.batch_size.unwrap_or(BATCH_ROWS);
                 tokio::spawn(async move {
                     futures::stream::iter(units)
                         .for_each_concurrent(parallel, |i| {
                             let (tx, progress) = (tx.clone(), progress.clone());
-                            let mut partition = scan.read(i, BATCH_ROWS);
+                            let mut partition = scan.read(i, batch_rows);
                             async move {
                                 while let Some(batch) = partition.recv().await {
                                     if let Ok(b) = &batch {
@@ -390,9 +527,10 @@ async fn to_files(
         (share.items, share.idle)
     } else {
         // Partitions write side by side: their names must differ even if their plans did.
-        let name = |i: usize| match opts.partition {
-            Some(p) => format!("partition-{}-part-{i:05}", p.index),
-            None => format!("part-{i:05}"),
+        let name = |i: usize| match (&plan.topic, opts.partition) {
+            (Some(t), _) => t.names[i].clone(),
+            (None, Some(p)) => format!("partition-{}-part-{i:05}", p.index),
+            (None, None) => format!("part-{i:05}"),
         };
         let each = plan
             .share

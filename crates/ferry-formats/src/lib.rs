@@ -16,5 +16,5 @@ mod write;
 pub use format::{Format, FormatOptions};
 pub use input::{FileAccess, Input, RandomAccess};
 pub use read::{open_reader, BatchReader};
-pub use schema::{describe_schema, parse_type, ColumnSpec, FieldDescription};
+pub use schema::{declared_schema, describe_schema, parse_type, ColumnSpec, FieldDescription};
 pub use write::{open_writer, written_schema, BatchWriter};

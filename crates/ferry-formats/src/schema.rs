@@ -45,7 +45,7 @@ pub fn describe_schema(schema: &Schema) -> Vec<FieldDescription> {
         .collect()
 }
 
-pub(crate) fn declared_schema(columns: &[ColumnSpec]) -> Result<SchemaRef> {
+pub fn declared_schema(columns: &[ColumnSpec]) -> Result<SchemaRef> {
     let fields: Result<Vec<Field>> = columns
         .iter()
         .map(|c| {

@@ -47,5 +47,6 @@ pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     serde_json::from_slice(&out.stdout).expect("a JSON summary")
 }
+pub mod kafka;
 pub mod proxy;
 pub mod service;

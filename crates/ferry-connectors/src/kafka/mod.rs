@@ -7,6 +7,7 @@
 //! drives them from a thread of its own, which also gives backpressure for free.
 
 pub mod container;
+pub mod rows;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -1,0 +1,461 @@
+//! Kafka topics read as rows, against the real broker and databases `scripts/services`
+//! starts: a topic loaded into PostgreSQL and into Parquet files, runs that each add only
+//! the events that arrived since the last, a load SIGKILLed at a random point and finished
+//! by running the same command again, and values that do not decode.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use common::kafka::{address, broker, new_topic};
+use common::{ferry, start_and_kill};
+use ferry_connectors::kafka::rdkafka::consumer::Consumer;
+use ferry_connectors::kafka::rdkafka::error::KafkaError;
+use ferry_connectors::kafka::rdkafka::message::{Headers, Message};
+use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
+use ferry_connectors::kafka::rdkafka::{Offset, TopicPartitionList};
+use ferry_connectors::kafka::{self};
+use ferry_connectors::testkit::{unique_name, TestPostgres};
+use serde_json::{json, Value};
+
+/// An event to send: partition, key, value.
+type Sent = (i32, Option<String>, Option<Vec<u8>>);
+
+/// Sends events, waiting until all are delivered.
+fn send(broker: &str, topic: &str, events: &[Sent]) {
+    let a = address(broker, topic);
+    let producer = kafka::producer(&a).unwrap();
+    for (p, key, value) in events {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(*p);
+        if let Some(k) = key {
+            record = record.key(k.as_bytes());
+        }
+        if let Some(v) = value {
+            record = record.payload(v.as_slice());
+        }
+        while let Err((e, back)) = producer.send(record) {
+            assert!(matches!(e, KafkaError::MessageProduction(_)), "{e}");
+            record = back;
+            producer.poll(Duration::from_millis(20));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    assert!(producer.context().error(&a).is_none());
+}
+
+/// Orders `from..to` as JSON values spread over `partitions`, keyed by customer; every
+/// 25th is a tombstone of its key (no value, so no row).
+fn orders(from: u64, to: u64, partitions: i32) -> Vec<Sent> {
+    (from..to)
+        .map(|i| {
+            let key = format!("c{}", i % 17);
+            let value = (i % 25 != 24).then(|| {
+                json!({"id": i, "customer": key, "amount": i as f64 * 1.25, "paid": i % 3 == 0})
+                    .to_string()
+                    .into_bytes()
+            });
+            ((i % partitions as u64) as i32, Some(key), value)
+        })
+        .collect()
+}
+
+/// The ids `orders(from, to, _)` gives rows for.
+fn order_ids(from: u64, to: u64) -> BTreeSet<u64> {
+    (from..to).filter(|i| i % 25 != 24).collect()
+}
+
+fn run(work: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = ferry(&work.join("state"), work)
+        .arg("copy")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_ok(work: &Path, args: &[&str]) -> String {
+    let (code, out, err) = run(work, args);
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
+/// The rows of the Parquet files under `dir`, read back by ferry into JSON lines.
+fn parquet_rows(work: &Path, dir: &str) -> Vec<Value> {
+    let jsonl = work.join(format!("{}.jsonl", unique_name("rows")));
+    run_ok(
+        work,
+        &[
+            dir,
+            jsonl.to_str().unwrap(),
+            "--source-format",
+            "parquet",
+            "--no-resume",
+        ],
+    );
+    std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ids_of(rows: &[Value]) -> Vec<u64> {
+    let mut ids: Vec<u64> = rows.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_topic_loads_into_postgres_and_parquet_and_each_run_adds_only_what_arrived() {
+    let (Some(broker), Some(pg)) = (broker(), TestPostgres::get()) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 3);
+    send(&broker, &topic, &orders(0, 600, 3));
+    let table = unique_name("orders").replace('-', "_");
+    let src = format!("kafka://{broker}/{topic}?metadata=_key,_partition,_offset");
+    let dst = format!("{}?table={table}&mode=append", pg.url("ferry"));
+
+    let out = run_ok(work.path(), &[&src, &dst]);
+    assert!(out.contains("576 rows"), "{out}");
+    let ids = |pg: &TestPostgres| -> Vec<u64> {
+        pg.sql("ferry", &format!("SELECT id FROM {table} ORDER BY id"))
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&pg), order_ids(0, 600).into_iter().collect::<Vec<_>>());
+    // Each row says where its event is: partition and offset, and the key it had.
+    assert_eq!(
+        pg.sql(
+            "ferry",
+            &format!("SELECT count(DISTINCT (_partition, _offset)), count(*) FILTER (WHERE _key = 'c' || (id % 17)), count(*) FILTER (WHERE _partition <> id % 3) FROM {table}")
+        ),
+        "576|576|0"
+    );
+    assert_eq!(
+        pg.sql("ferry", &format!("SELECT data_type FROM information_schema.columns WHERE table_name = '{table}' AND column_name IN ('id', 'amount', 'paid', 'customer') ORDER BY column_name")),
+        "double precision\ntext\nbigint\nboolean"
+    );
+
+    let parquet = work.path().join("lake");
+    let lake = format!("{}/", parquet.display());
+    run_ok(work.path(), &[&src, &lake, "--dest-format", "parquet"]);
+    let first_files: BTreeSet<String> = files_under(&parquet);
+    assert_eq!(
+        first_files,
+        (0..3)
+            .map(|p| format!("partition={p:04}/00000000000000000000.parquet"))
+            .collect()
+    );
+    assert_eq!(
+        ids_of(&parquet_rows(work.path(), &lake)),
+        order_ids(0, 600).into_iter().collect::<Vec<_>>()
+    );
+
+    // Nothing new: nothing is loaded or written.
+    let (code, _, err) = run(work.path(), &[&src, &dst]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no events since the last run"), "{err}");
+    assert_eq!(ids(&pg).len(), 576);
+
+    // New events: the next runs add exactly those, into new files beside the first.
+    send(&broker, &topic, &orders(600, 750, 3));
+    run_ok(work.path(), &[&src, &dst]);
+    assert_eq!(ids(&pg), order_ids(0, 750).into_iter().collect::<Vec<_>>());
+    run_ok(work.path(), &[&src, &lake, "--dest-format", "parquet"]);
+    let files = files_under(&parquet);
+    assert_eq!(files.len(), 6, "{files:?}");
+    assert!(files.is_superset(&first_files));
+    assert!(
+        files.contains("partition=0000/00000000000000000200.parquet"),
+        "{files:?}"
+    );
+    assert_eq!(
+        ids_of(&parquet_rows(work.path(), &lake)),
+        order_ids(0, 750).into_iter().collect::<Vec<_>>()
+    );
+
+    // --no-resume starts again from startOffset: an overwrite reloads the whole topic.
+    let whole = format!("{}?table={table}", pg.url("ferry"));
+    run_ok(work.path(), &[&src, &whole, "--no-resume"]);
+    assert_eq!(ids(&pg).len(), order_ids(0, 750).len());
+    pg.sql("ferry", &format!("DROP TABLE {table}"));
+}
+
+fn files_under(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for part in std::fs::read_dir(dir).unwrap() {
+        let part = part.unwrap().path();
+        for file in std::fs::read_dir(&part).unwrap() {
+            let file = file.unwrap().path();
+            out.insert(
+                file.strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    out
+}
+
+/// A seed from the clock, printed so a failure can be replayed.
+fn random_below(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    eprintln!("random point: {} of {n}", nanos % n + 1);
+    nanos % n + 1
+}
+
+#[test]
+fn a_load_from_a_topic_killed_at_a_random_point_commits_every_row_once() {
+    let (Some(broker), Some(pg)) = (broker(), TestPostgres::get()) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 4);
+    send(&broker, &topic, &orders(0, 4000, 4));
+    let table = unique_name("orders").replace('-', "_");
+    let src = format!("kafka://{broker}/{topic}?metadata=_offset");
+    let dst = format!("{}?table={table}&mode=append", pg.url("ferry"));
+    let batches = 4000 / 4 / 250 * 4;
+    let args = [
+        src.as_str(),
+        dst.as_str(),
+        "--source-option",
+        "batchSize=250",
+    ];
+
+    // Killed while streaming rows, then again just before its commit.
+    let point = format!("pause-after-batches:{}", random_below(batches - 1));
+    start_and_kill(
+        ferry(&work.path().join("state"), work.path())
+            .arg("copy")
+            .args(args),
+        &point,
+    );
+    let exists = format!("SELECT count(*) FROM pg_tables WHERE tablename = '{table}'");
+    assert_eq!(
+        pg.sql("ferry", &exists),
+        "0",
+        "nothing is committed by a killed load"
+    );
+    start_and_kill(
+        ferry(&work.path().join("state"), work.path())
+            .arg("copy")
+            .args(args),
+        "pause-before-commit:1",
+    );
+    // Events that arrive meanwhile are for the next run, not this one.
+    send(&broker, &topic, &orders(4000, 4100, 4));
+    run_ok(work.path(), &args);
+    let count = format!("SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {table}");
+    let expected = order_ids(0, 4000);
+    assert_eq!(
+        pg.sql("ferry", &count),
+        format!("{}|{}|0|3998", expected.len(), expected.len())
+    );
+    run_ok(work.path(), &args);
+    let expected = order_ids(0, 4100);
+    assert_eq!(
+        pg.sql("ferry", &count),
+        format!("{}|{}|0|4098", expected.len(), expected.len())
+    );
+    pg.sql("ferry", &format!("DROP TABLE {table}"));
+}
+
+#[test]
+fn a_topic_to_parquet_killed_midway_writes_each_row_once() {
+    let Some(broker) = broker() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 3);
+    send(&broker, &topic, &orders(0, 3000, 3));
+    let src = format!("kafka://{broker}/{topic}");
+    let lake = format!("{}/", work.path().join("lake").display());
+    let args = [
+        src.as_str(),
+        lake.as_str(),
+        "--dest-format",
+        "parquet",
+        "--source-option",
+        "batchSize=100",
+        "--transfers",
+        "1",
+    ];
+    let point = format!("pause-after-batches:{}", random_below(29));
+    start_and_kill(
+        ferry(&work.path().join("state"), work.path())
+            .arg("copy")
+            .args(args),
+        &point,
+    );
+    let out = run_ok(work.path(), &args);
+    assert!(out.contains("rows"), "{out}");
+    assert_eq!(
+        ids_of(&parquet_rows(work.path(), &lake)),
+        order_ids(0, 3000).into_iter().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn values_that_do_not_decode_fail_the_run_or_are_skipped_or_dead_lettered() {
+    let (Some(broker), Some(pg)) = (broker(), TestPostgres::get()) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 2);
+    let mut events = orders(0, 20, 2);
+    // Partition 1 gets, at offsets 10 and 11, text that is not JSON and a JSON array.
+    events.push((1, Some("bad".into()), Some(b"{not json".to_vec())));
+    events.push((1, Some("list".into()), Some(b"[1, 2]".to_vec())));
+    events.extend(orders(20, 30, 2));
+    send(&broker, &topic, &events);
+    let table = unique_name("orders").replace('-', "_");
+    let dst = format!("{}?table={table}&mode=append", pg.url("ferry"));
+    let src = format!("kafka://{broker}/{topic}");
+
+    let (code, out, err) = run(work.path(), &[&src, &dst]);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("offset"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!("{topic} partition 1 offset 10: value is not JSON")),
+        "{line}"
+    );
+    let exists = format!("SELECT count(*) FROM pg_tables WHERE tablename = '{table}'");
+    assert_eq!(
+        pg.sql("ferry", &exists),
+        "0",
+        "nothing is committed past a failure"
+    );
+
+    // Dead letters: the two events go, as they were, to another topic; the rest load.
+    let dlq = new_topic(&broker, 1);
+    let dead = format!("{src}?onError=deadLetter&deadLetter={dlq}");
+    run_ok(work.path(), &[&dead, &dst]);
+    assert_eq!(
+        pg.sql("ferry", &format!("SELECT count(*) FROM {table}")),
+        order_ids(0, 30).len().to_string()
+    );
+    let letters = read_all(&broker, &dlq);
+    assert_eq!(
+        letters
+            .iter()
+            .map(|(k, v, _)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        [("bad", "{not json"), ("list", "[1, 2]")]
+    );
+    assert_eq!(
+        letters[0].2.get("ferry.source").map(String::as_str),
+        Some(format!("kafka://{broker}/{topic} partition 1 offset 10").as_str())
+    );
+    assert!(
+        letters[1].2["ferry.error"].contains("not an object"),
+        "{letters:?}"
+    );
+
+    // Skipping: the same rows load, nothing else is sent anywhere.
+    let table2 = format!("{table}_skip");
+    let dst2 = format!("{}?table={table2}", pg.url("ferry"));
+    run_ok(work.path(), &[&format!("{src}?onError=skip"), &dst2]);
+    assert_eq!(
+        pg.sql("ferry", &format!("SELECT count(*) FROM {table2}")),
+        order_ids(0, 30).len().to_string()
+    );
+    assert_eq!(read_all(&broker, &dlq).len(), 2);
+
+    // A dead-letter option without its topic is refused, naming the option.
+    let (code, _, err) = run(work.path(), &[&format!("{src}?onError=deadLetter"), &dst2]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("deadLetter"), "{err}");
+    pg.sql("ferry", &format!("DROP TABLE {table}; DROP TABLE {table2}"));
+}
+
+/// Every event of a one-partition topic: key, value, headers (as text).
+fn read_all(broker: &str, topic: &str) -> Vec<(String, String, BTreeMap<String, String>)> {
+    let a = address(broker, topic);
+    let consumer = kafka::consumer(&a, 1024).unwrap();
+    let (_, high) = kafka::watermarks(&consumer, &a, 0).unwrap();
+    let mut out = Vec::new();
+    if high == 0 {
+        return out;
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&list).unwrap();
+    while (out.len() as i64) < high {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                let text =
+                    |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), text(h.value)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((text(m.key()), text(m.payload()), headers));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => panic!("{e}"),
+            None => panic!("no event within 10 s"),
+        }
+    }
+    out
+}
+
+#[test]
+fn values_read_as_text_with_every_metadata_column_into_one_csv_file() {
+    let Some(broker) = broker() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 2);
+    send(
+        &broker,
+        &topic,
+        &[
+            (0, Some("a".into()), Some(b"first".to_vec())),
+            (1, None, Some(b"second, with a comma".to_vec())),
+            (0, Some("a".into()), None),
+        ],
+    );
+    let src = format!("kafka://{broker}/{topic}?valueFormat=string&metadata=true");
+    let csv = work.path().join("events.csv");
+    run_ok(work.path(), &[&src, csv.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.remove(0),
+        "value,_key,_partition,_offset,_timestamp,_headers"
+    );
+    assert_eq!(lines.len(), 3, "{text}");
+    for expected in [
+        "first,a,0,0,",
+        // A tombstone's value is null.
+        ",a,0,1,",
+        "\"second, with a comma\",,1,0,",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(expected)),
+            "{expected} in {text}"
+        );
+    }
+}

@@ -1,0 +1,577 @@
+//! A topic read as rows: each event's value decoded (JSON, Avro, text or bytes) into
+//! columns, plus the metadata columns asked for (`_key`, `_partition`, `_offset`,
+//! `_timestamp`, `_headers`). A topic read this way is a [`TableScan`] whose partitions
+//! are the topic's, each an offset range, so every table destination and file format
+//! works with it unchanged.
+//!
+//! Each partition is read on its own thread by its own consumer into a channel of two
+//! batches; a batch holds at most `batch_rows` rows and about [`BATCH_BYTES`] of values,
+//! so memory is bounded whatever the topic's size. Tombstones (events without a value)
+//! carry no row for `json` and `avro`; for `string` and `bytes` their `value` is null.
+//! A value that does not decode is handled per `onError`: the run fails naming the
+//! partition and offset, the event is skipped (and counted in the log), or it is sent as
+//! it was to the dead-letter topic with a `ferry.error` header.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use ferry_core::{Error, KafkaAddress, OnError, Result, ValueFormat};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::container::Event;
+use super::{event_of, Delivered};
+use crate::tables::{TablePartition, TableScan};
+
+/// Values held for one batch before it is decoded and sent on.
+pub const BATCH_BYTES: usize = 8 << 20;
+/// What each partition's consumer may prefetch, in KiB.
+const PREFETCH_KIB: usize = 8 * 1024;
+
+/// Offsets `start..end` of one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Told how many more events (offsets) were read, whatever became of them.
+pub type EventsRead = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A planned read of a topic as rows.
+pub struct TopicScan {
+    address: KafkaAddress,
+    ranges: Vec<Range>,
+    partitions: Vec<TablePartition>,
+    /// The columns values decode into.
+    value_schema: SchemaRef,
+    /// Those and the metadata columns.
+    schema: SchemaRef,
+    on_events: Option<EventsRead>,
+}
+
+impl TopicScan {
+    /// Plans reading `ranges` (empty ones left out). The value columns are `declared`,
+    /// or for JSON inferred from up to `infer_rows` values, for Avro the registry's latest
+    /// schema of `<topic>-value`.
+    pub fn open(
+        address: &KafkaAddress,
+        ranges: Vec<Range>,
+        declared: Option<SchemaRef>,
+        infer_rows: usize,
+    ) -> Result<TopicScan> {
+        address
+            .check()
+            .map_err(|(name, reason)| Error::invalid_option(name, reason))?;
+        let ranges: Vec<Range> = ranges.into_iter().filter(|r| r.start < r.end).collect();
+        let value_schema = match (declared, address.value_format) {
+            (_, ValueFormat::String) => {
+                Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]))
+            }
+            (_, ValueFormat::Bytes) => Arc::new(Schema::new(vec![Field::new(
+                "value",
+                DataType::Binary,
+                true,
+            )])),
+            (Some(schema), ValueFormat::Json) => schema,
+            (None, ValueFormat::Json) => infer_json(address, &ranges, infer_rows)?,
+            (_, ValueFormat::Avro) => return Err(Error::not_supported(
+                address.topic_shown(),
+                "reading Avro values as rows is not built yet; read them with valueFormat=bytes",
+            )),
+        };
+        let mut fields: Vec<Field> = value_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        for name in &address.metadata {
+            if value_schema.field_with_name(name).is_ok() {
+                return Err(Error::data(
+                    address.topic_shown(),
+                    format!("the values have a field '{name}', which is also a metadata column; leave it out of 'metadata'"),
+                ));
+            }
+            fields.push(metadata_field(name));
+        }
+        let partitions = ranges
+            .iter()
+            .map(|r| TablePartition {
+                key: format!("partition={:04}", r.partition),
+                predicate: None,
+            })
+            .collect();
+        Ok(TopicScan {
+            address: address.clone(),
+            ranges,
+            partitions,
+            value_schema,
+            schema: Arc::new(Schema::new(fields)),
+            on_events: None,
+        })
+    }
+
+    /// Reports the events each partition's reader gets through to `on_events`.
+    pub fn with_progress(mut self, on_events: EventsRead) -> Self {
+        self.on_events = Some(on_events);
+        self
+    }
+
+    /// The ranges read, one per partition.
+    pub fn ranges(&self) -> &[Range] {
+        &self.ranges
+    }
+}
+
+fn metadata_field(name: &str) -> Field {
+    match name {
+        "_key" => Field::new(name, DataType::Utf8, true),
+        "_partition" => Field::new(name, DataType::Int32, false),
+        "_offset" => Field::new(name, DataType::Int64, false),
+        "_timestamp" => Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        _ => Field::new(name, DataType::Utf8, true),
+    }
+}
+
+impl TableScan for TopicScan {
+    fn partitions(&self) -> &[TablePartition] {
+        &self.partitions
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn query(&self, index: usize) -> String {
+        let r = self.ranges[index];
+        format!(
+            "{} partition {} offsets {}..{} as {} with {}",
+            self.address.topic_shown(),
+            r.partition,
+            r.start,
+            r.end,
+            self.address.value_format.name(),
+            self.address.metadata.join(",")
+        )
+    }
+
+    fn read(&self, index: usize, batch_rows: usize) -> mpsc::Receiver<Result<RecordBatch>> {
+        let (tx, rx) = mpsc::channel(2);
+        let reader = PartitionReader {
+            address: self.address.clone(),
+            range: self.ranges[index],
+            value_schema: self.value_schema.clone(),
+            schema: self.schema.clone(),
+            batch_rows: batch_rows.max(1),
+            on_events: self.on_events.clone(),
+            dead_letter: None,
+            skipped: 0,
+        };
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            if let Err(e) = reader.run(&tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        rx
+    }
+}
+
+/// Reads up to `infer_rows` JSON values from the start of the ranges and infers their
+/// columns; values that are not JSON objects are left to the read to report.
+fn infer_json(address: &KafkaAddress, ranges: &[Range], infer_rows: usize) -> Result<SchemaRef> {
+    let mut sample: Vec<serde_json::Value> = Vec::new();
+    if !ranges.is_empty() && infer_rows > 0 {
+        let consumer = assigned(address, ranges)?;
+        let mut open: Vec<Range> = ranges.to_vec();
+        while !open.is_empty() && sample.len() < infer_rows {
+            let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = match polled {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(p)) => {
+                    open.retain(|r| r.partition != p);
+                    continue;
+                }
+                Err(e) if super::leader_moving(&e) || transient(&e) => continue,
+                Err(e) => return Err(super::error(address, None, e)),
+            };
+            let Some(range) = open.iter().find(|r| r.partition == message.partition()) else {
+                continue;
+            };
+            if message.offset() >= range.end {
+                let p = range.partition;
+                open.retain(|r| r.partition != p);
+                continue;
+            }
+            if message.offset() + 1 >= range.end {
+                let p = range.partition;
+                open.retain(|r| r.partition != p);
+            }
+            if let Some(value) = message.payload() {
+                if let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_slice(value) {
+                    sample.push(v);
+                }
+            }
+        }
+    }
+    if sample.is_empty() && !ranges.is_empty() {
+        return Err(Error::data(
+            address.topic_shown(),
+            "no value among the first events is a JSON object to infer columns from; declare them with --schema, or read with valueFormat=string or bytes",
+        ));
+    }
+    let schema = arrow::json::reader::infer_json_schema_from_iterator(sample.iter().map(Ok))
+        .map_err(|e| Error::data(address.topic_shown(), format!("inferring columns: {e}")))?;
+    Ok(Arc::new(schema))
+}
+
+/// A consumer assigned to the start of each range.
+fn assigned(address: &KafkaAddress, ranges: &[Range]) -> Result<BaseConsumer> {
+    let consumer = super::consumer(address, PREFETCH_KIB)?;
+    let mut list = TopicPartitionList::new();
+    for r in ranges {
+        list.add_partition_offset(&address.topic, r.partition, Offset::Offset(r.start))
+            .map_err(|e| super::error(address, Some(r.partition), e))?;
+    }
+    consumer
+        .assign(&list)
+        .map_err(|e| super::error(address, None, e))?;
+    Ok(consumer)
+}
+
+fn transient(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::OperationTimedOut)
+    )
+}
+
+/// Reads one partition's range into batches.
+struct PartitionReader {
+    address: KafkaAddress,
+    range: Range,
+    value_schema: SchemaRef,
+    schema: SchemaRef,
+    batch_rows: usize,
+    on_events: Option<EventsRead>,
+    dead_letter: Option<(KafkaAddress, BaseProducer<Delivered>)>,
+    skipped: u64,
+}
+
+/// The events of one batch, before decoding.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Event>,
+    bytes: usize,
+}
+
+impl PartitionReader {
+    fn run(&mut self, tx: &mpsc::Sender<Result<RecordBatch>>) -> Result<()> {
+        let consumer = assigned(&self.address, &[self.range])?;
+        let mut pending = Pending::default();
+        let mut next = self.range.start;
+        let mut reported = next;
+        let on_events = self.on_events.clone();
+        let report = |upto: i64, reported: &mut i64| {
+            if let Some(f) = &on_events {
+                f((upto - *reported).max(0) as u64);
+            }
+            *reported = upto;
+        };
+        while next < self.range.end {
+            let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
+                if tx.is_closed() {
+                    return Ok(());
+                }
+                continue;
+            };
+            let message = match polled {
+                Ok(m) => m,
+                // The high watermark moved below the planned end (events deleted).
+                Err(KafkaError::PartitionEOF(_)) => break,
+                Err(e) if super::leader_moving(&e) || transient(&e) => {
+                    tracing::warn!(error = %e, "Kafka: retrying");
+                    continue;
+                }
+                Err(e) => return Err(super::error(&self.address, Some(self.range.partition), e)),
+            };
+            if message.offset() >= self.range.end {
+                break;
+            }
+            next = message.offset() + 1;
+            let event = event_of(&message);
+            drop(message);
+            pending.bytes += event.value.as_ref().map_or(0, Vec::len) + 64;
+            pending.events.push(event);
+            if pending.events.len() >= self.batch_rows || pending.bytes >= BATCH_BYTES {
+                let batch = self.decode(std::mem::take(&mut pending))?;
+                if batch.num_rows() > 0 && tx.blocking_send(Ok(batch)).is_err() {
+                    return Ok(());
+                }
+                report(next, &mut reported);
+            }
+        }
+        let batch = self.decode(pending)?;
+        if batch.num_rows() > 0 {
+            let _ = tx.blocking_send(Ok(batch));
+        }
+        report(self.range.end, &mut reported);
+        if self.skipped > 0 {
+            tracing::warn!(
+                topic = %self.address.topic_shown(),
+                partition = self.range.partition,
+                skipped = self.skipped,
+                "events whose value did not decode were skipped (onError=skip)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Where an event is, for messages.
+    fn at(&self, offset: i64) -> String {
+        format!(
+            "{} partition {} offset {offset}",
+            self.address.topic_shown(),
+            self.range.partition
+        )
+    }
+
+    /// Decodes `pending` into one batch; events that do not decode are handled per
+    /// `onError` (dead letters are delivered before the batch goes on).
+    fn decode(&mut self, pending: Pending) -> Result<RecordBatch> {
+        let mut events = pending.events;
+        if matches!(
+            self.address.value_format,
+            ValueFormat::Json | ValueFormat::Avro
+        ) {
+            events.retain(|e| e.value.is_some());
+        }
+        let values = loop {
+            match self.decode_values(&events) {
+                Ok(columns) => break columns,
+                Err((index, reason)) => {
+                    let event = events.remove(index);
+                    self.reject(&event, &reason)?;
+                }
+            }
+        };
+        if self.dead_letter.is_some() {
+            self.flush_dead_letters()?;
+        }
+        let mut columns = values;
+        for name in &self.address.metadata {
+            columns.push(metadata_column(name, &events, self.range.partition));
+        }
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building a batch from a topic: {e}")))
+    }
+
+    /// The value columns of `events`, or the index of the first event that does not decode
+    /// and why.
+    fn decode_values(
+        &self,
+        events: &[Event],
+    ) -> std::result::Result<Vec<ArrayRef>, (usize, String)> {
+        match self.address.value_format {
+            ValueFormat::String => {
+                let mut out = Vec::with_capacity(events.len());
+                for (i, e) in events.iter().enumerate() {
+                    match e.value.as_deref().map(std::str::from_utf8) {
+                        None => out.push(None),
+                        Some(Ok(text)) => out.push(Some(text)),
+                        Some(Err(err)) => {
+                            return Err((i, format!("value is not UTF-8 text: {err}")))
+                        }
+                    }
+                }
+                Ok(vec![Arc::new(StringArray::from(out)) as ArrayRef])
+            }
+            ValueFormat::Bytes => {
+                let values: Vec<Option<&[u8]>> =
+                    events.iter().map(|e| e.value.as_deref()).collect();
+                Ok(vec![Arc::new(BinaryArray::from(values)) as ArrayRef])
+            }
+            ValueFormat::Json => decode_json(&self.value_schema, events),
+            ValueFormat::Avro => Err((0, "Avro values are not decoded yet".into())),
+        }
+    }
+
+    /// An event whose value did not decode: fail, skip or dead-letter it.
+    fn reject(&mut self, event: &Event, reason: &str) -> Result<()> {
+        match self.address.on_error {
+            OnError::Fail => Err(Error::data(self.at(event.offset), reason)),
+            OnError::Skip => {
+                tracing::warn!(at = %self.at(event.offset), %reason, "skipped");
+                self.skipped += 1;
+                Ok(())
+            }
+            OnError::DeadLetter => {
+                if self.dead_letter.is_none() {
+                    let mut address = self.address.clone();
+                    address.topic = self.address.dead_letter.clone().unwrap_or_default();
+                    let producer = super::producer(&address)?;
+                    self.dead_letter = Some((address, producer));
+                }
+                let Some((address, producer)) = &self.dead_letter else {
+                    unreachable!("set above");
+                };
+                let mut headers = OwnedHeaders::new();
+                for (name, value) in &event.headers {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: value.as_deref(),
+                    });
+                }
+                let source = self.at(event.offset);
+                headers = headers
+                    .insert(Header {
+                        key: "ferry.error",
+                        value: Some(reason.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "ferry.source",
+                        value: Some(source.as_bytes()),
+                    });
+                let mut record: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(&address.topic).headers(headers);
+                if let Some(k) = &event.key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(v) = &event.value {
+                    record = record.payload(v.as_slice());
+                }
+                if event.timestamp >= 0 {
+                    record = record.timestamp(event.timestamp);
+                }
+                producer
+                    .send(record)
+                    .map_err(|(e, _)| super::error(address, None, e))?;
+                producer.poll(Duration::ZERO);
+                tracing::warn!(at = %source, %reason, to = %address.topic, "sent to the dead-letter topic");
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until every dead letter sent so far is delivered.
+    fn flush_dead_letters(&self) -> Result<()> {
+        let Some((address, producer)) = &self.dead_letter else {
+            return Ok(());
+        };
+        producer
+            .flush(Duration::from_secs(120))
+            .map_err(|e| super::error(address, None, e))?;
+        match producer.context().error(address) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// JSON objects into the value columns; the first value that is not an object, or whose
+/// fields do not fit the columns, is reported by index.
+fn decode_json(
+    schema: &SchemaRef,
+    events: &[Event],
+) -> std::result::Result<Vec<ArrayRef>, (usize, String)> {
+    let decoder = || {
+        arrow::json::ReaderBuilder::new(schema.clone())
+            .with_batch_size(events.len().max(1) + 1)
+            .with_strict_mode(false)
+            .build_decoder()
+            .map_err(|e| (0, format!("internal: {e}")))
+    };
+    let mut all = decoder()?;
+    for (i, event) in events.iter().enumerate() {
+        let value = event.value.as_deref().unwrap_or_default();
+        // One value, one object, one row: anything else would shift the rows.
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+            return Err((i, format!("value is not JSON: {e}")));
+        }
+        if value.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err((i, "value is JSON but not an object".into()));
+        }
+        let used = all.decode(value).map_err(|e| (i, e.to_string()))?;
+        if used != value.len() {
+            return Err((i, "value holds more than one JSON value".into()));
+        }
+    }
+    match all.flush() {
+        Ok(Some(batch)) => Ok(batch.columns().to_vec()),
+        Ok(None) => Ok(empty_columns(schema)),
+        Err(batch_error) => {
+            // Find the value at fault: the first that does not decode on its own.
+            for (i, event) in events.iter().enumerate() {
+                let mut one = decoder()?;
+                let value = event.value.as_deref().unwrap_or_default();
+                if let Err(e) = one.decode(value).and_then(|_| one.flush().map(|_| ())) {
+                    return Err((i, format!("value does not fit the columns: {e}")));
+                }
+            }
+            Err((0, format!("values do not fit the columns: {batch_error}")))
+        }
+    }
+}
+
+fn empty_columns(schema: &SchemaRef) -> Vec<ArrayRef> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| arrow::array::new_empty_array(f.data_type()))
+        .collect()
+}
+
+fn metadata_column(name: &str, events: &[Event], partition: i32) -> ArrayRef {
+    match name {
+        "_key" => Arc::new(StringArray::from_iter(events.iter().map(|e| {
+            e.key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+        }))),
+        "_partition" => Arc::new(Int32Array::from(vec![partition; events.len()])),
+        "_offset" => Arc::new(Int64Array::from_iter_values(
+            events.iter().map(|e| e.offset),
+        )),
+        "_timestamp" => Arc::new(
+            TimestampMillisecondArray::from_iter(
+                events
+                    .iter()
+                    .map(|e| (e.timestamp >= 0).then_some(e.timestamp)),
+            )
+            .with_timezone("UTC"),
+        ),
+        _ => Arc::new(StringArray::from_iter(events.iter().map(|e| {
+            if e.headers.is_empty() {
+                return None;
+            }
+            let map: serde_json::Map<String, serde_json::Value> = e
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let value = v.as_deref().map_or(serde_json::Value::Null, |v| {
+                        serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+                    });
+                    (k.clone(), value)
+                })
+                .collect();
+            Some(serde_json::Value::Object(map).to_string())
+        }))),
+    }
+}

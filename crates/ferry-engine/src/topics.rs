@@ -1,0 +1,193 @@
+//! Which offsets a run reads when a topic is a source of rows, and where the next run
+//! starts.
+//!
+//! A run reads each selected partition from its start (the address's `startOffset`, or
+//! where the last finished run of the same command stopped) to its end (`endOffset`, else
+//! the high watermark when the run was planned). The ranges are recorded before anything
+//! is read, so a run that was killed is finished by re-running it over the same ranges,
+//! whose outputs it recognises; only a finished run moves the start on.
+//!
+//! Runs move on (each reads only what arrived since the last) when their destination keeps
+//! what earlier runs wrote: a directory, whose files are named by partition and first
+//! offset, and a table in `append` or `upsert` mode. A single file or a table in
+//! `overwrite` mode holds the whole topic from `startOffset` every time.
+
+use std::collections::BTreeMap;
+
+use ferry_connectors::kafka::{self, rows::Range};
+use ferry_core::{DataAddress, Error, KafkaAddress, Result, WriteMode};
+use ferry_state::StateStore;
+
+/// The checkpoint key of the ranges a run planned (removed when it finishes).
+const PLANNED: &str = "planned";
+/// The checkpoint key of where the next run starts, per partition.
+const NEXT: &str = "next";
+
+/// The offsets of one run of a topic, and where they are kept.
+pub(crate) struct TopicRun {
+    id: String,
+    pub ranges: Vec<Range>,
+    /// Whether finishing this run moves the next run's start.
+    incremental: bool,
+}
+
+/// Whether runs into `dst` each read only what arrived since the last one.
+pub(crate) fn incremental(dst: &DataAddress, names_file: bool) -> bool {
+    match dst {
+        DataAddress::Table(t) => t.mode != WriteMode::Overwrite,
+        _ => !names_file,
+    }
+}
+
+/// The checkpoint id of the offsets of runs from `address` into `dst`: the topic, the
+/// partitions and offsets selected, and the destination. Options that change how values
+/// decode (`onError`, `valueFormat`…) keep it, so a run after a fix goes on from where
+/// the last finished one stopped.
+///
+/// Neither is the service's run key: each run of a transfer goes on from the last.
+pub(crate) fn offsets_id(address: &KafkaAddress, dst: &DataAddress) -> String {
+    let mut selected = address.clone();
+    let kept = KafkaAddress::parse(&format!("{}/{}", selected.bootstrap(), selected.topic))
+        .expect("a parsed address parses again");
+    selected = KafkaAddress {
+        partitions: selected.partitions,
+        start: selected.start,
+        end: selected.end,
+        ..kept
+    };
+    let dst = match dst {
+        DataAddress::Local { path } => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .to_string_lossy()
+            .into_owned(),
+        other => other.to_string(),
+    };
+    let text = format!("topic offsets\n{selected}\n{dst}");
+    format!(
+        "{}.offsets",
+        ferry_core::ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()
+    )
+}
+
+/// Plans the ranges of a run whose offsets are kept under `id` ([`offsets_id`]), from the
+/// checkpoint when an earlier run of it was killed. `record` (the source and destination as shown) keeps
+/// the plan in the checkpoint; `None` (a dry run) only reads it.
+pub(crate) fn plan(
+    address: &KafkaAddress,
+    state: &StateStore,
+    id: String,
+    resume: bool,
+    incremental: bool,
+    record: Option<(&str, &str)>,
+) -> Result<TopicRun> {
+    if !resume && record.is_some() {
+        state.forget_run(&id)?;
+    }
+    let kept = state.files(&id)?;
+    let read = |key: &str| -> Option<String> { kept.get(key)?.dest_version.clone() };
+    if let Some(planned) = read(PLANNED) {
+        let ranges: Vec<(i32, i64, i64)> = serde_json::from_str(&planned)
+            .map_err(|e| Error::Internal(format!("the checkpoint's topic ranges: {e}")))?;
+        tracing::info!("resuming over the offsets the interrupted run planned");
+        return Ok(TopicRun {
+            id,
+            ranges: ranges
+                .into_iter()
+                .map(|(partition, start, end)| Range {
+                    partition,
+                    start,
+                    end,
+                })
+                .collect(),
+            incremental,
+        });
+    }
+    let next: BTreeMap<i32, i64> = match read(NEXT).filter(|_| incremental) {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("the checkpoint's topic positions: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    let consumer = kafka::consumer(address, 1024)?;
+    let (partitions, _) = kafka::partitions(&consumer, address)?;
+    let mut marks = BTreeMap::new();
+    for p in &partitions {
+        marks.insert(*p, kafka::watermarks(&consumer, address, *p)?);
+    }
+    let starts = kafka::start_offsets(&consumer, address, &marks)?;
+    let ranges: Vec<Range> = partitions
+        .iter()
+        .map(|p| {
+            let (low, high) = marks[p];
+            let end = address
+                .end
+                .as_ref()
+                .and_then(|e| e.get(p))
+                .map_or(high, |e| (*e).min(high));
+            let start = next.get(p).copied().unwrap_or(starts[p]);
+            if start < low {
+                tracing::warn!(
+                    partition = p,
+                    from = start,
+                    kept_from = low,
+                    "events before the low watermark are gone (retention)"
+                );
+            }
+            Range {
+                partition: *p,
+                start: start.max(low),
+                end,
+            }
+        })
+        .collect();
+    let Some((source, destination)) = record else {
+        return Ok(TopicRun {
+            id,
+            ranges,
+            incremental,
+        });
+    };
+    state.start_run(&id, source, destination)?;
+    let text: Vec<(i32, i64, i64)> = ranges
+        .iter()
+        .map(|r| (r.partition, r.start, r.end))
+        .collect();
+    let text = serde_json::to_string(&text).map_err(|e| Error::Internal(e.to_string()))?;
+    state.file_done(&id, PLANNED, 0, None, None, Some(&text))?;
+    Ok(TopicRun {
+        id,
+        ranges,
+        incremental,
+    })
+}
+
+impl TopicRun {
+    /// Records that the run finished: the next starts where this one ended.
+    pub(crate) fn finished(&self, state: &StateStore) -> Result<()> {
+        if self.incremental {
+            let kept = state.files(&self.id)?;
+            let mut next: BTreeMap<i32, i64> = kept
+                .get(NEXT)
+                .and_then(|c| serde_json::from_str(c.dest_version.as_deref()?).ok())
+                .unwrap_or_default();
+            for r in &self.ranges {
+                next.insert(r.partition, r.end.max(r.start));
+            }
+            let text = serde_json::to_string(&next).map_err(|e| Error::Internal(e.to_string()))?;
+            state.file_done(&self.id, NEXT, 0, None, None, Some(&text))?;
+        }
+        state.forget_file(&self.id, PLANNED)
+    }
+
+    /// Whether there is anything to read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ranges.iter().all(|r| r.start >= r.end)
+    }
+
+    /// Events in the ranges (offsets; a compacted topic holds fewer).
+    pub(crate) fn events(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|r| (r.end - r.start).max(0) as u64)
+            .sum()
+    }
+}

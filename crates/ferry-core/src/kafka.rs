@@ -538,4 +538,39 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
     }
+
+    #[test]
+    fn row_options_and_their_errors() {
+        let a = KafkaAddress::parse(
+            "h:1/t?valueFormat=avro&schemaRegistry=http://r:8081/&metadata=_offset,_key&onError=skip",
+        )
+        .unwrap();
+        assert_eq!(a.value_format, ValueFormat::Avro);
+        assert_eq!(a.schema_registry.as_deref(), Some("http://r:8081"));
+        assert_eq!(a.metadata, ["_key", "_offset"]);
+        assert_eq!(a.on_error, OnError::Skip);
+        assert!(a.check().is_ok());
+        let shown = a.to_string();
+        assert_eq!(KafkaAddress::parse(&shown["kafka://".len()..]).unwrap(), a);
+        for (query, named) in [
+            ("valueFormat=xml", "valueFormat"),
+            ("metadata=_key,_size", "_size"),
+            ("onError=ignore", "onError"),
+            ("schemaRegistry=r:8081", "schemaRegistry"),
+            ("deadLetter=bad/topic", "deadLetter"),
+        ] {
+            let err = KafkaAddress::parse(&format!("h:1/t?{query}")).unwrap_err();
+            assert!(err.contains(named), "{query}: {err}");
+        }
+        let needs = |query: &str| {
+            KafkaAddress::parse(&format!("h:1/t?{query}"))
+                .unwrap()
+                .check()
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(needs("valueFormat=avro"), "schemaRegistry");
+        assert_eq!(needs("onError=deadLetter"), "deadLetter");
+        assert_eq!(needs("onError=deadLetter&deadLetter=t"), "deadLetter");
+    }
 }

@@ -134,6 +134,14 @@ pub enum StartSpec {
     PerPartition(BTreeMap<i32, i64>),
 }
 
+/// `kafka`: the metadata columns added to rows read from a topic.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MetadataSpec {
+    All(bool),
+    Some(Vec<String>),
+}
+
 /// Where a dataset lives and how it is encoded, in the typed form.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -191,6 +199,17 @@ pub struct AddressSpec {
     pub ca_file: Option<String>,
     /// `kafka`, as a destination: create the topic when missing.
     pub create_topic: Option<bool>,
+    /// `kafka`, read or written as rows: `json` (default), `avro`, `string` or `bytes`.
+    pub value_format: Option<String>,
+    /// `kafka`: a Confluent-compatible schema registry's URL (for `avro`).
+    pub schema_registry: Option<String>,
+    /// `kafka`, read as rows: `true`, or a list of `_key`, `_partition`, `_offset`,
+    /// `_timestamp`, `_headers`.
+    pub metadata: Option<MetadataSpec>,
+    /// `kafka`, read as rows: `fail` (default), `skip` or `deadLetter`.
+    pub on_error: Option<String>,
+    /// `kafka`, with `onError: deadLetter`: the topic receiving events that do not decode.
+    pub dead_letter: Option<String>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
     #[serde(default)]
@@ -317,7 +336,7 @@ impl AddressSpec {
                 &["url", "table", "query", "password", "mode", "keyColumns"]
             }
             StoreType::Sqlite => &["path", "url", "table", "query", "mode", "keyColumns"],
-            StoreType::Kafka => &["password"],
+            StoreType::Kafka => &["password", "keyColumns"],
         };
         let fields = [
             ("path", &self.path),
@@ -469,6 +488,21 @@ impl AddressSpec {
         if let Some(create) = self.create_topic {
             out.push(("createTopic", create.to_string()));
         }
+        for (name, value) in [
+            ("valueFormat", &self.value_format),
+            ("schemaRegistry", &self.schema_registry),
+            ("onError", &self.on_error),
+            ("deadLetter", &self.dead_letter),
+        ] {
+            if let Some(v) = value {
+                out.push((name, v.clone()));
+            }
+        }
+        match &self.metadata {
+            Some(MetadataSpec::All(all)) => out.push(("metadata", all.to_string())),
+            Some(MetadataSpec::Some(list)) => out.push(("metadata", list.join(","))),
+            None => {}
+        }
         out
     }
 
@@ -495,6 +529,9 @@ impl AddressSpec {
         fields.retain(|(name, _)| !matches!(*name, "brokers" | "topic"));
         if let Some(p) = &self.password {
             fields.push(("password", p.clone()));
+        }
+        if let Some(keys) = &self.key_columns {
+            fields.push(("keyColumns", keys.join(",")));
         }
         for (name, value) in fields {
             address
@@ -613,6 +650,24 @@ spec:
         assert_eq!(k.partitions, Some(vec![0, 2]));
         assert_eq!(k.password.as_deref(), Some("env:KAFKA_PASSWORD"));
         assert!(!src.to_string().contains("KAFKA_PASSWORD"));
+        let rows = manifest(
+            "{type: kafka, brokers: b:9092, topic: orders, valueFormat: string, metadata: [_offset, _key], onError: deadLetter, deadLetter: orders-dlq}",
+        );
+        let (src, _, _) = Manifest::parse(&rows).unwrap().plan().unwrap();
+        let DataAddress::Kafka(k) = &src else {
+            panic!("{src}")
+        };
+        assert_eq!(k.value_format, ferry_core::ValueFormat::String);
+        assert_eq!(k.metadata, ["_key", "_offset"]);
+        assert_eq!(k.on_error, ferry_core::OnError::DeadLetter);
+        assert_eq!(k.dead_letter.as_deref(), Some("orders-dlq"));
+        let all = manifest("{type: kafka, brokers: b:9092, topic: orders, metadata: true}");
+        let (src, _, _) = Manifest::parse(&all).unwrap().plan().unwrap();
+        assert!(
+            src.to_string()
+                .contains("metadata=_key,_partition,_offset,_timestamp,_headers"),
+            "{src}"
+        );
         for (source, field) in [
             ("{type: kafka, topic: orders}", "spec.source.brokers"),
             ("{type: kafka, brokers: b:9092}", "spec.source.topic"),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::kafka::{address, broker, new_topic};
+use common::kafka::{address, broker, new_topic, read_events, schema_registry};
 use common::{ferry, start_and_kill};
 use ferry_connectors::kafka::rdkafka::consumer::Consumer;
 use ferry_connectors::kafka::rdkafka::error::KafkaError;
@@ -458,4 +458,150 @@ fn values_read_as_text_with_every_metadata_column_into_one_csv_file() {
             "{expected} in {text}"
         );
     }
+}
+
+#[test]
+fn rows_go_to_a_topic_as_json_keyed_by_a_column_and_a_rerun_sends_nothing_again() {
+    let Some(broker) = broker() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 3);
+    let mut csv = String::from("id,customer,amount\n");
+    for i in 0..60 {
+        csv.push_str(&format!("{i},c{},{}.5\n", i % 7, i * 3));
+    }
+    std::fs::write(work.path().join("orders.csv"), &csv).unwrap();
+    let dst = format!("kafka://{broker}/{topic}?keyColumns=customer");
+    let out = run_ok(work.path(), &["orders.csv", &dst]);
+    assert!(out.contains("60 rows"), "{out}");
+
+    let events = read_events(&broker, &topic);
+    assert_eq!(events.len(), 60);
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    let mut ids = Vec::new();
+    for (p, key, value) in &events {
+        let key = String::from_utf8(key.clone().unwrap()).unwrap();
+        let row: Value = serde_json::from_slice(value.as_ref().unwrap()).unwrap();
+        let id = row["id"].as_u64().unwrap();
+        assert_eq!(
+            row,
+            json!({"id": id, "customer": format!("c{}", id % 7), "amount": id as f64 * 3.0 + 0.5})
+        );
+        assert_eq!(key, format!("c{}", id % 7));
+        // A key's events stay in one partition, in the file's order.
+        assert_eq!(*partition_of.entry(key).or_insert(*p), *p);
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..60).collect::<Vec<_>>());
+
+    // The same files again: already sent, nothing produced twice.
+    let out = run_ok(work.path(), &["orders.csv", &dst]);
+    assert!(out.contains("already done"), "{out}");
+    assert_eq!(read_events(&broker, &topic).len(), 60);
+
+    // A key column that is not there is refused before anything is sent.
+    let (code, _, err) = run(
+        work.path(),
+        &[
+            "orders.csv",
+            &format!("kafka://{broker}/{topic}?keyColumns=client"),
+            "--no-resume",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no column 'client'"), "{err}");
+    assert_eq!(read_events(&broker, &topic).len(), 60);
+}
+
+#[test]
+fn avro_rows_round_trip_through_the_schema_registry_and_compatible_versions_read_as_one() {
+    let (Some(broker), Some(registry)) = (broker(), schema_registry()) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = unique_name("avro").replace('-', "_");
+    let dst = format!(
+        "kafka://{broker}/{topic}?valueFormat=avro&schemaRegistry={registry}&createTopic=true"
+    );
+    let mut v1 = String::from("order_id,customer,amount\n");
+    for i in 0..20 {
+        v1.push_str(&format!("{i},c{i},{i}.25\n"));
+    }
+    std::fs::write(work.path().join("v1.csv"), v1).unwrap();
+    std::fs::write(
+        work.path().join("v2.csv"),
+        "order_id,customer,amount,note\n100,c1,1.5,first\n101,c2,2.5,\n",
+    )
+    .unwrap();
+    run_ok(work.path(), &["v1.csv", &dst]);
+    run_ok(work.path(), &["v2.csv", &dst]);
+
+    // Values are in the registry's wire format: 0, the schema id, the datum; the ids are
+    // those of the subject's versions.
+    let events = read_events(&broker, &topic);
+    let ids: BTreeSet<u32> = events
+        .iter()
+        .map(|(_, _, v)| {
+            let v = v.as_ref().unwrap();
+            assert_eq!(v[0], 0);
+            u32::from_be_bytes([v[1], v[2], v[3], v[4]])
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = ferry_connectors::kafka::registry::Registry::new(
+        &address(
+            &broker,
+            &format!("{topic}?valueFormat=avro&schemaRegistry={registry}"),
+        ),
+        runtime.handle().clone(),
+    )
+    .unwrap();
+    let (latest, schema) = client.latest(&format!("{topic}-value")).unwrap().unwrap();
+    assert_eq!(ids.last(), Some(&latest));
+    assert!(
+        schema.json_string.contains("\"note\""),
+        "{}",
+        schema.json_string
+    );
+
+    // Both versions read into the latest one's columns.
+    let src = format!("kafka://{broker}/{topic}?valueFormat=avro&schemaRegistry={registry}");
+    run_ok(work.path(), &[&src, "back.jsonl"]);
+    let rows: Vec<Value> = std::fs::read_to_string(work.path().join("back.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 22);
+    assert_eq!(
+        rows[0],
+        json!({"order_id": 0, "customer": "c0", "amount": 0.25})
+    );
+    assert_eq!(
+        rows[20],
+        json!({"order_id": 100, "customer": "c1", "amount": 1.5, "note": "first"})
+    );
+
+    // A version the earlier ones do not resolve to (a number become text) fails the read,
+    // naming the first event that cannot be read.
+    std::fs::write(work.path().join("v3.csv"), "order_id,customer\nA-1,c1\n").unwrap();
+    run_ok(work.path(), &["v3.csv", &dst]);
+    let (code, out, err) = run(work.path(), &[&src, "again.jsonl"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("{topic} partition 0 offset 0: schema id")),
+        "{err}"
+    );
+    assert!(!work.path().join("again.jsonl").exists());
+
+    // A registry that does not answer: one line naming it.
+    let down =
+        format!("kafka://{broker}/{topic}?valueFormat=avro&schemaRegistry=http://127.0.0.1:1");
+    let (code, _, err) = run(work.path(), &[&down, "down.jsonl"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("schema registry http://127.0.0.1:1"), "{err}");
 }

@@ -156,7 +156,7 @@ pub async fn transfer(
 ) -> Result<RecordReport> {
     let started = Instant::now();
     if matches!(src, DataAddress::Table(_) | DataAddress::Kafka(_))
-        || matches!(dst, DataAddress::Table(_))
+        || matches!(dst, DataAddress::Table(_) | DataAddress::Kafka(_))
     {
         return crate::tables::transfer(src, dst, rec, opts, progress).await;
     }

@@ -224,6 +224,12 @@ async fn transfer_planned(
     parallel: usize,
 ) -> Result<RecordReport> {
     match dst {
+        DataAddress::Kafka(topic) => {
+            to_topic(
+                src, dst, topic, plan, rec, opts, progress, started, parallel,
+            )
+            .await
+        }
         DataAddress::Table(table) => {
             to_table(
                 src, dst, table, plan, rec, opts, progress, started, parallel,
@@ -885,6 +891,117 @@ async fn to_table(
     }
     progress.file_finished(TABLE_KEY);
     state.finish_run(&run_id, run_outcome(0))?;
+    Ok(done(&plan, report))
+}
+
+/// The checkpoint key of a topic destination.
+const TOPIC_KEY: &str = "topic";
+
+/// Rows into a topic: the origin's readers feed one producer. A finished run of the same
+/// files is skipped; a run killed midway sends every row again (at least once).
+#[allow(clippy::too_many_arguments)]
+async fn to_topic(
+    src: &DataAddress,
+    dst: &DataAddress,
+    topic: &KafkaAddress,
+    plan: Plan,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+    started: Instant,
+    parallel: usize,
+) -> Result<RecordReport> {
+    let units = plan.share.items.clone();
+    let mut report = OutputReport {
+        key: String::new(),
+        inputs: plan.unit_names(&units),
+        rows_read: 0,
+        rows_written: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        skipped: false,
+        reason: None,
+        error: None,
+    };
+    let format = format!("kafka ({})", topic.value_format.name());
+    let done = |plan: &Plan, report: OutputReport| {
+        let mut done = finish(
+            plan.source_report(src, report.rows_read),
+            dst,
+            &format,
+            &plan.output_schema,
+            rec,
+            vec![report],
+            started,
+        );
+        done.idle = plan.share.idle.clone();
+        done
+    };
+    if plan.share.idle.is_some() || opts.dry_run {
+        return Ok(done(&plan, report));
+    }
+    let run_id = run_id(src, dst, rec, opts);
+    let state = opts.state_store()?;
+    let (size, version) = plan.fingerprint(&units);
+    let from_files = matches!(plan.origin, Origin::Files { .. });
+    let previous = state
+        .files(&run_id)?
+        .remove(TOPIC_KEY)
+        .filter(|c| opts.resume && c.done && from_files);
+    if let Some(previous) = previous.filter(|c| c.source_version.as_deref() == Some(&version)) {
+        report.skipped = true;
+        report.reason = Some(format!(
+            "the same files were sent to {} at {}",
+            topic.topic_shown(),
+            previous.dest_version.unwrap_or_default()
+        ));
+        return Ok(done(&plan, report));
+    }
+    state.forget_run(&run_id)?;
+    state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    progress.planned(1, plan.bytes);
+    let plan = Arc::new(plan);
+    let mut rx = plan.feed(units, parallel, rec, progress.clone());
+    let writer = {
+        let (plan, topic) = (plan.clone(), topic.clone());
+        let handle = Handle::current();
+        tokio::task::spawn_blocking(move || -> Result<(u64, u64, u64)> {
+            let mut chain = Chain::bind(&plan.transforms, plan.input_schema.clone())?;
+            let mut writer = ferry_connectors::kafka::sink::TopicWriter::open(
+                &topic,
+                plan.output_schema.clone(),
+                handle,
+            )?;
+            let (mut read, mut written) = (0, 0);
+            while let Some(batch) = rx.blocking_recv() {
+                let batch = batch?;
+                read += batch.num_rows() as u64;
+                let batch = chain.apply(batch)?;
+                if batch.num_rows() > 0 {
+                    written += batch.num_rows() as u64;
+                    writer.write(&batch)?;
+                    crate::failpoint::batch_written();
+                }
+            }
+            let bytes = writer.finish()?;
+            Ok((read, written, bytes))
+        })
+    };
+    match writer.await.map_err(join_error).and_then(|r| r) {
+        Ok((read, written, bytes)) => {
+            report.rows_read = read;
+            report.rows_written = written;
+            report.bytes_written = bytes;
+            let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            state.file_done(&run_id, TOPIC_KEY, size, Some(&version), None, Some(&at))?;
+            progress.file_finished(TOPIC_KEY);
+            state.finish_run(&run_id, run_outcome(0))?;
+        }
+        Err(e) => {
+            report.error = Some(e.to_string());
+            state.finish_run(&run_id, run_outcome(1))?;
+        }
+    }
     Ok(done(&plan, report))
 }
 

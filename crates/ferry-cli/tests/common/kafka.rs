@@ -34,3 +34,54 @@ pub fn new_topic(broker: &str, partitions: i32) -> String {
         .unwrap();
     topic
 }
+
+/// The test schema registry's URL (`FERRY_TEST_SCHEMA_REGISTRY`, a Confluent-compatible
+/// API), or `None` outside CI when it is not configured.
+pub fn schema_registry() -> Option<String> {
+    match std::env::var("FERRY_TEST_SCHEMA_REGISTRY") {
+        Ok(r) => Some(r),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("FERRY_TEST_SCHEMA_REGISTRY unset: run `scripts/services up` and `eval \"$(scripts/services env)\"`")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipping: schema registry not configured (FERRY_TEST_SCHEMA_REGISTRY unset)"
+            );
+            None
+        }
+    }
+}
+
+/// Every event of the topic: partition, key, value, each partition in offset order.
+pub fn read_events(broker: &str, topic: &str) -> Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    use ferry_connectors::kafka::rdkafka::consumer::Consumer;
+    use ferry_connectors::kafka::rdkafka::error::KafkaError;
+    use ferry_connectors::kafka::rdkafka::message::Message;
+    use ferry_connectors::kafka::rdkafka::{Offset, TopicPartitionList};
+    let a = address(broker, topic);
+    let consumer = kafka::consumer(&a, 1024).unwrap();
+    let (partitions, _) = kafka::partitions(&consumer, &a).unwrap();
+    let mut list = TopicPartitionList::new();
+    let mut expected = 0;
+    for p in partitions {
+        let (low, high) = kafka::watermarks(&consumer, &a, p).unwrap();
+        expected += high - low;
+        list.add_partition_offset(topic, p, Offset::Offset(low))
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    while (out.len() as i64) < expected {
+        match consumer.poll(std::time::Duration::from_secs(10)) {
+            Some(Ok(m)) => out.push((
+                m.partition(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+            )),
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => panic!("{e}"),
+            None => panic!("no event within 10 s"),
+        }
+    }
+    out
+}

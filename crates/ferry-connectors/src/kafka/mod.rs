@@ -7,7 +7,9 @@
 //! drives them from a thread of its own, which also gives backpressure for free.
 
 pub mod container;
+pub mod registry;
 pub mod rows;
+pub mod sink;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -339,6 +341,8 @@ pub fn producer(address: &KafkaAddress) -> Result<BaseProducer<Delivered>, Error
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        // Keyed events go where Kafka's Java clients would send them.
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "10")
         .set("batch.size", (1024 * 1024).to_string())
         .set("queue.buffering.max.kbytes", (64 * 1024).to_string())

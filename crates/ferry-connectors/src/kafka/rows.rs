@@ -29,6 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::container::Event;
+use super::registry::Registry;
 use super::{event_of, Delivered};
 use crate::tables::{TablePartition, TableScan};
 
@@ -57,6 +58,7 @@ pub struct TopicScan {
     value_schema: SchemaRef,
     /// Those and the metadata columns.
     schema: SchemaRef,
+    registry: Option<Arc<Registry>>,
     on_events: Option<EventsRead>,
 }
 
@@ -74,6 +76,7 @@ impl TopicScan {
             .check()
             .map_err(|(name, reason)| Error::invalid_option(name, reason))?;
         let ranges: Vec<Range> = ranges.into_iter().filter(|r| r.start < r.end).collect();
+        let mut registry = None;
         let value_schema = match (declared, address.value_format) {
             (_, ValueFormat::String) => {
                 Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]))
@@ -85,10 +88,12 @@ impl TopicScan {
             )])),
             (Some(schema), ValueFormat::Json) => schema,
             (None, ValueFormat::Json) => infer_json(address, &ranges, infer_rows)?,
-            (_, ValueFormat::Avro) => return Err(Error::not_supported(
-                address.topic_shown(),
-                "reading Avro values as rows is not built yet; read them with valueFormat=bytes",
-            )),
+            (_, ValueFormat::Avro) => {
+                let r = Registry::new(address, tokio::runtime::Handle::current())?;
+                let schema = r.reader_schema(address)?;
+                registry = Some(r);
+                schema
+            }
         };
         let mut fields: Vec<Field> = value_schema
             .fields()
@@ -117,6 +122,7 @@ impl TopicScan {
             partitions,
             value_schema,
             schema: Arc::new(Schema::new(fields)),
+            registry,
             on_events: None,
         })
     }
@@ -177,6 +183,7 @@ impl TableScan for TopicScan {
             value_schema: self.value_schema.clone(),
             schema: self.schema.clone(),
             batch_rows: batch_rows.max(1),
+            registry: self.registry.clone(),
             on_events: self.on_events.clone(),
             dead_letter: None,
             skipped: 0,
@@ -270,6 +277,7 @@ struct PartitionReader {
     value_schema: SchemaRef,
     schema: SchemaRef,
     batch_rows: usize,
+    registry: Option<Arc<Registry>>,
     on_events: Option<EventsRead>,
     dead_letter: Option<(KafkaAddress, BaseProducer<Delivered>)>,
     skipped: u64,
@@ -409,7 +417,10 @@ impl PartitionReader {
                 Ok(vec![Arc::new(BinaryArray::from(values)) as ArrayRef])
             }
             ValueFormat::Json => decode_json(&self.value_schema, events),
-            ValueFormat::Avro => Err((0, "Avro values are not decoded yet".into())),
+            ValueFormat::Avro => match &self.registry {
+                Some(registry) => registry.decode(&self.value_schema, events),
+                None => Err((0, "internal: Avro without a registry".into())),
+            },
         }
     }
 

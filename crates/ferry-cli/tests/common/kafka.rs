@@ -52,8 +52,11 @@ pub fn schema_registry() -> Option<String> {
     }
 }
 
-/// Every event of the topic: partition, key, value, each partition in offset order.
-pub fn read_events(broker: &str, topic: &str) -> Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// An event as read back: partition, key, value.
+pub type ReadEvent = (i32, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Every event of the topic, each partition in offset order.
+pub fn read_events(broker: &str, topic: &str) -> Vec<ReadEvent> {
     use ferry_connectors::kafka::rdkafka::consumer::Consumer;
     use ferry_connectors::kafka::rdkafka::error::KafkaError;
     use ferry_connectors::kafka::rdkafka::message::Message;

@@ -321,7 +321,10 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
             "incomplete"
         },
         src.rows,
-        shape(&src.format, src.bytes),
+        match src.events {
+            Some(events) => format!("{}, {events} events, {}", src.format, human_bytes(src.bytes)),
+            None => shape(&src.format, src.bytes),
+        },
         dst.rows,
         shape(&dst.format, dst.bytes),
         report.objects,

@@ -79,6 +79,9 @@ pub struct DatasetReport {
     pub files: u64,
     pub rows: u64,
     pub bytes: u64,
+    /// A topic's events read (tombstones and skipped ones included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
     pub schema: Vec<FieldDescription>,
 }
 
@@ -225,6 +228,7 @@ pub async fn transfer(
     let (input_schema, output_schema, written_schema) = probe.await.map_err(join_error)??;
 
     let source_report = |rows, bytes, files| DatasetReport {
+        events: None,
         address: src.to_string(),
         format: first_format.to_string(),
         files,
@@ -480,6 +484,7 @@ pub(crate) fn finish(
         rows_per_s: source.rows as f64 / duration_s.max(1e-9),
         source,
         destination: DatasetReport {
+            events: None,
             address: dst.to_string(),
             format: dest_format.to_string(),
             files: outputs.len() as u64,

@@ -8,6 +8,7 @@
 //! `ferry_connectors::tables` speaks to.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -156,6 +157,8 @@ struct TopicPlan {
     names: Vec<String>,
     /// `kafka (json)`.
     label: String,
+    /// Events and bytes (keys and values) read so far.
+    read: Arc<(AtomicU64, AtomicU64)>,
 }
 
 /// Runs a transfer from or to a table.
@@ -330,13 +333,19 @@ async fn plan_topic(
     let offsets = crate::topics::offsets_id(address, dst);
     let state = opts.state_store()?;
     let (owned, resume, dry_run) = (address.clone(), opts.resume, opts.dry_run);
+    let read = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let counted = read.clone();
     let shown = (src.to_string(), dst.to_string());
     let (run, scan) = tokio::task::spawn_blocking(move || -> Result<_> {
         // A dry run plans without recording anything.
         let record = (!dry_run).then_some((shown.0.as_str(), shown.1.as_str()));
         let run = crate::topics::plan(&owned, &state, offsets, resume, incremental, record)?;
         let scan = TopicScan::open(&owned, run.ranges.clone(), declared, infer_rows)?
-            .with_progress(Arc::new(move |n| progress.events_done(n)));
+            .with_progress(Arc::new(move |events, bytes| {
+                counted.0.fetch_add(events, Ordering::Relaxed);
+                counted.1.fetch_add(bytes, Ordering::Relaxed);
+                progress.events_done(events);
+            }));
         Ok((run, scan))
     })
     .await
@@ -363,6 +372,7 @@ async fn plan_topic(
             run: Some(run),
             names,
             label,
+            read,
         }),
     })
 }
@@ -481,12 +491,14 @@ impl Plan {
     }
 
     fn source_report(&self, src: &DataAddress, rows: u64) -> DatasetReport {
+        let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
         DatasetReport {
             address: src.to_string(),
             format: self.format_name(),
             files: self.share.items.len() as u64,
             rows,
-            bytes: self.bytes,
+            bytes: self.topic.as_ref().map_or(self.bytes, |t| read(&t.read.1)),
+            events: self.topic.as_ref().map(|t| read(&t.read.0)),
             schema: describe_schema(&self.source_schema),
         }
     }

@@ -46,8 +46,9 @@ pub struct Range {
     pub end: i64,
 }
 
-/// Told how many more events (offsets) were read, whatever became of them.
-pub type EventsRead = Arc<dyn Fn(u64) + Send + Sync>;
+/// Told how many more events (offsets) were read, whatever became of them, and their
+/// keys' and values' bytes.
+pub type EventsRead = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// A planned read of a topic as rows.
 pub struct TopicScan {
@@ -296,12 +297,14 @@ impl PartitionReader {
         let mut pending = Pending::default();
         let mut next = self.range.start;
         let mut reported = next;
+        let mut bytes = 0u64;
         let on_events = self.on_events.clone();
-        let report = |upto: i64, reported: &mut i64| {
+        let report = |upto: i64, reported: &mut i64, bytes: &mut u64| {
             if let Some(f) = &on_events {
-                f((upto - *reported).max(0) as u64);
+                f((upto - *reported).max(0) as u64, *bytes);
             }
             *reported = upto;
+            *bytes = 0;
         };
         while next < self.range.end {
             let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
@@ -326,21 +329,24 @@ impl PartitionReader {
             next = message.offset() + 1;
             let event = event_of(&message);
             drop(message);
-            pending.bytes += event.value.as_ref().map_or(0, Vec::len) + 64;
+            let size = event.value.as_ref().map_or(0, Vec::len)
+                + event.key.as_ref().map_or(0, Vec::len);
+            bytes += size as u64;
+            pending.bytes += size + 64;
             pending.events.push(event);
             if pending.events.len() >= self.batch_rows || pending.bytes >= BATCH_BYTES {
                 let batch = self.decode(std::mem::take(&mut pending))?;
                 if batch.num_rows() > 0 && tx.blocking_send(Ok(batch)).is_err() {
                     return Ok(());
                 }
-                report(next, &mut reported);
+                report(next, &mut reported, &mut bytes);
             }
         }
         let batch = self.decode(pending)?;
         if batch.num_rows() > 0 {
             let _ = tx.blocking_send(Ok(batch));
         }
-        report(self.range.end, &mut reported);
+        report(self.range.end, &mut reported, &mut bytes);
         if self.skipped > 0 {
             tracing::warn!(
                 topic = %self.address.topic_shown(),

@@ -322,7 +322,11 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
         },
         src.rows,
         match src.events {
-            Some(events) => format!("{}, {events} events, {}", src.format, human_bytes(src.bytes)),
+            Some(events) => format!(
+                "{}, {events} events, {}",
+                src.format,
+                human_bytes(src.bytes)
+            ),
             None => shape(&src.format, src.bytes),
         },
         dst.rows,

@@ -356,3 +356,115 @@ fn an_export_with_a_group_commits_its_positions() {
     );
     assert_eq!(committed("ferry"), vec![Offset::Invalid, Offset::Invalid]);
 }
+
+/// Text of `len` bytes that tells where in it a byte is (so a reordered or lost chunk
+/// shows).
+fn text_value(len: usize, seed: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| b'a' + ((i / 1000 + seed) % 26) as u8)
+        .collect()
+}
+
+#[test]
+fn events_of_5_and_50_mib_go_in_chunks_and_come_back_whole_even_after_a_kill() {
+    let Some(broker) = broker() else { return };
+    let work = tempfile::tempdir().unwrap();
+    // An export made by hand: small events around one of 5 MiB and one of 50 MiB, with
+    // keys, headers and timestamps.
+    let sizes = [100, 5 << 20, 200, 50 << 20, 300];
+    let events: Vec<Event> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| Event {
+            offset: i as i64,
+            timestamp: 1_700_000_000_000 + i as i64,
+            timestamp_type: 1,
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(text_value(len, i)),
+            headers: vec![("trace".into(), Some(format!("t{i}").into_bytes()))],
+        })
+        .collect();
+    let object = work
+        .path()
+        .join("backup")
+        .join(ferry_connectors::kafka::container::object_name(0, 0));
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(object).unwrap();
+    let mut writer = ferry_connectors::kafka::container::EventWriter::new(file).unwrap();
+    for e in &events {
+        writer.write(e).unwrap();
+    }
+    writer.finish().unwrap();
+
+    // The broker takes 1 MiB messages: 6 chunks for 5 MiB, 51 for 50 MiB, 60 records in
+    // all. The import is killed in the middle of the 50 MiB event's chunks, then re-run.
+    let target = format!("{}_chunks", new_topic(&broker, 1));
+    let into = format!("kafka://{broker}/{target}?createTopic=true");
+    let state = work.path().join("state");
+    start_and_kill(
+        ferry(&state, work.path()).args(["copy", "backup/", &into]),
+        "pause-after-events:30",
+    );
+    let out = ferry(&state, work.path())
+        .args(["copy", "backup/", &into])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = read_topic(&broker, &target);
+    let records = &records[&0];
+    assert_eq!(records.len(), 60, "every chunk once");
+    assert!(records
+        .iter()
+        .all(|r| r.value.as_ref().map_or(0, Vec::len) <= 1 << 20));
+
+    // Exported back, the events are whole again, as they were.
+    copy_ok(
+        work.path(),
+        &[&format!("kafka://{broker}/{target}"), "again/"],
+    );
+    let back = read_export(&work.path().join("again"));
+    assert_eq!(back[&0].len(), 5);
+    for (x, y) in events.iter().zip(&back[&0]) {
+        assert_eq!(
+            Event {
+                offset: 0,
+                ..x.clone()
+            },
+            Event {
+                offset: 0,
+                ..y.clone()
+            },
+            "event {}",
+            x.offset
+        );
+    }
+    // The same as rows: five values of the sizes sent, each at its first chunk's offset.
+    let out = copy_ok(
+        work.path(),
+        &[
+            &format!("kafka://{broker}/{target}?valueFormat=string&metadata=_offset"),
+            "rows.jsonl",
+        ],
+    );
+    assert!(out.contains("5 rows"), "{out}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(work.path().join("rows.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let offsets: Vec<i64> = rows
+        .iter()
+        .map(|r| r["_offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, [0, 1, 7, 8, 59]);
+    for (row, e) in rows.iter().zip(&events) {
+        assert_eq!(
+            row["value"].as_str().unwrap().as_bytes(),
+            e.value.as_deref().unwrap()
+        );
+    }
+}

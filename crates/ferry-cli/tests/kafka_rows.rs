@@ -605,3 +605,45 @@ fn avro_rows_round_trip_through_the_schema_registry_and_compatible_versions_read
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("schema registry http://127.0.0.1:1"), "{err}");
 }
+
+#[test]
+fn a_row_larger_than_the_topic_allows_goes_in_chunks_and_reads_back_whole() {
+    let Some(broker) = broker() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 1);
+    let blob: String = (0..5 << 20)
+        .map(|i| (b'a' + (i / 999 % 26) as u8) as char)
+        .collect();
+    let lines = [
+        json!({"id": 1, "blob": "small"}),
+        json!({"id": 2, "blob": blob}),
+        json!({"id": 3, "blob": "small again"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(work.path().join("rows.jsonl"), text).unwrap();
+    run_ok(
+        work.path(),
+        &[
+            "rows.jsonl",
+            &format!("kafka://{broker}/{topic}?keyColumns=id"),
+        ],
+    );
+    let events = read_events(&broker, &topic);
+    assert_eq!(events.len(), 2 + 6, "the 5 MiB row in 6 chunks");
+    assert!(events
+        .iter()
+        .all(|(_, _, v)| v.as_ref().map_or(0, Vec::len) <= 1 << 20));
+
+    run_ok(
+        work.path(),
+        &[&format!("kafka://{broker}/{topic}"), "back.jsonl"],
+    );
+    let back: Vec<Value> = std::fs::read_to_string(work.path().join("back.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(back, lines);
+}

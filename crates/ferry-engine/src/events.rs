@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_connectors::kafka::chunks::{self, Assembled, Assembler};
 use ferry_connectors::kafka::container::{self, Event, EventReader, EventWriter};
 use ferry_connectors::kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use ferry_connectors::kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -309,6 +310,9 @@ impl Export {
             .map_err(|e| kafka::error(topic, None, e))?;
         let mut open: BTreeSet<i32> = wave.iter().map(|(p, _)| *p).collect();
         let mut segments: BTreeMap<i32, Segment> = BTreeMap::new();
+        // Events sent in chunks are exported whole; a message still incomplete at the
+        // end is left for the next run, which starts at its first chunk.
+        let mut assembler = Assembler::default();
         let mut files = Vec::new();
         while !open.is_empty() {
             let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
@@ -318,6 +322,7 @@ impl Export {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(p)) => {
                     if open.remove(&p) {
+                        assembler.drop_partial(p);
                         self.finish(consumer, &mut segments, p, &mut files)?;
                     }
                     continue;
@@ -338,17 +343,50 @@ impl Export {
                 self.finish(consumer, &mut segments, p, &mut files)?;
                 continue;
             }
-            let event = kafka::event_of(&message);
+            let offset = message.offset();
+            let record = kafka::event_of(&message);
             drop(message);
-            self.append(&mut segments, p, &event)?;
-            let full = segments
-                .get(&p)
-                .is_some_and(|s| s.weight >= self.object_size);
-            if event.offset + 1 >= end {
-                open.remove(&p);
-                self.finish(consumer, &mut segments, p, &mut files)?;
-            } else if full {
-                self.finish(consumer, &mut segments, p, &mut files)?;
+            let at_end = offset + 1 >= end;
+            let assembled = assembler.push(p, record).map_err(|why| {
+                Error::data(
+                    format!("{} partition {p} offset {offset}", topic.topic_shown()),
+                    why,
+                )
+            })?;
+            match assembled {
+                Assembled::Event(event) => {
+                    self.append(&mut segments, p, &event, offset)?;
+                    let full = segments
+                        .get(&p)
+                        .is_some_and(|s| s.weight >= self.object_size);
+                    if at_end {
+                        open.remove(&p);
+                        self.finish(consumer, &mut segments, p, &mut files)?;
+                    } else if full {
+                        self.finish(consumer, &mut segments, p, &mut files)?;
+                    }
+                }
+                Assembled::Partial | Assembled::Orphan => {
+                    if matches!(assembled, Assembled::Orphan) {
+                        tracing::warn!(
+                            partition = p,
+                            offset,
+                            "a chunk whose message starts before the offsets read: left out"
+                        );
+                    }
+                    if at_end {
+                        if let Some(first) = assembler.incomplete(p) {
+                            tracing::info!(
+                                partition = p,
+                                from = first,
+                                "a message still incomplete at the end is left for the next run"
+                            );
+                        }
+                        assembler.drop_partial(p);
+                        open.remove(&p);
+                        self.finish(consumer, &mut segments, p, &mut files)?;
+                    }
+                }
             }
         }
         consumer
@@ -357,7 +395,15 @@ impl Export {
         Ok(files)
     }
 
-    fn append(&self, segments: &mut BTreeMap<i32, Segment>, p: i32, event: &Event) -> Result<()> {
+    /// Writes `event` into partition `p`'s open object (opening one); `through` is the
+    /// last offset it took (its last chunk's, when it came in chunks).
+    fn append(
+        &self,
+        segments: &mut BTreeMap<i32, Segment>,
+        p: i32,
+        event: &Event,
+        through: i64,
+    ) -> Result<()> {
         if let std::collections::btree_map::Entry::Vacant(slot) = segments.entry(p) {
             let key = container::object_name(p, event.offset);
             let upload = UploadWriter::new(
@@ -391,7 +437,7 @@ impl Export {
             .writer
             .write(event)
             .map_err(|e| segment.upload.error_or(self.io(&segment.key, e)))?;
-        segment.last = event.offset;
+        segment.last = through;
         segment.weight += event.weight();
         self.progress.advanced(event.weight());
         self.progress.events_done(1);
@@ -562,6 +608,7 @@ async fn import(
         ));
     }
     let consumer = kafka::consumer(topic, 1024)?;
+    let max_message = kafka::max_message_bytes(topic).await?;
 
     let mut files = Vec::new();
     let mut by_partition: BTreeMap<i32, Vec<Input>> = BTreeMap::new();
@@ -622,6 +669,7 @@ async fn import(
                         &key,
                         &data,
                         already as u64,
+                        max_message,
                         &*progress,
                     )
                 })
@@ -694,6 +742,7 @@ async fn wait_for_topic(
 
 /// Produces the events of one object after its first `skip` to partition `p`, waits for
 /// every delivery, and returns the events sent and the target's next offset.
+#[allow(clippy::too_many_arguments)]
 fn send_object(
     producer: &ferry_connectors::kafka::rdkafka::producer::BaseProducer<Delivered>,
     topic: &KafkaAddress,
@@ -701,52 +750,63 @@ fn send_object(
     key: &str,
     data: &[u8],
     skip: u64,
+    max_message: usize,
     progress: &dyn Progress,
 ) -> Result<(u64, Option<i64>)> {
     let corrupt =
         |e: std::io::Error| Error::data(key, format!("not a readable events object: {e}"));
     let mut reader = EventReader::new(data).map_err(corrupt)?;
+    // Records, not events, are counted: an event too large for the topic is several.
     let (mut seen, mut sent) = (0u64, 0u64);
-    while let Some(event) = reader.next_event().map_err(corrupt)? {
-        seen += 1;
+    while let Some(whole) = reader.next_event().map_err(corrupt)? {
         progress.events_done(1);
-        if seen <= skip {
-            continue;
-        }
-        let headers = kafka::headers_of(&event);
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic.topic).partition(p);
-        if let Some(k) = &event.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &event.value {
-            record = record.payload(v.as_slice());
-        }
-        if event.timestamp_type != 0 {
-            record = record.timestamp(event.timestamp);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => {
-                    return Err(kafka::error(topic, Some(p), e));
+        let split;
+        let records = if chunks::too_large(&whole, max_message) {
+            split = chunks::split(&whole, max_message, &format!("{p}:{}", whole.offset));
+            split.as_slice()
+        } else {
+            std::slice::from_ref(&whole)
+        };
+        for event in records {
+            seen += 1;
+            if seen <= skip {
+                continue;
+            }
+            let headers = kafka::headers_of(event);
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic.topic).partition(p);
+            if let Some(k) = &event.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &event.value {
+                record = record.payload(v.as_slice());
+            }
+            if event.timestamp_type != 0 {
+                record = record.timestamp(event.timestamp);
+            }
+            if let Some(h) = headers {
+                record = record.headers(h);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka::error(topic, Some(p), e));
+                    }
                 }
             }
+            sent += 1;
+            crate::failpoint::event_sent(|| {
+                let _ = producer.flush(Duration::from_secs(30));
+            });
+            if let Some(e) = producer.context().error(topic) {
+                return Err(e);
+            }
         }
-        sent += 1;
-        progress.advanced(event.weight());
-        crate::failpoint::event_sent(|| {
-            let _ = producer.flush(Duration::from_secs(30));
-        });
-        if let Some(e) = producer.context().error(topic) {
-            return Err(e);
-        }
+        progress.advanced(whole.weight());
     }
     producer
         .flush(Duration::from_secs(120))

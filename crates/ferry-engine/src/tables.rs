@@ -159,6 +159,8 @@ struct TopicPlan {
     label: String,
     /// Events and bytes (keys and values) read so far.
     read: Arc<(AtomicU64, AtomicU64)>,
+    /// Where readers stopped short of their ranges' ends.
+    stopped: Arc<std::sync::Mutex<std::collections::BTreeMap<i32, i64>>>,
 }
 
 /// Runs a transfer from or to a table.
@@ -177,12 +179,16 @@ pub(crate) async fn transfer(
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let parallel = opts.transfers.min(cores).max(1);
     let mut plan = plan(src, dst, rec, opts, parallel, progress.clone()).await?;
-    if let Some(run) = plan.topic.as_mut().and_then(|t| t.run.take()) {
+    if let Some((run, stopped)) = plan
+        .topic
+        .as_mut()
+        .and_then(|t| Some((t.run.take()?, t.stopped.clone())))
+    {
         let state = opts.state_store()?;
         if run.is_empty() {
             // Nothing arrived since the last run: the destination is left as it is.
             if !opts.dry_run {
-                run.finished(&state)?;
+                run.finished(&state, &Default::default())?;
             }
             let dest_format = match dst {
                 DataAddress::Table(_) => "table".to_string(),
@@ -208,7 +214,8 @@ pub(crate) async fn transfer(
         let report =
             transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await?;
         if report.status == crate::report::Status::Succeeded && !opts.dry_run {
-            run.finished(&state)?;
+            let stopped = stopped.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            run.finished(&state, &stopped)?;
         }
         return Ok(report);
     }
@@ -358,6 +365,7 @@ async fn plan_topic(
     let label = format!("kafka ({})", address.value_format.name());
     let input_schema = scan.schema();
     let output_schema = Chain::bind(&rec.transforms, input_schema.clone())?.output_schema();
+    let stopped = scan.stopped();
     Ok(Plan {
         share: partition::units(None, scan.partitions().len()),
         origin: Origin::Table {
@@ -373,6 +381,7 @@ async fn plan_topic(
             names,
             label,
             read,
+            stopped,
         }),
     })
 }

@@ -161,8 +161,9 @@ pub(crate) fn plan(
 }
 
 impl TopicRun {
-    /// Records that the run finished: the next starts where this one ended.
-    pub(crate) fn finished(&self, state: &StateStore) -> Result<()> {
+    /// Records that the run finished: the next starts where this one ended, or, in a
+    /// partition where it `stopped` short (a message in chunks still incomplete), there.
+    pub(crate) fn finished(&self, state: &StateStore, stopped: &BTreeMap<i32, i64>) -> Result<()> {
         if self.incremental {
             let kept = state.files(&self.id)?;
             let mut next: BTreeMap<i32, i64> = kept
@@ -170,7 +171,8 @@ impl TopicRun {
                 .and_then(|c| serde_json::from_str(c.dest_version.as_deref()?).ok())
                 .unwrap_or_default();
             for r in &self.ranges {
-                next.insert(r.partition, r.end.max(r.start));
+                let end = stopped.get(&r.partition).copied().unwrap_or(r.end);
+                next.insert(r.partition, end.max(r.start));
             }
             let text = serde_json::to_string(&next).map_err(|e| Error::Internal(e.to_string()))?;
             state.file_done(&self.id, NEXT, 0, None, None, Some(&text))?;

@@ -6,6 +6,7 @@
 //! The clients are librdkafka's synchronous ones (`BaseConsumer`, `BaseProducer`): ferry
 //! drives them from a thread of its own, which also gives backpressure for free.
 
+pub mod chunks;
 pub mod container;
 pub mod registry;
 pub mod rows;
@@ -343,6 +344,9 @@ pub fn producer(address: &KafkaAddress) -> Result<BaseProducer<Delivered>, Error
         .set("acks", "all")
         // Keyed events go where Kafka's Java clients would send them.
         .set("partitioner", "murmur2_random")
+        // The broker decides how large a message may be (events larger than it allows
+        // go in chunks); librdkafka's own limit (1 MB) must not decide first.
+        .set("message.max.bytes", (256 << 20).to_string())
         .set("linger.ms", "10")
         .set("batch.size", (1024 * 1024).to_string())
         .set("queue.buffering.max.kbytes", (64 * 1024).to_string())
@@ -373,6 +377,34 @@ pub async fn create_topic(address: &KafkaAddress, partitions: i32) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// The largest message the address's topic accepts (its `max.message.bytes`, the broker's
+/// `message.max.bytes` unless the topic sets its own), asked of the broker.
+pub async fn max_message_bytes(address: &KafkaAddress) -> Result<usize, Error> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = client_config(address)?
+        .create()
+        .map_err(|e| error(address, None, e))?;
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(&address.topic)], &options)
+        .await
+        .map_err(|e| error(address, None, e))?;
+    for result in results {
+        let resource = result.map_err(|code| error(address, None, KafkaError::AdminOp(code)))?;
+        if let Some(value) = resource
+            .get("max.message.bytes")
+            .and_then(|entry| entry.value.as_deref())
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            return Ok(value);
+        }
+    }
+    Err(Error::store(
+        address.topic_shown(),
+        "the broker did not say the topic's max.message.bytes",
+    ))
 }
 
 /// librdkafka's error as ferry's, naming the brokers, the topic and the partition.

@@ -12,6 +12,7 @@
 //! partition and offset, the event is skipped (and counted in the log), or it is sent as
 //! it was to the dead-letter topic with a `ferry.error` header.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::chunks::{Assembled, Assembler};
 use super::container::Event;
 use super::registry::Registry;
 use super::{event_of, Delivered};
@@ -61,6 +63,7 @@ pub struct TopicScan {
     schema: SchemaRef,
     registry: Option<Arc<Registry>>,
     on_events: Option<EventsRead>,
+    stopped: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
 }
 
 impl TopicScan {
@@ -125,7 +128,14 @@ impl TopicScan {
             schema: Arc::new(Schema::new(fields)),
             registry,
             on_events: None,
+            stopped: Arc::default(),
         })
+    }
+
+    /// Per partition, where a reader stopped short of its range's end: the first chunk
+    /// of a message still incomplete there, where the next run must start.
+    pub fn stopped(&self) -> Arc<std::sync::Mutex<BTreeMap<i32, i64>>> {
+        self.stopped.clone()
     }
 
     /// Reports the events each partition's reader gets through to `on_events`.
@@ -186,6 +196,7 @@ impl TableScan for TopicScan {
             batch_rows: batch_rows.max(1),
             registry: self.registry.clone(),
             on_events: self.on_events.clone(),
+            stopped: self.stopped.clone(),
             dead_letter: None,
             skipped: 0,
         };
@@ -280,6 +291,7 @@ struct PartitionReader {
     batch_rows: usize,
     registry: Option<Arc<Registry>>,
     on_events: Option<EventsRead>,
+    stopped: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
     dead_letter: Option<(KafkaAddress, BaseProducer<Delivered>)>,
     skipped: u64,
 }
@@ -295,6 +307,8 @@ impl PartitionReader {
     fn run(&mut self, tx: &mpsc::Sender<Result<RecordBatch>>) -> Result<()> {
         let consumer = assigned(&self.address, &[self.range])?;
         let mut pending = Pending::default();
+        let mut assembler = Assembler::default();
+        let p = self.range.partition;
         let mut next = self.range.start;
         let mut reported = next;
         let mut bytes = 0u64;
@@ -327,10 +341,20 @@ impl PartitionReader {
                 break;
             }
             next = message.offset() + 1;
-            let event = event_of(&message);
+            let offset = message.offset();
+            let record = event_of(&message);
             drop(message);
-            let size = event.value.as_ref().map_or(0, Vec::len)
-                + event.key.as_ref().map_or(0, Vec::len);
+            let event = match assembler.push(p, record) {
+                Ok(Assembled::Event(e)) => e,
+                Ok(Assembled::Partial) => continue,
+                Ok(Assembled::Orphan) => {
+                    tracing::warn!(at = %self.at(offset), "a chunk whose message starts before the offsets read: left out");
+                    continue;
+                }
+                Err(why) => return Err(Error::data(self.at(offset), why)),
+            };
+            let size =
+                event.value.as_ref().map_or(0, Vec::len) + event.key.as_ref().map_or(0, Vec::len);
             bytes += size as u64;
             pending.bytes += size + 64;
             pending.events.push(event);
@@ -345,6 +369,13 @@ impl PartitionReader {
         let batch = self.decode(pending)?;
         if batch.num_rows() > 0 {
             let _ = tx.blocking_send(Ok(batch));
+        }
+        if let Some(first) = assembler.incomplete(p) {
+            tracing::info!(at = %self.at(first), "a message still incomplete at the end is left for the next run");
+            self.stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p, first);
         }
         report(self.range.end, &mut reported, &mut bytes);
         if self.skipped > 0 {

@@ -18,6 +18,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tokio::runtime::Handle;
 
+use super::chunks;
+use super::container::Event;
 use super::registry::Registry;
 use super::Delivered;
 
@@ -36,6 +38,11 @@ pub struct TopicWriter {
     encoding: Encoding,
     keys: Vec<usize>,
     schema: SchemaRef,
+    /// The largest message the topic takes; larger rows go in chunks.
+    max_message: usize,
+    /// Names this writer's chunked messages (with a counter).
+    run: String,
+    chunked: u64,
     /// Value bytes sent.
     pub bytes: u64,
 }
@@ -80,6 +87,7 @@ impl TopicWriter {
             }
             handle.block_on(super::create_topic(address, -1))?;
         }
+        let max_message = handle.block_on(super::max_message_bytes(address))?;
         let encoding = match address.value_format {
             ValueFormat::Json => Encoding::Json,
             ValueFormat::Avro => {
@@ -121,6 +129,14 @@ impl TopicWriter {
             encoding,
             keys,
             schema,
+            max_message,
+            run: format!(
+                "{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
+            chunked: 0,
             bytes: 0,
         })
     }
@@ -131,31 +147,54 @@ impl TopicWriter {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let values = self.values(batch)?;
         let keys = self.keys(batch)?;
-        for (row, value) in values.iter().enumerate() {
-            let key = keys.as_ref().and_then(|k| k[row].as_deref());
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.address.topic);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
-            if let Some(v) = value {
-                record = record.payload(v.as_slice());
-                self.bytes += v.len() as u64;
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(20));
-                    }
-                    Err((e, _)) => return Err(super::error(&self.address, None, e)),
+        for (row, value) in values.into_iter().enumerate() {
+            let key = keys.as_ref().and_then(|k| k[row].clone());
+            self.bytes += value.as_ref().map_or(0, Vec::len) as u64;
+            let event = Event {
+                offset: 0,
+                timestamp: -1,
+                timestamp_type: 0,
+                key,
+                value,
+                headers: Vec::new(),
+            };
+            if chunks::too_large(&event, self.max_message) {
+                self.chunked += 1;
+                let id = format!("{}-{}", self.run, self.chunked);
+                for chunk in chunks::split(&event, self.max_message, &id) {
+                    self.send(&chunk)?;
                 }
+            } else {
+                self.send(&event)?;
             }
         }
         self.producer.poll(Duration::ZERO);
         match self.producer.context().error(&self.address) {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    fn send(&self, event: &Event) -> Result<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.address.topic);
+        if let Some(k) = &event.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &event.value {
+            record = record.payload(v.as_slice());
+        }
+        if let Some(h) = super::headers_of(event) {
+            record = record.headers(h);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(super::error(&self.address, None, e)),
+            }
         }
     }
 

@@ -647,3 +647,75 @@ fn a_row_larger_than_the_topic_allows_goes_in_chunks_and_reads_back_whole() {
         .collect();
     assert_eq!(back, lines);
 }
+
+#[test]
+fn a_snapshot_keeps_each_keys_last_value_and_drops_keys_whose_last_event_is_a_tombstone() {
+    let Some(broker) = broker() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 2);
+    // 50 keys each updated 20 times; every 7th key ends with a tombstone; 5 events without
+    // a key.
+    let mut events: Vec<Sent> = Vec::new();
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..20u64 {
+        for k in 0..50u64 {
+            let key = format!("k{k}");
+            let version = round * 100 + k;
+            let p = (k % 2) as i32;
+            if round == 19 && k % 7 == 0 {
+                events.push((p, Some(key.clone()), None));
+                expected.remove(&key);
+            } else {
+                let value = json!({"key": key, "version": version})
+                    .to_string()
+                    .into_bytes();
+                events.push((p, Some(key.clone()), Some(value)));
+                expected.insert(key, version);
+            }
+        }
+    }
+    for i in 0..5u64 {
+        let value = json!({"key": null, "version": 9000 + i})
+            .to_string()
+            .into_bytes();
+        events.push(((i % 2) as i32, None, Some(value)));
+    }
+    send(&broker, &topic, &events);
+
+    let src = format!("kafka://{broker}/{topic}?createSnapshot=true");
+    let out = run_ok(
+        work.path(),
+        &[&src, "snapshot.jsonl", "--source-option", "batchSize=64"],
+    );
+    let rows: Vec<Value> = std::fs::read_to_string(work.path().join("snapshot.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(out.contains(&format!("{} rows", rows.len())), "{out}");
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unkeyed = Vec::new();
+    for row in &rows {
+        let version = row["version"].as_u64().unwrap();
+        match row["key"].as_str() {
+            Some(k) => assert!(got.insert(k.to_string(), version).is_none(), "{k} twice"),
+            None => unkeyed.push(version),
+        }
+    }
+    assert_eq!(got, expected);
+    unkeyed.sort_unstable();
+    assert_eq!(unkeyed, [9000, 9001, 9002, 9003, 9004]);
+    // The index it spilled to disk is gone.
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ferry-snapshot-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

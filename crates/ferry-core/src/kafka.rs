@@ -24,6 +24,7 @@
 //! | `onError` | a value that does not decode: `fail` (default), `skip`, or `deadLetter` |
 //! | `deadLetter` | with `onError=deadLetter`: the topic (same brokers) that receives such events as they were |
 //! | `keyColumns` | as a destination: the columns whose values make each event's key |
+//! | `createSnapshot` | `true`: only each key's last value; keys whose last event is a tombstone left out |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,6 +106,9 @@ pub struct KafkaAddress {
     pub dead_letter: Option<String>,
     /// As a destination of rows: the columns making each event's key.
     pub key_columns: Vec<String>,
+    /// Read as rows: only each key's last value, keys whose last event is a tombstone
+    /// left out.
+    pub snapshot: bool,
 }
 
 impl KafkaAddress {
@@ -153,6 +157,7 @@ impl KafkaAddress {
             on_error: OnError::Fail,
             dead_letter: None,
             key_columns: Vec::new(),
+            snapshot: false,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -273,6 +278,13 @@ impl KafkaAddress {
                 check_topic(value).map_err(bad)?;
                 self.dead_letter = Some(value.to_string());
             }
+            "createSnapshot" => {
+                self.snapshot = match value {
+                    "true" | "" => true,
+                    "false" => false,
+                    v => return Err(bad(format!("'{v}': expected true or false"))),
+                }
+            }
             "keyColumns" => {
                 self.key_columns = value
                     .split(',')
@@ -283,7 +295,7 @@ impl KafkaAddress {
             }
             other => {
                 return Err(format!(
-                    "unknown Kafka option '{other}' (e.g. partitions, startOffset, endOffset, groupId, securityProtocol, saslMechanism, user, password, caFile, createTopic, valueFormat, schemaRegistry, metadata, onError, deadLetter, keyColumns)"
+                    "unknown Kafka option '{other}' (e.g. partitions, startOffset, endOffset, groupId, securityProtocol, saslMechanism, user, password, caFile, createTopic, valueFormat, schemaRegistry, metadata, onError, deadLetter, keyColumns, createSnapshot)"
                 ))
             }
         }
@@ -369,6 +381,9 @@ impl KafkaAddress {
         }
         if !self.key_columns.is_empty() {
             out.push(("keyColumns", self.key_columns.join(",")));
+        }
+        if self.snapshot {
+            out.push(("createSnapshot", "true".into()));
         }
         out
     }

@@ -210,6 +210,8 @@ pub struct AddressSpec {
     pub on_error: Option<String>,
     /// `kafka`, with `onError: deadLetter`: the topic receiving events that do not decode.
     pub dead_letter: Option<String>,
+    /// `kafka`, read as rows: only each key's last value (tombstones delete).
+    pub create_snapshot: Option<bool>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
     #[serde(default)]
@@ -497,6 +499,9 @@ impl AddressSpec {
             if let Some(v) = value {
                 out.push((name, v.clone()));
             }
+        }
+        if let Some(snapshot) = self.create_snapshot {
+            out.push(("createSnapshot", snapshot.to_string()));
         }
         match &self.metadata {
             Some(MetadataSpec::All(all)) => out.push(("metadata", all.to_string())),

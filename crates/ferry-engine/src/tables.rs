@@ -331,7 +331,8 @@ async fn plan_topic(
         ));
     }
     let names_file = !dst.names_a_directory() && Format::from_name(&dst.path_text()).is_some();
-    let incremental = crate::topics::incremental(dst, names_file);
+    // A snapshot is of the whole topic from startOffset, every time.
+    let incremental = crate::topics::incremental(dst, names_file) && !address.snapshot;
     let declared = match &rec.source_options.schema {
         Some(columns) => Some(ferry_formats::declared_schema(columns)?),
         None => None,

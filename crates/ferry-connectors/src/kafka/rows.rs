@@ -176,13 +176,18 @@ impl TableScan for TopicScan {
     fn query(&self, index: usize) -> String {
         let r = self.ranges[index];
         format!(
-            "{} partition {} offsets {}..{} as {} with {}",
+            "{} partition {} offsets {}..{} as {} with {}{}",
             self.address.topic_shown(),
             r.partition,
             r.start,
             r.end,
             self.address.value_format.name(),
-            self.address.metadata.join(",")
+            self.address.metadata.join(","),
+            if self.address.snapshot {
+                " (snapshot)"
+            } else {
+                ""
+            }
         )
     }
 
@@ -305,12 +310,17 @@ struct Pending {
 
 impl PartitionReader {
     fn run(&mut self, tx: &mpsc::Sender<Result<RecordBatch>>) -> Result<()> {
-        let consumer = assigned(&self.address, &[self.range])?;
+        let p = self.range.partition;
+        let stop = || tx.is_closed();
+        // A snapshot reads the range twice: once to learn each key's last offset (kept
+        // on disk), then for the rows, keeping only those.
+        let latest = match self.address.snapshot {
+            true => Some(Latest::index(&self.address, self.range, &stop)?),
+            false => None,
+        };
         let mut pending = Pending::default();
         let mut assembler = Assembler::default();
-        let p = self.range.partition;
-        let mut next = self.range.start;
-        let mut reported = next;
+        let mut reported = self.range.start;
         let mut bytes = 0u64;
         let on_events = self.on_events.clone();
         let report = |upto: i64, reported: &mut i64, bytes: &mut u64| {
@@ -320,51 +330,29 @@ impl PartitionReader {
             *reported = upto;
             *bytes = 0;
         };
-        while next < self.range.end {
-            let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
-                if tx.is_closed() {
-                    return Ok(());
-                }
-                continue;
-            };
-            let message = match polled {
-                Ok(m) => m,
-                // The high watermark moved below the planned end (events deleted).
-                Err(KafkaError::PartitionEOF(_)) => break,
-                Err(e) if super::leader_moving(&e) || transient(&e) => {
-                    tracing::warn!(error = %e, "Kafka: retrying");
-                    continue;
-                }
-                Err(e) => return Err(super::error(&self.address, Some(self.range.partition), e)),
-            };
-            if message.offset() >= self.range.end {
-                break;
-            }
-            next = message.offset() + 1;
-            let offset = message.offset();
-            let record = event_of(&message);
-            drop(message);
-            let event = match assembler.push(p, record) {
-                Ok(Assembled::Event(e)) => e,
-                Ok(Assembled::Partial) => continue,
-                Ok(Assembled::Orphan) => {
-                    tracing::warn!(at = %self.at(offset), "a chunk whose message starts before the offsets read: left out");
-                    continue;
-                }
-                Err(why) => return Err(Error::data(self.at(offset), why)),
-            };
+        let (address, range) = (self.address.clone(), self.range);
+        let completed = each_event(&address, range, &mut assembler, &stop, |event, next| {
             let size =
                 event.value.as_ref().map_or(0, Vec::len) + event.key.as_ref().map_or(0, Vec::len);
             bytes += size as u64;
+            if let Some(latest) = &latest {
+                if !latest.keeps(&event)? {
+                    return Ok(true);
+                }
+            }
             pending.bytes += size + 64;
             pending.events.push(event);
             if pending.events.len() >= self.batch_rows || pending.bytes >= BATCH_BYTES {
                 let batch = self.decode(std::mem::take(&mut pending))?;
                 if batch.num_rows() > 0 && tx.blocking_send(Ok(batch)).is_err() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 report(next, &mut reported, &mut bytes);
             }
+            Ok(true)
+        })?;
+        if !completed {
+            return Ok(());
         }
         let batch = self.decode(pending)?;
         if batch.num_rows() > 0 {
@@ -530,6 +518,133 @@ impl PartitionReader {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Reads `range` from its start, putting chunked messages together, and gives each
+/// whole event and the offset after it to `each` until `each` says stop (`false`) or the
+/// range ends. Returns whether the range was read to its end.
+fn each_event(
+    address: &KafkaAddress,
+    range: Range,
+    assembler: &mut Assembler,
+    stop: &dyn Fn() -> bool,
+    mut each: impl FnMut(Event, i64) -> Result<bool>,
+) -> Result<bool> {
+    let consumer = assigned(address, &[range])?;
+    let p = range.partition;
+    let at = |offset: i64| format!("{} partition {p} offset {offset}", address.topic_shown());
+    let mut next = range.start;
+    while next < range.end {
+        let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
+            if stop() {
+                return Ok(false);
+            }
+            continue;
+        };
+        let message = match polled {
+            Ok(m) => m,
+            // The high watermark moved below the planned end (events deleted).
+            Err(KafkaError::PartitionEOF(_)) => break,
+            Err(e) if super::leader_moving(&e) || transient(&e) => {
+                tracing::warn!(error = %e, "Kafka: retrying");
+                continue;
+            }
+            Err(e) => return Err(super::error(address, Some(p), e)),
+        };
+        if message.offset() >= range.end {
+            break;
+        }
+        let offset = message.offset();
+        next = offset + 1;
+        let record = event_of(&message);
+        drop(message);
+        let event = match assembler.push(p, record) {
+            Ok(Assembled::Event(e)) => e,
+            Ok(Assembled::Partial) => continue,
+            Ok(Assembled::Orphan) => {
+                tracing::warn!(at = %at(offset), "a chunk whose message starts before the offsets read: left out");
+                continue;
+            }
+            Err(why) => return Err(Error::data(at(offset), why)),
+        };
+        if !each(event, next)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Each key's last offset in one partition's range, and whether that last event is a
+/// tombstone, kept in a SQLite file that is removed afterwards: memory stays bounded by
+/// SQLite's page cache whatever the number of keys.
+struct Latest {
+    db: rusqlite::Connection,
+    path: std::path::PathBuf,
+}
+
+impl Latest {
+    fn index(address: &KafkaAddress, range: Range, stop: &dyn Fn() -> bool) -> Result<Latest> {
+        let path = std::env::temp_dir().join(format!(
+            "ferry-snapshot-{}-{}-{}.sqlite",
+            std::process::id(),
+            range.partition,
+            range.start
+        ));
+        let _ = std::fs::remove_file(&path);
+        let spill = |e: rusqlite::Error| Error::Internal(format!("the snapshot's key index: {e}"));
+        let db = rusqlite::Connection::open(&path).map_err(spill)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -16384;
+             CREATE TABLE latest (key BLOB PRIMARY KEY, at INTEGER NOT NULL, tombstone INTEGER NOT NULL) WITHOUT ROWID;
+             BEGIN;",
+        )
+        .map_err(spill)?;
+        let latest = Latest { db, path };
+        {
+            let mut upsert = latest
+                .db
+                .prepare(
+                    "INSERT INTO latest VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET at = excluded.at, tombstone = excluded.tombstone",
+                )
+                .map_err(spill)?;
+            let mut assembler = Assembler::default();
+            each_event(address, range, &mut assembler, stop, |event, _| {
+                if let Some(key) = &event.key {
+                    upsert
+                        .execute(rusqlite::params![key, event.offset, event.value.is_none()])
+                        .map_err(spill)?;
+                }
+                Ok(true)
+            })?;
+        }
+        latest.db.execute_batch("COMMIT").map_err(spill)?;
+        Ok(latest)
+    }
+
+    /// Whether a snapshot keeps `event`: the last of its key, and not a tombstone (events
+    /// without a key are all kept, tombstones never).
+    fn keeps(&self, event: &Event) -> Result<bool> {
+        if event.value.is_none() {
+            return Ok(false);
+        }
+        let Some(key) = &event.key else {
+            return Ok(true);
+        };
+        use rusqlite::OptionalExtension;
+        let last: Option<i64> = self
+            .db
+            .prepare_cached("SELECT at FROM latest WHERE key = ?1")
+            .and_then(|mut q| q.query_row([key], |r| r.get(0)).optional())
+            .map_err(|e| Error::Internal(format!("the snapshot's key index: {e}")))?;
+        Ok(last == Some(event.offset))
+    }
+}
+
+impl Drop for Latest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -427,3 +427,97 @@ fn the_client_drives_every_action() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_transfer_suspended_mid_export_resumes_where_it_stopped() {
+    let Some(broker) = common::kafka::broker() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let topic = common::kafka::new_topic(&broker, 3);
+    let rows: String = (0..3000)
+        .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
+        .collect();
+    std::fs::write(root.join("rows.jsonl"), rows).unwrap();
+    let produced = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "copy",
+            "rows.jsonl",
+            &format!("kafka://{broker}/{topic}?keyColumns=customer"),
+        ])
+        .env("FERRY_STATE_DIR", root.join("state"))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let manifest = write_manifest(
+        root,
+        "topic-backup",
+        &format!("  source: {{type: kafka, brokers: '{broker}', topic: {topic}}}\n  destination: {{type: file, path: backup/}}\n"),
+    );
+    let port = free_port();
+    let server = Served::start(
+        root,
+        &root.join("server"),
+        port,
+        Some("pause-once-after-files:2"),
+    );
+    transfers(root, port, &["apply", "-f", manifest.to_str().unwrap()]);
+    server.wait_line("failpoint reached");
+
+    // Suspended: the run stops where it is and says so.
+    transfers(root, port, &["suspend", "topic-backup"]);
+    let runs = transfers(root, port, &["runs", "topic-backup"]);
+    assert_eq!(runs[0]["phase"], "Suspended", "{runs}");
+    let objects = |dir: &Path| -> usize {
+        std::fs::read_dir(dir)
+            .map(|parts| {
+                parts
+                    .flatten()
+                    .filter(|p| p.path().is_dir())
+                    .map(|p| std::fs::read_dir(p.path()).unwrap().count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(objects(&root.join("backup")), 2);
+
+    // Resumed: the same run goes on from its checkpoint and every event is there once.
+    transfers(root, port, &["resume", "topic-backup"]);
+    wait_for(root, port, "topic-backup", |t| {
+        t["status"]["phase"] == "Succeeded"
+    });
+    let runs = transfers(root, port, &["runs", "topic-backup"]);
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs[0]["attempt"], 2, "{runs}");
+    assert_eq!(objects(&root.join("backup")), 3);
+    let reasons = reasons(root, port, "topic-backup");
+    for reason in ["RunSuspended", "RunResumed", "RunSucceeded"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{reason} in {reasons:?}"
+        );
+    }
+    let restored = format!("{topic}_restored");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "copy",
+            "backup/",
+            &format!("kafka://{broker}/{restored}?createTopic=true"),
+        ])
+        .env("FERRY_STATE_DIR", root.join("state"))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::kafka::read_events(&broker, &restored).len(), 3000);
+}

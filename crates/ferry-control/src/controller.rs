@@ -430,6 +430,11 @@ impl Controller {
         raw["spec"]["suspend"] = Value::Bool(suspend);
         let manifest = validate(raw).map_err(ControlError::Invalid)?;
         let view = self.replace_manifest(&manifest).await?;
+        if suspend {
+            self.suspend_runs(name).await?;
+        } else {
+            self.resume_runs(name).await?;
+        }
         let reason = if suspend { "Suspended" } else { "Resumed" };
         self.inner
             .emit(
@@ -442,6 +447,69 @@ impl Controller {
             )
             .await;
         Ok(view)
+    }
+
+    /// Stops the transfer's runs in progress in this process where they are (readers and
+    /// writers stop; the checkpoint keeps their position) and marks them suspended.
+    async fn suspend_runs(&self, transfer: &str) -> Result<()> {
+        let inner = &self.inner;
+        for run in inner.store.list_runs(transfer).await? {
+            if run.finished() || run.phase == SUSPENDED {
+                continue;
+            }
+            let active = lock(&inner.active).remove(&run.id);
+            let Some(active) = active else {
+                // Not started yet, or another process's: it waits while suspended.
+                if run.phase == "Pending" {
+                    let mut run = run;
+                    run.phase = SUSPENDED.into();
+                    inner.store.put_run(&run).await?;
+                }
+                continue;
+            };
+            active.task.abort();
+            // Read again: the attempt may have ended while it was being stopped.
+            let Some(mut run) = inner.store.get_run(&run.id).await? else {
+                continue;
+            };
+            if run.finished() {
+                continue;
+            }
+            run.phase = SUSPENDED.into();
+            run.stats = with_progress(&run.stats, &active.tracker);
+            inner.store.put_run(&run).await?;
+            inner
+                .store
+                .release_run(&run.id, &inner.config.instance)
+                .await?;
+            inner
+                .emit(
+                    transfer,
+                    Some(&run.id),
+                    "Normal",
+                    "RunSuspended",
+                    format!(
+                        "run {} suspended with its transfer; it resumes from its checkpoint",
+                        run.id
+                    ),
+                    json!({"reason": "transfer suspended"}),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Lets the transfer's suspended runs go on from their checkpoints.
+    async fn resume_runs(&self, transfer: &str) -> Result<()> {
+        let inner = &self.inner;
+        for mut run in inner.store.list_runs(transfer).await? {
+            if run.phase == SUSPENDED {
+                run.phase = "Pending".into();
+                inner.store.put_run(&run).await?;
+            }
+        }
+        inner.wake.notify_one();
+        Ok(())
     }
 
     /// Starts a run now, whatever the schedule says (suspended transfers included: an

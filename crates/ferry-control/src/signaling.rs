@@ -240,14 +240,14 @@ fn address(value: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<V
     let Some(declared) = declared.as_ref().and_then(Value::as_str) else {
         errors.push(FieldError::new(
             format!("{field}.type"),
-            "required: the store type (file, s3, azure, http, postgres, mysql, sqlite)",
+            "required: the store type (file, s3, azure, http, postgres, mysql, sqlite, kafka)",
         ));
         return None;
     };
     let Some(kind) = store_type(declared) else {
         errors.push(FieldError::new(
             format!("{field}.type"),
-            format!("unknown store type '{declared}'; use file, s3, azure, http, postgres, mysql or sqlite"),
+            format!("unknown store type '{declared}'; use file, s3, azure, http, postgres, mysql, sqlite or kafka"),
         ));
         return None;
     };
@@ -259,6 +259,8 @@ fn address(value: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<V
         ("accountName", "account"),
         ("blobName", "path"),
         ("baseUrl", "url"),
+        ("bootstrapServers", "brokers"),
+        ("topicName", "topic"),
     ] {
         if let Some(v) = props.remove(alias) {
             props.entry(name.to_string()).or_insert(v);
@@ -270,6 +272,7 @@ fn address(value: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<V
         let target = match kind {
             "s3" | "azure" => "endpoint",
             "file" => "path",
+            "kafka" => "brokers",
             _ => "url",
         };
         props.entry(target.to_string()).or_insert(endpoint);

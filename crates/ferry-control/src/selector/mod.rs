@@ -34,7 +34,9 @@ pub use strategy::{
 };
 
 /// Store types as manifests name them (`spec.source.type`).
-pub const STORE_TYPES: [&str; 7] = ["file", "s3", "azure", "http", "postgres", "mysql", "sqlite"];
+pub const STORE_TYPES: [&str; 8] = [
+    "file", "s3", "azure", "http", "postgres", "mysql", "sqlite", "kafka",
+];
 
 /// In an allowed-types list, this entry allows every type (as does an empty list).
 pub const ANY_TYPE: &str = "*";

@@ -468,3 +468,51 @@ fn events_of_5_and_50_mib_go_in_chunks_and_come_back_whole_even_after_a_kill() {
         );
     }
 }
+
+#[test]
+fn sasl_credentials_from_a_secret_reference_work_and_wrong_ones_are_one_line() {
+    let Some(broker) = broker() else { return };
+    let (Ok(sasl), Ok(password)) = (
+        std::env::var("FERRY_TEST_KAFKA_SASL"),
+        std::env::var("FERRY_TEST_KAFKA_SASL_PASSWORD"),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FERRY_TEST_KAFKA_SASL unset"
+        );
+        return;
+    };
+    let topic = new_topic(&broker, 2);
+    produce(&broker, &topic, 2, 300);
+    let original = read_topic(&broker, &topic);
+    let work = tempfile::tempdir().unwrap();
+    let through = |secret: &str, dir: &str| {
+        ferry(&work.path().join("state"), work.path())
+            .args([
+                "copy",
+                &format!("kafka://{sasl}/{topic}?securityProtocol=SASL_PLAINTEXT&saslMechanism=PLAIN&user=ferry&password=env:KAFKA_PASSWORD"),
+                dir,
+            ])
+            .env("KAFKA_PASSWORD", secret)
+            .output()
+            .unwrap()
+    };
+    let out = through(&password, "good/");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    same_events(&original, &read_export(&work.path().join("good")));
+
+    let out = through("not-the-password", "bad/");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&topic) && err.to_lowercase().contains("authentication"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
+    assert!(!work.path().join("bad").exists());
+}

@@ -427,10 +427,16 @@ pub fn error(address: &KafkaAddress, partition: Option<i32>, e: KafkaError) -> E
             | C::ClusterAuthorizationFailed,
         ) => Error::permission_denied(at, describe(&e)),
         Some(C::AllBrokersDown | C::BrokerTransportFailure | C::OperationTimedOut | C::Resolve) => {
+            // librdkafka reports refused SASL credentials as a connection that failed.
+            let refused = match (&address.sasl_mechanism, &address.user) {
+                (Some(m), Some(u)) => format!(", or they refused {m} authentication as '{u}'"),
+                (Some(m), None) => format!(", or they refused {m} authentication"),
+                _ => String::new(),
+            };
             Error::store(
                 at,
                 format!(
-                    "no broker answered at {} ({})",
+                    "no broker answered at {}{refused} ({})",
                     address.bootstrap(),
                     describe(&e)
                 ),

@@ -516,3 +516,67 @@ fn sasl_credentials_from_a_secret_reference_work_and_wrong_ones_are_one_line() {
     assert!(!err.contains("not-the-password"), "{err}");
     assert!(!work.path().join("bad").exists());
 }
+
+#[test]
+fn an_export_goes_on_when_its_broker_is_killed_and_restarted_midway() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut private) = common::kafka::PrivateBroker::start(dir.path()) else {
+        eprintln!("skipping: FERRY_TEST_KAFKA_LIBS unset");
+        return;
+    };
+    let broker = private.address();
+    let topic = new_topic(&broker, 3);
+    // 96 MiB: three times what the export prefetches, so most of it is fetched after the
+    // restart.
+    let a = address(&broker, &topic);
+    let producer = kafka::producer(&a).unwrap();
+    for i in 0..4800usize {
+        let value = vec![(i % 251) as u8; 20 << 10];
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
+            .partition((i % 3) as i32)
+            .payload(&value[..]);
+        while let Err((e, back)) = producer.send(record) {
+            assert!(matches!(e, KafkaError::MessageProduction(_)), "{e}");
+            record = back;
+            producer.poll(Duration::from_millis(20));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    drop(producer);
+    let original = read_topic(&broker, &topic);
+
+    // The export stops after its second object and waits; meanwhile its broker is killed
+    // and started again; then the export goes on through librdkafka's reconnection.
+    let mut child = ferry(&dir.path().join("state"), dir.path())
+        .args([
+            "copy",
+            "--object-size",
+            "64KiB",
+            &format!("kafka://{broker}/{topic}"),
+            "out/",
+        ])
+        .env("FERRY_FAILPOINT", "wait-after-objects:2")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("failpoint reached") {
+        line.clear();
+        assert_ne!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap(),
+            0,
+            "ferry ended before the failpoint"
+        );
+    }
+    private.kill();
+    private.restart();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"go on\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{rest}");
+    same_events(&original, &read_export(&dir.path().join("out")));
+}

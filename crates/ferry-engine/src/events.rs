@@ -492,6 +492,7 @@ impl Export {
         };
         files.push((file, record));
         self.handle.block_on(crate::failpoint::file_recorded());
+        crate::failpoint::object_exported();
         Ok(())
     }
 

@@ -62,6 +62,18 @@ pub fn batch_written() {
 
 static WAITS: AtomicU64 = AtomicU64::new(0);
 
+static OBJECTS: AtomicU64 = AtomicU64::new(0);
+
+/// Called on a Kafka export after an object is recorded (blocking thread): at
+/// `wait-after-objects:N` it announces, then waits for a line on stdin, so a test can
+/// restart the broker and let the export go on.
+pub fn object_exported() {
+    if counts("wait-after-objects", &OBJECTS, |count, n| count == n) {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+}
+
 /// Called after a part is durably recorded in the checkpoint.
 pub async fn part_recorded() {
     hit("pause-after-parts", &PARTS).await;

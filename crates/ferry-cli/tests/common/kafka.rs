@@ -88,3 +88,113 @@ pub fn read_events(broker: &str, topic: &str) -> Vec<ReadEvent> {
     }
     out
 }
+
+/// A Kafka broker of one test's own (one KRaft node on free ports, its data in `dir`),
+/// from the jars `scripts/services` cached (`FERRY_TEST_KAFKA_LIBS`), so a test may kill
+/// and restart it without disturbing others.
+pub struct PrivateBroker {
+    libs: String,
+    props: std::path::PathBuf,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    /// Formats its storage and starts it; `None` outside CI without the jars.
+    pub fn start(dir: &std::path::Path) -> Option<PrivateBroker> {
+        let libs = match std::env::var("FERRY_TEST_KAFKA_LIBS") {
+            Ok(l) => l,
+            Err(_) if std::env::var_os("CI").is_some() => panic!("FERRY_TEST_KAFKA_LIBS unset"),
+            Err(_) => return None,
+        };
+        let (port, controller) = (super::service::free_port(), super::service::free_port());
+        let props = dir.join("server.properties");
+        std::fs::write(
+            &props,
+            format!(
+                "process.roles=broker,controller\nnode.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
+                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+                 log.dirs={}\nnum.partitions=1\nauto.create.topics.enable=false\n\
+                 offsets.topic.replication.factor=1\noffsets.topic.num.partitions=1\n\
+                 transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
+                 group.initial.rebalance.delay.ms=0\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let format = std::process::Command::new("java")
+            .args([
+                "-Xmx256m",
+                "-cp",
+                &format!("{libs}/*"),
+                "kafka.tools.StorageTool",
+            ])
+            .args(["format", "-t", "ferry-private-test-01", "-c"])
+            .arg(&props)
+            .output()
+            .expect("run java");
+        assert!(
+            format.status.success(),
+            "formatting a private broker: {}",
+            String::from_utf8_lossy(&format.stderr)
+        );
+        let mut broker = PrivateBroker {
+            libs,
+            props,
+            port,
+            child: None,
+        };
+        broker.restart();
+        Some(broker)
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) and waits until it answers metadata requests.
+    pub fn restart(&mut self) {
+        let log = std::fs::File::create(self.props.with_file_name("broker.log")).unwrap();
+        let child = std::process::Command::new("java")
+            .args(["-Xms64m", "-Xmx384m", "-XX:TieredStopAtLevel=1", "-cp"])
+            .arg(format!("{}/*", self.libs))
+            .arg("kafka.Kafka")
+            .arg(&self.props)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start a private broker");
+        self.child = Some(child);
+        let consumer = kafka::consumer(&address(&self.address(), "probe"), 1024).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        use ferry_connectors::kafka::rdkafka::consumer::Consumer;
+        while consumer
+            .fetch_metadata(None, std::time::Duration::from_secs(2))
+            .map_or(true, |m| m.brokers().is_empty())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private broker never answered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILLs it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

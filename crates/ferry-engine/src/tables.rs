@@ -443,7 +443,13 @@ impl Plan {
         match &self.origin {
             Origin::Table { scan } => {
                 let scan = scan.clone();
-                let batch_rows = rec.source_options.batch_size.unwrap_or(BATCH_ROWS);
+                // A topic's batches are the formats' size (8,192 rows): each partition
+                // reader holds its batches besides librdkafka's prefetch.
+                let default = match self.topic {
+                    Some(_) => ferry_formats::FormatOptions::DEFAULT_BATCH_SIZE,
+                    None => BATCH_ROWS,
+                };
+                let batch_rows = rec.source_options.batch_size.unwrap_or(default);
                 tokio::spawn(async move {
                     futures::stream::iter(units)
                         .for_each_concurrent(parallel, |i| {

@@ -187,7 +187,7 @@ async fn registering_creates_then_replaces_and_names_invalid_fields() {
             "/v1/dataplanes",
             Some(
                 json!({"id": "dp-b", "url": "http://dp-b", "allowedSourceTypes": ["mongo"],
-                        "allowedDestinationTypes": ["s3", "kafka"]}),
+                        "allowedDestinationTypes": ["s3", "pulsar"]}),
             ),
         )
         .await;

@@ -164,7 +164,7 @@ fn copy_ok(work: &Path, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_topic_round_trips_exactly_through_a_directory_and_s3() {
+fn a_topic_round_trips_exactly_through_a_directory_s3_and_azure() {
     let Some(broker) = broker() else { return };
     let topic = new_topic(&broker, 3);
     produce(&broker, &topic, 3, 900);
@@ -195,19 +195,21 @@ fn a_topic_round_trips_exactly_through_a_directory_and_s3() {
     assert!(out.contains("3 already done"), "{out}");
     same_events(&original, &read_topic(&broker, &restored));
 
-    let Some(prefix) = Remote::S3.unique("kafka") else {
-        return;
-    };
-    copy_ok(work.path(), &[&from, &prefix]);
-    let again = format!("{topic}_from_s3");
-    copy_ok(
-        work.path(),
-        &[
-            &prefix,
-            &format!("kafka://{broker}/{again}?createTopic=true"),
-        ],
-    );
-    same_events(&original, &read_topic(&broker, &again));
+    for (remote, name) in [(Remote::S3, "s3"), (Remote::Azure, "azure")] {
+        let Some(prefix) = remote.unique("kafka") else {
+            continue;
+        };
+        copy_ok(work.path(), &[&from, &prefix]);
+        let again = format!("{topic}_from_{name}");
+        copy_ok(
+            work.path(),
+            &[
+                &prefix,
+                &format!("kafka://{broker}/{again}?createTopic=true"),
+            ],
+        );
+        same_events(&original, &read_topic(&broker, &again));
+    }
 }
 
 #[test]

@@ -368,6 +368,34 @@ fn values_that_do_not_decode_fail_the_run_or_are_skipped_or_dead_lettered() {
         "{letters:?}"
     );
 
+    // Dead letters to a prefix: the two events in one events object, named by partition
+    // and offset, with their headers.
+    let table3 = format!("{table}_dlp");
+    let prefixed = format!("{src}?onError=deadLetter&deadLetter=./dead/");
+    run_ok(
+        work.path(),
+        &[&prefixed, &format!("{}?table={table3}", pg.url("ferry"))],
+    );
+    let object = work
+        .path()
+        .join("dead")
+        .join(ferry_connectors::kafka::container::object_name(1, 10));
+    let data = std::fs::read(&object).unwrap();
+    let mut reader = ferry_connectors::kafka::container::EventReader::new(&data[..]).unwrap();
+    let mut letters = Vec::new();
+    while let Some(e) = reader.next_event().unwrap() {
+        letters.push(e);
+    }
+    assert_eq!(
+        letters
+            .iter()
+            .map(|e| (e.offset, e.value.clone().unwrap()))
+            .collect::<Vec<_>>(),
+        [(10, b"{not json".to_vec()), (11, b"[1, 2]".to_vec())]
+    );
+    assert!(letters[0].headers.iter().any(|(k, _)| k == "ferry.error"));
+    pg.sql("ferry", &format!("DROP TABLE {table3}"));
+
     // Skipping: the same rows load, nothing else is sent anywhere.
     let table2 = format!("{table}_skip");
     let dst2 = format!("{}?table={table2}", pg.url("ferry"));

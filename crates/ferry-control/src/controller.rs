@@ -457,14 +457,22 @@ impl Controller {
             if run.finished() || run.phase == SUSPENDED {
                 continue;
             }
-            let active = lock(&inner.active).remove(&run.id);
-            let Some(active) = active else {
+            let here = lock(&inner.active).contains_key(&run.id);
+            if !here {
                 // Not started yet, or another process's: it waits while suspended.
                 if run.phase == "Pending" {
                     let mut run = run;
                     run.phase = SUSPENDED.into();
                     inner.store.put_run(&run).await?;
                 }
+                continue;
+            }
+            // Suspended first, so that nothing claims the run again once its attempt is
+            // stopped; then stopped.
+            let mut suspended = run.clone();
+            suspended.phase = SUSPENDED.into();
+            inner.store.put_run(&suspended).await?;
+            let Some(active) = lock(&inner.active).remove(&run.id) else {
                 continue;
             };
             active.task.abort();

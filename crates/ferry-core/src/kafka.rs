@@ -22,7 +22,7 @@
 //! | `schemaRegistry` | the registry's URL, e.g. `http://127.0.0.1:8081` (a Confluent-compatible API) |
 //! | `metadata` | `true`, or some of `_key,_partition,_offset,_timestamp,_headers`: columns added to each row |
 //! | `onError` | a value that does not decode: `fail` (default), `skip`, or `deadLetter` |
-//! | `deadLetter` | with `onError=deadLetter`: the topic (same brokers) that receives such events as they were |
+//! | `deadLetter` | with `onError=deadLetter`: the topic (same brokers) that receives such events as they were, or a prefix (`s3://…/dead/`, `./dead/`) of events objects |
 //! | `keyColumns` | as a destination: the columns whose values make each event's key |
 //! | `createSnapshot` | `true`: only each key's last value; keys whose last event is a tombstone left out |
 
@@ -275,7 +275,13 @@ impl KafkaAddress {
                 }
             }
             "deadLetter" => {
-                check_topic(value).map_err(bad)?;
+                if dead_letter_prefix(value) {
+                    crate::DataAddress::parse(value).map_err(|e| bad(e.to_string()))?;
+                } else {
+                    check_topic(value).map_err(|why| {
+                        bad(format!("{why}; or a prefix such as s3://bucket/dead/ or ./dead/"))
+                    })?;
+                }
                 self.dead_letter = Some(value.to_string());
             }
             "createSnapshot" => {
@@ -414,6 +420,11 @@ impl fmt::Debug for KafkaAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KafkaAddress({self})")
     }
+}
+
+/// Whether a `deadLetter` value names a prefix (an address or a path) rather than a topic.
+pub fn dead_letter_prefix(value: &str) -> bool {
+    value.contains("://") || value.contains('/') || value.starts_with('.')
 }
 
 /// Kafka's rule: 1 to 249 characters of ASCII letters, digits, `.`, `_` and `-`.
@@ -572,7 +583,8 @@ mod tests {
             ("metadata=_key,_size", "_size"),
             ("onError=ignore", "onError"),
             ("schemaRegistry=r:8081", "schemaRegistry"),
-            ("deadLetter=bad/topic", "deadLetter"),
+            ("deadLetter=bad%20topic", "deadLetter"),
+            ("deadLetter=ftp://x/dead/", "deadLetter"),
         ] {
             let err = KafkaAddress::parse(&format!("h:1/t?{query}")).unwrap_err();
             assert!(err.contains(named), "{query}: {err}");

@@ -64,6 +64,7 @@ pub struct TopicScan {
     registry: Option<Arc<Registry>>,
     on_events: Option<EventsRead>,
     stopped: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
+    handle: tokio::runtime::Handle,
 }
 
 impl TopicScan {
@@ -129,6 +130,7 @@ impl TopicScan {
             registry,
             on_events: None,
             stopped: Arc::default(),
+            handle: tokio::runtime::Handle::current(),
         })
     }
 
@@ -202,6 +204,7 @@ impl TableScan for TopicScan {
             registry: self.registry.clone(),
             on_events: self.on_events.clone(),
             stopped: self.stopped.clone(),
+            handle: self.handle.clone(),
             dead_letter: None,
             skipped: 0,
         };
@@ -297,7 +300,8 @@ struct PartitionReader {
     registry: Option<Arc<Registry>>,
     on_events: Option<EventsRead>,
     stopped: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
-    dead_letter: Option<(KafkaAddress, BaseProducer<Delivered>)>,
+    handle: tokio::runtime::Handle,
+    dead_letter: Option<DeadLetters>,
     skipped: u64,
 }
 
@@ -460,13 +464,24 @@ impl PartitionReader {
             }
             OnError::DeadLetter => {
                 if self.dead_letter.is_none() {
-                    let mut address = self.address.clone();
-                    address.topic = self.address.dead_letter.clone().unwrap_or_default();
-                    let producer = super::producer(&address)?;
-                    self.dead_letter = Some((address, producer));
+                    self.dead_letter = Some(DeadLetters::open(&self.address, &self.handle)?);
                 }
-                let Some((address, producer)) = &self.dead_letter else {
-                    unreachable!("set above");
+                let source = self.at(event.offset);
+                let (address, producer) = match self.dead_letter.as_mut() {
+                    Some(DeadLetters::Topic(address, producer)) => (&*address, &*producer),
+                    Some(DeadLetters::Prefix { pending, .. }) => {
+                        let mut letter = event.clone();
+                        letter
+                            .headers
+                            .push(("ferry.error".into(), Some(reason.as_bytes().to_vec())));
+                        letter
+                            .headers
+                            .push(("ferry.source".into(), Some(source.as_bytes().to_vec())));
+                        pending.push(letter);
+                        tracing::warn!(at = %source, %reason, "kept as a dead letter");
+                        return Ok(());
+                    }
+                    None => unreachable!("set above"),
                 };
                 let mut headers = OwnedHeaders::new();
                 for (name, value) in &event.headers {
@@ -475,7 +490,6 @@ impl PartitionReader {
                         value: value.as_deref(),
                     });
                 }
-                let source = self.at(event.offset);
                 headers = headers
                     .insert(Header {
                         key: "ferry.error",
@@ -506,18 +520,75 @@ impl PartitionReader {
         }
     }
 
-    /// Waits until every dead letter sent so far is delivered.
-    fn flush_dead_letters(&self) -> Result<()> {
-        let Some((address, producer)) = &self.dead_letter else {
-            return Ok(());
-        };
-        producer
-            .flush(Duration::from_secs(120))
-            .map_err(|e| super::error(address, None, e))?;
-        match producer.context().error(address) {
-            Some(e) => Err(e),
+    /// Waits until every dead letter so far is delivered, or written in one object named
+    /// by the partition and the first one's offset (the same on a re-run).
+    fn flush_dead_letters(&mut self) -> Result<()> {
+        match self.dead_letter.as_mut() {
             None => Ok(()),
+            Some(DeadLetters::Topic(address, producer)) => {
+                producer
+                    .flush(Duration::from_secs(120))
+                    .map_err(|e| super::error(address, None, e))?;
+                match producer.context().error(address) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            }
+            Some(DeadLetters::Prefix { sink, pending }) => {
+                let Some(first) = pending.first().map(|e| e.offset) else {
+                    return Ok(());
+                };
+                let key = super::container::object_name(self.range.partition, first);
+                let mut writer = super::container::EventWriter::new(Vec::new())
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                for letter in pending.drain(..) {
+                    writer
+                        .write(&letter)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                }
+                let data = writer
+                    .finish()
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                self.handle
+                    .block_on(sink.put(&key, bytes::Bytes::from(data)))?;
+                Ok(())
+            }
         }
+    }
+}
+
+/// Where events whose value does not decode go with `onError=deadLetter`.
+enum DeadLetters {
+    /// A topic on the same brokers, through an idempotent producer.
+    Topic(KafkaAddress, BaseProducer<Delivered>),
+    /// A prefix of events objects (`ferry-events/1`, as an export writes them), one per
+    /// batch that had dead letters.
+    Prefix {
+        sink: Arc<dyn ferry_core::Sink>,
+        pending: Vec<Event>,
+    },
+}
+
+impl DeadLetters {
+    fn open(address: &KafkaAddress, handle: &tokio::runtime::Handle) -> Result<DeadLetters> {
+        let target = address.dead_letter.clone().unwrap_or_default();
+        if ferry_core::kafka::dead_letter_prefix(&target) {
+            let mut at = ferry_core::DataAddress::parse(&target)?;
+            if let ferry_core::DataAddress::Local { path } = &at {
+                // A prefix is a directory, whether or not it ends with '/'.
+                std::fs::create_dir_all(path).map_err(|e| Error::store(&target, e.to_string()))?;
+                at = ferry_core::DataAddress::parse(&format!("{}/", target.trim_end_matches('/')))?;
+            }
+            let _guard = handle.enter();
+            return Ok(DeadLetters::Prefix {
+                sink: crate::open_sink(&at)?,
+                pending: Vec::new(),
+            });
+        }
+        let mut topic = address.clone();
+        topic.topic = target;
+        let producer = super::producer(&topic)?;
+        Ok(DeadLetters::Topic(topic, producer))
     }
 }
 

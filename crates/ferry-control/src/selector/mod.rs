@@ -464,7 +464,7 @@ mod tests {
     fn validation_names_the_fields() {
         let mut dp = DataPlaneInstance::new("DP_A", "ftp://dp-a");
         dp.allowed_source_types = vec!["s3".into(), "mongo".into()];
-        dp.allowed_destination_types = vec!["kafka".into()];
+        dp.allowed_destination_types = vec!["pulsar".into()];
         dp.load = Some(Load {
             active_runs: 1,
             bytes_per_second: f64::NAN,

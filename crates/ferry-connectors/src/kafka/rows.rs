@@ -468,7 +468,7 @@ impl PartitionReader {
                 }
                 let source = self.at(event.offset);
                 let (address, producer) = match self.dead_letter.as_mut() {
-                    Some(DeadLetters::Topic(address, producer)) => (&*address, &*producer),
+                    Some(DeadLetters::Topic(topic)) => (&topic.0, &topic.1),
                     Some(DeadLetters::Prefix { pending, .. }) => {
                         let mut letter = event.clone();
                         letter
@@ -525,7 +525,8 @@ impl PartitionReader {
     fn flush_dead_letters(&mut self) -> Result<()> {
         match self.dead_letter.as_mut() {
             None => Ok(()),
-            Some(DeadLetters::Topic(address, producer)) => {
+            Some(DeadLetters::Topic(topic)) => {
+                let (address, producer) = (&topic.0, &topic.1);
                 producer
                     .flush(Duration::from_secs(120))
                     .map_err(|e| super::error(address, None, e))?;
@@ -560,7 +561,7 @@ impl PartitionReader {
 /// Where events whose value does not decode go with `onError=deadLetter`.
 enum DeadLetters {
     /// A topic on the same brokers, through an idempotent producer.
-    Topic(KafkaAddress, BaseProducer<Delivered>),
+    Topic(Box<(KafkaAddress, BaseProducer<Delivered>)>),
     /// A prefix of events objects (`ferry-events/1`, as an export writes them), one per
     /// batch that had dead letters.
     Prefix {
@@ -588,7 +589,7 @@ impl DeadLetters {
         let mut topic = address.clone();
         topic.topic = target;
         let producer = super::producer(&topic)?;
-        Ok(DeadLetters::Topic(topic, producer))
+        Ok(DeadLetters::Topic(Box::new((topic, producer))))
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::kafka::{address, broker, new_topic};
-use common::{ferry, start_and_kill};
+use common::{copy_in as copy, copy_in_ok as copy_ok, ferry, start_and_kill};
 use ferry_connectors::kafka::container::{Event, EventReader};
 use ferry_connectors::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use ferry_connectors::kafka::rdkafka::error::KafkaError;
@@ -141,25 +141,6 @@ fn read_export(dir: &Path) -> BTreeMap<i32, Vec<Event>> {
             }
         }
     }
-    out
-}
-
-fn copy(work: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = ferry(&work.join("state"), work)
-        .arg("copy")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn copy_ok(work: &Path, args: &[&str]) -> String {
-    let (code, out, err) = copy(work, args);
-    assert_eq!(code, 0, "{err}");
     out
 }
 

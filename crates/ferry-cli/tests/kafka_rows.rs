@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::kafka::{address, broker, new_topic, read_events, schema_registry};
-use common::{ferry, start_and_kill};
+use common::{copy_in as run, copy_in_ok as run_ok, ferry, start_and_kill};
 use ferry_connectors::kafka::rdkafka::consumer::Consumer;
 use ferry_connectors::kafka::rdkafka::error::KafkaError;
 use ferry_connectors::kafka::rdkafka::message::{Headers, Message};
@@ -64,25 +64,6 @@ fn orders(from: u64, to: u64, partitions: i32) -> Vec<Sent> {
 /// The ids `orders(from, to, _)` gives rows for.
 fn order_ids(from: u64, to: u64) -> BTreeSet<u64> {
     (from..to).filter(|i| i % 25 != 24).collect()
-}
-
-fn run(work: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = ferry(&work.join("state"), work)
-        .arg("copy")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn run_ok(work: &Path, args: &[&str]) -> String {
-    let (code, out, err) = run(work, args);
-    assert_eq!(code, 0, "{out}{err}");
-    out
 }
 
 /// The rows of the Parquet files under `dir`, read back by ferry into JSON lines.

@@ -435,26 +435,7 @@ fn a_transfer_suspended_mid_export_resumes_where_it_stopped() {
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let topic = common::kafka::new_topic(&broker, 3);
-    let rows: String = (0..3000)
-        .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
-        .collect();
-    std::fs::write(root.join("rows.jsonl"), rows).unwrap();
-    let produced = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "copy",
-            "rows.jsonl",
-            &format!("kafka://{broker}/{topic}?keyColumns=customer"),
-        ])
-        .env("FERRY_STATE_DIR", root.join("state"))
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    let topic = common::kafka::topic_of_rows(root, &broker, 3000);
     let manifest = write_manifest(
         root,
         "topic-backup",

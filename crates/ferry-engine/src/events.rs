@@ -249,24 +249,12 @@ impl Export {
         }
         let ends: BTreeMap<i32, i64> = marks
             .iter()
-            .map(|(p, (_, high))| {
-                let end = topic.end.as_ref().and_then(|e| e.get(p)).copied();
-                (*p, end.map_or(*high, |e| e.min(*high)))
-            })
+            .map(|(p, (_, high))| (*p, kafka::end_offset(topic, *p, *high)))
             .collect();
         let mut todo = Vec::new();
         for p in &partitions {
             let (low, _) = marks[p];
-            let start = starts[p];
-            if start < low {
-                tracing::warn!(
-                    partition = p,
-                    from = start,
-                    kept_from = low,
-                    "events before the low watermark are gone (retention)"
-                );
-            }
-            let start = start.max(low);
+            let start = kafka::kept_start(*p, starts[p], low);
             if start < ends[p] {
                 todo.push((*p, start));
             }
@@ -801,7 +789,8 @@ fn send_object(
             }
             sent += 1;
             crate::failpoint::event_sent(|| {
-                let _ = producer.flush(Duration::from_secs(30));
+                // The point of the failpoint is that these events did land.
+                while producer.flush(Duration::from_secs(30)).is_err() {}
             });
             if let Some(e) = producer.context().error(topic) {
                 return Err(e);

@@ -105,6 +105,23 @@ pub struct OutputReport {
     pub error: Option<String>,
 }
 
+impl OutputReport {
+    /// An output planned from `inputs`, nothing done yet.
+    pub(crate) fn planned(key: String, inputs: Vec<String>) -> OutputReport {
+        OutputReport {
+            key,
+            inputs,
+            rows_read: 0,
+            rows_written: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            skipped: false,
+            reason: None,
+            error: None,
+        }
+    }
+}
+
 /// The summary of a record transfer, with its technical metadata.
 #[derive(Clone, Debug, Serialize)]
 pub struct RecordReport {
@@ -556,17 +573,10 @@ pub(crate) async fn discard_uploads(
 }
 
 fn planned_report(output: &Output) -> OutputReport {
-    OutputReport {
-        key: output.key.clone(),
-        inputs: output.inputs.iter().map(|(e, _)| e.key.clone()).collect(),
-        rows_read: 0,
-        rows_written: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        skipped: false,
-        reason: None,
-        error: None,
-    }
+    OutputReport::planned(
+        output.key.clone(),
+        output.inputs.iter().map(|(e, _)| e.key.clone()).collect(),
+    )
 }
 
 pub(crate) fn failed_report(key: String, error: Error) -> OutputReport {

@@ -577,17 +577,7 @@ async fn to_files(
     let outputs: Vec<(String, Vec<usize>, OutputReport)> = outputs
         .into_iter()
         .map(|(key, units)| {
-            let report = OutputReport {
-                key: key.clone(),
-                inputs: plan.unit_names(&units),
-                rows_read: 0,
-                rows_written: 0,
-                bytes_read: 0,
-                bytes_written: 0,
-                skipped: false,
-                reason: None,
-                error: None,
-            };
+            let report = OutputReport::planned(key.clone(), plan.unit_names(&units));
             (key, units, report)
         })
         .collect();
@@ -773,17 +763,7 @@ async fn to_table(
 ) -> Result<RecordReport> {
     let run_id = run_id(src, dst, rec, opts);
     let units = plan.share.items.clone();
-    let mut report = OutputReport {
-        key: TABLE_KEY.to_string(),
-        inputs: plan.unit_names(&units),
-        rows_read: 0,
-        rows_written: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        skipped: false,
-        reason: None,
-        error: None,
-    };
+    let mut report = OutputReport::planned(TABLE_KEY.to_string(), plan.unit_names(&units));
     let done = |plan: &Plan, report: OutputReport| {
         let rows = report.rows_read;
         let mut done = finish(
@@ -940,17 +920,7 @@ async fn to_topic(
     parallel: usize,
 ) -> Result<RecordReport> {
     let units = plan.share.items.clone();
-    let mut report = OutputReport {
-        key: String::new(),
-        inputs: plan.unit_names(&units),
-        rows_read: 0,
-        rows_written: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        skipped: false,
-        reason: None,
-        error: None,
-    };
+    let mut report = OutputReport::planned(String::new(), plan.unit_names(&units));
     let format = format!("kafka ({})", topic.value_format.name());
     let done = |plan: &Plan, report: OutputReport| {
         let mut done = finish(

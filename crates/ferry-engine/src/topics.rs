@@ -118,24 +118,11 @@ pub(crate) fn plan(
         .iter()
         .map(|p| {
             let (low, high) = marks[p];
-            let end = address
-                .end
-                .as_ref()
-                .and_then(|e| e.get(p))
-                .map_or(high, |e| (*e).min(high));
             let start = next.get(p).copied().unwrap_or(starts[p]);
-            if start < low {
-                tracing::warn!(
-                    partition = p,
-                    from = start,
-                    kept_from = low,
-                    "events before the low watermark are gone (retention)"
-                );
-            }
             Range {
                 partition: *p,
-                start: start.max(low),
-                end,
+                start: kafka::kept_start(*p, start, low),
+                end: kafka::end_offset(address, *p, high),
             }
         })
         .collect();

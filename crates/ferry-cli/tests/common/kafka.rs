@@ -198,3 +198,21 @@ impl Drop for PrivateBroker {
         self.kill();
     }
 }
+
+/// A new topic of 3 partitions holding `count` JSON rows (`id`, `customer`) that ferry
+/// itself produced from a file under `root`, keyed by customer.
+pub fn topic_of_rows(root: &std::path::Path, broker: &str, count: usize) -> String {
+    let topic = new_topic(broker, 3);
+    let rows: String = (0..count)
+        .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
+        .collect();
+    std::fs::write(root.join("rows.jsonl"), rows).unwrap();
+    super::copy_in_ok(
+        root,
+        &[
+            "rows.jsonl",
+            &format!("kafka://{broker}/{topic}?keyColumns=customer"),
+        ],
+    );
+    topic
+}

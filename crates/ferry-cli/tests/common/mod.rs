@@ -47,6 +47,27 @@ pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     serde_json::from_slice(&out.stdout).expect("a JSON summary")
 }
+/// `ferry copy ARGS` in `work` (state in `work/state`): exit code, stdout, stderr.
+pub fn copy_in(work: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = ferry(&work.join("state"), work)
+        .arg("copy")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// As [`copy_in`], which must succeed; its stdout.
+pub fn copy_in_ok(work: &Path, args: &[&str]) -> String {
+    let (code, out, err) = copy_in(work, args);
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
 pub mod kafka;
 pub mod proxy;
 pub mod service;

@@ -205,6 +205,30 @@ pub fn leader_moving(e: &KafkaError) -> bool {
     )
 }
 
+/// Where partition `p` ends for a run: the address's `endOffset`, at most its high
+/// watermark `high`.
+pub fn end_offset(address: &KafkaAddress, p: i32, high: i64) -> i64 {
+    address
+        .end
+        .as_ref()
+        .and_then(|e| e.get(&p))
+        .map_or(high, |e| (*e).min(high))
+}
+
+/// `start`, or the low watermark `low` when retention already removed the events before
+/// `start` (which the log says).
+pub fn kept_start(p: i32, start: i64, low: i64) -> i64 {
+    if start < low {
+        tracing::warn!(
+            partition = p,
+            from = start,
+            kept_from = low,
+            "events before the low watermark are gone (retention)"
+        );
+    }
+    start.max(low)
+}
+
 /// Where each partition starts, per the address's `startOffset` (`low` and `high` are
 /// each partition's watermarks).
 pub fn start_offsets(
@@ -344,9 +368,9 @@ pub fn producer(address: &KafkaAddress) -> Result<BaseProducer<Delivered>, Error
         .set("acks", "all")
         // Keyed events go where Kafka's Java clients would send them.
         .set("partitioner", "murmur2_random")
-        // The broker decides how large a message may be (events larger than it allows
-        // go in chunks); librdkafka's own limit (1 MB) must not decide first.
-        .set("message.max.bytes", (256 << 20).to_string())
+        // Messages up to MAX_MESSAGE, not librdkafka's 1 MB: a topic that allows larger
+        // ones gets them whole (larger still go in chunks).
+        .set("message.max.bytes", (MAX_MESSAGE + (64 << 10)).to_string())
         .set("linger.ms", "10")
         .set("batch.size", (1024 * 1024).to_string())
         .set("queue.buffering.max.kbytes", (64 * 1024).to_string())
@@ -379,32 +403,58 @@ pub async fn create_topic(address: &KafkaAddress, partitions: i32) -> Result<(),
     Ok(())
 }
 
-/// The largest message the address's topic accepts (its `max.message.bytes`, the broker's
-/// `message.max.bytes` unless the topic sets its own), asked of the broker.
+/// The largest message ferry's producer sends whole, whatever a topic allows.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// The largest message ferry sends to the address's topic: what the topic accepts (its
+/// `max.message.bytes`, the broker's `message.max.bytes` unless the topic sets its own,
+/// asked of the broker), at most [`MAX_MESSAGE`].
 pub async fn max_message_bytes(address: &KafkaAddress) -> Result<usize, Error> {
     use rdkafka::admin::ResourceSpecifier;
     let admin: AdminClient<DefaultClientContext> = client_config(address)?
         .create()
         .map_err(|e| error(address, None, e))?;
     let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
-    let results = admin
-        .describe_configs([&ResourceSpecifier::Topic(&address.topic)], &options)
-        .await
-        .map_err(|e| error(address, None, e))?;
-    for result in results {
-        let resource = result.map_err(|code| error(address, None, KafkaError::AdminOp(code)))?;
-        if let Some(value) = resource
-            .get("max.message.bytes")
-            .and_then(|entry| entry.value.as_deref())
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            return Ok(value);
+    // A topic created a moment ago may be unknown to the broker's configuration for a
+    // while after its metadata shows it.
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    loop {
+        let results = admin
+            .describe_configs([&ResourceSpecifier::Topic(&address.topic)], &options)
+            .await
+            .map_err(|e| error(address, None, e))?;
+        for result in results {
+            match result {
+                Ok(resource) => {
+                    if let Some(value) = resource
+                        .get("max.message.bytes")
+                        .and_then(|entry| entry.value.as_deref())
+                        .and_then(|v| v.parse::<usize>().ok())
+                    {
+                        return Ok(value.min(MAX_MESSAGE));
+                    }
+                }
+                Err(code) => {
+                    let settling = matches!(
+                        code,
+                        RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::NotController
+                            | RDKafkaErrorCode::LeaderNotAvailable
+                    );
+                    if !settling || std::time::Instant::now() >= deadline {
+                        return Err(error(address, None, KafkaError::AdminOp(code)));
+                    }
+                }
+            }
         }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::store(
+                address.topic_shown(),
+                "the broker did not say the topic's max.message.bytes",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(Error::store(
-        address.topic_shown(),
-        "the broker did not say the topic's max.message.bytes",
-    ))
 }
 
 /// librdkafka's error as ferry's, naming the brokers, the topic and the partition.

@@ -26,9 +26,9 @@ use bytes::Bytes;
 use ferry_connectors::kafka::chunks::{self, Assembled, Assembler};
 use ferry_connectors::kafka::container::{self, Event, EventReader, EventWriter};
 use ferry_connectors::kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use ferry_connectors::kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use ferry_connectors::kafka::rdkafka::error::KafkaError;
 use ferry_connectors::kafka::rdkafka::message::Message;
-use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
+use ferry_connectors::kafka::rdkafka::producer::Producer;
 use ferry_connectors::kafka::rdkafka::{Offset, TopicPartitionList};
 use ferry_connectors::kafka::{self, Delivered};
 use ferry_connectors::{open_sink, open_source};
@@ -315,7 +315,7 @@ impl Export {
                     }
                     continue;
                 }
-                Err(e) if transient(&e) => {
+                Err(e) if kafka::transient(&e) => {
                     tracing::warn!(error = %e, "Kafka: retrying");
                     continue;
                 }
@@ -487,20 +487,6 @@ impl Export {
     fn io(&self, key: &str, e: std::io::Error) -> Error {
         Error::store(self.sink.address().join(key), e.to_string())
     }
-}
-
-/// Errors librdkafka recovers from by itself (a broker restarting): the loop goes on.
-fn transient(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::AllBrokersDown
-                | RDKafkaErrorCode::OperationTimedOut
-                | RDKafkaErrorCode::NotLeaderForPartition
-                | RDKafkaErrorCode::LeaderNotAvailable
-        )
-    )
 }
 
 /// An object to import: its partition, first offset and listing entry.
@@ -761,32 +747,7 @@ fn send_object(
             if seen <= skip {
                 continue;
             }
-            let headers = kafka::headers_of(event);
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic.topic).partition(p);
-            if let Some(k) = &event.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(v) = &event.value {
-                record = record.payload(v.as_slice());
-            }
-            if event.timestamp_type != 0 {
-                record = record.timestamp(event.timestamp);
-            }
-            if let Some(h) = headers {
-                record = record.headers(h);
-            }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(50));
-                    }
-                    Err((e, _)) => {
-                        return Err(kafka::error(topic, Some(p), e));
-                    }
-                }
-            }
+            kafka::send_event(producer, topic, Some(p), event)?;
             sent += 1;
             crate::failpoint::event_sent(|| {
                 // The point of the failpoint is that these events did land.

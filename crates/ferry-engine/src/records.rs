@@ -606,6 +606,18 @@ pub(crate) fn fingerprint(inputs: &[(Entry, Format)]) -> (u64, String) {
     (size, ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex())
 }
 
+/// An address as a run id takes it: a local path made absolute, so the same command run
+/// from another directory finds the same checkpoint.
+pub(crate) fn canonical(a: &DataAddress) -> String {
+    match a {
+        DataAddress::Local { path } => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .to_string_lossy()
+            .into_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// The same request (and partition) always has the same run id, so re-running it finds its
 /// checkpoint.
 pub(crate) fn run_id(
@@ -614,13 +626,6 @@ pub(crate) fn run_id(
     rec: &RecordOptions,
     opts: &CopyOptions,
 ) -> String {
-    let canonical = |a: &DataAddress| match a {
-        DataAddress::Local { path } => std::path::absolute(path)
-            .unwrap_or_else(|_| path.clone())
-            .to_string_lossy()
-            .into_owned(),
-        other => other.to_string(),
-    };
     let spec = serde_json::to_string(rec).unwrap_or_default();
     let text = format!(
         "records\n{}\n{}\n{spec}{}",

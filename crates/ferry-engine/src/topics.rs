@@ -46,23 +46,18 @@ pub(crate) fn incremental(dst: &DataAddress, names_file: bool) -> bool {
 ///
 /// Neither is the service's run key: each run of a transfer goes on from the last.
 pub(crate) fn offsets_id(address: &KafkaAddress, dst: &DataAddress) -> String {
-    let mut selected = address.clone();
-    let kept = KafkaAddress::parse(&format!("{}/{}", selected.bootstrap(), selected.topic))
-        .expect("a parsed address parses again");
-    selected = KafkaAddress {
-        partitions: selected.partitions,
-        start: selected.start,
-        end: selected.end,
-        ..kept
-    };
-    let dst = match dst {
-        DataAddress::Local { path } => std::path::absolute(path)
-            .unwrap_or_else(|_| path.clone())
-            .to_string_lossy()
-            .into_owned(),
-        other => other.to_string(),
-    };
-    let text = format!("topic offsets\n{selected}\n{dst}");
+    let selected = format!(
+        "kafka://{}/{} {:?} {:?} {:?}",
+        address.bootstrap(),
+        address.topic,
+        address.partitions,
+        address.start,
+        address.end
+    );
+    let text = format!(
+        "topic offsets\n{selected}\n{}",
+        crate::records::canonical(dst)
+    );
     format!(
         "{}.offsets",
         ferry_core::ChecksumAlgo::Xxh3.digest(text.as_bytes()).hex()

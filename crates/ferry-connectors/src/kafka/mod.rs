@@ -23,7 +23,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders, Timestamp};
-use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use self::container::Event;
@@ -191,6 +191,57 @@ pub fn watermarks(
 
 /// How long a partition may be without a leader before ferry gives up on it.
 pub const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether `e` is one librdkafka recovers from by itself (a broker restarting, a leader
+/// moving): a reading loop goes on.
+pub fn transient(e: &KafkaError) -> bool {
+    leader_moving(e)
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::OperationTimedOut
+            )
+        )
+}
+
+/// Produces `event` (key, value, headers, and its timestamp when it has one) to the
+/// address's topic, into `partition` or where the partitioner puts it, waiting while the
+/// producer's queue is full. Delivery is reported to the producer's [`Delivered`].
+pub fn send_event(
+    producer: &BaseProducer<Delivered>,
+    address: &KafkaAddress,
+    partition: Option<i32>,
+    event: &Event,
+) -> Result<(), Error> {
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&address.topic);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    if let Some(k) = &event.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(v) = &event.value {
+        record = record.payload(v.as_slice());
+    }
+    if event.timestamp_type != 0 {
+        record = record.timestamp(event.timestamp);
+    }
+    if let Some(h) = headers_of(event) {
+        record = record.headers(h);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(20));
+            }
+            Err((e, _)) => return Err(error(address, partition, e)),
+        }
+    }
+}
 
 /// Whether `e` says a partition's leadership is moving (it settles by itself).
 pub fn leader_moving(e: &KafkaError) -> bool {

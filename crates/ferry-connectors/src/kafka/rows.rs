@@ -24,8 +24,8 @@ use arrow::record_batch::RecordBatch;
 use ferry_core::{Error, KafkaAddress, OnError, Result, ValueFormat};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -235,7 +235,7 @@ fn infer_json(address: &KafkaAddress, ranges: &[Range], infer_rows: usize) -> Re
                     open.retain(|r| r.partition != p);
                     continue;
                 }
-                Err(e) if super::leader_moving(&e) || transient(&e) => continue,
+                Err(e) if super::transient(&e) => continue,
                 Err(e) => return Err(super::error(address, None, e)),
             };
             let Some(range) = open.iter().find(|r| r.partition == message.partition()) else {
@@ -280,14 +280,6 @@ fn assigned(address: &KafkaAddress, ranges: &[Range]) -> Result<BaseConsumer> {
         .assign(&list)
         .map_err(|e| super::error(address, None, e))?;
     Ok(consumer)
-}
-
-fn transient(e: &KafkaError) -> bool {
-    use rdkafka::error::RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::OperationTimedOut)
-    )
 }
 
 /// Reads one partition's range into batches.
@@ -467,54 +459,23 @@ impl PartitionReader {
                     self.dead_letter = Some(DeadLetters::open(&self.address, &self.handle)?);
                 }
                 let source = self.at(event.offset);
-                let (address, producer) = match self.dead_letter.as_mut() {
-                    Some(DeadLetters::Topic(topic)) => (&topic.0, &topic.1),
-                    Some(DeadLetters::Prefix { pending, .. }) => {
-                        let mut letter = event.clone();
-                        letter
-                            .headers
-                            .push(("ferry.error".into(), Some(reason.as_bytes().to_vec())));
-                        letter
-                            .headers
-                            .push(("ferry.source".into(), Some(source.as_bytes().to_vec())));
-                        pending.push(letter);
-                        tracing::warn!(at = %source, %reason, "kept as a dead letter");
-                        return Ok(());
+                let mut letter = event.clone();
+                letter
+                    .headers
+                    .push(("ferry.error".into(), Some(reason.as_bytes().to_vec())));
+                letter
+                    .headers
+                    .push(("ferry.source".into(), Some(source.as_bytes().to_vec())));
+                match self.dead_letter.as_mut() {
+                    Some(DeadLetters::Topic(topic)) => {
+                        let (address, producer) = (&topic.0, &topic.1);
+                        super::send_event(producer, address, None, &letter)?;
+                        producer.poll(Duration::ZERO);
                     }
+                    Some(DeadLetters::Prefix { pending, .. }) => pending.push(letter),
                     None => unreachable!("set above"),
-                };
-                let mut headers = OwnedHeaders::new();
-                for (name, value) in &event.headers {
-                    headers = headers.insert(Header {
-                        key: name,
-                        value: value.as_deref(),
-                    });
                 }
-                headers = headers
-                    .insert(Header {
-                        key: "ferry.error",
-                        value: Some(reason.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "ferry.source",
-                        value: Some(source.as_bytes()),
-                    });
-                let mut record: BaseRecord<'_, [u8], [u8]> =
-                    BaseRecord::to(&address.topic).headers(headers);
-                if let Some(k) = &event.key {
-                    record = record.key(k.as_slice());
-                }
-                if let Some(v) = &event.value {
-                    record = record.payload(v.as_slice());
-                }
-                if event.timestamp >= 0 {
-                    record = record.timestamp(event.timestamp);
-                }
-                producer
-                    .send(record)
-                    .map_err(|(e, _)| super::error(address, None, e))?;
-                producer.poll(Duration::ZERO);
-                tracing::warn!(at = %source, %reason, to = %address.topic, "sent to the dead-letter topic");
+                tracing::warn!(at = %source, %reason, "kept as a dead letter");
                 Ok(())
             }
         }
@@ -618,7 +579,7 @@ fn each_event(
             Ok(m) => m,
             // The high watermark moved below the planned end (events deleted).
             Err(KafkaError::PartitionEOF(_)) => break,
-            Err(e) if super::leader_moving(&e) || transient(&e) => {
+            Err(e) if super::transient(&e) => {
                 tracing::warn!(error = %e, "Kafka: retrying");
                 continue;
             }

@@ -14,8 +14,7 @@ use arrow_avro::schema::{AvroSchema, FingerprintStrategy};
 use arrow_avro::writer::format::AvroSoeFormat;
 use arrow_avro::writer::{Encoder, WriterBuilder};
 use ferry_core::{Error, KafkaAddress, Result, ValueFormat};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use tokio::runtime::Handle;
 
 use super::chunks;
@@ -176,26 +175,7 @@ impl TopicWriter {
     }
 
     fn send(&self, event: &Event) -> Result<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.address.topic);
-        if let Some(k) = &event.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &event.value {
-            record = record.payload(v.as_slice());
-        }
-        if let Some(h) = super::headers_of(event) {
-            record = record.headers(h);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    self.producer.poll(Duration::from_millis(20));
-                }
-                Err((e, _)) => return Err(super::error(&self.address, None, e)),
-            }
-        }
+        super::send_event(&self.producer, &self.address, None, event)
     }
 
     /// Waits until every event is delivered; the first failed delivery is the error.
@@ -210,22 +190,8 @@ impl TopicWriter {
     }
 
     fn values(&mut self, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
-        let rows = batch.num_rows();
         match &mut self.encoding {
-            Encoding::Json => {
-                let mut out = Vec::with_capacity(batch.get_array_memory_size());
-                let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
-                writer
-                    .write(batch)
-                    .and_then(|_| writer.finish())
-                    .map_err(|e| self.fail(e))?;
-                // JSON escapes newlines inside strings: each line is one row.
-                Ok(out
-                    .split(|b| *b == b'\n')
-                    .take(rows)
-                    .map(|line| Some(line.to_vec()))
-                    .collect())
-            }
+            Encoding::Json => self.json_rows(batch),
             Encoding::Avro(encoder) => {
                 encoder.encode(batch).map_err(|e| {
                     Error::data(self.address.topic_shown(), format!("Avro encoding: {e}"))
@@ -265,20 +231,25 @@ impl TopicWriter {
                 let projected = batch
                     .project(several)
                     .map_err(|e| Error::Internal(e.to_string()))?;
-                let mut out = Vec::new();
-                let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
-                writer
-                    .write(&projected)
-                    .and_then(|_| writer.finish())
-                    .map_err(|e| self.fail(e))?;
-                Ok(Some(
-                    out.split(|b| *b == b'\n')
-                        .take(batch.num_rows())
-                        .map(|line| Some(line.to_vec()))
-                        .collect(),
-                ))
+                self.json_rows(&projected).map(Some)
             }
         }
+    }
+
+    /// Each row of `batch` as a JSON object.
+    fn json_rows(&self, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(batch.get_array_memory_size());
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+        writer
+            .write(batch)
+            .and_then(|_| writer.finish())
+            .map_err(|e| self.fail(e))?;
+        // JSON escapes newlines inside strings: each line is one row.
+        Ok(out
+            .split(|b| *b == b'\n')
+            .take(batch.num_rows())
+            .map(|line| Some(line.to_vec()))
+            .collect())
     }
 
     fn fail(&self, e: arrow::error::ArrowError) -> Error {

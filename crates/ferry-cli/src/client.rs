@@ -252,10 +252,10 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Suspend { name } | TransfersCommand::Resume { name } => {
-            let action = if matches!(args.command, TransfersCommand::Suspend { .. }) {
-                "suspend"
+            let (action, done) = if matches!(args.command, TransfersCommand::Suspend { .. }) {
+                ("suspend", "suspended")
             } else {
-                "resume"
+                ("resume", "resumed")
             };
             let body = client
                 .send(client.request(Method::POST, &format!("/v1/transfers/{name}/{action}")))
@@ -263,7 +263,7 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             if json {
                 print_json(&body);
             } else {
-                println!("transfer/{name} {action}ed");
+                println!("transfer/{name} {done}");
             }
         }
         TransfersCommand::Run { name } => {
@@ -441,11 +441,22 @@ fn print_runs(body: &Value) {
             let progress = r["stats"]["progress"]["fraction"]
                 .as_f64()
                 .map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0));
+            // Which transfer service executes it: this process, or an engine (and its job).
+            let execution = &r["stats"]["execution"];
+            let engine = match (
+                execution["engine"].as_str(),
+                execution["job"]["id"].as_str(),
+            ) {
+                (Some(engine), Some(job)) => format!("{engine} (job {job})"),
+                (Some(engine), None) => engine.to_string(),
+                _ => "-".into(),
+            };
             vec![
                 text(&r["id"]),
                 text(&r["phase"]),
                 text(&r["trigger"]),
                 text(&r["attempt"]),
+                engine,
                 text(&r["startedAt"]),
                 text(&r["finishedAt"]),
                 text(&r["stats"]["numRecords"]),
@@ -457,8 +468,8 @@ fn print_runs(body: &Value) {
         .collect();
     print_table(
         &[
-            "RUN", "PHASE", "TRIGGER", "ATTEMPT", "STARTED", "FINISHED", "RECORDS", "BYTES",
-            "PROGRESS", "ERROR",
+            "RUN", "PHASE", "TRIGGER", "ATTEMPT", "ENGINE", "STARTED", "FINISHED", "RECORDS",
+            "BYTES", "PROGRESS", "ERROR",
         ],
         rows,
     );

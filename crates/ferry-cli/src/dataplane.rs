@@ -85,13 +85,7 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn list(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
+use ferry_control::selector::config::list;
 
 fn labels(items: &[String], into: &mut BTreeMap<String, String>) -> Result<()> {
     for item in items {
@@ -226,6 +220,12 @@ impl Agent {
             registration,
             capacity,
         })
+    }
+
+    /// Lists the engines it can delegate runs to in its registration.
+    pub fn with_engines(mut self, engines: Vec<ferry_control::engines::EngineInfo>) -> Self {
+        self.registration.engines = engines;
+        self
     }
 
     /// Registers (or registers again, replacing the earlier registration).

@@ -83,6 +83,10 @@ struct Settings {
     /// `ferry dataplane`: how it registers with its control plane.
     #[serde(default)]
     dataplane: crate::dataplane::DataplaneSettings,
+    /// External transfer engines runs may be delegated to (`ferry serve` standalone and
+    /// `ferry dataplane`).
+    #[serde(default)]
+    engines: ferry_control::engines::EnginesConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,8 +178,34 @@ impl Settings {
         self.selector = std::mem::take(&mut self.selector)
             .merge_env(std::env::vars())
             .map_err(|e| bad("FERRY_SELECTOR__…", e))?;
+        self.engines = ferry_control::engines::config::merge_env(
+            std::mem::take(&mut self.engines),
+            std::env::vars(),
+        )
+        .map_err(|e| bad("FERRY_ENGINES__…", e))?;
         self.dataplane.env_overrides()
     }
+}
+
+/// The engines the settings list, checked; a control plane executes nothing, so it has none.
+fn engines(
+    configs: &ferry_control::engines::EnginesConfig,
+    role: Role,
+) -> Result<ferry_control::engines::Engines> {
+    if configs.is_empty() {
+        return Ok(Default::default());
+    }
+    if role == Role::Control {
+        return Err(bad(
+            "engines",
+            "a control plane executes no runs; give the engines to its data planes",
+        ));
+    }
+    let errors = ferry_control::engines::config::validate(configs);
+    if !errors.is_empty() {
+        return Err(bad("engines", errors.join("; ")));
+    }
+    ferry_control::engines::build(configs).map_err(|e| bad("engines", e))
 }
 
 /// The server's data directory when none is set.
@@ -314,7 +344,11 @@ async fn run_service(
         tokens.first().map(String::as_str),
     )
     .await?;
+    let engines = engines(&settings.engines, role)?;
     let mut controller = Controller::new(store, config, secrets, webhooks);
+    if !engines.is_empty() {
+        controller = controller.with_engines(engines, Default::default());
+    }
     if role == Role::Control {
         controller = controller.with_dispatcher(Dispatcher::new(
             registry.clone(),
@@ -324,12 +358,15 @@ async fn run_service(
     }
     let looping = controller.start();
     let agent = if role == Role::Data && !settings.dataplane.control_planes.is_empty() {
-        Some(Arc::new(crate::dataplane::Agent::new(
-            &settings.dataplane,
-            &instance,
-            &advertise,
-            tokens.first().cloned(),
-        )?))
+        Some(Arc::new(
+            crate::dataplane::Agent::new(
+                &settings.dataplane,
+                &instance,
+                &advertise,
+                tokens.first().cloned(),
+            )?
+            .with_engines(controller.engines().infos()),
+        ))
     } else {
         None
     };

@@ -36,6 +36,22 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// A database of its own (named after `label`) on the test PostgreSQL, and a work
+    /// directory; `None` when PostgreSQL is not configured (outside CI).
+    fn new(label: &str) -> Option<(Cluster, tempfile::TempDir)> {
+        let pg = TestPostgres::get()?;
+        let db = unique_name(label).replace('-', "_");
+        pg.sql("ferry", &format!("CREATE DATABASE {db}"));
+        let work = tempfile::tempdir().unwrap();
+        let cluster = Cluster {
+            pg,
+            db,
+            root: work.path().to_path_buf(),
+            control: Vec::new(),
+        };
+        Some((cluster, work))
+    }
+
     fn store(&self) -> String {
         self.pg.url(&self.db)
     }
@@ -65,6 +81,11 @@ impl Cluster {
     }
 
     fn data_plane(&self, id: &str, failpoint: Option<&str>) -> Service {
+        self.data_plane_with(id, failpoint, &[])
+    }
+
+    /// A data plane with more environment (engines, …).
+    fn data_plane_with(&self, id: &str, failpoint: Option<&str>, env: &[(&str, &str)]) -> Service {
         let port = free_port();
         let planes: Vec<String> = self
             .control
@@ -87,6 +108,7 @@ impl Cluster {
         if let Some(fp) = failpoint {
             cmd.env("FERRY_FAILPOINT", fp);
         }
+        cmd.envs(env.iter().copied());
         let dp = Service::start(cmd, port);
         dp.wait_line("registered with the control plane");
         dp
@@ -188,17 +210,8 @@ fn copy_manifest(name: &str, from: &str, to: &str, strategy: Option<&str>) -> Va
 
 #[test]
 fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
-    let Some(pg) = TestPostgres::get() else {
+    let Some((mut cluster, _work)) = Cluster::new("ferry_cluster") else {
         return;
-    };
-    let db = unique_name("ferry_cluster").replace('-', "_");
-    pg.sql("ferry", &format!("CREATE DATABASE {db}"));
-    let work = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster {
-        pg,
-        db,
-        root: work.path().to_path_buf(),
-        control: Vec::new(),
     };
     cluster.control_plane(1);
     cluster.control_plane(2);
@@ -444,4 +457,150 @@ fn unreachable_and_incapable_data_planes_are_skipped_with_reasons() {
         error.contains("dp-gone") && error.contains("region"),
         "{error}"
     );
+}
+
+#[test]
+fn a_run_naming_an_engine_goes_to_the_data_plane_that_has_it() {
+    let Ok(rcd) = std::env::var("FERRY_TEST_RCLONE") else {
+        assert!(std::env::var_os("CI").is_none(), "FERRY_TEST_RCLONE unset");
+        return;
+    };
+    let user = std::env::var("FERRY_TEST_RCLONE_USER").unwrap();
+    let password = std::env::var("FERRY_TEST_RCLONE_PASSWORD").unwrap();
+    let Some((mut cluster, _work)) = Cluster::new("ferry_engines") else {
+        return;
+    };
+    cluster.control_plane(1);
+    let _plain = cluster.data_plane("dp-plain", None);
+    let engine = [
+        ("FERRY_ENGINES__RCLONE_CLUSTER__TYPE", "rclone"),
+        ("FERRY_ENGINES__RCLONE_CLUSTER__URL", rcd.as_str()),
+        ("FERRY_ENGINES__RCLONE_CLUSTER__USER", user.as_str()),
+        (
+            "FERRY_ENGINES__RCLONE_CLUSTER__PASSWORD",
+            "env:RCLONE_PASSWORD",
+        ),
+        ("RCLONE_PASSWORD", password.as_str()),
+    ];
+    let _rclone = cluster.data_plane_with("dp-rclone", None, &engine);
+    let (_, planes) = cluster.cp(0).call("GET", "/v1/dataplanes", None);
+    let with_engine: Vec<&str> = planes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["engines"][0]["name"] == "rclone-cluster")
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(with_engine, ["dp-rclone"], "{planes}");
+
+    // Round-robin would alternate; naming the engine sends every run to dp-rclone.
+    let root = cluster.root.clone();
+    write_files(&root.join("in"), 2, 10_000, 4);
+    let names: Vec<String> = (0..3).map(|i| format!("via-rclone-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut m = copy_manifest(
+            name,
+            &format!("{}/in/", root.display()),
+            &format!("{}/out-{i}/", root.display()),
+            None,
+        );
+        m["spec"]["execution"] = json!({"engine": "rclone-cluster"});
+        cluster.create(i, &m);
+        cluster.wait_succeeded(std::slice::from_ref(name));
+        assert_eq!(cluster.dispatched(name), ["dp-rclone"]);
+        let routed = cluster
+            .events(name)
+            .into_iter()
+            .find(|e| e["reason"] == "RunRouted")
+            .unwrap();
+        assert_eq!(routed["data"]["engine"], "rclone-cluster", "{routed}");
+        assert_same_tree(&root.join("in"), &root.join(format!("out-{i}")));
+    }
+}
+
+#[test]
+fn a_delegated_run_of_a_killed_data_plane_is_taken_over_and_reattaches_to_its_job() {
+    if common::rclone::shared_rcd().is_none() {
+        return;
+    }
+    let Some((mut cluster, _work)) = Cluster::new("ferry_takeover") else {
+        return;
+    };
+    let root = cluster.root.clone();
+    // One rcd both data planes delegate to, slow enough to kill a data plane mid-run.
+    let rcd = common::rclone::Rcd::start_with(&root, "1M", &[]);
+    let url = rcd.url();
+    let engine = [
+        ("FERRY_ENGINES__SHARED__TYPE", "rclone"),
+        ("FERRY_ENGINES__SHARED__URL", url.as_str()),
+        ("FERRY_ENGINES__SHARED__USER", common::rclone::PRIVATE_USER),
+        ("FERRY_ENGINES__SHARED__PASSWORD", "env:RCLONE_PASSWORD"),
+        ("FERRY_ENGINES__SHARED__POLL_SECONDS", "0.2"),
+        ("RCLONE_PASSWORD", common::rclone::PRIVATE_PASSWORD),
+    ];
+    cluster.control_plane(1);
+    let mut planes = BTreeMap::from([
+        (
+            "dp-a".to_string(),
+            cluster.data_plane_with("dp-a", None, &engine),
+        ),
+        (
+            "dp-b".to_string(),
+            cluster.data_plane_with("dp-b", None, &engine),
+        ),
+    ]);
+
+    write_files(&root.join("in"), 16, 1024 * 1024, 9);
+    let mut m = copy_manifest(
+        "handed-over",
+        &format!("{}/in/", root.display()),
+        &format!("{}/out/", root.display()),
+        None,
+    );
+    m["spec"]["execution"] = json!({"engine": "shared"});
+    cluster.create(0, &m);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (run, job) = loop {
+        let (_, runs) = cluster
+            .cp(0)
+            .call("GET", "/v1/transfers/handed-over/runs", None);
+        let run = runs[0].clone();
+        if let Some(job) = run["stats"]["execution"]["job"]["id"].as_str() {
+            break (run["id"].as_str().unwrap().to_string(), job.to_string());
+        }
+        assert!(Instant::now() < deadline, "{runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let first = cluster.dispatched("handed-over")[0].clone();
+    planes.get_mut(&first).unwrap().kill_9();
+
+    // After the lease, the other data plane takes the run and follows the same job.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let reattached = loop {
+        if let Some(e) = cluster
+            .events("handed-over")
+            .into_iter()
+            .find(|e| e["reason"] == "DelegatedJobReattached")
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            cluster.events("handed-over")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reattached["data"]["job"], json!(job), "{reattached}");
+    rcd.call("core/bwlimit", json!({"rate": "off"}));
+    cluster.wait_succeeded(&["handed-over".to_string()]);
+    let dispatched = cluster.dispatched("handed-over");
+    assert_eq!(dispatched.len(), 2, "{dispatched:?}");
+    assert_ne!(dispatched[1], first);
+    assert_eq!(
+        rcd.jobs_of(&run).len(),
+        1,
+        "one rclone job for the run, ever"
+    );
+    assert_same_tree(&root.join("in"), &root.join("out"));
 }

@@ -68,6 +68,83 @@ impl fmt::Debug for ObjectBackend {
     }
 }
 
+/// What an S3 or Azure address resolves to once its options are laid over the
+/// environment (`AWS_*`, `AZURE_*`), named as object_store names them, for handing the same
+/// store to another transfer engine: `endpoint`, `region`, `access_key_id`,
+/// `secret_access_key`, `token` for S3; `account_name`, `access_key`, `sas_key`,
+/// `endpoint`, `use_emulator` for Azure. Only the settings that are set are returned.
+pub fn resolved_settings(address: &DataAddress) -> Result<BTreeMap<&'static str, String>> {
+    let mut out = BTreeMap::new();
+    match address {
+        DataAddress::S3 { options, .. } => {
+            let builder = s3_options(address, AmazonS3Builder::from_env(), options)?;
+            for (name, key) in [
+                ("endpoint", AmazonS3ConfigKey::Endpoint),
+                ("region", AmazonS3ConfigKey::Region),
+                ("access_key_id", AmazonS3ConfigKey::AccessKeyId),
+                ("secret_access_key", AmazonS3ConfigKey::SecretAccessKey),
+                ("token", AmazonS3ConfigKey::Token),
+            ] {
+                if let Some(v) = builder.get_config_value(&key) {
+                    out.insert(name, v);
+                }
+            }
+        }
+        DataAddress::Azure { options, .. } => {
+            let builder = azure_options(address, MicrosoftAzureBuilder::from_env(), options)?;
+            for (name, key) in [
+                ("account_name", AzureConfigKey::AccountName),
+                ("access_key", AzureConfigKey::AccessKey),
+                ("sas_key", AzureConfigKey::SasKey),
+                ("endpoint", AzureConfigKey::Endpoint),
+                ("use_emulator", AzureConfigKey::UseEmulator),
+            ] {
+                if let Some(v) = builder.get_config_value(&key) {
+                    out.insert(name, v);
+                }
+            }
+        }
+        _ => return Err(invalid(address, "not an object store")),
+    }
+    Ok(out)
+}
+
+/// `builder` with the address's S3 options laid over it.
+fn s3_options(
+    address: &DataAddress,
+    mut builder: AmazonS3Builder,
+    options: &BTreeMap<String, String>,
+) -> Result<AmazonS3Builder> {
+    for (name, value) in options {
+        let key = AmazonS3ConfigKey::from_str(name).map_err(|_| {
+            invalid(
+                address,
+                format!("unknown S3 option '{name}' (e.g. endpoint, region, access_key_id, skip_signature)"),
+            )
+        })?;
+        builder = builder.with_config(key, value);
+    }
+    Ok(builder)
+}
+
+/// `builder` with the address's Azure options laid over it.
+fn azure_options(
+    address: &DataAddress,
+    mut builder: MicrosoftAzureBuilder,
+    options: &BTreeMap<String, String>,
+) -> Result<MicrosoftAzureBuilder> {
+    for (name, value) in options {
+        let key = AzureConfigKey::from_str(name).map_err(|_| {
+            invalid(
+                address,
+                format!("unknown Azure option '{name}' (e.g. account, endpoint, use_emulator, sas_token)"),
+            )
+        })?;
+        builder = builder.with_config(key, value);
+    }
+    Ok(builder)
+}
+
 fn invalid(address: &DataAddress, reason: impl fmt::Display) -> Error {
     Error::InvalidAddress {
         address: address.to_string(),
@@ -129,15 +206,7 @@ impl ObjectBackend {
                 AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
                 REQUEST_TIMEOUT,
             );
-        for (name, value) in options {
-            let config_key = AmazonS3ConfigKey::from_str(name).map_err(|_| {
-                invalid(
-                    &address,
-                    format!("unknown S3 option '{name}' (e.g. endpoint, region, access_key_id, skip_signature)"),
-                )
-            })?;
-            builder = builder.with_config(config_key, value);
-        }
+        builder = s3_options(&address, builder, options)?;
         let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
         if let Some(endpoint) = &endpoint {
             if endpoint.starts_with("http://") {
@@ -199,15 +268,7 @@ impl ObjectBackend {
                 AzureConfigKey::Client(ClientConfigKey::Timeout),
                 REQUEST_TIMEOUT,
             );
-        for (name, value) in options {
-            let config_key = AzureConfigKey::from_str(name).map_err(|_| {
-                invalid(
-                    &address,
-                    format!("unknown Azure option '{name}' (e.g. account, endpoint, use_emulator, sas_token)"),
-                )
-            })?;
-            builder = builder.with_config(config_key, value);
-        }
+        builder = azure_options(&address, builder, options)?;
         let get = |k: AzureConfigKey| builder.get_config_value(&k);
         let emulator = get(AzureConfigKey::UseEmulator).is_some_and(|v| v == "true");
         let plain_http = get(AzureConfigKey::Endpoint).is_some_and(|e| e.starts_with("http://"));

@@ -22,11 +22,13 @@ use tokio::sync::{broadcast, Notify};
 use tokio::task::AbortHandle;
 
 use crate::dispatch::Dispatcher;
-use crate::execute::{self, Outcome, Tracker};
+use crate::engines::route::{Decision, ExecutionRequest, RouteError, RouteInput, Router};
+use crate::engines::{Engines, Fallback};
+use crate::execute::{self, Outcome, Prepared, Tracker};
 use crate::metrics::{Metrics, Snapshot};
 use crate::resource::{
-    parse_time, time_text, validate, EventView, FieldError, Phase, RunRef, RunStats, RunView,
-    Settings, TransferManifest, TransferStatus, TransferView,
+    parse_time, time_text, validate, EventView, Execution, FieldError, Phase, RunRef, RunStats,
+    RunView, Settings, TransferManifest, TransferStatus, TransferView,
 };
 use crate::retry::{Backoff, ErrorClass};
 use crate::secrets::{redact_manifest, SecretResolver};
@@ -141,7 +143,12 @@ pub(crate) struct Inner {
     pub(crate) callback_addresses: Mutex<HashMap<String, String>>,
     pub(crate) callbacks: Callbacks,
     dispatcher: std::sync::OnceLock<Dispatcher>,
+    /// External engines runs can be delegated to, and the rules that choose.
+    engines: std::sync::OnceLock<(Engines, Router)>,
 }
+
+/// How long a stream's run waits after a batch before it looks for more.
+const STREAM_POLL: Duration = Duration::from_secs(1);
 
 pub(crate) struct Active {
     pub(crate) transfer: String,
@@ -197,6 +204,7 @@ impl Controller {
                 callback_addresses: Mutex::new(HashMap::new()),
                 callbacks,
                 dispatcher: std::sync::OnceLock::new(),
+                engines: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -206,6 +214,16 @@ impl Controller {
     pub fn with_dispatcher(self, dispatcher: Dispatcher) -> Self {
         let _ = self.inner.dispatcher.set(dispatcher);
         self
+    }
+
+    /// Lets this process delegate runs to external engines, routed by `router`. Set once.
+    pub fn with_engines(self, engines: Engines, router: Router) -> Self {
+        let _ = self.inner.engines.set((engines, router));
+        self
+    }
+
+    pub fn engines(&self) -> &Engines {
+        self.inner.engines()
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
@@ -223,10 +241,7 @@ impl Controller {
 
     /// Bytes per second over the runs executing here now.
     pub fn bytes_per_second(&self) -> f64 {
-        lock(&self.inner.active)
-            .values()
-            .map(|a| a.tracker.bytes_per_second())
-            .sum()
+        self.inner.bytes_per_second()
     }
 
     /// Stops taking new runs; those executing go on. For a data plane draining before it
@@ -294,6 +309,7 @@ impl Controller {
     /// Creates a transfer; a one-time transfer (no schedule) gets its run at once.
     pub async fn create(&self, raw: Value) -> ControlResult<TransferView> {
         let manifest = validate(raw).map_err(ControlError::Invalid)?;
+        self.check_execution(&manifest)?;
         let record = self.inner.create_record(&manifest).await?;
         if manifest.settings.schedule.is_none() && !manifest.settings.suspend {
             self.inner.new_run(&record, "created", None, None).await?;
@@ -363,7 +379,53 @@ impl Controller {
                 message: format!("'{}' does not match the transfer '{name}'", manifest.name),
             }]));
         }
+        self.check_execution(&manifest)?;
         self.replace_manifest(&manifest).await
+    }
+
+    /// A process that executes runs refuses `spec.execution.engine` naming an engine it
+    /// does not have, or one that cannot do the transfer. (A control plane leaves that to
+    /// its data planes.)
+    pub(crate) fn check_execution(&self, manifest: &TransferManifest) -> ControlResult<()> {
+        if self.inner.config.role == Role::Control {
+            return Ok(());
+        }
+        let spec = &manifest.raw["spec"];
+        let request = ExecutionRequest::of_spec(spec);
+        let Some(name) = request.named() else {
+            return Ok(());
+        };
+        let engines = self.inner.engines();
+        let message = match engines.get(name) {
+            None => {
+                let known: Vec<&str> = engines.all().iter().map(|e| e.name()).collect();
+                format!(
+                    "no engine named '{name}' here (engines: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            }
+            Some(engine) => {
+                let kind = |side: &str| spec[side]["type"].as_str().unwrap_or("").to_string();
+                let transforms = spec["transformation"]
+                    .as_array()
+                    .is_some_and(|t| !t.is_empty());
+                match crate::engines::route::unable_types(engine, &kind("source"), &kind("destination")) {
+                    Some(why) => why,
+                    None if transforms => format!(
+                        "engine {name} copies bytes as they are and cannot apply spec.transformation"
+                    ),
+                    None => return Ok(()),
+                }
+            }
+        };
+        Err(ControlError::Invalid(vec![FieldError {
+            field: "spec.execution.engine".into(),
+            message,
+        }]))
     }
 
     async fn replace_manifest(&self, manifest: &TransferManifest) -> ControlResult<TransferView> {
@@ -594,6 +656,12 @@ impl Controller {
             webhook_delivered: hooks.0,
             webhook_failed: hooks.1,
             webhook_dropped: hooks.2,
+            delegated_runs: inner
+                .engines()
+                .all()
+                .iter()
+                .map(|e| (e.name().to_string(), e.active() as u64))
+                .collect(),
         }))
     }
 }
@@ -620,6 +688,22 @@ pub(crate) fn with_progress(stats: &Value, tracker: &Tracker) -> Value {
 }
 
 impl Inner {
+    pub(crate) fn engines(&self) -> &Engines {
+        static NONE: std::sync::OnceLock<Engines> = std::sync::OnceLock::new();
+        match self.engines.get() {
+            Some((engines, _)) => engines,
+            None => NONE.get_or_init(Engines::default),
+        }
+    }
+
+    /// Bytes per second over the runs executing here now.
+    pub(crate) fn bytes_per_second(&self) -> f64 {
+        lock(&self.active)
+            .values()
+            .map(|a| a.tracker.bytes_per_second())
+            .sum()
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -1037,7 +1121,17 @@ impl Inner {
         let mut opts = self.config.copy.clone();
         opts.run_key = Some(run.id.clone());
         opts.resume = true;
-        let outcome = execute::run(&self.secrets, &record.manifest, &opts, tracker.clone()).await;
+        let outcome = match execute::prepare(&self.secrets, &record.manifest).await {
+            Err(outcome) => outcome,
+            Ok(prepared) if self.settings(&record).is_some_and(|s| s.stream) => {
+                self.stream(&mut run, &record, prepared, &opts, tracker.clone())
+                    .await
+            }
+            Ok(prepared) => {
+                self.attempt(&mut run, &record, prepared, &opts, tracker.clone())
+                    .await
+            }
+        };
         reporter.abort();
 
         let settings = self.settings(&record);
@@ -1135,6 +1229,252 @@ impl Inner {
         }
         self.prune_history(&run.transfer, settings.as_ref()).await?;
         self.refresh_status(&run.transfer).await?;
+        Ok(())
+    }
+
+    /// One attempt on the transfer service routing chooses: this process's engine, or an
+    /// external one. A run keeps the service it was first routed to: a delegated run
+    /// re-attaches to its job, an in-process one resumes from its checkpoint.
+    async fn attempt(
+        self: &Arc<Self>,
+        run: &mut RunRecord,
+        record: &TransferRecord,
+        prepared: Prepared,
+        opts: &CopyOptions,
+        tracker: Arc<Tracker>,
+    ) -> Outcome {
+        let engines = self.engines();
+        if engines.is_empty() {
+            return execute::run(prepared, opts, tracker).await;
+        }
+        let stats: RunStats = serde_json::from_value(run.stats.clone()).unwrap_or_default();
+        let listing = tokio::sync::OnceCell::new();
+        let list = || async {
+            listing
+                .get_or_try_init(|| async {
+                    ferry_connectors::open_source(&prepared.source)?
+                        .list()
+                        .await
+                })
+                .await
+                .cloned()
+        };
+        let decision = match stats.execution.map(|x| x.decision) {
+            Some(d) => d,
+            None => {
+                let router = self
+                    .engines
+                    .get()
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                let request = ExecutionRequest::of_spec(&record.manifest["spec"]);
+                let delegated: usize = engines.all().iter().map(|e| e.active()).sum();
+                let active = lock(&self.active).len();
+                let input = RouteInput {
+                    source: &prepared.source,
+                    destination: &prepared.destination,
+                    records: prepared.on_record_path(),
+                    request: &request,
+                    in_process_runs: active.saturating_sub(delegated + 1),
+                    capacity: self.config.max_active_runs,
+                    bytes_per_second: self.bytes_per_second(),
+                };
+                let sized = || async {
+                    let l = list().await?;
+                    Ok(l.entries.iter().map(|e| e.size).sum())
+                };
+                match router.route(engines, &input, sized).await {
+                    Ok(d) => {
+                        if let Err(e) = self.routed(run, &d).await {
+                            return prepared.failed(&e.to_string(), ErrorClass::Retryable);
+                        }
+                        d
+                    }
+                    Err(RouteError::Request(text)) => {
+                        return prepared.failed(&text, ErrorClass::Configuration)
+                    }
+                    Err(RouteError::Source(e)) => {
+                        return execute::failed_with(&e, &prepared.hidden)
+                    }
+                }
+            }
+        };
+        if !decision.delegated() {
+            return execute::run(prepared, opts, tracker).await;
+        }
+        let Some(engine) = engines.get(&decision.engine).cloned() else {
+            return prepared.failed(
+                &format!(
+                    "the run was delegated to engine {}, which this data plane no longer has",
+                    decision.engine
+                ),
+                ErrorClass::Configuration,
+            );
+        };
+        let (single_object, estimated) = match list().await {
+            Ok(l) => (
+                l.single_object,
+                l.entries.iter().map(|e| e.size).sum::<u64>(),
+            ),
+            Err(e) => return execute::failed_with(&e, &prepared.hidden),
+        };
+        match self
+            .delegate(
+                run,
+                engine.clone(),
+                &prepared,
+                (single_object, estimated),
+                tracker.clone(),
+            )
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(err) if engine.engine.config().fallback == Fallback::InProcess => {
+                let d = Decision::in_process("fallback", format!("{err}; fallback: inProcess"));
+                if let Err(e) = self.routed(run, &d).await {
+                    return prepared.failed(&e.to_string(), ErrorClass::Retryable);
+                }
+                execute::run(prepared, opts, tracker).await
+            }
+            Err(err) => self.engine_failed(&prepared, &decision.engine, err),
+        }
+    }
+
+    /// A StreamTransfer's run: batch after batch, each reading what arrived since the last
+    /// (positions move only once a batch's outputs are complete, so a batch cut short by a
+    /// kill is done again over the same offsets), until the run is stopped (suspend,
+    /// delete and shutdown abort it) or a batch fails for a reason a retry cannot fix. A
+    /// passing failure (broker or destination down) is retried with backoff, for ever.
+    async fn stream(
+        self: &Arc<Self>,
+        run: &mut RunRecord,
+        record: &TransferRecord,
+        mut prepared: Prepared,
+        opts: &CopyOptions,
+        tracker: Arc<Tracker>,
+    ) -> Outcome {
+        let mut failures = 0u32;
+        loop {
+            // Secrets are resolved once per run, and again after a failure (a rotated
+            // credential may be its cause), not once per batch.
+            if failures > 0 {
+                match execute::prepare(&self.secrets, &record.manifest).await {
+                    Ok(p) => prepared = p,
+                    Err(outcome) => return outcome,
+                }
+            }
+            match self
+                .attempt(run, record, prepared.clone(), opts, tracker.clone())
+                .await
+            {
+                Outcome::Succeeded(done) => {
+                    if failures > 0 {
+                        self.emit(
+                            &run.transfer,
+                            Some(&run.id),
+                            "Normal",
+                            "StreamRecovered",
+                            format!("run {} is moving again", run.id),
+                            json!({}),
+                        )
+                        .await;
+                    }
+                    failures = 0;
+                    if done.num_records > 0 || done.bytes > 0 {
+                        if let Err(e) = self.add_batch(run, &done).await {
+                            tracing::warn!("run {}: {e}", run.id);
+                        }
+                    }
+                    tokio::time::sleep(STREAM_POLL).await;
+                }
+                Outcome::Failed {
+                    error,
+                    class: ErrorClass::Retryable,
+                    ..
+                } => {
+                    failures = failures.saturating_add(1);
+                    let delay = self
+                        .config
+                        .backoff
+                        .delay(failures)
+                        .min(Duration::from_secs(60));
+                    self.emit(
+                        &run.transfer,
+                        Some(&run.id),
+                        "Warning",
+                        "StreamRetrying",
+                        format!(
+                            "run {}: {error}; trying again in {:.0} s",
+                            run.id,
+                            delay.as_secs_f64()
+                        ),
+                        json!({"error": error, "delaySeconds": delay.as_secs_f64(), "failures": failures}),
+                    )
+                    .await;
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Adds what a stream's batch moved to its run's totals.
+    async fn add_batch(&self, run: &mut RunRecord, done: &RunStats) -> Result<()> {
+        self.update_stats(run, |stats| {
+            stats.num_records += done.num_records;
+            stats.bytes += done.bytes;
+            stats.objects += done.objects;
+            stats.outputs.extend(done.outputs.iter().cloned());
+            stats.last_record_ms = Some(now_ms());
+            stats.source_schema = done.source_schema.clone().or(stats.source_schema.take());
+            stats.destination_schema = done
+                .destination_schema
+                .clone()
+                .or(stats.destination_schema.take());
+        })
+        .await
+    }
+
+    /// Changes a running run's stats as stored (the progress reporter writes them too, so
+    /// the stored ones are read first) and keeps `run` in step.
+    pub(crate) async fn update_stats(
+        &self,
+        run: &mut RunRecord,
+        change: impl FnOnce(&mut RunStats),
+    ) -> Result<()> {
+        if let Some(stored) = self.store.get_run(&run.id).await? {
+            run.stats = stored.stats;
+        }
+        let mut stats: RunStats = serde_json::from_value(run.stats.clone()).unwrap_or_default();
+        change(&mut stats);
+        run.stats = serde_json::to_value(&stats).unwrap_or_default();
+        self.store.put_run(run).await
+    }
+
+    /// Records where the run goes and why: in its stats and as a `RunRouted` event.
+    async fn routed(&self, run: &mut RunRecord, decision: &Decision) -> Result<()> {
+        self.update_stats(run, |stats| {
+            stats.execution = Some(Execution {
+                decision: decision.clone(),
+                group: None,
+                job: None,
+                submissions: 0,
+            })
+        })
+        .await?;
+        self.metrics.routed(&decision.engine, &decision.rule);
+        self.emit(
+            &run.transfer,
+            Some(&run.id),
+            "Normal",
+            "RunRouted",
+            format!(
+                "run {} routed to {}: {}",
+                run.id, decision.engine, decision.reason
+            ),
+            serde_json::to_value(decision).unwrap_or_default(),
+        )
+        .await;
         Ok(())
     }
 

@@ -273,6 +273,9 @@ pub fn run_request(record: &TransferRecord) -> (RunRequest, Option<String>) {
         }
     }
     request.transfer = Some(record.name.clone());
+    request.engine = crate::engines::route::ExecutionRequest::of_spec(spec)
+        .named()
+        .map(str::to_string);
     let strategy = spec["dataPlane"]["strategy"].as_str().map(str::to_string);
     (request, strategy)
 }

@@ -64,6 +64,23 @@ impl Progress for Tracker {
 }
 
 impl Tracker {
+    /// What an external engine says it moved so far, and of how much (its own counts
+    /// replace ours).
+    pub fn observed(&self, bytes_done: u64, bytes_total: u64) {
+        let _ = self.started.set(Instant::now());
+        self.bytes_total.store(bytes_total, Ordering::Relaxed);
+        let before = self.bytes_done.swap(bytes_done, Ordering::Relaxed);
+        if bytes_done > before {
+            self.last_advance.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn bytes_done(&self) -> u64 {
+        self.bytes_done.load(Ordering::Relaxed)
+    }
+}
+
+impl Tracker {
     pub fn progress(&self) -> RunProgress {
         let total = self.bytes_total.load(Ordering::Relaxed);
         let done = self.bytes_done.load(Ordering::Relaxed).min(total.max(1));
@@ -117,27 +134,78 @@ impl RunStats {
     /// Takes what an attempt reported, with rates over the run's whole duration.
     pub fn merge(&mut self, done: RunStats, seconds: f64) {
         let last_record_ms = self.last_record_ms;
+        let execution = self.execution.take();
         *self = done;
         self.last_record_ms = self.last_record_ms.or(last_record_ms);
+        self.execution = self.execution.take().or(execution);
         self.duration_seconds = seconds;
         self.bytes_per_second = self.bytes as f64 / seconds;
         self.records_per_second = self.num_records as f64 / seconds;
     }
 }
 
-/// Runs the transfer `manifest` describes once.
-pub async fn run(
-    secrets: &SecretResolver,
-    manifest: &Value,
-    opts: &CopyOptions,
-    tracker: Arc<Tracker>,
-) -> Outcome {
-    let resolved = match secrets.resolve_manifest(manifest).await {
-        Ok(v) => v,
-        Err(e) => return failed(&e, &[]),
-    };
-    let hidden = secret_values(manifest, &resolved);
-    apart(resolved, hidden, opts.clone(), tracker).await
+/// A run's manifest with its secrets resolved and its addresses planned.
+#[derive(Clone)]
+pub struct Prepared {
+    pub resolved: Value,
+    /// The secret values resolution put in, to scrub from anything shown.
+    pub hidden: Vec<String>,
+    pub source: DataAddress,
+    pub destination: DataAddress,
+    pub records: ferry_engine::RecordOptions,
+}
+
+impl Prepared {
+    /// True when the run converts formats or transforms records.
+    pub fn on_record_path(&self) -> bool {
+        self.records.needed(&self.source, &self.destination)
+    }
+
+    /// `error` as an outcome, its text scrubbed of this run's secrets.
+    pub fn failed(&self, error: &str, class: ErrorClass) -> Outcome {
+        Outcome::Failed {
+            error: scrub(error, &self.hidden),
+            class,
+            moved: None,
+        }
+    }
+}
+
+/// Resolves the manifest's secrets and plans its addresses; a failure is the attempt's
+/// outcome.
+pub async fn prepare(secrets: &SecretResolver, manifest: &Value) -> Result<Prepared, Outcome> {
+    let resolved = secrets
+        .resolve_manifest(manifest)
+        .await
+        .map_err(|e| failed(&e, &[]))?;
+    let mut hidden = secret_values(manifest, &resolved);
+    let (source, destination, records) = Manifest::from_json(resolved.clone())
+        .and_then(|m| m.plan())
+        .map_err(|e| failed(&e, &hidden))?;
+    // Keys that come from the environment too: an engine's error may quote the store's
+    // settings it was given (rclone names an on-the-fly remote by its parameters).
+    for address in [&source, &destination] {
+        hidden.extend(store_secrets(address));
+    }
+    hidden.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    hidden.dedup();
+    Ok(Prepared {
+        resolved,
+        hidden,
+        source,
+        destination,
+        records,
+    })
+}
+
+/// Runs the prepared transfer once on this data plane's own engine.
+pub async fn run(prepared: Prepared, opts: &CopyOptions, tracker: Arc<Tracker>) -> Outcome {
+    apart(prepared.resolved, prepared.hidden, opts.clone(), tracker).await
+}
+
+/// An error as an outcome, classified, its text scrubbed of `hidden`.
+pub fn failed_with(e: &Error, hidden: &[String]) -> Outcome {
+    failed(e, hidden)
 }
 
 /// Runs the engine in a thread with a runtime of its own. The engine's futures hold
@@ -286,6 +354,24 @@ fn report_failed(error: Option<String>, hidden: &[String], moved: RunStats) -> O
     }
 }
 
+/// The secret values an object store address resolves to (its options over the
+/// environment): keys and tokens of 8 characters or more, which cannot be mistaken for
+/// ordinary words in a message.
+fn store_secrets(address: &DataAddress) -> Vec<String> {
+    if !matches!(address, DataAddress::S3 { .. } | DataAddress::Azure { .. }) {
+        return Vec::new();
+    }
+    let Ok(settings) = ferry_connectors::object::resolved_settings(address) else {
+        return Vec::new();
+    };
+    ["secret_access_key", "token", "access_key", "sas_key"]
+        .iter()
+        .filter_map(|k| settings.get(k))
+        .filter(|v| v.len() >= 8)
+        .cloned()
+        .collect()
+}
+
 /// The strings secret resolution put into the manifest: anything in `resolved` that is
 /// not, at the same place, in `original`.
 fn secret_values(original: &Value, resolved: &Value) -> Vec<String> {
@@ -313,6 +399,11 @@ fn secret_values(original: &Value, resolved: &Value) -> Vec<String> {
     walk(Some(original), resolved, &mut out);
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));
     out
+}
+
+/// `text` on one line, with the secret values in `hidden` masked.
+pub fn scrub_text(text: &str, hidden: &[String]) -> String {
+    scrub(text, hidden)
 }
 
 fn scrub(text: &str, hidden: &[String]) -> String {
@@ -352,4 +443,32 @@ pub async fn cleanup(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_keys_from_the_address_are_hidden_and_short_words_are_not() {
+        let s3 = DataAddress::parse(
+            "s3://lake/in/?secret_access_key=wJalrXUtnFEMI-K7MDENG&access_key_id=AKIDEXAMPLE",
+        )
+        .unwrap();
+        let hidden = store_secrets(&s3);
+        assert!(
+            hidden.contains(&"wJalrXUtnFEMI-K7MDENG".to_string()),
+            "{hidden:?}"
+        );
+        // The key id is not a secret; rclone's error naming the remote keeps it.
+        assert!(!hidden.contains(&"AKIDEXAMPLE".to_string()), "{hidden:?}");
+        let shown = scrub_text(
+            "Failed to create file system for \":s3,secret_access_key=wJalrXUtnFEMI-K7MDENG:lake\"",
+            &hidden,
+        );
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        let short = DataAddress::parse("s3://lake/in/?secret_access_key=test").unwrap();
+        assert!(store_secrets(&short).is_empty());
+        assert!(store_secrets(&DataAddress::parse("/data/in/").unwrap()).is_empty());
+    }
 }

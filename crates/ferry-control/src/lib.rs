@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod dispatch;
+pub mod engines;
 pub mod execute;
 pub mod metrics;
 pub mod resource;

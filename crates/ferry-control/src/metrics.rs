@@ -21,6 +21,8 @@ pub struct Metrics {
     records: AtomicU64,
     durations: Mutex<Histogram>,
     events: AtomicU64,
+    /// Routing decisions by (engine or inProcess, rule).
+    routed: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 #[derive(Default)]
@@ -37,6 +39,8 @@ pub struct Snapshot {
     pub webhook_delivered: u64,
     pub webhook_failed: u64,
     pub webhook_dropped: u64,
+    /// Runs each engine executes now, by engine name.
+    pub delegated_runs: Vec<(String, u64)>,
 }
 
 impl Metrics {
@@ -69,6 +73,13 @@ impl Metrics {
         h.sum += seconds;
     }
 
+    /// A run was routed to `engine` (or `inProcess`) by `rule`.
+    pub fn routed(&self, engine: &str, rule: &str) {
+        *lock(&self.routed)
+            .entry((engine.to_string(), rule.to_string()))
+            .or_default() += 1;
+    }
+
     /// Bytes and records of an attempt that failed still moved.
     pub fn moved(&self, bytes: u64, records: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -97,6 +108,29 @@ impl Metrics {
             "gauge",
             "Runs executing in this process.",
             vec![(String::new(), snap.active_runs.to_string())],
+        );
+        series(
+            "ferry_delegated_runs_active",
+            "gauge",
+            "Runs an external engine executes for this process now.",
+            snap.delegated_runs
+                .iter()
+                .map(|(engine, n)| (format!("{{engine=\"{engine}\"}}"), n.to_string()))
+                .collect(),
+        );
+        series(
+            "ferry_runs_routed_total",
+            "counter",
+            "Routing decisions, by transfer service (an engine or inProcess) and deciding rule.",
+            lock(&self.routed)
+                .iter()
+                .map(|((engine, rule), n)| {
+                    (
+                        format!("{{engine=\"{engine}\",rule=\"{rule}\"}}"),
+                        n.to_string(),
+                    )
+                })
+                .collect(),
         );
         series(
             "ferry_runs_started_total",
@@ -193,12 +227,14 @@ mod tests {
         m.run_started();
         m.run_finished("Succeeded", 2.0, 100, 10);
         m.run_finished("Failed", 0.05, 1, 0);
+        m.routed("rclone-eu", "size");
         let text = m.render(&Snapshot {
             transfers_by_phase: BTreeMap::from([("Running", 2), ("Succeeded", 1)]),
             active_runs: 2,
             webhook_delivered: 3,
             webhook_failed: 0,
             webhook_dropped: 0,
+            delegated_runs: vec![("rclone-eu".into(), 1)],
         });
         for line in [
             "ferry_transfers{phase=\"Running\"} 2",
@@ -209,6 +245,8 @@ mod tests {
             "ferry_run_duration_seconds_bucket{le=\"+Inf\"} 2",
             "ferry_run_duration_seconds_count 2",
             "ferry_webhook_deliveries_total{outcome=\"delivered\"} 3",
+            "ferry_delegated_runs_active{engine=\"rclone-eu\"} 1",
+            "ferry_runs_routed_total{engine=\"rclone-eu\",rule=\"size\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -103,10 +103,14 @@ pub struct Settings {
     pub max_failed_retries: u32,
     pub successful_history: u32,
     pub failed_history: u32,
+    /// A StreamTransfer: its run keeps the destination up to date until it is suspended or
+    /// deleted.
+    pub stream: bool,
 }
 
-const SPEC_FIELDS: [&str; 11] = [
+const SPEC_FIELDS: [&str; 12] = [
     "dataPlane",
+    "execution",
     "source",
     "destination",
     "transformation",
@@ -146,21 +150,32 @@ pub fn validate(raw: Value) -> Result<TransferManifest, Vec<FieldError>> {
             format!("required: {API_VERSION}"),
         )),
     }
-    match top.get("kind").and_then(Value::as_str) {
-        Some("BatchTransfer") => {}
-        Some("StreamTransfer") => errors.push(FieldError::new(
-            "kind",
-            "StreamTransfer is not supported yet; use BatchTransfer",
-        )),
-        Some(other) => errors.push(FieldError::new(
-            "kind",
-            format!("unknown kind '{other}'; use BatchTransfer"),
-        )),
-        None => errors.push(FieldError::new("kind", "required: BatchTransfer")),
-    }
+    let stream = match top.get("kind").and_then(Value::as_str) {
+        Some("BatchTransfer") => false,
+        Some("StreamTransfer") => true,
+        Some(other) => {
+            errors.push(FieldError::new(
+                "kind",
+                format!("unknown kind '{other}'; use BatchTransfer or StreamTransfer"),
+            ));
+            false
+        }
+        None => {
+            errors.push(FieldError::new(
+                "kind",
+                "required: BatchTransfer or StreamTransfer",
+            ));
+            false
+        }
+    };
     let (name, labels) = metadata(top.get("metadata"), &mut errors);
     let settings = match top.get("spec") {
-        Some(Value::Object(spec)) => spec_settings(spec, &mut errors),
+        Some(Value::Object(spec)) => {
+            if stream {
+                check_stream(spec, &mut errors);
+            }
+            spec_settings(spec, &mut errors).map(|s| Settings { stream, ..s })
+        }
         Some(_) => {
             errors.push(FieldError::new("spec", "must be an object"));
             None
@@ -249,6 +264,49 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 
 /// A DNS label of at most `max` bytes: lowercase letters, digits and '-', starting and
 /// ending with a letter or digit.
+/// `spec.execution: {engine: auto | inProcess | <name>, prefer: latency | throughput}`.
+/// Whether a named engine exists is the data plane's to say.
+fn check_execution(value: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let exec = match value {
+        None | Some(Value::Null) => return,
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "spec.execution",
+                "must be an object with engine and prefer",
+            ));
+            return;
+        }
+    };
+    for (key, value) in exec {
+        match key.as_str() {
+            "engine" => {
+                let ok = value.as_str().is_some_and(|e| {
+                    e == "auto" || e == "inProcess" || check_dns_label(e, 63).is_ok()
+                });
+                if !ok {
+                    errors.push(FieldError::new(
+                        "spec.execution.engine",
+                        "must be auto, inProcess or the name of an engine",
+                    ));
+                }
+            }
+            "prefer" => {
+                if !matches!(value.as_str(), Some("latency" | "throughput")) {
+                    errors.push(FieldError::new(
+                        "spec.execution.prefer",
+                        "must be latency or throughput",
+                    ));
+                }
+            }
+            _ => errors.push(FieldError::new(
+                format!("spec.execution.{key}"),
+                "unknown field; use engine or prefer",
+            )),
+        }
+    }
+}
+
 pub fn check_dns_label(name: &str, max: usize) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= max
@@ -326,6 +384,7 @@ fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
             "must be an object with labels and strategy",
         )),
     }
+    check_execution(spec.get("execution"), errors);
     let time_zone = match spec.get("timeZone") {
         None | Some(Value::Null) => None,
         Some(Value::String(tz)) => Some(tz.as_str()),
@@ -418,7 +477,65 @@ fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
         max_failed_retries,
         successful_history,
         failed_history,
+        stream: false,
     })
+}
+
+/// What a StreamTransfer needs besides a BatchTransfer's fields: a topic to read, no
+/// schedule, and a destination that keeps what earlier batches wrote (a directory, or a
+/// table in `append` or `upsert` mode).
+fn check_stream(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let source = spec
+        .get("source")
+        .and_then(|s| s.get("type"))
+        .and_then(Value::as_str);
+    if source.is_some_and(|t| t != "kafka") {
+        errors.push(FieldError::new(
+            "spec.source.type",
+            "a StreamTransfer reads a stream: kafka",
+        ));
+    }
+    if spec.get("schedule").is_some_and(|s| !s.is_null()) {
+        errors.push(FieldError::new(
+            "spec.schedule",
+            "a StreamTransfer runs continuously; it takes no schedule",
+        ));
+    }
+    let Some(dst) = spec.get("destination") else {
+        return;
+    };
+    match dst.get("type").and_then(Value::as_str).unwrap_or("") {
+        "file" | "s3" | "azure" | "az" => {
+            let at = if dst.get("key").is_some() {
+                "key"
+            } else {
+                "path"
+            };
+            let ends = dst.get(at).and_then(Value::as_str).unwrap_or("");
+            if !ends.is_empty() && !ends.ends_with('/') {
+                errors.push(FieldError::new(
+                    format!("spec.destination.{at}"),
+                    "a StreamTransfer writes files into a directory: end it with '/'",
+                ));
+            }
+        }
+        "kafka" => errors.push(FieldError::new(
+            "spec.destination.type",
+            "a StreamTransfer from a topic into a topic is not supported",
+        )),
+        _ => {
+            let mode = dst
+                .get("mode")
+                .and_then(Value::as_str)
+                .unwrap_or("overwrite");
+            if mode == "overwrite" {
+                errors.push(FieldError::new(
+                    "spec.destination.mode",
+                    "a StreamTransfer adds to its table: use append or upsert",
+                ));
+            }
+        }
+    }
 }
 
 /// True when some string in `v` is a secret reference resolved at run time.
@@ -569,6 +686,27 @@ pub struct RunStats {
     /// Milliseconds since the epoch when the last record or byte moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_record_ms: Option<i64>,
+    /// Which transfer service executes the run (this data plane, or an engine), why, and
+    /// the engine's job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
+}
+
+/// How a run is executed: the routing decision, and for a delegated run its external job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    #[serde(flatten)]
+    pub decision: crate::engines::route::Decision,
+    /// Our name for the engine's current job; kept before the job is submitted, so that a
+    /// data plane killed in between finds the job by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::engines::JobRef>,
+    /// Jobs submitted for the run so far.
+    #[serde(default)]
+    pub submissions: u32,
 }
 
 /// A run as the API shows it.

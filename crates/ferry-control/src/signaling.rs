@@ -89,7 +89,16 @@ pub struct FlowMessage {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    /// Flow properties. ferry reads `ferry.execution.engine` (`auto`, `inProcess` or an
+    /// engine's name) and `ferry.execution.prefer` (`latency`, `throughput`) here or in
+    /// `metadata`: the transfer's `spec.execution`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
 }
+
+const EXECUTION_ENGINE: &str = "ferry.execution.engine";
+const EXECUTION_PREFER: &str = "ferry.execution.prefer";
 
 /// `DataFlowSuspendMessage`, `DataFlowTerminateMessage`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -283,7 +292,11 @@ fn address(value: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<V
 
 /// A field path in the manifest made from a message, as the message names it.
 fn message_field(field: &str, source_field: &str, destination_field: &str) -> String {
-    if let Some(rest) = field.strip_prefix("spec.source") {
+    if field == "spec.execution.engine" {
+        format!("properties.{EXECUTION_ENGINE}")
+    } else if field == "spec.execution.prefer" {
+        format!("properties.{EXECUTION_PREFER}")
+    } else if let Some(rest) = field.strip_prefix("spec.source") {
         format!("{source_field}{rest}")
     } else if let Some(rest) = field.strip_prefix("spec.destination") {
         format!("{destination_field}{rest}")
@@ -384,6 +397,12 @@ fn flow_manifest(msg: &FlowMessage, ids: &Checked) -> Result<Value, Vec<FieldErr
             annotations.insert(key.to_string(), v.clone());
         }
     }
+    let mut spec = json!({"source": source, "destination": destination});
+    for (key, field) in [(EXECUTION_ENGINE, "engine"), (EXECUTION_PREFER, "prefer")] {
+        if let Some(v) = msg.properties.get(key).or_else(|| msg.metadata.get(key)) {
+            spec["execution"][field] = v.clone();
+        }
+    }
     let manifest = json!({
         "apiVersion": API_VERSION,
         "kind": "BatchTransfer",
@@ -392,7 +411,7 @@ fn flow_manifest(msg: &FlowMessage, ids: &Checked) -> Result<Value, Vec<FieldErr
             "labels": {FLOW_LABEL: "true"},
             "annotations": annotations,
         },
-        "spec": {"source": source, "destination": destination},
+        "spec": spec,
     });
     // Checked now, so a bad address fails the start, not the run.
     validate(manifest.clone()).map_err(|errors| {
@@ -412,6 +431,26 @@ fn annotation<'a>(record: &'a TransferRecord, key: &str) -> Option<&'a str> {
 }
 
 impl Controller {
+    /// The engine a flow's properties name must be one of this data plane's that can do
+    /// the flow; the error names the property.
+    fn check_flow_execution(
+        &self,
+        manifest: &crate::resource::TransferManifest,
+    ) -> ControlResult<()> {
+        self.check_execution(manifest).map_err(|e| match e {
+            ControlError::Invalid(errors) => ControlError::BadMessage(
+                errors
+                    .into_iter()
+                    .map(|e| FieldError {
+                        field: message_field(&e.field, "", ""),
+                        message: e.message,
+                    })
+                    .collect(),
+            ),
+            other => other,
+        })
+    }
+
     fn response(&self, process_id: &str, state: FlowState, error: Option<String>) -> FlowResponse {
         FlowResponse {
             dataplane_id: self.config().instance.clone(),
@@ -459,6 +498,7 @@ impl Controller {
         }
         let manifest = flow_manifest(&msg, &ids).map_err(ControlError::BadMessage)?;
         let manifest = validate(manifest).map_err(ControlError::BadMessage)?;
+        self.check_flow_execution(&manifest)?;
         self.inner().create_record(&manifest).await?;
         let mut response = self.response(&ids.process_id, FlowState::Prepared, None);
         response.data_address = msg.data_address.or(msg.destination_data_address);
@@ -484,6 +524,7 @@ impl Controller {
             None => {
                 let manifest = flow_manifest(&msg, &ids).map_err(ControlError::BadMessage)?;
                 let manifest = validate(manifest).map_err(ControlError::BadMessage)?;
+                self.check_flow_execution(&manifest)?;
                 inner.create_record(&manifest).await?
             }
         };
@@ -913,6 +954,33 @@ mod tests {
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["dataAddress.type", "dataAddress.type"]);
         assert!(errors[0].message.contains("'ftp'"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn execution_properties_become_the_transfers_spec_execution() {
+        let ids = Checked {
+            process_id: "p1".into(),
+            message_id: "m1".into(),
+        };
+        let mut msg = FlowMessage {
+            source_data_address: Some(json!({"type": "file", "path": "/in/"})),
+            data_address: Some(json!({"type": "file", "path": "/out/"})),
+            ..FlowMessage::default()
+        };
+        msg.properties
+            .insert(EXECUTION_ENGINE.into(), json!("rclone-eu"));
+        msg.metadata
+            .insert(EXECUTION_PREFER.into(), json!("throughput"));
+        let manifest = flow_manifest(&msg, &ids).unwrap();
+        assert_eq!(
+            manifest["spec"]["execution"],
+            json!({"engine": "rclone-eu", "prefer": "throughput"})
+        );
+        msg.properties
+            .insert(EXECUTION_PREFER.into(), json!("soon"));
+        let errors = flow_manifest(&msg, &ids).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["properties.ferry.execution.prefer"]);
     }
 
     #[test]

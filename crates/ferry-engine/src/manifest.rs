@@ -71,6 +71,10 @@ pub struct TransferSpec {
     pub failed_jobs_history_limit: Option<u32>,
     /// Service with several data planes: which may execute the runs.
     pub data_plane: Option<DataPlaneSpec>,
+    /// Service: which transfer service executes the runs (`engine: auto | inProcess |
+    /// <name>`, `prefer: latency | throughput`); the data plane routes by it. `ferry run`
+    /// executes in-process whatever it says.
+    pub execution: Option<serde_json::Value>,
 }
 
 /// What a transfer asks of the data plane that executes its runs. `ferry run` ignores it.
@@ -244,9 +248,16 @@ impl Manifest {
         })
     }
 
+    /// A manifest file for `ferry run`, which executes BatchTransfers.
     pub fn parse(text: &str) -> Result<Self> {
         let manifest: Manifest =
             serde_norway::from_str(text).map_err(|e| Error::invalid_option("manifest", e))?;
+        if manifest.kind == "StreamTransfer" {
+            return Err(Error::invalid_option(
+                "manifest",
+                "kind StreamTransfer runs continuously under the service: apply it with `ferry transfers apply -f FILE` to a running `ferry serve`",
+            ));
+        }
         manifest.checked()
     }
 
@@ -269,17 +280,13 @@ impl Manifest {
             ));
         }
         match manifest.kind.as_str() {
-            "BatchTransfer" => {}
-            "StreamTransfer" => {
-                return Err(Error::invalid_option(
-                    "manifest",
-                    "kind StreamTransfer is not supported yet; use BatchTransfer",
-                ))
-            }
+            // A StreamTransfer's runs are micro-batches of the service's stream loop, each
+            // executed like a BatchTransfer of what arrived since the last.
+            "BatchTransfer" | "StreamTransfer" => {}
             other => {
                 return Err(Error::invalid_option(
                     "manifest",
-                    format!("unknown kind '{other}'; use BatchTransfer"),
+                    format!("unknown kind '{other}'; use BatchTransfer or StreamTransfer"),
                 ))
             }
         }

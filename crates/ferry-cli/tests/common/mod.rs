@@ -70,4 +70,6 @@ pub fn copy_in_ok(work: &Path, args: &[&str]) -> String {
 
 pub mod kafka;
 pub mod proxy;
+pub mod rclone;
 pub mod service;
+pub mod transfers;

@@ -248,7 +248,7 @@ pub fn write_files(dir: &std::path::Path, count: u64, size: usize, seed: u64) {
     }
 }
 
-/// Every file in directory `a` is in `b` with the same bytes.
+/// Every file in directory `a`, and in its subdirectories, is in `b` with the same bytes.
 pub fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
     let mut names: Vec<_> = std::fs::read_dir(a)
         .unwrap()
@@ -257,6 +257,10 @@ pub fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
     names.sort();
     assert!(!names.is_empty(), "{} is empty", a.display());
     for name in names {
+        if a.join(&name).is_dir() {
+            assert_same_tree(&a.join(&name), &b.join(&name));
+            continue;
+        }
         assert!(
             std::fs::read(a.join(&name)).unwrap() == std::fs::read(b.join(&name)).unwrap(),
             "{} differs from {}",

@@ -258,8 +258,8 @@ impl SelectorConfig {
     }
 }
 
-/// `postgres, file,` → `["postgres", "file"]`.
-fn list(value: &str) -> Vec<String> {
+/// `postgres, file,` → `["postgres", "file"]`: a comma-separated setting.
+pub fn list(value: &str) -> Vec<String> {
     value
         .split(',')
         .map(str::trim)

@@ -166,6 +166,9 @@ pub struct DataPlaneInstance {
     /// older than the heartbeat timeout, the instance counts as unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_ms: Option<i64>,
+    /// External transfer engines it can delegate runs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<crate::engines::EngineInfo>,
 }
 
 /// What a run needs from the data plane that executes it.
@@ -182,6 +185,10 @@ pub struct RunRequest {
     /// The transfer the run belongs to, for strategies and messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<String>,
+    /// The engine the transfer names in `spec.execution.engine`, which the instance must
+    /// have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 impl RunRequest {
@@ -232,6 +239,7 @@ impl DataPlaneInstance {
             load: None,
             registration: None,
             last_heartbeat_ms: None,
+            engines: Vec::new(),
         }
     }
 
@@ -348,6 +356,11 @@ impl DataPlaneInstance {
                 _ => reasons.push(format!("lacks label {key}={value}")),
             }
         }
+        if let Some(engine) = &run.engine {
+            if !self.engines.iter().any(|e| &e.name == engine) {
+                reasons.push(format!("lacks engine {engine}"));
+            }
+        }
         reasons
     }
 }
@@ -447,6 +460,24 @@ mod tests {
                 "lacks label region=us"
             ]
         );
+    }
+
+    #[test]
+    fn a_run_naming_an_engine_needs_an_instance_that_has_it() {
+        let mut dp = DataPlaneInstance::new("dp-a", "http://dp-a:8080");
+        let mut run = RunRequest::new("file", "s3");
+        run.engine = Some("rclone-eu".into());
+        assert_eq!(dp.missing(&run), vec!["lacks engine rclone-eu"]);
+        dp.engines.push(crate::engines::EngineInfo {
+            name: "rclone-eu".into(),
+            kind: "rclone".into(),
+            ..Default::default()
+        });
+        assert!(dp.can_handle(&run));
+        // The registration carries the engines as it is sent and stored.
+        let text = serde_json::to_string(&dp).unwrap();
+        let back: DataPlaneInstance = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.engines[0].name, "rclone-eu");
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! A StreamTransfer under `ferry serve`: a topic kept landed as JSON lines files while
+//! events arrive, through a `kill -9` of the server and a suspend, every event exactly once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::kafka::{broker, topic_of_rows};
+use common::service::{free_port, Service};
+use common::transfers::{events, wait_event};
+use serde_json::{json, Value};
+
+fn serve(root: &Path, port: u16, failpoint: Option<&str>) -> Service {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(root.join("data"))
+        .env("FERRY_STATE_DIR", root.join("state"))
+        .env_remove("FERRY_FAILPOINT")
+        .current_dir(root);
+    if let Some(fp) = failpoint {
+        cmd.env("FERRY_FAILPOINT", fp);
+    }
+    Service::start(cmd, port)
+}
+
+/// Produces rows `from..to` (`id`, `customer`) into `topic`, keyed by customer.
+fn produce(root: &Path, broker: &str, topic: &str, from: usize, to: usize) {
+    let rows: String = (from..to)
+        .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
+        .collect();
+    std::fs::write(root.join("more.jsonl"), rows).unwrap();
+    common::copy_in_ok(
+        root,
+        &[
+            "more.jsonl",
+            &format!("kafka://{broker}/{topic}?keyColumns=customer"),
+        ],
+    );
+}
+
+/// How many times each id is in the lake's complete files.
+fn landed(lake: &Path) -> BTreeMap<u64, usize> {
+    let mut ids = BTreeMap::new();
+    let mut dirs = vec![lake.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "jsonl" || e == "json")
+            {
+                for line in std::fs::read_to_string(&path).unwrap().lines() {
+                    let row: Value = serde_json::from_str(line).unwrap();
+                    *ids.entry(row["id"].as_u64().unwrap()).or_default() += 1;
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Waits until the lake holds `count` distinct ids; each must be there once.
+fn wait_landed(lake: &Path, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ids = landed(lake);
+        let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "ids landed more than once: {twice:?}");
+        if ids.len() as u64 == count {
+            assert_eq!(
+                ids.keys().copied().collect::<Vec<_>>(),
+                (0..count).collect::<Vec<_>>()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} ids landed",
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_stream_lands_every_event_once_through_a_kill_and_a_suspend() {
+    let Some(broker) = broker() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let topic = topic_of_rows(root, &broker, 100);
+    let lake = root.join("lake");
+    // Killed at a random point of its first batch: after 1, 2 or 3 of the row batches it
+    // writes (one file per partition) were written, before the batch was committed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let failpoint = format!("pause-after-batches:{}", 1 + nanos % 3);
+    let mut server = serve(root, free_port(), Some(&failpoint));
+    let manifest = json!({"apiVersion": "ferry.dev/v1", "kind": "StreamTransfer",
+        "metadata": {"name": "orders-lake"},
+        "spec": {"source": {"type": "kafka", "brokers": broker, "topic": topic},
+                 "destination": {"type": "file", "path": format!("{}/", lake.display()),
+                                 "format": "json"}}});
+    let (status, body) = server.call("POST", "/v1/transfers", Some(&manifest));
+    assert_eq!(status, 201, "{body}");
+    server.wait_line("failpoint reached");
+    server.kill_9();
+    assert!(landed(&lake).len() < 100);
+
+    // Started again, it finishes that batch over the same offsets, then keeps landing
+    // what arrives.
+    let mut server = serve(root, free_port(), None);
+    wait_landed(&lake, 100);
+    produce(root, &broker, &topic, 100, 150);
+    wait_landed(&lake, 150);
+    let (_, runs) = server.call("GET", "/v1/transfers/orders-lake/runs", None);
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        1,
+        "one long-lived run: {runs}"
+    );
+    assert_eq!(runs[0]["phase"], "Running", "{runs}");
+
+    // Killed while idle; events arrive while it is down; started again, it goes on.
+    server.kill_9();
+    produce(root, &broker, &topic, 150, 200);
+    let server = serve(root, free_port(), None);
+    wait_landed(&lake, 200);
+
+    // Suspended: nothing lands; resumed: the rest does.
+    let (status, _) = server.call("POST", "/v1/transfers/orders-lake/suspend", None);
+    assert_eq!(status, 200);
+    wait_event(&server, "orders-lake", "RunSuspended");
+    produce(root, &broker, &topic, 200, 250);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(landed(&lake).len(), 200, "landed while suspended");
+    let (status, _) = server.call("POST", "/v1/transfers/orders-lake/resume", None);
+    assert_eq!(status, 200);
+    wait_landed(&lake, 250);
+    let reasons: Vec<Value> = events(&server, "orders-lake")
+        .into_iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert!(!reasons.contains(&json!("RunSucceeded")), "{reasons:?}");
+}
+
+#[test]
+fn a_stream_transfer_needs_a_topic_no_schedule_and_a_destination_that_keeps_adding() {
+    let work = tempfile::tempdir().unwrap();
+    let server = serve(work.path(), free_port(), None);
+    let manifest = json!({"apiVersion": "ferry.dev/v1", "kind": "StreamTransfer",
+        "metadata": {"name": "bad-stream"},
+        "spec": {"source": {"type": "file", "path": "/data/in/"},
+                 "destination": {"type": "postgres", "url": "postgres://h/db", "table": "t"},
+                 "schedule": "* * * * *"}});
+    let (status, body) = server.call("POST", "/v1/transfers", Some(&manifest));
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    for field in ["spec.source.type", "spec.schedule", "spec.destination.mode"] {
+        assert!(fields.contains(&field), "{field} not in {body}");
+    }
+}

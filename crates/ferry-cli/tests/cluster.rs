@@ -604,3 +604,141 @@ fn a_delegated_run_of_a_killed_data_plane_is_taken_over_and_reattaches_to_its_jo
     );
     assert_same_tree(&root.join("in"), &root.join("out"));
 }
+
+/// Keyed changes, round `r` of 30 keys: values, and a tombstone of every 5th key in odd
+/// rounds. `last` follows each key's last value (absent after a tombstone).
+fn changes(r: u64, last: &mut BTreeMap<String, u64>) -> Vec<common::kafka::Sent> {
+    (0..30u64)
+        .map(|k| {
+            let key = format!("k{k}");
+            let p = (k % 3) as i32;
+            if r % 2 == 1 && k % 5 == r % 5 {
+                last.remove(&key);
+                return (p, Some(key), None);
+            }
+            let version = r * 1000 + k;
+            last.insert(key.clone(), version);
+            let value = json!({"key": key, "version": version});
+            (p, Some(key), Some(value.to_string().into_bytes()))
+        })
+        .collect()
+}
+
+/// Two StreamTransfers on a data plane SIGKILLed while events keep arriving: one keeps
+/// an upsert table equal to the keyed topic (tombstones deleting), the other appends
+/// every event with its partition and offset. After the lease the other data plane
+/// continues both from their committed positions: the append table then holds every
+/// event exactly once and the upsert table each key's last value.
+#[test]
+fn streams_of_a_killed_data_plane_continue_on_another_with_every_event_once() {
+    let Some(broker) = common::kafka::broker() else {
+        return;
+    };
+    let Some((mut cluster, _work)) = Cluster::new("ferry_streams") else {
+        return;
+    };
+    cluster.control_plane(1);
+    let mut first = cluster.data_plane("dp-a", None);
+    let topic = common::kafka::new_topic(&broker, 3);
+    let mut last = BTreeMap::new();
+    let mut sent = 0usize;
+    let mut produce = |rounds: std::ops::Range<u64>, last: &mut BTreeMap<String, u64>| {
+        for r in rounds {
+            let events = changes(r, last);
+            // Tombstones give no row in the append table.
+            sent += events.iter().filter(|e| e.2.is_some()).count();
+            common::kafka::send(&broker, &topic, &events);
+        }
+        sent
+    };
+    produce(0..20, &mut last);
+    let stream = |name: &str, destination: Value| -> Value {
+        json!({"apiVersion": "ferry.dev/v1", "kind": "StreamTransfer",
+            "metadata": {"name": name},
+            "spec": {"source": {"type": "kafka", "brokers": broker, "topic": topic,
+                                "metadata": ["_partition", "_offset"]},
+                     "destination": destination}})
+    };
+    let url = cluster.store();
+    cluster.create(
+        0,
+        &stream(
+            "latest",
+            json!({"type": "postgres", "url": url, "table": "latest",
+                   "mode": "upsert", "keyColumns": ["key"]}),
+        ),
+    );
+    cluster.create(
+        0,
+        &stream(
+            "every",
+            json!({"type": "postgres", "url": url, "table": "every", "mode": "append"}),
+        ),
+    );
+    let db = cluster.db.clone();
+    let count = |cluster: &Cluster, table: &str| -> usize {
+        let exists = cluster
+            .pg
+            .sql(&db, &format!("SELECT to_regclass('{table}') IS NOT NULL"));
+        if exists != "t" {
+            return 0;
+        }
+        cluster
+            .pg
+            .sql(&db, &format!("SELECT count(*) FROM {table}"))
+            .parse()
+            .unwrap()
+    };
+    let wait_rows = |cluster: &Cluster, table: &str, at_least: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count(cluster, table) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "{table}: {} rows, waiting for {at_least}; {:?}",
+                count(cluster, table),
+                cluster.events(if table == "every" { "every" } else { "latest" })
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_rows(&cluster, "every", 1);
+    let _second = cluster.data_plane("dp-b", None);
+    // Under load: more events arrive while dp-a runs both streams, and it is killed at a
+    // point of its batches that depends on the machine's timing.
+    produce(20..30, &mut last);
+    first.kill_9();
+    let total = produce(30..60, &mut last);
+
+    wait_rows(&cluster, "every", total);
+    // Each (partition, offset) once, and as many as the topic holds values.
+    let every = cluster.pg.sql(
+        &db,
+        "SELECT count(*), count(DISTINCT (_partition, _offset)) FROM every",
+    );
+    assert_eq!(every, format!("{total}|{}", total), "every event once");
+    let latest = || -> BTreeMap<String, u64> {
+        cluster
+            .pg
+            .sql(&db, "SELECT key, version FROM latest")
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once('|').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest() != last {
+        assert!(Instant::now() < deadline, "{:?} != {last:?}", latest());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both streams were handed over to dp-b: dispatched twice, each run still Running.
+    for name in ["latest", "every"] {
+        assert_eq!(cluster.dispatched(name), ["dp-a", "dp-b"], "{name}");
+        let (_, runs) = cluster
+            .cp(0)
+            .call("GET", &format!("/v1/transfers/{name}/runs"), None);
+        assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+        assert_eq!(runs[0]["phase"], "Running", "{runs}");
+    }
+}

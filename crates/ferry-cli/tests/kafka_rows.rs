@@ -9,41 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::kafka::{address, broker, new_topic, read_events, schema_registry};
+use common::kafka::{address, broker, new_topic, read_events, schema_registry, send, Sent};
 use common::{copy_in as run, copy_in_ok as run_ok, ferry, start_and_kill};
 use ferry_connectors::kafka::rdkafka::consumer::Consumer;
 use ferry_connectors::kafka::rdkafka::error::KafkaError;
 use ferry_connectors::kafka::rdkafka::message::{Headers, Message};
-use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
 use ferry_connectors::kafka::rdkafka::{Offset, TopicPartitionList};
 use ferry_connectors::kafka::{self};
 use ferry_connectors::testkit::{unique_name, TestPostgres};
 use serde_json::{json, Value};
-
-/// An event to send: partition, key, value.
-type Sent = (i32, Option<String>, Option<Vec<u8>>);
-
-/// Sends events, waiting until all are delivered.
-fn send(broker: &str, topic: &str, events: &[Sent]) {
-    let a = address(broker, topic);
-    let producer = kafka::producer(&a).unwrap();
-    for (p, key, value) in events {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(*p);
-        if let Some(k) = key {
-            record = record.key(k.as_bytes());
-        }
-        if let Some(v) = value {
-            record = record.payload(v.as_slice());
-        }
-        while let Err((e, back)) = producer.send(record) {
-            assert!(matches!(e, KafkaError::MessageProduction(_)), "{e}");
-            record = back;
-            producer.poll(Duration::from_millis(20));
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-    assert!(producer.context().error(&a).is_none());
-}
 
 /// Orders `from..to` as JSON values spread over `partitions`, keyed by customer; every
 /// 25th is a tombstone of its key (no value, so no row).
@@ -727,4 +701,88 @@ fn a_snapshot_keeps_each_keys_last_value_and_drops_keys_whose_last_event_is_a_to
         })
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Keyed events into an `upsert` table are changes: each key's last value is its row, a
+/// tombstone deletes it (and a later value brings it back), also when a key changes many
+/// times within one load, and each run applies only what arrived since the last.
+#[test]
+fn keyed_changes_keep_an_upsert_table_equal_to_the_topic_in_postgres_and_sqlite() {
+    let (Some(broker), Some(pg)) = (broker(), TestPostgres::get()) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 3);
+    // Rounds of 40 keys: values, tombstones of every 6th key in odd rounds, and keys
+    // brought back in the next round.
+    let round = |r: u64, expected: &mut BTreeMap<String, u64>| -> Vec<Sent> {
+        (0..40u64)
+            .map(|k| {
+                let key = format!("k{k}");
+                let p = (k % 3) as i32;
+                if r % 2 == 1 && k % 6 == r % 6 {
+                    expected.remove(&key);
+                    return (p, Some(key), None);
+                }
+                let version = r * 100 + k;
+                expected.insert(key.clone(), version);
+                let value = json!({"key": key, "version": version, "note": format!("r{r}")});
+                (p, Some(key), Some(value.to_string().into_bytes()))
+            })
+            .collect()
+    };
+    let mut expected = BTreeMap::new();
+    let first: Vec<Sent> = (0..8).flat_map(|r| round(r, &mut expected)).collect();
+    send(&broker, &topic, &first);
+
+    let table = unique_name("changes").replace('-', "_");
+    let src = format!("kafka://{broker}/{topic}");
+    let pg_dst = format!(
+        "{}?table={table}&mode=upsert&keyColumns=key",
+        pg.url("ferry")
+    );
+    let sqlite = work.path().join("changes.db");
+    let lite_dst = format!(
+        "sqlite://{}?table=changes&mode=upsert&keyColumns=key",
+        sqlite.display()
+    );
+    let pg_rows = |pg: &TestPostgres| -> BTreeMap<String, u64> {
+        pg.sql("ferry", &format!("SELECT key, version FROM {table}"))
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once('|').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect()
+    };
+    let lite_rows = || -> BTreeMap<String, u64> {
+        let c = ferry_connectors::sqlite::rusqlite::Connection::open(&sqlite).unwrap();
+        let mut s = c.prepare("SELECT key, version FROM changes").unwrap();
+        let rows = s
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    };
+    // Small batches: a key's changes spread over batches and streams of one load.
+    for dst in [&pg_dst, &lite_dst] {
+        run_ok(work.path(), &[&src, dst, "--source-option", "batchSize=16"]);
+    }
+    assert_eq!(pg_rows(&pg), expected);
+    assert_eq!(lite_rows(), expected);
+
+    let more: Vec<Sent> = (8..13).flat_map(|r| round(r, &mut expected)).collect();
+    send(&broker, &topic, &more);
+    for dst in [&pg_dst, &lite_dst] {
+        run_ok(work.path(), &[&src, dst, "--source-option", "batchSize=16"]);
+    }
+    assert_eq!(pg_rows(&pg), expected);
+    assert_eq!(lite_rows(), expected);
+    // The table has the values' columns and the key as its primary key, nothing of ferry's.
+    assert_eq!(
+        pg.sql("ferry", &format!("SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = '{table}'")),
+        "key,note,version"
+    );
+    pg.sql("ferry", &format!("DROP TABLE {table}"));
 }

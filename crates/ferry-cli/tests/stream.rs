@@ -130,6 +130,37 @@ fn a_stream_lands_every_event_once_through_a_kill_and_a_suspend() {
         "one long-lived run: {runs}"
     );
     assert_eq!(runs[0]["phase"], "Running", "{runs}");
+    // Its status says where it stands: every partition committed up to its high
+    // watermark (150 events in all), no lag; and so do the Prometheus gauges.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        let (_, runs) = server.call("GET", "/v1/transfers/orders-lake/runs", None);
+        let stream = runs[0]["stats"]["stream"].clone();
+        let committed: i64 = stream["partitions"].as_array().map_or(0, |ps| {
+            ps.iter().map(|p| p["committed"].as_i64().unwrap()).sum()
+        });
+        if committed == 150 && stream["lagEvents"] == 0 {
+            break stream;
+        }
+        assert!(Instant::now() < deadline, "{runs}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stream["lagSeconds"], 0.0, "{stream}");
+    assert!(stream["batches"].as_u64().unwrap() >= 1, "{stream}");
+    let partitions = stream["partitions"].as_array().unwrap();
+    assert!(
+        partitions.iter().all(|p| p["committed"] == p["high"]),
+        "{stream}"
+    );
+    let (_, metrics) = server.call("GET", "/metrics", None);
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for p in partitions {
+        let line = format!(
+            "ferry_stream_lag_events{{transfer=\"orders-lake\",partition=\"{}\"}} 0",
+            p["partition"]
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 
     // Killed while idle; events arrive while it is down; started again, it goes on.
     server.kill_9();

@@ -178,6 +178,27 @@ where
     rx
 }
 
+/// The column of a change stream's rows (a topic read into an `upsert` table) that orders
+/// the changes of a key: the event's offset. Staged with the rows, never a target column.
+pub const CHANGE_SEQ: &str = "__ferry_seq";
+/// The column of a change stream's rows that is true for a tombstone: the key's row is
+/// deleted.
+pub const CHANGE_DELETED: &str = "__ferry_deleted";
+
+/// Whether rows of `schema` are changes (they end with [`CHANGE_SEQ`] and
+/// [`CHANGE_DELETED`]): only the last change of each key counts, and a tombstone deletes.
+pub fn is_change_stream(schema: &Schema) -> bool {
+    let n = schema.fields().len();
+    n >= 2
+        && schema.field(n - 2).name() == CHANGE_SEQ
+        && schema.field(n - 1).name() == CHANGE_DELETED
+}
+
+/// Whether `name` is one of a change stream's own columns.
+pub fn is_change_column(name: &str) -> bool {
+    name == CHANGE_SEQ || name == CHANGE_DELETED
+}
+
 /// Checks, before a load, that the upsert key columns are among the source's columns.
 pub fn check_key_columns(address: &TableAddress, schema: &Schema) -> Result<()> {
     for key in &address.key_columns {

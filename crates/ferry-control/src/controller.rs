@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::AbortHandle;
 
+mod stream;
+
 use crate::dispatch::Dispatcher;
 use crate::engines::route::{Decision, ExecutionRequest, RouteError, RouteInput, Router};
 use crate::engines::{Engines, Fallback};
@@ -146,9 +148,6 @@ pub(crate) struct Inner {
     /// External engines runs can be delegated to, and the rules that choose.
     engines: std::sync::OnceLock<(Engines, Router)>,
 }
-
-/// How long a stream's run waits after a batch before it looks for more.
-const STREAM_POLL: Duration = Duration::from_secs(1);
 
 pub(crate) struct Active {
     pub(crate) transfer: String,
@@ -1338,101 +1337,6 @@ impl Inner {
             }
             Err(err) => self.engine_failed(&prepared, &decision.engine, err),
         }
-    }
-
-    /// A StreamTransfer's run: batch after batch, each reading what arrived since the last
-    /// (positions move only once a batch's outputs are complete, so a batch cut short by a
-    /// kill is done again over the same offsets), until the run is stopped (suspend,
-    /// delete and shutdown abort it) or a batch fails for a reason a retry cannot fix. A
-    /// passing failure (broker or destination down) is retried with backoff, for ever.
-    async fn stream(
-        self: &Arc<Self>,
-        run: &mut RunRecord,
-        record: &TransferRecord,
-        mut prepared: Prepared,
-        opts: &CopyOptions,
-        tracker: Arc<Tracker>,
-    ) -> Outcome {
-        let mut failures = 0u32;
-        loop {
-            // Secrets are resolved once per run, and again after a failure (a rotated
-            // credential may be its cause), not once per batch.
-            if failures > 0 {
-                match execute::prepare(&self.secrets, &record.manifest).await {
-                    Ok(p) => prepared = p,
-                    Err(outcome) => return outcome,
-                }
-            }
-            match self
-                .attempt(run, record, prepared.clone(), opts, tracker.clone())
-                .await
-            {
-                Outcome::Succeeded(done) => {
-                    if failures > 0 {
-                        self.emit(
-                            &run.transfer,
-                            Some(&run.id),
-                            "Normal",
-                            "StreamRecovered",
-                            format!("run {} is moving again", run.id),
-                            json!({}),
-                        )
-                        .await;
-                    }
-                    failures = 0;
-                    if done.num_records > 0 || done.bytes > 0 {
-                        if let Err(e) = self.add_batch(run, &done).await {
-                            tracing::warn!("run {}: {e}", run.id);
-                        }
-                    }
-                    tokio::time::sleep(STREAM_POLL).await;
-                }
-                Outcome::Failed {
-                    error,
-                    class: ErrorClass::Retryable,
-                    ..
-                } => {
-                    failures = failures.saturating_add(1);
-                    let delay = self
-                        .config
-                        .backoff
-                        .delay(failures)
-                        .min(Duration::from_secs(60));
-                    self.emit(
-                        &run.transfer,
-                        Some(&run.id),
-                        "Warning",
-                        "StreamRetrying",
-                        format!(
-                            "run {}: {error}; trying again in {:.0} s",
-                            run.id,
-                            delay.as_secs_f64()
-                        ),
-                        json!({"error": error, "delaySeconds": delay.as_secs_f64(), "failures": failures}),
-                    )
-                    .await;
-                    tokio::time::sleep(delay).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Adds what a stream's batch moved to its run's totals.
-    async fn add_batch(&self, run: &mut RunRecord, done: &RunStats) -> Result<()> {
-        self.update_stats(run, |stats| {
-            stats.num_records += done.num_records;
-            stats.bytes += done.bytes;
-            stats.objects += done.objects;
-            stats.outputs.extend(done.outputs.iter().cloned());
-            stats.last_record_ms = Some(now_ms());
-            stats.source_schema = done.source_schema.clone().or(stats.source_schema.take());
-            stats.destination_schema = done
-                .destination_schema
-                .clone()
-                .or(stats.destination_schema.take());
-        })
-        .await
     }
 
     /// Changes a running run's stats as stored (the progress reporter writes them too, so

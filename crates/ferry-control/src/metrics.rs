@@ -23,7 +23,13 @@ pub struct Metrics {
     events: AtomicU64,
     /// Routing decisions by (engine or inProcess, rule).
     routed: Mutex<BTreeMap<(String, String), u64>>,
+    /// Streams this process runs: lag in events by (transfer, partition), and in seconds
+    /// by transfer.
+    stream_lag: Mutex<BTreeMap<String, StreamLag>>,
 }
+
+/// A stream's lag: events behind per partition, and seconds since it was caught up.
+type StreamLag = (Vec<(i32, i64)>, f64);
 
 #[derive(Default)]
 struct Histogram {
@@ -80,6 +86,17 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Where a stream this process runs stands: events behind per partition, and seconds
+    /// since it last had nothing left to read.
+    pub fn stream_lag(&self, transfer: &str, partitions: Vec<(i32, i64)>, seconds: f64) {
+        lock(&self.stream_lag).insert(transfer.to_string(), (partitions, seconds));
+    }
+
+    /// A stream stopped running here (suspended, deleted, handed over, failed).
+    pub fn stream_ended(&self, transfer: &str) {
+        lock(&self.stream_lag).remove(transfer);
+    }
+
     /// Bytes and records of an attempt that failed still moved.
     pub fn moved(&self, bytes: u64, records: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -118,6 +135,37 @@ impl Metrics {
                 .map(|(engine, n)| (format!("{{engine=\"{engine}\"}}"), n.to_string()))
                 .collect(),
         );
+        {
+            let lags = lock(&self.stream_lag);
+            series(
+                "ferry_stream_lag_events",
+                "gauge",
+                "Events of a stream's topic partition not yet committed at its destination.",
+                lags.iter()
+                    .flat_map(|(transfer, (partitions, _))| {
+                        partitions.iter().map(move |(p, lag)| {
+                            (
+                                format!("{{transfer=\"{transfer}\",partition=\"{p}\"}}"),
+                                lag.to_string(),
+                            )
+                        })
+                    })
+                    .collect(),
+            );
+            series(
+                "ferry_stream_lag_seconds",
+                "gauge",
+                "Seconds since a stream last had nothing left to read (0 when caught up).",
+                lags.iter()
+                    .map(|(transfer, (_, seconds))| {
+                        (
+                            format!("{{transfer=\"{transfer}\"}}"),
+                            format!("{seconds:.3}"),
+                        )
+                    })
+                    .collect(),
+            );
+        }
         series(
             "ferry_runs_routed_total",
             "counter",
@@ -228,6 +276,7 @@ mod tests {
         m.run_finished("Succeeded", 2.0, 100, 10);
         m.run_finished("Failed", 0.05, 1, 0);
         m.routed("rclone-eu", "size");
+        m.stream_lag("orders-lake", vec![(0, 12), (1, 0)], 2.5);
         let text = m.render(&Snapshot {
             transfers_by_phase: BTreeMap::from([("Running", 2), ("Succeeded", 1)]),
             active_runs: 2,
@@ -247,6 +296,9 @@ mod tests {
             "ferry_webhook_deliveries_total{outcome=\"delivered\"} 3",
             "ferry_delegated_runs_active{engine=\"rclone-eu\"} 1",
             "ferry_runs_routed_total{engine=\"rclone-eu\",rule=\"size\"} 1",
+            "ferry_stream_lag_events{transfer=\"orders-lake\",partition=\"0\"} 12",
+            "ferry_stream_lag_events{transfer=\"orders-lake\",partition=\"1\"} 0",
+            "ferry_stream_lag_seconds{transfer=\"orders-lake\"} 2.500",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -690,6 +690,31 @@ pub struct RunStats {
     /// the engine's job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<Execution>,
+    /// Where a StreamTransfer's run stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
+}
+
+/// Where a StreamTransfer's run stands, as of its last batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    /// Per partition: the first offset not yet committed at the destination, the high
+    /// watermark, and the events between.
+    #[schema(value_type = Vec<Object>)]
+    pub partitions: Vec<ferry_engine::topics::Position>,
+    /// Events not yet committed, over all partitions.
+    pub lag_events: i64,
+    /// Seconds since the stream last had nothing left to read (0 when caught up).
+    pub lag_seconds: f64,
+    /// Over the last minute.
+    pub records_per_second: f64,
+    pub bytes_per_second: f64,
+    /// The outputs of the last batch that moved anything (files, or the table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_committed: Vec<String>,
+    /// Batches committed by this run.
+    pub batches: u64,
 }
 
 /// How a run is executed: the routing decision, and for a delegated run its external job.

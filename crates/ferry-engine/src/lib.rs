@@ -11,7 +11,7 @@ mod partition;
 mod records;
 pub mod report;
 mod tables;
-mod topics;
+pub mod topics;
 mod upload;
 mod verify;
 

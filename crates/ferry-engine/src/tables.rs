@@ -341,6 +341,16 @@ async fn plan_topic(
     let offsets = crate::topics::offsets_id(address, dst);
     let state = opts.state_store()?;
     let (owned, resume, dry_run) = (address.clone(), opts.resume, opts.dry_run);
+    // Into an upsert table, the events are changes: a key's last one counts, and a
+    // tombstone deletes its row. (MySQL's loads take upserts as they come, for now.)
+    let changes = match dst {
+        DataAddress::Table(t)
+            if t.mode == WriteMode::Upsert && t.database != ferry_core::Database::Mysql =>
+        {
+            Some(t.key_columns.clone())
+        }
+        _ => None,
+    };
     let read = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let counted = read.clone();
     let shown = (src.to_string(), dst.to_string());
@@ -348,12 +358,15 @@ async fn plan_topic(
         // A dry run plans without recording anything.
         let record = (!dry_run).then_some((shown.0.as_str(), shown.1.as_str()));
         let run = crate::topics::plan(&owned, &state, offsets, resume, incremental, record)?;
-        let scan = TopicScan::open(&owned, run.ranges.clone(), declared, infer_rows)?
-            .with_progress(Arc::new(move |events, bytes| {
-                counted.0.fetch_add(events, Ordering::Relaxed);
-                counted.1.fetch_add(bytes, Ordering::Relaxed);
-                progress.events_done(events);
-            }));
+        let mut scan = TopicScan::open(&owned, run.ranges.clone(), declared, infer_rows)?;
+        if let Some(keys) = changes {
+            scan = scan.as_changes(&keys);
+        }
+        let scan = scan.with_progress(Arc::new(move |events, bytes| {
+            counted.0.fetch_add(events, Ordering::Relaxed);
+            counted.1.fetch_add(bytes, Ordering::Relaxed);
+            progress.events_done(events);
+        }));
         Ok((run, scan))
     })
     .await

@@ -45,7 +45,7 @@ pub(crate) fn incremental(dst: &DataAddress, names_file: bool) -> bool {
 /// the last finished one stopped.
 ///
 /// Neither is the service's run key: each run of a transfer goes on from the last.
-pub(crate) fn offsets_id(address: &KafkaAddress, dst: &DataAddress) -> String {
+pub fn offsets_id(address: &KafkaAddress, dst: &DataAddress) -> String {
     let selected = format!(
         "kafka://{}/{} {:?} {:?} {:?}",
         address.bootstrap(),
@@ -140,6 +140,55 @@ pub(crate) fn plan(
         ranges,
         incremental,
     })
+}
+
+/// Where a stream stands in one partition.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Position {
+    pub partition: i32,
+    /// The first offset not yet committed at the destination (where the next run starts).
+    pub committed: i64,
+    /// The partition's high watermark now.
+    pub high: i64,
+    /// Events between them.
+    pub lag: i64,
+}
+
+/// Where runs from `address` into `dst` stand in each partition: what finished runs
+/// committed (or the address's start where none did yet) against the high watermarks.
+pub fn positions(
+    address: &KafkaAddress,
+    dst: &DataAddress,
+    state: &StateStore,
+) -> Result<Vec<Position>> {
+    let kept = state.files(&offsets_id(address, dst))?;
+    let next: BTreeMap<i32, i64> = match kept.get(NEXT).and_then(|c| c.dest_version.clone()) {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("the checkpoint's topic positions: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    let consumer = kafka::consumer(address, 64)?;
+    let (partitions, _) = kafka::partitions(&consumer, address)?;
+    let mut marks = BTreeMap::new();
+    for p in &partitions {
+        marks.insert(*p, kafka::watermarks(&consumer, address, *p)?);
+    }
+    let starts = kafka::start_offsets(&consumer, address, &marks)?;
+    Ok(partitions
+        .iter()
+        .map(|p| {
+            let (low, high) = marks[p];
+            let committed = kafka::kept_start(*p, next.get(p).copied().unwrap_or(starts[p]), low);
+            let high = kafka::end_offset(address, *p, high);
+            Position {
+                partition: *p,
+                committed,
+                high,
+                lag: (high - committed).max(0),
+            }
+        })
+        .collect())
 }
 
 impl TopicRun {

@@ -216,3 +216,30 @@ pub fn topic_of_rows(root: &std::path::Path, broker: &str, count: usize) -> Stri
     );
     topic
 }
+
+/// An event to send: partition, key, value.
+pub type Sent = (i32, Option<String>, Option<Vec<u8>>);
+
+/// Sends events, waiting until all are delivered.
+pub fn send(broker: &str, topic: &str, events: &[Sent]) {
+    use ferry_connectors::kafka::rdkafka::error::KafkaError;
+    use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
+    let a = address(broker, topic);
+    let producer = kafka::producer(&a).unwrap();
+    for (p, key, value) in events {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(*p);
+        if let Some(k) = key {
+            record = record.key(k.as_bytes());
+        }
+        if let Some(v) = value {
+            record = record.payload(v.as_slice());
+        }
+        while let Err((e, back)) = producer.send(record) {
+            assert!(matches!(e, KafkaError::MessageProduction(_)), "{e}");
+            record = back;
+            producer.poll(std::time::Duration::from_millis(20));
+        }
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    assert!(producer.context().error(&a).is_none());
+}

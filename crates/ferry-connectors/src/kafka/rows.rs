@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{
-    ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+    ArrayRef, BinaryArray, BooleanArray, Int32Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -33,7 +34,7 @@ use super::chunks::{Assembled, Assembler};
 use super::container::Event;
 use super::registry::Registry;
 use super::{event_of, Delivered};
-use crate::tables::{TablePartition, TableScan};
+use crate::tables::{TablePartition, TableScan, CHANGE_DELETED, CHANGE_SEQ};
 
 /// Values held for one batch before it is decoded and sent on.
 pub const BATCH_BYTES: usize = 8 << 20;
@@ -65,6 +66,8 @@ pub struct TopicScan {
     on_events: Option<EventsRead>,
     stopped: Arc<std::sync::Mutex<BTreeMap<i32, i64>>>,
     handle: tokio::runtime::Handle,
+    /// Read as changes by these key columns ([`TopicScan::as_changes`]).
+    changes: Option<Arc<Vec<String>>>,
 }
 
 impl TopicScan {
@@ -131,7 +134,27 @@ impl TopicScan {
             on_events: None,
             stopped: Arc::default(),
             handle: tokio::runtime::Handle::current(),
+            changes: None,
         })
+    }
+
+    /// Reads the events as changes of rows keyed by `key_columns`, for an `upsert` table:
+    /// each row carries its offset ([`CHANGE_SEQ`]) so that only a key's last change
+    /// counts, and a tombstone becomes a row flagged [`CHANGE_DELETED`] whose key columns
+    /// come from the event's key (a JSON object with those fields or, for one key
+    /// column, the key itself).
+    pub fn as_changes(mut self, key_columns: &[String]) -> Self {
+        let mut fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(CHANGE_SEQ, DataType::Int64, false));
+        fields.push(Field::new(CHANGE_DELETED, DataType::Boolean, false));
+        self.schema = Arc::new(Schema::new(fields));
+        self.changes = Some(Arc::new(key_columns.to_vec()));
+        self
     }
 
     /// Per partition, where a reader stopped short of its range's end: the first chunk
@@ -207,6 +230,7 @@ impl TableScan for TopicScan {
             handle: self.handle.clone(),
             dead_letter: None,
             skipped: 0,
+            changes: self.changes.clone(),
         };
         std::thread::spawn(move || {
             let mut reader = reader;
@@ -295,6 +319,7 @@ struct PartitionReader {
     handle: tokio::runtime::Handle,
     dead_letter: Option<DeadLetters>,
     skipped: u64,
+    changes: Option<Arc<Vec<String>>>,
 }
 
 /// The events of one batch, before decoding.
@@ -386,11 +411,19 @@ impl PartitionReader {
     /// `onError` (dead letters are delivered before the batch goes on).
     fn decode(&mut self, pending: Pending) -> Result<RecordBatch> {
         let mut events = pending.events;
+        let mut tombstones = Vec::new();
         if matches!(
             self.address.value_format,
             ValueFormat::Json | ValueFormat::Avro
         ) {
-            events.retain(|e| e.value.is_some());
+            if self.changes.is_some() {
+                let (values, deletes): (Vec<Event>, Vec<Event>) =
+                    events.into_iter().partition(|e| e.value.is_some());
+                events = values;
+                tombstones = deletes;
+            } else {
+                events.retain(|e| e.value.is_some());
+            }
         }
         let values = loop {
             match self.decode_values(&events) {
@@ -401,6 +434,19 @@ impl PartitionReader {
                 }
             }
         };
+        let mut values = values;
+        if let Some(keys) = self.changes.clone() {
+            if !tombstones.is_empty() {
+                let deletes = self.tombstone_rows(&keys, &mut tombstones)?;
+                values = values
+                    .iter()
+                    .zip(&deletes)
+                    .map(|(a, b)| arrow::compute::concat(&[a.as_ref(), b.as_ref()]))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| Error::Internal(format!("joining tombstones: {e}")))?;
+                events.append(&mut tombstones);
+            }
+        }
         if self.dead_letter.is_some() {
             self.flush_dead_letters()?;
         }
@@ -408,8 +454,50 @@ impl PartitionReader {
         for name in &self.address.metadata {
             columns.push(metadata_column(name, &events, self.range.partition));
         }
+        if self.changes.is_some() {
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                events.iter().map(|e| e.offset),
+            )));
+            columns.push(Arc::new(BooleanArray::from_iter(
+                events.iter().map(|e| Some(e.value.is_none())),
+            )));
+        }
         RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building a batch from a topic: {e}")))
+    }
+
+    /// The value columns of tombstones read as changes: null but for the key columns, taken
+    /// from each event's key. A tombstone whose key gives none of them is handled per
+    /// `onError` (it cannot say which row to delete).
+    fn tombstone_rows(
+        &mut self,
+        keys: &[String],
+        tombstones: &mut Vec<Event>,
+    ) -> Result<Vec<ArrayRef>> {
+        loop {
+            let objects: std::result::Result<Vec<Vec<u8>>, (usize, String)> = tombstones
+                .iter()
+                .enumerate()
+                .map(|(i, e)| key_object(keys, e.key.as_deref()).map_err(|reason| (i, reason)))
+                .collect();
+            let decoded = objects.and_then(|objects| {
+                let events: Vec<Event> = objects
+                    .into_iter()
+                    .map(|value| Event {
+                        value: Some(value),
+                        ..Event::default()
+                    })
+                    .collect();
+                decode_json(&self.value_schema, &events)
+            });
+            match decoded {
+                Ok(columns) => return Ok(columns),
+                Err((index, reason)) => {
+                    let event = tombstones.remove(index);
+                    self.reject(&event, &format!("tombstone: {reason}"))?;
+                }
+            }
+        }
     }
 
     /// The value columns of `events`, or the index of the first event that does not decode
@@ -724,6 +812,36 @@ fn decode_json(
             Err((0, format!("values do not fit the columns: {batch_error}")))
         }
     }
+}
+
+/// The JSON object a tombstone's key stands for: the key itself when it is an object
+/// holding every key column, else, for one key column, that column set to the key (as a
+/// JSON number, or as text).
+fn key_object(keys: &[String], key: Option<&[u8]>) -> std::result::Result<Vec<u8>, String> {
+    let Some(key) = key else {
+        return Err("no key to tell which row to delete".into());
+    };
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(key).ok();
+    if let Some(serde_json::Value::Object(map)) = &parsed {
+        if let Some(missing) = keys.iter().find(|k| !map.contains_key(k.as_str())) {
+            return Err(format!("the key has no field '{missing}'"));
+        }
+        return Ok(key.to_vec());
+    }
+    let [column] = keys else {
+        return Err(format!(
+            "the key is not a JSON object with the key columns ({})",
+            keys.join(", ")
+        ));
+    };
+    let value = match parsed {
+        Some(n @ serde_json::Value::Number(_)) => n,
+        Some(s @ serde_json::Value::String(_)) => s,
+        _ => serde_json::Value::String(String::from_utf8_lossy(key).into_owned()),
+    };
+    Ok(serde_json::json!({ column.as_str(): value })
+        .to_string()
+        .into_bytes())
 }
 
 fn empty_columns(schema: &SchemaRef) -> Vec<ArrayRef> {

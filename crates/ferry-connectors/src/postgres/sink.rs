@@ -11,7 +11,10 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use futures::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
-use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter, TargetState};
+use crate::tables::{
+    check_key_columns, is_change_column, is_change_stream, target_column, TableLoad, TableWriter,
+    TargetState, CHANGE_DELETED, CHANGE_SEQ,
+};
 
 use super::source::table_columns;
 use super::{connect, literal, pg_error, quote, split_name, CopyEncoder, PgColumn, PgType};
@@ -35,6 +38,9 @@ pub struct PgLoad {
     /// `CREATE TABLE` column definitions when the target does not exist yet.
     definitions: Vec<String>,
     mode: WriteMode,
+    /// The rows are changes ([`is_change_stream`]): the staging table has the change
+    /// columns too, and the commit keeps each key's last change, deleting tombstones.
+    changes: bool,
 }
 
 impl PgLoad {
@@ -78,12 +84,26 @@ impl PgLoad {
         let mode = address.mode;
         check_key_columns(address, &schema)?;
         let target_exists = found.is_some();
+        let changes = mode == WriteMode::Upsert && is_change_stream(&schema);
+        let change_column = |name: &str| PgColumn {
+            name: name.to_string(),
+            ty: if name == CHANGE_SEQ {
+                PgType::Int8
+            } else {
+                PgType::Bool
+            },
+            nullable: false,
+        };
         let (columns, definitions) = match found {
             Some(row) => {
                 let oid: u32 = row.get(0);
                 let existing = table_columns(&client, address, oid, &target).await?;
                 let mut columns = Vec::new();
                 for field in schema.fields() {
+                    if changes && is_change_column(field.name()) {
+                        columns.push(change_column(field.name()));
+                        continue;
+                    }
                     let column =
                         target_column(&existing, |c| &c.name, field.name(), address, &target)?;
                     columns.push(column.clone());
@@ -97,6 +117,10 @@ impl PgLoad {
                 let mut columns = Vec::new();
                 let mut definitions = Vec::new();
                 for field in schema.fields() {
+                    if changes && is_change_column(field.name()) {
+                        columns.push(change_column(field.name()));
+                        continue;
+                    }
                     let ty = PgType::from_arrow(field).map_err(|reason| {
                         Error::data(address, format!("column '{}': {reason}", field.name()))
                     })?;
@@ -129,6 +153,7 @@ impl PgLoad {
             columns,
             definitions,
             mode,
+            changes,
         })
     }
 
@@ -198,6 +223,34 @@ impl TableLoad for PgLoad {
             .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.staging))
             .await
             .map_err(err)?;
+        if self.changes {
+            // Without the target's constraints: a tombstone's row is null but for its key.
+            let like = match self.target_exists {
+                true => format!("AS SELECT * FROM {} WITH NO DATA", self.target),
+                false => {
+                    for column in &self.columns {
+                        create_enum(&client, &self.address, &column.ty).await?;
+                    }
+                    let columns: Vec<String> = self
+                        .columns
+                        .iter()
+                        .filter(|c| !is_change_column(&c.name))
+                        .map(|c| format!("{} {}", quote(&c.name), c.ty.sql()))
+                        .collect();
+                    format!("({})", columns.join(", "))
+                }
+            };
+            client
+                .batch_execute(&format!(
+                    "CREATE UNLOGGED TABLE {} {like}; ALTER TABLE {0} ADD COLUMN {} bigint NOT NULL, ADD COLUMN {} boolean NOT NULL",
+                    self.staging,
+                    quote(CHANGE_SEQ),
+                    quote(CHANGE_DELETED)
+                ))
+                .await
+                .map_err(err)?;
+            return Ok(());
+        }
         if self.target_exists {
             // Merged into the target at the end, never read by anyone else: no WAL needed.
             client
@@ -261,7 +314,9 @@ impl TableLoad for PgLoad {
         let client = connect(&self.address).await?;
         let list = self.column_list();
         let mut sql = vec!["BEGIN".to_string()];
-        if !self.target_exists {
+        if self.changes {
+            self.merge_changes(&mut sql);
+        } else if !self.target_exists {
             sql.push(format!(
                 "ALTER TABLE {} RENAME TO {}",
                 self.staging,
@@ -286,26 +341,10 @@ impl TableLoad for PgLoad {
                 }
                 WriteMode::Append => sql.push(insert),
                 WriteMode::Upsert => {
-                    let updates: Vec<String> = self
-                        .columns
-                        .iter()
-                        .filter(|c| {
-                            !self
-                                .address
-                                .key_columns
-                                .iter()
-                                .any(|k| k.eq_ignore_ascii_case(&c.name))
-                        })
-                        .map(|c| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
-                        .collect();
-                    let action = if updates.is_empty() {
-                        "DO NOTHING".to_string()
-                    } else {
-                        format!("DO UPDATE SET {}", updates.join(", "))
-                    };
                     sql.push(format!(
-                        "{insert} ON CONFLICT ({}) {action}",
-                        self.key_list()
+                        "{insert} ON CONFLICT ({}) {}",
+                        self.key_list(),
+                        self.on_conflict()
                     ));
                 }
             }
@@ -329,6 +368,90 @@ impl TableLoad for PgLoad {
 }
 
 impl PgLoad {
+    /// The statements that merge staged changes: the target is created first when new;
+    /// of each key's changes only the last (highest offset) counts, a tombstone deleting
+    /// the key's row and anything else inserting or updating it.
+    fn merge_changes(&self, sql: &mut Vec<String>) {
+        let keys = self.key_list();
+        if !self.target_exists {
+            sql.push(format!(
+                "CREATE TABLE {} ({}, PRIMARY KEY ({keys}))",
+                self.target,
+                self.definitions.join(", ")
+            ));
+        }
+        let last = format!(
+            "SELECT DISTINCT ON ({keys}) * FROM {} ORDER BY {keys}, {} DESC",
+            self.staging,
+            quote(CHANGE_SEQ)
+        );
+        let matched: Vec<String> = self
+            .address
+            .key_columns
+            .iter()
+            .map(|k| {
+                let k = self.column_name(k);
+                format!("t.{k} = s.{k}")
+            })
+            .collect();
+        sql.push(format!(
+            "DELETE FROM {} t USING ({last}) s WHERE {} AND s.{}",
+            self.target,
+            matched.join(" AND "),
+            quote(CHANGE_DELETED)
+        ));
+        let list = self.target_list();
+        sql.push(format!(
+            "INSERT INTO {} ({list}) SELECT {list} FROM ({last}) s WHERE NOT s.{} ON CONFLICT ({keys}) {}",
+            self.target,
+            quote(CHANGE_DELETED),
+            self.on_conflict()
+        ));
+        sql.push(format!("DROP TABLE {}", self.staging));
+    }
+
+    /// What an upsert does to a row whose key exists: update every other column.
+    fn on_conflict(&self) -> String {
+        let updates: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| {
+                !is_change_column(&c.name)
+                    && !self
+                        .address
+                        .key_columns
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(&c.name))
+            })
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
+            .collect();
+        if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        }
+    }
+
+    /// The target's columns loaded, without a change stream's own.
+    fn target_list(&self) -> String {
+        self.columns
+            .iter()
+            .filter(|c| !is_change_column(&c.name))
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Key column `k` as the table spells it, quoted.
+    fn column_name(&self, k: &str) -> String {
+        let name = self
+            .columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(k))
+            .map_or(k, |c| c.name.as_str());
+        quote(name)
+    }
+
     fn column_list(&self) -> String {
         self.columns
             .iter()
@@ -341,14 +464,7 @@ impl PgLoad {
         self.address
             .key_columns
             .iter()
-            .map(|k| {
-                let name = self
-                    .columns
-                    .iter()
-                    .find(|c| c.name.eq_ignore_ascii_case(k))
-                    .map_or(k.as_str(), |c| c.name.as_str());
-                quote(name)
-            })
+            .map(|k| self.column_name(k))
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -15,7 +15,10 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter, TargetState};
+use crate::tables::{
+    check_key_columns, is_change_column, is_change_stream, target_column, TableLoad, TableWriter,
+    TargetState, CHANGE_DELETED, CHANGE_SEQ,
+};
 
 use super::types::{
     declared_for, format_date, format_time, format_timestamp, format_uuid, SqlType,
@@ -48,6 +51,11 @@ pub struct SqliteLoad {
     /// Key columns as the target names them.
     keys: Vec<String>,
     mode: WriteMode,
+    /// The rows are changes ([`is_change_stream`]): staged with the change columns and
+    /// without the target's constraints, merged keeping each key's last change.
+    changes: bool,
+    /// A new table's definitions when the rows are changes (the staging table's differ).
+    target_definitions: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +110,8 @@ impl SqliteLoad {
                 definitions: Vec::new(),
                 keys: Vec::new(),
                 mode,
+                changes: mode == WriteMode::Upsert && is_change_stream(&schema),
+                target_definitions: Vec::new(),
             };
             match (&connection, found) {
                 (Some(connection), Some(name)) => load.plan_existing(connection, &name, &schema)?,
@@ -118,9 +128,13 @@ impl SqliteLoad {
         name: &str,
         schema: &SchemaRef,
     ) -> Result<()> {
-        let address = &self.address;
+        let address = &self.address.clone();
         let existing = table_columns(connection, name).map_err(|e| sqlite_error(address, e))?;
         for field in schema.fields() {
+            if self.changes && is_change_column(field.name()) {
+                self.push_change_column(field.name());
+                continue;
+            }
             let shown = format!("'{name}'");
             let column = target_column(&existing, |c| &c.name, field.name(), address, &shown)?;
             if column.generated {
@@ -145,7 +159,11 @@ impl SqliteLoad {
                 "{} {}{}",
                 quote(&column.name),
                 column.declared,
-                if column.not_null { " NOT NULL" } else { "" }
+                if column.not_null && !self.changes {
+                    " NOT NULL"
+                } else {
+                    ""
+                }
             ));
             self.columns.push(LoadColumn {
                 name: column.name.clone(),
@@ -169,15 +187,36 @@ impl SqliteLoad {
         Ok(())
     }
 
+    /// A change column of the staging table, untyped.
+    fn push_change_column(&mut self, name: &str) {
+        self.definitions.push(quote(name));
+        self.columns.push(LoadColumn {
+            name: name.to_string(),
+            ty: None,
+            not_null: false,
+        });
+    }
+
     fn plan_new(&mut self, schema: &SchemaRef) {
         for field in schema.fields() {
+            if self.changes && is_change_column(field.name()) {
+                self.push_change_column(field.name());
+                continue;
+            }
             let declared = declared_for(field);
             let not_null = !field.is_nullable();
-            self.definitions.push(format!(
+            let definition = format!(
                 "{} {declared}{}",
                 quote(field.name()),
                 if not_null { " NOT NULL" } else { "" }
-            ));
+            );
+            if self.changes {
+                self.target_definitions.push(definition);
+                self.definitions
+                    .push(format!("{} {declared}", quote(field.name())));
+            } else {
+                self.definitions.push(definition);
+            }
             self.columns.push(LoadColumn {
                 name: field.name().clone(),
                 ty: SqlType::from_declared(&declared),
@@ -195,10 +234,65 @@ impl SqliteLoad {
                     .map_or(k.clone(), |c| c.name.clone())
             })
             .collect();
-        if self.mode == WriteMode::Upsert {
+        if self.changes {
+            self.target_definitions
+                .push(format!("PRIMARY KEY ({})", self.key_list()));
+        } else if self.mode == WriteMode::Upsert {
             // The new table is renamed into place, key and all.
             self.definitions
                 .push(format!("PRIMARY KEY ({})", self.key_list()));
+        }
+    }
+
+    /// The statements that merge staged changes (the target created first when new): of
+    /// each key's changes only the last (highest offset) counts, a tombstone deleting the
+    /// key's row and anything else inserting or updating it.
+    fn merge_changes(&self) -> Vec<String> {
+        let (target, staging, keys) = (self.target(), self.staging(), self.key_list());
+        let mut sql = Vec::new();
+        if !self.target_exists {
+            sql.push(format!(
+                "CREATE TABLE {target} ({})",
+                self.target_definitions.join(", ")
+            ));
+        }
+        let last = format!(
+            "(SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY {} DESC) AS __ferry_n FROM {staging}) WHERE __ferry_n = 1)",
+            quote(CHANGE_SEQ)
+        );
+        let deleted = quote(CHANGE_DELETED);
+        sql.push(format!(
+            "DELETE FROM {target} WHERE ({keys}) IN (SELECT {keys} FROM {last} WHERE {deleted})"
+        ));
+        let list = list(
+            self.columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .filter(|c| !is_change_column(c)),
+        );
+        sql.push(format!(
+            "INSERT INTO {target} ({list}) SELECT {list} FROM {last} WHERE NOT {deleted} ON CONFLICT ({keys}) {}",
+            self.on_conflict()
+        ));
+        sql.push(format!("DROP TABLE {staging}"));
+        sql
+    }
+
+    /// What an upsert does to a row whose key exists: update every other column.
+    fn on_conflict(&self) -> String {
+        let updates: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| {
+                !is_change_column(&c.name)
+                    && !self.keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name))
+            })
+            .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
+            .collect();
+        if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
         }
     }
 
@@ -372,7 +466,9 @@ impl TableLoad for SqliteLoad {
     async fn commit(&self) -> Result<()> {
         let mut sql = Vec::new();
         let (target, staging, list) = (self.target(), self.staging(), self.column_list());
-        if !self.target_exists {
+        if self.changes {
+            sql = self.merge_changes();
+        } else if !self.target_exists {
             sql.push(format!("ALTER TABLE {staging} RENAME TO {target}"));
         } else {
             let insert = format!("INSERT INTO {target} ({list}) SELECT {list} FROM {staging}");
@@ -383,21 +479,11 @@ impl TableLoad for SqliteLoad {
                 }
                 WriteMode::Append => sql.push(insert),
                 WriteMode::Upsert => {
-                    let updates: Vec<String> = self
-                        .columns
-                        .iter()
-                        .filter(|c| !self.keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name)))
-                        .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
-                        .collect();
-                    let action = if updates.is_empty() {
-                        "DO NOTHING".to_string()
-                    } else {
-                        format!("DO UPDATE SET {}", updates.join(", "))
-                    };
                     // `WHERE true` keeps SQLite from reading ON as a join constraint.
                     sql.push(format!(
-                        "{insert} WHERE true ON CONFLICT ({}) {action}",
-                        self.key_list()
+                        "{insert} WHERE true ON CONFLICT ({}) {}",
+                        self.key_list(),
+                        self.on_conflict()
                     ));
                 }
             }

@@ -1,0 +1,275 @@
+//! A StreamTransfer's run: batch after batch, each reading what arrived since the last
+//! (positions move only once a batch's outputs are complete, so a batch cut short by a
+//! kill is done again over the same offsets), until the run is stopped (suspend, delete
+//! and shutdown abort it) or a batch fails for a reason a retry cannot fix. A passing
+//! failure (broker or destination down) is retried with backoff, for ever.
+//!
+//! After each batch the run's status says where the stream stands: per partition the
+//! committed position against the high watermark, the lag in events and in seconds since
+//! it last had nothing left to read, and its rates over the last minute.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::DataAddress;
+use ferry_engine::topics::Position;
+use ferry_engine::CopyOptions;
+use ferry_state::{RunRecord, TransferRecord};
+use serde_json::json;
+
+use super::Inner;
+use crate::execute::{self, Outcome, Prepared, Tracker};
+use crate::resource::{RunStats, StreamStatus};
+use crate::retry::ErrorClass;
+
+/// How long a stream's run waits after a batch before it looks for more.
+const POLL: Duration = Duration::from_secs(1);
+/// The window of the rates in the status.
+const WINDOW: Duration = Duration::from_secs(60);
+/// A lag that grows for this long while batches move nothing is a stall.
+const STALL: Duration = Duration::from_secs(30);
+/// At most this many outputs of the last batch are shown.
+const SHOWN_OUTPUTS: usize = 16;
+
+/// What a stream's run remembers between batches for its status.
+struct Watch {
+    /// (when, records, bytes) of the batches in the window.
+    window: VecDeque<(Instant, u64, u64)>,
+    started: Instant,
+    /// When the stream last had nothing left to read.
+    caught_up: Instant,
+    /// Since when the lag has grown with nothing moving, and the lag then.
+    stalled_since: Option<(Instant, i64)>,
+    /// A stall was reported and nothing has moved since.
+    stall_reported: bool,
+    status: StreamStatus,
+}
+
+impl Watch {
+    fn new() -> Self {
+        let now = Instant::now();
+        Watch {
+            window: VecDeque::new(),
+            started: now,
+            caught_up: now,
+            stalled_since: None,
+            stall_reported: false,
+            status: StreamStatus::default(),
+        }
+    }
+
+    /// Takes a batch's stats and the positions after it; true when the lag has grown for
+    /// [`STALL`] while nothing moved (reported once until something moves again).
+    fn batch(&mut self, done: &RunStats, positions: Option<Vec<Position>>) -> bool {
+        let now = Instant::now();
+        let moved = done.num_records > 0 || done.bytes > 0;
+        self.window.push_back((now, done.num_records, done.bytes));
+        while self
+            .window
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > WINDOW)
+        {
+            self.window.pop_front();
+        }
+        let span = now
+            .duration_since(self.started)
+            .min(WINDOW)
+            .as_secs_f64()
+            .max(1.0);
+        let (records, bytes) = self
+            .window
+            .iter()
+            .fold((0, 0), |(r, b), (_, dr, db)| (r + dr, b + db));
+        self.status.records_per_second = records as f64 / span;
+        self.status.bytes_per_second = bytes as f64 / span;
+        if moved {
+            self.status.batches += 1;
+            self.status.last_committed = done.outputs.iter().take(SHOWN_OUTPUTS).cloned().collect();
+            self.stall_reported = false;
+        }
+        let Some(positions) = positions else {
+            return false;
+        };
+        let lag: i64 = positions.iter().map(|p| p.lag).sum();
+        if lag == 0 {
+            self.caught_up = now;
+        }
+        let mut stalled = false;
+        if moved || lag == 0 {
+            self.stalled_since = None;
+        } else {
+            match self.stalled_since {
+                Some((since, first)) if lag > first && now.duration_since(since) >= STALL => {
+                    stalled = !self.stall_reported;
+                    self.stall_reported = true;
+                }
+                Some(_) => {}
+                None => self.stalled_since = Some((now, lag)),
+            }
+        }
+        self.status.lag_events = lag;
+        self.status.lag_seconds = if lag == 0 {
+            0.0
+        } else {
+            now.duration_since(self.caught_up).as_secs_f64()
+        };
+        self.status.partitions = positions;
+        stalled
+    }
+}
+
+impl Inner {
+    pub(super) async fn stream(
+        self: &Arc<Self>,
+        run: &mut RunRecord,
+        record: &TransferRecord,
+        mut prepared: Prepared,
+        opts: &CopyOptions,
+        tracker: Arc<Tracker>,
+    ) -> Outcome {
+        let mut failures = 0u32;
+        let mut watch = Watch::new();
+        let outcome = loop {
+            // Secrets are resolved once per run, and again after a failure (a rotated
+            // credential may be its cause), not once per batch.
+            if failures > 0 {
+                match execute::prepare(&self.secrets, &record.manifest).await {
+                    Ok(p) => prepared = p,
+                    Err(outcome) => break outcome,
+                }
+            }
+            match self
+                .attempt(run, record, prepared.clone(), opts, tracker.clone())
+                .await
+            {
+                Outcome::Succeeded(done) => {
+                    if failures > 0 {
+                        self.emit(
+                            &run.transfer,
+                            Some(&run.id),
+                            "Normal",
+                            "StreamRecovered",
+                            format!("run {} is moving again", run.id),
+                            json!({}),
+                        )
+                        .await;
+                    }
+                    failures = 0;
+                    let positions = positions(&prepared, opts).await;
+                    if watch.batch(&done, positions) {
+                        let lag = watch.status.lag_events;
+                        self.emit(
+                            &run.transfer,
+                            Some(&run.id),
+                            "Warning",
+                            "StreamStalled",
+                            format!(
+                                "run {}: {lag} events behind and growing for {} s while nothing moved",
+                                run.id,
+                                STALL.as_secs()
+                            ),
+                            json!({"lagEvents": lag}),
+                        )
+                        .await;
+                    }
+                    self.metrics.stream_lag(
+                        &run.transfer,
+                        watch
+                            .status
+                            .partitions
+                            .iter()
+                            .map(|p| (p.partition, p.lag))
+                            .collect(),
+                        watch.status.lag_seconds,
+                    );
+                    if let Err(e) = self.add_batch(run, &done, &watch.status).await {
+                        tracing::warn!("run {}: {e}", run.id);
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                Outcome::Failed {
+                    error,
+                    class: ErrorClass::Retryable,
+                    ..
+                } => {
+                    failures = failures.saturating_add(1);
+                    let delay = self
+                        .config
+                        .backoff
+                        .delay(failures)
+                        .min(Duration::from_secs(60));
+                    self.emit(
+                        &run.transfer,
+                        Some(&run.id),
+                        "Warning",
+                        "StreamRetrying",
+                        format!(
+                            "run {}: {error}; trying again in {:.0} s",
+                            run.id,
+                            delay.as_secs_f64()
+                        ),
+                        json!({"error": error, "delaySeconds": delay.as_secs_f64(), "failures": failures}),
+                    )
+                    .await;
+                    tokio::time::sleep(delay).await;
+                }
+                other => break other,
+            }
+        };
+        self.metrics.stream_ended(&run.transfer);
+        outcome
+    }
+
+    /// Adds what a stream's batch moved to its run's totals, and where it stands. Outputs
+    /// are not accumulated (a stream writes without end): the last batch's are shown.
+    async fn add_batch(
+        &self,
+        run: &mut RunRecord,
+        done: &RunStats,
+        status: &StreamStatus,
+    ) -> ferry_core::Result<()> {
+        self.update_stats(run, |stats| {
+            stats.num_records += done.num_records;
+            stats.bytes += done.bytes;
+            stats.objects += done.objects;
+            if done.num_records > 0 || done.bytes > 0 {
+                stats.last_record_ms = Some(super::now_ms());
+            }
+            stats.records_per_second = status.records_per_second;
+            stats.bytes_per_second = status.bytes_per_second;
+            stats.source_schema = done.source_schema.clone().or(stats.source_schema.take());
+            stats.destination_schema = done
+                .destination_schema
+                .clone()
+                .or(stats.destination_schema.take());
+            stats.stream = Some(status.clone());
+        })
+        .await
+    }
+}
+
+/// Where the stream stands in each partition; `None` (and a log line) when the broker
+/// cannot say now.
+async fn positions(prepared: &Prepared, opts: &CopyOptions) -> Option<Vec<Position>> {
+    let DataAddress::Kafka(address) = &prepared.source else {
+        return None;
+    };
+    let (address, dst, opts) = (address.clone(), prepared.destination.clone(), opts.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        let state = opts.state_store()?;
+        ferry_engine::topics::positions(&address, &dst, &state)
+    })
+    .await;
+    match found {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(e)) => {
+            tracing::warn!("the stream's positions: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("the stream's positions: {e}");
+            None
+        }
+    }
+}

@@ -85,7 +85,14 @@ impl Watch {
         self.status.bytes_per_second = bytes as f64 / span;
         if moved {
             self.status.batches += 1;
-            self.status.last_committed = done.outputs.iter().take(SHOWN_OUTPUTS).cloned().collect();
+            // A table load's output has no name of its own (the table is the destination).
+            self.status.last_committed = done
+                .outputs
+                .iter()
+                .filter(|o| !o.is_empty())
+                .take(SHOWN_OUTPUTS)
+                .cloned()
+                .collect();
             self.stall_reported = false;
         }
         let Some(positions) = positions else {

@@ -97,30 +97,11 @@ pub(crate) fn plan(
             incremental,
         });
     }
-    let next: BTreeMap<i32, i64> = match read(NEXT).filter(|_| incremental) {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| Error::Internal(format!("the checkpoint's topic positions: {e}")))?,
+    let next = match read(NEXT).filter(|_| incremental) {
+        Some(text) => parse_next(&text)?,
         None => BTreeMap::new(),
     };
-    let consumer = kafka::consumer(address, 1024)?;
-    let (partitions, _) = kafka::partitions(&consumer, address)?;
-    let mut marks = BTreeMap::new();
-    for p in &partitions {
-        marks.insert(*p, kafka::watermarks(&consumer, address, *p)?);
-    }
-    let starts = kafka::start_offsets(&consumer, address, &marks)?;
-    let ranges: Vec<Range> = partitions
-        .iter()
-        .map(|p| {
-            let (low, high) = marks[p];
-            let start = next.get(p).copied().unwrap_or(starts[p]);
-            Range {
-                partition: *p,
-                start: kafka::kept_start(*p, start, low),
-                end: kafka::end_offset(address, *p, high),
-            }
-        })
-        .collect();
+    let ranges = next_ranges(address, &next)?;
     let Some((source, destination)) = record else {
         return Ok(TopicRun {
             id,
@@ -163,11 +144,30 @@ pub fn positions(
     state: &StateStore,
 ) -> Result<Vec<Position>> {
     let kept = state.files(&offsets_id(address, dst))?;
-    let next: BTreeMap<i32, i64> = match kept.get(NEXT).and_then(|c| c.dest_version.clone()) {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| Error::Internal(format!("the checkpoint's topic positions: {e}")))?,
+    let next = match kept.get(NEXT).and_then(|c| c.dest_version.as_deref()) {
+        Some(text) => parse_next(text)?,
         None => BTreeMap::new(),
     };
+    Ok(next_ranges(address, &next)?
+        .into_iter()
+        .map(|r| Position {
+            partition: r.partition,
+            committed: r.start,
+            high: r.end,
+            lag: (r.end - r.start).max(0),
+        })
+        .collect())
+}
+
+/// Where the next run starts, per partition, as the checkpoint keeps it.
+fn parse_next(text: &str) -> Result<BTreeMap<i32, i64>> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::Internal(format!("the checkpoint's topic positions: {e}")))
+}
+
+/// Each selected partition from `next` (or the address's start where it has none, or the
+/// first offset still kept) to its end (`endOffset`, else the high watermark now).
+fn next_ranges(address: &KafkaAddress, next: &BTreeMap<i32, i64>) -> Result<Vec<Range>> {
     let consumer = kafka::consumer(address, 64)?;
     let (partitions, _) = kafka::partitions(&consumer, address)?;
     let mut marks = BTreeMap::new();
@@ -179,13 +179,11 @@ pub fn positions(
         .iter()
         .map(|p| {
             let (low, high) = marks[p];
-            let committed = kafka::kept_start(*p, next.get(p).copied().unwrap_or(starts[p]), low);
-            let high = kafka::end_offset(address, *p, high);
-            Position {
+            let start = next.get(p).copied().unwrap_or(starts[p]);
+            Range {
                 partition: *p,
-                committed,
-                high,
-                lag: (high - committed).max(0),
+                start: kafka::kept_start(*p, start, low),
+                end: kafka::end_offset(address, *p, high),
             }
         })
         .collect())

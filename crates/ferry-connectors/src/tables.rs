@@ -199,6 +199,21 @@ pub fn is_change_column(name: &str) -> bool {
     name == CHANGE_SEQ || name == CHANGE_DELETED
 }
 
+/// What an upsert (`INSERT … ON CONFLICT (keys)`, PostgreSQL and SQLite) does to a row
+/// whose key exists: set every other loaded column from the row proposed; nothing when
+/// every column is a key. A change stream's own columns are never set.
+pub(crate) fn on_conflict<'a>(columns: impl Iterator<Item = &'a str>, keys: &[String]) -> String {
+    let updates: Vec<String> = columns
+        .filter(|c| !is_change_column(c) && !keys.iter().any(|k| k.eq_ignore_ascii_case(c)))
+        .map(|c| format!("{0} = excluded.{0}", quote(c)))
+        .collect();
+    if updates.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    }
+}
+
 /// Checks, before a load, that the upsert key columns are among the source's columns.
 pub fn check_key_columns(address: &TableAddress, schema: &Schema) -> Result<()> {
     for key in &address.key_columns {

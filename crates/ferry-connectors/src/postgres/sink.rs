@@ -410,26 +410,12 @@ impl PgLoad {
         sql.push(format!("DROP TABLE {}", self.staging));
     }
 
-    /// What an upsert does to a row whose key exists: update every other column.
+    /// What an upsert does to a row whose key exists.
     fn on_conflict(&self) -> String {
-        let updates: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|c| {
-                !is_change_column(&c.name)
-                    && !self
-                        .address
-                        .key_columns
-                        .iter()
-                        .any(|k| k.eq_ignore_ascii_case(&c.name))
-            })
-            .map(|c| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
-            .collect();
-        if updates.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            format!("DO UPDATE SET {}", updates.join(", "))
-        }
+        crate::tables::on_conflict(
+            self.columns.iter().map(|c| c.name.as_str()),
+            &self.address.key_columns,
+        )
     }
 
     /// The target's columns loaded, without a change stream's own.

@@ -278,22 +278,9 @@ impl SqliteLoad {
         sql
     }
 
-    /// What an upsert does to a row whose key exists: update every other column.
+    /// What an upsert does to a row whose key exists.
     fn on_conflict(&self) -> String {
-        let updates: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|c| {
-                !is_change_column(&c.name)
-                    && !self.keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name))
-            })
-            .map(|c| format!("{0} = excluded.{0}", quote(&c.name)))
-            .collect();
-        if updates.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            format!("DO UPDATE SET {}", updates.join(", "))
-        }
+        crate::tables::on_conflict(self.columns.iter().map(|c| c.name.as_str()), &self.keys)
     }
 
     fn column_list(&self) -> String {

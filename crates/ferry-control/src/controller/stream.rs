@@ -267,16 +267,9 @@ async fn positions(prepared: &Prepared, opts: &CopyOptions) -> Option<Vec<Positi
         let state = opts.state_store()?;
         ferry_engine::topics::positions(&address, &dst, &state)
     })
-    .await;
-    match found {
-        Ok(Ok(p)) => Some(p),
-        Ok(Err(e)) => {
-            tracing::warn!("the stream's positions: {e}");
-            None
-        }
-        Err(e) => {
-            tracing::warn!("the stream's positions: {e}");
-            None
-        }
-    }
+    .await
+    .unwrap_or_else(|e| Err(ferry_core::Error::Internal(e.to_string())));
+    found
+        .inspect_err(|e| tracing::warn!("the stream's positions: {e}"))
+        .ok()
 }

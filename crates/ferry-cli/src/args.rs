@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use ferry_core::{ChecksumAlgo, DataAddress, Error, Result, TransformSpec};
 use ferry_engine::manifest::Manifest;
+use ferry_engine::topics::FileRolling;
 use ferry_engine::{
     options::default_state_dir, parse_size, CopyOptions, NoProgress, Partition, Progress,
     RecordOptions, Status,
@@ -158,6 +159,19 @@ struct RecordArgs {
     /// A destination format setting, e.g. compression=zstd, rowGroupSize=100000. Repeatable.
     #[arg(long = "dest-option", value_name = "KEY=VALUE")]
     dest_options: Vec<String>,
+    /// A topic's rows into a directory: at most N events per file.
+    #[arg(long, value_name = "N")]
+    flush_size: Option<u64>,
+    /// A topic's rows into a directory: one file per window of record time this long.
+    #[arg(long = "rotate-interval", value_name = "SECONDS")]
+    rotate_interval: Option<u64>,
+    /// A topic's rows into a directory: close a file before its events pass this size (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE")]
+    max_file_size: Option<String>,
+    /// A topic's rows into a directory: each file's directory from its first event's
+    /// record time, strftime-style in UTC, e.g. 'dt=%Y-%m-%d/hour=%H'.
+    #[arg(long, value_name = "PATTERN")]
+    path_format: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -302,6 +316,20 @@ impl RecordArgs {
             dest_format: format("--dest-format", &self.dest_format)?,
             dest_options: format_options("--dest-option", &self.dest_options)?,
             transforms,
+            rolling: FileRolling {
+                flush_size: self.flush_size,
+                rotate_interval_seconds: self.rotate_interval,
+                max_file_bytes: self
+                    .max_file_size
+                    .as_deref()
+                    .map(|s| {
+                        ferry_engine::parse_size(s)
+                            .map_err(|e| Error::invalid_option("--max-file-size", e))
+                    })
+                    .transpose()?,
+                path_format: self.path_format.clone(),
+                hold_open: false,
+            },
         })
     }
 }
@@ -414,6 +442,16 @@ async fn copy(args: CopyArgs) -> Result<u8> {
     });
     opts.validate()?;
     let rec = args.records.options()?;
+    rec.rolling
+        .check(&src, &dst, rec.dest_format.is_some(), &|name| {
+            match name {
+                "flushSize" => "--flush-size",
+                "rotateIntervalSeconds" => "--rotate-interval",
+                "maxFileBytes" => "--max-file-size",
+                _ => "--path-format",
+            }
+            .to_string()
+        })?;
     if rec.needed(&src, &dst) {
         if opts.verify {
             return Err(Error::invalid_option(

@@ -786,3 +786,160 @@ fn keyed_changes_keep_an_upsert_table_equal_to_the_topic_in_postgres_and_sqlite(
     );
     pg.sql("ferry", &format!("DROP TABLE {table}"));
 }
+
+/// Each file under `dir` (relative name) and the ids of its rows, read back by ferry.
+fn ids_per_file(work: &Path, dir: &Path) -> BTreeMap<String, Vec<u64>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let ids = ids_of(&parquet_rows(work, path.to_str().unwrap()));
+            out.insert(name, ids);
+        }
+    }
+    out
+}
+
+/// A JSON order `id` at record time `at` in `partition`.
+fn timed(partition: i32, id: u64, at: i64) -> (Sent, Option<i64>) {
+    let value = json!({"id": id, "pad": "x".repeat(40)}).to_string();
+    ((partition, Some(format!("k{id}")), Some(value.into_bytes())), Some(at))
+}
+
+/// 2026-01-01T00:00:00Z in ms.
+const NEW_YEAR: i64 = 1_767_225_600_000;
+const HOUR: i64 = 3_600_000;
+
+#[test]
+fn a_topic_into_a_directory_is_cut_into_files_by_count_record_time_and_size() {
+    let Some(broker) = broker() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, 2);
+    // Partition 0: 100 events in each of three hours; partition 1: 50 in the first.
+    let mut events: Vec<_> = (0..300)
+        .map(|i| timed(0, i, NEW_YEAR + (i as i64 / 100) * HOUR + (i as i64 % 100) * 1000))
+        .collect();
+    events.extend((300..350).map(|i| timed(1, i, NEW_YEAR + (i as i64 - 300) * 1000)));
+    common::kafka::send_timed(&broker, &topic, &events);
+    let src = format!("kafka://{broker}/{topic}");
+    let lake = work.path().join("lake");
+    let dir = format!("{}/", lake.display());
+    let args = [
+        src.as_str(),
+        dir.as_str(),
+        "--dest-format",
+        "parquet",
+        "--flush-size",
+        "60",
+        "--path-format",
+        "dt=%Y-%m-%d/hour=%H",
+    ];
+    run_ok(work.path(), &args);
+    // At most 60 events per file, a file never spans two hours, and each file is named
+    // by its partition and first offset under the hour of its events.
+    let file = |hour: u32, p: u32, offset: u64| {
+        format!("dt=2026-01-01/hour={hour:02}/partition={p:04}/{offset:020}.parquet")
+    };
+    let range = |from: u64, to: u64| (from..to).collect::<Vec<u64>>();
+    let expected: BTreeMap<String, Vec<u64>> = [
+        (file(0, 0, 0), range(0, 60)),
+        (file(0, 0, 60), range(60, 100)),
+        (file(1, 0, 100), range(100, 160)),
+        (file(1, 0, 160), range(160, 200)),
+        (file(2, 0, 200), range(200, 260)),
+        (file(2, 0, 260), range(260, 300)),
+        (file(0, 1, 0), range(300, 350)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(ids_per_file(work.path(), &lake), expected);
+
+    // A run after more events arrived adds their files only; the same command cuts the
+    // same files (nothing is written again).
+    common::kafka::send_timed(
+        &broker,
+        &topic,
+        &(350..360)
+            .map(|i| timed(0, i, NEW_YEAR + 2 * HOUR + 3_000_000))
+            .collect::<Vec<_>>(),
+    );
+    run_ok(work.path(), &args);
+    let mut more = expected.clone();
+    more.insert(file(2, 0, 300), range(350, 360));
+    assert_eq!(ids_per_file(work.path(), &lake), more);
+
+    // By size: a file closes before its events' keys and values pass 1 KiB, and by
+    // record time: one file per 10 minutes.
+    let sized = work.path().join("sized");
+    let sized_dir = format!("{}/", sized.display());
+    let out = run_ok(
+        work.path(),
+        &[
+            src.as_str(),
+            sized_dir.as_str(),
+            "--dest-format",
+            "parquet",
+            "--max-file-size",
+            "1KiB",
+            "--rotate-interval",
+            "600",
+        ],
+    );
+    let files = ids_per_file(work.path(), &sized);
+    let size = |id: u64| {
+        let (_, key, value) = timed(0, id, 0).0;
+        (key.unwrap().len() + value.unwrap().len()) as u64
+    };
+    let window = |id: u64| match id {
+        0..300 => (id / 100) * 6 + (id % 100) / 600,
+        300..350 => 0,
+        _ => 2 * 6 + 5,
+    };
+    let mut all = Vec::new();
+    for (name, ids) in &files {
+        let bytes: u64 = ids.iter().map(|i| size(*i)).sum();
+        assert!(bytes <= 1024, "{name}: {bytes} bytes of events");
+        assert!(
+            ids.iter().all(|i| window(*i) == window(ids[0])),
+            "{name} spans two 10-minute windows: {ids:?}"
+        );
+        all.extend(ids.iter().copied());
+    }
+    all.sort_unstable();
+    assert_eq!(all, range(0, 360), "{out}");
+    // Full files: the next event would not have fitted.
+    let full = files
+        .values()
+        .filter(|ids| ids.iter().map(|i| size(*i)).sum::<u64>() + size(0) > 1024)
+        .count();
+    assert!(full * 2 >= files.len(), "{files:?}");
+
+    // Settings that cut files need a directory of a named format.
+    let (code, _, err) = run(
+        work.path(),
+        &[src.as_str(), dir.as_str(), "--flush-size", "10"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--flush-size") && err.contains("format"), "{err}");
+    let (code, _, err) = run(
+        work.path(),
+        &[
+            src.as_str(),
+            dir.as_str(),
+            "--dest-format",
+            "parquet",
+            "--path-format",
+            "dt=%Y-%Q",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--path-format") && err.contains("%Q"), "{err}");
+}

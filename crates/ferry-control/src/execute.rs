@@ -283,6 +283,7 @@ async fn engine(
                         .collect(),
                     source_schema: serde_json::to_value(&report.source.schema).ok(),
                     destination_schema: serde_json::to_value(&report.destination.schema).ok(),
+                    held_events: report.held,
                     ..RunStats::default()
                 };
                 match report.status {

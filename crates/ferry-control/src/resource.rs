@@ -693,6 +693,9 @@ pub struct RunStats {
     /// Where a StreamTransfer's run stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamStatus>,
+    /// A stream's batch: events left for a later one because their file is still open.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_events: u64,
 }
 
 /// Where a StreamTransfer's run stands, as of its last batch.
@@ -705,7 +708,7 @@ pub struct StreamStatus {
     pub partitions: Vec<ferry_engine::topics::Position>,
     /// Events not yet committed, over all partitions.
     pub lag_events: i64,
-    /// Seconds since the stream last had nothing left to read (0 when caught up).
+    /// How old the oldest event not yet committed is, by record time (0 when caught up).
     pub lag_seconds: f64,
     /// Over the last minute.
     pub records_per_second: f64,
@@ -715,6 +718,14 @@ pub struct StreamStatus {
     pub last_committed: Vec<String>,
     /// Batches committed by this run.
     pub batches: u64,
+    /// Events read into files still open (not full, their record-time window not over),
+    /// written when the files close.
+    #[serde(default)]
+    pub held_events: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How a run is executed: the routing decision, and for a delegated run its external job.

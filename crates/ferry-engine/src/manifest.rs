@@ -21,6 +21,7 @@ use ferry_core::{DataAddress, Error, Result, TableAddress, TransformSpec, WriteM
 use ferry_formats::{ColumnSpec, Format, FormatOptions};
 use serde::Deserialize;
 
+use crate::topics::FileRolling;
 use crate::RecordOptions;
 
 pub const API_VERSION: &str = "ferry.dev/v1";
@@ -216,6 +217,17 @@ pub struct AddressSpec {
     pub dead_letter: Option<String>,
     /// `kafka`, read as rows: only each key's last value (tombstones delete).
     pub create_snapshot: Option<bool>,
+    /// A directory receiving a topic's rows: at most this many events per file.
+    pub flush_size: Option<u64>,
+    /// A directory receiving a topic's rows: a file holds one window of record time this
+    /// long (a StreamTransfer's default: 60).
+    pub rotate_interval_seconds: Option<u64>,
+    /// A directory receiving a topic's rows: a file closes before its events' keys and
+    /// values pass this many bytes (a StreamTransfer's default: 128 MiB).
+    pub max_file_bytes: Option<u64>,
+    /// A directory receiving a topic's rows: the directory of each file from its first
+    /// event's record time, strftime-style in UTC (`dt=%Y-%m-%d/hour=%H`).
+    pub path_format: Option<String>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
     #[serde(default)]
@@ -309,18 +321,38 @@ impl Manifest {
                 "a destination's schema comes from the source and the transformations",
             ));
         }
+        let source = src.address("spec.source")?;
+        let destination = dst.address("spec.destination")?;
+        let rolling = self.rolling(&source, &destination)?;
         let rec = RecordOptions {
             source_format: src.format,
             source_options,
             dest_format: dst.format,
             dest_options: dst.options.clone(),
             transforms: self.spec.transformation.clone(),
+            rolling,
         };
-        Ok((
-            src.address("spec.source")?,
-            dst.address("spec.destination")?,
-            rec,
-        ))
+        Ok((source, destination, rec))
+    }
+
+    /// How files are cut in the destination directory of a topic's rows; a stream's
+    /// files stay open until full or their window is over.
+    fn rolling(&self, src: &DataAddress, dst: &DataAddress) -> Result<FileRolling> {
+        let d = &self.spec.destination;
+        let rolling = FileRolling {
+            flush_size: d.flush_size,
+            rotate_interval_seconds: d.rotate_interval_seconds,
+            max_file_bytes: d.max_file_bytes,
+            path_format: d.path_format.clone(),
+            hold_open: false,
+        };
+        rolling.check(src, dst, d.format.is_some(), &|name| {
+            format!("spec.destination.{name}")
+        })?;
+        Ok(match self.kind == "StreamTransfer" {
+            true => rolling.for_stream(src, dst),
+            false => rolling,
+        })
     }
 }
 

@@ -41,6 +41,8 @@ pub struct RecordOptions {
     pub dest_format: Option<Format>,
     pub dest_options: FormatOptions,
     pub transforms: Vec<TransformSpec>,
+    /// How a topic's rows are cut into files in a directory.
+    pub rolling: crate::topics::FileRolling,
 }
 
 impl RecordOptions {
@@ -140,7 +142,44 @@ pub struct RecordReport {
     /// Why this partition of a partitioned run had nothing to do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<String>,
+    /// A stream's events left for a later batch because their file is still open.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub held: u64,
     pub outputs: Vec<OutputReport>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RecordReport {
+    /// This run's report followed by `next`'s, as one run that began at `started`.
+    pub(crate) fn and_then(mut self, next: RecordReport, started: Instant) -> RecordReport {
+        let add = |a: &mut DatasetReport, b: &DatasetReport| {
+            a.files += b.files;
+            a.rows += b.rows;
+            a.bytes += b.bytes;
+            a.events = match (a.events, b.events) {
+                (None, None) => None,
+                (x, y) => Some(x.unwrap_or(0) + y.unwrap_or(0)),
+            };
+            if a.schema.is_empty() {
+                a.schema = b.schema.clone();
+            }
+        };
+        add(&mut self.source, &next.source);
+        add(&mut self.destination, &next.destination);
+        self.status = next.status;
+        self.objects += next.objects;
+        self.skipped += next.skipped;
+        self.failed += next.failed;
+        self.error = next.error.or(self.error);
+        self.held = next.held;
+        self.outputs.extend(next.outputs);
+        self.duration_s = started.elapsed().as_secs_f64();
+        self.rows_per_s = self.source.rows as f64 / self.duration_s.max(1e-9);
+        self
+    }
 }
 
 /// The plan for one output file.
@@ -519,6 +558,7 @@ pub(crate) fn finish(
         duration_s,
         error,
         idle: None,
+        held: 0,
         outputs,
     }
 }

@@ -178,13 +178,75 @@ pub(crate) async fn transfer(
     let started = Instant::now();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let parallel = opts.transfers.min(cores).max(1);
-    let mut plan = plan(src, dst, rec, opts, parallel, progress.clone()).await?;
+    if let DataAddress::Kafka(address) = src {
+        return from_topic(address, src, dst, rec, opts, progress, started, parallel).await;
+    }
+    let plan = plan(src, dst, rec, opts, parallel, progress.clone(), None).await?;
+    transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await
+}
+
+/// A topic's rows: one run over what arrived since the last, or into a directory whose
+/// files are cut ([`crate::topics::FileRolling`]), runs one after the other until the
+/// first one's ends, as one report.
+#[allow(clippy::too_many_arguments)]
+async fn from_topic(
+    address: &KafkaAddress,
+    src: &DataAddress,
+    dst: &DataAddress,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+    started: Instant,
+    parallel: usize,
+) -> Result<RecordReport> {
+    let mut until: Option<std::collections::BTreeMap<i32, i64>> = None;
+    let mut total: Option<RecordReport> = None;
+    loop {
+        let cap = until.as_ref();
+        let plan = plan_topic(address, src, dst, rec, opts, progress.clone(), cap).await?;
+        let (report, run) =
+            topic_run(src, dst, plan, rec, opts, progress.clone(), started, parallel).await?;
+        let moved = report.idle.is_none();
+        let report = match total.take() {
+            Some(mut before) if !moved => {
+                before.held = report.held;
+                before
+            }
+            Some(before) => before.and_then(report, started),
+            None => report,
+        };
+        let rolls = rec.rolling.is_set() || rec.rolling.hold_open;
+        if report.status != crate::report::Status::Succeeded || !moved || !rolls || opts.dry_run
+        {
+            return Ok(report);
+        }
+        if until.is_none() && !run.is_empty() {
+            until = Some(run);
+        }
+        total = Some(report);
+    }
+}
+
+/// One run of a topic's rows; also the ends it planned before cutting (empty for a run
+/// that resumed an interrupted one).
+#[allow(clippy::too_many_arguments)]
+async fn topic_run(
+    src: &DataAddress,
+    dst: &DataAddress,
+    mut plan: Plan,
+    rec: &RecordOptions,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+    started: Instant,
+    parallel: usize,
+) -> Result<(RecordReport, std::collections::BTreeMap<i32, i64>)> {
     if let Some((run, stopped)) = plan
         .topic
         .as_mut()
         .and_then(|t| Some((t.run.take()?, t.stopped.clone())))
     {
         let state = opts.state_store()?;
+        let until = run.until();
         if run.is_empty() {
             // Nothing arrived since the last run: the destination is left as it is.
             if !opts.dry_run {
@@ -207,19 +269,26 @@ pub(crate) async fn transfer(
                 Vec::new(),
                 started,
             );
-            report.idle = Some("no events since the last run".into());
-            return Ok(report);
+            report.idle = Some(match run.held {
+                0 => "no events since the last run".into(),
+                n => format!("{n} events wait in files still open"),
+            });
+            report.held = run.held;
+            return Ok((report, until));
         }
         progress.events_planned(run.events());
-        let report =
+        let mut report =
             transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await?;
         if report.status == crate::report::Status::Succeeded && !opts.dry_run {
             let stopped = stopped.lock().unwrap_or_else(|e| e.into_inner()).clone();
             run.finished(&state, &stopped)?;
         }
-        return Ok(report);
+        report.held = run.held;
+        return Ok((report, until));
     }
-    transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await
+    Err(ferry_core::Error::Internal(
+        "a topic's plan without its offsets".into(),
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -257,9 +326,10 @@ async fn plan(
     opts: &CopyOptions,
     parallel: usize,
     progress: Arc<dyn Progress>,
+    until: Option<&std::collections::BTreeMap<i32, i64>>,
 ) -> Result<Plan> {
     if let DataAddress::Kafka(address) = src {
-        return plan_topic(address, src, dst, rec, opts, progress).await;
+        return plan_topic(address, src, dst, rec, opts, progress, until).await;
     }
     if let DataAddress::Table(address) = src {
         let table = open_table(address).await?;
@@ -323,6 +393,7 @@ async fn plan_topic(
     rec: &RecordOptions,
     opts: &CopyOptions,
     progress: Arc<dyn Progress>,
+    until: Option<&std::collections::BTreeMap<i32, i64>>,
 ) -> Result<Plan> {
     if opts.partition.is_some() {
         return Err(ferry_core::Error::invalid_option(
@@ -354,27 +425,54 @@ async fn plan_topic(
     let read = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let counted = read.clone();
     let shown = (src.to_string(), dst.to_string());
-    let (run, scan) = tokio::task::spawn_blocking(move || -> Result<_> {
+    // Only files in a directory are cut.
+    let rolling = match incremental && !matches!(dst, DataAddress::Table(_)) {
+        true => rec.rolling.clone(),
+        false => Default::default(),
+    };
+    let until = until.cloned();
+    let (run, scan, times) = tokio::task::spawn_blocking(move || -> Result<_> {
         // A dry run plans without recording anything.
         let record = (!dry_run).then_some((shown.0.as_str(), shown.1.as_str()));
-        let run = crate::topics::plan(&owned, &state, offsets, resume, incremental, record)?;
+        let run = crate::topics::plan(
+            &owned,
+            &state,
+            offsets,
+            resume,
+            incremental,
+            record,
+            &rolling,
+            until.as_ref(),
+        )?;
         let mut scan = TopicScan::open(&owned, run.ranges.clone(), declared, infer_rows)?;
         if let Some(keys) = changes {
             scan = scan.as_changes(&keys);
         }
+        let times = match rolling.path_format {
+            Some(_) => crate::topics::first_times(&owned, scan.ranges())?,
+            None => Default::default(),
+        };
+        let scan = scan.with_rolling(rolling.boundaries());
         let scan = scan.with_progress(Arc::new(move |events, bytes| {
             counted.0.fetch_add(events, Ordering::Relaxed);
             counted.1.fetch_add(bytes, Ordering::Relaxed);
             progress.events_done(events);
         }));
-        Ok((run, scan))
+        Ok((run, scan, times))
     })
     .await
     .map_err(join_error)??;
+    // Under `pathFormat`, a file goes in the directory of its first event's record time.
     let names = scan
         .ranges()
         .iter()
-        .map(|r| format!("partition={:04}/{:020}", r.partition, r.start))
+        .map(|r| {
+            let name = format!("partition={:04}/{:020}", r.partition, r.start);
+            match times.get(&r.partition).and_then(|t| rec.rolling.directory(*t)) {
+                Some(dir) if !dir.is_empty() => format!("{dir}/{name}"),
+                _ => name,
+            }
+        })
         .collect();
     let label = format!("kafka ({})", address.value_format.name());
     let input_schema = scan.schema();

@@ -222,17 +222,27 @@ pub type Sent = (i32, Option<String>, Option<Vec<u8>>);
 
 /// Sends events, waiting until all are delivered.
 pub fn send(broker: &str, topic: &str, events: &[Sent]) {
+    let timed: Vec<(Sent, Option<i64>)> = events.iter().map(|e| (e.clone(), None)).collect();
+    send_timed(broker, topic, &timed);
+}
+
+/// Sends events with their record times (ms; `None`: now), waiting until all are
+/// delivered.
+pub fn send_timed(broker: &str, topic: &str, events: &[(Sent, Option<i64>)]) {
     use ferry_connectors::kafka::rdkafka::error::KafkaError;
     use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
     let a = address(broker, topic);
     let producer = kafka::producer(&a).unwrap();
-    for (p, key, value) in events {
+    for ((p, key, value), at) in events {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(*p);
         if let Some(k) = key {
             record = record.key(k.as_bytes());
         }
         if let Some(v) = value {
             record = record.payload(v.as_slice());
+        }
+        if let Some(ms) = at {
+            record = record.timestamp(*ms);
         }
         while let Err((e, back)) = producer.send(record) {
             assert!(matches!(e, KafkaError::MessageProduction(_)), "{e}");

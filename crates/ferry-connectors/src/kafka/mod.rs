@@ -256,6 +256,40 @@ pub fn leader_moving(e: &KafkaError) -> bool {
     )
 }
 
+/// The record time (ms) of the first event at or after `offset` in `partition` and before
+/// `end`, read with `consumer` (whose assignment this replaces); `None` when there is none
+/// (only transaction markers, or events removed).
+pub fn timestamp_at(
+    consumer: &BaseConsumer,
+    address: &KafkaAddress,
+    partition: i32,
+    offset: i64,
+    end: i64,
+) -> Result<Option<i64>, Error> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&address.topic, partition, rdkafka::Offset::Offset(offset))
+        .map_err(|e| error(address, Some(partition), e))?;
+    consumer
+        .assign(&list)
+        .map_err(|e| error(address, Some(partition), e))?;
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Ok(m)) if m.partition() != partition || m.offset() < offset => continue,
+            Some(Ok(m)) if m.offset() >= end => return Ok(None),
+            Some(Ok(m)) => return Ok(Some(event_of(&m).timestamp)),
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(e)) if transient(&e) => continue,
+            Some(Err(e)) => return Err(error(address, Some(partition), e)),
+        }
+    }
+    Err(Error::Unreachable {
+        address: format!("{} partition {partition}", address.topic_shown()),
+        detail: format!("no answer for offset {offset}"),
+    })
+}
+
 /// Where partition `p` ends for a run: the address's `endOffset`, at most its high
 /// watermark `high`.
 pub fn end_offset(address: &KafkaAddress, p: i32, high: i64) -> i64 {

@@ -49,6 +49,106 @@ pub struct Range {
     pub end: i64,
 }
 
+/// Where a partition's reader closes its file early, so that a directory of a topic's
+/// rows is cut into files of bounded size and time span. Each boundary is found from the
+/// events themselves (their record time and size), so reading the same offsets again
+/// cuts the same files.
+#[derive(Clone, Default)]
+pub struct Rolling {
+    /// A file holds events of one record-time window of this many milliseconds
+    /// (windows aligned on the epoch).
+    pub interval_ms: Option<i64>,
+    /// A file closes before the event that would take its keys' and values' bytes past
+    /// this (a file holds at least one event).
+    pub max_bytes: Option<u64>,
+    /// The directory of an event's record time (`dt=2026-12-03/hour=07`): a file holds
+    /// events of one directory.
+    pub directory: Option<PathOfTime>,
+}
+
+/// The directory of a record time in milliseconds.
+pub type PathOfTime = Arc<dyn Fn(i64) -> String + Send + Sync>;
+
+impl Rolling {
+    /// Whether any boundary is set.
+    pub fn is_set(&self) -> bool {
+        self.interval_ms.is_some() || self.max_bytes.is_some() || self.directory.is_some()
+    }
+
+    /// The record-time window of `timestamp` (ms).
+    pub fn window(&self, timestamp: i64) -> Option<i64> {
+        self.interval_ms.map(|i| timestamp.div_euclid(i.max(1)))
+    }
+}
+
+impl std::fmt::Debug for Rolling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rolling")
+            .field("interval_ms", &self.interval_ms)
+            .field("max_bytes", &self.max_bytes)
+            .field("directory", &self.directory.is_some())
+            .finish()
+    }
+}
+
+/// Where a file being filled stands against its [`Rolling`] boundaries.
+struct Filling {
+    rolling: Rolling,
+    /// Events taken.
+    events: u64,
+    bytes: u64,
+    /// The window and directory of the file's first event.
+    window: Option<i64>,
+    directory: Option<String>,
+    /// The last record time whose directory was computed, and that directory.
+    last: Option<(i64, String)>,
+}
+
+impl Filling {
+    fn new(rolling: Rolling) -> Self {
+        Filling {
+            rolling,
+            events: 0,
+            bytes: 0,
+            window: None,
+            directory: None,
+            last: None,
+        }
+    }
+
+    /// Takes the next event; false when it belongs to the next file.
+    fn fits(&mut self, timestamp: i64, size: u64) -> bool {
+        let window = self.rolling.window(timestamp);
+        let directory = match &self.rolling.directory {
+            Some(path) => {
+                // Events come in bursts of the same second: the directory is computed once.
+                let second = timestamp.div_euclid(1000);
+                match &self.last {
+                    Some((at, dir)) if *at == second => Some(dir.clone()),
+                    _ => {
+                        let dir = path(timestamp);
+                        self.last = Some((second, dir.clone()));
+                        Some(dir)
+                    }
+                }
+            }
+            None => None,
+        };
+        if self.events == 0 {
+            self.window = window;
+            self.directory = directory;
+        } else {
+            let full = self.rolling.max_bytes.is_some_and(|max| self.bytes + size > max);
+            if full || window != self.window || directory != self.directory {
+                return false;
+            }
+        }
+        self.events += 1;
+        self.bytes += size;
+        true
+    }
+}
+
 /// Told how many more events (offsets) were read, whatever became of them, and their
 /// keys' and values' bytes.
 pub type EventsRead = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -68,6 +168,7 @@ pub struct TopicScan {
     handle: tokio::runtime::Handle,
     /// Read as changes by these key columns ([`TopicScan::as_changes`]).
     changes: Option<Arc<Vec<String>>>,
+    rolling: Rolling,
 }
 
 impl TopicScan {
@@ -135,7 +236,15 @@ impl TopicScan {
             stopped: Arc::default(),
             handle: tokio::runtime::Handle::current(),
             changes: None,
+            rolling: Rolling::default(),
         })
+    }
+
+    /// Closes each partition's file at the first of `rolling`'s boundaries: the reader
+    /// stops there and says where ([`TopicScan::stopped`]), for the next run to start.
+    pub fn with_rolling(mut self, rolling: Rolling) -> Self {
+        self.rolling = rolling;
+        self
     }
 
     /// Reads the events as changes of rows keyed by `key_columns`, for an `upsert` table:
@@ -158,7 +267,8 @@ impl TopicScan {
     }
 
     /// Per partition, where a reader stopped short of its range's end: the first chunk
-    /// of a message still incomplete there, where the next run must start.
+    /// of a message still incomplete there, or the first event of the next file
+    /// ([`TopicScan::with_rolling`]), where the next run must start.
     pub fn stopped(&self) -> Arc<std::sync::Mutex<BTreeMap<i32, i64>>> {
         self.stopped.clone()
     }
@@ -231,6 +341,7 @@ impl TableScan for TopicScan {
             dead_letter: None,
             skipped: 0,
             changes: self.changes.clone(),
+            rolling: self.rolling.clone(),
         };
         std::thread::spawn(move || {
             let mut reader = reader;
@@ -320,6 +431,7 @@ struct PartitionReader {
     dead_letter: Option<DeadLetters>,
     skipped: u64,
     changes: Option<Arc<Vec<String>>>,
+    rolling: Rolling,
 }
 
 /// The events of one batch, before decoding.
@@ -352,9 +464,18 @@ impl PartitionReader {
             *bytes = 0;
         };
         let (address, range) = (self.address.clone(), self.range);
+        let mut filling = self.rolling.is_set().then(|| Filling::new(self.rolling.clone()));
+        // The first event of the next file, where the reader stopped.
+        let mut rolled = None;
         let completed = each_event(&address, range, &mut assembler, &stop, |event, next| {
             let size =
                 event.value.as_ref().map_or(0, Vec::len) + event.key.as_ref().map_or(0, Vec::len);
+            if let Some(filling) = &mut filling {
+                if !filling.fits(event.timestamp, size as u64) {
+                    rolled = Some(event.offset);
+                    return Ok(false);
+                }
+            }
             bytes += size as u64;
             if let Some(latest) = &latest {
                 if !latest.keeps(&event)? {
@@ -372,12 +493,20 @@ impl PartitionReader {
             }
             Ok(true)
         })?;
-        if !completed {
+        if !completed && rolled.is_none() {
             return Ok(());
         }
         let batch = self.decode(pending)?;
         if batch.num_rows() > 0 {
             let _ = tx.blocking_send(Ok(batch));
+        }
+        if let Some(at) = rolled {
+            self.stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p, at);
+            report(at, &mut reported, &mut bytes);
+            return Ok(());
         }
         if let Some(first) = assembler.incomplete(p) {
             tracing::info!(at = %self.at(first), "a message still incomplete at the end is left for the next run");

@@ -5,8 +5,8 @@
 //! failure (broker or destination down) is retried with backoff, for ever.
 //!
 //! After each batch the run's status says where the stream stands: per partition the
-//! committed position against the high watermark, the lag in events and in seconds since
-//! it last had nothing left to read, and its rates over the last minute.
+//! committed position against the high watermark, the lag in events and in seconds (the
+//! age of the oldest event waiting, by record time), and its rates over the last minute.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,8 +37,6 @@ struct Watch {
     /// (when, records, bytes) of the batches in the window.
     window: VecDeque<(Instant, u64, u64)>,
     started: Instant,
-    /// When the stream last had nothing left to read.
-    caught_up: Instant,
     /// Since when the lag has grown with nothing moving, and the lag then.
     stalled_since: Option<(Instant, i64)>,
     /// A stall was reported and nothing has moved since.
@@ -52,7 +50,6 @@ impl Watch {
         Watch {
             window: VecDeque::new(),
             started: now,
-            caught_up: now,
             stalled_since: None,
             stall_reported: false,
             status: StreamStatus::default(),
@@ -99,11 +96,10 @@ impl Watch {
             return false;
         };
         let lag: i64 = positions.iter().map(|p| p.lag).sum();
-        if lag == 0 {
-            self.caught_up = now;
-        }
+        self.status.held_events = done.held_events;
         let mut stalled = false;
-        if moved || lag == 0 {
+        // Events held back in open files wait for their window to close, not for a fix.
+        if moved || lag == 0 || done.held_events > 0 {
             self.stalled_since = None;
         } else {
             match self.stalled_since {
@@ -116,11 +112,11 @@ impl Watch {
             }
         }
         self.status.lag_events = lag;
-        self.status.lag_seconds = if lag == 0 {
-            0.0
-        } else {
-            now.duration_since(self.caught_up).as_secs_f64()
-        };
+        // The oldest event waiting, by record time.
+        self.status.lag_seconds = positions
+            .iter()
+            .map(|p| p.lag_seconds)
+            .fold(0.0, f64::max);
         self.status.partitions = positions;
         stalled
     }

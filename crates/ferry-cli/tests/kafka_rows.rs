@@ -798,7 +798,11 @@ fn ids_per_file(work: &Path, dir: &Path) -> BTreeMap<String, Vec<u64>> {
                 dirs.push(path);
                 continue;
             }
-            let name = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let name = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let ids = ids_of(&parquet_rows(work, path.to_str().unwrap()));
             out.insert(name, ids);
         }
@@ -809,7 +813,10 @@ fn ids_per_file(work: &Path, dir: &Path) -> BTreeMap<String, Vec<u64>> {
 /// A JSON order `id` at record time `at` in `partition`.
 fn timed(partition: i32, id: u64, at: i64) -> (Sent, Option<i64>) {
     let value = json!({"id": id, "pad": "x".repeat(40)}).to_string();
-    ((partition, Some(format!("k{id}")), Some(value.into_bytes())), Some(at))
+    (
+        (partition, Some(format!("k{id}")), Some(value.into_bytes())),
+        Some(at),
+    )
 }
 
 /// 2026-01-01T00:00:00Z in ms.
@@ -825,7 +832,13 @@ fn a_topic_into_a_directory_is_cut_into_files_by_count_record_time_and_size() {
     let topic = new_topic(&broker, 2);
     // Partition 0: 100 events in each of three hours; partition 1: 50 in the first.
     let mut events: Vec<_> = (0..300)
-        .map(|i| timed(0, i, NEW_YEAR + (i as i64 / 100) * HOUR + (i as i64 % 100) * 1000))
+        .map(|i| {
+            timed(
+                0,
+                i,
+                NEW_YEAR + (i as i64 / 100) * HOUR + (i as i64 % 100) * 1000,
+            )
+        })
         .collect();
     events.extend((300..350).map(|i| timed(1, i, NEW_YEAR + (i as i64 - 300) * 1000)));
     common::kafka::send_timed(&broker, &topic, &events);
@@ -928,7 +941,10 @@ fn a_topic_into_a_directory_is_cut_into_files_by_count_record_time_and_size() {
         &[src.as_str(), dir.as_str(), "--flush-size", "10"],
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--flush-size") && err.contains("format"), "{err}");
+    assert!(
+        err.contains("--flush-size") && err.contains("format"),
+        "{err}"
+    );
     let (code, _, err) = run(
         work.path(),
         &[

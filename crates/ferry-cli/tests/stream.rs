@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::kafka::{broker, topic_of_rows};
+use common::kafka::{broker, new_topic, send_timed, topic_of_rows, Sent};
 use common::service::{free_port, Service};
 use common::transfers::{events, wait_event};
 use serde_json::{json, Value};
@@ -110,7 +110,7 @@ fn a_stream_lands_every_event_once_through_a_kill_and_a_suspend() {
         "metadata": {"name": "orders-lake"},
         "spec": {"source": {"type": "kafka", "brokers": broker, "topic": topic},
                  "destination": {"type": "file", "path": format!("{}/", lake.display()),
-                                 "format": "json"}}});
+                                 "format": "json", "rotateIntervalSeconds": 1}}});
     let (status, body) = server.call("POST", "/v1/transfers", Some(&manifest));
     assert_eq!(status, 201, "{body}");
     server.wait_line("failpoint reached");
@@ -205,4 +205,151 @@ fn a_stream_transfer_needs_a_topic_no_schedule_and_a_destination_that_keeps_addi
     for field in ["spec.source.type", "spec.schedule", "spec.destination.mode"] {
         assert!(fields.contains(&field), "{field} not in {body}");
     }
+
+    // Files are cut in a directory only, and by a pattern of record time that reads.
+    for (destination, field) in [
+        (
+            json!({"type": "postgres", "url": "postgres://h/db", "table": "t",
+                   "mode": "append", "flushSize": 10}),
+            "spec.destination.flushSize",
+        ),
+        (
+            json!({"type": "file", "path": "/data/lake/", "format": "parquet",
+                   "pathFormat": "dt=%Y-%m-%d/%Q"}),
+            "spec.destination.pathFormat",
+        ),
+    ] {
+        let manifest = json!({"apiVersion": "ferry.dev/v1", "kind": "StreamTransfer",
+            "metadata": {"name": "bad-cut"},
+            "spec": {"source": {"type": "kafka", "brokers": "127.0.0.1:9", "topic": "t"},
+                     "destination": destination}});
+        let (status, body) = server.call("POST", "/v1/transfers", Some(&manifest));
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["details"][0]["field"], field, "{body}");
+    }
+}
+
+/// The stream status of `transfer`'s run once `ready` holds for it.
+fn wait_status(server: &Service, transfer: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, runs) = server.call("GET", &format!("/v1/transfers/{transfer}/runs"), None);
+        let stream = runs[0]["stats"]["stream"].clone();
+        if ready(&stream) {
+            return stream;
+        }
+        assert!(Instant::now() < deadline, "{runs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Events `ids` in partition 0 at record time `at` (ms).
+fn at(ids: std::ops::Range<u64>, at: i64) -> Vec<(Sent, Option<i64>)> {
+    ids.map(|i| {
+        (
+            (0, None, Some(json!({"id": i}).to_string().into_bytes())),
+            Some(at),
+        )
+    })
+    .collect()
+}
+
+fn files(lake: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(lake.join("partition=0000"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
+    let Some(broker) = broker() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let server = serve(root, free_port(), None);
+    let stream = |name: &str, topic: &str, lake: &Path, interval: u64| {
+        json!({"apiVersion": "ferry.dev/v1", "kind": "StreamTransfer",
+            "metadata": {"name": name},
+            "spec": {"source": {"type": "kafka", "brokers": broker, "topic": topic},
+                     "destination": {"type": "file", "path": format!("{}/", lake.display()),
+                                     "format": "json", "flushSize": 100,
+                                     "rotateIntervalSeconds": interval}}})
+    };
+    // Record times five minutes ahead (brokers refuse more than an hour), in 20-minute
+    // windows: theirs is not over by the clock during the test.
+    let window = 1_200_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let later = now + 300_000;
+    let topic = new_topic(&broker, 1);
+    let lake = root.join("held");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/transfers",
+        Some(&stream("held", &topic, &lake, 1200)),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // Fewer events than a file holds, their window open: they wait, and the status says so.
+    send_timed(&broker, &topic, &at(0..10, later));
+    let status = wait_status(&server, "held", |s| s["heldEvents"] == 10);
+    assert_eq!(status["lagEvents"], 10, "{status}");
+    assert!(files(&lake).is_empty(), "{:?}", files(&lake));
+
+    // A full file is written; the rest waits.
+    send_timed(&broker, &topic, &at(10..110, later));
+    wait_landed(&lake, 100);
+    wait_status(&server, "held", |s| s["heldEvents"] == 10);
+    assert_eq!(files(&lake), ["00000000000000000000.jsonl"]);
+
+    // An event of the next window closes the open file.
+    send_timed(
+        &broker,
+        &topic,
+        &at(110..111, (later / window + 1) * window),
+    );
+    wait_landed(&lake, 110);
+    wait_status(&server, "held", |s| s["heldEvents"] == 1);
+    assert_eq!(
+        files(&lake),
+        ["00000000000000000000.jsonl", "00000000000000000100.jsonl"]
+    );
+
+    // A partition that goes quiet still closes its file once the window is over by the
+    // clock, not before: 5-second windows, events 3 seconds ahead, nothing after them.
+    let quiet = new_topic(&broker, 1);
+    let quiet_lake = root.join("quiet");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/transfers",
+        Some(&stream("quiet", &quiet, &quiet_lake, 5)),
+    );
+    assert_eq!(status, 201, "{body}");
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3000;
+    send_timed(&broker, &quiet, &at(0..5, soon));
+    wait_landed(&quiet_lake, 5);
+    let window_end = (soon / 5000 + 1) * 5000;
+    let written = std::fs::metadata(quiet_lake.join("partition=0000/00000000000000000000.jsonl"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        written >= window_end,
+        "written at {written}, before its window ended at {window_end}"
+    );
+    let status = wait_status(&server, "quiet", |s| s["lagEvents"] == 0);
+    assert_eq!(status["heldEvents"], 0, "{status}");
 }

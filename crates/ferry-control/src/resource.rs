@@ -185,6 +185,16 @@ pub fn validate(raw: Value) -> Result<TransferManifest, Vec<FieldError>> {
             None
         }
     };
+    // What only the two ends together tell (a setting of one that the other rules out).
+    if errors.is_empty() && !has_run_time_values(&Value::Object(top.clone())) {
+        let planned = ferry_engine::manifest::Manifest::from_json(Value::Object(top.clone()))
+            .and_then(|m| m.plan());
+        if let Err(ferry_core::Error::InvalidOption { name, reason }) = planned {
+            if name.starts_with("spec.") {
+                errors.push(FieldError::new(name, reason));
+            }
+        }
+    }
     match (errors.is_empty(), settings) {
         (true, Some(settings)) => Ok(TransferManifest {
             raw: Value::Object(top),

@@ -204,8 +204,17 @@ async fn from_topic(
     loop {
         let cap = until.as_ref();
         let plan = plan_topic(address, src, dst, rec, opts, progress.clone(), cap).await?;
-        let (report, run) =
-            topic_run(src, dst, plan, rec, opts, progress.clone(), started, parallel).await?;
+        let (report, run) = topic_run(
+            src,
+            dst,
+            plan,
+            rec,
+            opts,
+            progress.clone(),
+            started,
+            parallel,
+        )
+        .await?;
         let moved = report.idle.is_none();
         let report = match total.take() {
             Some(mut before) if !moved => {
@@ -216,8 +225,7 @@ async fn from_topic(
             None => report,
         };
         let rolls = rec.rolling.is_set() || rec.rolling.hold_open;
-        if report.status != crate::report::Status::Succeeded || !moved || !rolls || opts.dry_run
-        {
+        if report.status != crate::report::Status::Succeeded || !moved || !rolls || opts.dry_run {
             return Ok(report);
         }
         if until.is_none() && !run.is_empty() {
@@ -468,7 +476,10 @@ async fn plan_topic(
         .iter()
         .map(|r| {
             let name = format!("partition={:04}/{:020}", r.partition, r.start);
-            match times.get(&r.partition).and_then(|t| rec.rolling.directory(*t)) {
+            match times
+                .get(&r.partition)
+                .and_then(|t| rec.rolling.directory(*t))
+            {
                 Some(dir) if !dir.is_empty() => format!("{dir}/{name}"),
                 _ => name,
             }

@@ -132,7 +132,9 @@ impl FileRolling {
         if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
             return Err(Error::invalid_option(
                 field,
-                format!("'{format}' is not a strftime pattern chrono reads (e.g. dt=%Y-%m-%d/hour=%H)"),
+                format!(
+                    "'{format}' is not a strftime pattern chrono reads (e.g. dt=%Y-%m-%d/hour=%H)"
+                ),
             ));
         }
         if format.starts_with('/') || format.split('/').any(|part| part == "..") {
@@ -164,7 +166,9 @@ impl FileRolling {
                 as kafka::rows::PathOfTime
         });
         kafka::rows::Rolling {
-            interval_ms: self.rotate_interval_seconds.map(|s| (s.max(1) * 1000) as i64),
+            interval_ms: self
+                .rotate_interval_seconds
+                .map(|s| (s.max(1) * 1000) as i64),
             max_bytes: self.max_file_bytes,
             directory,
         }

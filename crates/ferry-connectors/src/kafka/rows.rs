@@ -138,7 +138,10 @@ impl Filling {
             self.window = window;
             self.directory = directory;
         } else {
-            let full = self.rolling.max_bytes.is_some_and(|max| self.bytes + size > max);
+            let full = self
+                .rolling
+                .max_bytes
+                .is_some_and(|max| self.bytes + size > max);
             if full || window != self.window || directory != self.directory {
                 return false;
             }
@@ -464,7 +467,10 @@ impl PartitionReader {
             *bytes = 0;
         };
         let (address, range) = (self.address.clone(), self.range);
-        let mut filling = self.rolling.is_set().then(|| Filling::new(self.rolling.clone()));
+        let mut filling = self
+            .rolling
+            .is_set()
+            .then(|| Filling::new(self.rolling.clone()));
         // The first event of the next file, where the reader stopped.
         let mut rolled = None;
         let completed = each_event(&address, range, &mut assembler, &stop, |event, next| {

@@ -113,10 +113,7 @@ impl Watch {
         }
         self.status.lag_events = lag;
         // The oldest event waiting, by record time.
-        self.status.lag_seconds = positions
-            .iter()
-            .map(|p| p.lag_seconds)
-            .fold(0.0, f64::max);
+        self.status.lag_seconds = positions.iter().map(|p| p.lag_seconds).fold(0.0, f64::max);
         self.status.partitions = positions;
         stalled
     }

@@ -16,7 +16,7 @@ use ferry_connectors::kafka::rdkafka::error::KafkaError;
 use ferry_connectors::kafka::rdkafka::message::{Headers, Message};
 use ferry_connectors::kafka::rdkafka::{Offset, TopicPartitionList};
 use ferry_connectors::kafka::{self};
-use ferry_connectors::testkit::{unique_name, TestPostgres};
+use ferry_connectors::testkit::{unique_name, TestMysql, TestPostgres};
 use serde_json::{json, Value};
 
 /// Orders `from..to` as JSON values spread over `partitions`, keyed by customer; every
@@ -707,8 +707,9 @@ fn a_snapshot_keeps_each_keys_last_value_and_drops_keys_whose_last_event_is_a_to
 /// tombstone deletes it (and a later value brings it back), also when a key changes many
 /// times within one load, and each run applies only what arrived since the last.
 #[test]
-fn keyed_changes_keep_an_upsert_table_equal_to_the_topic_in_postgres_and_sqlite() {
-    let (Some(broker), Some(pg)) = (broker(), TestPostgres::get()) else {
+fn keyed_changes_keep_an_upsert_table_equal_to_the_topic_in_postgres_mariadb_and_sqlite() {
+    let (Some(broker), Some(pg), Some(my)) = (broker(), TestPostgres::get(), TestMysql::get())
+    else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -755,6 +756,19 @@ fn keyed_changes_keep_an_upsert_table_equal_to_the_topic_in_postgres_and_sqlite(
             })
             .collect()
     };
+    let my_dst = format!(
+        "{}?table={table}&mode=upsert&keyColumns=key",
+        my.url("ferry")
+    );
+    let my_rows = |my: &TestMysql| -> BTreeMap<String, u64> {
+        my.sql("ferry", &format!("SELECT \"key\", version FROM {table}"))
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once('\t').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect()
+    };
     let lite_rows = || -> BTreeMap<String, u64> {
         let c = ferry_connectors::sqlite::rusqlite::Connection::open(&sqlite).unwrap();
         let mut s = c.prepare("SELECT key, version FROM changes").unwrap();
@@ -766,25 +780,32 @@ fn keyed_changes_keep_an_upsert_table_equal_to_the_topic_in_postgres_and_sqlite(
         rows.map(|r| r.unwrap()).collect()
     };
     // Small batches: a key's changes spread over batches and streams of one load.
-    for dst in [&pg_dst, &lite_dst] {
+    for dst in [&pg_dst, &my_dst, &lite_dst] {
         run_ok(work.path(), &[&src, dst, "--source-option", "batchSize=16"]);
     }
     assert_eq!(pg_rows(&pg), expected);
+    assert_eq!(my_rows(&my), expected);
     assert_eq!(lite_rows(), expected);
 
     let more: Vec<Sent> = (8..13).flat_map(|r| round(r, &mut expected)).collect();
     send(&broker, &topic, &more);
-    for dst in [&pg_dst, &lite_dst] {
+    for dst in [&pg_dst, &my_dst, &lite_dst] {
         run_ok(work.path(), &[&src, dst, "--source-option", "batchSize=16"]);
     }
     assert_eq!(pg_rows(&pg), expected);
+    assert_eq!(my_rows(&my), expected);
     assert_eq!(lite_rows(), expected);
     // The table has the values' columns and the key as its primary key, nothing of ferry's.
     assert_eq!(
         pg.sql("ferry", &format!("SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = '{table}'")),
         "key,note,version"
     );
+    assert_eq!(
+        my.sql("ferry", &format!("SELECT group_concat(COLUMN_NAME ORDER BY COLUMN_NAME) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'ferry' AND TABLE_NAME = '{table}'")),
+        "key,note,version"
+    );
     pg.sql("ferry", &format!("DROP TABLE {table}"));
+    my.sql("ferry", &format!("DROP TABLE {table}"));
 }
 
 /// Each file under `dir` (relative name) and the ids of its rows, read back by ferry.

@@ -421,13 +421,9 @@ async fn plan_topic(
     let state = opts.state_store()?;
     let (owned, resume, dry_run) = (address.clone(), opts.resume, opts.dry_run);
     // Into an upsert table, the events are changes: a key's last one counts, and a
-    // tombstone deletes its row. (MySQL's loads take upserts as they come, for now.)
+    // tombstone deletes its row.
     let changes = match dst {
-        DataAddress::Table(t)
-            if t.mode == WriteMode::Upsert && t.database != ferry_core::Database::Mysql =>
-        {
-            Some(t.key_columns.clone())
-        }
+        DataAddress::Table(t) if t.mode == WriteMode::Upsert => Some(t.key_columns.clone()),
         _ => None,
     };
     let read = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));

@@ -4,6 +4,11 @@
 //! MySQL commits every DDL statement on its own, so each commit is built so that, once
 //! the rows are the target's, the staging table is either gone or empty: committing
 //! again after a crash at any point is then a no-op.
+//!
+//! Changes into an `upsert` table ([`is_change_stream`]) are staged without the target's
+//! constraints (a tombstone's row is null but for its key, a key may change many times);
+//! the merge keeps each key's last change by offset, deleting the tombstoned keys and
+//! upserting the rest in one transaction.
 
 use arrow::datatypes::{FieldRef, SchemaRef};
 use arrow::json::writer::EncoderOptions;
@@ -13,7 +18,10 @@ use ferry_core::{Error, Result, TableAddress, WriteMode};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use crate::tables::{check_key_columns, target_column, TableLoad, TableWriter, TargetState};
+use crate::tables::{
+    check_key_columns, is_change_column, is_change_stream, target_column, TableLoad, TableWriter,
+    TargetState, CHANGE_DELETED, CHANGE_SEQ,
+};
 
 use super::codec::{create_type, writable, LiteralWriter, MyType};
 use super::source::table_columns;
@@ -43,6 +51,9 @@ pub struct MyLoad {
     /// For each incoming field, whether its column refuses NULL.
     not_null: Vec<bool>,
     mode: WriteMode,
+    /// The rows are changes: the staging table's column definitions (without the
+    /// target's constraints, with the change columns).
+    changes: Option<Vec<String>>,
 }
 
 impl MyLoad {
@@ -77,6 +88,13 @@ impl MyLoad {
             .await
             .map_err(err)?;
         let target_exists = found.is_some();
+        let changing = mode == WriteMode::Upsert && is_change_stream(&schema);
+        // A change stream's staging columns: every column nullable, and its own two.
+        let mut staged = Vec::new();
+        let change_definition = |name: &str| match name {
+            CHANGE_SEQ => format!("{} BIGINT NOT NULL", quote(name)),
+            _ => format!("{} BOOLEAN NOT NULL", quote(name)),
+        };
         let (columns, definitions, not_null) = if target_exists {
             let existing = table_columns(&mut conn, address, &db, &name).await?;
             // NULL would become a value in these (a counter, the current time).
@@ -92,6 +110,12 @@ impl MyLoad {
             let mut not_null = Vec::new();
             let mut columns = Vec::new();
             for field in schema.fields() {
+                if changing && is_change_column(field.name()) {
+                    staged.push(change_definition(field.name()));
+                    not_null.push(false);
+                    columns.push(field.name().clone());
+                    continue;
+                }
                 let column = target_column(&existing, |c| &c.name, field.name(), address, &target)?;
                 if column.ty == MyType::Bit && !field.data_type().is_integer() {
                     return Err(Error::data(
@@ -104,7 +128,14 @@ impl MyLoad {
                         ),
                     ));
                 }
-                not_null.push(!column.nullable && !generated.contains(&column.name));
+                let ty = match &column.sql {
+                    Some(sql) => sql.clone(),
+                    None => create_type(field, false).map_err(|reason| {
+                        Error::data(address, format!("column '{}': {reason}", field.name()))
+                    })?,
+                };
+                staged.push(format!("{} {ty} NULL", quote(&column.name)));
+                not_null.push(!changing && !column.nullable && !generated.contains(&column.name));
                 columns.push(column.name.clone());
             }
             if mode == WriteMode::Upsert {
@@ -134,6 +165,10 @@ impl MyLoad {
         } else {
             let mut definitions = Vec::new();
             for field in schema.fields() {
+                if changing && is_change_column(field.name()) {
+                    staged.push(change_definition(field.name()));
+                    continue;
+                }
                 let key = address
                     .key_columns
                     .iter()
@@ -142,6 +177,7 @@ impl MyLoad {
                     create_type(field, key && mode == WriteMode::Upsert).map_err(|reason| {
                         Error::data(address, format!("column '{}': {reason}", field.name()))
                     })?;
+                staged.push(format!("{} {ty} NULL", quote(field.name())));
                 definitions.push(format!(
                     "{} {ty}{}",
                     quote(field.name()),
@@ -160,7 +196,11 @@ impl MyLoad {
             (
                 schema.fields().iter().map(|f| f.name().clone()).collect(),
                 definitions,
-                schema.fields().iter().map(|f| !f.is_nullable()).collect(),
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| !changing && !f.is_nullable())
+                    .collect(),
             )
         };
         let _ = conn.disconnect().await;
@@ -176,6 +216,7 @@ impl MyLoad {
             not_null,
             mode,
             name,
+            changes: changing.then_some(staged),
         })
     }
 
@@ -185,6 +226,85 @@ impl MyLoad {
 
     fn old(&self) -> String {
         format!("{}.{}", quote(&self.db), quote(&self.old_name))
+    }
+
+    /// The target's key columns as it spells them.
+    fn keys(&self) -> Vec<&String> {
+        self.columns
+            .iter()
+            .filter(|c| {
+                self.address
+                    .key_columns
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(c))
+            })
+            .collect()
+    }
+
+    /// What an upsert does to a row whose key exists: set every other loaded column.
+    fn on_duplicate(&self) -> String {
+        let keys = self.keys();
+        let mut updates: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !keys.contains(c) && !is_change_column(c))
+            .map(|c| format!("{0} = VALUES({0})", quote(c)))
+            .collect();
+        if updates.is_empty() {
+            updates = keys
+                .iter()
+                .map(|k| format!("{0} = {0}", quote(k)))
+                .collect();
+        }
+        format!("ON DUPLICATE KEY UPDATE {}", updates.join(", "))
+    }
+
+    /// The statements that merge staged changes: the target is created first when new;
+    /// of each key's changes only the last (highest offset) counts, a tombstone deleting
+    /// the key's row and anything else inserting or updating it.
+    fn merge_changes(&self, sql: &mut Vec<String>) {
+        let staging = self.staging();
+        let keys: Vec<String> = self.keys().iter().map(|k| quote(k)).collect();
+        let keys = keys.join(", ");
+        if !self.target_exists {
+            sql.push(format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}) DEFAULT CHARSET = utf8mb4",
+                self.target,
+                self.definitions.join(", ")
+            ));
+        }
+        let list: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !is_change_column(c))
+            .map(|c| quote(c))
+            .collect();
+        let list = list.join(", ");
+        let last = format!(
+            "SELECT {list}, {deleted} AS ferry_deleted, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {seq} DESC) AS ferry_last FROM {staging}",
+            deleted = quote(CHANGE_DELETED),
+            seq = quote(CHANGE_SEQ),
+        );
+        let matched: Vec<String> = self
+            .keys()
+            .iter()
+            .map(|k| format!("t.{0} = s.{0}", quote(k)))
+            .collect();
+        sql.push("START TRANSACTION".into());
+        sql.push(format!(
+            "DELETE t FROM {} t JOIN ({last}) s ON {} WHERE s.ferry_last = 1 AND s.ferry_deleted",
+            self.target,
+            matched.join(" AND ")
+        ));
+        sql.push(format!(
+            "INSERT INTO {} ({list}) SELECT {list} FROM ({last}) s WHERE s.ferry_last = 1 AND NOT s.ferry_deleted {}",
+            self.target,
+            self.on_duplicate()
+        ));
+        // Emptied with the merge: a re-run finding it merges nothing again.
+        sql.push(format!("DELETE FROM {staging}"));
+        sql.push("COMMIT".into());
+        sql.push(format!("DROP TABLE {staging}"));
     }
 
     fn column_list(&self) -> String {
@@ -291,7 +411,13 @@ impl TableLoad for MyLoad {
     /// replacing one an interrupted run left.
     async fn create_staging(&mut self) -> Result<()> {
         let mut conn = connect(&self.address).await?;
-        let create = if self.target_exists {
+        let create = if let Some(staged) = &self.changes {
+            format!(
+                "CREATE TABLE {} ({}) DEFAULT CHARSET = utf8mb4",
+                self.staging(),
+                staged.join(", ")
+            )
+        } else if self.target_exists {
             format!("CREATE TABLE {} LIKE {}", self.staging(), self.target)
         } else {
             format!(
@@ -339,7 +465,9 @@ impl TableLoad for MyLoad {
         let mut conn = connect(&self.address).await?;
         let staging = self.staging();
         let mut sql = Vec::new();
-        if !self.target_exists {
+        if self.changes.is_some() {
+            self.merge_changes(&mut sql);
+        } else if !self.target_exists {
             sql.push(format!("RENAME TABLE {staging} TO {}", self.target));
         } else {
             let list = self.column_list();
@@ -361,29 +489,7 @@ impl TableLoad for MyLoad {
                     let insert = if self.mode == WriteMode::Append {
                         insert
                     } else {
-                        let keys: Vec<&String> = self
-                            .columns
-                            .iter()
-                            .filter(|c| {
-                                self.address
-                                    .key_columns
-                                    .iter()
-                                    .any(|k| k.eq_ignore_ascii_case(c))
-                            })
-                            .collect();
-                        let mut updates: Vec<String> = self
-                            .columns
-                            .iter()
-                            .filter(|c| !keys.contains(c))
-                            .map(|c| format!("{0} = VALUES({0})", quote(c)))
-                            .collect();
-                        if updates.is_empty() {
-                            updates = keys
-                                .iter()
-                                .map(|k| format!("{0} = {0}", quote(k)))
-                                .collect();
-                        }
-                        format!("{insert} ON DUPLICATE KEY UPDATE {}", updates.join(", "))
+                        format!("{insert} {}", self.on_duplicate())
                     };
                     sql.push("START TRANSACTION".into());
                     sql.push(insert);

@@ -980,3 +980,81 @@ fn a_topic_into_a_directory_is_cut_into_files_by_count_record_time_and_size() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--path-format") && err.contains("%Q"), "{err}");
 }
+
+#[test]
+fn a_new_field_stops_a_load_before_it_unless_the_table_may_add_its_column() {
+    let (Some(broker), Some(pg), Some(my)) = (broker(), TestPostgres::get(), TestMysql::get())
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let event = |i: u64, extra: &[&str]| -> Sent {
+        let mut v = json!({"id": i, "name": format!("n{i}")});
+        for field in extra {
+            v[*field] = json!(format!("{field}{i}"));
+        }
+        (0, None, Some(v.to_string().into_bytes()))
+    };
+    let table = unique_name("evolving").replace('-', "_");
+    type Sql<'a> = Box<dyn Fn(&str) -> String + 'a>;
+    let servers: [(String, Sql); 2] = [
+        (pg.url("ferry"), Box::new(|sql: &str| pg.sql("ferry", sql))),
+        (my.url("ferry"), Box::new(|sql: &str| my.sql("ferry", sql))),
+    ];
+    for (url, sql) in servers {
+        let topic = new_topic(&broker, 1);
+        let src = format!("kafka://{broker}/{topic}");
+        let dst = format!("{url}?table={table}&mode=append");
+        send(
+            &broker,
+            &topic,
+            &(0..6).map(|i| event(i, &[])).collect::<Vec<_>>(),
+        );
+        run_ok(work.path(), &[&src, &dst]);
+        // Events with a field the table lacks: the load stops, naming it; nothing changes.
+        send(
+            &broker,
+            &topic,
+            &(6..10).map(|i| event(i, &["email"])).collect::<Vec<_>>(),
+        );
+        let (code, out, err) = run(work.path(), &[&src, &dst]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("'email'") && err.contains("schemaEvolution: addColumns"),
+            "{err}"
+        );
+        assert_eq!(sql(&format!("SELECT count(*) FROM {table}")), "6");
+        // Allowed to add nullable columns, the interrupted run is finished.
+        let more: Vec<Sent> = (10..14)
+            .map(|i| {
+                event(
+                    i,
+                    if i < 12 {
+                        &["email"]
+                    } else {
+                        &["email", "phone"]
+                    },
+                )
+            })
+            .collect();
+        send(&broker, &topic, &more);
+        let evolving = format!("{dst}&schemaEvolution=addColumns");
+        let args = [&src, &evolving, "--source-option", "inferRows=2"];
+        run_ok(work.path(), &args);
+        assert_eq!(
+            sql(&format!("SELECT count(*), count(email) FROM {table}")).replace('\t', "|"),
+            "10|4"
+        );
+        // A field that appears after the values the columns were inferred from ends a run
+        // before it; the next run of the same command adds its column.
+        run_ok(work.path(), &args);
+        assert_eq!(
+            sql(&format!(
+                "SELECT count(*), count(DISTINCT id), count(email), count(phone) FROM {table}"
+            ))
+            .replace('\t', "|"),
+            "14|14|8|2"
+        );
+        sql(&format!("DROP TABLE {table}"));
+    }
+}

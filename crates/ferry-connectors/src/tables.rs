@@ -231,6 +231,44 @@ pub fn check_key_columns(address: &TableAddress, schema: &Schema) -> Result<()> 
     Ok(())
 }
 
+/// The fields of `schema` table `target` (its columns `existing`, named by `name`) has no
+/// column for: new columns under `schemaEvolution=addColumns` when they are nullable, else
+/// an error naming the first. A change stream's own columns are not the table's.
+pub fn fields_to_add<C>(
+    existing: &[C],
+    name: impl Fn(&C) -> &str,
+    schema: &Schema,
+    address: &TableAddress,
+    target: &str,
+) -> Result<Vec<String>> {
+    let mut added = Vec::new();
+    for field in schema.fields() {
+        if is_change_column(field.name())
+            || existing
+                .iter()
+                .any(|c| name(c).eq_ignore_ascii_case(field.name()))
+        {
+            continue;
+        }
+        if !address.add_columns {
+            // The error of a missing column, naming the table's.
+            target_column(existing, &name, field.name(), address, target)?;
+        }
+        if !field.is_nullable() {
+            return Err(Error::data(
+                address,
+                format!(
+                    "column '{}' of the source is not in table {target}, and only a nullable field becomes a new column (schemaEvolution: addColumns)",
+                    field.name()
+                ),
+            ));
+        }
+        tracing::info!(table = %target, column = %field.name(), "a new field: adding its column (schemaEvolution: addColumns)");
+        added.push(field.name().clone());
+    }
+    Ok(added)
+}
+
 /// The column of the target (`existing`, named by `name`) that source column `field`
 /// loads into: the one with its exact name, else the only one matching it regardless of
 /// case. `target` names the table in the error.
@@ -255,7 +293,7 @@ pub fn target_column<'a, C>(
             Error::data(
                 address,
                 format!(
-                    "column '{field}' of the source is not in table {target} (its columns: {})",
+                    "column '{field}' of the source is not in table {target} (its columns: {}); add it, or let ferry add nullable ones (schemaEvolution: addColumns)",
                     names.join(", ")
                 ),
             )

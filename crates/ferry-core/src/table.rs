@@ -96,6 +96,9 @@ pub struct TableAddress {
     pub password: Option<String>,
     pub mode: WriteMode,
     pub key_columns: Vec<String>,
+    /// `schemaEvolution=addColumns`: a nullable field the table lacks becomes a new
+    /// column (else it is an error naming the field).
+    pub add_columns: bool,
 }
 
 impl TableAddress {
@@ -148,6 +151,7 @@ impl TableAddress {
             password: None,
             mode: WriteMode::default(),
             key_columns: Vec::new(),
+            add_columns: false,
         };
         let mut kept = Vec::new();
         for (k, v) in url.query_pairs() {
@@ -164,6 +168,7 @@ impl TableAddress {
                         .filter(|c| !c.is_empty())
                         .collect()
                 }
+                "schemaEvolution" => address.add_columns = schema_evolution(&v).map_err(invalid)?,
                 _ => kept.push((k.into_owned(), v)),
             }
         }
@@ -229,6 +234,17 @@ impl TableAddress {
     }
 }
 
+/// Whether `schemaEvolution` (`none` or `addColumns`) adds columns.
+pub fn schema_evolution(value: &str) -> Result<bool, String> {
+    match value {
+        "addColumns" => Ok(true),
+        "none" => Ok(false),
+        other => Err(format!(
+            "schemaEvolution '{other}': use addColumns (a new nullable field adds a column) or none"
+        )),
+    }
+}
+
 impl fmt::Display for TableAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut shown = self.url.clone();
@@ -248,6 +264,9 @@ impl fmt::Display for TableAddress {
             }
             if !self.key_columns.is_empty() {
                 pairs.append_pair("keyColumns", &self.key_columns.join(","));
+            }
+            if self.add_columns {
+                pairs.append_pair("schemaEvolution", "addColumns");
             }
         }
         let text = shown.to_string();

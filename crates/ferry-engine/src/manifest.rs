@@ -181,6 +181,9 @@ pub struct AddressSpec {
     pub mode: Option<WriteMode>,
     /// Databases, mode `upsert`: the columns that identify a row.
     pub key_columns: Option<Vec<String>>,
+    /// Databases, as a destination: `addColumns` (a new nullable field adds a column) or
+    /// `none` (default: a field the table lacks is an error).
+    pub schema_evolution: Option<String>,
     /// `kafka`: `host:9092`, or a list of them.
     pub brokers: Option<Brokers>,
     /// `kafka`.
@@ -373,10 +376,24 @@ impl AddressSpec {
             StoreType::S3 => &["bucket", "key", "endpoint", "region"],
             StoreType::Azure => &["container", "path", "account", "endpoint"],
             StoreType::Http => &["url"],
-            StoreType::Postgres | StoreType::Mysql => {
-                &["url", "table", "query", "password", "mode", "keyColumns"]
-            }
-            StoreType::Sqlite => &["path", "url", "table", "query", "mode", "keyColumns"],
+            StoreType::Postgres | StoreType::Mysql => &[
+                "url",
+                "table",
+                "query",
+                "password",
+                "mode",
+                "keyColumns",
+                "schemaEvolution",
+            ],
+            StoreType::Sqlite => &[
+                "path",
+                "url",
+                "table",
+                "query",
+                "mode",
+                "keyColumns",
+                "schemaEvolution",
+            ],
             StoreType::Kafka => &["password", "keyColumns"],
         };
         let fields = [
@@ -396,6 +413,7 @@ impl AddressSpec {
                 "keyColumns",
                 &self.key_columns.as_ref().map(|k| k.join(",")),
             ),
+            ("schemaEvolution", &self.schema_evolution),
         ];
         let unused = fields
             .iter()
@@ -470,6 +488,11 @@ impl AddressSpec {
                 }
                 if let Some(keys) = &self.key_columns {
                     table.key_columns = keys.clone();
+                }
+                if let Some(value) = &self.schema_evolution {
+                    table.add_columns = ferry_core::schema_evolution(value).map_err(|reason| {
+                        Error::invalid_option(format!("{at}.schemaEvolution"), reason)
+                    })?;
                 }
                 table
                     .validate()

@@ -204,7 +204,7 @@ async fn from_topic(
     loop {
         let cap = until.as_ref();
         let plan = plan_topic(address, src, dst, rec, opts, progress.clone(), cap).await?;
-        let (report, run) = topic_run(
+        let (report, run, more) = topic_run(
             src,
             dst,
             plan,
@@ -224,8 +224,7 @@ async fn from_topic(
             Some(before) => before.and_then(report, started),
             None => report,
         };
-        let rolls = rec.rolling.is_set() || rec.rolling.hold_open;
-        if report.status != crate::report::Status::Succeeded || !moved || !rolls || opts.dry_run {
+        if report.status != crate::report::Status::Succeeded || !more || opts.dry_run {
             return Ok(report);
         }
         if until.is_none() && !run.is_empty() {
@@ -236,7 +235,8 @@ async fn from_topic(
 }
 
 /// One run of a topic's rows; also the ends it planned before cutting (empty for a run
-/// that resumed an interrupted one).
+/// that resumed an interrupted one), and whether a partition stopped short of them with
+/// something read (a file cut, a new field), for another run to go on.
 #[allow(clippy::too_many_arguments)]
 async fn topic_run(
     src: &DataAddress,
@@ -247,7 +247,7 @@ async fn topic_run(
     progress: Arc<dyn Progress>,
     started: Instant,
     parallel: usize,
-) -> Result<(RecordReport, std::collections::BTreeMap<i32, i64>)> {
+) -> Result<(RecordReport, std::collections::BTreeMap<i32, i64>, bool)> {
     if let Some((run, stopped)) = plan
         .topic
         .as_mut()
@@ -282,17 +282,18 @@ async fn topic_run(
                 n => format!("{n} events wait in files still open"),
             });
             report.held = run.held;
-            return Ok((report, until));
+            return Ok((report, until, false));
         }
         progress.events_planned(run.events());
         let mut report =
             transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await?;
+        let stopped = stopped.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if report.status == crate::report::Status::Succeeded && !opts.dry_run {
-            let stopped = stopped.lock().unwrap_or_else(|e| e.into_inner()).clone();
             run.finished(&state, &stopped)?;
         }
         report.held = run.held;
-        return Ok((report, until));
+        let more = run.more(&stopped);
+        return Ok((report, until, more));
     }
     Err(ferry_core::Error::Internal(
         "a topic's plan without its offsets".into(),

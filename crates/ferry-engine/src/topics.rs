@@ -198,8 +198,8 @@ pub(crate) fn incremental(dst: &DataAddress, names_file: bool) -> bool {
 
 /// The checkpoint id of the offsets of runs from `address` into `dst`: the topic, the
 /// partitions and offsets selected, and the destination. Options that change how values
-/// decode (`onError`, `valueFormat`…) keep it, so a run after a fix goes on from where
-/// the last finished one stopped.
+/// decode (`onError`, `valueFormat`…) keep it, and so does the table's `schemaEvolution`,
+/// so a run after a fix goes on from where the last finished one stopped.
 ///
 /// Neither is the service's run key: each run of a transfer goes on from the last.
 pub fn offsets_id(address: &KafkaAddress, dst: &DataAddress) -> String {
@@ -211,9 +211,16 @@ pub fn offsets_id(address: &KafkaAddress, dst: &DataAddress) -> String {
         address.start,
         address.end
     );
+    let dst = match dst {
+        DataAddress::Table(t) if t.add_columns => DataAddress::Table(ferry_core::TableAddress {
+            add_columns: false,
+            ..t.clone()
+        }),
+        other => other.clone(),
+    };
     let text = format!(
         "topic offsets\n{selected}\n{}",
-        crate::records::canonical(dst)
+        crate::records::canonical(&dst)
     );
     format!(
         "{}.offsets",
@@ -476,6 +483,17 @@ impl TopicRun {
     /// Whether there is anything to read.
     pub(crate) fn is_empty(&self) -> bool {
         self.ranges.iter().all(|r| r.start >= r.end)
+    }
+
+    /// Whether a partition stopped (where `stopped` says, else at its range's end) past
+    /// its range's start and short of the end planned before cutting: more to read now.
+    /// (A run that finished an interrupted one goes no further than its ranges.)
+    pub(crate) fn more(&self, stopped: &BTreeMap<i32, i64>) -> bool {
+        self.ranges.iter().any(|r| {
+            let at = stopped.get(&r.partition).copied().unwrap_or(r.end);
+            let end = self.ends.get(&r.partition).copied().unwrap_or(r.end);
+            at > r.start && at < end
+        })
     }
 
     /// The ends the run planned before cutting, for the runs that follow it.

@@ -172,6 +172,9 @@ pub struct TopicScan {
     /// Read as changes by these key columns ([`TopicScan::as_changes`]).
     changes: Option<Arc<Vec<String>>>,
     rolling: Rolling,
+    /// The value columns when they were inferred: a value with another field ends a
+    /// partition's read before it, so that the next run infers its column.
+    inferred: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl TopicScan {
@@ -189,6 +192,7 @@ impl TopicScan {
             .map_err(|(name, reason)| Error::invalid_option(name, reason))?;
         let ranges: Vec<Range> = ranges.into_iter().filter(|r| r.start < r.end).collect();
         let mut registry = None;
+        let inferring = declared.is_none() && address.value_format == ValueFormat::Json;
         let value_schema = match (declared, address.value_format) {
             (_, ValueFormat::String) => {
                 Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]))
@@ -221,6 +225,15 @@ impl TopicScan {
             }
             fields.push(metadata_field(name));
         }
+        let inferred = inferring.then(|| {
+            Arc::new(
+                value_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+            )
+        });
         let partitions = ranges
             .iter()
             .map(|r| TablePartition {
@@ -240,6 +253,7 @@ impl TopicScan {
             handle: tokio::runtime::Handle::current(),
             changes: None,
             rolling: Rolling::default(),
+            inferred,
         })
     }
 
@@ -345,6 +359,7 @@ impl TableScan for TopicScan {
             skipped: 0,
             changes: self.changes.clone(),
             rolling: self.rolling.clone(),
+            inferred: self.inferred.clone(),
         };
         std::thread::spawn(move || {
             let mut reader = reader;
@@ -435,6 +450,7 @@ struct PartitionReader {
     skipped: u64,
     changes: Option<Arc<Vec<String>>>,
     rolling: Rolling,
+    inferred: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 /// The events of one batch, before decoding.
@@ -473,9 +489,23 @@ impl PartitionReader {
             .then(|| Filling::new(self.rolling.clone()));
         // The first event of the next file, where the reader stopped.
         let mut rolled = None;
+        let mut taken = 0u64;
+        let inferred = self.inferred.clone();
+        let at = |offset: i64| format!("{} partition {p} offset {offset}", address.topic_shown());
         let completed = each_event(&address, range, &mut assembler, &stop, |event, next| {
             let size =
                 event.value.as_ref().map_or(0, Vec::len) + event.key.as_ref().map_or(0, Vec::len);
+            if let (Some(known), Some(value)) = (&inferred, &event.value) {
+                if let Some(field) = new_field(value, known) {
+                    if taken > 0 {
+                        tracing::info!(at = %at(event.offset), field = %field, "a new field: the run reads up to it, the next one from it with its column");
+                        rolled = Some(event.offset);
+                        return Ok(false);
+                    }
+                    tracing::warn!(at = %at(event.offset), field = %field, "a field not among the columns inferred is left out; declare the columns (schema) to read it");
+                }
+            }
+            taken += 1;
             if let Some(filling) = &mut filling {
                 if !filling.fits(event.timestamp, size as u64) {
                     rolled = Some(event.offset);
@@ -775,6 +805,51 @@ impl DeadLetters {
         let producer = super::producer(&topic)?;
         Ok(DeadLetters::Topic(Box::new((topic, producer))))
     }
+}
+
+/// The first top-level field of JSON object `value` not in `known` (none when the value is
+/// not an object: decoding says what is wrong with it).
+fn new_field(value: &[u8], known: &std::collections::HashSet<String>) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Fields<'a>(&'a std::collections::HashSet<String>);
+    struct Name<'a>(&'a std::collections::HashSet<String>);
+    impl<'de> DeserializeSeed<'de> for Name<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> std::result::Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Name<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            Ok((!self.0.contains(v)).then(|| v.to_string()))
+        }
+    }
+    impl<'de> Visitor<'de> for Fields<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> std::result::Result<Self::Value, M::Error> {
+            let mut found = None;
+            while let Some(name) = map.next_key_seed(Name(self.0))? {
+                map.next_value::<IgnoredAny>()?;
+                found = found.or(name);
+            }
+            Ok(found)
+        }
+    }
+    let mut d = serde_json::Deserializer::from_slice(value);
+    d.deserialize_map(Fields(known)).ok().flatten()
 }
 
 /// Reads `range` from its start, putting chunked messages together, and gives each

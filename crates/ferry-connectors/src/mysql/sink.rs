@@ -19,8 +19,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use crate::tables::{
-    check_key_columns, is_change_column, is_change_stream, target_column, TableLoad, TableWriter,
-    TargetState, CHANGE_DELETED, CHANGE_SEQ,
+    check_key_columns, fields_to_add, is_change_column, is_change_stream, target_column, TableLoad,
+    TableWriter, TargetState, CHANGE_DELETED, CHANGE_SEQ,
 };
 
 use super::codec::{create_type, writable, LiteralWriter, MyType};
@@ -54,6 +54,8 @@ pub struct MyLoad {
     /// The rows are changes: the staging table's column definitions (without the
     /// target's constraints, with the change columns).
     changes: Option<Vec<String>>,
+    /// `ALTER TABLE … ADD COLUMN` for new fields (schemaEvolution: addColumns), run first.
+    add_columns: Vec<String>,
 }
 
 impl MyLoad {
@@ -95,8 +97,10 @@ impl MyLoad {
             CHANGE_SEQ => format!("{} BIGINT NOT NULL", quote(name)),
             _ => format!("{} BOOLEAN NOT NULL", quote(name)),
         };
+        let mut add_columns = Vec::new();
         let (columns, definitions, not_null) = if target_exists {
             let existing = table_columns(&mut conn, address, &db, &name).await?;
+            let added = fields_to_add(&existing, |c| &c.name, &schema, address, &target)?;
             // NULL would become a value in these (a counter, the current time).
             let generated: Vec<String> = conn
                 .exec(
@@ -112,6 +116,17 @@ impl MyLoad {
             for field in schema.fields() {
                 if changing && is_change_column(field.name()) {
                     staged.push(change_definition(field.name()));
+                    not_null.push(false);
+                    columns.push(field.name().clone());
+                    continue;
+                }
+                if added.contains(field.name()) {
+                    let ty = create_type(field, false).map_err(|reason| {
+                        Error::data(address, format!("column '{}': {reason}", field.name()))
+                    })?;
+                    let definition = format!("{} {ty} NULL", quote(field.name()));
+                    add_columns.push(format!("ALTER TABLE {target} ADD COLUMN {definition}"));
+                    staged.push(definition);
                     not_null.push(false);
                     columns.push(field.name().clone());
                     continue;
@@ -217,6 +232,7 @@ impl MyLoad {
             mode,
             name,
             changes: changing.then_some(staged),
+            add_columns,
         })
     }
 
@@ -411,6 +427,7 @@ impl TableLoad for MyLoad {
     /// replacing one an interrupted run left.
     async fn create_staging(&mut self) -> Result<()> {
         let mut conn = connect(&self.address).await?;
+        self.execute(&mut conn, &self.add_columns).await?;
         let create = if let Some(staged) = &self.changes {
             format!(
                 "CREATE TABLE {} ({}) DEFAULT CHARSET = utf8mb4",

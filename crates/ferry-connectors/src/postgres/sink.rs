@@ -12,8 +12,8 @@ use futures::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
 use crate::tables::{
-    check_key_columns, is_change_column, is_change_stream, target_column, TableLoad, TableWriter,
-    TargetState, CHANGE_DELETED, CHANGE_SEQ,
+    check_key_columns, fields_to_add, is_change_column, is_change_stream, target_column, TableLoad,
+    TableWriter, TargetState, CHANGE_DELETED, CHANGE_SEQ,
 };
 
 use super::source::table_columns;
@@ -41,6 +41,8 @@ pub struct PgLoad {
     /// The rows are changes ([`is_change_stream`]): the staging table has the change
     /// columns too, and the commit keeps each key's last change, deleting tombstones.
     changes: bool,
+    /// `ALTER TABLE … ADD COLUMN` for new fields (schemaEvolution: addColumns), run first.
+    add_columns: Vec<String>,
 }
 
 impl PgLoad {
@@ -94,14 +96,32 @@ impl PgLoad {
             },
             nullable: false,
         };
+        let mut add_columns = Vec::new();
         let (columns, definitions) = match found {
             Some(row) => {
                 let oid: u32 = row.get(0);
                 let existing = table_columns(&client, address, oid, &target).await?;
+                let added = fields_to_add(&existing, |c| &c.name, &schema, address, &target)?;
                 let mut columns = Vec::new();
                 for field in schema.fields() {
                     if changes && is_change_column(field.name()) {
                         columns.push(change_column(field.name()));
+                        continue;
+                    }
+                    if added.contains(field.name()) {
+                        let ty = PgType::from_arrow(field).map_err(|reason| {
+                            Error::data(address, format!("column '{}': {reason}", field.name()))
+                        })?;
+                        add_columns.push(format!(
+                            "ALTER TABLE {target} ADD COLUMN {} {}",
+                            quote(field.name()),
+                            ty.sql()
+                        ));
+                        columns.push(PgColumn {
+                            name: field.name().clone(),
+                            ty,
+                            nullable: true,
+                        });
                         continue;
                     }
                     let column =
@@ -154,6 +174,7 @@ impl PgLoad {
             definitions,
             mode,
             changes,
+            add_columns,
         })
     }
 
@@ -219,6 +240,9 @@ impl TableLoad for PgLoad {
     async fn create_staging(&mut self) -> Result<()> {
         let client = connect(&self.address).await?;
         let err = |e| pg_error(&self.address, e);
+        for alter in &self.add_columns {
+            client.batch_execute(alter).await.map_err(err)?;
+        }
         client
             .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.staging))
             .await

@@ -16,8 +16,8 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::tables::{
-    check_key_columns, is_change_column, is_change_stream, target_column, TableLoad, TableWriter,
-    TargetState, CHANGE_DELETED, CHANGE_SEQ,
+    check_key_columns, fields_to_add, is_change_column, is_change_stream, target_column, TableLoad,
+    TableWriter, TargetState, CHANGE_DELETED, CHANGE_SEQ,
 };
 
 use super::types::{
@@ -56,6 +56,8 @@ pub struct SqliteLoad {
     changes: bool,
     /// A new table's definitions when the rows are changes (the staging table's differ).
     target_definitions: Vec<String>,
+    /// `ALTER TABLE … ADD COLUMN` for new fields (schemaEvolution: addColumns), run first.
+    add_columns: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +114,7 @@ impl SqliteLoad {
                 mode,
                 changes: mode == WriteMode::Upsert && is_change_stream(&schema),
                 target_definitions: Vec::new(),
+                add_columns: Vec::new(),
             };
             match (&connection, found) {
                 (Some(connection), Some(name)) => load.plan_existing(connection, &name, &schema)?,
@@ -130,12 +133,28 @@ impl SqliteLoad {
     ) -> Result<()> {
         let address = &self.address.clone();
         let existing = table_columns(connection, name).map_err(|e| sqlite_error(address, e))?;
+        let shown = format!("'{name}'");
+        let added = fields_to_add(&existing, |c| &c.name, schema, address, &shown)?;
         for field in schema.fields() {
             if self.changes && is_change_column(field.name()) {
                 self.push_change_column(field.name());
                 continue;
             }
-            let shown = format!("'{name}'");
+            if added.contains(field.name()) {
+                let declared = declared_for(field);
+                let definition = format!("{} {declared}", quote(field.name()));
+                self.add_columns.push(format!(
+                    "ALTER TABLE {} ADD COLUMN {definition}",
+                    self.target()
+                ));
+                self.definitions.push(definition);
+                self.columns.push(LoadColumn {
+                    name: field.name().clone(),
+                    ty: SqlType::from_declared(&declared),
+                    not_null: false,
+                });
+                continue;
+            }
             let column = target_column(&existing, |c| &c.name, field.name(), address, &shown)?;
             if column.generated {
                 return Err(Error::data(
@@ -389,11 +408,12 @@ impl TableLoad for SqliteLoad {
     /// are not held up by the load) and an empty staging table, replacing one an
     /// interrupted run left.
     async fn create_staging(&mut self) -> Result<()> {
-        let sql = format!(
+        let mut sql: String = self.add_columns.iter().map(|a| format!("{a}; ")).collect();
+        sql.push_str(&format!(
             "DROP TABLE IF EXISTS {staging}; CREATE TABLE {staging} ({});",
             self.definitions.join(", "),
             staging = self.staging()
-        );
+        ));
         let (address, path) = (self.address.clone(), self.path.clone());
         blocking(move || {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

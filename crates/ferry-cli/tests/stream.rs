@@ -320,6 +320,24 @@ fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
         files(&lake),
         ["00000000000000000000.jsonl", "00000000000000000100.jsonl"]
     );
+    // The transfer shows where its stream stands.
+    let (_, transfer) = server.call("GET", "/v1/transfers/held", None);
+    assert_eq!(transfer["status"]["stream"]["heldEvents"], 1, "{transfer}");
+    assert_eq!(transfer["status"]["stream"]["lagEvents"], 1, "{transfer}");
+
+    // Deleted with cleanup, it removes every file it wrote (not only its last batch's),
+    // leaving others alone, and forgets its positions: created again, it starts over.
+    std::fs::write(lake.join("partition=0000/notes.txt"), "mine").unwrap();
+    let (status, body) = server.call("DELETE", "/v1/transfers/held?cleanup=true", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(files(&lake), ["notes.txt"], "{body}");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/transfers",
+        Some(&stream("held", &topic, &lake, 1200)),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_landed(&lake, 110);
 
     // A partition that goes quiet still closes its file once the window is over by the
     // clock, not before: 5-second windows, events 3 seconds ahead, nothing after them.

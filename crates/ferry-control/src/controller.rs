@@ -451,7 +451,16 @@ impl Controller {
 
     pub async fn get(&self, name: &str) -> ControlResult<TransferView> {
         let record = self.inner.transfer(name).await?;
-        Ok(self.inner.view(&record))
+        let mut view = self.inner.view(&record);
+        // A stream's status is its run's, as of its last batch.
+        if view.kind == "StreamTransfer" {
+            if let Some(id) = &view.status.active_run {
+                if let Some(run) = self.inner.store.get_run(id).await? {
+                    view.status.stream = RunView::of(&run).stats.stream;
+                }
+            }
+        }
+        Ok(view)
     }
 
     /// Transfers, optionally only those in `phase` and carrying every label in `labels`.
@@ -477,7 +486,8 @@ impl Controller {
         let mut removed = Vec::new();
         if cleanup {
             let runs = inner.store.list_runs(name).await?;
-            removed = execute::cleanup(&inner.secrets, &record.manifest, &runs).await?;
+            removed = execute::cleanup(&inner.secrets, &record.manifest, &runs, &inner.config.copy)
+                .await?;
         }
         inner.store.delete_transfer(name).await?;
         inner.settings_forget(&record.uid);

@@ -420,9 +420,10 @@ pub async fn cleanup(
     secrets: &SecretResolver,
     manifest: &Value,
     runs: &[RunRecord],
+    opts: &CopyOptions,
 ) -> Result<Vec<String>, ControlError> {
     let resolved = secrets.resolve_manifest(manifest).await?;
-    let (_, dst, _) = Manifest::from_json(resolved)?.plan()?;
+    let (src, dst, _) = Manifest::from_json(resolved)?.plan()?;
     if let DataAddress::Table(table) = &dst {
         return Err(ControlError::Conflict(format!(
             "cleanup of a table destination is not supported ({}): delete without cleanup and drop or truncate the table yourself",
@@ -435,6 +436,27 @@ pub async fn cleanup(
         .filter_map(|r| serde_json::from_value::<RunStats>(r.stats.clone()).ok())
         .flat_map(|s| s.outputs)
         .collect();
+    if manifest["kind"] == "StreamTransfer" {
+        // A stream's run keeps only its last batch's outputs: what it wrote is found under
+        // its directory by the names topic runs give their files.
+        if let Ok(listing) = ferry_connectors::open_source(&dst)?.list().await {
+            keys.extend(
+                listing
+                    .entries
+                    .into_iter()
+                    .map(|e| e.key)
+                    .filter(|k| ferry_engine::topics::is_output_name(k)),
+            );
+        }
+        // Its positions go too: the same stream created again starts over.
+        if let DataAddress::Kafka(topic) = &src {
+            let id = ferry_engine::topics::offsets_id(topic, &dst);
+            let opts = opts.clone();
+            tokio::task::spawn_blocking(move || opts.state_store()?.forget_run(&id))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+        }
+    }
     keys.sort();
     keys.dedup();
     let mut removed = Vec::new();

@@ -852,6 +852,9 @@ pub struct TransferStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub destination_schema: Option<Value>,
+    /// A StreamTransfer: where its running stream stands (its run's `stats.stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
 }
 
 /// A transfer as the API shows it: the manifest with secrets redacted, and its status.

@@ -377,6 +377,21 @@ pub(crate) fn first_times(address: &KafkaAddress, ranges: &[Range]) -> Result<BT
     Ok(times)
 }
 
+/// Whether `key` (relative to a destination directory) is named as a topic run names its
+/// files: `[<pathFormat directories>/]partition=NNNN/<first offset, 20 digits>.<ext>`.
+pub fn is_output_name(key: &str) -> bool {
+    let mut parts = key.rsplit('/');
+    let (Some(file), Some(dir)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let partition = dir.strip_prefix("partition=").is_some_and(|p| digits(p, 4));
+    let offset = file
+        .split_once('.')
+        .is_some_and(|(o, ext)| digits(o, 20) && !ext.is_empty());
+    partition && offset
+}
+
 /// Where a stream stands in one partition.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

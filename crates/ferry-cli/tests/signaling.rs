@@ -306,3 +306,73 @@ fn objects(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Rows in the JSON lines files under `dir`.
+fn rows_under(dir: &Path) -> usize {
+    let mut rows = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "jsonl") {
+                rows += std::fs::read_to_string(&path).unwrap().lines().count();
+            }
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_stream_flow_keeps_landing_what_arrives_until_it_is_terminated() {
+    let Some(broker) = common::kafka::broker() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let topic = common::kafka::topic_of_rows(root, &broker, 100);
+    let dp = dataplane(root, None);
+    let cp = Callbacks::start();
+    let mut start = start_message("process-s", "m-s", cp.port, "unused", "lake/");
+    start["sourceDataAddress"] = json!({"@type": "DataAddress", "type": "kafka",
+        "endpoint": broker, "topic": topic});
+    start["dataAddress"]["endpointProperties"] = json!([
+        {"name": "path", "value": "lake/"}, {"name": "format", "value": "json"},
+        {"name": "rotateIntervalSeconds", "value": 1}]);
+    start["properties"] = json!({"ferry.stream": true});
+    let (status, flow) = dp.call("POST", "/dataflows/start", Some(&start));
+    assert_eq!(status, 200, "{flow}");
+    let wait_rows = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while rows_under(&root.join("lake")) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} rows",
+                rows_under(&root.join("lake"))
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert_eq!(rows_under(&root.join("lake")), n);
+    };
+    wait_rows(100);
+    // A stream's flow stays STARTED and lands what arrives next.
+    let rows: String = (100..150)
+        .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
+        .collect();
+    std::fs::write(root.join("more.jsonl"), rows).unwrap();
+    common::copy_in_ok(
+        root,
+        &[
+            "more.jsonl",
+            &format!("kafka://{broker}/{topic}?keyColumns=customer"),
+        ],
+    );
+    wait_rows(150);
+    let (_, st) = dp.call("GET", "/dataflows/process-s/status", None);
+    assert_eq!(st["state"], "STARTED", "{st}");
+    let (status, ended) = dp.call("POST", "/dataflows/process-s/terminate", Some(&json!({})));
+    assert_eq!(status, 200, "{ended}");
+    let (_, st) = dp.call("GET", "/dataflows/process-s/status", None);
+    assert_eq!(st["state"], "TERMINATED", "{st}");
+}

@@ -91,13 +91,17 @@ pub struct FlowMessage {
     pub metadata: Map<String, Value>,
     /// Flow properties. ferry reads `ferry.execution.engine` (`auto`, `inProcess` or an
     /// engine's name) and `ferry.execution.prefer` (`latency`, `throughput`) here or in
-    /// `metadata`: the transfer's `spec.execution`.
+    /// `metadata`: the transfer's `spec.execution`; and `ferry.stream` (`true`: a
+    /// StreamTransfer, which keeps the destination up to date until the flow is
+    /// suspended or terminated, and never completes).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: Map<String, Value>,
 }
 
 const EXECUTION_ENGINE: &str = "ferry.execution.engine";
+/// A flow property: `true` makes the flow a StreamTransfer.
+const STREAM: &str = "ferry.stream";
 const EXECUTION_PREFER: &str = "ferry.execution.prefer";
 
 /// `DataFlowSuspendMessage`, `DataFlowTerminateMessage`.
@@ -403,9 +407,14 @@ fn flow_manifest(msg: &FlowMessage, ids: &Checked) -> Result<Value, Vec<FieldErr
             spec["execution"][field] = v.clone();
         }
     }
+    let stream = msg
+        .properties
+        .get(STREAM)
+        .or_else(|| msg.metadata.get(STREAM))
+        .is_some_and(|v| v == &json!(true) || v == &json!("true"));
     let manifest = json!({
         "apiVersion": API_VERSION,
-        "kind": "BatchTransfer",
+        "kind": if stream { "StreamTransfer" } else { "BatchTransfer" },
         "metadata": {
             "name": flow_transfer_name(&ids.process_id),
             "labels": {FLOW_LABEL: "true"},

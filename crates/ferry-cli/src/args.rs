@@ -329,6 +329,7 @@ impl RecordArgs {
                     .transpose()?,
                 path_format: self.path_format.clone(),
                 hold_open: false,
+                snapshot_interval_seconds: None,
             },
         })
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::kafka::{broker, new_topic, send_timed, topic_of_rows, Sent};
+use common::kafka::{broker, new_topic, send, send_timed, topic_of_rows, Sent};
 use common::service::{free_port, Service};
 use common::transfers::{events, wait_event};
 use serde_json::{json, Value};
@@ -370,4 +370,105 @@ fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
     );
     let status = wait_status(&server, "quiet", |s| s["lagEvents"] == 0);
     assert_eq!(status["heldEvents"], 0, "{status}");
+}
+
+/// Each snapshot directory under `lake/snapshots/` and the (key, version) rows in it.
+fn snapshots(lake: &Path) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for dir in std::fs::read_dir(lake.join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let mut rows = BTreeMap::new();
+        let mut dirs = vec![dir.path()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "jsonl") {
+                    for line in std::fs::read_to_string(&path).unwrap().lines() {
+                        let row: Value = serde_json::from_str(line).unwrap();
+                        let key = row["key"].as_str().unwrap().to_string();
+                        assert!(rows.insert(key, row["version"].as_u64().unwrap()).is_none());
+                    }
+                }
+            }
+        }
+        out.insert(dir.file_name().to_string_lossy().into_owned(), rows);
+    }
+    out
+}
+
+#[test]
+fn a_stream_with_create_snapshot_writes_compacted_snapshots_beside_every_event() {
+    let Some(broker) = broker() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let server = serve(root, free_port(), None);
+    let topic = new_topic(&broker, 2);
+    // Ten keys in three versions; keys 3 and 7 end with a tombstone.
+    let mut expected = BTreeMap::new();
+    let mut events: Vec<Sent> = Vec::new();
+    for version in 0..3u64 {
+        for k in 0..10u64 {
+            let key = format!("k{k}");
+            let value = if version == 2 && (k == 3 || k == 7) {
+                expected.remove(&key);
+                None
+            } else {
+                expected.insert(key.clone(), version * 10 + k);
+                Some(
+                    json!({"key": key, "version": version * 10 + k})
+                        .to_string()
+                        .into_bytes(),
+                )
+            };
+            events.push(((k % 2) as i32, Some(key), value));
+        }
+    }
+    send(&broker, &topic, &events);
+    let lake = root.join("lake");
+    let manifest = json!({"apiVersion": "ferry.dev/v1", "kind": "StreamTransfer",
+        "metadata": {"name": "compacted"},
+        "spec": {"source": {"type": "kafka", "brokers": broker, "topic": topic,
+                            "createSnapshot": true},
+                 "destination": {"type": "file", "path": format!("{}/", lake.display()),
+                                 "format": "json", "rotateIntervalSeconds": 1,
+                                 "snapshotIntervalSeconds": 1}}});
+    let (status, body) = server.call("POST", "/v1/transfers", Some(&manifest));
+    assert_eq!(status, 201, "{body}");
+    // Every event with a value lands in the stream's files, and a snapshot taken once
+    // they are committed holds each key's last value only.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = snapshots(&lake).values().any(|rows| *rows == expected);
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", snapshots(&lake));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let files: usize = ["partition=0000", "partition=0001"]
+        .iter()
+        .flat_map(|p| std::fs::read_dir(lake.join(p)).unwrap().flatten())
+        .map(|f| std::fs::read_to_string(f.path()).unwrap().lines().count())
+        .sum();
+    assert_eq!(files, 28, "every event with a value, once");
+    wait_event(&server, "compacted", "StreamSnapshot");
+
+    // Into a table, a compacted view is an upsert table.
+    let manifest = json!({"apiVersion": "ferry.dev/v1", "kind": "StreamTransfer",
+        "metadata": {"name": "compacted-table"},
+        "spec": {"source": {"type": "kafka", "brokers": broker, "topic": topic,
+                            "createSnapshot": true},
+                 "destination": {"type": "postgres", "url": "postgres://h/db", "table": "t",
+                                 "mode": "append"}}});
+    let (status, body) = server.call("POST", "/v1/transfers", Some(&manifest));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["details"][0]["field"], "spec.source.createSnapshot",
+        "{body}"
+    );
 }

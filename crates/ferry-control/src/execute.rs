@@ -161,6 +161,11 @@ impl Prepared {
         self.records.needed(&self.source, &self.destination)
     }
 
+    /// `text` without this run's secrets.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub(text, &self.hidden)
+    }
+
     /// `error` as an outcome, its text scrubbed of this run's secrets.
     pub fn failed(&self, error: &str, class: ErrorClass) -> Outcome {
         Outcome::Failed {

@@ -231,6 +231,9 @@ pub struct AddressSpec {
     /// A directory receiving a topic's rows: the directory of each file from its first
     /// event's record time, strftime-style in UTC (`dt=%Y-%m-%d/hour=%H`).
     pub path_format: Option<String>,
+    /// A StreamTransfer with `createSnapshot` into a directory: seconds between compacted
+    /// snapshots of the topic under `snapshots/` (default 3600).
+    pub snapshot_interval_seconds: Option<u64>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
     #[serde(default)]
@@ -324,9 +327,10 @@ impl Manifest {
                 "a destination's schema comes from the source and the transformations",
             ));
         }
-        let source = src.address("spec.source")?;
+        let mut source = src.address("spec.source")?;
         let destination = dst.address("spec.destination")?;
-        let rolling = self.rolling(&source, &destination)?;
+        let mut rolling = self.rolling(&source, &destination)?;
+        self.stream_snapshot(&mut source, &destination, &mut rolling)?;
         let rec = RecordOptions {
             source_format: src.format,
             source_options,
@@ -348,6 +352,7 @@ impl Manifest {
             max_file_bytes: d.max_file_bytes,
             path_format: d.path_format.clone(),
             hold_open: false,
+            snapshot_interval_seconds: None,
         };
         rolling.check(src, dst, d.format.is_some(), &|name| {
             format!("spec.destination.{name}")
@@ -356,6 +361,51 @@ impl Manifest {
             true => rolling.for_stream(src, dst),
             false => rolling,
         })
+    }
+
+    /// `createSnapshot` on a stream: its batches read what arrived (not the whole topic
+    /// each time). Into a table, mode `upsert` keeps each key's last value (tombstones
+    /// deleting); into a directory, a compacted snapshot of the topic is written every
+    /// `snapshotIntervalSeconds` besides the files of every event.
+    fn stream_snapshot(
+        &self,
+        src: &mut DataAddress,
+        dst: &DataAddress,
+        rolling: &mut FileRolling,
+    ) -> Result<()> {
+        let interval = self.spec.destination.snapshot_interval_seconds;
+        let stream = self.kind == "StreamTransfer";
+        let snapshot = matches!(src, DataAddress::Kafka(k) if k.snapshot);
+        if interval.is_some() && !(stream && snapshot && dst.names_a_directory()) {
+            return Err(Error::invalid_option(
+                "spec.destination.snapshotIntervalSeconds",
+                "is for a StreamTransfer with createSnapshot: true into a directory",
+            ));
+        }
+        if interval == Some(0) {
+            return Err(Error::invalid_option(
+                "spec.destination.snapshotIntervalSeconds",
+                "must be at least 1",
+            ));
+        }
+        let DataAddress::Kafka(topic) = src else {
+            return Ok(());
+        };
+        if !stream || !snapshot {
+            return Ok(());
+        }
+        match dst {
+            DataAddress::Table(t) if t.mode != WriteMode::Upsert => {
+                return Err(Error::invalid_option(
+                    "spec.source.createSnapshot",
+                    "a stream into a table keeps each key's last value in mode upsert (with keyColumns)",
+                ))
+            }
+            DataAddress::Table(_) => {}
+            _ => rolling.snapshot_interval_seconds = Some(interval.unwrap_or(3600)),
+        }
+        topic.snapshot = false;
+        Ok(())
     }
 }
 

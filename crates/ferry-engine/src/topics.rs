@@ -48,6 +48,9 @@ pub struct FileRolling {
     pub path_format: Option<String>,
     /// A stream's batch: a partition's last events wait while their file is open.
     pub hold_open: bool,
+    /// A stream with `createSnapshot` into a directory: seconds between compacted
+    /// snapshots of the topic (written by the stream's run, not by a batch).
+    pub snapshot_interval_seconds: Option<u64>,
 }
 
 impl FileRolling {

@@ -130,6 +130,8 @@ impl Inner {
     ) -> Outcome {
         let mut failures = 0u32;
         let mut watch = Watch::new();
+        // When the last compacted snapshot was written (createSnapshot into a directory).
+        let mut snapshot_at: Option<Instant> = None;
         let outcome = loop {
             // Secrets are resolved once per run, and again after a failure (a rotated
             // credential may be its cause), not once per batch.
@@ -186,6 +188,15 @@ impl Inner {
                     if let Err(e) = self.add_batch(run, &done, &watch.status).await {
                         tracing::warn!("run {}: {e}", run.id);
                     }
+                    let every = prepared.records.rolling.snapshot_interval_seconds;
+                    let due = every.is_some_and(|s| {
+                        snapshot_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(s))
+                    });
+                    if due && !watch.status.partitions.is_empty() {
+                        snapshot_at = Some(Instant::now());
+                        self.snapshot(run, &prepared, opts, &watch.status.partitions)
+                            .await;
+                    }
                     tokio::time::sleep(POLL).await;
                 }
                 Outcome::Failed {
@@ -219,6 +230,73 @@ impl Inner {
         };
         self.metrics.stream_ended(&run.transfer);
         outcome
+    }
+
+    /// Writes a compacted snapshot of the topic up to the committed `positions` (each key's
+    /// last value, keys whose last event is a tombstone left out) under
+    /// `snapshots/<time>/` of the destination directory, as a `StreamSnapshot` event says;
+    /// a failure is a warning and the stream goes on.
+    async fn snapshot(
+        &self,
+        run: &RunRecord,
+        prepared: &Prepared,
+        opts: &CopyOptions,
+        positions: &[Position],
+    ) {
+        let DataAddress::Kafka(topic) = &prepared.source else {
+            return;
+        };
+        let mut topic = topic.clone();
+        topic.snapshot = true;
+        topic.end = Some(
+            positions
+                .iter()
+                .map(|p| (p.partition, p.committed))
+                .collect(),
+        );
+        let name = chrono::Utc::now()
+            .format("snapshots/%Y%m%dT%H%M%SZ/")
+            .to_string();
+        let dst = prepared.destination.join(&name);
+        let mut rec = prepared.records.clone();
+        rec.rolling = Default::default();
+        let progress: Arc<dyn ferry_engine::Progress> = Arc::new(ferry_engine::report::NoProgress);
+        let done =
+            ferry_engine::transfer(&DataAddress::Kafka(topic), &dst, &rec, opts, progress).await;
+        let (kind, reason, message, data) = match done {
+            Ok(report) if report.status == ferry_engine::report::Status::Succeeded => (
+                "Normal",
+                "StreamSnapshot",
+                format!(
+                    "run {}: a compacted snapshot of {} rows in {name}",
+                    run.id, report.destination.rows
+                ),
+                json!({"directory": name, "rows": report.destination.rows,
+                       "files": report.destination.files}),
+            ),
+            Ok(report) => (
+                "Warning",
+                "StreamSnapshotFailed",
+                format!(
+                    "run {}: the snapshot in {name} failed: {}",
+                    run.id,
+                    prepared.scrub(report.error.as_deref().unwrap_or("unknown"))
+                ),
+                json!({"directory": name}),
+            ),
+            Err(e) => (
+                "Warning",
+                "StreamSnapshotFailed",
+                format!(
+                    "run {}: the snapshot in {name} failed: {}",
+                    run.id,
+                    prepared.scrub(&e.to_string())
+                ),
+                json!({"directory": name}),
+            ),
+        };
+        self.emit(&run.transfer, Some(&run.id), kind, reason, message, data)
+            .await;
     }
 
     /// Adds what a stream's batch moved to its run's totals, and where it stands. Outputs

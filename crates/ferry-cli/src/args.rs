@@ -418,11 +418,17 @@ async fn records(
 
 async fn run_manifest(args: RunArgs) -> Result<u8> {
     let manifest = Manifest::load(&args.manifest)?;
+    if manifest.is_stream() {
+        crate::stream::check(&args.manifest)?;
+    }
     let (src, dst, rec) = manifest.plan()?;
     let opts = CopyOptions {
         partition: args.partition.partition()?,
         ..args.control.options(CopyOptions::default())
     };
+    if manifest.is_stream() {
+        return crate::stream::run(&src, &dst, &rec, &opts, args.json).await;
+    }
     // As the service runs it: bytes as they are, unless formats or transformations differ.
     if rec.needed(&src, &dst) {
         records(&src, &dst, &rec, &opts, &args.control, args.json).await

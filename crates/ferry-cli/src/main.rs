@@ -7,6 +7,7 @@ mod dataplane;
 mod k8s;
 mod output;
 mod serve;
+mod stream;
 
 use std::process::ExitCode;
 

@@ -472,3 +472,78 @@ fn a_stream_with_create_snapshot_writes_compacted_snapshots_beside_every_event()
         "{body}"
     );
 }
+
+#[test]
+fn ferry_run_keeps_a_stream_going_in_the_foreground_until_interrupted() {
+    let Some(broker) = broker() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let topic = topic_of_rows(root, &broker, 100);
+    let lake = root.join("lake");
+    let manifest = root.join("stream.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: ferry.dev/v1\nkind: StreamTransfer\nmetadata: {{name: fg}}\nspec:\n  source: {{type: kafka, brokers: \"{broker}\", topic: {topic}}}\n  destination: {{type: file, path: \"{}/\", format: json, rotateIntervalSeconds: 1}}\n",
+            lake.display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["run", "--state-dir"])
+            .arg(root.join("state"))
+            .arg(&manifest)
+            .env_remove("FERRY_FAILPOINT")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let interrupt = |child: std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let child = start();
+    wait_landed(&lake, 100);
+    produce(root, &broker, &topic, 100, 150);
+    wait_landed(&lake, 150);
+    let out = interrupt(child);
+    assert!(out.contains("batch: "), "{out}");
+    // Started again, it goes on from where it stopped.
+    produce(root, &broker, &topic, 150, 170);
+    let child = start();
+    wait_landed(&lake, 170);
+    interrupt(child);
+
+    // The service's checks, every bad field at once.
+    std::fs::write(
+        &manifest,
+        "apiVersion: ferry.dev/v1\nkind: StreamTransfer\nmetadata: {name: bad}\nspec:\n  source: {type: file, path: /data/in/}\n  destination: {type: file, path: /data/out/}\n  schedule: '* * * * *'\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("run")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("spec.source.type") && err.contains("spec.schedule"),
+        "{err}"
+    );
+}

@@ -266,17 +266,17 @@ impl Manifest {
         })
     }
 
-    /// A manifest file for `ferry run`, which executes BatchTransfers.
+    /// A manifest file for `ferry run`: a BatchTransfer runs once, a StreamTransfer until
+    /// it is interrupted.
     pub fn parse(text: &str) -> Result<Self> {
         let manifest: Manifest =
             serde_norway::from_str(text).map_err(|e| Error::invalid_option("manifest", e))?;
-        if manifest.kind == "StreamTransfer" {
-            return Err(Error::invalid_option(
-                "manifest",
-                "kind StreamTransfer runs continuously under the service: apply it with `ferry transfers apply -f FILE` to a running `ferry serve`",
-            ));
-        }
         manifest.checked()
+    }
+
+    /// Whether it is a StreamTransfer.
+    pub fn is_stream(&self) -> bool {
+        self.kind == "StreamTransfer"
     }
 
     /// A manifest already read as JSON (the service's stored form, secrets resolved).

@@ -455,7 +455,8 @@ async fn run_service(
     Ok(0)
 }
 
-async fn stop_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -31,7 +31,7 @@ pub async fn run(
         factor: 2.0,
     };
     let mut failures = 0u32;
-    let stop = stopped();
+    let stop = crate::serve::stop_signal();
     tokio::pin!(stop);
     loop {
         let batch = ferry_engine::transfer(src, dst, rec, opts, Arc::new(NoProgress));
@@ -93,19 +93,4 @@ pub fn check(path: &Path) -> Result<()> {
                 .collect();
             Error::invalid_option(format!("manifest {}", path.display()), listed.join("; "))
         })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn stopped() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -357,17 +357,7 @@ fn a_stream_flow_keeps_landing_what_arrives_until_it_is_terminated() {
     };
     wait_rows(100);
     // A stream's flow stays STARTED and lands what arrives next.
-    let rows: String = (100..150)
-        .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
-        .collect();
-    std::fs::write(root.join("more.jsonl"), rows).unwrap();
-    common::copy_in_ok(
-        root,
-        &[
-            "more.jsonl",
-            &format!("kafka://{broker}/{topic}?keyColumns=customer"),
-        ],
-    );
+    common::kafka::produce_rows(root, &broker, &topic, 100, 150);
     wait_rows(150);
     let (_, st) = dp.call("GET", "/dataflows/process-s/status", None);
     assert_eq!(st["state"], "STARTED", "{st}");

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::kafka::{broker, new_topic, send, send_timed, topic_of_rows, Sent};
+use common::kafka::{
+    broker, new_topic, produce_rows as produce, send, send_timed, topic_of_rows, Sent,
+};
 use common::service::{free_port, Service};
 use common::transfers::{events, wait_event};
 use serde_json::{json, Value};
@@ -25,21 +27,6 @@ fn serve(root: &Path, port: u16, failpoint: Option<&str>) -> Service {
         cmd.env("FERRY_FAILPOINT", fp);
     }
     Service::start(cmd, port)
-}
-
-/// Produces rows `from..to` (`id`, `customer`) into `topic`, keyed by customer.
-fn produce(root: &Path, broker: &str, topic: &str, from: usize, to: usize) {
-    let rows: String = (from..to)
-        .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
-        .collect();
-    std::fs::write(root.join("more.jsonl"), rows).unwrap();
-    common::copy_in_ok(
-        root,
-        &[
-            "more.jsonl",
-            &format!("kafka://{broker}/{topic}?keyColumns=customer"),
-        ],
-    );
 }
 
 /// How many times each id is in the lake's complete files.

@@ -203,7 +203,13 @@ impl Drop for PrivateBroker {
 /// itself produced from a file under `root`, keyed by customer.
 pub fn topic_of_rows(root: &std::path::Path, broker: &str, count: usize) -> String {
     let topic = new_topic(broker, 3);
-    let rows: String = (0..count)
+    produce_rows(root, broker, &topic, 0, count);
+    topic
+}
+
+/// Produces rows `from..to` (`id`, `customer`) into `topic` with ferry, keyed by customer.
+pub fn produce_rows(root: &std::path::Path, broker: &str, topic: &str, from: usize, to: usize) {
+    let rows: String = (from..to)
         .map(|i| format!("{{\"id\": {i}, \"customer\": \"c{}\"}}\n", i % 11))
         .collect();
     std::fs::write(root.join("rows.jsonl"), rows).unwrap();
@@ -214,7 +220,6 @@ pub fn topic_of_rows(root: &std::path::Path, broker: &str, count: usize) -> Stri
             &format!("kafka://{broker}/{topic}?keyColumns=customer"),
         ],
     );
-    topic
 }
 
 /// An event to send: partition, key, value.

@@ -343,6 +343,17 @@ fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
         + 3000;
     send_timed(&broker, &quiet, &at(0..5, soon));
     wait_landed(&quiet_lake, 5);
+    // Events with a new field: their file has its column, and an event says so.
+    let wider: Vec<(Sent, Option<i64>)> = (5..8)
+        .map(|i| {
+            let value = json!({"id": i, "email": format!("u{i}@example.com")});
+            ((0, None, Some(value.to_string().into_bytes())), Some(now))
+        })
+        .collect();
+    send_timed(&broker, &quiet, &wider);
+    wait_landed(&quiet_lake, 8);
+    let changed = wait_event(&server, "quiet", "SchemaChanged");
+    assert_eq!(changed["data"]["added"], json!(["email"]), "{changed}");
     let window_end = (soon / 5000 + 1) * 5000;
     let written = std::fs::metadata(quiet_lake.join("partition=0000/00000000000000000000.jsonl"))
         .unwrap()

@@ -132,6 +132,8 @@ impl Inner {
         let mut watch = Watch::new();
         // When the last compacted snapshot was written (createSnapshot into a directory).
         let mut snapshot_at: Option<Instant> = None;
+        // The columns the last batch wrote.
+        let mut columns: Option<Vec<String>> = None;
         let outcome = loop {
             // Secrets are resolved once per run, and again after a failure (a rotated
             // credential may be its cause), not once per batch.
@@ -187,6 +189,32 @@ impl Inner {
                     );
                     if let Err(e) = self.add_batch(run, &done, &watch.status).await {
                         tracing::warn!("run {}: {e}", run.id);
+                    }
+                    // Only a batch that wrote rows says what the rows look like now.
+                    let written = done
+                        .destination_schema
+                        .as_ref()
+                        .filter(|_| done.num_records > 0);
+                    if let Some(now) = written.map(column_names) {
+                        if let Some(before) = columns.as_ref().filter(|b| **b != now) {
+                            let added: Vec<&String> =
+                                now.iter().filter(|c| !before.contains(c)).collect();
+                            let removed: Vec<&String> =
+                                before.iter().filter(|c| !now.contains(c)).collect();
+                            self.emit(
+                                &run.transfer,
+                                Some(&run.id),
+                                "Normal",
+                                "SchemaChanged",
+                                format!(
+                                    "run {}: the rows' columns changed (added: {added:?}, removed: {removed:?})",
+                                    run.id
+                                ),
+                                json!({"added": added, "removed": removed}),
+                            )
+                            .await;
+                        }
+                        columns = Some(now);
                     }
                     let every = prepared.records.rolling.snapshot_interval_seconds;
                     let due = every.is_some_and(|s| {
@@ -325,6 +353,19 @@ impl Inner {
         })
         .await
     }
+}
+
+/// The column names of a schema as a run's stats describe it.
+fn column_names(schema: &serde_json::Value) -> Vec<String> {
+    schema
+        .as_array()
+        .map(|fields| {
+            fields
+                .iter()
+                .filter_map(|f| f["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Where the stream stands in each partition; `None` (and a log line) when the broker

@@ -107,7 +107,7 @@ fn a_topic_loads_into_postgres_and_parquet_and_each_run_adds_only_what_arrived()
     assert_eq!(
         first_files,
         (0..3)
-            .map(|p| format!("partition={p:04}/00000000000000000000.parquet"))
+            .map(|p| format!("topic={topic}/partition={p:04}/00000000000000000000.parquet"))
             .collect()
     );
     assert_eq!(
@@ -130,7 +130,9 @@ fn a_topic_loads_into_postgres_and_parquet_and_each_run_adds_only_what_arrived()
     assert_eq!(files.len(), 6, "{files:?}");
     assert!(files.is_superset(&first_files));
     assert!(
-        files.contains("partition=0000/00000000000000000200.parquet"),
+        files.contains(&format!(
+            "topic={topic}/partition=0000/00000000000000000200.parquet"
+        )),
         "{files:?}"
     );
     assert_eq!(
@@ -145,18 +147,19 @@ fn a_topic_loads_into_postgres_and_parquet_and_each_run_adds_only_what_arrived()
     pg.sql("ferry", &format!("DROP TABLE {table}"));
 }
 
+/// Every file under `dir`, relative to it.
 fn files_under(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for part in std::fs::read_dir(dir).unwrap() {
-        let part = part.unwrap().path();
-        for file in std::fs::read_dir(&part).unwrap() {
-            let file = file.unwrap().path();
-            out.insert(
-                file.strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().to_string_lossy();
+                out.insert(name.into_owned());
+            }
         }
     }
     out
@@ -880,7 +883,7 @@ fn a_topic_into_a_directory_is_cut_into_files_by_count_record_time_and_size() {
     // At most 60 events per file, a file never spans two hours, and each file is named
     // by its partition and first offset under the hour of its events.
     let file = |hour: u32, p: u32, offset: u64| {
-        format!("dt=2026-01-01/hour={hour:02}/partition={p:04}/{offset:020}.parquet")
+        format!("topic={topic}/dt=2026-01-01/hour={hour:02}/partition={p:04}/{offset:020}.parquet")
     };
     let range = |from: u64, to: u64| (from..to).collect::<Vec<u64>>();
     let expected: BTreeMap<String, Vec<u64>> = [
@@ -1023,6 +1026,8 @@ fn a_new_field_stops_a_load_before_it_unless_the_table_may_add_its_column() {
             err.contains("'email'") && err.contains("schemaEvolution: addColumns"),
             "{err}"
         );
+        // … and where the events with it start.
+        assert!(err.contains("partition 0 offset 6"), "{err}");
         assert_eq!(sql(&format!("SELECT count(*) FROM {table}")), "6");
         // Allowed to add nullable columns, the interrupted run is finished.
         let more: Vec<Sent> = (10..14)

@@ -241,13 +241,15 @@ fn at(ids: std::ops::Range<u64>, at: i64) -> Vec<(Sent, Option<i64>)> {
     .collect()
 }
 
-fn files(lake: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(lake.join("partition=0000"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+/// The files of a stream of `topic` in partition 0, by name.
+fn files(lake: &Path, topic: &str) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(lake.join(format!("topic={topic}/partition=0000")))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
     names.sort();
     names
 }
@@ -287,13 +289,17 @@ fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
     send_timed(&broker, &topic, &at(0..10, later));
     let status = wait_status(&server, "held", |s| s["heldEvents"] == 10);
     assert_eq!(status["lagEvents"], 10, "{status}");
-    assert!(files(&lake).is_empty(), "{:?}", files(&lake));
+    assert!(
+        files(&lake, &topic).is_empty(),
+        "{:?}",
+        files(&lake, &topic)
+    );
 
     // A full file is written; the rest waits.
     send_timed(&broker, &topic, &at(10..110, later));
     wait_landed(&lake, 100);
     wait_status(&server, "held", |s| s["heldEvents"] == 10);
-    assert_eq!(files(&lake), ["00000000000000000000.jsonl"]);
+    assert_eq!(files(&lake, &topic), ["00000000000000000000.jsonl"]);
 
     // An event of the next window closes the open file.
     send_timed(
@@ -304,7 +310,7 @@ fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
     wait_landed(&lake, 110);
     wait_status(&server, "held", |s| s["heldEvents"] == 1);
     assert_eq!(
-        files(&lake),
+        files(&lake, &topic),
         ["00000000000000000000.jsonl", "00000000000000000100.jsonl"]
     );
     // The transfer shows where its stream stands.
@@ -314,10 +320,14 @@ fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
 
     // Deleted with cleanup, it removes every file it wrote (not only its last batch's),
     // leaving others alone, and forgets its positions: created again, it starts over.
-    std::fs::write(lake.join("partition=0000/notes.txt"), "mine").unwrap();
+    std::fs::write(
+        lake.join(format!("topic={topic}/partition=0000/notes.txt")),
+        "mine",
+    )
+    .unwrap();
     let (status, body) = server.call("DELETE", "/v1/transfers/held?cleanup=true", None);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(files(&lake), ["notes.txt"], "{body}");
+    assert_eq!(files(&lake, &topic), ["notes.txt"], "{body}");
     let (status, body) = server.call(
         "POST",
         "/v1/transfers",
@@ -355,7 +365,8 @@ fn a_streams_file_stays_open_until_full_or_its_window_is_over() {
     let changed = wait_event(&server, "quiet", "SchemaChanged");
     assert_eq!(changed["data"]["added"], json!(["email"]), "{changed}");
     let window_end = (soon / 5000 + 1) * 5000;
-    let written = std::fs::metadata(quiet_lake.join("partition=0000/00000000000000000000.jsonl"))
+    let first = format!("topic={quiet}/partition=0000/00000000000000000000.jsonl");
+    let written = std::fs::metadata(quiet_lake.join(first))
         .unwrap()
         .modified()
         .unwrap()
@@ -450,7 +461,11 @@ fn a_stream_with_create_snapshot_writes_compacted_snapshots_beside_every_event()
     }
     let files: usize = ["partition=0000", "partition=0001"]
         .iter()
-        .flat_map(|p| std::fs::read_dir(lake.join(p)).unwrap().flatten())
+        .flat_map(|p| {
+            std::fs::read_dir(lake.join(format!("topic={topic}/{p}")))
+                .unwrap()
+                .flatten()
+        })
         .map(|f| std::fs::read_to_string(f.path()).unwrap().lines().count())
         .sum();
     assert_eq!(files, 28, "every event with a value, once");

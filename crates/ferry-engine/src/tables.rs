@@ -153,7 +153,8 @@ struct Plan {
 /// A topic read as rows (its scan is the plan's origin).
 struct TopicPlan {
     run: Option<TopicRun>,
-    /// Per unit: `partition=0003/00000000000000001200`, partition and first offset.
+    /// Per unit: `topic=orders/partition=0003/00000000000000001200`, the topic, partition
+    /// and first offset (with `pathFormat`, its directory after the topic's).
     names: Vec<String>,
     /// `kafka (json)`.
     label: String,
@@ -285,8 +286,19 @@ async fn topic_run(
             return Ok((report, until, false));
         }
         progress.events_planned(run.events());
-        let mut report =
-            transfer_planned(src, dst, plan, rec, opts, progress, started, parallel).await?;
+        // What the destination refuses (a column it lacks) is said with where the run read.
+        let read_from = run.read_from(src);
+        let mut report = transfer_planned(src, dst, plan, rec, opts, progress, started, parallel)
+            .await
+            .map_err(|e| match e {
+                ferry_core::Error::Data { location, detail } if location == dst.to_string() => {
+                    ferry_core::Error::Data {
+                        location,
+                        detail: format!("{detail} ({read_from})"),
+                    }
+                }
+                other => other,
+            })?;
         let stopped = stopped.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if report.status == crate::report::Status::Succeeded && !opts.dry_run {
             run.finished(&state, &stopped)?;
@@ -473,12 +485,13 @@ async fn plan_topic(
         .iter()
         .map(|r| {
             let name = format!("partition={:04}/{:020}", r.partition, r.start);
+            let topic = format!("topic={}", address.topic);
             match times
                 .get(&r.partition)
                 .and_then(|t| rec.rolling.directory(*t))
             {
-                Some(dir) if !dir.is_empty() => format!("{dir}/{name}"),
-                _ => name,
+                Some(dir) if !dir.is_empty() => format!("{topic}/{dir}/{name}"),
+                _ => format!("{topic}/{name}"),
             }
         })
         .collect();

@@ -381,7 +381,8 @@ pub(crate) fn first_times(address: &KafkaAddress, ranges: &[Range]) -> Result<BT
 }
 
 /// Whether `key` (relative to a destination directory) is named as a topic run names its
-/// files: `[<pathFormat directories>/]partition=NNNN/<first offset, 20 digits>.<ext>`.
+/// files: `topic=<name>/[<pathFormat directories>/]partition=NNNN/<first offset, 20
+/// digits>.<ext>`.
 pub fn is_output_name(key: &str) -> bool {
     let mut parts = key.rsplit('/');
     let (Some(file), Some(dir)) = (parts.next(), parts.next()) else {
@@ -392,7 +393,7 @@ pub fn is_output_name(key: &str) -> bool {
     let offset = file
         .split_once('.')
         .is_some_and(|(o, ext)| digits(o, 20) && !ext.is_empty());
-    partition && offset
+    partition && offset && key.starts_with("topic=")
 }
 
 /// Where a stream stands in one partition.
@@ -496,6 +497,21 @@ impl TopicRun {
             state.file_done(&self.id, NEXT, 0, None, None, Some(&text))?;
         }
         state.forget_file(&self.id, PLANNED)
+    }
+
+    /// Where the run read from, for messages: `events from orders partition 0 offset 6`.
+    pub(crate) fn read_from(&self, src: &DataAddress) -> String {
+        let topic = match src {
+            DataAddress::Kafka(k) => k.topic_shown(),
+            other => other.to_string(),
+        };
+        let at: Vec<String> = self
+            .ranges
+            .iter()
+            .filter(|r| r.start < r.end)
+            .map(|r| format!("partition {} offset {}", r.partition, r.start))
+            .collect();
+        format!("events from {topic} {}", at.join(", "))
     }
 
     /// Whether there is anything to read.

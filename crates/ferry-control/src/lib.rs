@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod engines;
 pub mod execute;
 pub mod metrics;
+pub mod pipeline;
 pub mod resource;
 pub mod retry;
 pub mod schedule;

@@ -215,7 +215,7 @@ fn short(v: &Value) -> String {
     }
 }
 
-fn metadata(
+pub(crate) fn metadata(
     meta: Option<&Value>,
     errors: &mut Vec<FieldError>,
 ) -> (String, BTreeMap<String, String>) {
@@ -613,7 +613,7 @@ fn check_transformation(at: &str, value: &Value, errors: &mut Vec<FieldError>) {
 
 /// serde names unknown fields and bad variants in its message; lift the field name into
 /// the path when it says which.
-fn serde_error(at: &str, message: &str) -> FieldError {
+pub(crate) fn serde_error(at: &str, message: &str) -> FieldError {
     let field = message
         .strip_prefix("unknown field `")
         .or_else(|| message.strip_prefix("missing field `"))

@@ -37,7 +37,7 @@ use super::{event_of, Delivered};
 use crate::tables::{TablePartition, TableScan, CHANGE_DELETED, CHANGE_SEQ};
 
 /// Values held for one batch before it is decoded and sent on.
-pub const BATCH_BYTES: usize = 8 << 20;
+pub const BATCH_BYTES: usize = 2 << 20;
 /// What each partition's consumer may prefetch, in KiB.
 const PREFETCH_KIB: usize = 8 * 1024;
 

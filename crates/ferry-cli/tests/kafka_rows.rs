@@ -149,20 +149,10 @@ fn a_topic_loads_into_postgres_and_parquet_and_each_run_adds_only_what_arrived()
 
 /// Every file under `dir`, relative to it.
 fn files_under(dir: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                let name = path.strip_prefix(dir).unwrap().to_string_lossy();
-                out.insert(name.into_owned());
-            }
-        }
-    }
-    out
+    common::files_in(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// A seed from the clock, printed so a failure can be replayed.
@@ -813,25 +803,17 @@ fn keyed_changes_keep_an_upsert_table_equal_to_the_topic_in_postgres_mariadb_and
 
 /// Each file under `dir` (relative name) and the ids of its rows, read back by ferry.
 fn ids_per_file(work: &Path, dir: &Path) -> BTreeMap<String, Vec<u64>> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
+    common::files_in(dir)
+        .iter()
+        .map(|path| {
             let name = path
                 .strip_prefix(dir)
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
-            let ids = ids_of(&parquet_rows(work, path.to_str().unwrap()));
-            out.insert(name, ids);
-        }
-    }
-    out
+            (name, ids_of(&parquet_rows(work, path.to_str().unwrap())))
+        })
+        .collect()
 }
 
 /// A JSON order `id` at record time `at` in `partition`.

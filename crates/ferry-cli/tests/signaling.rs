@@ -309,19 +309,11 @@ fn objects(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// Rows in the JSON lines files under `dir`.
 fn rows_under(dir: &Path) -> usize {
-    let mut rows = 0;
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "jsonl") {
-                rows += std::fs::read_to_string(&path).unwrap().lines().count();
-            }
-        }
-    }
-    rows
+    common::files_in(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum()
 }
 
 #[test]

@@ -32,23 +32,14 @@ fn serve(root: &Path, port: u16, failpoint: Option<&str>) -> Service {
 /// How many times each id is in the lake's complete files.
 fn landed(lake: &Path) -> BTreeMap<u64, usize> {
     let mut ids = BTreeMap::new();
-    let mut dirs = vec![lake.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| e == "jsonl" || e == "json")
-            {
-                for line in std::fs::read_to_string(&path).unwrap().lines() {
-                    let row: Value = serde_json::from_str(line).unwrap();
-                    *ids.entry(row["id"].as_u64().unwrap()).or_default() += 1;
-                }
+    for path in common::files_in(lake) {
+        if path
+            .extension()
+            .is_some_and(|e| e == "jsonl" || e == "json")
+        {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let row: Value = serde_json::from_str(line).unwrap();
+                *ids.entry(row["id"].as_u64().unwrap()).or_default() += 1;
             }
         }
     }
@@ -390,18 +381,12 @@ fn snapshots(lake: &Path) -> BTreeMap<String, BTreeMap<String, u64>> {
         .flatten()
     {
         let mut rows = BTreeMap::new();
-        let mut dirs = vec![dir.path()];
-        while let Some(d) = dirs.pop() {
-            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "jsonl") {
-                    for line in std::fs::read_to_string(&path).unwrap().lines() {
-                        let row: Value = serde_json::from_str(line).unwrap();
-                        let key = row["key"].as_str().unwrap().to_string();
-                        assert!(rows.insert(key, row["version"].as_u64().unwrap()).is_none());
-                    }
+        for path in common::files_in(&dir.path()) {
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                for line in std::fs::read_to_string(&path).unwrap().lines() {
+                    let row: Value = serde_json::from_str(line).unwrap();
+                    let key = row["key"].as_str().unwrap().to_string();
+                    assert!(rows.insert(key, row["version"].as_u64().unwrap()).is_none());
                 }
             }
         }

@@ -466,7 +466,7 @@ async fn plan_topic(
             scan = scan.as_changes(&keys);
         }
         let times = match rolling.path_format {
-            Some(_) => crate::topics::first_times(&owned, scan.ranges())?,
+            Some(_) => crate::topics::first_times(&owned, scan.ranges(), &run.first_times)?,
             None => Default::default(),
         };
         let scan = scan.with_rolling(rolling.boundaries());

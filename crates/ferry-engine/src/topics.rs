@@ -187,6 +187,8 @@ pub(crate) struct TopicRun {
     pub ends: BTreeMap<i32, i64>,
     /// Events held back while their file is open.
     pub held: u64,
+    /// The record time of each range's first event, where planning asked the broker.
+    pub first_times: BTreeMap<i32, i64>,
     /// Whether finishing this run moves the next run's start.
     incremental: bool,
 }
@@ -271,6 +273,7 @@ pub(crate) fn plan(
             ends: BTreeMap::new(),
             ranges,
             held: 0,
+            first_times: BTreeMap::new(),
             incremental,
         });
     }
@@ -286,13 +289,14 @@ pub(crate) fn plan(
         }
     }
     let ends = ranges.iter().map(|r| (r.partition, r.end)).collect();
-    let (ranges, held) = cut(&consumer, address, ranges, rolling)?;
+    let (ranges, held, first_times) = cut(&consumer, address, ranges, rolling)?;
     let Some((source, destination)) = record else {
         return Ok(TopicRun {
             id,
             ranges,
             ends,
             held,
+            first_times,
             incremental,
         });
     };
@@ -308,6 +312,7 @@ pub(crate) fn plan(
         ranges,
         ends,
         held,
+        first_times,
         incremental,
     })
 }
@@ -320,9 +325,10 @@ fn cut(
     address: &KafkaAddress,
     ranges: Vec<Range>,
     rolling: &FileRolling,
-) -> Result<(Vec<Range>, u64)> {
+) -> Result<(Vec<Range>, u64, BTreeMap<i32, i64>)> {
+    let mut times = BTreeMap::new();
     if !rolling.is_set() && !rolling.hold_open {
-        return Ok((ranges, 0));
+        return Ok((ranges, 0, times));
     }
     let now = chrono::Utc::now().timestamp_millis();
     let interval = rolling
@@ -343,6 +349,9 @@ fn cut(
             // The file these events start is open until its window is over: by the clock,
             // or because a later event falls in the next one.
             let first = kafka::timestamp_at(consumer, address, r.partition, r.start, r.end)?;
+            if let Some(t) = first {
+                times.insert(r.partition, t);
+            }
             let over = match first {
                 None => true,
                 Some(t) if now >= (t.div_euclid(interval) + 1) * interval => true,
@@ -362,17 +371,26 @@ fn cut(
         }
         out.push(r);
     }
-    Ok((out, held))
+    Ok((out, held, times))
 }
 
-/// The record time of each range's first event (those without are left out).
-pub(crate) fn first_times(address: &KafkaAddress, ranges: &[Range]) -> Result<BTreeMap<i32, i64>> {
-    let mut times = BTreeMap::new();
-    if ranges.iter().all(|r| r.start >= r.end) {
+/// The record time of each range's first event (those without are left out), asking the
+/// broker only for those `known` lacks.
+pub(crate) fn first_times(
+    address: &KafkaAddress,
+    ranges: &[Range],
+    known: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, i64>> {
+    let mut times = known.clone();
+    let missing: Vec<&Range> = ranges
+        .iter()
+        .filter(|r| r.start < r.end && !known.contains_key(&r.partition))
+        .collect();
+    if missing.is_empty() {
         return Ok(times);
     }
     let consumer = kafka::consumer(address, 64)?;
-    for r in ranges.iter().filter(|r| r.start < r.end) {
+    for r in missing {
         if let Some(t) = kafka::timestamp_at(&consumer, address, r.partition, r.start, r.end)? {
             times.insert(r.partition, t);
         }

@@ -68,6 +68,24 @@ pub fn copy_in_ok(work: &Path, args: &[&str]) -> String {
     out
 }
 
+/// Every file under `dir`, however deep, in name order (none when `dir` is missing).
+pub fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 pub mod kafka;
 pub mod proxy;
 pub mod rclone;

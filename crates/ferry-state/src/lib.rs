@@ -9,4 +9,7 @@ mod checkpoint;
 pub mod control;
 
 pub use checkpoint::{FileCheckpoint, StateStore, UploadCheckpoint};
-pub use control::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
+pub use control::{
+    ControlStore, DocumentRecord, DocumentStore, EventRecord, NewEvent, RunRecord, TransferFilter,
+    TransferRecord,
+};

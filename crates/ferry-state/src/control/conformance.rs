@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 
 use super::dataplanes::{DataPlaneRecord, DataPlaneStore, AVAILABLE};
+use super::documents::{DocumentRecord, DocumentStore};
 use super::{ControlStore, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 /// A transfer record named `name`, generation 1, phase Pending.
@@ -39,6 +40,7 @@ pub async fn all(store: &dyn ControlStore) {
     events(store).await;
     deleting_a_transfer_deletes_its_runs_and_events(store).await;
     dataplanes(store).await;
+    documents(store).await;
 }
 
 pub async fn transfers(store: &dyn ControlStore) {
@@ -536,4 +538,103 @@ pub async fn shared_round_robin(a: Arc<dyn DataPlaneStore>, b: Arc<dyn DataPlane
         .map(|d| d.turn_count)
         .collect();
     assert_eq!(turns, [20, 20, 20]);
+}
+
+/// Versioned documents: create once, write only over the version read, list by parent and
+/// activity, delete one or a parent's.
+pub async fn documents(store: &dyn DocumentStore) {
+    let mut pipeline = DocumentRecord::new("pipeline", "daily", json!({"spec": 1}), 10);
+    assert_eq!(store.put_document(&pipeline, None).await.unwrap(), Some(1));
+    // A second create of the same name changes nothing.
+    pipeline.document = json!({"spec": 2});
+    assert_eq!(store.put_document(&pipeline, None).await.unwrap(), None);
+    let got = store
+        .get_document("pipeline", "daily")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.version, got.document.clone()), (1, json!({"spec": 1})));
+    // A write over the version read succeeds once; a second writer that read it too loses.
+    assert_eq!(
+        store.put_document(&pipeline, Some(1)).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(store.put_document(&pipeline, Some(1)).await.unwrap(), None);
+    let got = store
+        .get_document("pipeline", "daily")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.version, got.document), (2, json!({"spec": 2})));
+    // The same name under another kind is another document.
+    assert!(store
+        .get_document("pipeline-run", "daily")
+        .await
+        .unwrap()
+        .is_none());
+
+    for (name, parent, active) in [
+        ("daily-2", "daily", false),
+        ("daily-1", "daily", true),
+        ("dailyx-1", "dailyx", true),
+    ] {
+        let mut run = DocumentRecord::new("pipeline-run", name, json!({"n": name}), 20);
+        run.parent = Some(parent.into());
+        run.active = active;
+        assert_eq!(store.put_document(&run, None).await.unwrap(), Some(1));
+    }
+    let names = |docs: Vec<DocumentRecord>| docs.into_iter().map(|d| d.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(
+            store
+                .list_documents("pipeline-run", Some("daily"), false)
+                .await
+                .unwrap()
+        ),
+        ["daily-1", "daily-2"]
+    );
+    assert_eq!(
+        names(
+            store
+                .list_documents("pipeline-run", None, true)
+                .await
+                .unwrap()
+        ),
+        ["daily-1", "dailyx-1"]
+    );
+    // Finishing a run takes it off the active list.
+    let mut done = store
+        .get_document("pipeline-run", "daily-1")
+        .await
+        .unwrap()
+        .unwrap();
+    done.active = false;
+    assert_eq!(store.put_document(&done, Some(1)).await.unwrap(), Some(2));
+    assert_eq!(
+        names(
+            store
+                .list_documents("pipeline-run", None, true)
+                .await
+                .unwrap()
+        ),
+        ["dailyx-1"]
+    );
+    assert_eq!(
+        store
+            .delete_documents("pipeline-run", "daily")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        names(
+            store
+                .list_documents("pipeline-run", None, false)
+                .await
+                .unwrap()
+        ),
+        ["dailyx-1"]
+    );
+    assert!(store.delete_document("pipeline", "daily").await.unwrap());
+    assert!(!store.delete_document("pipeline", "daily").await.unwrap());
 }

@@ -1,5 +1,6 @@
 //! The service's durable resources: transfers (desired state and status), their runs and
-//! their events, and the data planes registered to execute runs ([`dataplanes`]).
+//! their events, the data planes registered to execute runs ([`dataplanes`]), and the other
+//! resources (pipelines and their runs) as versioned documents ([`documents`]).
 //!
 //! Specs, statuses and statistics are kept as JSON documents: this crate stores them and
 //! indexes the few fields it filters or claims on (name, phase, owner, lease), and the
@@ -18,10 +19,12 @@ use serde_json::Value;
 
 pub mod conformance;
 pub mod dataplanes;
+pub mod documents;
 pub(crate) mod postgres;
 mod sqlite;
 
 pub use dataplanes::{DataPlaneRecord, DataPlaneStore};
+pub use documents::{DocumentRecord, DocumentStore};
 pub use postgres::PostgresControlStore;
 pub use sqlite::SqliteControlStore;
 
@@ -157,7 +160,7 @@ pub struct EventRecord {
 /// takes a run to execute, so two processes never execute one run at once. Every control
 /// store keeps data plane registrations too.
 #[async_trait]
-pub trait ControlStore: DataPlaneStore {
+pub trait ControlStore: DataPlaneStore + DocumentStore {
     /// Stores a new transfer; false (and nothing changed) when the name is taken.
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<bool>;
     async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>>;

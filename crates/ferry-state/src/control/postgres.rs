@@ -21,6 +21,7 @@ use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::dataplanes::{Chooser, DataPlaneRecord, DataPlaneStore, AVAILABLE};
+use super::documents::{DocumentRecord, DocumentStore};
 use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 /// Sessions per store: enough to overlap concurrent requests, few enough that many
@@ -93,6 +94,17 @@ CREATE TABLE IF NOT EXISTS ferry_dataplanes (
     heartbeat_ms    BIGINT,
     load            TEXT
 );
+CREATE TABLE IF NOT EXISTS ferry_documents (
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    parent      TEXT,
+    active      BOOLEAN NOT NULL,
+    version     BIGINT NOT NULL,
+    document    TEXT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE INDEX IF NOT EXISTS ferry_documents_by_parent ON ferry_documents (kind, parent, name);
 ";
 
 macro_rules! transfer_columns {
@@ -105,6 +117,12 @@ macro_rules! run_columns {
     () => {
         "id, transfer, transfer_uid, generation, phase, trigger_kind, attempt, scheduled_for, \
          not_before, created_at, started_at, finished_at, owner, lease_until, stats, error"
+    };
+}
+
+macro_rules! document_columns {
+    () => {
+        "kind, name, parent, active, version, document, updated_at"
     };
 }
 
@@ -144,9 +162,15 @@ enum Q {
     SetDataPlaneState,
     LockDataPlanes,
     TakeTurn,
+    InsertDocument,
+    UpdateDocument,
+    GetDocument,
+    ListDocuments,
+    DeleteDocument,
+    DeleteDocuments,
 }
 
-const QUERIES: usize = Q::TakeTurn as usize + 1;
+const QUERIES: usize = Q::DeleteDocuments as usize + 1;
 
 impl Q {
     /// Names sort by `COLLATE "C"`, byte order, as in SQLite, whatever the database's
@@ -300,6 +324,28 @@ impl Q {
                  WHERE id = $1 RETURNING ",
                 dataplane_columns!()
             ),
+            Q::InsertDocument => concat!(
+                "INSERT INTO ferry_documents (",
+                document_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (kind, name) DO NOTHING"
+            ),
+            Q::UpdateDocument => {
+                "UPDATE ferry_documents SET parent = $3, active = $4, version = $5, document = $6,
+                   updated_at = $7 WHERE kind = $1 AND name = $2 AND version = $8"
+            }
+            Q::GetDocument => concat!(
+                "SELECT ",
+                document_columns!(),
+                " FROM ferry_documents WHERE kind = $1 AND name = $2"
+            ),
+            Q::ListDocuments => concat!(
+                "SELECT ",
+                document_columns!(),
+                " FROM ferry_documents WHERE kind = $1 AND ($2::text IS NULL OR parent = $2)
+                 AND (NOT $3 OR active) ORDER BY name COLLATE \"C\""
+            ),
+            Q::DeleteDocument => "DELETE FROM ferry_documents WHERE kind = $1 AND name = $2",
+            Q::DeleteDocuments => "DELETE FROM ferry_documents WHERE kind = $1 AND parent = $2",
         }
     }
 }
@@ -1314,5 +1360,88 @@ mod tests {
         assert_eq!(config.get_dbname(), Some("shop"));
         assert_eq!(config.get_application_name(), Some("tool"));
         assert_eq!(config.get_ssl_mode(), SslMode::Disable);
+    }
+}
+
+impl PostgresControlStore {
+    async fn documents(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<DocumentRecord>> {
+        let rows = self.query(q, params).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DocumentRecord {
+                    kind: self.get(row, 0)?,
+                    name: self.get(row, 1)?,
+                    parent: self.get(row, 2)?,
+                    active: self.get(row, 3)?,
+                    version: self.get(row, 4)?,
+                    document: self.json(row, 5)?,
+                    updated_at: self.get(row, 6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DocumentStore for PostgresControlStore {
+    async fn put_document(&self, d: &DocumentRecord, expected: Option<i64>) -> Result<Option<i64>> {
+        let version = expected.unwrap_or(0) + 1;
+        let document = text(&d.document);
+        let n = match expected {
+            None => {
+                self.execute(
+                    Q::InsertDocument,
+                    &[
+                        &d.kind,
+                        &d.name,
+                        &d.parent,
+                        &d.active,
+                        &version,
+                        &document,
+                        &d.updated_at,
+                    ],
+                )
+                .await?
+            }
+            Some(expected) => {
+                self.execute(
+                    Q::UpdateDocument,
+                    &[
+                        &d.kind,
+                        &d.name,
+                        &d.parent,
+                        &d.active,
+                        &version,
+                        &document,
+                        &d.updated_at,
+                        &expected,
+                    ],
+                )
+                .await?
+            }
+        };
+        Ok((n == 1).then_some(version))
+    }
+
+    async fn get_document(&self, kind: &str, name: &str) -> Result<Option<DocumentRecord>> {
+        Ok(self.documents(Q::GetDocument, &[&kind, &name]).await?.pop())
+    }
+
+    async fn list_documents(
+        &self,
+        kind: &str,
+        parent: Option<&str>,
+        active_only: bool,
+    ) -> Result<Vec<DocumentRecord>> {
+        self.documents(Q::ListDocuments, &[&kind, &parent, &active_only])
+            .await
+    }
+
+    async fn delete_document(&self, kind: &str, name: &str) -> Result<bool> {
+        Ok(self.execute(Q::DeleteDocument, &[&kind, &name]).await? == 1)
+    }
+
+    async fn delete_documents(&self, kind: &str, parent: &str) -> Result<u64> {
+        self.execute(Q::DeleteDocuments, &[&kind, &parent]).await
     }
 }

@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, Row};
 use serde_json::Value;
 
 use super::dataplanes::{Chooser, DataPlaneRecord, DataPlaneStore, AVAILABLE};
+use super::documents::{DocumentRecord, DocumentStore};
 use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
 const SCHEMA: &str = "
@@ -72,6 +73,17 @@ CREATE TABLE IF NOT EXISTS ferry_dataplanes (
     heartbeat_ms    INTEGER,
     load            TEXT
 );
+CREATE TABLE IF NOT EXISTS ferry_documents (
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    parent      TEXT,
+    active      INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    document    TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE INDEX IF NOT EXISTS documents_by_parent ON ferry_documents (kind, parent, name);
 ";
 
 const RUN_COLUMNS: &str = "id, transfer, transfer_uid, generation, phase, trigger_kind, attempt, \
@@ -740,5 +752,112 @@ mod tests {
         let a = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
         let b = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
         conformance::shared_round_robin(a, b).await;
+    }
+}
+
+const DOCUMENT_COLUMNS: &str = "kind, name, parent, active, version, document, updated_at";
+
+fn document_row(r: &Row<'_>) -> rusqlite::Result<(DocumentRecord, String)> {
+    let record = DocumentRecord {
+        kind: r.get(0)?,
+        name: r.get(1)?,
+        parent: r.get(2)?,
+        active: r.get(3)?,
+        version: r.get(4)?,
+        document: Value::Null,
+        updated_at: r.get(6)?,
+    };
+    Ok((record, r.get(5)?))
+}
+
+impl SqliteControlStore {
+    fn document_where(
+        &self,
+        clause: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<DocumentRecord>> {
+        let sql = format!("SELECT {DOCUMENT_COLUMNS} FROM ferry_documents {clause}");
+        let rows = self.fetch(&sql, args, document_row)?;
+        rows.into_iter()
+            .map(|(mut d, document)| {
+                d.document = self.parse(&document)?;
+                Ok(d)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DocumentStore for SqliteControlStore {
+    async fn put_document(&self, d: &DocumentRecord, expected: Option<i64>) -> Result<Option<i64>> {
+        let version = expected.unwrap_or(0) + 1;
+        let args = params![
+            d.kind,
+            d.name,
+            d.parent,
+            d.active,
+            version,
+            json(&d.document),
+            d.updated_at,
+            expected
+        ];
+        let sql = match expected {
+            None => format!(
+                "INSERT INTO ferry_documents ({DOCUMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(kind, name) DO NOTHING"
+            ),
+            Some(_) => "UPDATE ferry_documents SET parent = ?3, active = ?4, version = ?5,
+                   document = ?6, updated_at = ?7
+                 WHERE kind = ?1 AND name = ?2 AND version = ?8"
+                .to_string(),
+        };
+        // The INSERT has no ?8.
+        let n = match expected {
+            None => self.conn().execute(&sql, &args[..7]),
+            Some(_) => self.conn().execute(&sql, args),
+        }
+        .map_err(|e| self.fail(e))?;
+        Ok((n == 1).then_some(version))
+    }
+
+    async fn get_document(&self, kind: &str, name: &str) -> Result<Option<DocumentRecord>> {
+        Ok(self
+            .document_where("WHERE kind = ?1 AND name = ?2", &[&kind, &name])?
+            .pop())
+    }
+
+    async fn list_documents(
+        &self,
+        kind: &str,
+        parent: Option<&str>,
+        active_only: bool,
+    ) -> Result<Vec<DocumentRecord>> {
+        self.document_where(
+            "WHERE kind = ?1 AND (?2 IS NULL OR parent = ?2) AND (?3 = 0 OR active = 1)
+             ORDER BY name",
+            &[&kind, &parent, &active_only],
+        )
+    }
+
+    async fn delete_document(&self, kind: &str, name: &str) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM ferry_documents WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn delete_documents(&self, kind: &str, parent: &str) -> Result<u64> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM ferry_documents WHERE kind = ?1 AND parent = ?2",
+                params![kind, parent],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(n as u64)
     }
 }

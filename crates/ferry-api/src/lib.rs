@@ -29,6 +29,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 mod dataflows;
 mod dataplanes;
+mod pipelines;
 
 pub use dataplanes::{SelectRequest, StateChange};
 
@@ -57,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers/{name}/run", post(run_transfer))
         .route("/v1/transfers/{name}/runs", get(list_runs))
         .route("/v1/transfers/{name}/events", get(list_events))
+        .merge(pipelines::routes())
         .merge(dataflows::router())
         .merge(dataplanes::routes())
         .route("/metrics", get(metrics))
@@ -80,11 +82,17 @@ pub fn app(state: AppState) -> Router {
         dataplanes::list_dataplanes, dataplanes::register_dataplane, dataplanes::get_dataplane,
         dataplanes::delete_dataplane, dataplanes::select_dataplane,
         dataplanes::heartbeat_dataplane, dataplanes::set_dataplane_state,
+        pipelines::list_pipelines, pipelines::create_pipeline, pipelines::get_pipeline,
+        pipelines::replace_pipeline, pipelines::delete_pipeline, pipelines::suspend_pipeline,
+        pipelines::resume_pipeline, pipelines::run_pipeline, pipelines::list_pipeline_runs,
+        pipelines::get_pipeline_run, pipelines::list_pipeline_events,
         metrics, healthz, readyz,
         dataflows::prepare, dataflows::start, dataflows::status, dataflows::suspend,
         dataflows::resume, dataflows::terminate, dataflows::completed, dataflows::notified
     ),
-    components(schemas(TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase,
+    components(schemas(ferry_control::pipeline::PipelineView, ferry_control::pipeline::PipelineStatus,
+        ferry_control::pipeline::api::PipelineRunRef, ferry_control::pipeline::PipelineRunView,
+        ferry_control::pipeline::TaskRunView, pipelines::RunRequestBody, TransferView, TransferStatus, RunView, EventView, FieldError, ApiErrorBody, DeleteReport, Phase,
         DataPlaneInstance, InstanceState, Load, RunRequest, Selection, SelectRequest, StateChange,
         ferry_control::signaling::FlowMessage, ferry_control::signaling::FlowResponse,
         ferry_control::signaling::FlowStatus, ferry_control::signaling::FlowState,
@@ -170,7 +178,7 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(details) => ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 body: ApiErrorBody {
-                    error: format!("the transfer is invalid: {} field(s)", details.len()),
+                    error: format!("the manifest is invalid: {} field(s)", details.len()),
                     details,
                     reason: None,
                 },
@@ -195,7 +203,7 @@ fn store_error(e: ferry_core::Error) -> ApiError {
     ApiError::new(status, ferry_core::error::one_line(&e.to_string()))
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let given = request
@@ -235,7 +243,7 @@ async fn not_found() -> ApiError {
 }
 
 /// A manifest body: JSON, or YAML when the content type says so (or it is not JSON).
-fn manifest_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+pub(crate) fn manifest_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -415,13 +423,13 @@ async fn list_runs(
 pub struct EventsQuery {
     /// Only events after this sequence number.
     #[serde(default)]
-    after: i64,
+    pub(crate) after: i64,
     /// At most this many (default 1000).
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Keep the connection open and send new events as server-sent events (also chosen
     /// by `Accept: text/event-stream`).
     #[serde(default)]
-    follow: bool,
+    pub(crate) follow: bool,
 }
 
 #[utoipa::path(get, path = "/v1/transfers/{name}/events", params(("name" = String, Path), EventsQuery),
@@ -451,7 +459,7 @@ async fn list_events(
         .into_response())
 }
 
-fn follow(
+pub(crate) fn follow(
     controller: Controller,
     name: String,
     backlog: Vec<EventView>,
@@ -477,7 +485,7 @@ fn follow(
                     Ok(_) => {}
                     // Fell behind: read what was missed from the store.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let missed = controller.events(&name, last, 10_000).await.ok()?;
+                        let missed = controller.events_by_key(&name, last, 10_000).await.ok()?;
                         if let Some(newest) = missed.last() {
                             last = newest.seq;
                         }

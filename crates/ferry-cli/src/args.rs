@@ -48,6 +48,9 @@ enum Command {
     Dataplane(crate::dataplane::DataplaneArgs),
     /// Manage the transfers of a running `ferry serve`.
     Transfers(crate::client::TransfersArgs),
+    /// Manage the pipelines of a running `ferry serve`: graphs of transfers, commands and
+    /// checks with triggers.
+    Pipelines(crate::pipelines::PipelinesArgs),
     /// Kubernetes resources for ferry, printed as YAML.
     K8s(crate::k8s::K8sArgs),
 }
@@ -267,7 +270,11 @@ impl Cli {
             Command::Run(args) => Manifest::load(&args.manifest)
                 .and_then(|m| m.plan())
                 .is_ok_and(|(src, dst, rec)| !rec.needed(&src, &dst)),
-            Command::Serve(_) | Command::Dataplane(_) | Command::Transfers(_) | Command::K8s(_) => {
+            Command::Serve(_)
+            | Command::Dataplane(_)
+            | Command::Transfers(_)
+            | Command::Pipelines(_)
+            | Command::K8s(_) => {
                 false
             }
         }
@@ -282,6 +289,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Serve(args) => crate::serve::serve(args).await,
         Command::Dataplane(args) => crate::serve::dataplane(args).await,
         Command::Transfers(args) => crate::client::transfers(args).await,
+        Command::Pipelines(args) => crate::pipelines::pipelines(args).await,
         Command::K8s(args) => crate::k8s::k8s(args).await,
     }
 }

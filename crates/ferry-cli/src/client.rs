@@ -67,7 +67,7 @@ enum TransfersCommand {
 }
 
 pub(crate) struct Client {
-    base: String,
+    pub(crate) base: String,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -100,7 +100,7 @@ impl Client {
         Ok(Self { base, token, http })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
@@ -111,7 +111,7 @@ impl Client {
     /// Sends and returns the JSON body of a 2xx answer; anything else is an error naming
     /// what the server said.
     /// Sends a request; a server that does not answer is an error, any answer is not.
-    async fn open(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    pub(crate) async fn open(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         request.send().await.map_err(|e| {
             Error::unreachable(
                 &self.base,
@@ -121,7 +121,7 @@ impl Client {
     }
 
     /// The status and JSON body of an answer, whatever its status.
-    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value)> {
+    pub(crate) async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value)> {
         let response = self.open(request).await?;
         let status = response.status().as_u16();
         let text = response
@@ -133,7 +133,7 @@ impl Client {
     }
 
     /// The JSON body of a 2xx answer; anything else is an error naming what the server said.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
         match self.exchange(request).await? {
             (status, body) if (200..300).contains(&status) => Ok(body),
             (status, body) => Err(server_error(&self.base, status, &body)),
@@ -148,7 +148,7 @@ impl Client {
     }
 }
 
-fn plain(e: &reqwest::Error) -> String {
+pub(crate) fn plain(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -158,7 +158,7 @@ fn plain(e: &reqwest::Error) -> String {
     ferry_core::error::one_line(&text)
 }
 
-fn server_error(base: &str, status: u16, body: &Value) -> Error {
+pub(crate) fn server_error(base: &str, status: u16, body: &Value) -> Error {
     let message = body["error"].as_str().unwrap_or("no message").to_string();
     let details: Vec<String> = body["details"]
         .as_array()
@@ -308,17 +308,25 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Events { name, follow } => {
-            events(&client, name, *follow, json).await?;
+            follow_events(&client, &format!("/v1/transfers/{name}/events"), *follow, json, |_| false)
+                .await?;
         }
     }
     Ok(0)
 }
 
-async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result<()> {
-    let path = format!("/v1/transfers/{name}/events");
+/// Prints the events at `path`; with `follow`, keeps printing new ones until `last` says
+/// one is the last (or the server closes).
+pub(crate) async fn follow_events(
+    client: &Client,
+    path: &str,
+    follow: bool,
+    json: bool,
+    last: impl Fn(&Value) -> bool,
+) -> Result<()> {
     if !follow {
         let body = client
-            .send(client.request(reqwest::Method::GET, &path))
+            .send(client.request(reqwest::Method::GET, path))
             .await?;
         if json {
             print_json(&body);
@@ -332,7 +340,7 @@ async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result
     let mut response = client
         .open(
             client
-                .request(reqwest::Method::GET, &path)
+                .request(reqwest::Method::GET, path)
                 .query(&[("follow", "true")]),
         )
         .await?;
@@ -360,6 +368,9 @@ async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result
                     } else {
                         print_event(&event);
                     }
+                    if last(&event) {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -367,11 +378,11 @@ async fn events(client: &Client, name: &str, follow: bool, json: bool) -> Result
     Ok(())
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -379,7 +390,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -475,7 +486,7 @@ fn print_runs(body: &Value) {
     );
 }
 
-fn print_event(e: &Value) {
+pub(crate) fn print_event(e: &Value) {
     println!(
         "{}  {:<7}  {:<15}  {}",
         text(&e["time"]),

@@ -6,6 +6,7 @@ mod cluster;
 mod dataplane;
 mod k8s;
 mod output;
+mod pipelines;
 mod serve;
 mod stream;
 

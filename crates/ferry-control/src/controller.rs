@@ -109,7 +109,7 @@ pub enum ControlError {
     BadMessage(Vec<FieldError>),
     #[error("{0}")]
     Conflict(String),
-    #[error("the transfer is invalid")]
+    #[error("the manifest is invalid")]
     Invalid(Vec<FieldError>),
     #[error(transparent)]
     Store(#[from] Error),
@@ -120,7 +120,7 @@ pub type ControlResult<T> = std::result::Result<T, ControlError>;
 /// The control plane of one process. Cheap to clone.
 #[derive(Clone)]
 pub struct Controller {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     /// Serialises status rewrites, so two writers never interleave a read and a write.
     status_lock: tokio::sync::Mutex<()>,
     pub(crate) wake: Notify,
+    /// Wakes the pipeline loop: a run ended, a pipeline run was made.
+    pub(crate) pipeline_wake: Notify,
     stopping: AtomicBool,
     /// No new runs start here (a data plane draining before it stops).
     pub(crate) draining: AtomicBool,
@@ -196,6 +198,7 @@ impl Controller {
                 active: Mutex::new(HashMap::new()),
                 status_lock: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
+                pipeline_wake: Notify::new(),
                 stopping: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 closing: tokio::sync::watch::Sender::new(false),
@@ -256,6 +259,20 @@ impl Controller {
     /// Starts the control loop; it runs until [`Controller::shutdown`].
     pub fn start(&self) -> tokio::task::JoinHandle<()> {
         let inner = self.inner.clone();
+        if inner.config.role != Role::Data {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                while !inner.stopping.load(Ordering::SeqCst) {
+                    if let Err(e) = crate::pipeline::runner::tick(&inner).await {
+                        tracing::warn!("pipeline loop: {e}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(inner.config.tick) => {}
+                        _ = inner.pipeline_wake.notified() => {}
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             while !inner.stopping.load(Ordering::SeqCst) {
                 if let Err(e) = inner.clone().tick().await {
@@ -275,6 +292,7 @@ impl Controller {
         let inner = &self.inner;
         inner.stopping.store(true, Ordering::SeqCst);
         inner.wake.notify_one();
+        inner.pipeline_wake.notify_one();
         let active: Vec<(String, Active)> = lock(&inner.active).drain().collect();
         for (_, a) in &active {
             a.task.abort();
@@ -784,6 +802,9 @@ impl Inner {
             data,
         };
         self.metrics.event();
+        if matches!(reason, "RunSucceeded" | "RunFailed" | "RunCancelled") {
+            self.pipeline_wake.notify_one();
+        }
         match self.store.append_event(&event).await {
             Ok(record) => {
                 if let Ok(body) = serde_json::to_value(EventView::of(&record)) {
@@ -1130,7 +1151,11 @@ impl Inner {
         let mut opts = self.config.copy.clone();
         opts.run_key = Some(run.id.clone());
         opts.resume = true;
+        let command = self.settings(&record).is_some_and(|s| s.command);
         let outcome = match execute::prepare(&self.secrets, &record.manifest).await {
+            _ if command => {
+                execute::command(&self.secrets, &record.manifest, tracker.clone()).await
+            }
             Err(outcome) => outcome,
             Ok(prepared) if self.settings(&record).is_some_and(|s| s.stream) => {
                 self.stream(&mut run, &record, prepared, &opts, tracker.clone())

@@ -258,7 +258,11 @@ impl Dispatcher {
 /// What a transfer's runs need from a data plane, and the strategy it asks for.
 pub fn run_request(record: &TransferRecord) -> (RunRequest, Option<String>) {
     let spec = &record.manifest["spec"];
+    let command = record.manifest["kind"] == "Command";
     let kind = |side: &str| {
+        if command {
+            return "command".to_string();
+        }
         spec[side]["type"]
             .as_str()
             .map(|t| crate::selector::canonical_type(t).unwrap_or(t).to_string())

@@ -38,6 +38,9 @@ pub struct Tracker {
     events_done: AtomicU64,
     started: std::sync::OnceLock<Instant>,
     last_advance: AtomicI64,
+    /// A fraction done that a command's output or files tell (f64 bits; `u64::MAX`: none
+    /// seen, and 0 in a new tracker means none too).
+    fraction: AtomicU64,
 }
 
 impl Progress for Tracker {
@@ -75,6 +78,24 @@ impl Tracker {
         }
     }
 
+    /// The fraction done, as a command tells it (0 to 1).
+    pub fn fraction_observed(&self, fraction: f64) {
+        let _ = self.started.set(Instant::now());
+        let before = self.fraction_seen();
+        self.fraction
+            .store(fraction.to_bits().max(1), Ordering::Relaxed);
+        if before.is_none_or(|b| fraction > b) {
+            self.last_advance.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn fraction_seen(&self) -> Option<f64> {
+        match self.fraction.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+
     pub fn bytes_done(&self) -> u64 {
         self.bytes_done.load(Ordering::Relaxed)
     }
@@ -90,7 +111,9 @@ impl Tracker {
         let fraction = match (events_total, events_done) {
             (Some(0), _) => Some(1.0),
             (Some(t), Some(d)) => Some(d as f64 / t as f64),
-            _ => (total > 0).then(|| done as f64 / total as f64),
+            _ => self
+                .fraction_seen()
+                .or_else(|| (total > 0).then(|| done as f64 / total as f64)),
         };
         let eta_seconds = match (fraction, self.started.get()) {
             (Some(f), Some(started)) if f > 0.0 && f < 1.0 => {
@@ -201,6 +224,27 @@ pub async fn prepare(secrets: &SecretResolver, manifest: &Value) -> Result<Prepa
         destination,
         records,
     })
+}
+
+/// A `kind: Command`'s run, once: its secret references resolved, the program run here.
+pub async fn command(secrets: &SecretResolver, manifest: &Value, tracker: Arc<Tracker>) -> Outcome {
+    let resolved = match secrets.resolve_manifest(manifest).await {
+        Ok(resolved) => resolved,
+        Err(e) => return failed(&e, &[]),
+    };
+    let mut hidden = secret_values(manifest, &resolved);
+    hidden.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let spec: crate::pipeline::spec::CommandSpec =
+        match serde_json::from_value(resolved["spec"]["command"].clone()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return failed(
+                    &Error::invalid_option("spec.command", e.to_string()),
+                    &hidden,
+                )
+            }
+        };
+    crate::command::run(&spec, &hidden, tracker).await
 }
 
 /// Runs the prepared transfer once on this data plane's own engine.

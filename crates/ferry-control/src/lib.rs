@@ -6,6 +6,7 @@
 //! - [`execute`]: one attempt of a run on the embedded data plane.
 //! - [`schedule`], [`retry`], [`secrets`], [`webhook`], [`metrics`]: the parts it uses.
 
+pub mod command;
 pub mod controller;
 pub mod dispatch;
 pub mod engines;

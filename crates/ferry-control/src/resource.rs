@@ -106,9 +106,12 @@ pub struct Settings {
     /// A StreamTransfer: its run keeps the destination up to date until it is suspended or
     /// deleted.
     pub stream: bool,
+    /// A `kind: Command`: its runs execute a program on a data plane.
+    pub command: bool,
 }
 
-const SPEC_FIELDS: [&str; 12] = [
+const SPEC_FIELDS: [&str; 13] = [
+    "command",
     "dataPlane",
     "execution",
     "source",
@@ -150,22 +153,23 @@ pub fn validate(raw: Value) -> Result<TransferManifest, Vec<FieldError>> {
             format!("required: {API_VERSION}"),
         )),
     }
-    let stream = match top.get("kind").and_then(Value::as_str) {
-        Some("BatchTransfer") => false,
-        Some("StreamTransfer") => true,
+    let (stream, command) = match top.get("kind").and_then(Value::as_str) {
+        Some("BatchTransfer") => (false, false),
+        Some("StreamTransfer") => (true, false),
+        Some("Command") => (false, true),
         Some(other) => {
             errors.push(FieldError::new(
                 "kind",
-                format!("unknown kind '{other}'; use BatchTransfer or StreamTransfer"),
+                format!("unknown kind '{other}'; use BatchTransfer, StreamTransfer or Command"),
             ));
-            false
+            (false, false)
         }
         None => {
             errors.push(FieldError::new(
                 "kind",
-                "required: BatchTransfer or StreamTransfer",
+                "required: BatchTransfer, StreamTransfer or Command",
             ));
-            false
+            (false, false)
         }
     };
     let (name, labels) = metadata(top.get("metadata"), &mut errors);
@@ -174,7 +178,11 @@ pub fn validate(raw: Value) -> Result<TransferManifest, Vec<FieldError>> {
             if stream {
                 check_stream(spec, &mut errors);
             }
-            spec_settings(spec, &mut errors).map(|s| Settings { stream, ..s })
+            spec_settings(spec, command, &mut errors).map(|s| Settings {
+                stream,
+                command,
+                ..s
+            })
         }
         Some(_) => {
             errors.push(FieldError::new("spec", "must be an object"));
@@ -186,7 +194,7 @@ pub fn validate(raw: Value) -> Result<TransferManifest, Vec<FieldError>> {
         }
     };
     // What only the two ends together tell (a setting of one that the other rules out).
-    if errors.is_empty() && !has_run_time_values(&Value::Object(top.clone())) {
+    if errors.is_empty() && !command && !has_run_time_values(&Value::Object(top.clone())) {
         let planned = ferry_engine::manifest::Manifest::from_json(Value::Object(top.clone()))
             .and_then(|m| m.plan());
         if let Err(ferry_core::Error::InvalidOption { name, reason }) = planned {
@@ -334,14 +342,31 @@ pub fn check_dns_label(name: &str, max: usize) -> Result<(), String> {
     }
 }
 
-fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Settings> {
+fn spec_settings(
+    spec: &Map<String, Value>,
+    command: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<Settings> {
     let before = errors.len();
     for key in spec.keys() {
-        if !SPEC_FIELDS.contains(&key.as_str()) {
+        let moves = ["source", "destination", "transformation", "execution"];
+        if !SPEC_FIELDS.contains(&key.as_str())
+            || (command && moves.contains(&key.as_str()))
+            || (!command && key == "command")
+        {
             errors.push(FieldError::new(format!("spec.{key}"), "unknown field"));
         }
     }
-    for side in ["source", "destination"] {
+    if command {
+        match spec.get("command") {
+            None => errors.push(FieldError::new(
+                "spec.command",
+                "required: the program to run (argv, env, workingDir, timeoutSeconds, progress)",
+            )),
+            Some(value) => crate::pipeline::spec::check_command("spec.command", value, errors),
+        }
+    }
+    for side in ["source", "destination"].into_iter().filter(|_| !command) {
         match spec.get(side) {
             None => errors.push(FieldError::new(format!("spec.{side}"), "required")),
             Some(value) => check_address(&format!("spec.{side}"), value, errors),
@@ -488,6 +513,7 @@ fn spec_settings(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
         successful_history,
         failed_history,
         stream: false,
+        command: false,
     })
 }
 
@@ -706,6 +732,9 @@ pub struct RunStats {
     /// A stream's batch: events left for a later one because their file is still open.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_events: u64,
+    /// A command's exit code and the last lines it printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::command::CommandResult>,
 }
 
 /// Where a StreamTransfer's run stands, as of its last batch.

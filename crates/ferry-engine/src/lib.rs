@@ -3,6 +3,7 @@
 mod budget;
 mod copy;
 mod events;
+pub mod count;
 pub mod failpoint;
 mod filter;
 pub mod manifest;

@@ -418,6 +418,13 @@ pub async fn transfer(
 
 /// The files of a dataset with their formats: every file for a single-file address, and
 /// for a directory those that pass the filter and whose format is known.
+/// Files a directory's reader leaves out, as Spark and Hive do: markers and side files
+/// whose name starts with `_` or `.` (`_SUCCESS`, `.part-0.crc`).
+pub fn is_marker(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with('_') || name.starts_with('.')
+}
+
 pub(crate) fn collect_inputs(
     src: &DataAddress,
     filter: &crate::KeyFilter,
@@ -427,7 +434,7 @@ pub(crate) fn collect_inputs(
     let single = listing.single_object;
     let mut inputs = Vec::new();
     for entry in listing.entries {
-        if !single && !filter.allows(&entry.key) {
+        if !single && (!filter.allows(&entry.key) || is_marker(&entry.key)) {
             continue;
         }
         let format = match rec.source_format.or_else(|| Format::from_name(&entry.key)) {

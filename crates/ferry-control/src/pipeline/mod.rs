@@ -1,9 +1,23 @@
 //! Pipelines: a graph of tasks (transfers, commands, templates) with pre- and
 //! post-conditions, triggers and notification rules.
 //!
-//! Built so far: the resource's shape and its validation ([`spec`]), which lists every
-//! problem of a manifest at once. Storage, the API, the task runner and triggers follow.
+//! - [`spec`]: the resource's shape and its validation, which lists every problem of a
+//!   manifest at once;
+//! - [`run`]: a pipeline run as stored, and the decisions about its tasks that need no I/O;
+//! - [`runner`]: the loop that starts runs (schedules, manual runs) and advances them:
+//!   each task attempt is a run of a transfer (a stored one, one made from the task's
+//!   inline spec, or a `kind: Command` for a command), so the control loop dispatches it
+//!   to a data plane, retries and resumes it like any run;
+//! - [`conditions`]: what `waitFor` and `check` look at;
+//! - [`templates`]: the built-in task templates.
 
+pub mod api;
+pub mod conditions;
+pub mod run;
+pub mod runner;
 pub mod spec;
+pub mod templates;
 
+pub use api::{PipelineRunView, PipelineStatus, PipelineView, TaskRunView};
+pub use run::{PipelineRun, TaskRun};
 pub use spec::{validate_pipeline, PipelineManifest, PipelineSpec, TaskKind};

@@ -188,7 +188,8 @@ pub struct Dependency {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CommandSpec {
     pub argv: Vec<String>,
-    /// Values may be secret references (`env:NAME`, `file:PATH`, `ref+vault://…`).
+    /// Values may be secret references (`ref+env://NAME`, `ref+file://PATH`,
+    /// `ref+vault://PATH#KEY`), resolved on the data plane when the command starts.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub working_dir: Option<String>,
@@ -517,21 +518,7 @@ fn check_task(
         }
         Some(TaskKind::Command) => {
             let command = task.command.as_ref().expect("checked");
-            if command.argv.is_empty() || command.argv[0].trim().is_empty() {
-                errors.push(FieldError::new(
-                    format!("{at}.command.argv"),
-                    "the program and its arguments, e.g. [python3, summary.py]",
-                ));
-            }
-            if command.timeout_seconds == Some(0) {
-                errors.push(FieldError::new(
-                    format!("{at}.command.timeoutSeconds"),
-                    "must be at least 1",
-                ));
-            }
-            if let Some(p) = &command.progress {
-                check_progress(&format!("{at}.command.progress"), p, errors);
-            }
+            check_command_spec(&format!("{at}.command"), command, errors);
         }
         Some(TaskKind::Template) => {
             let used = task.template.as_ref().expect("checked");
@@ -582,6 +569,33 @@ fn check_task(
             format!("{at}.retries.count"),
             "at most 100",
         ));
+    }
+}
+
+/// Checks a `kind: Command`'s `spec.command` (a pipeline's command task is checked as
+/// part of its pipeline).
+pub fn check_command(at: &str, value: &Value, errors: &mut Vec<FieldError>) {
+    match serde_json::from_value::<CommandSpec>(value.clone()) {
+        Ok(command) => check_command_spec(at, &command, errors),
+        Err(e) => errors.push(serde_error(at, &e.to_string())),
+    }
+}
+
+fn check_command_spec(at: &str, command: &CommandSpec, errors: &mut Vec<FieldError>) {
+    if command.argv.is_empty() || command.argv[0].trim().is_empty() {
+        errors.push(FieldError::new(
+            format!("{at}.argv"),
+            "the program and its arguments, e.g. [python3, summary.py]",
+        ));
+    }
+    if command.timeout_seconds == Some(0) {
+        errors.push(FieldError::new(
+            format!("{at}.timeoutSeconds"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(p) = &command.progress {
+        check_progress(&format!("{at}.progress"), p, errors);
     }
 }
 

@@ -15,9 +15,7 @@ use ferry_control::EventView;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{
-    follow, manifest_body, ApiError, ApiErrorBody, ApiResult, AppState, EventsQuery,
-};
+use crate::{follow, manifest_body, ApiError, ApiErrorBody, ApiResult, AppState, EventsQuery};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -109,7 +107,9 @@ pub(crate) async fn suspend_pipeline(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PipelineView>> {
-    Ok(Json(state.controller.set_pipeline_suspend(&name, true).await?))
+    Ok(Json(
+        state.controller.set_pipeline_suspend(&name, true).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/pipelines/{name}/resume", params(("name" = String, Path)),
@@ -118,7 +118,9 @@ pub(crate) async fn resume_pipeline(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PipelineView>> {
-    Ok(Json(state.controller.set_pipeline_suspend(&name, false).await?))
+    Ok(Json(
+        state.controller.set_pipeline_suspend(&name, false).await?,
+    ))
 }
 
 /// The parameters of a manual run.
@@ -190,7 +192,10 @@ pub(crate) async fn list_pipeline_events(
             .is_some_and(|v| v.contains("text/event-stream"));
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     if !wants_stream {
-        let events = state.controller.pipeline_events(&name, q.after, limit).await?;
+        let events = state
+            .controller
+            .pipeline_events(&name, q.after, limit)
+            .await?;
         return Ok(Json(events).into_response());
     }
     let live = state.controller.subscribe();

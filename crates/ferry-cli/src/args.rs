@@ -274,9 +274,7 @@ impl Cli {
             | Command::Dataplane(_)
             | Command::Transfers(_)
             | Command::Pipelines(_)
-            | Command::K8s(_) => {
-                false
-            }
+            | Command::K8s(_) => false,
         }
     }
 }

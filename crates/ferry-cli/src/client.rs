@@ -308,8 +308,15 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             }
         }
         TransfersCommand::Events { name, follow } => {
-            follow_events(&client, &format!("/v1/transfers/{name}/events"), *follow, json, |_| false)
-                .await?;
+            follow_events(
+                &client,
+                &format!("/v1/transfers/{name}/events"),
+                *follow,
+                json,
+                |_| true,
+                |_| false,
+            )
+            .await?;
         }
     }
     Ok(0)
@@ -322,6 +329,7 @@ pub(crate) async fn follow_events(
     path: &str,
     follow: bool,
     json: bool,
+    keep: impl Fn(&Value) -> bool,
     last: impl Fn(&Value) -> bool,
 ) -> Result<()> {
     if !follow {
@@ -363,6 +371,9 @@ pub(crate) async fn follow_events(
                     let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
                         continue;
                     };
+                    if !keep(&event) {
+                        continue;
+                    }
                     if json {
                         println!("{event}");
                     } else {

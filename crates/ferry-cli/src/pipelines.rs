@@ -7,9 +7,7 @@ use ferry_core::{Error, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{
-    follow_events, print_json, print_table, server_error, text, Client,
-};
+use crate::client::{follow_events, print_json, print_table, server_error, text, Client};
 
 #[derive(Args, Debug)]
 pub struct PipelinesArgs {
@@ -86,7 +84,11 @@ pub async fn pipelines(args: PipelinesArgs) -> Result<u8> {
                 println!(
                     "pipeline/{} {}",
                     text(&body["metadata"]["name"]),
-                    if status == 201 { "created" } else { "configured" }
+                    if status == 201 {
+                        "created"
+                    } else {
+                        "configured"
+                    }
                 );
             }
         }
@@ -106,7 +108,10 @@ pub async fn pipelines(args: PipelinesArgs) -> Result<u8> {
                         text(&p["metadata"]["name"]),
                         text(&s["phase"]),
                         text(&p["spec"]["schedule"]),
-                        p["spec"]["tasks"].as_array().map_or(0, Vec::len).to_string(),
+                        p["spec"]["tasks"]
+                            .as_array()
+                            .map_or(0, Vec::len)
+                            .to_string(),
                         text(&s["lastRun"]["phase"]),
                         text(&s["lastRun"]["finishedAt"]),
                         s["activeRuns"].as_array().map_or(0, Vec::len).to_string(),
@@ -114,7 +119,9 @@ pub async fn pipelines(args: PipelinesArgs) -> Result<u8> {
                 })
                 .collect();
             print_table(
-                &["NAME", "PHASE", "SCHEDULE", "TASKS", "LAST RUN", "FINISHED", "ACTIVE"],
+                &[
+                    "NAME", "PHASE", "SCHEDULE", "TASKS", "LAST RUN", "FINISHED", "ACTIVE",
+                ],
                 rows,
             );
         }
@@ -151,9 +158,9 @@ pub async fn pipelines(args: PipelinesArgs) -> Result<u8> {
             }
             if *wait {
                 let path = format!("{base}/{name}/events");
-                let id2 = id.clone();
-                follow_events(&client, &path, true, json, move |e| {
-                    e["run"].as_str() == Some(id2.as_str())
+                let mine = |e: &Value| e["run"].as_str() == Some(id.as_str());
+                follow_events(&client, &path, true, json, mine, |e| {
+                    mine(e)
                         && matches!(
                             e["reason"].as_str(),
                             Some("PipelineSucceeded" | "PipelineFailed")
@@ -187,7 +194,7 @@ pub async fn pipelines(args: PipelinesArgs) -> Result<u8> {
         }
         PipelinesCommand::Events { name, follow } => {
             let path = format!("{base}/{name}/events");
-            follow_events(&client, &path, *follow, json, |_| false).await?;
+            follow_events(&client, &path, *follow, json, |_| true, |_| false).await?;
         }
         PipelinesCommand::Suspend { name } | PipelinesCommand::Resume { name } => {
             let action = match args.command {
@@ -236,7 +243,15 @@ fn print_runs(body: &Value) {
         })
         .collect();
     print_table(
-        &["RUN", "PHASE", "TRIGGER", "STARTED", "FINISHED", "SUCCEEDED", "ERROR"],
+        &[
+            "RUN",
+            "PHASE",
+            "TRIGGER",
+            "STARTED",
+            "FINISHED",
+            "SUCCEEDED",
+            "ERROR",
+        ],
         rows,
     );
 }
@@ -276,7 +291,9 @@ fn print_tasks(run: &Value) {
         })
         .collect();
     print_table(
-        &["TASK", "PHASE", "ATTEMPT", "PROGRESS", "RECORDS", "BYTES", "NOTE"],
+        &[
+            "TASK", "PHASE", "ATTEMPT", "PROGRESS", "RECORDS", "BYTES", "NOTE",
+        ],
         rows,
     );
 }

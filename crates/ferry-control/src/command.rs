@@ -73,6 +73,7 @@ pub async fn run(spec: &CommandSpec, hidden: &[String], tracker: Arc<Tracker>) -
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }
+    die_with_parent(&mut command);
     let failed = |error: String, class| Outcome::Failed {
         error: scrub_text(&error, hidden),
         class,
@@ -112,7 +113,12 @@ pub async fn run(spec: &CommandSpec, hidden: &[String], tracker: Arc<Tracker>) -
         regex,
         tracker.clone(),
     ));
-    let err = tokio::spawn(follow(child.stderr.take(), stderr.clone(), None, tracker.clone()));
+    let err = tokio::spawn(follow(
+        child.stderr.take(),
+        stderr.clone(),
+        None,
+        tracker.clone(),
+    ));
     let watch = spec.progress.as_ref().and_then(|p| {
         let path = p.watch_path.clone()?;
         let expected = p.expected_bytes?;
@@ -192,6 +198,25 @@ pub async fn run(spec: &CommandSpec, hidden: &[String], tracker: Arc<Tracker>) -
     }
 }
 
+/// The program is killed when this process dies, even by SIGKILL (which runs no drop):
+/// a data plane that restarts runs the command again, and must not find the first one
+/// still running. (Linux only; programs the command starts in turn are not covered.)
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: between fork and exec only async-signal-safe calls may run; prctl is one.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
 /// `: line | line | line`, the last three of `tail`, or nothing.
 fn last_lines(tail: &[String]) -> String {
     let from = tail.len().saturating_sub(3);
@@ -245,7 +270,9 @@ async fn follow(
         if !ended {
             continue;
         }
-        let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+        let text = String::from_utf8_lossy(&line)
+            .trim_end_matches('\r')
+            .to_string();
         line.clear();
         if let Some(re) = &progress {
             let percent = re

@@ -1202,6 +1202,10 @@ impl Inner {
             } => {
                 if let Some(moved) = moved {
                     self.metrics.moved(moved.bytes, moved.num_records);
+                    // A command's exit code and output tell why it failed.
+                    if moved.command.is_some() {
+                        stats.command = moved.command;
+                    }
                 }
                 run.error = Some(error.clone());
                 if class == ErrorClass::Retryable && (run.attempt as u32) <= max_retries {

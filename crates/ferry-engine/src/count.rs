@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type};
-use ferry_connectors::tables::{open_table, Selection};
 use ferry_connectors::open_source;
+use ferry_connectors::tables::{open_table, Selection};
 use ferry_core::{DataAddress, Error, Result, TableAddress};
 use ferry_formats::{open_reader, Format, FormatOptions};
 use tokio::runtime::Handle;
@@ -117,7 +117,6 @@ fn text(column: &Arc<dyn Array>) -> String {
     match column.data_type() {
         DataType::Boolean => column.as_boolean().value(0).to_string(),
         DataType::Int64 => column.as_primitive::<Int64Type>().value(0).to_string(),
-        _ => arrow::util::display::array_value_to_string(column, 0)
-            .unwrap_or_else(|_| "?".into()),
+        _ => arrow::util::display::array_value_to_string(column, 0).unwrap_or_else(|_| "?".into()),
     }
 }

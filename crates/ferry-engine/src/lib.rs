@@ -2,8 +2,8 @@
 
 mod budget;
 mod copy;
-mod events;
 pub mod count;
+mod events;
 pub mod failpoint;
 mod filter;
 pub mod manifest;

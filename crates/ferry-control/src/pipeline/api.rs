@@ -186,7 +186,12 @@ impl Controller {
 
     pub async fn list_pipelines(&self) -> ControlResult<Vec<PipelineView>> {
         let mut views = Vec::new();
-        for record in self.inner.store.list_documents(PIPELINE, None, false).await? {
+        for record in self
+            .inner
+            .store
+            .list_documents(PIPELINE, None, false)
+            .await?
+        {
             let Ok(doc) = serde_json::from_value::<PipelineDoc>(record.document) else {
                 continue;
             };
@@ -247,10 +252,7 @@ impl Controller {
                         None,
                         "Normal",
                         if suspend { "Suspended" } else { "Resumed" },
-                        format!(
-                            "pipeline {}",
-                            if suspend { "suspended" } else { "resumed" }
-                        ),
+                        format!("pipeline {}", if suspend { "suspended" } else { "resumed" }),
                         json!({}),
                     )
                     .await;
@@ -267,9 +269,9 @@ impl Controller {
         params: BTreeMap<String, String>,
     ) -> ControlResult<PipelineRunView> {
         let (_, doc) = self.pipeline_doc(name).await?;
-        let spec = doc
-            .spec()
-            .ok_or_else(|| ControlError::Conflict(format!("pipeline '{name}' has no valid spec")))?;
+        let spec = doc.spec().ok_or_else(|| {
+            ControlError::Conflict(format!("pipeline '{name}' has no valid spec"))
+        })?;
         let unknown: Vec<FieldError> = params
             .keys()
             .filter(|k| !spec.params.contains_key(*k))
@@ -382,7 +384,11 @@ impl Controller {
 
     /// Running tasks' progress, from their runs.
     async fn with_progress(&self, view: &mut PipelineRunView) {
-        for task in view.tasks.iter_mut().filter(|t| t.phase == super::run::RUNNING) {
+        for task in view
+            .tasks
+            .iter_mut()
+            .filter(|t| t.phase == super::run::RUNNING)
+        {
             let Some(id) = &task.run else { continue };
             let local = lock(&self.inner.active)
                 .get(id)

@@ -16,10 +16,7 @@ const EVALUATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Whether `condition` holds now, and what it saw. `params` fill its placeholders; the
 /// text never holds a secret (addresses are shown redacted).
 pub async fn evaluate(condition: &Condition, params: &BTreeMap<String, String>) -> (bool, String) {
-    let value = substitute(
-        &serde_json::to_value(condition).unwrap_or_default(),
-        params,
-    );
+    let value = substitute(&serde_json::to_value(condition).unwrap_or_default(), params);
     let condition: Condition = match serde_json::from_value(value) {
         Ok(c) => c,
         Err(e) => return (false, format!("invalid condition: {e}")),
@@ -29,10 +26,7 @@ pub async fn evaluate(condition: &Condition, params: &BTreeMap<String, String>) 
         Ok(Err(e)) => (false, ferry_core::error::one_line(&e.to_string())),
         Err(_) => (
             false,
-            format!(
-                "no answer within {} s",
-                EVALUATION_TIMEOUT.as_secs()
-            ),
+            format!("no answer within {} s", EVALUATION_TIMEOUT.as_secs()),
         ),
     }
 }
@@ -44,7 +38,10 @@ async fn check(c: &Condition) -> Result<(bool, String), Error> {
     if let Some(table) = &c.table {
         let address = DataAddress::parse(table)?;
         let DataAddress::Table(t) = &address else {
-            return Err(Error::invalid_option("table", format!("{address} is not a table")));
+            return Err(Error::invalid_option(
+                "table",
+                format!("{address} is not a table"),
+            ));
         };
         return Ok(match ferry_connectors::tables::open_table(t).await {
             Ok(_) => (true, format!("table {address} exists")),
@@ -131,7 +128,10 @@ async fn objects_exist(o: &ObjectsCondition) -> Result<(bool, String), Error> {
     let wanted = o.min_count.unwrap_or(1);
     let mut seen = format!("{matching} of {wanted} objects under {address}");
     if young > 0 {
-        seen.push_str(&format!(", {young} younger than {} s", o.min_age_seconds.unwrap_or(0)));
+        seen.push_str(&format!(
+            ", {young} younger than {} s",
+            o.min_age_seconds.unwrap_or(0)
+        ));
     }
     if let Some(m) = &o.marker {
         seen.push_str(if marker { ", " } else { ", no " });

@@ -160,10 +160,7 @@ pub fn next(task: &TaskSpec, tasks: &BTreeMap<String, TaskRun>, failing: Option<
         }
     }
     if let Some(failed) = failing {
-        let on_failure_branch = task
-            .depends_on
-            .iter()
-            .any(|d| d.when != When::Succeeded);
+        let on_failure_branch = task.depends_on.iter().any(|d| d.when != When::Succeeded);
         if !on_failure_branch {
             return Next::Skip(format!("the run fails: task {failed} failed"));
         }
@@ -238,9 +235,9 @@ pub fn task_transfer_name(run: &str, task: &str) -> String {
     if whole.len() <= 63 {
         return whole;
     }
-    let hash = whole
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash = whole.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let head: String = whole.chars().take(46).collect();
     format!("{}-{:016x}", head.trim_end_matches('-'), hash)
 }
@@ -283,7 +280,10 @@ mod tests {
 
     #[test]
     fn a_task_waits_for_every_dependency_then_starts_or_is_skipped_by_its_when() {
-        let load = task("report", &[("load", When::Succeeded), ("check", When::Succeeded)]);
+        let load = task(
+            "report",
+            &[("load", When::Succeeded), ("check", When::Succeeded)],
+        );
         let s = states(&[("load", SUCCEEDED), ("check", RUNNING)]);
         assert_eq!(next(&load, &s, None), Next::Wait);
         let s = states(&[("load", SUCCEEDED), ("check", SUCCEEDED)]);

@@ -57,7 +57,9 @@ impl PipelineDoc {
     }
 
     pub fn name(&self) -> &str {
-        self.manifest["metadata"]["name"].as_str().unwrap_or_default()
+        self.manifest["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
     }
 }
 
@@ -372,7 +374,10 @@ async fn step_task(
         }
     }
     if state.phase == r::WAITING && state.not_before.is_none_or(|t| t <= now) {
-        let condition = task.wait_for.as_ref().expect("waiting tasks have a condition");
+        let condition = task
+            .wait_for
+            .as_ref()
+            .expect("waiting tasks have a condition");
         let (holds, seen) = conditions::evaluate(condition, &run.params).await;
         let poll = condition.poll_seconds.unwrap_or(DEFAULT_POLL_SECONDS) as i64 * 1000;
         let waited = now - state.waiting_since.unwrap_or(now);
@@ -389,7 +394,10 @@ async fn step_task(
             } else {
                 state.not_before = Some(now);
             }
-        } else if let Some(limit) = condition.timeout_seconds.filter(|l| waited >= *l as i64 * 1000) {
+        } else if let Some(limit) = condition
+            .timeout_seconds
+            .filter(|l| waited >= *l as i64 * 1000)
+        {
             let error = format!("waitFor did not hold within {limit} s; last saw: {seen}");
             events.push(said(
                 "Warning",
@@ -471,15 +479,20 @@ fn succeed(task: &TaskSpec, state: &mut TaskRun, now: i64, events: &mut Vec<Said
     state.finished_at = Some(now);
     state.error = None;
     let stats = state.stats.clone().unwrap_or_default();
+    let what = match stats["command"]["exitCode"].as_i64() {
+        Some(code) => format!("exit code {code}"),
+        None => format!(
+            "{} records, {} bytes",
+            stats["numRecords"].as_u64().unwrap_or(0),
+            stats["bytes"].as_u64().unwrap_or(0)
+        ),
+    };
     events.push(said(
         "Normal",
         "TaskSucceeded",
         format!(
-            "task {} succeeded (attempt {}): {} records, {} bytes",
-            task.name,
-            state.attempt,
-            stats["numRecords"].as_u64().unwrap_or(0),
-            stats["bytes"].as_u64().unwrap_or(0)
+            "task {} succeeded (attempt {}): {what}",
+            task.name, state.attempt
         ),
         json!({"task": task.name, "attempt": state.attempt, "stats": stats}),
     ));
@@ -667,8 +680,18 @@ async fn task_transfer(
 }
 
 /// The run `id` of `transfer`, made unless it exists.
-async fn ensure_run(inner: &Arc<Inner>, transfer: &str, id: &str) -> std::result::Result<(), String> {
-    if inner.store.get_run(id).await.map_err(|e| e.to_string())?.is_some() {
+async fn ensure_run(
+    inner: &Arc<Inner>,
+    transfer: &str,
+    id: &str,
+) -> std::result::Result<(), String> {
+    if inner
+        .store
+        .get_run(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
         return Ok(());
     }
     let record = inner

@@ -1071,6 +1071,89 @@ impl DataPlaneStore for PostgresControlStore {
     }
 }
 
+impl PostgresControlStore {
+    async fn documents(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<DocumentRecord>> {
+        let rows = self.query(q, params).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DocumentRecord {
+                    kind: self.get(row, 0)?,
+                    name: self.get(row, 1)?,
+                    parent: self.get(row, 2)?,
+                    active: self.get(row, 3)?,
+                    version: self.get(row, 4)?,
+                    document: self.json(row, 5)?,
+                    updated_at: self.get(row, 6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DocumentStore for PostgresControlStore {
+    async fn put_document(&self, d: &DocumentRecord, expected: Option<i64>) -> Result<Option<i64>> {
+        let version = expected.unwrap_or(0) + 1;
+        let document = text(&d.document);
+        let n = match expected {
+            None => {
+                self.execute(
+                    Q::InsertDocument,
+                    &[
+                        &d.kind,
+                        &d.name,
+                        &d.parent,
+                        &d.active,
+                        &version,
+                        &document,
+                        &d.updated_at,
+                    ],
+                )
+                .await?
+            }
+            Some(expected) => {
+                self.execute(
+                    Q::UpdateDocument,
+                    &[
+                        &d.kind,
+                        &d.name,
+                        &d.parent,
+                        &d.active,
+                        &version,
+                        &document,
+                        &d.updated_at,
+                        &expected,
+                    ],
+                )
+                .await?
+            }
+        };
+        Ok((n == 1).then_some(version))
+    }
+
+    async fn get_document(&self, kind: &str, name: &str) -> Result<Option<DocumentRecord>> {
+        Ok(self.documents(Q::GetDocument, &[&kind, &name]).await?.pop())
+    }
+
+    async fn list_documents(
+        &self,
+        kind: &str,
+        parent: Option<&str>,
+        active_only: bool,
+    ) -> Result<Vec<DocumentRecord>> {
+        self.documents(Q::ListDocuments, &[&kind, &parent, &active_only])
+            .await
+    }
+
+    async fn delete_document(&self, kind: &str, name: &str) -> Result<bool> {
+        Ok(self.execute(Q::DeleteDocument, &[&kind, &name]).await? == 1)
+    }
+
+    async fn delete_documents(&self, kind: &str, parent: &str) -> Result<u64> {
+        self.execute(Q::DeleteDocuments, &[&kind, &parent]).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::Future;
@@ -1360,88 +1443,5 @@ mod tests {
         assert_eq!(config.get_dbname(), Some("shop"));
         assert_eq!(config.get_application_name(), Some("tool"));
         assert_eq!(config.get_ssl_mode(), SslMode::Disable);
-    }
-}
-
-impl PostgresControlStore {
-    async fn documents(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<DocumentRecord>> {
-        let rows = self.query(q, params).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DocumentRecord {
-                    kind: self.get(row, 0)?,
-                    name: self.get(row, 1)?,
-                    parent: self.get(row, 2)?,
-                    active: self.get(row, 3)?,
-                    version: self.get(row, 4)?,
-                    document: self.json(row, 5)?,
-                    updated_at: self.get(row, 6)?,
-                })
-            })
-            .collect()
-    }
-}
-
-#[async_trait]
-impl DocumentStore for PostgresControlStore {
-    async fn put_document(&self, d: &DocumentRecord, expected: Option<i64>) -> Result<Option<i64>> {
-        let version = expected.unwrap_or(0) + 1;
-        let document = text(&d.document);
-        let n = match expected {
-            None => {
-                self.execute(
-                    Q::InsertDocument,
-                    &[
-                        &d.kind,
-                        &d.name,
-                        &d.parent,
-                        &d.active,
-                        &version,
-                        &document,
-                        &d.updated_at,
-                    ],
-                )
-                .await?
-            }
-            Some(expected) => {
-                self.execute(
-                    Q::UpdateDocument,
-                    &[
-                        &d.kind,
-                        &d.name,
-                        &d.parent,
-                        &d.active,
-                        &version,
-                        &document,
-                        &d.updated_at,
-                        &expected,
-                    ],
-                )
-                .await?
-            }
-        };
-        Ok((n == 1).then_some(version))
-    }
-
-    async fn get_document(&self, kind: &str, name: &str) -> Result<Option<DocumentRecord>> {
-        Ok(self.documents(Q::GetDocument, &[&kind, &name]).await?.pop())
-    }
-
-    async fn list_documents(
-        &self,
-        kind: &str,
-        parent: Option<&str>,
-        active_only: bool,
-    ) -> Result<Vec<DocumentRecord>> {
-        self.documents(Q::ListDocuments, &[&kind, &parent, &active_only])
-            .await
-    }
-
-    async fn delete_document(&self, kind: &str, name: &str) -> Result<bool> {
-        Ok(self.execute(Q::DeleteDocument, &[&kind, &name]).await? == 1)
-    }
-
-    async fn delete_documents(&self, kind: &str, parent: &str) -> Result<u64> {
-        self.execute(Q::DeleteDocuments, &[&kind, &parent]).await
     }
 }

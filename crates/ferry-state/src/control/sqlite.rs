@@ -732,29 +732,6 @@ impl DataPlaneStore for SqliteControlStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::super::conformance;
-    use super::SqliteControlStore;
-
-    #[tokio::test]
-    async fn conforms() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteControlStore::open(dir.path()).unwrap();
-        conformance::all(&store).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn two_handles_on_one_file_take_turns_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
-        let b = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
-        conformance::shared_round_robin(a, b).await;
-    }
-}
-
 const DOCUMENT_COLUMNS: &str = "kind, name, parent, active, version, document, updated_at";
 
 fn document_row(r: &Row<'_>) -> rusqlite::Result<(DocumentRecord, String)> {
@@ -859,5 +836,28 @@ impl DocumentStore for SqliteControlStore {
             )
             .map_err(|e| self.fail(e))?;
         Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::conformance;
+    use super::SqliteControlStore;
+
+    #[tokio::test]
+    async fn conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteControlStore::open(dir.path()).unwrap();
+        conformance::all(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_handles_on_one_file_take_turns_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
+        let b = Arc::new(SqliteControlStore::open(dir.path()).unwrap());
+        conformance::shared_round_robin(a, b).await;
     }
 }

@@ -1,0 +1,349 @@
+//! Pipelines through a real `ferry serve`, driven by `ferry pipelines`: a file drop waited
+//! for, loaded into PostgreSQL and counted, a summary exported to S3 as Parquet, a command
+//! whose progress is inferred, a handled failure with its branch; the server killed with
+//! SIGKILL mid-pipeline finishes it without redoing finished tasks. Then retries, timeouts,
+//! missing programs, secrets and validation.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_connectors::testkit::{unique_name, Remote, TestPostgres};
+use serde_json::Value;
+
+mod common;
+
+use common::service::{free_port, Service, TOKEN};
+
+fn serve(root: &Path, port: u16, env: &[(&str, &str)]) -> Service {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(root.join("server"))
+        .env("FERRY_STATE_DIR", root.join("state"))
+        .env_remove("FERRY_FAILPOINT")
+        .envs(env.iter().copied())
+        .current_dir(root);
+    Service::start(cmd, port)
+}
+
+/// `ferry pipelines ARGS` against the server on `port`: exit code, stdout, stderr.
+fn pipelines(root: &Path, port: u16, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("pipelines")
+        .args(args)
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_TOKEN", TOKEN)
+        .current_dir(root)
+        .output()
+        .expect("run ferry pipelines");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pipelines_json(root: &Path, port: u16, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (code, out, err) = pipelines(root, port, &all);
+    assert_eq!(code, 0, "ferry pipelines {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Polls the run until `done` holds (progress has no event to wait for).
+fn wait_run(server: &Service, pipeline: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, run) =
+            server.call("GET", &format!("/v1/pipelines/{pipeline}/runs/{id}"), None);
+        assert_eq!(status, 200, "{run}");
+        if done(&run) {
+            return run;
+        }
+        if Instant::now() > deadline {
+            let (_, events) = server.call("GET", &format!("/v1/pipelines/{pipeline}/events"), None);
+            panic!("the run never got there: {run:#}\n{events:#}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn task<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no task {name} in {run:#}"))
+}
+
+#[test]
+fn a_pipeline_waits_for_a_drop_loads_checks_exports_and_survives_a_killed_server() {
+    let (Some(pg), Some(lake)) = (TestPostgres::get(), Remote::S3.unique("pipeline")) else {
+        return;
+    };
+    let endpoint = std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap();
+    let (bucket, prefix) = lake.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("drop")).unwrap();
+    let table = unique_name("orders").replace('-', "_");
+    let url = pg.url("ferry");
+    let manifest = format!(
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {{name: daily-orders}}
+spec:
+  params:
+    day: {{default: "2026-12-04"}}
+  maxParallel: 3
+  tasks:
+    - name: load
+      waitFor: {{objects: {{address: drop/, glob: "*.csv", marker: _SUCCESS}}, pollSeconds: 1, timeoutSeconds: 300}}
+      transfer:
+        source: {{type: file, path: drop/, format: csv}}
+        destination: {{type: postgres, url: "{url}", table: {table}, mode: overwrite}}
+      check: {{rowCount: {{source: drop/, destination: "{url}?table={table}"}}}}
+    - name: summary
+      dependsOn: [{{task: load}}]
+      transfer:
+        source: {{type: postgres, url: "{url}", query: "SELECT country, count(*) AS orders, sum(amount) AS amount FROM {table} GROUP BY country"}}
+        destination: {{type: s3, bucket: {bucket}, key: "{prefix}${{params.day}}/summary.parquet", endpoint: "{endpoint}"}}
+    - name: crunch
+      dependsOn: [{{task: load}}]
+      command:
+        argv: [sh, -c, 'echo "crunching 50%"; while [ ! -e gate ]; do sleep 0.1; done; echo "crunching 100%"; echo "done ${{params.day}}"']
+        progress: {{stdoutRegex: '(\d+)%'}}
+    - name: probe
+      dependsOn: [{{task: load}}]
+      onFailure: handled
+      command: {{argv: [sh, -c, 'echo "no partner feed today" >&2; exit 3']}}
+    - name: without-partner
+      dependsOn: [{{task: probe, when: failed}}]
+      command: {{argv: [sh, -c, 'echo fallback > fallback.txt']}}
+    - name: with-partner
+      dependsOn: [{{task: probe}}]
+      command: {{argv: ["true"]}}
+"#
+    );
+    std::fs::write(root.join("daily.yaml"), manifest).unwrap();
+    let port = free_port();
+    let mut server = serve(root, port, &[]);
+    let (code, out, err) = pipelines(root, port, &["apply", "-f", "daily.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "pipeline/daily-orders created");
+    let started = pipelines_json(root, port, &["run", "daily-orders", "-p", "day=2026-12-04"]);
+    let id = started["id"].as_str().unwrap().to_string();
+    assert_eq!(started["params"]["day"], "2026-12-04");
+
+    // Nothing to load yet: the task waits, and says what it sees.
+    let waiting = wait_run(&server, "daily-orders", &id, |r| {
+        task(r, "load")["condition"].is_string()
+    });
+    assert_eq!(task(&waiting, "load")["phase"], "Waiting", "{waiting:#}");
+    assert_eq!(
+        task(&waiting, "load")["condition"],
+        "0 of 1 objects under drop/, no _SUCCESS"
+    );
+    std::fs::write(
+        root.join("drop/a.csv"),
+        "id,country,amount\n1,DE,10.5\n2,FR,20\n3,DE,30\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("drop/b.csv"), "id,country,amount\n4,IT,7\n").unwrap();
+    std::fs::write(root.join("drop/_SUCCESS"), "").unwrap();
+
+    // The command reports half way and waits at its gate: the server dies there.
+    let half = wait_run(&server, "daily-orders", &id, |r| {
+        task(r, "crunch")["progress"]["fraction"].as_f64() == Some(0.5)
+    });
+    assert_eq!(task(&half, "load")["phase"], "Succeeded", "{half:#}");
+    server.kill_9();
+    let mut server = serve(root, port, &[]);
+    std::fs::write(root.join("gate"), "").unwrap();
+    wait_run(&server, "daily-orders", &id, |r| {
+        r["finishedAt"].is_string()
+    });
+
+    let done = pipelines_json(root, port, &["runs", "daily-orders", &id]);
+    assert_eq!(done["phase"], "Succeeded", "{done:#}");
+    let load = task(&done, "load");
+    assert_eq!(
+        (load["phase"].as_str(), load["attempt"].as_u64()),
+        (Some("Succeeded"), Some(1))
+    );
+    assert_eq!(load["stats"]["numRecords"], 4);
+    assert_eq!(
+        load["condition"],
+        format!("4 rows at drop/, 4 at {url}?table={table}")
+    );
+    assert_eq!(
+        pg.sql("ferry", &format!("SELECT count(*) FROM {table}")),
+        "4"
+    );
+    let summary = task(&done, "summary");
+    assert_eq!(summary["phase"], "Succeeded");
+    assert_eq!(summary["stats"]["numRecords"], 3, "{summary:#}");
+    let crunch = task(&done, "crunch");
+    assert_eq!(crunch["phase"], "Succeeded");
+    let tail = crunch["stats"]["command"]["stdoutTail"].as_array().unwrap();
+    assert_eq!(tail.last().unwrap(), "done 2026-12-04", "{crunch:#}");
+    let probe = task(&done, "probe");
+    assert_eq!(probe["phase"], "Failed");
+    assert_eq!(probe["handled"], true);
+    assert_eq!(
+        probe["error"],
+        "command sh exited with code 3: no partner feed today"
+    );
+    assert_eq!(task(&done, "without-partner")["phase"], "Succeeded");
+    assert_eq!(task(&done, "with-partner")["phase"], "Skipped");
+    assert_eq!(
+        std::fs::read_to_string(root.join("fallback.txt")).unwrap(),
+        "fallback\n"
+    );
+
+    // Finished tasks were not run again after the restart: one run of the load, one start.
+    let (_, runs) = server.call("GET", &format!("/v1/transfers/{id}-load/runs"), None);
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs:#}");
+    let events = pipelines_json(root, port, &["events", "daily-orders"]);
+    let started_load = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "TaskStarted" && e["data"]["task"] == "load")
+        .count();
+    assert_eq!(started_load, 1, "{events:#}");
+
+    // The summary is in the lake, under the parameter's day.
+    let back = root.join("back");
+    let copied = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["copy", &format!("{lake}2026-12-04/summary.parquet")])
+        .arg(back.join("summary.csv"))
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let csv = std::fs::read_to_string(back.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("DE,2,40.5")), "{csv}");
+
+    let (code, out, _) = pipelines(root, port, &["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("daily-orders") && out.contains("Succeeded"),
+        "{out}"
+    );
+    assert!(server.terminate());
+}
+
+#[test]
+fn tasks_retry_time_out_name_what_failed_and_never_show_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let secret = format!("pl-secret-{:x}", std::process::id() as u64 * 7919);
+    let manifest = r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: faults}
+spec:
+  tasks:
+    - name: flaky
+      retries: {count: 2, backoffSeconds: 1}
+      command: {argv: [sh, -c, 'n=$(cat tries 2>/dev/null || echo 0); echo $((n+1)) > tries; [ "$n" -ge 1 ]']}
+    - name: missing
+      command: {argv: [no-such-program-ferry, --version]}
+    - name: never
+      waitFor: {objects: {address: nothing-here/, minCount: 2}, pollSeconds: 1, timeoutSeconds: 2}
+      command: {argv: ["true"]}
+    - name: talkative
+      onFailure: continue
+      command:
+        argv: [sh, -c, 'echo "token is $API_TOKEN"; echo "bad token $API_TOKEN" >&2; exit 1']
+        env: {API_TOKEN: "ref+env://FERRY_PL_SECRET"}
+"#;
+    std::fs::write(root.join("faults.yaml"), manifest).unwrap();
+    let port = free_port();
+    let mut server = serve(root, port, &[("FERRY_PL_SECRET", &secret)]);
+    assert_eq!(pipelines(root, port, &["apply", "-f", "faults.yaml"]).0, 0);
+    let (code, out, _) = pipelines(root, port, &["run", "faults", "--wait"]);
+    assert_eq!(code, 1, "a failed run exits 1: {out}");
+    let runs = pipelines_json(root, port, &["runs", "faults"]);
+    let run = &runs[0];
+    assert_eq!(run["phase"], "Failed", "{run:#}");
+
+    let flaky = task(run, "flaky");
+    assert_eq!(
+        (flaky["phase"].as_str(), flaky["attempt"].as_u64()),
+        (Some("Succeeded"), Some(2))
+    );
+    let missing = task(run, "missing");
+    assert_eq!(missing["phase"], "Failed");
+    assert_eq!(
+        missing["error"],
+        "command no-such-program-ferry: not found on this data plane's PATH"
+    );
+    let never = task(run, "never");
+    assert_eq!(never["phase"], "Failed");
+    assert_eq!(
+        never["error"],
+        "waitFor did not hold within 2 s; last saw: 0 of 2 objects under nothing-here/"
+    );
+    let talkative = task(run, "talkative");
+    assert_eq!(
+        talkative["error"],
+        "command sh exited with code 1: bad token ***"
+    );
+    assert_eq!(
+        talkative["stats"]["command"]["stdoutTail"][0],
+        "token is ***"
+    );
+    // The run's error names every unhandled failure.
+    let error = run["error"].as_str().unwrap();
+    for name in ["missing:", "never:", "talkative:"] {
+        assert!(error.contains(name), "{error}");
+    }
+    let events = pipelines_json(root, port, &["events", "faults"]);
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "TaskRetrying" && e["data"]["task"] == "flaky"));
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "ConditionTimedOut"));
+
+    // The secret is nowhere: not in answers, events, or the server's log.
+    let (_, transfers) = server.call("GET", "/v1/transfers", None);
+    for shown in [run.to_string(), events.to_string(), transfers.to_string()] {
+        assert!(!shown.contains(&secret));
+    }
+    assert!(server.terminate());
+    let log: Vec<String> = server.lines.try_iter().collect();
+    assert!(!log.iter().any(|l| l.contains(&secret)));
+
+    // Bad manifests: every problem at once, each naming its field.
+    std::fs::write(
+        root.join("bad.yaml"),
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: bad}
+spec:
+  tasks:
+    - {name: a, dependsOn: [{task: b}], command: {argv: ["true"]}}
+    - {name: b, dependsOn: [{task: a}], command: {argv: ["true"]}}
+    - {name: c, transferRef: x, command: {argv: ["true"]}}
+"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let _server = serve(root, port, &[]);
+    let (code, _, err) = pipelines(root, port, &["apply", "-f", "bad.yaml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a → b → a"), "{err}");
+    assert!(err.contains("spec.tasks[2]: exactly one of"), "{err}");
+}

@@ -64,6 +64,9 @@ struct Settings {
     tokens: Vec<String>,
     #[serde(default)]
     webhooks: Vec<WebhookConfig>,
+    /// Channels pipelines notify (e-mail, Slack-compatible and plain webhooks).
+    #[serde(default)]
+    notifications: ferry_control::notify::NotificationsConfig,
     #[serde(default)]
     secrets: SecretsConfig,
     max_active_runs: Option<usize>,
@@ -345,7 +348,9 @@ async fn run_service(
     )
     .await?;
     let engines = engines(&settings.engines, role)?;
-    let mut controller = Controller::new(store, config, secrets, webhooks);
+    let notifier = ferry_control::notify::Notifier::start(settings.notifications.clone())
+        .map_err(|e| bad("notifications", e))?;
+    let mut controller = Controller::new(store, config, secrets, webhooks).with_notifier(notifier);
     if !engines.is_empty() {
         controller = controller.with_engines(engines, Default::default());
     }

@@ -347,3 +347,160 @@ spec:
     assert!(err.contains("a → b → a"), "{err}");
     assert!(err.contains("spec.tasks[2]: exactly one of"), "{err}");
 }
+
+/// Mails in the test server's maildir addressed to `to`.
+fn mails_to(to: &str) -> Vec<String> {
+    let dir = std::path::PathBuf::from(std::env::var("FERRY_TEST_SMTP_MAILDIR").unwrap());
+    let mut found = Vec::new();
+    for sub in ["new", "cur"] {
+        for entry in std::fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if text.contains(to) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn failures_are_mailed_over_starttls_and_posted_once_and_handled_ones_never() {
+    let Ok(smtp) = std::env::var("FERRY_TEST_SMTP") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FERRY_TEST_SMTP is not set"
+        );
+        return;
+    };
+    let ca = std::env::var("FERRY_TEST_SMTP_CA").unwrap();
+    let user = std::env::var("FERRY_TEST_SMTP_USER").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let to = format!("{}@example.com", unique_name("ops"));
+    // The chat endpoint refuses the first post: the channel retries it.
+    let mut chat = common::service::Callbacks::failing_first(1);
+    let dead = free_port();
+    std::fs::write(
+        root.join("settings.yaml"),
+        format!(
+            r#"notifications:
+  publicUrl: https://ferry.example.com
+  attempts: 3
+  retrySeconds: 0.05
+  channels:
+  - name: ops-mail
+    email: {{server: "{smtp}", caFile: "{ca}", username: {user}, password: env:FERRY_SMTP_PASSWORD, from: "ferry <ferry@example.com>", to: ["{to}"]}}
+  - name: team-chat
+    slack: {{url: "http://127.0.0.1:{}/hooks/team"}}
+  - name: dead-hook
+    webhook: {{url: "http://127.0.0.1:{dead}/gone"}}
+"#,
+            chat.port
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("alerts.yaml"),
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: alerts}
+spec:
+  tasks:
+    - name: export
+      command: {argv: [sh, -c, 'echo "disk full" >&2; exit 4']}
+    - name: optional
+      onFailure: handled
+      command: {argv: ["false"]}
+  notify:
+    - {channel: ops-mail, on: [TaskFailed, PipelineFailed]}
+    - {channel: team-chat, on: [PipelineFailed]}
+    - {channel: dead-hook, on: [PipelineFailed]}
+"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let password = std::env::var("FERRY_TEST_SMTP_PASSWORD").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(root.join("settings.yaml"))
+        .arg("--data-dir")
+        .arg(root.join("server"))
+        .env("FERRY_SMTP_PASSWORD", &password)
+        .current_dir(root);
+    let server = Service::start(cmd, port);
+    assert_eq!(pipelines(root, port, &["apply", "-f", "alerts.yaml"]).0, 0);
+    // The same failure twice: the second run notifies nobody.
+    for _ in 0..2 {
+        let (code, out, _) = pipelines(root, port, &["run", "alerts", "--wait"]);
+        assert_eq!(code, 1, "{out}");
+    }
+    let posted = chat.wait("/hooks/team");
+    let text = posted.to_string();
+    assert!(text.contains("PipelineFailed alerts"), "{posted:#}");
+    assert!(text.contains("disk full"), "{posted:#}");
+    assert!(
+        text.contains("https://ferry.example.com/v1/pipelines/alerts/runs/alerts-"),
+        "{posted:#}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metric = |name: &str| -> Option<u64> {
+        let (_, body) = server.call("GET", "/metrics", None);
+        let text = body.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    // Two mails (the task, the run), the dead hook given up, the repeats suppressed.
+    loop {
+        let mails = mails_to(&to);
+        let failed = metric(r#"ferry_notifications_total{channel="dead-hook",result="failed"}"#);
+        if mails.len() >= 2 && failed == Some(1) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log: Vec<String> = server.lines.try_iter().collect();
+            panic!("{} mails, dead hook {failed:?}; log: {log:#?}", mails.len());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mails = mails_to(&to);
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    let task_mail = mails
+        .iter()
+        .find(|m| m.contains("Subject: [ferry] TaskFailed alerts: task export"))
+        .unwrap_or_else(|| panic!("{mails:#?}"));
+    assert!(
+        task_mail.contains("Error: command sh exited with code 4: disk full"),
+        "{task_mail}"
+    );
+    assert!(
+        !mails.iter().any(|m| m.contains("optional")),
+        "a handled failure mailed: {mails:#?}"
+    );
+    assert_eq!(
+        metric(r#"ferry_notifications_total{channel="ops-mail",result="suppressed"}"#),
+        Some(2)
+    );
+    assert_eq!(
+        metric(r#"ferry_notifications_total{channel="team-chat",result="sent"}"#),
+        Some(1)
+    );
+    // A rule naming a channel the server lacks is refused with its field.
+    std::fs::write(
+        root.join("unknown.yaml"),
+        "apiVersion: ferry.dev/v1\nkind: Pipeline\nmetadata: {name: unknown}\nspec:\n  tasks: [{name: a, command: {argv: [\"true\"]}}]\n  notify: [{channel: pager, on: [PipelineFailed]}]\n",
+    )
+    .unwrap();
+    let (code, _, err) = pipelines(root, port, &["apply", "-f", "unknown.yaml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("spec.notify[0].channel: no channel named pager"),
+        "{err}"
+    );
+}

@@ -149,6 +149,8 @@ pub(crate) struct Inner {
     dispatcher: std::sync::OnceLock<Dispatcher>,
     /// External engines runs can be delegated to, and the rules that choose.
     engines: std::sync::OnceLock<(Engines, Router)>,
+    /// Where pipelines' notifications go.
+    pub(crate) notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 pub(crate) struct Active {
@@ -207,8 +209,15 @@ impl Controller {
                 callbacks,
                 dispatcher: std::sync::OnceLock::new(),
                 engines: std::sync::OnceLock::new(),
+                notifier: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sends pipelines' notifications through these channels. Set once.
+    pub fn with_notifier(self, notifier: crate::notify::Notifier) -> Self {
+        let _ = self.inner.notifier.set(notifier);
+        self
     }
 
     /// Dispatches runs to remote data planes instead of executing them (role `Control`).
@@ -677,7 +686,7 @@ impl Controller {
             inner.webhooks.failed(),
             inner.webhooks.dropped(),
         );
-        Ok(inner.metrics.render(&Snapshot {
+        let mut text = inner.metrics.render(&Snapshot {
             transfers_by_phase: by_phase,
             active_runs: lock(&inner.active).len() as u64,
             webhook_delivered: hooks.0,
@@ -689,7 +698,24 @@ impl Controller {
                 .iter()
                 .map(|e| (e.name().to_string(), e.active() as u64))
                 .collect(),
-        }))
+        });
+        if let Some(notifier) = inner.notifier.get() {
+            text.push_str(
+                "# HELP ferry_notifications_total Pipeline notifications by channel and result.\n\
+                 # TYPE ferry_notifications_total counter\n",
+            );
+            for (channel, counts) in notifier.counts() {
+                for (result, n) in ["sent", "failed", "dropped", "suppressed"]
+                    .iter()
+                    .zip(counts)
+                {
+                    text.push_str(&format!(
+                        "ferry_notifications_total{{channel=\"{channel}\",result=\"{result}\"}} {n}\n"
+                    ));
+                }
+            }
+        }
+        Ok(text)
     }
 }
 

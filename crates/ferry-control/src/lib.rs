@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod engines;
 pub mod execute;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod resource;
 pub mod retry;

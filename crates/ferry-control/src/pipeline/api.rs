@@ -116,6 +116,31 @@ impl Controller {
     /// Creates the pipeline, or replaces its spec; true when it was created.
     pub async fn apply_pipeline(&self, raw: Value) -> ControlResult<(PipelineView, bool)> {
         let manifest = validate_pipeline(raw).map_err(ControlError::Invalid)?;
+        let unknown: Vec<FieldError> = manifest
+            .spec
+            .notify
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| {
+                !self
+                    .inner
+                    .notifier
+                    .get()
+                    .is_some_and(|n| n.has(&rule.channel))
+            })
+            .map(|(i, rule)| {
+                FieldError::new(
+                    format!("spec.notify[{i}].channel"),
+                    format!(
+                        "no channel named {} in the server's notifications settings",
+                        rule.channel
+                    ),
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ControlError::Invalid(unknown));
+        }
         let store = &self.inner.store;
         loop {
             let now = now_ms();

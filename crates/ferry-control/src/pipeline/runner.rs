@@ -314,6 +314,7 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
         // Another writer came first; the next pass starts from what it wrote.
         return Ok(());
     }
+    notify(inner, &spec, &run, &events);
     for e in events {
         inner
             .emit(
@@ -330,6 +331,38 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
         prune(inner, &run.pipeline).await?;
     }
     Ok(())
+}
+
+/// Sends what the pipeline's `notify` rules ask for. Handled failures notify nobody.
+fn notify(inner: &Arc<Inner>, spec: &PipelineSpec, run: &PipelineRun, events: &[Said]) {
+    let Some(notifier) = inner.notifier.get() else {
+        return;
+    };
+    for e in events {
+        if e.data["handled"].as_bool() == Some(true) {
+            continue;
+        }
+        for rule in &spec.notify {
+            let wanted = rule.on.iter().any(|r| r == e.reason)
+                && rule.severity.as_deref().is_none_or(|s| s == e.severity);
+            if !wanted {
+                continue;
+            }
+            notifier.send(
+                &rule.channel,
+                crate::notify::Note {
+                    pipeline: run.pipeline.clone(),
+                    run: run.id.clone(),
+                    task: e.data["task"].as_str().map(str::to_string),
+                    reason: e.reason.to_string(),
+                    severity: e.severity.to_string(),
+                    message: e.message.clone(),
+                    error: e.data["error"].as_str().map(str::to_string),
+                    link: notifier.link(&run.pipeline, &run.id),
+                },
+            );
+        }
+    }
 }
 
 /// Moves one task as far as it can go now.

@@ -151,13 +151,15 @@ pub struct Notifier {
 }
 
 enum Sender {
-    Email {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
-        from: Mailbox,
-        to: Vec<Mailbox>,
-    },
+    Email(Box<Email>),
     Slack(Hook),
     Webhook(Hook),
+}
+
+struct Email {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
 }
 
 struct Hook {
@@ -195,7 +197,7 @@ impl Notifier {
                 sender,
                 notes,
                 counts.clone(),
-                backoff.clone(),
+                backoff,
                 attempts.max(1),
             ));
             channels.insert(c.name.clone(), Channel { queue, counts });
@@ -359,7 +361,7 @@ fn sender(at: &str, c: &ChannelConfig) -> Result<Sender, String> {
     if e.to.is_empty() {
         return Err(format!("{at}.to: at least one address"));
     }
-    Ok(Sender::Email {
+    Ok(Sender::Email(Box::new(Email {
         transport: transport.build(),
         from: mailbox("from", &e.from)?,
         to: e
@@ -367,7 +369,7 @@ fn sender(at: &str, c: &ChannelConfig) -> Result<Sender, String> {
             .iter()
             .map(|t| mailbox("to", t))
             .collect::<Result<_, _>>()?,
-    })
+    })))
 }
 
 async fn deliver(
@@ -403,11 +405,12 @@ async fn deliver(
 
 async fn send_one(sender: &Sender, note: &Note) -> Result<(), String> {
     match sender {
-        Sender::Email {
-            transport,
-            from,
-            to,
-        } => {
+        Sender::Email(email) => {
+            let Email {
+                transport,
+                from,
+                to,
+            } = email.as_ref();
             let mut mail = Mail::builder().from(from.clone()).subject(note.subject());
             for t in to {
                 mail = mail.to(t.clone());

@@ -504,3 +504,131 @@ spec:
         "{err}"
     );
 }
+
+fn runs_of(server: &Service, pipeline: &str) -> Vec<Value> {
+    let (status, runs) = server.call("GET", &format!("/v1/pipelines/{pipeline}/runs"), None);
+    assert_eq!(status, 200, "{runs}");
+    runs.as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until `pipeline` has `n` finished runs.
+fn wait_finished(server: &Service, pipeline: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs = runs_of(server, pipeline);
+        let done = runs.iter().filter(|r| r["finishedAt"].is_string()).count();
+        if done >= n {
+            return runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pipeline}: {done} of {n} runs: {runs:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn new_objects_start_one_run_each_across_a_restart_and_runs_chain_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("drop")).unwrap();
+    std::fs::write(root.join("drop/old.csv"), "id\n0\n").unwrap();
+    std::fs::write(
+        root.join("ingest.yaml"),
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: ingest}
+spec:
+  trigger: {objectCreated: {address: drop/, glob: "*.csv"}}
+  tasks:
+    - name: note
+      command: {argv: [sh, -c, 'echo "${trigger.object.key}" >> fired.txt']}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("report.yaml"),
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: report}
+spec:
+  trigger: {after: {pipeline: ingest, when: succeeded}}
+  tasks:
+    - name: note
+      command: {argv: [sh, -c, 'echo "${trigger.run}" >> after.txt']}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("watcher.yaml"),
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: watcher}
+spec:
+  trigger: {objectCreated: {address: "s3://nowhere/in/?endpoint=http://127.0.0.1:9&allow_http=true", pollSeconds: 1}}
+  tasks:
+    - {name: note, command: {argv: ["true"]}}
+"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = serve(root, port, &[]);
+    for file in ["ingest.yaml", "report.yaml", "watcher.yaml"] {
+        let (code, _, err) = pipelines(root, port, &["apply", "-f", file]);
+        assert_eq!(code, 0, "{file}: {err}");
+    }
+    std::fs::write(root.join("drop/a.csv"), "id\n1\n").unwrap();
+    std::fs::write(root.join("drop/b.csv"), "id\n2\n").unwrap();
+    std::fs::write(root.join("drop/notes.txt"), "not a csv").unwrap();
+    wait_finished(&server, "ingest", 2);
+    wait_finished(&server, "report", 2);
+    server.kill_9();
+    let server = serve(root, port, &[]);
+    std::fs::write(root.join("drop/c.csv"), "id\n3\n").unwrap();
+    let ingested = wait_finished(&server, "ingest", 3);
+    let reported = wait_finished(&server, "report", 3);
+
+    // Each new object fired once; the one already there and the other kind never did.
+    let mut fired: Vec<String> = std::fs::read_to_string(root.join("fired.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    fired.sort();
+    assert_eq!(fired, ["a.csv", "b.csv", "c.csv"]);
+    assert_eq!(ingested.len(), 3, "{ingested:#?}");
+    assert!(ingested.iter().all(|r| r["trigger"] == "objectCreated"));
+    // Each ingest run started one report run, naming it.
+    let mut after: Vec<String> = std::fs::read_to_string(root.join("after.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    after.sort();
+    let mut ids: Vec<String> = ingested
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(after, ids);
+    assert_eq!(reported.len(), 3);
+
+    // A store that does not answer: a warning, no run.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, events) = server.call("GET", "/v1/pipelines/watcher/events", None);
+        if let Some(e) = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["reason"] == "TriggerFailing")
+        {
+            assert_eq!(e["type"], "Warning");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(runs_of(&server, "watcher").is_empty());
+}

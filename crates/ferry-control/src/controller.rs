@@ -151,6 +151,7 @@ pub(crate) struct Inner {
     engines: std::sync::OnceLock<(Engines, Router)>,
     /// Where pipelines' notifications go.
     pub(crate) notifier: std::sync::OnceLock<crate::notify::Notifier>,
+    pub(crate) trigger_polls: Mutex<crate::pipeline::triggers::Polls>,
 }
 
 pub(crate) struct Active {
@@ -210,6 +211,7 @@ impl Controller {
                 dispatcher: std::sync::OnceLock::new(),
                 engines: std::sync::OnceLock::new(),
                 notifier: std::sync::OnceLock::new(),
+                trigger_polls: Mutex::new(Default::default()),
             }),
         }
     }

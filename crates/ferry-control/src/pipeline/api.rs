@@ -231,6 +231,10 @@ impl Controller {
     pub async fn delete_pipeline(&self, name: &str) -> ControlResult<()> {
         self.pipeline_doc(name).await?;
         self.inner.store.delete_document(PIPELINE, name).await?;
+        self.inner
+            .store
+            .delete_document(super::triggers::TRIGGER, name)
+            .await?;
         for run in self.stored_runs(name).await? {
             for state in run.tasks.values().filter(|t| !t.finished()) {
                 if let Some(id) = &state.run {

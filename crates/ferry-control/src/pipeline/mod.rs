@@ -9,7 +9,8 @@
 //!   inline spec, or a `kind: Command` for a command), so the control loop dispatches it
 //!   to a data plane, retries and resumes it like any run;
 //! - [`conditions`]: what `waitFor` and `check` look at;
-//! - [`templates`]: the built-in task templates.
+//! - [`templates`]: the built-in task templates;
+//! - [`triggers`]: new objects under a prefix, and the end of another run.
 
 pub mod api;
 pub mod conditions;
@@ -17,6 +18,7 @@ pub mod run;
 pub mod runner;
 pub mod spec;
 pub mod templates;
+pub mod triggers;
 
 pub use api::{PipelineRunView, PipelineStatus, PipelineView, TaskRunView};
 pub use run::{PipelineRun, TaskRun};

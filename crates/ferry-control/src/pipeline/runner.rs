@@ -72,6 +72,11 @@ pub fn events_key(pipeline: &str) -> String {
 pub(crate) async fn tick(inner: &Arc<Inner>) -> Result<()> {
     let now = now_ms();
     for record in inner.store.list_documents(PIPELINE, None, false).await? {
+        if let Ok(doc) = serde_json::from_value::<PipelineDoc>(record.document.clone()) {
+            if let Some(spec) = doc.spec() {
+                super::triggers::poll(inner, &doc, &spec).await;
+            }
+        }
         if let Err(e) = fire_schedule(inner, record, now).await {
             tracing::warn!("pipeline schedule: {e}");
         }

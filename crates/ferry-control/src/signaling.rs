@@ -762,6 +762,7 @@ impl Controller {
     pub fn flow_notified(&self, id: &str, event: &str) {
         tracing::debug!(run = id, event, "data plane callback");
         self.inner().wake.notify_one();
+        self.inner().pipeline_wake.notify_one();
     }
 
     /// `GET /dataflows/{id}`.

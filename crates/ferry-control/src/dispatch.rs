@@ -20,6 +20,9 @@ use serde_json::{json, Value};
 use crate::controller::{lock, now_ms, Inner, SUSPENDED};
 use crate::selector::{DataPlaneRegistry, InstanceState, RegistryError, RunRequest};
 
+/// Runs handed to data planes at once in one pass.
+const DISPATCH_CONCURRENCY: usize = 8;
+
 /// Chooses a data plane for each run waiting to execute and tells it to start.
 pub struct Dispatcher {
     registry: Arc<dyn DataPlaneRegistry>,
@@ -58,18 +61,23 @@ impl Dispatcher {
     }
 
     pub(crate) async fn dispatch(&self, inner: &Arc<Inner>, runs: Vec<RunRecord>, now: i64) {
-        for run in runs {
-            if inner.stopping() {
-                break;
-            }
-            let held = run.owner.is_some() && run.lease_until.is_some_and(|t| t > now);
-            if held || run.phase == SUSPENDED || run.not_before.is_some_and(|t| t > now) {
-                continue;
-            }
-            if let Err(e) = self.dispatch_one(inner, &run).await {
-                tracing::warn!("run {}: dispatch: {e}", run.id);
-            }
-        }
+        use futures::StreamExt;
+        // Several at once: each waits for its data plane's answer, and runs made together
+        // (a pipeline's parallel tasks) should not queue behind each other.
+        futures::stream::iter(runs)
+            .for_each_concurrent(DISPATCH_CONCURRENCY, |run| async move {
+                if inner.stopping() {
+                    return;
+                }
+                let held = run.owner.is_some() && run.lease_until.is_some_and(|t| t > now);
+                if held || run.phase == SUSPENDED || run.not_before.is_some_and(|t| t > now) {
+                    return;
+                }
+                if let Err(e) = self.dispatch_one(inner, &run).await {
+                    tracing::warn!("run {}: dispatch: {e}", run.id);
+                }
+            })
+            .await;
     }
 
     async fn dispatch_one(&self, inner: &Arc<Inner>, run: &RunRecord) -> Result<()> {

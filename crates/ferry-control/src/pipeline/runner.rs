@@ -242,6 +242,7 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
         return Ok(());
     };
     let mut events = Vec::new();
+    let mut starts = Vec::new();
     if run.phase == r::PENDING {
         run.phase = r::RUNNING.into();
         run.started_at = Some(now);
@@ -265,9 +266,43 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
             (failing.as_deref(), busy < parallel),
             now,
             &mut events,
+            &mut starts,
         )
         .await;
         run.tasks.insert(task.name.clone(), state);
+    }
+    // The attempts decided on start together: each makes its transfer and run.
+    let (spec_ref, run_ref) = (&spec, &run);
+    let made = futures::future::join_all(starts.iter().map(|name| async move {
+        let task = spec_ref
+            .tasks
+            .iter()
+            .find(|t| &t.name == name)
+            .expect("a task of the run");
+        let state = &run_ref.tasks[name];
+        (task, make_attempt(inner, run_ref, task, state).await)
+    }))
+    .await;
+    for (task, result) in made {
+        let state = run.tasks.get_mut(&task.name).expect("a task of the run");
+        match result {
+            Ok(transfer) => {
+                let id = state.run.clone().unwrap_or_default();
+                state.transfer = Some(transfer.clone());
+                events.push(said(
+                    "Normal",
+                    "TaskStarted",
+                    format!(
+                        "task {} started (attempt {}): run {id} of transfer {transfer}",
+                        task.name, state.attempt
+                    ),
+                    json!({"task": task.name, "attempt": state.attempt, "transfer": transfer, "run": id}),
+                ));
+            }
+            // Nothing to retry: the task cannot be made into a run.
+            Err((e, false)) => finish_failed(task, state, e, now, &mut events),
+            Err((e, true)) => attempt_failed(task, state, e, now, &mut events),
+        }
     }
     if run.tasks.values().all(TaskRun::finished) {
         let (phase, error) = r::outcome(&run.tasks);
@@ -379,6 +414,7 @@ async fn step_task(
     (failing, free): (Option<&str>, bool),
     now: i64,
     events: &mut Vec<Said>,
+    starts: &mut Vec<String>,
 ) {
     let name = &task.name;
     if state.phase == r::PENDING {
@@ -406,7 +442,7 @@ async fn step_task(
             Next::Start if !free => return,
             Next::Start => {
                 state.started_at = Some(now);
-                start_attempt(inner, run, task, state, now, events).await;
+                plan_attempt(&run.id, task, state, now, starts);
                 return;
             }
         }
@@ -428,7 +464,7 @@ async fn step_task(
                     format!("task {name}: waitFor holds: {seen}"),
                     json!({"task": name, "seen": seen}),
                 ));
-                start_attempt(inner, run, task, state, now, events).await;
+                plan_attempt(&run.id, task, state, now, starts);
             } else {
                 state.not_before = Some(now);
             }
@@ -450,7 +486,7 @@ async fn step_task(
         return;
     }
     if state.phase == r::RETRYING && state.not_before.is_none_or(|t| t <= now) && free {
-        start_attempt(inner, run, task, state, now, events).await;
+        plan_attempt(&run.id, task, state, now, starts);
         return;
     }
     if state.phase == r::RUNNING {
@@ -598,47 +634,41 @@ fn finish_failed(
 }
 
 /// Starts the next attempt: the transfer it runs as, and that transfer's run.
-async fn start_attempt(
-    inner: &Arc<Inner>,
-    run: &PipelineRun,
+fn plan_attempt(
+    run: &str,
     task: &TaskSpec,
     state: &mut TaskRun,
     now: i64,
-    events: &mut Vec<Said>,
+    starts: &mut Vec<String>,
 ) {
     state.attempt += 1;
     state.phase = r::RUNNING.into();
     state.attempt_started_at = Some(now);
     state.not_before = None;
-    let transfer = match task_transfer(inner, run, task).await {
-        Ok(name) => name,
-        Err(e) => {
-            // Nothing to retry: the task cannot be made into a run.
-            state.attempt = state.attempt.max(1);
-            finish_failed(task, state, e, now, events);
-            return;
-        }
-    };
-    let id = format!(
+    state.run = Some(format!(
         "{}-a{}",
-        r::task_transfer_name(&run.id, &task.name),
+        r::task_transfer_name(run, &task.name),
         state.attempt
-    );
-    state.transfer = Some(transfer.clone());
-    state.run = Some(id.clone());
-    if let Err(e) = ensure_run(inner, &transfer, &id).await {
-        attempt_failed(task, state, e, now, events);
-        return;
-    }
-    events.push(said(
-        "Normal",
-        "TaskStarted",
-        format!(
-            "task {} started (attempt {}): run {id} of transfer {transfer}",
-            task.name, state.attempt
-        ),
-        json!({"task": task.name, "attempt": state.attempt, "transfer": transfer, "run": id}),
     ));
+    starts.push(task.name.clone());
+}
+
+/// Makes the transfer and the run of a planned attempt; the error says whether another
+/// attempt may do better.
+async fn make_attempt(
+    inner: &Arc<Inner>,
+    run: &PipelineRun,
+    task: &TaskSpec,
+    state: &TaskRun,
+) -> std::result::Result<String, (String, bool)> {
+    let transfer = task_transfer(inner, run, task)
+        .await
+        .map_err(|e| (e, false))?;
+    let id = state.run.clone().unwrap_or_default();
+    ensure_run(inner, &transfer, &id)
+        .await
+        .map_err(|e| (e, true))?;
+    Ok(transfer)
 }
 
 /// The transfer a task's attempts run: the stored one it names, or one made for this

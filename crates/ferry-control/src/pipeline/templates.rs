@@ -142,3 +142,74 @@ fn path_text(text: &str, path: &std::path::Path) -> String {
         shown
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(name: &str, params: &[(&str, &str)]) -> TemplateUse {
+        TemplateUse {
+            name: name.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn templates_expand_into_specs_a_transfer_or_command_accepts() {
+        let (kind, spec) = expand(&used(
+            "table-to-lake",
+            &[
+                ("table", "postgres://ferry@db:5432/shop?table=orders"),
+                (
+                    "destination",
+                    "s3://lake/orders/?endpoint=http://127.0.0.1:9000",
+                ),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(kind, "BatchTransfer");
+        assert_eq!(spec["source"]["type"], "postgres");
+        assert_eq!(spec["source"]["table"], "orders");
+        assert_eq!(spec["destination"]["bucket"], "lake");
+        assert_eq!(spec["destination"]["key"], "orders/");
+        assert_eq!(spec["destination"]["endpoint"], "http://127.0.0.1:9000");
+        assert_eq!(spec["destination"]["format"], "parquet");
+        // What it expands to is a BatchTransfer the service accepts.
+        let manifest = json!({"apiVersion": "ferry.dev/v1", "kind": kind,
+            "metadata": {"name": "t"}, "spec": spec});
+        assert!(crate::resource::validate(manifest).is_ok());
+
+        let (kind, spec) = expand(&used(
+            "copy-tree",
+            &[("source", "in/"), ("destination", "/lake/")],
+        ))
+        .unwrap();
+        assert_eq!(
+            (kind, &spec["source"]["path"]),
+            ("BatchTransfer", &json!("in/"))
+        );
+        let (kind, spec) = expand(&used(
+            "verify-trees",
+            &[("source", "in/"), ("destination", "out/")],
+        ))
+        .unwrap();
+        assert_eq!(kind, "Command");
+        assert_eq!(spec["command"]["argv"][1], "verify");
+
+        let err = expand(&used(
+            "copy-tree",
+            &[
+                ("source", "s3://b/k/?skip_signature=true"),
+                ("destination", "x/"),
+            ],
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("option skip_signature cannot be given to a template"),
+            "{err}"
+        );
+    }
+}

@@ -265,8 +265,7 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
             &mut state,
             (failing.as_deref(), busy < parallel),
             now,
-            &mut events,
-            &mut starts,
+            (&mut events, &mut starts),
         )
         .await;
         run.tasks.insert(task.name.clone(), state);
@@ -413,8 +412,7 @@ async fn step_task(
     state: &mut TaskRun,
     (failing, free): (Option<&str>, bool),
     now: i64,
-    events: &mut Vec<Said>,
-    starts: &mut Vec<String>,
+    (events, starts): (&mut Vec<Said>, &mut Vec<String>),
 ) {
     let name = &task.name;
     if state.phase == r::PENDING {

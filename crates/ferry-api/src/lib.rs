@@ -441,25 +441,39 @@ async fn list_events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let wants_stream = q.follow
-        || headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"));
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    if !wants_stream {
+    if !wants_stream(&q, &headers) {
         return Ok(Json(state.controller.events(&name, q.after, limit).await?).into_response());
     }
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = state.controller.subscribe();
     let backlog = state.controller.events(&name, q.after, 10_000).await?;
-    let stream = follow(state.controller.clone(), name, backlog, live);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(event_stream(state.controller.clone(), name, backlog, live))
 }
 
-pub(crate) fn follow(
+/// Whether an events request asks for server-sent events (`follow`, or the `Accept`
+/// header).
+pub(crate) fn wants_stream(q: &EventsQuery, headers: &HeaderMap) -> bool {
+    q.follow
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// `backlog`, then the live events kept under `key`, as server-sent events.
+pub(crate) fn event_stream(
+    controller: Controller,
+    key: String,
+    backlog: Vec<EventView>,
+    live: tokio::sync::broadcast::Receiver<ferry_state::EventRecord>,
+) -> Response {
+    Sse::new(follow(controller, key, backlog, live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn follow(
     controller: Controller,
     name: String,
     backlog: Vec<EventView>,

@@ -1,12 +1,10 @@
 //! `/v1/pipelines`: pipelines, their runs and their events.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{KeepAlive, Sse};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,7 +13,10 @@ use ferry_control::EventView;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{follow, manifest_body, ApiError, ApiErrorBody, ApiResult, AppState, EventsQuery};
+use crate::{
+    event_stream, manifest_body, wants_stream, ApiError, ApiErrorBody, ApiResult, AppState,
+    EventsQuery,
+};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -185,13 +186,8 @@ pub(crate) async fn list_pipeline_events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let wants_stream = q.follow
-        || headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"));
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    if !wants_stream {
+    if !wants_stream(&q, &headers) {
         let events = state
             .controller
             .pipeline_events(&name, q.after, limit)
@@ -204,8 +200,5 @@ pub(crate) async fn list_pipeline_events(
         .pipeline_events(&name, q.after, 10_000)
         .await?;
     let key = ferry_control::pipeline::runner::events_key(&name);
-    let stream = follow(state.controller.clone(), key, backlog, live);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(event_stream(state.controller.clone(), key, backlog, live))
 }

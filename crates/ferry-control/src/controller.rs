@@ -1180,10 +1180,13 @@ impl Inner {
         opts.run_key = Some(run.id.clone());
         opts.resume = true;
         let command = self.settings(&record).is_some_and(|s| s.command);
-        let outcome = match execute::prepare(&self.secrets, &record.manifest).await {
-            _ if command => {
-                execute::command(&self.secrets, &record.manifest, tracker.clone()).await
-            }
+        // A command has no addresses to plan: it resolves its own secrets.
+        let prepared = if command {
+            Err(execute::command(&self.secrets, &record.manifest, tracker.clone()).await)
+        } else {
+            execute::prepare(&self.secrets, &record.manifest).await
+        };
+        let outcome = match prepared {
             Err(outcome) => outcome,
             Ok(prepared) if self.settings(&record).is_some_and(|s| s.stream) => {
                 self.stream(&mut run, &record, prepared, &opts, tracker.clone())

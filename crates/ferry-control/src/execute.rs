@@ -202,11 +202,7 @@ impl Prepared {
 /// Resolves the manifest's secrets and plans its addresses; a failure is the attempt's
 /// outcome.
 pub async fn prepare(secrets: &SecretResolver, manifest: &Value) -> Result<Prepared, Outcome> {
-    let resolved = secrets
-        .resolve_manifest(manifest)
-        .await
-        .map_err(|e| failed(&e, &[]))?;
-    let mut hidden = secret_values(manifest, &resolved);
+    let (resolved, mut hidden) = resolve(secrets, manifest).await?;
     let (source, destination, records) = Manifest::from_json(resolved.clone())
         .and_then(|m| m.plan())
         .map_err(|e| failed(&e, &hidden))?;
@@ -226,14 +222,27 @@ pub async fn prepare(secrets: &SecretResolver, manifest: &Value) -> Result<Prepa
     })
 }
 
-/// A `kind: Command`'s run, once: its secret references resolved, the program run here.
-pub async fn command(secrets: &SecretResolver, manifest: &Value, tracker: Arc<Tracker>) -> Outcome {
-    let resolved = match secrets.resolve_manifest(manifest).await {
-        Ok(resolved) => resolved,
-        Err(e) => return failed(&e, &[]),
-    };
+/// The manifest with its secret references resolved, and the secret values it then
+/// holds (longest first), to scrub from anything shown.
+async fn resolve(
+    secrets: &SecretResolver,
+    manifest: &Value,
+) -> Result<(Value, Vec<String>), Outcome> {
+    let resolved = secrets
+        .resolve_manifest(manifest)
+        .await
+        .map_err(|e| failed(&e, &[]))?;
     let mut hidden = secret_values(manifest, &resolved);
     hidden.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    Ok((resolved, hidden))
+}
+
+/// A `kind: Command`'s run, once: its secret references resolved, the program run here.
+pub async fn command(secrets: &SecretResolver, manifest: &Value, tracker: Arc<Tracker>) -> Outcome {
+    let (resolved, hidden) = match resolve(secrets, manifest).await {
+        Ok(found) => found,
+        Err(outcome) => return outcome,
+    };
     let spec: crate::pipeline::spec::CommandSpec =
         match serde_json::from_value(resolved["spec"]["command"].clone()) {
             Ok(spec) => spec,

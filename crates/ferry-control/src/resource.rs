@@ -276,6 +276,13 @@ pub(crate) fn metadata(
 }
 
 /// Names appear in URLs, configuration keys and Kubernetes objects: DNS labels.
+/// A stable 64-bit hash (FNV-1a) of `text`, for names made from longer ones.
+pub(crate) fn name_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
     check_dns_label(name, 63)
 }

@@ -171,9 +171,7 @@ pub fn flow_transfer_name(process_id: &str) -> String {
     {
         return candidate;
     }
-    let hash = process_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::resource::name_hash(process_id);
     let prefix: String = clean.trim_matches('-').chars().take(36).collect();
     let prefix = prefix.trim_end_matches('-');
     if prefix.is_empty() {

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::run::{PipelineRun, TaskRun};
 use super::runner::{self, events_key, PipelineDoc, PIPELINE, PIPELINE_RUN};
 use super::spec::validate_pipeline;
-use crate::controller::{lock, now_ms, ControlError, ControlResult, Controller};
+use crate::controller::{now_ms, ControlError, ControlResult, Controller};
 use crate::resource::{time_text, EventView, FieldError, RunProgress};
 use crate::secrets::redact_manifest;
 use ferry_state::DocumentRecord;
@@ -322,16 +322,7 @@ impl Controller {
     }
 
     async fn stored_runs(&self, name: &str) -> ControlResult<Vec<PipelineRun>> {
-        let mut runs: Vec<PipelineRun> = self
-            .inner
-            .store
-            .list_documents(PIPELINE_RUN, Some(name), false)
-            .await?
-            .into_iter()
-            .filter_map(|d| serde_json::from_value(d.document).ok())
-            .collect();
-        runs.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-        Ok(runs)
+        Ok(runner::runs_of(&self.inner, name).await?)
     }
 
     /// Newest first.
@@ -411,7 +402,7 @@ impl Controller {
         }
     }
 
-    /// Running tasks' progress, from their runs.
+    /// Running tasks' progress, from their runs (fresher where they execute here).
     async fn with_progress(&self, view: &mut PipelineRunView) {
         for task in view
             .tasks
@@ -419,16 +410,9 @@ impl Controller {
             .filter(|t| t.phase == super::run::RUNNING)
         {
             let Some(id) = &task.run else { continue };
-            let local = lock(&self.inner.active)
-                .get(id)
-                .map(|a| a.tracker.progress());
-            task.progress = match local {
-                Some(p) => Some(p),
-                None => match self.inner.store.get_run(id).await {
-                    Ok(Some(r)) => self.inner.run_view(&r).stats.progress,
-                    _ => None,
-                },
-            };
+            if let Ok(Some(r)) = self.inner.store.get_run(id).await {
+                task.progress = self.inner.run_view(&r).stats.progress;
+            }
         }
     }
 }

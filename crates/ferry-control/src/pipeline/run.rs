@@ -235,9 +235,7 @@ pub fn task_transfer_name(run: &str, task: &str) -> String {
     if whole.len() <= 63 {
         return whole;
     }
-    let hash = whole.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = crate::resource::name_hash(&whole);
     let head: String = whole.chars().take(46).collect();
     format!("{}-{:016x}", head.trim_end_matches('-'), hash)
 }

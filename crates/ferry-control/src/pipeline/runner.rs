@@ -72,12 +72,14 @@ pub fn events_key(pipeline: &str) -> String {
 pub(crate) async fn tick(inner: &Arc<Inner>) -> Result<()> {
     let now = now_ms();
     for record in inner.store.list_documents(PIPELINE, None, false).await? {
-        if let Ok(doc) = serde_json::from_value::<PipelineDoc>(record.document.clone()) {
-            if let Some(spec) = doc.spec() {
-                super::triggers::poll(inner, &doc, &spec).await;
-            }
-        }
-        if let Err(e) = fire_schedule(inner, record, now).await {
+        let Ok(doc) = serde_json::from_value::<PipelineDoc>(record.document.clone()) else {
+            continue;
+        };
+        let Some(spec) = doc.spec() else {
+            continue;
+        };
+        super::triggers::poll(inner, &doc, &spec).await;
+        if let Err(e) = fire_schedule(inner, &record, doc, &spec, now).await {
             tracing::warn!("pipeline schedule: {e}");
         }
     }
@@ -93,14 +95,13 @@ pub(crate) async fn tick(inner: &Arc<Inner>) -> Result<()> {
     Ok(())
 }
 
-async fn fire_schedule(inner: &Arc<Inner>, record: DocumentRecord, now: i64) -> Result<()> {
-    let mut doc: PipelineDoc = match serde_json::from_value(record.document.clone()) {
-        Ok(doc) => doc,
-        Err(_) => return Ok(()),
-    };
-    let Some(spec) = doc.spec() else {
-        return Ok(());
-    };
+async fn fire_schedule(
+    inner: &Arc<Inner>,
+    record: &DocumentRecord,
+    mut doc: PipelineDoc,
+    spec: &PipelineSpec,
+    now: i64,
+) -> Result<()> {
     let Some(expr) = spec.schedule.as_deref().filter(|_| !spec.suspend) else {
         return Ok(());
     };
@@ -129,7 +130,7 @@ async fn fire_schedule(inner: &Arc<Inner>, record: DocumentRecord, now: i64) -> 
         "trigger.scheduledTime".to_string(),
         crate::resource::time_text(at),
     )]);
-    create_run(inner, &doc, &spec, "schedule", params, None).await?;
+    create_run(inner, &doc, spec, "schedule", params, None).await?;
     Ok(())
 }
 
@@ -790,19 +791,27 @@ fn kept_stats(run: &RunRecord) -> Value {
 /// Keeps the newest [`HISTORY`] finished runs of a pipeline, removing older ones with the
 /// transfers made for them.
 pub(crate) async fn prune(inner: &Arc<Inner>, pipeline: &str) -> Result<()> {
-    let mut finished: Vec<PipelineRun> = inner
+    let finished = runs_of(inner, pipeline)
+        .await?
+        .into_iter()
+        .filter(PipelineRun::finished);
+    for old in finished.skip(HISTORY) {
+        remove_run(inner, &old).await?;
+    }
+    Ok(())
+}
+
+/// A pipeline's runs, newest first.
+pub(crate) async fn runs_of(inner: &Arc<Inner>, pipeline: &str) -> Result<Vec<PipelineRun>> {
+    let mut runs: Vec<PipelineRun> = inner
         .store
         .list_documents(PIPELINE_RUN, Some(pipeline), false)
         .await?
         .into_iter()
-        .filter(|d| !d.active)
         .filter_map(|d| serde_json::from_value(d.document).ok())
         .collect();
-    finished.sort_by_key(|r: &PipelineRun| std::cmp::Reverse(r.created_at));
-    for old in finished.into_iter().skip(HISTORY) {
-        remove_run(inner, &old).await?;
-    }
-    Ok(())
+    runs.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    Ok(runs)
 }
 
 /// Deletes a run's document and the transfers made for its tasks.

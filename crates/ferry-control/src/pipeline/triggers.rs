@@ -16,7 +16,6 @@ use ferry_state::DocumentRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::run::PipelineRun;
 use super::runner::{create_run, events_key, PipelineDoc, PIPELINE_RUN};
 use super::spec::{ObjectCreated, PipelineSpec, When};
 use crate::controller::{lock, now_ms, Inner};
@@ -145,9 +144,7 @@ async fn save(
 
 /// A run id made from what fired it.
 fn fired_id(pipeline: &str, what: &str) -> String {
-    let hash = what.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = crate::resource::name_hash(what);
     format!(
         "{}-t{:016x}",
         pipeline.chars().take(40).collect::<String>(),
@@ -163,9 +160,6 @@ async fn make_run(
     params: BTreeMap<String, String>,
     id: String,
 ) -> Result<()> {
-    if inner.store.get_document(PIPELINE_RUN, &id).await?.is_some() {
-        return Ok(());
-    }
     match create_run(inner, doc, spec, trigger, params, Some(id.clone())).await {
         Ok(_) => Ok(()),
         // Another control plane made it first.
@@ -328,14 +322,10 @@ async fn after_pipeline(
     source: &str,
     when: When,
 ) -> Result<()> {
-    let ended = inner
-        .store
-        .list_documents(PIPELINE_RUN, Some(source), false)
+    let ended = super::runner::runs_of(inner, source)
         .await?
         .into_iter()
-        .filter(|d| !d.active)
-        .filter_map(|d| serde_json::from_value::<PipelineRun>(d.document).ok())
-        .filter_map(|r| Some((r.id.clone(), r.finished_at?, r.phase.clone())))
+        .filter_map(|r| Some((r.id, r.finished_at?, r.phase)))
         .collect();
     after_runs(inner, doc, spec, ended, when, "pipeline", source).await
 }

@@ -1,4 +1,5 @@
-//! `/v1/pipelines`: pipelines, their runs and their events.
+//! `/v1/pipelines`: pipelines, their runs and their events; `/v1/templates`: the task
+//! templates their tasks can use.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_control::pipeline::{PipelineRunView, PipelineView};
+use ferry_control::pipeline::{PipelineRunView, PipelineView, TemplateView};
 use ferry_control::EventView;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -33,6 +34,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/pipelines/{name}/runs", get(list_pipeline_runs))
         .route("/v1/pipelines/{name}/runs/{id}", get(get_pipeline_run))
         .route("/v1/pipelines/{name}/events", get(list_pipeline_events))
+        .route("/v1/templates", get(list_templates).post(create_template))
+        .route(
+            "/v1/templates/{name}",
+            get(get_template)
+                .put(replace_template)
+                .delete(delete_template),
+        )
 }
 
 #[utoipa::path(get, path = "/v1/pipelines",
@@ -201,4 +209,72 @@ pub(crate) async fn list_pipeline_events(
         .await?;
     let key = ferry_control::pipeline::runner::events_key(&name);
     Ok(event_stream(state.controller.clone(), key, backlog, live))
+}
+
+#[utoipa::path(get, path = "/v1/templates",
+    responses((status = 200, body = [TemplateView], description = "The built-in templates, then the registered ones")))]
+pub(crate) async fn list_templates(
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<TemplateView>>> {
+    Ok(Json(state.controller.list_templates().await?))
+}
+
+#[utoipa::path(post, path = "/v1/templates",
+    request_body(content = Object, description = "A manifest (apiVersion ferry.dev/v1, kind TaskTemplate), JSON or YAML; an existing template of that name is replaced", content_type = "application/json"),
+    responses((status = 201, body = TemplateView), (status = 200, body = TemplateView),
+              (status = 422, body = ApiErrorBody)))]
+pub(crate) async fn create_template(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<TemplateView>)> {
+    let manifest = manifest_body(&headers, &body)?;
+    let (view, created) = state.controller.apply_template(manifest).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+#[utoipa::path(get, path = "/v1/templates/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = TemplateView), (status = 404, body = ApiErrorBody)))]
+pub(crate) async fn get_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TemplateView>> {
+    Ok(Json(state.controller.get_template(&name).await?))
+}
+
+#[utoipa::path(put, path = "/v1/templates/{name}", params(("name" = String, Path)),
+    request_body(content = Object, description = "The whole manifest; refused when a pipeline using the template would no longer fit it", content_type = "application/json"),
+    responses((status = 200, body = TemplateView), (status = 404, body = ApiErrorBody),
+              (status = 422, body = ApiErrorBody)))]
+pub(crate) async fn replace_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<TemplateView>> {
+    let manifest = manifest_body(&headers, &body)?;
+    if manifest["metadata"]["name"].as_str() != Some(name.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("metadata.name must be {name}, the template in the path"),
+        ));
+    }
+    state.controller.get_template(&name).await?;
+    Ok(Json(state.controller.apply_template(manifest).await?.0))
+}
+
+#[utoipa::path(delete, path = "/v1/templates/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ApiErrorBody),
+              (status = 409, body = ApiErrorBody, description = "Built in, or used by a pipeline")))]
+pub(crate) async fn delete_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.controller.delete_template(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -51,6 +51,9 @@ enum Command {
     /// Manage the pipelines of a running `ferry serve`: graphs of transfers, commands and
     /// checks with triggers.
     Pipelines(crate::pipelines::PipelinesArgs),
+    /// Manage the task templates pipelines use: the built-in ones, and those registered as
+    /// `kind: TaskTemplate`.
+    Templates(crate::pipelines::TemplatesArgs),
     /// Kubernetes resources for ferry, printed as YAML.
     K8s(crate::k8s::K8sArgs),
 }
@@ -274,6 +277,7 @@ impl Cli {
             | Command::Dataplane(_)
             | Command::Transfers(_)
             | Command::Pipelines(_)
+            | Command::Templates(_)
             | Command::K8s(_) => false,
         }
     }
@@ -288,6 +292,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Dataplane(args) => crate::serve::dataplane(args).await,
         Command::Transfers(args) => crate::client::transfers(args).await,
         Command::Pipelines(args) => crate::pipelines::pipelines(args).await,
+        Command::Templates(args) => crate::pipelines::templates(args).await,
         Command::K8s(args) => crate::k8s::k8s(args).await,
     }
 }

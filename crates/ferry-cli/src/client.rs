@@ -134,9 +134,13 @@ impl Client {
 
     /// The JSON body of a 2xx answer; anything else is an error naming what the server said.
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        let (client, built) = request.build_split();
+        let built = built.map_err(|e| Error::unreachable(&self.base, plain(&e)))?;
+        let path = built.url().path().to_string();
+        let request = reqwest::RequestBuilder::from_parts(client, built);
         match self.exchange(request).await? {
             (status, body) if (200..300).contains(&status) => Ok(body),
-            (status, body) => Err(server_error(&self.base, status, &body)),
+            (status, body) => Err(server_error(&self.base, &path, status, &body)),
         }
     }
 
@@ -158,7 +162,19 @@ pub(crate) fn plain(e: &reqwest::Error) -> String {
     ferry_core::error::one_line(&text)
 }
 
-pub(crate) fn server_error(base: &str, status: u16, body: &Value) -> Error {
+/// What a refused request was about, from its path: `pipeline` for `/v1/pipelines/…`.
+fn subject(path: &str) -> &'static str {
+    let collection = path.trim_start_matches("/v1/").split('/').next();
+    match collection {
+        Some("pipelines") => "pipeline",
+        Some("templates") => "template",
+        Some("dataplanes") => "data plane",
+        Some("dataflows") => "data flow",
+        _ => "transfer",
+    }
+}
+
+pub(crate) fn server_error(base: &str, path: &str, status: u16, body: &Value) -> Error {
     let message = body["error"].as_str().unwrap_or("no message").to_string();
     let details: Vec<String> = body["details"]
         .as_array()
@@ -183,7 +199,7 @@ pub(crate) fn server_error(base: &str, status: u16, body: &Value) -> Error {
             address: base.to_string(),
             detail: text,
         },
-        400 | 409 | 422 => Error::invalid_option("transfer", text),
+        400 | 409 | 422 => Error::invalid_option(subject(path), text),
         _ => Error::store(base, format!("HTTP {status}: {text}")),
     }
 }
@@ -215,7 +231,9 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
                     ("configured", client.send(put).await?)
                 }
                 (status, body) if (200..300).contains(&status) => ("created", body),
-                (status, body) => return Err(server_error(&client.base, status, &body)),
+                (status, body) => {
+                    return Err(server_error(&client.base, "/v1/transfers", status, &body))
+                }
             };
             if json {
                 print_json(&body);
@@ -355,7 +373,7 @@ pub(crate) async fn follow_events(
     let status = response.status().as_u16();
     if status != 200 {
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        return Err(server_error(&client.base, status, &body));
+        return Err(server_error(&client.base, path, status, &body));
     }
     let mut pending = String::new();
     while let Some(chunk) = response

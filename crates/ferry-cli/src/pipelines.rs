@@ -1,6 +1,6 @@
 //! `ferry pipelines …`: pipelines of a running `ferry serve` (or control plane).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use ferry_core::{Error, Result};
@@ -66,32 +66,7 @@ pub async fn pipelines(args: PipelinesArgs) -> Result<u8> {
     let json = args.json;
     let base = "/v1/pipelines";
     match &args.command {
-        PipelinesCommand::Apply { file } => {
-            let shown = format!("-f {}", file.display());
-            let content =
-                std::fs::read_to_string(file).map_err(|e| Error::invalid_option(&shown, e))?;
-            let manifest: Value = serde_norway::from_str(&content).map_err(|e| {
-                Error::invalid_option(&shown, ferry_core::error::one_line(&e.to_string()))
-            })?;
-            let post = client.request(Method::POST, base).json(&manifest);
-            let (status, body) = client.exchange(post).await?;
-            if !(200..300).contains(&status) {
-                return Err(server_error(&client.base, status, &body));
-            }
-            if json {
-                print_json(&body);
-            } else {
-                println!(
-                    "pipeline/{} {}",
-                    text(&body["metadata"]["name"]),
-                    if status == 201 {
-                        "created"
-                    } else {
-                        "configured"
-                    }
-                );
-            }
-        }
+        PipelinesCommand::Apply { file } => apply(&client, base, "pipeline", file, json).await?,
         PipelinesCommand::List => {
             let body = client.send(client.request(Method::GET, base)).await?;
             if json {
@@ -210,15 +185,142 @@ pub async fn pipelines(args: PipelinesArgs) -> Result<u8> {
                 println!("pipeline/{name} {action}d");
             }
         }
-        PipelinesCommand::Delete { name } => {
-            let (status, body) = client
-                .exchange(client.request(Method::DELETE, &format!("{base}/{name}")))
-                .await?;
-            if !(200..300).contains(&status) {
-                return Err(server_error(&client.base, status, &body));
-            }
-            println!("pipeline/{name} deleted");
+        PipelinesCommand::Delete { name } => delete(&client, base, "pipeline", name).await?,
+    }
+    Ok(0)
+}
+
+/// Creates or replaces the resource in `file` (YAML or JSON) under `base`.
+async fn apply(client: &Client, base: &str, what: &str, file: &Path, json: bool) -> Result<()> {
+    let shown = format!("-f {}", file.display());
+    let content = std::fs::read_to_string(file).map_err(|e| Error::invalid_option(&shown, e))?;
+    let manifest: Value = serde_norway::from_str(&content)
+        .map_err(|e| Error::invalid_option(&shown, ferry_core::error::one_line(&e.to_string())))?;
+    let post = client.request(Method::POST, base).json(&manifest);
+    let (status, body) = client.exchange(post).await?;
+    if !(200..300).contains(&status) {
+        return Err(server_error(&client.base, base, status, &body));
+    }
+    if json {
+        print_json(&body);
+    } else {
+        let verb = if status == 201 {
+            "created"
+        } else {
+            "configured"
+        };
+        println!("{what}/{} {verb}", text(&body["metadata"]["name"]));
+    }
+    Ok(())
+}
+
+async fn delete(client: &Client, base: &str, what: &str, name: &str) -> Result<()> {
+    let (status, body) = client
+        .exchange(client.request(Method::DELETE, &format!("{base}/{name}")))
+        .await?;
+    if !(200..300).contains(&status) {
+        return Err(server_error(&client.base, base, status, &body));
+    }
+    println!("{what}/{name} deleted");
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TemplatesArgs {
+    /// The server [default: $FERRY_SERVER, else http://127.0.0.1:8080].
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// The API token [default: $FERRY_TOKEN, else the token file of a local server's data dir].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print the server's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: TemplatesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum TemplatesCommand {
+    /// Register a task template from a manifest (kind: TaskTemplate), or replace the one
+    /// with its name (refused when a pipeline using it would no longer fit).
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the built-in and registered templates.
+    List,
+    /// Show a template: parameters, what it runs, the pipelines using it.
+    Get { name: String },
+    /// Delete a registered template no pipeline uses.
+    Delete { name: String },
+}
+
+pub async fn templates(args: TemplatesArgs) -> Result<u8> {
+    let client = Client::new(args.server.as_deref(), args.token.as_deref())?;
+    let base = "/v1/templates";
+    match &args.command {
+        TemplatesCommand::Apply { file } => {
+            apply(&client, base, "template", file, args.json).await?
         }
+        TemplatesCommand::List => {
+            let body = client.send(client.request(Method::GET, base)).await?;
+            if args.json {
+                print_json(&body);
+                return Ok(0);
+            }
+            let rows = body
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let params = t["spec"]["params"].as_object();
+                    let shown: Vec<String> = params
+                        .into_iter()
+                        .flatten()
+                        .map(|(name, p)| match p["default"].as_str() {
+                            Some(d) => format!("{name}={d}"),
+                            None => name.clone(),
+                        })
+                        .collect();
+                    let runs = match (&t["spec"]["transfer"], &t["spec"]["command"]) {
+                        (Value::Null, Value::Null) => "-",
+                        (Value::Null, _) => "command",
+                        _ => "transfer",
+                    };
+                    vec![
+                        text(&t["metadata"]["name"]),
+                        if t["status"]["builtIn"] == true {
+                            "built in"
+                        } else {
+                            "registered"
+                        }
+                        .to_string(),
+                        runs.to_string(),
+                        shown.join(" "),
+                        t["status"]["usedBy"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(text)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "KIND", "RUNS", "PARAMS", "USED BY"], rows);
+        }
+        TemplatesCommand::Get { name } => {
+            let body = client
+                .send(client.request(Method::GET, &format!("{base}/{name}")))
+                .await?;
+            if args.json {
+                print_json(&body);
+            } else {
+                print!("{}", serde_norway::to_string(&body).unwrap_or_default());
+            }
+        }
+        TemplatesCommand::Delete { name } => delete(&client, base, "template", name).await?,
     }
     Ok(0)
 }

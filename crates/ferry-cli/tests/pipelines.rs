@@ -2,7 +2,7 @@
 //! for, loaded into PostgreSQL and counted, a summary exported to S3 as Parquet, a command
 //! whose progress is inferred, a handled failure with its branch; the server killed with
 //! SIGKILL mid-pipeline finishes it without redoing finished tasks. Then retries, timeouts,
-//! missing programs, secrets and validation.
+//! missing programs, secrets and validation; registered task templates.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,8 +29,13 @@ fn serve(root: &Path, port: u16, env: &[(&str, &str)]) -> Service {
 
 /// `ferry pipelines ARGS` against the server on `port`: exit code, stdout, stderr.
 fn pipelines(root: &Path, port: u16, args: &[&str]) -> (i32, String, String) {
+    client(root, port, "pipelines", args)
+}
+
+/// `ferry COMMAND ARGS` against the server on `port`: exit code, stdout, stderr.
+fn client(root: &Path, port: u16, command: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("pipelines")
+        .arg(command)
         .args(args)
         .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
         .env("FERRY_TOKEN", TOKEN)
@@ -631,4 +636,144 @@ spec:
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(runs_of(&server, "watcher").is_empty());
+}
+
+#[test]
+fn registered_templates_run_as_tasks_and_stay_consistent_with_their_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("in")).unwrap();
+    std::fs::write(root.join("in/a.txt"), "alpha\n").unwrap();
+    let stamp = r#"apiVersion: ferry.dev/v1
+kind: TaskTemplate
+metadata: {name: stamp}
+spec:
+  description: appends a word to a file
+  params:
+    word: {}
+    out: {default: stamps.txt}
+  command: {argv: [sh, -c, 'echo "${params.word}" >> ${params.out}']}
+"#;
+    let mirror = r#"apiVersion: ferry.dev/v1
+kind: TaskTemplate
+metadata: {name: mirror}
+spec:
+  params: {from: {}, to: {}}
+  transfer:
+    source: {type: file, path: "${params.from}"}
+    destination: {type: file, path: "${params.to}"}
+  check: {verify: {source: "${params.from}", destination: "${params.to}"}}
+"#;
+    let uses = r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: uses}
+spec:
+  params: {day: {default: mon}}
+  tasks:
+    - name: first
+      template: {name: stamp, params: {word: "hello-${params.day}"}}
+    - name: copy
+      dependsOn: [{task: first}]
+      template: {name: mirror, params: {from: in/, to: "out-${params.day}/"}}
+"#;
+    for (file, text) in [
+        ("stamp.yaml", stamp),
+        ("mirror.yaml", mirror),
+        ("uses.yaml", uses),
+    ] {
+        std::fs::write(root.join(file), text).unwrap();
+    }
+    let port = free_port();
+    let _server = serve(root, port, &[]);
+    let (code, out, err) = client(root, port, "templates", &["apply", "-f", "stamp.yaml"]);
+    assert_eq!((code, out.trim()), (0, "template/stamp created"), "{err}");
+    assert_eq!(
+        client(root, port, "templates", &["apply", "-f", "mirror.yaml"]).0,
+        0
+    );
+    let (_, listed, _) = client(root, port, "templates", &["list"]);
+    for shown in [
+        "copy-tree",
+        "built in",
+        "stamp",
+        "registered",
+        "word out=stamps.txt",
+    ] {
+        assert!(listed.contains(shown), "{shown} not in {listed}");
+    }
+
+    // A pipeline naming a template nobody registered, or leaving out a parameter it needs,
+    // is refused with the task's field.
+    std::fs::write(
+        root.join("bad.yaml"),
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: bad}
+spec:
+  tasks:
+    - {name: a, template: {name: nope}}
+    - {name: b, template: {name: stamp, params: {colour: red}}}
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = pipelines(root, port, &["apply", "-f", "bad.yaml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("error: invalid pipeline: the manifest is invalid"),
+        "{err}"
+    );
+    for expected in [
+        "spec.tasks[0].template.name: unknown template 'nope'; built in: copy-tree, table-to-lake, lake-to-table, verify-trees; registered: mirror, stamp",
+        "spec.tasks[1].template.params.word: required by template 'stamp'",
+        "spec.tasks[1].template.params.colour: template 'stamp' takes out, word",
+    ] {
+        assert!(err.contains(expected), "{expected} not in {err}");
+    }
+
+    assert_eq!(pipelines(root, port, &["apply", "-f", "uses.yaml"]).0, 0);
+    let (code, out, err) = pipelines(root, port, &["run", "uses", "-p", "day=tue", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("stamps.txt")).unwrap(),
+        "hello-tue\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("out-tue/a.txt")).unwrap(),
+        "alpha\n"
+    );
+    let run = &pipelines_json(root, port, &["runs", "uses"])[0];
+    assert_eq!(task(run, "copy")["phase"], "Succeeded", "{run:#}");
+
+    // While a pipeline uses it, a template can neither go nor change so the task no
+    // longer fits.
+    let (code, _, err) = client(root, port, "templates", &["delete", "stamp"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("template 'stamp' is used by pipeline uses; change or delete it first"),
+        "{err}"
+    );
+    std::fs::write(
+        root.join("stamp2.yaml"),
+        stamp.replace("out: {default: stamps.txt}", "out: {}"),
+    )
+    .unwrap();
+    let (code, _, err) = client(root, port, "templates", &["apply", "-f", "stamp2.yaml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("pipeline uses would no longer fit: spec.tasks[0].template.params.out: required by template 'stamp'"),
+        "{err}"
+    );
+    let (_, shown, _) = client(root, port, "templates", &["get", "stamp", "--json"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["status"]["usedBy"], serde_json::json!(["uses"]));
+    let (code, _, err) = client(root, port, "templates", &["delete", "copy-tree"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("built in and cannot be deleted"), "{err}");
+
+    assert_eq!(pipelines(root, port, &["delete", "uses"]).0, 0);
+    let (code, out, err) = client(root, port, "templates", &["delete", "stamp"]);
+    assert_eq!((code, out.trim()), (0, "template/stamp deleted"), "{err}");
+    let (code, _, err) = client(root, port, "templates", &["get", "stamp"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("template 'stamp' not found"), "{err}");
 }

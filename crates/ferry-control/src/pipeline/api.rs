@@ -116,7 +116,7 @@ impl Controller {
     /// Creates the pipeline, or replaces its spec; true when it was created.
     pub async fn apply_pipeline(&self, raw: Value) -> ControlResult<(PipelineView, bool)> {
         let manifest = validate_pipeline(raw).map_err(ControlError::Invalid)?;
-        let unknown: Vec<FieldError> = manifest
+        let mut unknown: Vec<FieldError> = manifest
             .spec
             .notify
             .iter()
@@ -138,6 +138,8 @@ impl Controller {
                 )
             })
             .collect();
+        let templates = super::template_api::registered(&self.inner).await?;
+        unknown.extend(super::template_api::check_uses(&manifest.spec, &templates));
         if !unknown.is_empty() {
             return Err(ControlError::Invalid(unknown));
         }

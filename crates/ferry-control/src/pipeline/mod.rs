@@ -9,7 +9,8 @@
 //!   inline spec, or a `kind: Command` for a command), so the control loop dispatches it
 //!   to a data plane, retries and resumes it like any run;
 //! - [`conditions`]: what `waitFor` and `check` look at;
-//! - [`templates`]: the built-in task templates;
+//! - [`templates`]: the built-in task templates and registered ones (`kind: TaskTemplate`),
+//!   and [`template_api`] what the API does with them;
 //! - [`triggers`]: new objects under a prefix, and the end of another run.
 
 pub mod api;
@@ -17,9 +18,11 @@ pub mod conditions;
 pub mod run;
 pub mod runner;
 pub mod spec;
+pub mod template_api;
 pub mod templates;
 pub mod triggers;
 
 pub use api::{PipelineRunView, PipelineStatus, PipelineView, TaskRunView};
 pub use run::{PipelineRun, TaskRun};
 pub use spec::{validate_pipeline, PipelineManifest, PipelineSpec, TaskKind};
+pub use template_api::{TemplateStatus, TemplateView};

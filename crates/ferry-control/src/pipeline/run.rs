@@ -203,25 +203,42 @@ pub fn backoff_ms(base_seconds: u64, attempt: u32) -> i64 {
     (base_seconds.saturating_mul(factor).min(3600) * 1000) as i64
 }
 
-/// `${params.x}` and `${trigger.y}` replaced by their values in every string of `value`.
+/// `${params.x}` and `${trigger.y}` replaced by their values in every string of `value`;
+/// other placeholders are left as they are, and a value is never substituted again.
 pub fn substitute(value: &Value, params: &BTreeMap<String, String>) -> Value {
+    fill(value, &|used: &str| match used.strip_prefix("params.") {
+        Some(name) => params.get(name),
+        None if used.starts_with("trigger.") => params.get(used),
+        None => None,
+    })
+}
+
+/// Every `${name}` in the strings of `value` for which `with` has a value replaced by it,
+/// in one pass.
+pub fn fill<'a>(value: &Value, with: &impl Fn(&str) -> Option<&'a String>) -> Value {
     match value {
         Value::String(s) if s.contains("${") => {
-            let mut out = s.clone();
-            for (name, v) in params {
-                let key = if name.starts_with("trigger.") {
-                    format!("${{{name}}}")
-                } else {
-                    format!("${{params.{name}}}")
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                let Some(len) = rest[start + 2..].find('}') else {
+                    break;
                 };
-                out = out.replace(&key, v);
+                let name = &rest[start + 2..start + 2 + len];
+                out.push_str(&rest[..start]);
+                match with(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&rest[start..start + 3 + len]),
+                }
+                rest = &rest[start + 3 + len..];
             }
+            out.push_str(rest);
             Value::String(out)
         }
-        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, params)).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| fill(v, with)).collect()),
         Value::Object(map) => Value::Object(
             map.iter()
-                .map(|(k, v)| (k.clone(), substitute(v, params)))
+                .map(|(k, v)| (k.clone(), fill(v, with)))
                 .collect(),
         ),
         other => other.clone(),

@@ -163,7 +163,13 @@ pub(crate) async fn create_run(
         .filter_map(|(k, p)| p.default.clone().map(|d| (k.clone(), d)))
         .collect();
     params.extend(given);
-    let run = PipelineRun {
+    // Registered templates are expanded now: the run keeps the versions it started with.
+    let (spec, expanded) = match expand_templates(inner, spec).await {
+        Ok(spec) => (spec, None),
+        Err(e) => (spec.clone(), Some(e)),
+    };
+    let spec = &spec;
+    let mut run = PipelineRun {
         id: id.clone(),
         pipeline: name.clone(),
         pipeline_uid: doc.uid.clone(),
@@ -187,9 +193,18 @@ pub(crate) async fn create_run(
         created_at: now,
         ..PipelineRun::default()
     };
+    if let Some(e) = &expanded {
+        // A template gone or changed since the pipeline was applied: nothing can start.
+        run.phase = r::FAILED.into();
+        run.error = Some(e.clone());
+        run.finished_at = Some(now);
+        for task in run.tasks.values_mut() {
+            task.phase = r::CANCELLED.into();
+        }
+    }
     let mut record = DocumentRecord::new(PIPELINE_RUN, &id, json!(run), now);
     record.parent = Some(name.clone());
-    record.active = true;
+    record.active = expanded.is_none();
     if inner.store.put_document(&record, None).await?.is_none() {
         return Err(ferry_core::Error::Internal(format!(
             "pipeline run {id} exists already"
@@ -205,8 +220,48 @@ pub(crate) async fn create_run(
             json!({"trigger": trigger}),
         )
         .await;
+    if let Some(e) = expanded {
+        inner
+            .emit(
+                &events_key(&name),
+                Some(&id),
+                "Warning",
+                "PipelineFailed",
+                format!("run {id} failed: {e}"),
+                json!({"error": e}),
+            )
+            .await;
+    }
     inner.pipeline_wake.notify_one();
     Ok(run)
+}
+
+/// `spec` with each task using a registered template replaced by what it stands for.
+async fn expand_templates(
+    inner: &Arc<Inner>,
+    spec: &PipelineSpec,
+) -> std::result::Result<PipelineSpec, String> {
+    let uses_registered = |t: &TaskSpec| {
+        t.template
+            .as_ref()
+            .is_some_and(|u| !super::templates::builtin(&u.name))
+    };
+    if !spec.tasks.iter().any(uses_registered) {
+        return Ok(spec.clone());
+    }
+    let templates = super::template_api::registered(inner)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut expanded = spec.clone();
+    for task in expanded.tasks.iter_mut().filter(|t| uses_registered(t)) {
+        let name = &task.template.as_ref().expect("checked").name;
+        let template = templates
+            .get(name)
+            .ok_or_else(|| format!("task {}: template '{name}' not found", task.name))?;
+        *task = super::templates::expand_user(task, template)
+            .map_err(|e| format!("task {}: {e}", task.name))?;
+    }
+    Ok(expanded)
 }
 
 /// An event to write once the step that caused it is stored.

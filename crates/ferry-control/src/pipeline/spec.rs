@@ -285,11 +285,36 @@ pub struct PipelineManifest {
 /// Checks a Pipeline manifest; every problem is listed, each naming its field.
 pub fn validate_pipeline(raw: Value) -> Result<PipelineManifest, Vec<FieldError>> {
     let mut errors = Vec::new();
+    let (raw, name, labels, spec) =
+        manifest_parts::<PipelineSpec>(raw, "Pipeline", "spec, with tasks", &mut errors);
+    if let Some(spec) = &spec {
+        check_spec(&name, spec, &mut errors);
+    }
+    match (errors.is_empty(), spec) {
+        (true, Some(spec)) => Ok(PipelineManifest {
+            raw,
+            name,
+            labels,
+            spec,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// A manifest's parts (`status` left out): the object, its name, its labels and its spec
+/// as `T`, each problem with them added to `errors`.
+pub(super) fn manifest_parts<T: serde::de::DeserializeOwned>(
+    raw: Value,
+    kind: &str,
+    spec_hint: &str,
+    errors: &mut Vec<FieldError>,
+) -> (Value, String, BTreeMap<String, String>, Option<T>) {
     let Value::Object(mut top) = raw else {
-        return Err(vec![FieldError::new(
+        errors.push(FieldError::new(
             "",
-            "a pipeline is an object with apiVersion, kind, metadata and spec",
-        )]);
+            format!("a {kind} is an object with apiVersion, kind, metadata and spec"),
+        ));
+        return (Value::Null, String::new(), BTreeMap::new(), None);
     };
     top.remove("status");
     for key in top.keys() {
@@ -303,12 +328,12 @@ pub fn validate_pipeline(raw: Value) -> Result<PipelineManifest, Vec<FieldError>
             format!("required: {API_VERSION}"),
         ));
     }
-    if top.get("kind").and_then(Value::as_str) != Some("Pipeline") {
-        errors.push(FieldError::new("kind", "required: Pipeline"));
+    if top.get("kind").and_then(Value::as_str) != Some(kind) {
+        errors.push(FieldError::new("kind", format!("required: {kind}")));
     }
-    let (name, labels) = metadata(top.get("metadata"), &mut errors);
+    let (name, labels) = metadata(top.get("metadata"), errors);
     let spec = match top.get("spec") {
-        Some(spec) => match serde_json::from_value::<PipelineSpec>(spec.clone()) {
+        Some(spec) => match serde_json::from_value::<T>(spec.clone()) {
             Ok(spec) => Some(spec),
             Err(e) => {
                 errors.push(serde_error("spec", &e.to_string()));
@@ -316,22 +341,11 @@ pub fn validate_pipeline(raw: Value) -> Result<PipelineManifest, Vec<FieldError>
             }
         },
         None => {
-            errors.push(FieldError::new("spec", "required, with tasks"));
+            errors.push(FieldError::new("spec", format!("required: {spec_hint}")));
             None
         }
     };
-    if let Some(spec) = &spec {
-        check_spec(&name, spec, &mut errors);
-    }
-    match (errors.is_empty(), spec) {
-        (true, Some(spec)) => Ok(PipelineManifest {
-            raw: Value::Object(top),
-            name,
-            labels,
-            spec,
-        }),
-        _ => Err(errors),
-    }
+    (Value::Object(top), name, labels, spec)
 }
 
 fn check_spec(pipeline: &str, spec: &PipelineSpec, errors: &mut Vec<FieldError>) {
@@ -451,7 +465,7 @@ fn check_trigger(trigger: &TriggerSpec, errors: &mut Vec<FieldError>) {
     }
 }
 
-fn check_task(
+pub(super) fn check_task(
     pipeline: &str,
     spec: &PipelineSpec,
     i: usize,
@@ -521,34 +535,11 @@ fn check_task(
             check_command_spec(&format!("{at}.command"), command, errors);
         }
         Some(TaskKind::Template) => {
+            // A registered template is checked against the store (check_template_use).
             let used = task.template.as_ref().expect("checked");
-            match TEMPLATES.iter().find(|(name, _)| *name == used.name) {
-                None => errors.push(FieldError::new(
-                    format!("{at}.template.name"),
-                    format!(
-                        "unknown template '{}'; built in: {}",
-                        used.name,
-                        TEMPLATES
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )),
-                Some((_, needed)) => {
-                    for p in needed.iter().filter(|p| !used.params.contains_key(**p)) {
-                        errors.push(FieldError::new(
-                            format!("{at}.template.params.{p}"),
-                            format!("required by template '{}'", used.name),
-                        ));
-                    }
-                    for p in used.params.keys().filter(|p| !needed.contains(&p.as_str())) {
-                        errors.push(FieldError::new(
-                            format!("{at}.template.params.{p}"),
-                            format!("template '{}' takes {}", used.name, needed.join(", ")),
-                        ));
-                    }
-                }
+            if let Some((_, needed)) = TEMPLATES.iter().find(|(name, _)| *name == used.name) {
+                let needed: Vec<(&str, bool)> = needed.iter().map(|p| (*p, true)).collect();
+                check_params(&at, used, &needed, errors);
             }
         }
     }
@@ -570,6 +561,85 @@ fn check_task(
             "at most 100",
         ));
     }
+}
+
+/// Checks the parameters a task gives a template: `needed` names each parameter the
+/// template takes and whether it must be given.
+fn check_params(
+    at: &str,
+    used: &TemplateUse,
+    needed: &[(&str, bool)],
+    errors: &mut Vec<FieldError>,
+) {
+    for (p, _) in needed
+        .iter()
+        .filter(|(p, required)| *required && !used.params.contains_key(*p))
+    {
+        errors.push(FieldError::new(
+            format!("{at}.template.params.{p}"),
+            format!("required by template '{}'", used.name),
+        ));
+    }
+    for p in used
+        .params
+        .keys()
+        .filter(|p| !needed.iter().any(|(n, _)| n == p))
+    {
+        let takes: Vec<&str> = needed.iter().map(|(n, _)| *n).collect();
+        errors.push(FieldError::new(
+            format!("{at}.template.params.{p}"),
+            match takes.is_empty() {
+                true => format!("template '{}' takes no parameters", used.name),
+                false => format!("template '{}' takes {}", used.name, takes.join(", ")),
+            },
+        ));
+    }
+}
+
+/// Checks the tasks of `spec` that use a template which is not built in against the
+/// registered ones (`registered` finds one by name).
+pub fn check_template_uses<'a>(
+    spec: &PipelineSpec,
+    registered: impl Fn(&str) -> Option<&'a super::templates::TaskTemplateSpec>,
+    names: &[String],
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, task) in spec.tasks.iter().enumerate() {
+        let Some(used) = task.template.as_ref().filter(|_| task.kind().is_some()) else {
+            continue;
+        };
+        if TEMPLATES.iter().any(|(name, _)| *name == used.name) {
+            continue;
+        }
+        let at = format!("spec.tasks[{i}]");
+        match registered(&used.name) {
+            Some(template) => {
+                let needed: Vec<(&str, bool)> = template
+                    .params
+                    .iter()
+                    .map(|(p, s)| (p.as_str(), s.default.is_none()))
+                    .collect();
+                check_params(&at, used, &needed, &mut errors);
+            }
+            None => errors.push(FieldError::new(
+                format!("{at}.template.name"),
+                format!(
+                    "unknown template '{}'; built in: {}; registered: {}",
+                    used.name,
+                    TEMPLATES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    match names.is_empty() {
+                        true => "none (ferry templates apply -f FILE)".to_string(),
+                        false => names.join(", "),
+                    }
+                ),
+            )),
+        }
+    }
+    errors
 }
 
 /// Checks a `kind: Command`'s `spec.command` (a pipeline's command task is checked as

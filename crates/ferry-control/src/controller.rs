@@ -117,6 +117,9 @@ pub enum ControlError {
 
 pub type ControlResult<T> = std::result::Result<T, ControlError>;
 
+/// Locks serialising status rewrites, each for the transfers whose names hash to it.
+const STATUS_LOCKS: usize = 64;
+
 /// The control plane of one process. Cheap to clone.
 #[derive(Clone)]
 pub struct Controller {
@@ -131,8 +134,9 @@ pub(crate) struct Inner {
     metrics: Metrics,
     events: broadcast::Sender<EventRecord>,
     pub(crate) active: Mutex<HashMap<String, Active>>,
-    /// Serialises status rewrites, so two writers never interleave a read and a write.
-    status_lock: tokio::sync::Mutex<()>,
+    /// Serialise status rewrites of a transfer (by a hash of its name), so two writers
+    /// never interleave a read and a write; other transfers' go on meanwhile.
+    status_locks: Vec<tokio::sync::Mutex<()>>,
     pub(crate) wake: Notify,
     /// Wakes the pipeline loop: a run ended, a pipeline run was made.
     pub(crate) pipeline_wake: Notify,
@@ -199,7 +203,9 @@ impl Controller {
                 metrics: Metrics::default(),
                 events,
                 active: Mutex::new(HashMap::new()),
-                status_lock: tokio::sync::Mutex::new(()),
+                status_locks: (0..STATUS_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 wake: Notify::new(),
                 pipeline_wake: Notify::new(),
                 stopping: AtomicBool::new(false),
@@ -849,6 +855,65 @@ impl Inner {
         }
     }
 
+    fn status_lock(&self, transfer: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        transfer.hash(&mut hasher);
+        &self.status_locks[hasher.finish() as usize % self.status_locks.len()]
+    }
+
+    /// Several events under one key, written together in their order.
+    pub(crate) async fn emit_all(
+        &self,
+        key: &str,
+        events: Vec<(Option<String>, &str, &str, String, Value)>,
+    ) {
+        let time = now_ms();
+        let new: Vec<NewEvent> = events
+            .into_iter()
+            .map(|(run, severity, reason, message, data)| NewEvent {
+                transfer: key.into(),
+                run,
+                time,
+                severity: severity.into(),
+                reason: reason.into(),
+                message,
+                data,
+            })
+            .collect();
+        for e in &new {
+            self.metrics.event();
+            if e.severity == "Warning" {
+                tracing::warn!(
+                    transfer = key,
+                    run = e.run,
+                    reason = e.reason,
+                    "{}",
+                    e.message
+                );
+            } else {
+                tracing::info!(
+                    transfer = key,
+                    run = e.run,
+                    reason = e.reason,
+                    "{}",
+                    e.message
+                );
+            }
+        }
+        match self.store.append_events(&new).await {
+            Ok(records) => {
+                for record in records {
+                    if let Ok(body) = serde_json::to_value(EventView::of(&record)) {
+                        self.webhooks.send(&body, &record.event.reason);
+                    }
+                    let _ = self.events.send(record);
+                }
+            }
+            Err(e) => tracing::warn!("{} events of {key} not recorded: {e}", new.len()),
+        }
+    }
+
     pub(crate) async fn new_run(
         &self,
         record: &TransferRecord,
@@ -869,8 +934,9 @@ impl Inner {
             json!({"trigger": trigger}),
         )
         .await;
-        self.refresh_status(&record.name).await?;
+        // The dispatcher may take it while the transfer's status catches up.
         self.wake.notify_one();
+        self.refresh_status(&record.name).await?;
         Ok(run)
     }
 
@@ -1043,7 +1109,7 @@ impl Inner {
     }
 
     async fn set_last_schedule(&self, record: &TransferRecord, at: i64) -> Result<()> {
-        let _guard = self.status_lock.lock().await;
+        let _guard = self.status_lock(&record.name).lock().await;
         let now = now_ms();
         let Some(current) = self.store.get_transfer(&record.name).await? else {
             return Ok(());
@@ -1519,7 +1585,7 @@ impl Inner {
 
     /// Recomputes a transfer's status from its runs and spec.
     pub(crate) async fn refresh_status(&self, name: &str) -> Result<()> {
-        let _guard = self.status_lock.lock().await;
+        let _guard = self.status_lock(name).lock().await;
         // Taken before reading: a status computed from older reads than another
         // process's write is dropped by the store.
         let now = now_ms();

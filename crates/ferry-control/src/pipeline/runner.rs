@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ferry_core::Result;
 use ferry_engine::manifest::API_VERSION;
-use ferry_state::{DocumentRecord, RunRecord};
+use ferry_state::{DocumentRecord, RunRecord, TransferRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -21,7 +21,7 @@ use super::conditions;
 use super::run::{self as r, Next, PipelineRun, TaskRun};
 use super::spec::{PipelineSpec, TaskKind, TaskSpec};
 use crate::controller::{now_ms, Inner};
-use crate::resource::validate;
+use crate::resource::{validate, TransferManifest};
 use crate::schedule::Schedule;
 
 pub const PIPELINE: &str = "pipeline";
@@ -310,39 +310,56 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
         ));
     }
     let parallel = spec.max_parallel.unwrap_or(DEFAULT_PARALLEL);
+    // The runs of running tasks, read together.
+    let mut fetched: BTreeMap<String, Option<RunRecord>> = futures::future::join_all(
+        run.tasks
+            .values()
+            .filter(|t| t.phase == r::RUNNING)
+            .filter_map(|t| {
+                let id = t.run.clone()?;
+                Some(async move { (inner.store.get_run(&id).await, id) })
+            }),
+    )
+    .await
+    .into_iter()
+    .filter_map(|(found, id)| Some((id, found.ok()?)))
+    .collect();
     for task in &spec.tasks {
         let failing = r::failing(&spec, &run.tasks).map(str::to_string);
         let busy = run.tasks.values().filter(|t| t.busy()).count();
         let mut state = run.tasks.get(&task.name).cloned().unwrap_or_default();
+        let found = state.run.as_ref().and_then(|id| fetched.remove(id));
         step_task(
             inner,
             &run,
             task,
             &mut state,
-            (failing.as_deref(), busy < parallel),
-            now,
+            (failing.as_deref(), busy < parallel, now),
+            found,
             (&mut events, &mut starts),
         )
         .await;
         run.tasks.insert(task.name.clone(), state);
     }
-    // The attempts decided on start together: each makes its transfer and run.
+    // What the attempts decided on run, planned together; they are made once the
+    // decision is stored (a pass that stops in between leaves them to the next one).
     let (spec_ref, run_ref) = (&spec, &run);
-    let made = futures::future::join_all(starts.iter().map(|name| async move {
+    let planned = futures::future::join_all(starts.iter().map(|name| async move {
         let task = spec_ref
             .tasks
             .iter()
             .find(|t| &t.name == name)
             .expect("a task of the run");
-        let state = &run_ref.tasks[name];
-        (task, make_attempt(inner, run_ref, task, state).await)
+        (task, task_plan(inner, run_ref, task).await)
     }))
     .await;
-    for (task, result) in made {
+    let mut to_make = Vec::new();
+    for (task, result) in planned {
         let state = run.tasks.get_mut(&task.name).expect("a task of the run");
         match result {
-            Ok(transfer) => {
+            Ok(plan) => {
                 let id = state.run.clone().unwrap_or_default();
+                let transfer = plan.name().to_string();
                 state.transfer = Some(transfer.clone());
                 events.push(said(
                     "Normal",
@@ -353,10 +370,10 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
                     ),
                     json!({"task": task.name, "attempt": state.attempt, "transfer": transfer, "run": id}),
                 ));
+                to_make.push((plan, id));
             }
             // Nothing to retry: the task cannot be made into a run.
-            Err((e, false)) => finish_failed(task, state, e, now, &mut events),
-            Err((e, true)) => attempt_failed(task, state, e, now, &mut events),
+            Err(e) => finish_failed(task, state, e, now, &mut events),
         }
     }
     if run.tasks.values().all(TaskRun::finished) {
@@ -410,18 +427,28 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
         return Ok(());
     }
     notify(inner, &spec, &run, &events);
-    for e in events {
-        inner
-            .emit(
-                &events_key(&run.pipeline),
-                Some(&run.id),
+    // The events and the attempts' transfers and runs are written together.
+    let key = events_key(&run.pipeline);
+    let said: Vec<_> = events
+        .into_iter()
+        .map(|e| {
+            (
+                Some(run.id.clone()),
                 e.severity,
                 e.reason,
                 e.message,
                 e.data,
             )
-            .await;
-    }
+        })
+        .collect();
+    let making = futures::future::join_all(to_make.into_iter().map(|(plan, id)| async move {
+        if let Err(e) = make(inner, plan, &id).await {
+            // The next pass finds the run missing and tries again, or fails the attempt.
+            tracing::warn!("pipeline run: making {id}: {e}");
+            inner.pipeline_wake.notify_one();
+        }
+    }));
+    futures::join!(inner.emit_all(&key, said), making);
     if run.finished() {
         prune(inner, &run.pipeline).await?;
     }
@@ -466,8 +493,8 @@ async fn step_task(
     run: &PipelineRun,
     task: &TaskSpec,
     state: &mut TaskRun,
-    (failing, free): (Option<&str>, bool),
-    now: i64,
+    (failing, free, now): (Option<&str>, bool, i64),
+    fetched: Option<Option<RunRecord>>,
     (events, starts): (&mut Vec<Said>, &mut Vec<String>),
 ) {
     let name = &task.name;
@@ -544,20 +571,26 @@ async fn step_task(
         return;
     }
     if state.phase == r::RUNNING {
-        let (Some(transfer), Some(id)) = (state.transfer.clone(), state.run.clone()) else {
+        let Some(id) = state.run.clone() else {
             return;
         };
-        let found = match inner.store.get_run(&id).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!("task {name}: {e}");
-                return;
-            }
+        let found = match fetched {
+            Some(found) => found,
+            None => match inner.store.get_run(&id).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!("task {name}: {e}");
+                    return;
+                }
+            },
         };
         let Some(transfer_run) = found else {
-            // Recorded but never made (or pruned): make it.
-            if let Err(e) = ensure_run(inner, &transfer, &id).await {
-                attempt_failed(task, state, e, now, events);
+            // Recorded but not made yet (the pass that decided it stopped, or its making
+            // failed), or pruned: make it.
+            match make_attempt(inner, run, task, state).await {
+                Ok(_) => {}
+                Err((e, false)) => finish_failed(task, state, e, now, events),
+                Err((e, true)) => attempt_failed(task, state, e, now, events),
             }
             return;
         };
@@ -707,6 +740,23 @@ fn plan_attempt(
     starts.push(task.name.clone());
 }
 
+/// What an attempt runs.
+enum Plan {
+    /// A stored transfer.
+    Stored(Box<TransferRecord>),
+    /// A transfer made for the task (unless an earlier pass made it).
+    Make(Box<TransferManifest>),
+}
+
+impl Plan {
+    fn name(&self) -> &str {
+        match self {
+            Plan::Stored(record) => &record.name,
+            Plan::Make(manifest) => &manifest.name,
+        }
+    }
+}
+
 /// Makes the transfer and the run of a planned attempt; the error says whether another
 /// attempt may do better.
 async fn make_attempt(
@@ -715,23 +765,20 @@ async fn make_attempt(
     task: &TaskSpec,
     state: &TaskRun,
 ) -> std::result::Result<String, (String, bool)> {
-    let transfer = task_transfer(inner, run, task)
-        .await
-        .map_err(|e| (e, false))?;
+    let plan = task_plan(inner, run, task).await.map_err(|e| (e, false))?;
     let id = state.run.clone().unwrap_or_default();
-    ensure_run(inner, &transfer, &id)
-        .await
-        .map_err(|e| (e, true))?;
-    Ok(transfer)
+    let name = plan.name().to_string();
+    make(inner, plan, &id).await.map_err(|e| (e, true))?;
+    Ok(name)
 }
 
-/// The transfer a task's attempts run: the stored one it names, or one made for this
-/// pipeline run from its inline spec, template or command.
-async fn task_transfer(
+/// The transfer a task's attempts run: the stored one it names, or one to make for this
+/// pipeline run from its inline spec, template or command. Reads, never writes.
+async fn task_plan(
     inner: &Arc<Inner>,
     run: &PipelineRun,
     task: &TaskSpec,
-) -> std::result::Result<String, String> {
+) -> std::result::Result<Plan, String> {
     let (kind, spec) = match task.kind() {
         Some(TaskKind::TransferRef) => {
             let name = r::substitute(
@@ -740,7 +787,7 @@ async fn task_transfer(
             );
             let name = name.as_str().unwrap_or_default().to_string();
             return match inner.store.get_transfer(&name).await {
-                Ok(Some(_)) => Ok(name),
+                Ok(Some(record)) => Ok(Plan::Stored(Box::new(record))),
                 Ok(None) => Err(format!("transferRef: no transfer named {name}")),
                 Err(e) => Err(e.to_string()),
             };
@@ -768,11 +815,6 @@ async fn task_transfer(
         None => return Err("exactly one of transfer, transferRef, command or template".into()),
     };
     let name = r::task_transfer_name(&run.id, &task.name);
-    match inner.store.get_transfer(&name).await {
-        Ok(Some(_)) => return Ok(name),
-        Ok(None) => {}
-        Err(e) => return Err(e.to_string()),
-    }
     let mut spec = r::substitute(&spec, &run.params);
     if let Value::Object(map) = &mut spec {
         // Retries are the task's; one attempt is one run.
@@ -793,20 +835,21 @@ async fn task_transfer(
             .collect::<Vec<_>>()
             .join("; ")
     })?;
-    match inner.create_record(&manifest).await {
-        Ok(_) => Ok(name),
-        // Made by an earlier pass that was not recorded.
-        Err(crate::ControlError::Conflict(_)) => Ok(name),
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(Plan::Make(Box::new(manifest)))
 }
 
-/// The run `id` of `transfer`, made unless it exists.
-async fn ensure_run(
-    inner: &Arc<Inner>,
-    transfer: &str,
-    id: &str,
-) -> std::result::Result<(), String> {
+/// The run `id` of the planned transfer, the transfer made first if it is to be.
+async fn make(inner: &Arc<Inner>, plan: Plan, id: &str) -> std::result::Result<(), String> {
+    let name = plan.name().to_string();
+    let record = match plan {
+        Plan::Stored(record) => Some(*record),
+        Plan::Make(manifest) => match inner.create_record(&manifest).await {
+            Ok(record) => Some(record),
+            // Made by an earlier pass.
+            Err(crate::ControlError::Conflict(_)) => None,
+            Err(e) => return Err(e.to_string()),
+        },
+    };
     if inner
         .store
         .get_run(id)
@@ -816,12 +859,15 @@ async fn ensure_run(
     {
         return Ok(());
     }
-    let record = inner
-        .store
-        .get_transfer(transfer)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("transfer {transfer} was deleted"))?;
+    let record = match record {
+        Some(record) => record,
+        None => inner
+            .store
+            .get_transfer(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("transfer {name} was deleted"))?,
+    };
     inner
         .new_run(&record, "pipeline", None, Some(id.to_string()))
         .await

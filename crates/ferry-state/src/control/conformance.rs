@@ -320,6 +320,24 @@ pub async fn events(store: &dyn ControlStore) {
     let after = store.list_events("orders", a.seq, 100).await.unwrap();
     assert_eq!(after, vec![b.clone()]);
     assert_eq!(store.list_events("orders", 0, 1).await.unwrap(), vec![a]);
+
+    // Several at once keep their order, and their seqs follow the ones before.
+    let batch: Vec<NewEvent> = (0..5)
+        .map(|i| NewEvent {
+            run: (i % 2 == 0).then(|| format!("r{i}")),
+            ..event("batch", &format!("Step{i}"))
+        })
+        .collect();
+    let appended = store.append_events(&batch).await.unwrap();
+    assert_eq!(appended.len(), 5);
+    assert!(appended[0].seq > b.seq);
+    assert!(appended.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.list_events("batch", 0, 100).await.unwrap(), appended);
+    assert_eq!(
+        appended.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        batch
+    );
+    assert!(store.append_events(&[]).await.unwrap().is_empty());
 }
 
 pub async fn deleting_a_transfer_deletes_its_runs_and_events(store: &dyn ControlStore) {

@@ -233,6 +233,14 @@ pub trait ControlStore: DataPlaneStore + DocumentStore {
     async fn release_run(&self, id: &str, owner: &str) -> Result<()>;
 
     async fn append_event(&self, event: &NewEvent) -> Result<EventRecord>;
+    /// Several events in their order, in one write where the store can.
+    async fn append_events(&self, events: &[NewEvent]) -> Result<Vec<EventRecord>> {
+        let mut appended = Vec::with_capacity(events.len());
+        for event in events {
+            appended.push(self.append_event(event).await?);
+        }
+        Ok(appended)
+    }
     /// A transfer's events with `seq > after`, oldest first, at most `limit`.
     async fn list_events(
         &self,

@@ -153,6 +153,7 @@ enum Q {
     RenewLeases,
     ReleaseRun,
     AppendEvent,
+    AppendEvents,
     ListEvents,
     PutDataPlane,
     GetDataPlane,
@@ -270,6 +271,17 @@ impl Q {
                 "INSERT INTO ferry_events (transfer, run, time, severity, reason, message, data)
                  SELECT $1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text
                  FROM (SELECT pg_advisory_xact_lock($8::bigint)) AS serialized
+                 RETURNING seq"
+            }
+            // Rows are inserted (and draw `seq`) in the order given.
+            Q::AppendEvents => {
+                "INSERT INTO ferry_events (transfer, run, time, severity, reason, message, data)
+                 SELECT e.transfer, e.run, e.time, e.severity, e.reason, e.message, e.data
+                 FROM (SELECT pg_advisory_xact_lock($8::bigint)) AS serialized,
+                      unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                             $6::text[], $7::text[]) WITH ORDINALITY
+                      AS e(transfer, run, time, severity, reason, message, data, n)
+                 ORDER BY e.n
                  RETURNING seq"
             }
             Q::ListEvents => {
@@ -956,6 +968,54 @@ impl ControlStore for PostgresControlStore {
             seq: self.get(row, 0)?,
             event: e.clone(),
         })
+    }
+
+    async fn append_events(&self, events: &[NewEvent]) -> Result<Vec<EventRecord>> {
+        if events.len() < 2 {
+            let mut appended = Vec::new();
+            for e in events {
+                appended.push(self.append_event(e).await?);
+            }
+            return Ok(appended);
+        }
+        let column = |f: fn(&NewEvent) -> &str| events.iter().map(f).collect::<Vec<&str>>();
+        let runs: Vec<Option<&str>> = events.iter().map(|e| e.run.as_deref()).collect();
+        let times: Vec<i64> = events.iter().map(|e| e.time).collect();
+        let data: Vec<String> = events.iter().map(|e| text(&e.data)).collect();
+        let rows = self
+            .query(
+                Q::AppendEvents,
+                &[
+                    &column(|e| &e.transfer),
+                    &runs,
+                    &times,
+                    &column(|e| &e.severity),
+                    &column(|e| &e.reason),
+                    &column(|e| &e.message),
+                    &data,
+                    &EVENTS_LOCK,
+                ],
+            )
+            .await?;
+        let mut seqs = rows
+            .iter()
+            .map(|row| self.get::<i64>(row, 0))
+            .collect::<Result<Vec<_>>>()?;
+        if seqs.len() != events.len() {
+            return Err(Error::state(
+                &self.shown,
+                "appending events returned fewer seqs than events",
+            ));
+        }
+        seqs.sort_unstable();
+        Ok(seqs
+            .into_iter()
+            .zip(events)
+            .map(|(seq, e)| EventRecord {
+                seq,
+                event: e.clone(),
+            })
+            .collect())
     }
 
     async fn list_events(

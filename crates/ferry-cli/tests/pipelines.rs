@@ -777,3 +777,76 @@ spec:
     assert_ne!(code, 0);
     assert!(err.contains("template 'stamp' not found"), "{err}");
 }
+
+#[test]
+fn an_attempt_stored_but_not_made_when_the_server_dies_is_made_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(
+        root.join("pair.yaml"),
+        r#"apiVersion: ferry.dev/v1
+kind: Pipeline
+metadata: {name: pair}
+spec:
+  tasks:
+    - name: first
+      command: {argv: [sh, -c, "echo first >> log.txt"]}
+    - name: second
+      dependsOn: [{task: first}]
+      command: {argv: [sh, -c, "echo second >> log.txt"]}
+"#,
+    )
+    .unwrap();
+    let port = free_port();
+    // The second decision (to start `second`) is stored, then the server hangs before
+    // writing its events, transfer and run, and is killed there.
+    let mut server = serve(
+        root,
+        port,
+        &[("FERRY_FAILPOINT", "pause-after-attempts-decided:2")],
+    );
+    assert_eq!(pipelines(root, port, &["apply", "-f", "pair.yaml"]).0, 0);
+    let id = pipelines_json(root, port, &["run", "pair"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.wait_line("failpoint reached: pause-after-attempts-decided:2");
+    let run = pipelines_json(root, port, &["runs", "pair", &id]);
+    let second = task(&run, "second");
+    assert_eq!(
+        (second["phase"].as_str(), second["attempt"].as_u64()),
+        (Some("Running"), Some(1))
+    );
+    let (_, transfers) = server.call("GET", "/v1/transfers", None);
+    assert!(
+        !transfers
+            .to_string()
+            .contains(second["transfer"].as_str().unwrap()),
+        "not made yet: {transfers:#}"
+    );
+    server.kill_9();
+
+    let server = serve(root, port, &[]);
+    let run = wait_run(&server, "pair", &id, |r| r["finishedAt"].is_string());
+    assert_eq!(run["phase"], "Succeeded", "{run:#}");
+    let second = task(&run, "second");
+    assert_eq!(second["attempt"], 1, "made, not retried: {run:#}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("log.txt")).unwrap(),
+        "first\nsecond\n"
+    );
+    // The events of the interrupted pass (first's end, second's start) were never written:
+    // the run's document is what counts, and the later pass says what it made.
+    let events = pipelines_json(root, port, &["events", "pair"]);
+    let started: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "TaskStarted" && e["data"]["task"] == "second")
+        .collect();
+    assert_eq!(started.len(), 1, "{events:#}");
+    assert!(started[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("made by a later pass"));
+}

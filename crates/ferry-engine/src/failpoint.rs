@@ -123,3 +123,11 @@ pub fn event_sent(flush: impl FnOnce()) {
         }
     }
 }
+
+static DECISIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Called when a pipeline pass has stored the attempts it starts, before their events,
+/// transfers and runs are written.
+pub async fn attempts_decided() {
+    hit("pause-after-attempts-decided", &DECISIONS).await;
+}

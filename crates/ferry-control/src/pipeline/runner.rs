@@ -406,6 +406,7 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
         a.lease_until = None;
         b.lease_until = None;
         a != b
+            || !events.is_empty()
             || before
                 .lease_until
                 .is_none_or(|t| t - now < inner.config.lease.as_millis() as i64 / 2)
@@ -425,6 +426,9 @@ pub(crate) async fn advance(inner: &Arc<Inner>, record: DocumentRecord) -> Resul
     {
         // Another writer came first; the next pass starts from what it wrote.
         return Ok(());
+    }
+    if !to_make.is_empty() {
+        ferry_engine::failpoint::attempts_decided().await;
     }
     notify(inner, &spec, &run, &events);
     // The events and the attempts' transfers and runs are written together.
@@ -588,7 +592,15 @@ async fn step_task(
             // Recorded but not made yet (the pass that decided it stopped, or its making
             // failed), or pruned: make it.
             match make_attempt(inner, run, task, state).await {
-                Ok(_) => {}
+                Ok(transfer) => events.push(said(
+                    "Normal",
+                    "TaskStarted",
+                    format!(
+                        "task {name} started (attempt {}, made by a later pass): run {id} of transfer {transfer}",
+                        state.attempt
+                    ),
+                    json!({"task": name, "attempt": state.attempt, "transfer": transfer, "run": id}),
+                )),
                 Err((e, false)) => finish_failed(task, state, e, now, events),
                 Err((e, true)) => attempt_failed(task, state, e, now, events),
             }

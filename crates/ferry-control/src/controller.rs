@@ -855,6 +855,11 @@ impl Inner {
         }
     }
 
+    /// Counts a dispatch in the metrics' histograms.
+    pub(crate) fn dispatched(&self, select: f64, total: f64) {
+        self.metrics.dispatched(select, total);
+    }
+
     fn status_lock(&self, transfer: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::{Error, Result};
 use ferry_state::{RunRecord, TransferRecord};
+
 use serde_json::{json, Value};
 
 use crate::controller::{lock, now_ms, Inner, SUSPENDED};
@@ -62,53 +63,111 @@ impl Dispatcher {
 
     pub(crate) async fn dispatch(&self, inner: &Arc<Inner>, runs: Vec<RunRecord>, now: i64) {
         use futures::StreamExt;
-        // Several at once: each waits for its data plane's answer, and runs made together
-        // (a pipeline's parallel tasks) should not queue behind each other.
-        futures::stream::iter(runs)
-            .for_each_concurrent(DISPATCH_CONCURRENCY, |run| async move {
-                if inner.stopping() {
-                    return;
-                }
+        let waiting: Vec<RunRecord> = runs
+            .into_iter()
+            .filter(|run| {
                 let held = run.owner.is_some() && run.lease_until.is_some_and(|t| t > now);
-                if held || run.phase == SUSPENDED || run.not_before.is_some_and(|t| t > now) {
-                    return;
-                }
-                if let Err(e) = self.dispatch_one(inner, &run).await {
-                    tracing::warn!("run {}: dispatch: {e}", run.id);
+                !(held || run.phase == SUSPENDED || run.not_before.is_some_and(|t| t > now))
+            })
+            .collect();
+        if waiting.is_empty() || inner.stopping() {
+            return;
+        }
+        // Claimed together, then one selection for all of them (one lock of the
+        // registrations instead of one each), then handed to their data planes together.
+        let claimed: Vec<(RunRecord, TransferRecord, Instant)> = futures::stream::iter(waiting)
+            .map(|run| async move {
+                match self.claim(inner, &run).await {
+                    Ok(Some((record, started))) => Some((run, record, started)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!("run {}: dispatch: {e}", run.id);
+                        None
+                    }
                 }
             })
+            .buffer_unordered(DISPATCH_CONCURRENCY)
+            .filter_map(|claimed| async move { claimed })
+            .collect()
+            .await;
+        if claimed.is_empty() {
+            return;
+        }
+        let requests: Vec<(RunRequest, Option<String>)> = claimed
+            .iter()
+            .map(|(_, record, _)| run_request(record))
+            .collect();
+        let selections = self.registry.select_many(&requests).await;
+        let selected = Instant::now();
+        futures::stream::iter(claimed.into_iter().zip(requests).zip(selections))
+            .for_each_concurrent(
+                DISPATCH_CONCURRENCY,
+                |(((run, _, started), (request, _)), selection)| async move {
+                    let select_time = selected.duration_since(started);
+                    if let Err(e) = self
+                        .hand_over(inner, &run, &request, selection, (started, select_time))
+                        .await
+                    {
+                        tracing::warn!("run {}: dispatch: {e}", run.id);
+                    }
+                },
+            )
             .await;
     }
 
-    async fn dispatch_one(&self, inner: &Arc<Inner>, run: &RunRecord) -> Result<()> {
+    /// Claims the run in this control plane's name while it chooses, so that of several
+    /// control planes one dispatches it; its transfer and when the dispatch began, or
+    /// `None` when it is not to be dispatched now.
+    async fn claim(
+        &self,
+        inner: &Arc<Inner>,
+        run: &RunRecord,
+    ) -> Result<Option<(TransferRecord, Instant)>> {
         let Some(record) = inner.store.get_transfer(&run.transfer).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let started = Instant::now();
         let now = now_ms();
         let lease_until = now + inner.config.lease.as_millis() as i64;
-        // Claimed in this control plane's name while it chooses, so that of several
-        // control planes one dispatches the run, and only its choice counts a turn.
-        let choosing = format!("dispatch/{}", inner.config.instance);
+        let choosing = self.choosing(inner);
         let Some(claimed) = inner
             .store
             .claim_run(&run.id, &choosing, lease_until, now)
             .await?
         else {
-            return Ok(());
+            return Ok(None);
         };
         if claimed.phase == SUSPENDED || claimed.finished() {
             inner.store.release_run(&run.id, &choosing).await?;
-            return Ok(());
+            return Ok(None);
         }
-        let (request, strategy) = run_request(&record);
-        let selection = match self.registry.select(&request, strategy.as_deref()).await {
+        Ok(Some((record, started)))
+    }
+
+    fn choosing(&self, inner: &Inner) -> String {
+        format!("dispatch/{}", inner.config.instance)
+    }
+
+    /// Gives a claimed run to the data plane selected for it (and tells it to start), or
+    /// says why none takes it.
+    async fn hand_over(
+        &self,
+        inner: &Arc<Inner>,
+        run: &RunRecord,
+        request: &RunRequest,
+        selection: std::result::Result<crate::selector::Selection, RegistryError>,
+        (started, selected): (Instant, Duration),
+    ) -> Result<()> {
+        let choosing = self.choosing(inner);
+        let now = now_ms();
+        let lease_until = now + inner.config.lease.as_millis() as i64;
+        let selection = match selection {
             Ok(selection) => selection,
             Err(e) => {
                 inner.store.release_run(&run.id, &choosing).await?;
                 return match e {
                     RegistryError::NoInstance(none) => {
-                        self.no_data_plane(inner, run, &request, &none.reason).await
+                        self.no_data_plane(inner, run, request, &none.reason).await
                     }
                     RegistryError::UnknownStrategy(e) => {
                         self.fail(inner, run, &format!("spec.dataPlane.strategy: {e}"))
@@ -118,7 +177,6 @@ impl Dispatcher {
                 };
             }
         };
-        let selected = started.elapsed();
         let dp = selection.instance;
         // The data plane's own claim then holds at once.
         if !inner
@@ -186,6 +244,7 @@ impl Dispatcher {
             return Ok(());
         }
         lock(&self.waiting).remove(&run.id);
+        inner.dispatched(selected.as_secs_f64(), total.as_secs_f64());
         inner
             .emit(
                 &run.transfer,

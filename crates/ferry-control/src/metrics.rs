@@ -1,7 +1,7 @@
 //! Counters the control plane keeps, written in Prometheus' text format for `/metrics`.
 //!
-//! A handful of fixed series do not need a metrics library: atomics, and one histogram of
-//! run durations with fixed buckets.
+//! A handful of fixed series do not need a metrics library: atomics, and histograms of
+//! run durations and of dispatch times with fixed buckets.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Upper bounds of the run-duration buckets, in seconds.
-const DURATION_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+const DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+/// Upper bounds of the dispatch-time buckets, in seconds.
+const DISPATCH_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
-#[derive(Default)]
 pub struct Metrics {
     runs_started: AtomicU64,
     /// Finished runs by phase.
@@ -20,6 +23,9 @@ pub struct Metrics {
     bytes: AtomicU64,
     records: AtomicU64,
     durations: Mutex<Histogram>,
+    /// From a run's claim by the dispatcher to a data plane chosen, and to its answer.
+    selections: Mutex<Histogram>,
+    dispatches: Mutex<Histogram>,
     events: AtomicU64,
     /// Routing decisions by (engine or inProcess, rule).
     routed: Mutex<BTreeMap<(String, String), u64>>,
@@ -31,11 +37,64 @@ pub struct Metrics {
 /// A stream's lag: events behind per partition, and seconds since it was caught up.
 type StreamLag = (Vec<(i32, i64)>, f64);
 
-#[derive(Default)]
 struct Histogram {
-    counts: [u64; DURATION_BUCKETS.len()],
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Mutex<Self> {
+        Mutex::new(Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        })
+    }
+
+    fn observe(&mut self, value: f64) {
+        for (i, bound) in self.bounds.iter().enumerate() {
+            if value <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+
+    /// The series' lines: cumulative buckets, sum and count.
+    fn lines(&self) -> Vec<(String, String)> {
+        let mut lines: Vec<(String, String)> = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(bound, n)| (format!("_bucket{{le=\"{bound}\"}}"), n.to_string()))
+            .collect();
+        lines.push(("_bucket{le=\"+Inf\"}".into(), self.count.to_string()));
+        lines.push(("_sum".into(), self.sum.to_string()));
+        lines.push(("_count".into(), self.count.to_string()));
+        lines
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            runs_started: AtomicU64::default(),
+            runs_finished: Mutex::default(),
+            retries: AtomicU64::default(),
+            bytes: AtomicU64::default(),
+            records: AtomicU64::default(),
+            durations: Histogram::new(DURATION_BUCKETS),
+            selections: Histogram::new(DISPATCH_BUCKETS),
+            dispatches: Histogram::new(DISPATCH_BUCKETS),
+            events: AtomicU64::default(),
+            routed: Mutex::default(),
+            stream_lag: Mutex::default(),
+        }
+    }
 }
 
 /// Numbers read from elsewhere when the metrics are written.
@@ -69,14 +128,14 @@ impl Metrics {
             .or_default() += 1;
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.records.fetch_add(records, Ordering::Relaxed);
-        let mut h = lock(&self.durations);
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += seconds;
+        lock(&self.durations).observe(seconds);
+    }
+
+    /// A run was handed to a data plane: `select` seconds after the dispatcher claimed it
+    /// a data plane was chosen, `total` seconds after, the data plane answered.
+    pub fn dispatched(&self, select: f64, total: f64) {
+        lock(&self.selections).observe(select);
+        lock(&self.dispatches).observe(total);
     }
 
     /// A run was routed to `engine` (or `inProcess`) by `rule`.
@@ -238,20 +297,23 @@ impl Metrics {
                 ),
             ],
         );
-        let h = lock(&self.durations);
-        let mut buckets: Vec<(String, String)> = DURATION_BUCKETS
-            .iter()
-            .zip(h.counts)
-            .map(|(bound, n)| (format!("_bucket{{le=\"{bound}\"}}"), n.to_string()))
-            .collect();
-        buckets.push(("_bucket{le=\"+Inf\"}".into(), h.count.to_string()));
-        buckets.push(("_sum".into(), h.sum.to_string()));
-        buckets.push(("_count".into(), h.count.to_string()));
         series(
             "ferry_run_duration_seconds",
             "histogram",
             "How long finished runs took.",
-            buckets,
+            lock(&self.durations).lines(),
+        );
+        series(
+            "ferry_dispatch_selection_seconds",
+            "histogram",
+            "From the dispatcher's claim of a run to a data plane chosen for it.",
+            lock(&self.selections).lines(),
+        );
+        series(
+            "ferry_dispatch_seconds",
+            "histogram",
+            "From the dispatcher's claim of a run to the chosen data plane's answer.",
+            lock(&self.dispatches).lines(),
         );
         out
     }
@@ -277,6 +339,8 @@ mod tests {
         m.run_finished("Failed", 0.05, 1, 0);
         m.routed("rclone-eu", "size");
         m.stream_lag("orders-lake", vec![(0, 12), (1, 0)], 2.5);
+        m.dispatched(0.002, 0.004);
+        m.dispatched(0.02, 0.2);
         let text = m.render(&Snapshot {
             transfers_by_phase: BTreeMap::from([("Running", 2), ("Succeeded", 1)]),
             active_runs: 2,
@@ -293,6 +357,12 @@ mod tests {
             "ferry_run_duration_seconds_bucket{le=\"5\"} 2",
             "ferry_run_duration_seconds_bucket{le=\"+Inf\"} 2",
             "ferry_run_duration_seconds_count 2",
+            "ferry_dispatch_selection_seconds_bucket{le=\"0.0025\"} 1",
+            "ferry_dispatch_selection_seconds_bucket{le=\"0.025\"} 2",
+            "ferry_dispatch_seconds_bucket{le=\"0.005\"} 1",
+            "ferry_dispatch_seconds_bucket{le=\"0.1\"} 1",
+            "ferry_dispatch_seconds_bucket{le=\"0.25\"} 2",
+            "ferry_dispatch_seconds_count 2",
             "ferry_webhook_deliveries_total{outcome=\"delivered\"} 3",
             "ferry_delegated_runs_active{engine=\"rclone-eu\"} 1",
             "ferry_runs_routed_total{engine=\"rclone-eu\",rule=\"size\"} 1",

@@ -556,6 +556,46 @@ pub async fn shared_round_robin(a: Arc<dyn DataPlaneStore>, b: Arc<dyn DataPlane
         .map(|d| d.turn_count)
         .collect();
     assert_eq!(turns, [20, 20, 20]);
+
+    // Batches of selections under one lock: each pick sees the turns the earlier ones took.
+    let spreads = Arc::new(Mutex::new(Vec::new()));
+    let batches: Vec<_> = (0..10)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let spreads = Arc::clone(&spreads);
+            tokio::spawn(async move {
+                store
+                    .select_dataplanes(1000 + i, 6, &mut |_, records| {
+                        let turns = records.iter().map(|d| d.turn_count);
+                        let spread = turns.clone().max()? - turns.min()?;
+                        spreads.lock().unwrap().push(spread);
+                        (0..records.len()).min_by_key(|i| records[*i].turn_count)
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for batch in batches {
+        let picks = batch.await.unwrap();
+        let mut ids: Vec<String> = picks.into_iter().map(|p| p.unwrap().id).collect();
+        ids.sort();
+        assert_eq!(ids, ["dp-a", "dp-a", "dp-b", "dp-b", "dp-c", "dp-c"]);
+    }
+    assert!(spreads.lock().unwrap().iter().all(|s| *s <= 1));
+    let turns: Vec<i64> = a
+        .list_dataplanes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.turn_count)
+        .collect();
+    assert_eq!(turns, [40, 40, 40]);
+    let none = b
+        .select_dataplanes(2000, 3, &mut |i, _| (i == 1).then_some(7))
+        .await
+        .unwrap();
+    assert_eq!(none, [None, None, None], "an index past the end picks none");
 }
 
 /// Versioned documents: create once, write only over the version read, list by parent and

@@ -40,6 +40,10 @@ pub struct DataPlaneRecord {
 /// none. It runs while every registration is locked, so it must be quick and not block.
 pub type Chooser<'a> = dyn FnMut(&[DataPlaneRecord]) -> Option<usize> + Send + 'a;
 
+/// Picks for the `i`th of several selections, as [`Chooser`] does; the registrations show
+/// the turns the earlier picks took.
+pub type ChooserMany<'a> = dyn FnMut(usize, &[DataPlaneRecord]) -> Option<usize> + Send + 'a;
+
 /// Where data plane registrations are kept.
 ///
 /// Each method is atomic. [`DataPlaneStore::select_dataplane`] holds every registration
@@ -76,4 +80,22 @@ pub trait DataPlaneStore: Send + Sync + 'static {
         now: i64,
         choose: &mut Chooser<'_>,
     ) -> Result<Option<DataPlaneRecord>>;
+    /// `count` selections at once: as [`select_dataplane`](Self::select_dataplane) each,
+    /// under one lock where the store can, every pick counted before the next is chosen.
+    /// The picks in order, `None` where `choose` picked none.
+    async fn select_dataplanes(
+        &self,
+        now: i64,
+        count: usize,
+        choose: &mut ChooserMany<'_>,
+    ) -> Result<Vec<Option<DataPlaneRecord>>> {
+        let mut picks = Vec::with_capacity(count);
+        for i in 0..count {
+            picks.push(
+                self.select_dataplane(now, &mut |records| choose(i, records))
+                    .await?,
+            );
+        }
+        Ok(picks)
+    }
 }

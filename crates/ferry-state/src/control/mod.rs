@@ -23,7 +23,7 @@ pub mod documents;
 pub(crate) mod postgres;
 mod sqlite;
 
-pub use dataplanes::{DataPlaneRecord, DataPlaneStore};
+pub use dataplanes::{ChooserMany, DataPlaneRecord, DataPlaneStore};
 pub use documents::{DocumentRecord, DocumentStore};
 pub use postgres::PostgresControlStore;
 pub use sqlite::SqliteControlStore;

@@ -20,7 +20,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::dataplanes::{Chooser, DataPlaneRecord, DataPlaneStore, AVAILABLE};
+use super::dataplanes::{Chooser, ChooserMany, DataPlaneRecord, DataPlaneStore, AVAILABLE};
 use super::documents::{DocumentRecord, DocumentStore};
 use super::{ControlStore, EventRecord, NewEvent, RunRecord, TransferFilter, TransferRecord};
 
@@ -163,6 +163,7 @@ enum Q {
     SetDataPlaneState,
     LockDataPlanes,
     TakeTurn,
+    TakeTurns,
     InsertDocument,
     UpdateDocument,
     GetDocument,
@@ -333,6 +334,11 @@ impl Q {
             ),
             Q::TakeTurn => concat!(
                 "UPDATE ferry_dataplanes SET turn_count = turn_count + 1, last_active_ms = $2
+                 WHERE id = $1 RETURNING ",
+                dataplane_columns!()
+            ),
+            Q::TakeTurns => concat!(
+                "UPDATE ferry_dataplanes SET turn_count = turn_count + $2, last_active_ms = $3
                  WHERE id = $1 RETURNING ",
                 dataplane_columns!()
             ),
@@ -599,6 +605,66 @@ impl PostgresControlStore {
         let record = rows.first().map(|row| self.dataplane(row)).transpose()?;
         tx.commit().await.map_err(fail)?;
         Ok(record)
+    }
+
+    async fn select_many_on(
+        &self,
+        conn: &mut Conn,
+        now: i64,
+        count: usize,
+        choose: &mut ChooserMany<'_>,
+    ) -> Result<Vec<Option<DataPlaneRecord>>> {
+        let lock_all = conn
+            .statement(Q::LockDataPlanes)
+            .await
+            .map_err(|e| self.failed(conn, &e))?
+            .clone();
+        let take_turns = conn
+            .statement(Q::TakeTurns)
+            .await
+            .map_err(|e| self.failed(conn, &e))?
+            .clone();
+        let broken = &conn.broken;
+        let fail = |e: tokio_postgres::Error| {
+            if e.is_closed() {
+                broken.store(true, Ordering::Relaxed);
+            }
+            self.fail(&e)
+        };
+        let tx = conn.client.transaction().await.map_err(fail)?;
+        let rows = tx.query(&lock_all, &[]).await.map_err(fail)?;
+        let mut records = rows
+            .iter()
+            .map(|row| self.dataplane(row))
+            .collect::<Result<Vec<_>>>()?;
+        let mut picks = Vec::with_capacity(count);
+        let mut taken = vec![0i64; records.len()];
+        for i in 0..count {
+            let pick = choose(i, &records).filter(|j| *j < records.len());
+            if let Some(j) = pick {
+                records[j].turn_count += 1;
+                records[j].last_active_ms = Some(now);
+                taken[j] += 1;
+            }
+            picks.push(pick);
+        }
+        if taken.iter().all(|n| *n == 0) {
+            tx.rollback().await.map_err(fail)?;
+            return Ok(vec![None; count]);
+        }
+        let mut stored = vec![None; records.len()];
+        for (j, n) in taken.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let rows = tx
+                .query(&take_turns, &[&records[j].id, n, &now])
+                .await
+                .map_err(fail)?;
+            stored[j] = rows.first().map(|row| self.dataplane(row)).transpose()?;
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(picks
+            .into_iter()
+            .map(|pick| pick.and_then(|j| stored[j].clone()))
+            .collect())
     }
 }
 
@@ -1126,6 +1192,23 @@ impl DataPlaneStore for PostgresControlStore {
         }
         match slot.as_mut() {
             Some(conn) => self.select_on(conn, now, choose).await,
+            None => Err(Error::Internal("the selection session is not open".into())),
+        }
+    }
+
+    async fn select_dataplanes(
+        &self,
+        now: i64,
+        count: usize,
+        choose: &mut ChooserMany<'_>,
+    ) -> Result<Vec<Option<DataPlaneRecord>>> {
+        let mut slot = self.selecting.lock().await;
+        if !slot.as_ref().is_some_and(Conn::usable) {
+            *slot = None;
+            *slot = Some(Conn::new(dial(&self.config, &self.shown).await?));
+        }
+        match slot.as_mut() {
+            Some(conn) => self.select_many_on(conn, now, count, choose).await,
             None => Err(Error::Internal("the selection session is not open".into())),
         }
     }

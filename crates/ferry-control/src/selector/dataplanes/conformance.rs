@@ -115,6 +115,36 @@ pub async fn selections(registry: &dyn DataPlaneRegistry) {
         .map(|dp| dp.turn_count)
         .collect();
     assert_eq!(turns, [2, 3, 2], "failed selections take no turn");
+
+    // Several at once: in order, each counted before the next, failures for their run only.
+    let batch = [
+        (any.clone(), None),
+        (mysql.clone(), None),
+        (any.clone(), Some("fastest".to_string())),
+        (any.clone(), None),
+        (any.clone(), None),
+    ];
+    let results = registry.select_many(&batch).await;
+    assert_eq!(results.len(), 5);
+    assert!(matches!(results[1], Err(RegistryError::NoInstance(_))));
+    assert!(matches!(results[2], Err(RegistryError::UnknownStrategy(_))));
+    for i in [0, 3, 4] {
+        let chosen = results[i].as_ref().unwrap();
+        assert_eq!(chosen.strategy, "round-robin");
+    }
+    let turns: Vec<u64> = registry
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|dp| dp.turn_count)
+        .collect();
+    assert_eq!(
+        turns.iter().sum::<u64>(),
+        10,
+        "one turn per pick: {turns:?}"
+    );
+    assert!(turns.iter().max().unwrap() - turns.iter().min().unwrap() <= 2);
 }
 
 pub async fn heartbeats_and_states(registry: &dyn DataPlaneRegistry) {

@@ -57,6 +57,18 @@ pub trait DataPlaneRegistry: Send + Sync {
         run: &RunRequest,
         strategy: Option<&str>,
     ) -> Result<Selection, RegistryError>;
+    /// Selects for several runs at once, in order, each choice counted before the next
+    /// (under one lock where the registry can). One result per run.
+    async fn select_many(
+        &self,
+        runs: &[(RunRequest, Option<String>)],
+    ) -> Vec<Result<Selection, RegistryError>> {
+        let mut selections = Vec::with_capacity(runs.len());
+        for (run, strategy) in runs {
+            selections.push(self.select(run, strategy.as_deref()).await);
+        }
+        selections
+    }
     /// Records a heartbeat with the load the instance reports and makes it available;
     /// `None` when it is not registered (it should register again).
     async fn heartbeat(

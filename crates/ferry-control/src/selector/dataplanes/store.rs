@@ -148,6 +148,65 @@ impl DataPlaneRegistry for StoreRegistry {
         }
     }
 
+    async fn select_many(
+        &self,
+        runs: &[(RunRequest, Option<String>)],
+    ) -> Vec<Result<Selection, RegistryError>> {
+        let mut results: Vec<Option<Result<Selection, RegistryError>>> =
+            (0..runs.len()).map(|_| None).collect();
+        let mut names = Vec::with_capacity(runs.len());
+        let mut strategies = Vec::with_capacity(runs.len());
+        for (i, (_, strategy)) in runs.iter().enumerate() {
+            let name = strategy.as_deref().unwrap_or(&self.default_strategy);
+            match self.strategies.get(name) {
+                Ok(chosen) => strategies.push(Some(chosen)),
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    strategies.push(None);
+                }
+            }
+            names.push(name.to_string());
+        }
+        let now = (self.clock)();
+        let mut failures: Vec<Option<RegistryError>> = (0..runs.len()).map(|_| None).collect();
+        let picks = self
+            .store
+            .select_dataplanes(now, runs.len(), &mut |i, records| {
+                let strategy = strategies[i].as_ref()?;
+                let picked = self.seen_all(records, now).and_then(|seen| {
+                    choose(&seen, &runs[i].0, &names[i], *strategy).map_err(RegistryError::from)
+                });
+                picked.map_err(|e| failures[i] = Some(e)).ok()
+            })
+            .await;
+        let picks = match picks {
+            Ok(picks) => picks,
+            Err(e) => {
+                let shown = e.to_string();
+                return (0..runs.len())
+                    .map(|_| Err(ferry_core::Error::Internal(shown.clone()).into()))
+                    .collect();
+            }
+        };
+        for (i, pick) in picks.into_iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            results[i] = Some(match (pick, failures[i].take()) {
+                (Some(record), _) => self.seen(&record, now).map(|instance| Selection {
+                    instance,
+                    strategy: names[i].clone(),
+                }),
+                (None, Some(failure)) => Err(failure),
+                (None, None) => Err(no_capable_instance(&[], &runs[i].0).into()),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every run has a result"))
+            .collect()
+    }
+
     async fn heartbeat(
         &self,
         id: &str,

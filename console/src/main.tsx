@@ -50,7 +50,7 @@ function SignIn({ notice, onSignedIn }: { notice?: string; onSignedIn: (token: s
   return (
     <main class="signin">
       <h1>
-        <span aria-hidden="true">⛴</span> ferry
+        <Logo /> ferry
       </h1>
       <form
         onSubmit={async (e) => {
@@ -100,6 +100,15 @@ function SignIn({ notice, onSignedIn }: { notice?: string; onSignedIn: (token: s
   );
 }
 
+function Logo() {
+  return (
+    <svg class="logo" viewBox="0 0 16 16" width="20" height="20" aria-hidden="true">
+      <path d="M1 10h14l-2 4H3z" fill="currentColor" />
+      <path d="M7 2v7M7 2l5 6H7" stroke="currentColor" stroke-width="1.2" fill="none" />
+    </svg>
+  );
+}
+
 function Shell({ onSignOut }: { onSignOut: () => void }) {
   const { path } = useLocation();
   const [applying, setApplying] = useState(false);
@@ -121,7 +130,7 @@ function Shell({ onSignOut }: { onSignOut: () => void }) {
       </a>
       <header class="top">
         <Link to="/transfers" class="brand">
-          <span aria-hidden="true">⛴</span> ferry
+          <Logo /> ferry
         </Link>
         <nav aria-label="Main">
           <ul>

@@ -77,11 +77,34 @@ spec:
     // The 25% milestone arrived on the event stream.
     await expect(page.locator('.events li[data-reason="Progress"]').first()).toBeVisible();
 
-    // The list shows the same run with its bar.
+    // The list shows the same run with its bar, beside others made through the API.
+    await ferry.api("POST", "/v1/transfers", {
+      apiVersion: "ferry.dev/v1",
+      kind: "BatchTransfer",
+      metadata: { name: "orders-daily", labels: { team: "shop" } },
+      spec: {
+        source: { type: "file", path: "exports/orders.csv", format: "csv" },
+        destination: { type: "file", path: "lake/orders/", format: "parquet" },
+        schedule: "15 3 * * *",
+        timeZone: "Europe/Berlin",
+      },
+    });
+    await ferry.api("POST", "/v1/transfers", {
+      apiVersion: "ferry.dev/v1",
+      kind: "BatchTransfer",
+      metadata: { name: "crm-export", labels: { team: "sales" } },
+      spec: {
+        source: { type: "file", path: "crm/contacts.csv", format: "csv" },
+        destination: { type: "file", path: "lake/contacts/", format: "parquet" },
+      },
+    });
     await page.getByRole("link", { name: "Transfers" }).first().click();
     const row = page.locator('tr[data-transfer="nightly-blobs"]');
     await expect(row.getByRole("progressbar")).toHaveAttribute("data-percent", BETWEEN_0_AND_100);
     await expect(row.locator(".phase")).toHaveText("Running");
+    await expect(page.locator('tr[data-transfer="crm-export"] .phase')).toHaveText(/^(Fatal|Failed|ConfigurationError)$/);
+    await expect(page.locator('tr[data-transfer="orders-daily"] .phase')).toHaveText("Pending");
+    await page.screenshot({ path: `${SHOTS}transfers.png` });
     // Filters: by phase and by label.
     await page.getByLabel("Phase").selectOption("Succeeded");
     await expect(page.getByText("No transfers match these filters")).toBeVisible();
@@ -94,7 +117,6 @@ spec:
     await page.getByLabel("Phase").selectOption("");
     await page.getByRole("searchbox", { name: "Labels" }).fill("");
     await page.getByRole("searchbox", { name: "Labels" }).press("Enter");
-    await page.screenshot({ path: `${SHOTS}transfers.png` });
 
     await row.getByRole("link", { name: "nightly-blobs" }).click();
     await expect(bar).toHaveAttribute("data-percent", BETWEEN_0_AND_100);
@@ -273,9 +295,16 @@ spec:
     await page.setViewportSize({ width: 375, height: 812 });
     await signIn(page, ferry);
     await expect(page.locator('tr[data-transfer="new-year-archive"]')).toBeVisible();
+    // A pipeline's task transfers are shown on request only.
+    const task = page.locator('tr[data-transfer^="nightly-report-"]');
+    await expect(task).toHaveCount(0);
+    await page.getByLabel("Show pipeline tasks").check();
+    await expect(task.first()).toBeVisible();
+    await page.getByLabel("Show pipeline tasks").uncheck();
+    await expect(task).toHaveCount(0);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
     expect(overflow).toBeLessThanOrEqual(0);
-    await page.screenshot({ path: `${SHOTS}transfers-phone.png`, fullPage: true });
+    await page.screenshot({ path: `${SHOTS}transfers-phone.png` });
   });
 });
 

@@ -10,6 +10,8 @@ export function Transfers() {
   const { query } = useLocation();
   const phase = query.get("phase") ?? "";
   const labels = query.get("labels") ?? "";
+  // The transfers pipelines make for their tasks are shown on the pipeline's page.
+  const showTasks = query.get("tasks") === "1";
   const list = useLoaded(() => api.transfers(phase, labels), `${phase}|${labels}`);
   // Every transfer's events, from now on: any of them may change a row.
   const stream = useStream(
@@ -20,6 +22,8 @@ export function Transfers() {
     },
     list.reload,
   );
+
+  const shown = list.data?.filter((t) => showTasks || !t.metadata.labels?.["ferry.dev/pipeline"]);
 
   const setFilter = (name: string, value: string) => {
     const q = new URLSearchParams(query);
@@ -56,15 +60,19 @@ export function Transfers() {
             onChange={(e) => setFilter("labels", e.currentTarget.value.trim())}
           />
         </label>
+        <label class="check">
+          <input type="checkbox" checked={showTasks} onChange={(e) => setFilter("tasks", e.currentTarget.checked ? "1" : "")} />
+          Show pipeline tasks
+        </label>
       </form>
       <ErrorNote error={list.error} />
       {list.data === undefined && !list.error && <p aria-busy="true">Loading…</p>}
-      {list.data?.length === 0 && (
+      {shown?.length === 0 && (
         <p class="empty">
           No transfers{phase || labels ? " match these filters" : " yet"}. Apply a manifest to create one.
         </p>
       )}
-      {list.data && list.data.length > 0 && <TransferTable transfers={list.data} />}
+      {shown && shown.length > 0 && <TransferTable transfers={shown} />}
     </section>
   );
 }

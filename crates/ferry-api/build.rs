@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let manifest_dir =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let console = manifest_dir.join("../../console");
     let dist = console.join("dist");
     let mut files = Vec::new();
@@ -23,8 +24,12 @@ fn main() {
     let mut out = String::from("/// Built console files, by path relative to `console/dist`.\n");
     out.push_str("pub(crate) static ASSETS: &[(&str, &[u8])] = &[\n");
     for (relative, path) in &files {
-        writeln!(out, "    ({relative:?}, include_bytes!({:?})),", path.display().to_string())
-            .expect("write to a String");
+        writeln!(
+            out,
+            "    ({relative:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        )
+        .expect("write to a String");
     }
     out.push_str("];\n");
     let target = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"))

@@ -543,20 +543,15 @@ async fn follow_all_events(State(state): State<AppState>) -> Response {
     let live = state.controller.subscribe();
     let closed = state.controller.streams_closed();
     let events = futures::stream::unfold(live, |mut live| async move {
-        loop {
-            match live.recv().await {
-                Ok(record) => {
-                    let event = sse_event(&EventView::of(&record));
-                    return Some((Ok::<_, Infallible>(event), live));
-                }
-                // Fell behind: say so, so the client reads current state again.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    let event = Event::default().event("Lagged").data(missed.to_string());
-                    return Some((Ok(event), live));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let event = match live.recv().await {
+            Ok(record) => sse_event(&EventView::of(&record)),
+            // Fell behind: say so, so the client reads current state again.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Event::default().event("Lagged").data(missed.to_string())
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(event), live))
     });
     Sse::new(futures::StreamExt::take_until(events, closed))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -35,29 +35,26 @@ fn asset(path: &str) -> Option<&'static [u8]> {
 /// A file of the build; for a path that names no file and looks like a page (no
 /// extension), `index.html`, whose script routes it in the browser.
 fn serve(path: &str, headers: &HeaderMap) -> Response {
-    if !BUILT {
-        return not_built();
-    }
     let last = path.rsplit('/').next().unwrap_or("");
-    let path = if asset(path).is_some() && !path.is_empty() {
-        path
-    } else if path.is_empty() || !last.contains('.') {
-        "index.html"
-    } else {
-        return (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("the console has no file {path}\n"),
-        )
-            .into_response();
+    let page = path.is_empty() || !last.contains('.');
+    let path = match asset(path) {
+        Some(_) if !path.is_empty() => path,
+        _ if !page => {
+            return (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("the console has no file {path}\n"),
+            )
+                .into_response()
+        }
+        _ if !BUILT => return not_built(),
+        _ => "index.html",
     };
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-    let compressed = gzip
-        .then(|| asset(&format!("{path}.gz")))
-        .flatten();
+    let compressed = gzip.then(|| asset(&format!("{path}.gz"))).flatten();
     let body = compressed.or_else(|| asset(path)).unwrap_or_default();
     // Vite names what it builds under assets/ by content hash: cached for good. The page
     // itself is asked again each time, so a new binary's console is picked up.
@@ -68,10 +65,16 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     };
     let mut response = (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type(path))),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(path)),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
             (header::VARY, HeaderValue::from_static("accept-encoding")),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
         ],
         body,
     )

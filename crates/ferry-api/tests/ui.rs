@@ -73,7 +73,11 @@ async fn the_console_is_served_without_a_token_and_the_api_still_wants_one() {
     let router = router(dir.path());
 
     let page = get(&router, "/ui/", false).await;
-    assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
     if ui::BUILT {
         assert_eq!(page.status, StatusCode::OK);
         assert!(page.body.contains("<div id=\"app\""), "{}", page.body);
@@ -98,7 +102,11 @@ async fn the_console_is_served_without_a_token_and_the_api_still_wants_one() {
 
     // The API behind it still needs the token.
     for path in ["/v1/transfers", "/v1/events", "/openapi.json"] {
-        assert_eq!(get(&router, path, false).await.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            get(&router, path, false).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
     }
 }
 
@@ -119,7 +127,11 @@ async fn built_assets_have_their_types_long_caching_and_gzip() {
         .expect("the page loads a script from /ui/assets/");
     let plain = get(&router, &format!("/ui/{script}"), false).await;
     assert_eq!(plain.status, StatusCode::OK);
-    assert!(plain.content_type.starts_with("text/javascript"), "{}", plain.content_type);
+    assert!(
+        plain.content_type.starts_with("text/javascript"),
+        "{}",
+        plain.content_type
+    );
     assert!(plain.cache.unwrap().contains("immutable"));
     assert_eq!(plain.encoding, None);
     let zipped = get(&router, &format!("/ui/{script}"), true).await;

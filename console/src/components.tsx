@@ -110,6 +110,10 @@ export function Dialog({
         e.preventDefault();
         onClose();
       }}
+      // Closed by the browser itself (Escape without a cancel event): follow it.
+      onClose={() => {
+        if (open) onClose();
+      }}
     >
       {open && (
         <>

@@ -176,16 +176,19 @@ test.describe("the console", () => {
     await expect(page.locator('.events li[data-reason^="Run"]').first()).toBeVisible();
 
     // Delete asks first: Cancel keeps it, Escape too, Delete removes it.
-    await page.getByRole("button", { name: "Delete" }).click();
+    const remove = page.getByRole("group", { name: "Actions" }).getByRole("button", { name: "Delete" });
     const confirm = page.getByRole("dialog", { name: "Delete missing-source?" });
+    await remove.click();
     await expect(confirm).toBeVisible();
     await confirm.getByRole("button", { name: "Cancel" }).click();
     await expect(confirm).toBeHidden();
-    await page.getByRole("button", { name: "Delete" }).click();
+    await remove.click();
+    await expect(confirm.getByRole("button", { name: "Cancel" })).toBeFocused();
     await page.keyboard.press("Escape");
     await expect(confirm).toBeHidden();
-    await expect(page.getByRole("button", { name: "Delete" })).toBeFocused();
-    await page.getByRole("button", { name: "Delete" }).click();
+    await expect(remove).toBeFocused();
+    await remove.click();
+    await expect(confirm).toBeVisible();
     await confirm.getByRole("button", { name: "Delete" }).click();
     await expect(page).toHaveURL(/\/ui\/transfers$/);
     await expect(page.locator('tr[data-transfer="missing-source"]')).toHaveCount(0);
@@ -219,7 +222,7 @@ test.describe("the console", () => {
     await open.focus();
     await page.keyboard.press("Enter");
     const dialog = page.getByRole("dialog", { name: "Apply a manifest" });
-    await expect(dialog).toBeVisible();
+    await expect(dialog.getByLabel("Manifest")).toBeVisible();
     await page.keyboard.press("Escape");
     await expect(dialog).toBeHidden();
     await expect(open).toBeFocused();

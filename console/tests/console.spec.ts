@@ -31,6 +31,21 @@ async function applyManifest(page: Page, text: string) {
 
 const heading = (page: Page) => page.locator("main .page-head").first();
 
+// No script errors and no Content-Security-Policy refusals on any page. Failed requests
+// while a test has stopped the server are expected and not counted.
+const problems = new WeakMap<Page, string[]>();
+test.beforeEach(({ page }) => {
+  const seen: string[] = [];
+  problems.set(page, seen);
+  page.on("pageerror", (e) => seen.push(`script error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/net::ERR_|Failed to load resource/.test(m.text())) seen.push(m.text());
+  });
+});
+test.afterEach(({ page }) => {
+  expect(problems.get(page) ?? []).toEqual([]);
+});
+
 test.describe("a run followed live", () => {
   let ferry: Ferry;
 
@@ -192,6 +207,38 @@ test.describe("the console", () => {
     await confirm.getByRole("button", { name: "Delete" }).click();
     await expect(page).toHaveURL(/\/ui\/transfers$/);
     await expect(page.locator('tr[data-transfer="missing-source"]')).toHaveCount(0);
+  });
+
+  test("shows a record transfer's schemas in and out, and runs it again on request", async ({ page }) => {
+    ferry.write(
+      "exports/orders.csv",
+      "id,email,amount,country\n" +
+        Array.from({ length: 50 }, (_, i) => `${i},user${i}@example.com,${i * 3}.5,DE`).join("\n") +
+        "\n",
+    );
+    await ferry.api("POST", "/v1/transfers", {
+      apiVersion: "ferry.dev/v1",
+      kind: "BatchTransfer",
+      metadata: { name: "orders-to-lake", labels: { team: "lake" } },
+      spec: {
+        source: { type: "file", path: "exports/orders.csv", format: "csv" },
+        destination: { type: "file", path: "lake/orders/", format: "parquet" },
+        transformation: [{ action: "RemoveColumn", columns: ["email"] }],
+      },
+    });
+    await signIn(page, ferry, "/ui/transfers/orders-to-lake");
+    await expect(heading(page).locator(".phase")).toHaveText("Succeeded");
+    const schemas = page.getByRole("region", { name: "Schemas" });
+    await expect(schemas.locator("table").first()).toContainText("email");
+    await expect(schemas.locator("table").nth(1)).not.toContainText("email");
+    await expect(schemas.locator("table").nth(1)).toContainText("amount");
+    await expect(page.locator(".facts")).toContainText("50");
+    const runs = page.locator("table.runs tbody tr");
+    await expect(runs).toHaveCount(1);
+    await page.getByRole("button", { name: "Run now" }).click();
+    await expect(runs).toHaveCount(2);
+    await expect(runs.first()).toHaveAttribute("data-phase", "Succeeded");
+    await expect(runs.first().locator('td[data-label="Trigger"]')).toHaveText("manual");
   });
 
   test("suspends and resumes a transfer", async ({ page }) => {

@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 export const TOKEN = "console-e2e-token-3f9d";
 
@@ -47,6 +47,13 @@ export class Ferry {
       const data = Buffer.alloc(size, (i * 7 + 1) % 256);
       writeFileSync(join(this.root, dir, `part-${String(i).padStart(3, "0")}.bin`), data);
     }
+  }
+
+  /** Writes `text` at `path` (relative to the root). */
+  write(path: string, text: string) {
+    const full = join(this.root, path);
+    mkdirSync(dirname(full), { recursive: true });
+    writeFileSync(full, text);
   }
 
   /** Starts `ferry serve` and waits until it listens. `env` adds to its environment. */

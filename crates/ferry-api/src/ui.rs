@@ -79,6 +79,20 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         body,
     )
         .into_response();
+    if path == "index.html" {
+        // The page holds the API token: only its own scripts run, and no other site frames it.
+        response.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
+                 frame-ancestors 'none'; form-action 'self'",
+            ),
+        );
+        response.headers_mut().insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    }
     if compressed.is_some() {
         response
             .headers_mut()

@@ -34,6 +34,7 @@ struct Answer {
     content_type: String,
     encoding: Option<String>,
     cache: Option<String>,
+    csp: Option<String>,
     body: String,
 }
 
@@ -55,6 +56,7 @@ async fn get(router: &Router, path: &str, gzip: bool) -> Answer {
     };
     let (status, content_type) = (response.status(), text(header::CONTENT_TYPE));
     let (encoding, cache) = (text(header::CONTENT_ENCODING), text(header::CACHE_CONTROL));
+    let csp = text(header::CONTENT_SECURITY_POLICY);
     let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
         .await
         .unwrap();
@@ -63,6 +65,7 @@ async fn get(router: &Router, path: &str, gzip: bool) -> Answer {
         content_type: content_type.unwrap_or_default(),
         encoding,
         cache,
+        csp,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
@@ -82,6 +85,8 @@ async fn the_console_is_served_without_a_token_and_the_api_still_wants_one() {
         assert_eq!(page.status, StatusCode::OK);
         assert!(page.body.contains("<div id=\"app\""), "{}", page.body);
         assert_eq!(page.cache.as_deref(), Some("no-cache"));
+        // The page keeps the API token: no script but its own runs there.
+        assert!(page.csp.unwrap().contains("default-src 'self'"));
     } else {
         // A binary built without `scripts/console build` says how to get the console.
         assert_eq!(page.status, StatusCode::NOT_FOUND);

@@ -30,6 +30,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 mod dataflows;
 mod dataplanes;
 mod pipelines;
+pub mod ui;
 
 pub use dataplanes::{SelectRequest, StateChange};
 
@@ -58,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/transfers/{name}/run", post(run_transfer))
         .route("/v1/transfers/{name}/runs", get(list_runs))
         .route("/v1/transfers/{name}/events", get(list_events))
+        .route("/v1/events", get(follow_all_events))
         .merge(pipelines::routes())
         .merge(dataflows::router())
         .merge(dataplanes::routes())
@@ -67,6 +69,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(ui::routes())
         .merge(protected)
         .fallback(not_found)
         .with_state(state)
@@ -78,7 +81,7 @@ pub fn app(state: AppState) -> Router {
     info(title = "ferry", description = "Transfers as durable resources: create them, run them on schedules, follow their runs and events."),
     paths(
         list_transfers, create_transfer, get_transfer, replace_transfer, delete_transfer,
-        suspend_transfer, resume_transfer, run_transfer, list_runs, list_events,
+        suspend_transfer, resume_transfer, run_transfer, list_runs, list_events, follow_all_events,
         dataplanes::list_dataplanes, dataplanes::register_dataplane, dataplanes::get_dataplane,
         dataplanes::delete_dataplane, dataplanes::select_dataplane,
         dataplanes::heartbeat_dataplane, dataplanes::set_dataplane_state,
@@ -445,13 +448,29 @@ async fn list_events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let after = q.after(&headers);
     if !wants_stream(&q, &headers) {
-        return Ok(Json(state.controller.events(&name, q.after, limit).await?).into_response());
+        return Ok(Json(state.controller.events(&name, after, limit).await?).into_response());
     }
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = state.controller.subscribe();
-    let backlog = state.controller.events(&name, q.after, 10_000).await?;
+    let backlog = state.controller.events(&name, after, 10_000).await?;
     Ok(event_stream(state.controller.clone(), name, backlog, live))
+}
+
+impl EventsQuery {
+    /// `after`, or when it is not given, the `Last-Event-ID` a reconnecting event stream
+    /// client sends.
+    pub(crate) fn after(&self, headers: &HeaderMap) -> i64 {
+        if self.after > 0 {
+            return self.after;
+        }
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// Whether an events request asks for server-sent events (`follow`, or the `Accept`
@@ -519,6 +538,27 @@ fn follow(
     );
     // The stream ends when the server stops, so that it does not hold the shutdown up.
     futures::StreamExt::take_until(events, closed)
+}
+
+#[utoipa::path(get, path = "/v1/events",
+    responses((status = 200, body = [EventView], description = "A text/event-stream of the events of every transfer and pipeline from now on (no backlog: read a transfer's or pipeline's own events for those); a client that reconnects reads current state again")))]
+async fn follow_all_events(State(state): State<AppState>) -> Response {
+    let live = state.controller.subscribe();
+    let closed = state.controller.streams_closed();
+    let events = futures::stream::unfold(live, |mut live| async move {
+        let event = match live.recv().await {
+            Ok(record) => sse_event(&EventView::of(&record)),
+            // Fell behind: say so, so the client reads current state again.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Event::default().event("Lagged").data(missed.to_string())
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(event), live))
+    });
+    Sse::new(futures::StreamExt::take_until(events, closed))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 fn sse_event(e: &EventView) -> Event {

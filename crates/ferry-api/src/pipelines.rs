@@ -195,17 +195,18 @@ pub(crate) async fn list_pipeline_events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let after = q.after(&headers);
     if !wants_stream(&q, &headers) {
         let events = state
             .controller
-            .pipeline_events(&name, q.after, limit)
+            .pipeline_events(&name, after, limit)
             .await?;
         return Ok(Json(events).into_response());
     }
     let live = state.controller.subscribe();
     let backlog = state
         .controller
-        .pipeline_events(&name, q.after, 10_000)
+        .pipeline_events(&name, after, 10_000)
         .await?;
     let key = ferry_control::pipeline::runner::events_key(&name);
     Ok(event_stream(state.controller.clone(), key, backlog, live))

@@ -151,6 +151,7 @@ async fn every_endpoint_but_health_needs_a_token() {
         ("POST", "/v1/transfers/x/run"),
         ("GET", "/v1/transfers/x/runs"),
         ("GET", "/v1/transfers/x/events"),
+        ("GET", "/v1/events"),
         ("GET", "/metrics"),
         ("GET", "/openapi.json"),
     ] {
@@ -684,4 +685,56 @@ async fn events_reach_a_webhook() {
     assert_eq!(got[1]["reason"], "RunSucceeded");
     assert_eq!(got[1]["transfer"], "hooked");
     assert_eq!(got[1]["data"]["records"], 20);
+}
+
+/// `/v1/events` streams every transfer's events as they happen (what the web console's
+/// lists follow), and a transfer's events honour `Last-Event-ID` like `after`.
+#[tokio::test]
+async fn every_event_is_streamed_and_last_event_id_resumes_a_stream() {
+    let s = server();
+    let request = Request::builder()
+        .uri("/v1/events")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = s.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut stream = response.into_body().into_data_stream();
+
+    write_orders(&s.dir.path().join("in/orders.csv"), 10);
+    let manifest = transfer("streamed", &s.path("in/orders.csv"), &s.path("out/"));
+    let (status, _) = s.call("POST", "/v1/transfers", Some(manifest)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !text.contains("event: RunSucceeded") {
+        let chunk = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut stream))
+            .await
+            .expect("the run's events arrive on /v1/events")
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: Created"), "{text}");
+    assert!(text.contains("\"transfer\":\"streamed\""), "{text}");
+
+    let (_, all) = s.call("GET", "/v1/transfers/streamed/events", None).await;
+    let all = all.as_array().unwrap();
+    let first = all[0]["seq"].as_i64().unwrap();
+    let request = Request::builder()
+        .uri("/v1/transfers/streamed/events")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header("Last-Event-ID", first.to_string())
+        .body(Body::empty())
+        .unwrap();
+    let (status, after) = s.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    let after = after.as_array().unwrap();
+    assert_eq!(after.len(), all.len() - 1);
+    assert!(after.iter().all(|e| e["seq"].as_i64().unwrap() > first));
 }

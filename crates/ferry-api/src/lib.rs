@@ -285,14 +285,42 @@ pub struct ListQuery {
     phase: Option<String>,
     /// Only transfers with these labels: `team=lake,tier=gold`.
     label_selector: Option<String>,
+    /// At most this many (1 to 10000), by name; the answer's `Ferry-Continue` header
+    /// (and `Link: …; rel="next"`) says how to ask for the next page when more follow.
+    limit: Option<usize>,
+    /// The `Ferry-Continue` token of the previous page.
+    #[serde(rename = "continue")]
+    #[param(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+/// The header carrying the token of a list's next page.
+pub const CONTINUE_HEADER: &str = "ferry-continue";
+
+/// An opaque token for the page after `name`.
+fn continue_token(name: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("after:{name}"))
+}
+
+fn after_token(token: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    String::from_utf8(bytes)
+        .ok()?
+        .strip_prefix("after:")
+        .map(str::to_string)
 }
 
 #[utoipa::path(get, path = "/v1/transfers", params(ListQuery),
-    responses((status = 200, body = [TransferView]), (status = 400, body = ApiErrorBody)))]
+    responses((status = 200, body = [TransferView], headers(("ferry-continue" = String, description = "The token of the next page, when more follow"))),
+              (status = 400, body = ApiErrorBody)))]
 async fn list_transfers(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<TransferView>>> {
+) -> ApiResult<Response> {
     let phase = match q.phase.as_deref() {
         None | Some("") => None,
         Some(p) => Some(Phase::parse(p).ok_or_else(|| {
@@ -317,7 +345,59 @@ async fn list_transfers(
         })?;
         labels.insert(k.trim().to_string(), v.trim().to_string());
     }
-    Ok(Json(state.controller.list(phase, &labels).await?))
+    if q.limit.is_some_and(|n| !(1..=10_000).contains(&n)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "limit must be between 1 and 10000",
+        ));
+    }
+    let after = match q.continue_token.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        Some(token) => Some(after_token(token).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "continue: not a token this server gave; start again without it",
+            )
+        })?),
+    };
+    let (views, next) = state
+        .controller
+        .list_page(phase, &labels, after, q.limit)
+        .await?;
+    let mut response = Json(views).into_response();
+    if let Some(next) = next {
+        let token = continue_token(&next);
+        let mut query = vec![
+            format!("limit={}", q.limit.unwrap_or_default()),
+            format!("continue={token}"),
+        ];
+        if let Some(p) = &q.phase {
+            query.push(format!("phase={}", urlencoding(p)));
+        }
+        if let Some(l) = &q.label_selector {
+            query.push(format!("labelSelector={}", urlencoding(l)));
+        }
+        let headers = response.headers_mut();
+        if let Ok(v) = token.parse() {
+            headers.insert(CONTINUE_HEADER, v);
+        }
+        if let Ok(v) = format!("</v1/transfers?{}>; rel=\"next\"", query.join("&")).parse() {
+            headers.insert(axum::http::header::LINK, v);
+        }
+    }
+    Ok(response)
+}
+
+/// `text` with everything but unreserved characters percent-encoded.
+fn urlencoding(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[utoipa::path(post, path = "/v1/transfers",

@@ -39,6 +39,10 @@ enum TransfersCommand {
         /// Only transfers with this label, key=value. Repeatable.
         #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// Transfers asked for at once; the list is read page by page to its end.
+        #[arg(long, value_name = "N", default_value_t = 500,
+              value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        chunk_size: u64,
     },
     /// Show a transfer: spec (secrets redacted) and status.
     Get { name: String },
@@ -244,7 +248,11 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
                 );
             }
         }
-        TransfersCommand::List { phase, labels } => {
+        TransfersCommand::List {
+            phase,
+            labels,
+            chunk_size,
+        } => {
             let mut query = Vec::new();
             if let Some(p) = phase {
                 query.push(("phase", p.clone()));
@@ -252,14 +260,8 @@ pub async fn transfers(args: TransfersArgs) -> Result<u8> {
             if !labels.is_empty() {
                 query.push(("labelSelector", labels.join(",")));
             }
-            let body = client
-                .send(client.request(Method::GET, "/v1/transfers").query(&query))
-                .await?;
-            if json {
-                print_json(&body);
-            } else {
-                print_transfers(&body);
-            }
+            query.push(("limit", chunk_size.to_string()));
+            list_transfers(&client, query, json).await?;
         }
         TransfersCommand::Get { name } => {
             let body = client.transfer(name).await?;
@@ -420,7 +422,16 @@ pub(crate) fn text(v: &Value) -> String {
 }
 
 pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    print_rows(header, rows, &mut Vec::new());
+}
+
+/// Rows under the header (printed when `widths` is empty, as for a first page), each
+/// column as wide as its widest cell so far.
+fn print_rows(header: &[&str], rows: Vec<Vec<String>>, widths: &mut Vec<usize>) {
+    let first = widths.is_empty();
+    if first {
+        widths.extend(header.iter().map(|h| h.len()));
+    }
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
@@ -434,17 +445,77 @@ pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    if first {
+        line(header.iter().map(|h| h.to_string()).collect());
+    }
     for row in rows {
         line(row);
     }
 }
 
-fn print_transfers(body: &Value) {
-    let rows = body
-        .as_array()
-        .into_iter()
-        .flatten()
+/// Transfers a page at a time: what the server holds is never all in memory here.
+async fn list_transfers(client: &Client, mut query: Vec<(&str, String)>, json: bool) -> Result<()> {
+    use std::io::Write;
+    let (mut widths, mut listed) = (Vec::new(), 0usize);
+    if json {
+        print!("[");
+    }
+    loop {
+        let request = client
+            .request(reqwest::Method::GET, "/v1/transfers")
+            .query(&query);
+        let response = client.open(request).await?;
+        let status = response.status().as_u16();
+        let next = response
+            .headers()
+            .get("ferry-continue")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Error::unreachable(&client.base, plain(&e)))?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !(200..300).contains(&status) {
+            return Err(server_error(&client.base, "/v1/transfers", status, &body));
+        }
+        let page = body.as_array().cloned().unwrap_or_default();
+        if json {
+            for t in &page {
+                print!("{}\n  {t}", if listed == 0 { "" } else { "," });
+                listed += 1;
+            }
+        } else if !page.is_empty() || widths.is_empty() {
+            print_rows(TRANSFER_COLUMNS, transfer_rows(&page), &mut widths);
+        }
+        let _ = std::io::stdout().flush();
+        match next {
+            Some(token) => {
+                query.retain(|(k, _)| *k != "continue");
+                query.push(("continue", token));
+            }
+            None => break,
+        }
+    }
+    if json {
+        println!("{}]", if listed == 0 { "" } else { "\n" });
+    }
+    Ok(())
+}
+
+const TRANSFER_COLUMNS: &[&str] = &[
+    "NAME",
+    "PHASE",
+    "SCHEDULE",
+    "LAST SUCCESS",
+    "RECORDS",
+    "BYTES",
+    "ACTIVE RUN",
+];
+
+fn transfer_rows(transfers: &[Value]) -> Vec<Vec<String>> {
+    transfers
+        .iter()
         .map(|t| {
             let s = &t["status"];
             vec![
@@ -457,19 +528,7 @@ fn print_transfers(body: &Value) {
                 text(&s["activeRun"]),
             ]
         })
-        .collect();
-    print_table(
-        &[
-            "NAME",
-            "PHASE",
-            "SCHEDULE",
-            "LAST SUCCESS",
-            "RECORDS",
-            "BYTES",
-            "ACTIVE RUN",
-        ],
-        rows,
-    );
+        .collect()
 }
 
 fn print_runs(body: &Value) {

@@ -387,6 +387,34 @@ fn the_client_drives_every_action() {
     assert_eq!(suspended["spec"]["suspend"], true);
     let listed = transfers(root, port, &["list", "--phase", "Suspended"]);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // Listed a page at a time, to the end.
+    for name in ["acts-2", "acts-3"] {
+        let more = write_manifest(
+            root,
+            name,
+            "  source: {type: file, path: in/orders.csv}\n  destination: {type: file, path: out/more/}\n  suspend: true\n",
+        );
+        transfers(root, port, &["apply", "-f", more.to_str().unwrap()]);
+    }
+    let listed = transfers(root, port, &["list", "--chunk-size", "1"]);
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acts", "acts-2", "acts-3"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["transfers", "list", "--chunk-size", "2"])
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "one header, three rows: {text}");
+    assert!(lines[0].starts_with("NAME"));
+    assert!(lines[3].starts_with("acts-3"), "{text}");
     let resumed = transfers(root, port, &["resume", "acts"]);
     assert_eq!(resumed["spec"]["suspend"], false);
     let run = transfers(root, port, &["run", "acts"]);

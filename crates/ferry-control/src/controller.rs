@@ -504,12 +504,34 @@ impl Controller {
         phase: Option<Phase>,
         labels: &BTreeMap<String, String>,
     ) -> ControlResult<Vec<TransferView>> {
+        Ok(self.list_page(phase, labels, None, None).await?.0)
+    }
+
+    /// A page of at most `limit` transfers by name, after the one named `after`, and the
+    /// name to continue after when more may follow.
+    pub async fn list_page(
+        &self,
+        phase: Option<Phase>,
+        labels: &BTreeMap<String, String>,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> ControlResult<(Vec<TransferView>, Option<String>)> {
         let filter = TransferFilter {
             phase: phase.map(|p| p.as_str().to_string()),
             labels: labels.clone(),
+            after,
+            // One more than asked for tells whether another page follows.
+            limit: limit.map(|n| n + 1),
         };
-        let records = self.inner.store.list_transfers(&filter).await?;
-        Ok(records.iter().map(|r| self.inner.view(r)).collect())
+        let mut records = self.inner.store.list_transfers(&filter).await?;
+        let more = limit.is_some_and(|n| records.len() > n);
+        if let Some(n) = limit {
+            records.truncate(n);
+        }
+        let next = more
+            .then(|| records.last().map(|r| r.name.clone()))
+            .flatten();
+        Ok((records.iter().map(|r| self.inner.view(r)).collect(), next))
     }
 
     /// Deletes a transfer, its runs and its events; a running run is stopped first.

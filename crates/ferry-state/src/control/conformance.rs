@@ -82,11 +82,22 @@ pub async fn transfers(store: &dyn ControlStore) {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ..TransferFilter::default()
     };
     assert_eq!(
         names(labels(&[("team", "lake")])).await,
         ["alpha", "beta", "orders"]
     );
+    // Pages by name, byte-wise: a limit, then the rest after the last name seen.
+    let page = |after: Option<&str>, limit| TransferFilter {
+        after: after.map(str::to_string),
+        limit: Some(limit),
+        ..labels(&[("team", "lake")])
+    };
+    assert_eq!(names(page(None, 2)).await, ["alpha", "beta"]);
+    assert_eq!(names(page(Some("beta"), 2)).await, ["orders"]);
+    assert!(names(page(Some("orders"), 2)).await.is_empty());
+    assert_eq!(names(page(Some("B"), 1)).await, ["alpha"], "byte order");
     assert_eq!(
         names(labels(&[("team", "lake"), ("tier", "gold")])).await,
         ["beta"]
@@ -98,7 +109,7 @@ pub async fn transfers(store: &dyn ControlStore) {
     );
     let running = TransferFilter {
         phase: Some("Running".into()),
-        labels: BTreeMap::new(),
+        ..TransferFilter::default()
     };
     assert_eq!(names(running).await, ["beta"]);
     assert!(store.delete_transfer("beta").await.unwrap());

@@ -56,6 +56,10 @@ pub struct TransferFilter {
     pub phase: Option<String>,
     /// Only transfers carrying every one of these labels.
     pub labels: BTreeMap<String, String>,
+    /// Only transfers whose names sort (byte-wise) after this one: the next page.
+    pub after: Option<String>,
+    /// At most this many, by name.
+    pub limit: Option<usize>,
 }
 
 impl TransferFilter {
@@ -165,6 +169,8 @@ pub trait ControlStore: DataPlaneStore + DocumentStore {
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<bool>;
     async fn get_transfer(&self, name: &str) -> Result<Option<TransferRecord>>;
     /// The transfers `filter` selects, by name.
+    /// The transfers the filter selects, by name (byte-wise), a page of them when it has a
+    /// limit.
     async fn list_transfers(&self, filter: &TransferFilter) -> Result<Vec<TransferRecord>>;
     /// Replaces manifest and labels, adds 1 to the generation and returns the new record;
     /// `None` when there is no such transfer.

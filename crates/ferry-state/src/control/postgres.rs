@@ -193,7 +193,9 @@ impl Q {
                 "SELECT ",
                 transfer_columns!(),
                 " FROM ferry_transfers WHERE ($1::text IS NULL OR phase = $1) \
-                 AND ($2::text IS NULL OR labels::jsonb @> $2::jsonb) ORDER BY name COLLATE \"C\""
+                 AND ($2::text IS NULL OR labels::jsonb @> $2::jsonb) \
+                 AND ($3::text IS NULL OR name COLLATE \"C\" > $3) \
+                 ORDER BY name COLLATE \"C\" LIMIT $4"
             ),
             Q::DueTransfers => concat!(
                 "SELECT ",
@@ -868,7 +870,15 @@ impl ControlStore for PostgresControlStore {
     async fn list_transfers(&self, filter: &TransferFilter) -> Result<Vec<TransferRecord>> {
         let labels = filter.labels_json();
         let rows = self
-            .query(Q::ListTransfers, &[&filter.phase, &labels])
+            .query(
+                Q::ListTransfers,
+                &[
+                    &filter.phase,
+                    &labels,
+                    &filter.after,
+                    &filter.limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                ],
+            )
             .await?;
         rows.iter().map(|row| self.transfer(row)).collect()
     }

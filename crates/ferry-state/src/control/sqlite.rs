@@ -344,8 +344,17 @@ impl ControlStore for SqliteControlStore {
                    SELECT 1 FROM json_each(?2) AS want WHERE NOT EXISTS (
                        SELECT 1 FROM json_each(transfers.labels) AS have
                        WHERE have.key = want.key AND have.value = want.value)))
-             ORDER BY name",
-            &[&filter.phase, &filter.labels_json()],
+               AND (?3 IS NULL OR name > ?3)
+             ORDER BY name LIMIT ?4",
+            &[
+                &filter.phase,
+                &filter.labels_json(),
+                &filter.after,
+                // A negative limit is none.
+                &filter
+                    .limit
+                    .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            ],
         )
     }
 

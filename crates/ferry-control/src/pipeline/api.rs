@@ -143,54 +143,29 @@ impl Controller {
         if !unknown.is_empty() {
             return Err(ControlError::Invalid(unknown));
         }
-        let store = &self.inner.store;
-        loop {
-            let now = now_ms();
-            let existing = store.get_document(PIPELINE, &manifest.name).await?;
-            let (doc, expected) = match &existing {
-                None => (
-                    PipelineDoc {
-                        manifest: manifest.raw.clone(),
-                        uid: format!("{:016x}", rand::random::<u64>()),
-                        generation: 1,
-                        created_at: now,
-                        updated_at: now,
-                        last_schedule_ms: None,
-                    },
-                    None,
+        let (doc, created) = runner::put_versioned::<PipelineDoc>(
+            &self.inner,
+            PIPELINE,
+            &manifest.name,
+            &manifest.raw,
+        )
+        .await?;
+        self.inner
+            .emit(
+                &events_key(&manifest.name),
+                None,
+                "Normal",
+                if created { "Created" } else { "Updated" },
+                format!(
+                    "pipeline {} (generation {})",
+                    if created { "created" } else { "applied" },
+                    doc.generation
                 ),
-                Some(record) => {
-                    let mut doc: PipelineDoc =
-                        serde_json::from_value(record.document.clone()).unwrap_or_default();
-                    if doc.manifest != manifest.raw {
-                        doc.manifest = manifest.raw.clone();
-                        doc.generation += 1;
-                        doc.updated_at = now;
-                    }
-                    (doc, Some(record.version))
-                }
-            };
-            let record = DocumentRecord::new(PIPELINE, &manifest.name, json!(doc), now);
-            if store.put_document(&record, expected).await?.is_some() {
-                let created = existing.is_none();
-                self.inner
-                    .emit(
-                        &events_key(&manifest.name),
-                        None,
-                        "Normal",
-                        if created { "Created" } else { "Updated" },
-                        format!(
-                            "pipeline {} (generation {})",
-                            if created { "created" } else { "applied" },
-                            doc.generation
-                        ),
-                        json!({"generation": doc.generation}),
-                    )
-                    .await;
-                self.inner.pipeline_wake.notify_one();
-                return Ok((self.get_pipeline(&manifest.name).await?, created));
-            }
-        }
+                json!({"generation": doc.generation}),
+            )
+            .await;
+        self.inner.pipeline_wake.notify_one();
+        Ok((self.get_pipeline(&manifest.name).await?, created))
     }
 
     async fn pipeline_doc(&self, name: &str) -> ControlResult<(DocumentRecord, PipelineDoc)> {

@@ -51,6 +51,68 @@ pub struct PipelineDoc {
     pub last_schedule_ms: Option<i64>,
 }
 
+/// A stored resource's document: a manifest with a generation.
+pub(crate) trait Versioned: Serialize + serde::de::DeserializeOwned + Default {
+    /// A first version, made at `now`.
+    fn first(manifest: Value, now: i64) -> Self;
+    fn manifest(&self) -> &Value;
+    /// The manifest replaced at `now`, in a new generation.
+    fn replace(&mut self, manifest: Value, now: i64);
+}
+
+/// Stores `manifest` as document `kind/name`: a first version, or the stored one with its
+/// manifest replaced (a new generation only when it changed), compare-and-swap against
+/// concurrent writers. The document and whether it was created.
+pub(crate) async fn put_versioned<D: Versioned>(
+    inner: &Inner,
+    kind: &str,
+    name: &str,
+    manifest: &Value,
+) -> Result<(D, bool)> {
+    loop {
+        let now = now_ms();
+        let existing = inner.store.get_document(kind, name).await?;
+        let (doc, expected) = match &existing {
+            None => (D::first(manifest.clone(), now), None),
+            Some(record) => {
+                let mut doc: D =
+                    serde_json::from_value(record.document.clone()).unwrap_or_default();
+                if doc.manifest() != manifest {
+                    doc.replace(manifest.clone(), now);
+                }
+                (doc, Some(record.version))
+            }
+        };
+        let record = DocumentRecord::new(kind, name, json!(doc), now);
+        if inner.store.put_document(&record, expected).await?.is_some() {
+            return Ok((doc, existing.is_none()));
+        }
+    }
+}
+
+impl Versioned for PipelineDoc {
+    fn first(manifest: Value, now: i64) -> Self {
+        PipelineDoc {
+            manifest,
+            uid: format!("{:016x}", rand::random::<u64>()),
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+            last_schedule_ms: None,
+        }
+    }
+
+    fn manifest(&self) -> &Value {
+        &self.manifest
+    }
+
+    fn replace(&mut self, manifest: Value, now: i64) {
+        self.manifest = manifest;
+        self.generation += 1;
+        self.updated_at = now;
+    }
+}
+
 impl PipelineDoc {
     pub fn spec(&self) -> Option<PipelineSpec> {
         serde_json::from_value(self.manifest["spec"].clone()).ok()

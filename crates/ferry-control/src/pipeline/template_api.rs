@@ -14,10 +14,9 @@ use utoipa::ToSchema;
 use super::runner::{PipelineDoc, PIPELINE};
 use super::spec::{check_template_uses, ParamSpec, PipelineSpec, TEMPLATES};
 use super::templates::{builtin, validate_template, TaskTemplateSpec, TEMPLATE};
-use crate::controller::{now_ms, ControlError, ControlResult, Controller, Inner};
+use crate::controller::{ControlError, ControlResult, Controller, Inner};
 use crate::resource::{time_text, FieldError};
 use crate::secrets::redact_manifest;
-use ferry_state::DocumentRecord;
 
 /// A template as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -53,6 +52,27 @@ pub(crate) struct TemplateDoc {
     pub generation: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl super::runner::Versioned for TemplateDoc {
+    fn first(manifest: Value, now: i64) -> Self {
+        TemplateDoc {
+            manifest,
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn manifest(&self) -> &Value {
+        &self.manifest
+    }
+
+    fn replace(&mut self, manifest: Value, now: i64) {
+        self.manifest = manifest;
+        self.generation += 1;
+        self.updated_at = now;
+    }
 }
 
 impl TemplateDoc {
@@ -94,7 +114,6 @@ impl Controller {
     /// Registers the template, or replaces the one of its name; true when it was created.
     pub async fn apply_template(&self, raw: Value) -> ControlResult<(TemplateView, bool)> {
         let manifest = validate_template(raw).map_err(ControlError::Invalid)?;
-        let store = &self.inner.store;
         // Every pipeline using it must still fit the new version.
         let mut templates = registered(&self.inner).await?;
         templates.insert(manifest.name.clone(), manifest.spec.clone());
@@ -113,36 +132,14 @@ impl Controller {
         if !unfit.is_empty() {
             return Err(ControlError::Invalid(unfit));
         }
-        loop {
-            let now = now_ms();
-            let existing = store.get_document(TEMPLATE, &manifest.name).await?;
-            let (doc, expected) = match &existing {
-                None => (
-                    TemplateDoc {
-                        manifest: manifest.raw.clone(),
-                        generation: 1,
-                        created_at: now,
-                        updated_at: now,
-                    },
-                    None,
-                ),
-                Some(record) => {
-                    let mut doc: TemplateDoc =
-                        serde_json::from_value(record.document.clone()).unwrap_or_default();
-                    if doc.manifest != manifest.raw {
-                        doc.manifest = manifest.raw.clone();
-                        doc.generation += 1;
-                        doc.updated_at = now;
-                    }
-                    (doc, Some(record.version))
-                }
-            };
-            let record = DocumentRecord::new(TEMPLATE, &manifest.name, json!(doc), now);
-            if store.put_document(&record, expected).await?.is_some() {
-                let view = self.get_template(&manifest.name).await?;
-                return Ok((view, existing.is_none()));
-            }
-        }
+        let (_, created) = super::runner::put_versioned::<TemplateDoc>(
+            &self.inner,
+            TEMPLATE,
+            &manifest.name,
+            &manifest.raw,
+        )
+        .await?;
+        Ok((self.get_template(&manifest.name).await?, created))
     }
 
     pub async fn get_template(&self, name: &str) -> ControlResult<TemplateView> {

@@ -162,7 +162,6 @@ enum Q {
     HeartbeatDataPlane,
     SetDataPlaneState,
     LockDataPlanes,
-    TakeTurn,
     TakeTurns,
     InsertDocument,
     UpdateDocument,
@@ -333,11 +332,6 @@ impl Q {
                 "SELECT ",
                 dataplane_columns!(),
                 " FROM ferry_dataplanes ORDER BY id COLLATE \"C\" FOR UPDATE"
-            ),
-            Q::TakeTurn => concat!(
-                "UPDATE ferry_dataplanes SET turn_count = turn_count + 1, last_active_ms = $2
-                 WHERE id = $1 RETURNING ",
-                dataplane_columns!()
             ),
             Q::TakeTurns => concat!(
                 "UPDATE ferry_dataplanes SET turn_count = turn_count + $2, last_active_ms = $3
@@ -566,49 +560,6 @@ impl PostgresControlStore {
     /// [`DataPlaneStore::select_dataplane`] on the selection session: one transaction that
     /// locks every registration, so selections from every store sharing the database wait
     /// for each other.
-    async fn select_on(
-        &self,
-        conn: &mut Conn,
-        now: i64,
-        choose: &mut Chooser<'_>,
-    ) -> Result<Option<DataPlaneRecord>> {
-        let lock_all = conn
-            .statement(Q::LockDataPlanes)
-            .await
-            .map_err(|e| self.failed(conn, &e))?
-            .clone();
-        let take_turn = conn
-            .statement(Q::TakeTurn)
-            .await
-            .map_err(|e| self.failed(conn, &e))?
-            .clone();
-        let broken = &conn.broken;
-        let fail = |e: tokio_postgres::Error| {
-            if e.is_closed() {
-                broken.store(true, Ordering::Relaxed);
-            }
-            self.fail(&e)
-        };
-        // Dropped without a commit (an error, or a chooser that panics), it rolls back.
-        let tx = conn.client.transaction().await.map_err(fail)?;
-        let rows = tx.query(&lock_all, &[]).await.map_err(fail)?;
-        let records = rows
-            .iter()
-            .map(|row| self.dataplane(row))
-            .collect::<Result<Vec<_>>>()?;
-        let Some(chosen) = choose(&records).and_then(|i| records.get(i)) else {
-            tx.rollback().await.map_err(fail)?;
-            return Ok(None);
-        };
-        let rows = tx
-            .query(&take_turn, &[&chosen.id, &now])
-            .await
-            .map_err(fail)?;
-        let record = rows.first().map(|row| self.dataplane(row)).transpose()?;
-        tx.commit().await.map_err(fail)?;
-        Ok(record)
-    }
-
     async fn select_many_on(
         &self,
         conn: &mut Conn,
@@ -633,6 +584,7 @@ impl PostgresControlStore {
             }
             self.fail(&e)
         };
+        // Dropped without a commit (an error, or a chooser that panics), it rolls back.
         let tx = conn.client.transaction().await.map_err(fail)?;
         let rows = tx.query(&lock_all, &[]).await.map_err(fail)?;
         let mut records = rows
@@ -1195,15 +1147,12 @@ impl DataPlaneStore for PostgresControlStore {
         now: i64,
         choose: &mut Chooser<'_>,
     ) -> Result<Option<DataPlaneRecord>> {
-        let mut slot = self.selecting.lock().await;
-        if !slot.as_ref().is_some_and(Conn::usable) {
-            *slot = None;
-            *slot = Some(Conn::new(dial(&self.config, &self.shown).await?));
-        }
-        match slot.as_mut() {
-            Some(conn) => self.select_on(conn, now, choose).await,
-            None => Err(Error::Internal("the selection session is not open".into())),
-        }
+        let mut one = |_: usize, records: &[DataPlaneRecord]| choose(records);
+        Ok(self
+            .select_dataplanes(now, 1, &mut one)
+            .await?
+            .pop()
+            .flatten())
     }
 
     async fn select_dataplanes(

@@ -52,8 +52,29 @@ impl Cluster {
         Some((cluster, work))
     }
 
+    /// The store's URL: over TLS, the server's certificate checked against the test CA
+    /// (as the PostgreSQL sources and sinks that use the same URL do).
     fn store(&self) -> String {
-        self.pg.url(&self.db)
+        let ca = std::env::var("FERRY_TEST_POSTGRES_CA").expect("scripts/services env sets it");
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={ca}",
+            self.pg.url(&self.db)
+        )
+    }
+
+    /// The sessions ferry has open to the store's database: (encrypted, not encrypted).
+    fn store_sessions(&self) -> (usize, usize) {
+        let counts = self.pg.sql(
+            "ferry",
+            &format!(
+                "SELECT count(*) FILTER (WHERE ssl), count(*) FILTER (WHERE NOT ssl)
+                 FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+                 WHERE datname = '{}' AND application_name = 'ferry'",
+                self.db
+            ),
+        );
+        let (tls, plain) = counts.split_once('|').expect("two counts");
+        (tls.parse().unwrap(), plain.parse().unwrap())
     }
 
     /// The second control plane selects through the first one's registry API, as a
@@ -222,6 +243,8 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
     let (status, planes) = cluster.cp(1).call("GET", "/v1/dataplanes", None);
     assert_eq!(status, 200, "{planes}");
     assert_eq!(planes.as_array().map(Vec::len), Some(3), "{planes}");
+    let (tls, plain) = cluster.store_sessions();
+    assert!(tls > 0 && plain == 0, "{tls} sessions over TLS, {plain} without");
 
     // Round-robin with turn counts shared by both control planes, then least recently
     // used: each data plane gets exactly a third.

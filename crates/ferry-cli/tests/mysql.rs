@@ -1,6 +1,10 @@
-//! MySQL/MariaDB loads as a user runs them, killed with SIGKILL and run again.
+//! MySQL/MariaDB loads as a user runs them, killed with SIGKILL (or their sessions
+//! killed by the server) and run again.
 
 mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
 
 use common::{ferry, run_ok, start_and_kill};
 use ferry_connectors::testkit::{unique_name, TestMysql};
@@ -64,4 +68,83 @@ fn a_killed_load_leaves_the_table_as_it_was_and_a_rerun_adds_the_rows_once() {
         ),
     );
     assert_eq!(staging, "0", "no staging table left");
+}
+
+#[test]
+fn a_load_whose_session_is_killed_fails_clearly_and_a_rerun_adds_the_rows_once() {
+    let Some(my) = TestMysql::get() else {
+        return;
+    };
+    // A database of its own, so that killing its sessions touches no other test.
+    let db = unique_name("dropped").replace('-', "_");
+    let table = "events";
+    my.sql("ferry", &format!("CREATE DATABASE {db}"));
+    my.sql(
+        &db,
+        &format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, body varchar(80));
+             INSERT INTO {table} SELECT seq, concat(md5(seq), repeat('y', seq % 40))
+             FROM seq_1_to_150000"
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let src = format!("{}?table={table}", my.url(&db));
+    run_ok(ferry(&state, work.path()).args(["copy", src.as_str(), "events.parquet"]));
+    my.sql(
+        &db,
+        "CREATE TABLE copied (id bigint PRIMARY KEY, body varchar(80));
+         INSERT INTO copied VALUES (0, 'before')",
+    );
+    let dst = format!("{}?table=copied&mode=append", my.url(&db));
+    let args = ["copy", "events.parquet", dst.as_str()];
+    let count = || my.sql(&db, "SELECT count(*) FROM copied");
+
+    let mut child = ferry(&state, work.path())
+        .args(args)
+        .arg("--json")
+        .env("FERRY_FAILPOINT", "wait-after-batches:1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("ferry: failpoint reached") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "ferry exited early"
+        );
+    }
+    let sessions = my.sql(
+        "ferry",
+        &format!(
+            "SELECT ID FROM information_schema.PROCESSLIST
+             WHERE DB = '{db}' AND ID <> CONNECTION_ID()"
+        ),
+    );
+    assert!(!sessions.is_empty(), "ferry has sessions to {db}");
+    for id in sessions.split_whitespace() {
+        my.sql("ferry", &format!("KILL CONNECTION {id}"));
+    }
+    // Let it go on, into the killed sessions.
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(out.status.code(), Some(1), "{report} {rest}");
+    let error = report["outputs"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&db) && error.contains("copied") && !error.contains('\n'),
+        "{report}"
+    );
+    assert_eq!(count(), "1", "the table is as it was");
+
+    let report = run_ok(ferry(&state, work.path()).args(args));
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(count(), "150001", "every row once, the old one kept");
+    my.sql("ferry", &format!("DROP DATABASE {db}"));
 }

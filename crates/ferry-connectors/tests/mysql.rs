@@ -207,3 +207,85 @@ async fn a_large_table_is_read_in_key_ranges_and_a_query_in_one_piece() {
     assert_eq!(batch.num_rows(), 3);
     my.sql("ferry", &format!("DROP TABLE {t}"));
 }
+
+/// The cipher of a session opened with `params`, as the server sees it ("" when the
+/// session is plain), or the error, as the user reads it.
+async fn cipher(my: &TestMysql, params: &str) -> Result<String, String> {
+    use mysql_async::prelude::Queryable;
+    let url = format!("{}?table=t&{params}", my.url("ferry"));
+    let mut conn = ferry_connectors::mysql::connect(&address(&url))
+        .await
+        .map_err(|e| e.to_string())?;
+    let row: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await
+        .unwrap();
+    Ok(row.map(|(_, cipher)| cipher).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn ssl_mode_encrypts_and_checks_the_server_as_the_mysql_client_does() {
+    let Some(my) = TestMysql::get() else {
+        return;
+    };
+    if my.sql("ferry", "SELECT @@have_ssl") != "YES" {
+        let msg = "the MySQL test server has no TLS: run `scripts/services up` again";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipping: {msg}");
+        return;
+    }
+    let ca = std::env::var("FERRY_TEST_MYSQL_CA").expect("scripts/services env sets it");
+    assert_eq!(cipher(&my, "ssl-mode=DISABLED").await.unwrap(), "");
+    // The MySQL client's default, PREFERRED: encrypted when the server offers it.
+    assert_ne!(cipher(&my, "").await.unwrap(), "");
+    assert_ne!(cipher(&my, "ssl-mode=REQUIRED").await.unwrap(), "");
+    for mode in ["VERIFY_CA", "VERIFY_IDENTITY", "verify-identity"] {
+        let params = format!("ssl-mode={mode}&ssl-ca={ca}");
+        assert_ne!(cipher(&my, &params).await.unwrap(), "", "{mode}");
+    }
+
+    // The certificate is checked against the given CA, else the built-in roots, which
+    // do not know the test CA.
+    let e = cipher(&my, "ssl-mode=VERIFY_IDENTITY").await.unwrap_err();
+    assert!(
+        e.contains("not signed by a trusted CA") && e.contains("ssl-ca=PATH"),
+        "{e}"
+    );
+    assert!(e.contains("mysql://") && !e.contains('\n'), "{e}");
+    let e = cipher(&my, "ssl-mode=VERIFY_CA&ssl-ca=/no/ca.pem")
+        .await
+        .unwrap_err();
+    assert!(e.contains("ssl-ca /no/ca.pem"), "{e}");
+    let e = cipher(&my, "ssl-mode=sometimes").await.unwrap_err();
+    assert!(e.contains("unknown ssl-mode 'sometimes'"), "{e}");
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_is_given_up_after_connect_timeout() {
+    // A server that accepts the connection and says nothing (MySQL's server speaks first).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.extend(stream.ok());
+        }
+    });
+    let url = format!("mysql://ferry@127.0.0.1:{port}/ferry?table=t&connect-timeout=1");
+    let started = std::time::Instant::now();
+    let Err(e) = ferry_connectors::mysql::connect(&address(&url)).await else {
+        panic!("the server never answers");
+    };
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(matches!(e, ferry_core::Error::Unreachable { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains("within 1 s (connect-timeout)"),
+        "{text}"
+    );
+    let bad = format!("mysql://ferry@127.0.0.1:{port}/ferry?table=t&connect-timeout=soon");
+    let Err(e) = ferry_connectors::mysql::connect(&address(&bad)).await else {
+        panic!("connect-timeout is a number");
+    };
+    assert!(e.to_string().contains("connect-timeout=soon"), "{e}");
+}

@@ -9,9 +9,12 @@ mod codec;
 mod sink;
 mod source;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use arrow::datatypes::SchemaRef;
 use ferry_core::{Error, Result, TableAddress};
-use mysql_async::{Conn, Opts, OptsBuilder};
+use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 use percent_encoding::percent_decode_str;
 
 pub(crate) use crate::tables::quote;
@@ -40,9 +43,117 @@ pub async fn prepare(
     Ok(Box::new(MyLoad::prepare(address, schema, load_id).await?))
 }
 
+/// How a session is protected, as the MySQL client's `--ssl-mode` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SslMode {
+    Disabled,
+    /// TLS when the server offers it, unchecked; else plain (the default).
+    Preferred,
+    /// TLS, unchecked (checked as `VerifyCa` when `ssl-ca` is given).
+    Required,
+    /// TLS, the chain checked against `ssl-ca` (else the built-in roots).
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host.
+    VerifyIdentity,
+}
+
+impl SslMode {
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        Ok(match text.to_ascii_uppercase().replace('-', "_").as_str() {
+            "DISABLED" => Self::Disabled,
+            "PREFERRED" => Self::Preferred,
+            "REQUIRED" => Self::Required,
+            "VERIFY_CA" => Self::VerifyCa,
+            "VERIFY_IDENTITY" => Self::VerifyIdentity,
+            _ => {
+                return Err(format!(
+                    "unknown ssl-mode '{text}': expected DISABLED, PREFERRED, REQUIRED, \
+                     VERIFY_CA or VERIFY_IDENTITY"
+                ))
+            }
+        })
+    }
+}
+
+/// How long opening a session may take, unless the URL says (`connect-timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// ferry's own session parameters, taken out of the URL's query before the driver
+/// reads the rest.
+struct Session {
+    ssl_mode: SslMode,
+    ssl_ca: Option<PathBuf>,
+    connect_timeout: Duration,
+    /// The rest of the query, for the driver.
+    driver_query: String,
+}
+
+impl Session {
+    fn parse(url: &url::Url) -> std::result::Result<Self, String> {
+        let mut session = Session {
+            ssl_mode: SslMode::Preferred,
+            ssl_ca: None,
+            connect_timeout: CONNECT_TIMEOUT,
+            driver_query: String::new(),
+        };
+        let mut kept = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in url.query_pairs() {
+            match k.replace('_', "-").as_str() {
+                "ssl-mode" => session.ssl_mode = SslMode::parse(&v)?,
+                "ssl-ca" => {
+                    let path = PathBuf::from(v.as_ref());
+                    std::fs::metadata(&path)
+                        .map_err(|e| format!("ssl-ca {}: {e}", path.display()))?;
+                    session.ssl_ca = Some(path);
+                }
+                "connect-timeout" => {
+                    session.connect_timeout = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0)
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| {
+                            format!("connect-timeout={v}: expected a number of seconds above 0")
+                        })?;
+                }
+                _ => {
+                    kept.append_pair(&k, &v);
+                }
+            }
+        }
+        session.driver_query = kept.finish();
+        Ok(session)
+    }
+
+    /// The driver's TLS options for `mode` (`None`: plain).
+    fn ssl_opts(&self, mode: SslMode) -> Option<SslOpts> {
+        // As the MySQL client does, a CA makes REQUIRED check the chain.
+        let mode = match (mode, &self.ssl_ca) {
+            (SslMode::Required, Some(_)) => SslMode::VerifyCa,
+            (m, _) => m,
+        };
+        let opts = SslOpts::default();
+        let opts = match &self.ssl_ca {
+            Some(ca) => opts
+                .with_root_certs(vec![ca.clone().into()])
+                .with_disable_built_in_roots(true),
+            None => opts,
+        };
+        match mode {
+            SslMode::Disabled => None,
+            SslMode::Preferred | SslMode::Required => {
+                Some(opts.with_danger_accept_invalid_certs(true))
+            }
+            SslMode::VerifyCa => Some(opts.with_danger_skip_domain_validation(true)),
+            SslMode::VerifyIdentity => Some(opts),
+        }
+    }
+}
+
 /// Opens a session to the server `address` names. What the URL leaves out comes from
 /// `MYSQL_HOST`, `MYSQL_TCP_PORT` and `USER`; the password from the address's secret
-/// reference, else `MYSQL_PWD`.
+/// reference, else `MYSQL_PWD`. TLS as `ssl-mode` and `ssl-ca` say; opening gives up after
+/// `connect-timeout` seconds.
 pub async fn connect(address: &TableAddress) -> Result<Conn> {
     let invalid = |reason: String| Error::InvalidAddress {
         address: address.to_string(),
@@ -50,9 +161,14 @@ pub async fn connect(address: &TableAddress) -> Result<Conn> {
     };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let url = &address.url;
+    let session = Session::parse(url).map_err(invalid)?;
     // Connection parameters the driver knows (e.g. `compression=fast`), checked by it.
-    let params = Opts::from_url(&format!("mysql://localhost/?{}", url.query().unwrap_or("")))
+    let params = Opts::from_url(&format!("mysql://localhost/?{}", session.driver_query))
         .map_err(|e| invalid(e.to_string()))?;
+    // A peer that vanished is noticed by the kernel, not after TCP's default two hours.
+    let keepalive = params
+        .tcp_keepalive()
+        .or(Some(Duration::from_secs(10)));
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
@@ -87,8 +203,37 @@ pub async fn connect(address: &TableAddress) -> Result<Conn> {
         .pass(password)
         .db_name(database(address))
         .prefer_socket(false)
+        .tcp_keepalive(keepalive)
         .init(vec![SESSION_SETUP]);
-    Conn::new(opts).await.map_err(|e| my_error(address, e))
+    let open = |mode: SslMode| {
+        let opts = opts.clone().ssl_opts(session.ssl_opts(mode));
+        async move {
+            match tokio::time::timeout(session.connect_timeout, Conn::new(opts)).await {
+                Ok(opened) => opened.map_err(|e| my_error(address, e)),
+                Err(_) => Err(Error::unreachable(
+                    address,
+                    format!(
+                        "no session within {} s (connect-timeout)",
+                        session.connect_timeout.as_secs_f64()
+                    ),
+                )),
+            }
+        }
+    };
+    match open(session.ssl_mode).await {
+        // PREFERRED: plain when the server has no TLS to offer.
+        Err(e) if session.ssl_mode == SslMode::Preferred && no_tls(&e) => {
+            open(SslMode::Disabled).await
+        }
+        opened => opened,
+    }
+}
+
+/// What [`my_error`] says of a server that cannot do TLS.
+const NO_TLS: &str = "the server does not support TLS";
+
+fn no_tls(e: &Error) -> bool {
+    e.to_string().contains(NO_TLS)
 }
 
 /// The database the URL's path names, if any.
@@ -116,7 +261,40 @@ pub(crate) fn my_error(address: &TableAddress, e: mysql_async::Error) -> Error {
                 _ => Error::store(address, format!("{text} [{}]", s.code)),
             }
         }
-        E::Io(io) => Error::unreachable(address, ferry_core::error::one_line(&io.to_string())),
+        E::Io(io) => {
+            let mut text = io.to_string();
+            let mut source = std::error::Error::source(&io);
+            while let Some(cause) = source {
+                let shown = cause.to_string();
+                if !text.contains(&shown) {
+                    text.push_str(&format!(": {shown}"));
+                }
+                source = cause.source();
+            }
+            let text = ferry_core::error::one_line(&text);
+            // A certificate refused is not mended by trying again.
+            if text.contains("UnknownIssuer") {
+                Error::store(
+                    address,
+                    format!(
+                        "{text}; the server's certificate is not signed by a trusted CA: \
+                         give the CA's certificate as ssl-ca=PATH"
+                    ),
+                )
+            } else if text.contains("NotValidForName") {
+                Error::store(
+                    address,
+                    format!(
+                        "{text}; the server's certificate does not name this host: connect \
+                         by a name it holds, or use ssl-mode=VERIFY_CA"
+                    ),
+                )
+            } else if matches!(io, mysql_async::IoError::Tls(_)) || text.contains("certificate") {
+                Error::store(address, text)
+            } else {
+                Error::unreachable(address, text)
+            }
+        }
         E::Driver(d @ (DriverError::ConnectionClosed | DriverError::PoolDisconnected)) => {
             Error::unreachable(address, d)
         }
@@ -124,6 +302,12 @@ pub(crate) fn my_error(address: &TableAddress, e: mysql_async::Error) -> Error {
             address: address.to_string(),
             reason: u.to_string(),
         },
+        E::Driver(DriverError::NoClientSslFlagFromServer) => Error::store(
+            address,
+            format!(
+                "{NO_TLS}: use ssl-mode=PREFERRED or DISABLED, or give the server a certificate"
+            ),
+        ),
         other => Error::store(address, ferry_core::error::one_line(&other.to_string())),
     }
 }

@@ -8,7 +8,6 @@
 mod codec;
 mod sink;
 mod source;
-mod tls;
 
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ pub async fn connect(address: &TableAddress) -> Result<Client> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     // TLS settings are ferry's to apply (tokio-postgres knows neither verify-* nor roots).
     let mut url = address.url.clone();
-    let (mut sslmode, mut sslrootcert) = (env("PGSSLMODE"), env("PGSSLROOTCERT"));
+    let (mut sslmode, mut sslrootcert) = (None, None);
     let mut kept = Vec::new();
     for (k, v) in address.url.query_pairs() {
         match k.as_ref() {
@@ -46,12 +45,11 @@ pub async fn connect(address: &TableAddress) -> Result<Client> {
     if !kept.is_empty() {
         url.query_pairs_mut().extend_pairs(kept);
     }
-    let tls_mode = tls::Mode::parse(sslmode.as_deref().unwrap_or("prefer")).map_err(invalid)?;
-    let tls = tls::connector(tls_mode, sslrootcert.as_deref().map(std::path::Path::new))
+    let tls = ferry_state::tls::settings(sslmode.as_deref(), sslrootcert.as_deref())
         .map_err(invalid)?;
     let mut config: tokio_postgres::Config =
         url.as_str().parse().map_err(|e| invalid(format!("{e}")))?;
-    config.ssl_mode(tls_mode.ssl_mode());
+    config.ssl_mode(tls.mode.ssl_mode());
     if config.get_hosts().is_empty() {
         config.host(env("PGHOST").as_deref().unwrap_or("localhost"));
     }
@@ -83,7 +81,7 @@ pub async fn connect(address: &TableAddress) -> Result<Client> {
     }
     config.application_name("ferry");
     let (client, connection) = config
-        .connect(tls)
+        .connect(tls.connector)
         .await
         .map_err(|e| pg_error(address, e))?;
     tokio::spawn(async move {
@@ -127,9 +125,7 @@ pub(crate) fn pg_error(address: &TableAddress, e: tokio_postgres::Error) -> Erro
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    if text.contains("UnknownIssuer") {
-        text.push_str("; give the server's CA certificate as sslrootcert=PATH");
-    }
+    ferry_state::tls::explain(&mut text);
     if e.is_closed() || text.contains("connection") || text.contains("timed out") {
         Error::unreachable(address, text)
     } else {

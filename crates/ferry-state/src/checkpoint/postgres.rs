@@ -17,10 +17,10 @@ use ferry_core::{Error, PartToken, Result};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, Row, Statement};
+use tokio_postgres::{Row, Statement};
 
 use super::{now, FileCheckpoint, UploadCheckpoint};
-use crate::control::postgres::{describe, dial, parse_config, shown};
+use crate::control::postgres::{describe, dial, parse_config, shown, Session as Dialed, Target};
 
 /// Advisory lock (per database) held while creating the tables, so that processes
 /// starting together do not race on `CREATE TABLE IF NOT EXISTS`.
@@ -214,8 +214,8 @@ pub(super) struct PostgresCheckpoints {
 
 impl PostgresCheckpoints {
     /// Connects to `postgres://user[:password]@host[:port]/database` (password from the
-    /// URL, else `PGPASSWORD`; `sslmode` disable, allow or prefer) and creates the tables
-    /// if needed. Blocks until the session is open.
+    /// URL, else `PGPASSWORD`; TLS as `sslmode` and `sslrootcert` say; `query_timeout`)
+    /// and creates the tables if needed. Blocks until the session is open.
     pub(super) fn connect(url: &str) -> Result<Self> {
         let shown = shown(url);
         // One session per database and process, shared by every run: a service starting
@@ -239,12 +239,12 @@ impl PostgresCheckpoints {
     }
 
     fn open_session(url: &str, shown: String) -> Result<Self> {
-        let config = parse_config(url, &shown, "--state-url", "the checkpoint store")?;
+        let target = parse_config(url, &shown, "--state-url", "the checkpoint store")?;
         let (requests, inbox) = unbounded_channel();
         let (ready, opened) = mpsc::sync_channel(1);
         let session = Session {
             shown: shown.clone(),
-            config,
+            target,
             conn: Mutex::new(None),
         };
         std::thread::Builder::new()
@@ -411,7 +411,7 @@ async fn serve(
 
 /// An open session with its prepared statements.
 struct Conn {
-    client: Client,
+    session: Dialed,
     statements: Vec<Statement>,
     /// Set when a request found the session gone, so the next one opens a new session.
     broken: AtomicBool,
@@ -419,14 +419,14 @@ struct Conn {
 
 impl Conn {
     fn usable(&self) -> bool {
-        !self.broken.load(Ordering::Relaxed) && !self.client.is_closed()
+        !self.broken.load(Ordering::Relaxed) && !self.session.client.is_closed()
     }
 
     /// Whether `e` means the session is gone (then marked so): the connection closed, or
     /// the server ended it (class 08, connection exception; 57, operator intervention).
     fn lost(&self, e: &tokio_postgres::Error) -> bool {
         let lost = e.is_closed()
-            || self.client.is_closed()
+            || self.session.client.is_closed()
             || e.as_db_error()
                 .is_some_and(|db| matches!(&db.code().code()[..2], "08" | "57"));
         if lost {
@@ -440,7 +440,8 @@ impl Conn {
         q: Q,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
-        self.client
+        self.session
+            .client
             .execute(&self.statements[q as usize], params)
             .await
     }
@@ -450,7 +451,8 @@ impl Conn {
         q: Q,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        self.client
+        self.session
+            .client
             .query(&self.statements[q as usize], params)
             .await
     }
@@ -459,32 +461,39 @@ impl Conn {
 /// The session thread's state: where to connect, and the session, opened again when lost.
 struct Session {
     shown: String,
-    config: Config,
+    target: Target,
     conn: Mutex<Option<Arc<Conn>>>,
 }
 
 impl Session {
     fn fail(&self, e: &tokio_postgres::Error) -> Error {
-        Error::state(&self.shown, describe(e, &self.config))
+        Error::state(&self.shown, describe(e, &self.target.config))
     }
 
     /// A new session, with the tables created first when `create` is set.
     async fn open(&self, create: bool) -> Result<Arc<Conn>> {
-        let mut client = dial(&self.config, &self.shown).await?;
-        if create {
-            let tx = client.transaction().await.map_err(|e| self.fail(&e))?;
-            tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
-                .await
-                .map_err(|e| self.fail(&e))?;
-            tx.batch_execute(SCHEMA).await.map_err(|e| self.fail(&e))?;
-            tx.commit().await.map_err(|e| self.fail(&e))?;
-        }
-        let mut statements = Vec::with_capacity(QUERIES.len());
-        for q in QUERIES {
-            statements.push(client.prepare(q.sql()).await.map_err(|e| self.fail(&e))?);
-        }
+        let mut session = dial(&self.target, &self.shown).await?;
+        let prepared = self.target.answered(async {
+            let client = &mut session.client;
+            if create {
+                let tx = client.transaction().await?;
+                tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
+                    .await?;
+                tx.batch_execute(SCHEMA).await?;
+                tx.commit().await?;
+            }
+            let mut statements = Vec::with_capacity(QUERIES.len());
+            for q in QUERIES {
+                statements.push(client.prepare(q.sql()).await?);
+            }
+            Ok(statements)
+        });
+        let statements = match prepared.await {
+            Some(prepared) => prepared.map_err(|e| self.fail(&e))?,
+            None => return Err(self.target.silent(&self.shown)),
+        };
         Ok(Arc::new(Conn {
-            client,
+            session,
             statements,
             broken: AtomicBool::new(false),
         }))
@@ -504,12 +513,12 @@ impl Session {
 
     async fn answer(&self, op: &Op) -> Result<Answer> {
         let conn = self.conn().await?;
-        match run(&conn, op).await {
+        match self.run(&conn, op).await? {
             Ok(answer) => self.read(answer),
             Err(e) if conn.lost(&e) => {
                 // It may have committed or not; either way running it again is harmless.
                 let conn = self.conn().await?;
-                match run(&conn, op).await {
+                match self.run(&conn, op).await? {
                     Ok(answer) => self.read(answer),
                     Err(e) => {
                         conn.lost(&e);
@@ -518,6 +527,18 @@ impl Session {
                 }
             }
             Err(e) => Err(self.fail(&e)),
+        }
+    }
+
+    /// [`run`] within the time allowed: a session that did not answer in time is given
+    /// up, and the request fails (not sent again, as the server may still be working).
+    async fn run(&self, conn: &Conn, op: &Op) -> Result<Result<Raw, tokio_postgres::Error>> {
+        match self.target.answered(run(conn, op)).await {
+            Some(answer) => Ok(answer),
+            None => {
+                conn.broken.store(true, Ordering::Relaxed);
+                Err(self.target.silent(&self.shown))
+            }
         }
     }
 

@@ -34,7 +34,7 @@ fn admin(url: &str, sql: &str) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (client, connection) = config.connect(NoTls).await.unwrap();
+        let (client, connection) = config.config.connect(NoTls).await.unwrap();
         tokio::spawn(connection);
         client.batch_execute(sql).await.unwrap();
     });
@@ -397,18 +397,50 @@ fn an_unanswered_connect_is_unreachable() {
 }
 
 #[test]
-fn tls_and_other_urls_are_refused_naming_the_flag() {
-    let Err(e) = StateStore::connect("postgres://ferry:pw-123456@db.invalid/x?sslmode=require")
+fn checkpoints_are_kept_over_tls() {
+    let Some(db) = Database::create() else { return };
+    let ca = crate::test_net::ca();
+    let url = format!("{}?sslmode=verify-full&sslrootcert={ca}", db.url);
+    let store = StateStore::connect(&url).unwrap();
+    store.start_run("r", "s3://a/", "s3://b/").unwrap();
+    store.file_done("r", "k", 3, None, None, None).unwrap();
+    assert!(store.files("r").unwrap()["k"].done);
+}
+
+#[test]
+fn a_silent_server_fails_a_call_within_the_timeout() {
+    let Some(db) = Database::create() else { return };
+    let (user, upstream, name) = crate::test_net::parts(&db.url);
+    let proxy = crate::test_net::Proxy::start(&upstream);
+    let port = proxy.port;
+    let url = format!("postgres://{user}@127.0.0.1:{port}/{name}?query_timeout=2");
+    let store = StateStore::connect(&url).unwrap();
+    store.start_run("r", "s3://a/", "s3://b/").unwrap();
+    proxy.silence();
+    let started = std::time::Instant::now();
+    let Err(e) = store.file_done("r", "k", 3, None, None, None) else {
+        panic!("the server is silent");
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains("the checkpoint store did not answer within 2 s"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn bad_tls_settings_and_other_urls_are_refused_naming_the_flag() {
+    let Err(e) = StateStore::connect("postgres://ferry:pw-123456@db.invalid/x?sslmode=sometimes")
     else {
-        panic!("sslmode=require is refused");
+        panic!("an unknown sslmode is refused");
     };
     let text = e.to_string();
     assert!(matches!(e, Error::InvalidOption { .. }), "{text}");
     assert!(text.contains("--state-url"), "{text}");
-    assert!(
-        text.contains("TLS to the checkpoint store is not supported yet"),
-        "{text}"
-    );
+    assert!(text.contains("unknown sslmode 'sometimes'"), "{text}");
+    assert!(!text.contains("pw-123456"), "{text}");
     let Err(e) = StateStore::open_for(Path::new("x"), Some("mysql://ferry:pw-123456@db/x")) else {
         panic!("only postgres:// URLs");
     };

@@ -16,9 +16,9 @@ use ferry_core::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell};
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+use tokio_postgres::{Client, Config, Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::dataplanes::{Chooser, ChooserMany, DataPlaneRecord, DataPlaneStore, AVAILABLE};
 use super::documents::{DocumentRecord, DocumentStore};
@@ -366,28 +366,28 @@ impl Q {
 
 /// One session with the statements it has prepared.
 struct Conn {
-    client: Client,
+    session: Session,
     prepared: [OnceCell<Statement>; QUERIES],
     /// Set when a call found the session closed, so the next caller opens a new one.
     broken: AtomicBool,
 }
 
 impl Conn {
-    fn new(client: Client) -> Self {
+    fn new(session: Session) -> Self {
         Self {
-            client,
+            session,
             prepared: std::array::from_fn(|_| OnceCell::new()),
             broken: AtomicBool::new(false),
         }
     }
 
     fn usable(&self) -> bool {
-        !self.broken.load(Ordering::Relaxed) && !self.client.is_closed()
+        !self.broken.load(Ordering::Relaxed) && !self.session.client.is_closed()
     }
 
     async fn statement(&self, q: Q) -> Result<&Statement, tokio_postgres::Error> {
         self.prepared[q as usize]
-            .get_or_try_init(|| self.client.prepare(q.sql()))
+            .get_or_try_init(|| self.session.client.prepare(q.sql()))
             .await
     }
 }
@@ -395,7 +395,7 @@ impl Conn {
 pub struct PostgresControlStore {
     /// The URL without its password, to name the store in errors.
     shown: String,
-    config: Config,
+    target: Target,
     /// Opened on first use and again after the session is lost (a server restart).
     slots: Vec<Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
@@ -405,20 +405,24 @@ pub struct PostgresControlStore {
 
 impl PostgresControlStore {
     /// Connects to `postgres://user[:password]@host[:port]/database` and creates the
-    /// tables if needed. The password comes from the URL, else `PGPASSWORD`; sessions are
-    /// not encrypted yet, so `sslmode` must be `disable`, `allow` or `prefer`.
+    /// tables if needed. The password comes from the URL, else `PGPASSWORD`; TLS as
+    /// `sslmode` and `sslrootcert` say (see [`crate::tls`]); a statement unanswered for
+    /// `query_timeout` seconds (15 by default) fails and its session is given up.
     pub async fn connect(url: &str) -> Result<Self> {
         let shown = shown(url);
-        let config = parse_config(url, &shown, "--store", "the control store")?;
-        let mut client = dial(&config, &shown).await?;
-        create_schema(&mut client)
-            .await
-            .map_err(|e| Error::state(&shown, describe(&e, &config)))?;
+        let target = parse_config(url, &shown, "--store", "the control store")?;
+        let mut session = dial(&target, &shown).await?;
+        match target.answered(create_schema(&mut session.client)).await {
+            Some(created) => {
+                created.map_err(|e| Error::state(&shown, describe(&e, &target.config)))?
+            }
+            None => return Err(target.silent(&shown)),
+        }
         let mut slots: Vec<_> = (0..POOL).map(|_| Mutex::new(None)).collect();
-        slots[0] = Mutex::new(Some(Arc::new(Conn::new(client))));
+        slots[0] = Mutex::new(Some(Arc::new(Conn::new(session))));
         Ok(Self {
             shown,
-            config,
+            target,
             slots,
             next: AtomicUsize::new(0),
             selecting: Mutex::new(None),
@@ -433,7 +437,7 @@ impl PostgresControlStore {
             Some(conn) if conn.usable() => Ok(Arc::clone(conn)),
             _ => {
                 *slot = None;
-                let conn = Arc::new(Conn::new(dial(&self.config, &self.shown).await?));
+                let conn = Arc::new(Conn::new(dial(&self.target, &self.shown).await?));
                 *slot = Some(Arc::clone(&conn));
                 Ok(conn)
             }
@@ -441,7 +445,7 @@ impl PostgresControlStore {
     }
 
     fn fail(&self, e: &tokio_postgres::Error) -> Error {
-        Error::state(&self.shown, describe(e, &self.config))
+        Error::state(&self.shown, describe(e, &self.target.config))
     }
 
     /// An error from `conn`, marking it for replacement when the session is gone.
@@ -452,28 +456,38 @@ impl PostgresControlStore {
         self.fail(e)
     }
 
+    /// Runs `call` on `conn` within the time allowed; a session that did not answer in
+    /// time is given up, as one that closed.
+    async fn answered<T>(
+        &self,
+        conn: &Conn,
+        call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        match self.target.answered(call).await {
+            Some(answer) => answer.map_err(|e| self.failed(conn, &e)),
+            None => {
+                conn.broken.store(true, Ordering::Relaxed);
+                Err(self.target.silent(&self.shown))
+            }
+        }
+    }
+
     async fn query(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let conn = self.conn().await?;
-        let statement = conn
-            .statement(q)
-            .await
-            .map_err(|e| self.failed(&conn, &e))?;
-        conn.client
-            .query(statement, params)
-            .await
-            .map_err(|e| self.failed(&conn, &e))
+        self.answered(&conn, async {
+            let statement = conn.statement(q).await?;
+            conn.session.client.query(statement, params).await
+        })
+        .await
     }
 
     async fn execute(&self, q: Q, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         let conn = self.conn().await?;
-        let statement = conn
-            .statement(q)
-            .await
-            .map_err(|e| self.failed(&conn, &e))?;
-        conn.client
-            .execute(statement, params)
-            .await
-            .map_err(|e| self.failed(&conn, &e))
+        self.answered(&conn, async {
+            let statement = conn.statement(q).await?;
+            conn.session.client.execute(statement, params).await
+        })
+        .await
     }
 
     fn get<'r, T: FromSql<'r>>(&self, row: &'r Row, i: usize) -> Result<T> {
@@ -585,7 +599,7 @@ impl PostgresControlStore {
             self.fail(&e)
         };
         // Dropped without a commit (an error, or a chooser that panics), it rolls back.
-        let tx = conn.client.transaction().await.map_err(fail)?;
+        let tx = conn.session.client.transaction().await.map_err(fail)?;
         let rows = tx.query(&lock_all, &[]).await.map_err(fail)?;
         let mut records = rows
             .iter()
@@ -640,10 +654,53 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The session settings: the URL's, `PGPASSWORD` when it has no password, and `sslmode`
-/// checked here because the sessions are plain TCP. Errors name `flag`, and `store` (e.g.
-/// "the control store") in the refusal of TLS.
-pub(crate) fn parse_config(url: &str, shown: &str, flag: &str, store: &str) -> Result<Config> {
+/// How long a statement may go unanswered, unless the URL says (`query_timeout`): a
+/// session whose server went silent is given up after this rather than TCP's minutes.
+const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+
+/// Where a store's sessions go and how: the session settings, the TLS connector, and how
+/// long to wait for an answer.
+pub(crate) struct Target {
+    pub(crate) config: Config,
+    tls: MakeRustlsConnect,
+    /// How long one statement (or opening a session) may go unanswered.
+    pub(crate) answer_within: Duration,
+    /// What the store is, in messages ("the control store").
+    store: &'static str,
+}
+
+impl Target {
+    /// The error for a statement that was not answered in time.
+    pub(crate) fn silent(&self, shown: &str) -> Error {
+        Error::unreachable(
+            shown,
+            format!(
+                "{} did not answer within {} s (query_timeout); the session is given up",
+                self.store,
+                self.answer_within.as_secs_f64()
+            ),
+        )
+    }
+
+    /// Runs `call` (statements on one session), giving up after [`Self::answer_within`].
+    pub(crate) async fn answered<T>(
+        &self,
+        call: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::time::timeout(self.answer_within, call).await.ok()
+    }
+}
+
+/// The session settings: the URL's, `PGPASSWORD` when it has no password, and ferry's own
+/// parameters taken out: `sslmode` and `sslrootcert` (else `PGSSLMODE`, `PGSSLROOTCERT`)
+/// and `query_timeout`. Errors name `flag`; `store` (e.g. "the control store") names the
+/// store in messages.
+pub(crate) fn parse_config(
+    url: &str,
+    shown: &str,
+    flag: &str,
+    store: &'static str,
+) -> Result<Target> {
     let invalid = |reason: String| Error::invalid_option(flag, reason);
     let Some(rest) = url
         .strip_prefix("postgres://")
@@ -659,32 +716,35 @@ pub(crate) fn parse_config(url: &str, shown: &str, flag: &str, store: &str) -> R
         Some(i) => url.split_at(after_credentials + i),
         None => (url, ""),
     };
-    let mut sslmode = None;
+    let (mut sslmode, mut sslrootcert, mut answer_within) = (None, None, ANSWER_WITHIN);
     let mut kept = Vec::new();
     for pair in query.trim_start_matches('?').split('&') {
+        let decoded = |v: &str| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         match pair.split_once('=') {
-            Some(("sslmode", mode)) => sslmode = Some(mode.to_string()),
+            Some(("sslmode", mode)) => sslmode = Some(decoded(mode)),
+            Some(("sslrootcert", path)) => sslrootcert = Some(decoded(path)),
+            Some(("query_timeout", secs)) => {
+                answer_within = secs
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "'{shown}': query_timeout={secs}: expected a number of seconds above 0"
+                        ))
+                    })?;
+            }
             _ if pair.is_empty() => {}
             _ => kept.push(pair),
         }
     }
-    let from_env = sslmode.is_none();
-    match sslmode.or_else(|| env("PGSSLMODE")).as_deref() {
-        None | Some("disable" | "allow" | "prefer") => {}
-        Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
-            let origin = if from_env { "PGSSLMODE=" } else { "sslmode=" };
-            return Err(invalid(format!(
-                "{origin}{mode}: TLS to {store} is not supported yet; \
-                 use sslmode=disable or prefer"
-            )));
-        }
-        Some(other) => {
-            return Err(invalid(format!(
-                "unknown sslmode '{other}': expected disable, allow, prefer, require, \
-                 verify-ca or verify-full"
-            )))
-        }
-    }
+    let tls = crate::tls::settings(sslmode.as_deref(), sslrootcert.as_deref())
+        .map_err(|e| invalid(format!("'{shown}': {e}")))?;
     let url = if kept.is_empty() {
         base.to_string()
     } else {
@@ -693,7 +753,7 @@ pub(crate) fn parse_config(url: &str, shown: &str, flag: &str, store: &str) -> R
     let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
         invalid(format!("'{shown}': {}", describe(&e, &Config::new())))
     })?;
-    config.ssl_mode(SslMode::Disable);
+    config.ssl_mode(tls.mode.ssl_mode());
     if config.get_password().is_none() {
         if let Some(password) = env("PGPASSWORD") {
             config.password(password);
@@ -705,17 +765,58 @@ pub(crate) fn parse_config(url: &str, shown: &str, flag: &str, store: &str) -> R
     if config.get_application_name().is_none() {
         config.application_name("ferry");
     }
-    Ok(config)
+    // A peer that vanishes (host down, cable cut) is noticed by the kernel in about 20 s;
+    // one that stays connected but silent is noticed by `answer_within`.
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(3))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(20));
+    Ok(Target {
+        config,
+        tls: tls.connector,
+        answer_within,
+        store,
+    })
+}
+
+/// An open session: its client, and the task that drives its connection, stopped when
+/// the session is dropped (a silent server would otherwise keep it waiting forever).
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    connection: tokio::task::AbortHandle,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 /// Opens a session; a server that does not answer (or is starting or stopping) is
-/// unreachable, any other refusal (password, missing database) a state error.
-pub(crate) async fn dial(config: &Config, shown: &str) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+/// unreachable, any other refusal (password, missing database, TLS) a state error.
+pub(crate) async fn dial(target: &Target, shown: &str) -> Result<Session> {
+    let config = &target.config;
+    let connecting = config.connect(target.tls.clone());
+    // tokio-postgres bounds the TCP connect only; the handshake and startup are bounded
+    // here, like statements.
+    let within = target.answer_within.max(Duration::from_secs(10));
+    let Ok(connected) = tokio::time::timeout(within, connecting).await else {
+        return Err(Error::unreachable(
+            shown,
+            format!(
+                "{} did not answer within {} s while opening a session",
+                target.store,
+                within.as_secs_f64()
+            ),
+        ));
+    };
+    let (client, connection) = connected.map_err(|e| {
         let unreachable = match e.as_db_error() {
             // 08: connection exception; 57: operator intervention (starting up, shutdown).
             Some(db) => matches!(&db.code().code()[..2], "08" | "57"),
-            None => e.is_closed() || caused_by_io(&e),
+            None => e.is_closed() || (caused_by_io(&e) && !is_tls(&e)),
         };
         let detail = describe(&e, config);
         if unreachable {
@@ -725,10 +826,17 @@ pub(crate) async fn dial(config: &Config, shown: &str) -> Result<Client> {
         }
     })?;
     // The session ends with the connection; callers then see `is_closed` and reconnect.
-    tokio::spawn(async move {
+    let connection = tokio::spawn(async move {
         let _ = connection.await;
-    });
-    Ok(client)
+    })
+    .abort_handle();
+    Ok(Session { client, connection })
+}
+
+/// Whether `e` is a TLS failure (untrusted certificate, no TLS on the server), which
+/// trying again will not mend.
+fn is_tls(e: &tokio_postgres::Error) -> bool {
+    e.to_string().contains("TLS")
 }
 
 fn caused_by_io(e: &tokio_postgres::Error) -> bool {
@@ -771,6 +879,7 @@ pub(crate) fn describe(e: &tokio_postgres::Error, config: &Config) -> String {
                 text.push_str(&format!(": {cause}"));
                 source = cause.source();
             }
+            crate::tls::explain(&mut text);
             text
         }
     };
@@ -1164,10 +1273,19 @@ impl DataPlaneStore for PostgresControlStore {
         let mut slot = self.selecting.lock().await;
         if !slot.as_ref().is_some_and(Conn::usable) {
             *slot = None;
-            *slot = Some(Conn::new(dial(&self.config, &self.shown).await?));
+            *slot = Some(Conn::new(dial(&self.target, &self.shown).await?));
         }
         match slot.as_mut() {
-            Some(conn) => self.select_many_on(conn, now, count, choose).await,
+            Some(conn) => {
+                let selected = self
+                    .target
+                    .answered(self.select_many_on(conn, now, count, choose))
+                    .await;
+                selected.unwrap_or_else(|| {
+                    conn.broken.store(true, Ordering::Relaxed);
+                    Err(self.target.silent(&self.shown))
+                })
+            }
             None => Err(Error::Internal("the selection session is not open".into())),
         }
     }
@@ -1262,8 +1380,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    use tokio_postgres::config::SslMode;
+    use tokio_postgres::NoTls;
+
     use super::*;
     use crate::control::conformance;
+    use crate::test_net;
 
     /// The test server's URL (`FERRY_TEST_POSTGRES`, password in `PGPASSWORD`); `None`,
     /// after saying so, outside CI when it is not configured.
@@ -1494,20 +1616,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_and_other_addresses_are_refused_before_connecting() {
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let url = format!("postgres://ferry:pw-123456@db.invalid:5432/ferry?sslmode={mode}");
-            let Err(e) = PostgresControlStore::connect(&url).await else {
-                panic!("sslmode={mode} is refused");
-            };
-            let text = e.to_string();
-            assert!(matches!(e, Error::InvalidOption { .. }), "{text}");
-            assert!(
-                text.contains("TLS to the control store is not supported yet"),
-                "{text}"
-            );
-            assert!(text.contains("use sslmode=disable or prefer"), "{text}");
-        }
+    async fn bad_tls_settings_and_other_addresses_are_refused_before_connecting() {
         let Err(e) = PostgresControlStore::connect("mysql://ferry@db/x").await else {
             panic!("only postgres:// URLs");
         };
@@ -1517,6 +1626,135 @@ mod tests {
             panic!("an unknown sslmode is refused");
         };
         assert!(e.to_string().contains("unknown sslmode 'sometimes'"), "{e}");
+        let url =
+            "postgres://ferry:pw-123456@db.invalid/x?sslmode=verify-full&sslrootcert=/no/ca.pem";
+        let Err(e) = PostgresControlStore::connect(url).await else {
+            panic!("a missing sslrootcert is refused");
+        };
+        let text = e.to_string();
+        assert!(text.contains("sslrootcert /no/ca.pem"), "{text}");
+        assert!(
+            text.contains("--store") && !text.contains("pw-123456"),
+            "{text}"
+        );
+        let Err(e) = PostgresControlStore::connect("postgres://db/x?query_timeout=0").await else {
+            panic!("a zero query_timeout is refused");
+        };
+        assert!(e.to_string().contains("query_timeout=0"), "{e}");
+    }
+
+    /// Whether the server sees the store's sessions as encrypted.
+    async fn encrypted(store: &PostgresControlStore) -> bool {
+        let conn = store.conn().await.unwrap();
+        let sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+        conn.session
+            .client
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    #[tokio::test]
+    async fn sessions_are_encrypted_as_sslmode_says() {
+        with_database(|url| async move {
+            let ca = test_net::ca();
+            for (i, (query, tls)) in [
+                (format!("sslmode=verify-full&sslrootcert={ca}"), true),
+                (format!("sslmode=verify-ca&sslrootcert={ca}"), true),
+                ("sslmode=require".to_string(), true),
+                ("sslmode=disable".to_string(), false),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let store = PostgresControlStore::connect(&format!("{url}?{query}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{query}: {e}"));
+                assert_eq!(encrypted(&store).await, tls, "{query}");
+                let name = format!("t{i}");
+                assert!(store
+                    .create_transfer(&conformance::transfer(&name, "u1"))
+                    .await
+                    .unwrap());
+                assert!(store.get_transfer(&name).await.unwrap().is_some());
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn verify_full_without_the_ca_is_refused_in_one_line() {
+        let Some(server) = server() else { return };
+        let Err(e) = PostgresControlStore::connect(&format!("{server}?sslmode=verify-full")).await
+        else {
+            panic!("the test CA is not among the system's roots");
+        };
+        let text = e.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains(&shown(&server)), "{text}");
+        assert!(text.contains("sslrootcert"), "{text}");
+        if !matches!(e, Error::InvalidOption { .. }) {
+            // The machine has system roots: the handshake fails on the certificate.
+            assert!(matches!(e, Error::State { .. }), "{text}");
+            assert!(text.contains("not signed by a trusted CA"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn require_against_a_server_without_tls_says_so() {
+        let port = test_net::plain_server();
+        let url = format!("postgres://ferry:pw-123456@127.0.0.1:{port}/ferry?sslmode=require");
+        let Err(e) = PostgresControlStore::connect(&url).await else {
+            panic!("the server has no TLS");
+        };
+        let text = e.to_string();
+        assert!(text.contains("server does not support TLS"), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(
+            !text.contains("pw-123456") && !text.contains('\n'),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_fails_calls_within_the_timeout() {
+        with_database(|url| async move {
+            let (user, upstream, db) = test_net::parts(&url);
+            let proxy = test_net::Proxy::start(&upstream);
+            let port = proxy.port;
+            let url = format!("postgres://{user}@127.0.0.1:{port}/{db}?query_timeout=2");
+            let store = PostgresControlStore::connect(&url).await.unwrap();
+            assert!(store
+                .create_transfer(&conformance::transfer("orders", "u1"))
+                .await
+                .unwrap());
+            // Every pooled session open, so the next call goes to one that is.
+            for _ in 0..2 * POOL {
+                store.get_transfer("orders").await.unwrap().unwrap();
+            }
+            proxy.silence();
+            let started = std::time::Instant::now();
+            let Err(e) = store.get_transfer("orders").await else {
+                panic!("the server is silent");
+            };
+            let text = e.to_string();
+            assert!(matches!(e, Error::Unreachable { .. }), "{text}");
+            assert!(
+                text.contains("the control store did not answer within 2 s"),
+                "{text}"
+            );
+            assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+            // Other sessions, and new ones, are not answered either.
+            for _ in 0..2 {
+                let Err(e) = store.get_transfer("orders").await else {
+                    panic!("the server is silent");
+                };
+                assert!(e.to_string().contains("did not answer within"), "{e}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(30));
+        })
+        .await;
     }
 
     #[test]
@@ -1533,17 +1771,20 @@ mod tests {
     }
 
     #[test]
-    fn sslmode_is_taken_out_and_the_rest_kept() {
-        let config = parse_config(
-            "postgres://app:pw?x@db:5432/shop?sslmode=prefer&application_name=tool",
+    fn ferrys_parameters_are_taken_out_and_the_rest_kept() {
+        let target = parse_config(
+            "postgres://app:pw?x@db:5432/shop?sslmode=require&application_name=tool&query_timeout=2.5",
             "shown",
             "--store",
             "the control store",
         )
         .unwrap();
+        let config = &target.config;
         assert_eq!(config.get_password(), Some(&b"pw?x"[..]));
         assert_eq!(config.get_dbname(), Some("shop"));
         assert_eq!(config.get_application_name(), Some("tool"));
-        assert_eq!(config.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(target.answer_within, Duration::from_millis(2500));
+        assert!(config.get_keepalives());
     }
 }

@@ -1,4 +1,6 @@
-//! TLS for PostgreSQL sessions, with libpq's `sslmode` meanings:
+//! TLS for PostgreSQL sessions, with libpq's `sslmode` meanings. Shared by the control
+//! store, the checkpoint store and the PostgreSQL connector, so that one address means
+//! the same everywhere.
 //!
 //! | `sslmode`          | encrypted            | server certificate checked          |
 //! |--------------------|----------------------|-------------------------------------|
@@ -8,7 +10,8 @@
 //! | `verify-ca`        | yes                  | chain, against `sslrootcert`        |
 //! | `verify-full`      | yes                  | chain and host name                 |
 //!
-//! The roots are the file `sslrootcert` names (PEM), else the system's store.
+//! The roots are the file `sslrootcert` names (PEM), else the system's store. What an
+//! address leaves out comes from `PGSSLMODE` and `PGSSLROOTCERT`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How a session is protected, from the address's `sslmode` and `sslrootcert`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub enum Mode {
     Disable,
     Prefer,
     Require,
@@ -35,7 +38,7 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         Ok(match text {
             "disable" => Self::Disable,
             "allow" | "prefer" => Self::Prefer,
@@ -44,14 +47,15 @@ impl Mode {
             "verify-full" => Self::VerifyFull,
             other => {
                 return Err(format!(
-                    "unknown sslmode '{other}': expected disable, prefer, require, verify-ca or verify-full"
+                    "unknown sslmode '{other}': expected disable, allow, prefer, require, \
+                     verify-ca or verify-full"
                 ))
             }
         })
     }
 
     /// What tokio-postgres is told: whether TLS is tried, and whether it is a must.
-    pub(crate) fn ssl_mode(self) -> SslMode {
+    pub fn ssl_mode(self) -> SslMode {
         match self {
             Self::Disable => SslMode::Disable,
             Self::Prefer => SslMode::Prefer,
@@ -60,8 +64,50 @@ impl Mode {
     }
 }
 
+/// How to open a session: whether to use TLS, and the connector that does it.
+pub struct Tls {
+    pub mode: Mode,
+    pub connector: MakeRustlsConnect,
+}
+
+/// The TLS settings from an address's `sslmode` and `sslrootcert` (each `None` when the
+/// address has none), else from `PGSSLMODE` and `PGSSLROOTCERT`; `prefer` by default.
+pub fn settings(sslmode: Option<&str>, sslrootcert: Option<&str>) -> Result<Tls, String> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mode = match sslmode {
+        Some(mode) => Mode::parse(mode)?,
+        None => match env("PGSSLMODE") {
+            Some(mode) => Mode::parse(&mode).map_err(|e| format!("PGSSLMODE: {e}"))?,
+            None => Mode::Prefer,
+        },
+    };
+    let root = sslrootcert
+        .map(str::to_string)
+        .or_else(|| env("PGSSLROOTCERT"));
+    let connector = connector(mode, root.as_deref().map(Path::new))?;
+    Ok(Tls { mode, connector })
+}
+
+/// Words for a failed handshake's causes that say what to do, added to `text` (the
+/// error with its causes) when it has one of them.
+pub fn explain(text: &mut String) {
+    if text.contains("UnknownIssuer") {
+        text.push_str(
+            "; the server's certificate is not signed by a trusted CA: \
+             give the CA's certificate as sslrootcert=PATH",
+        );
+    } else if text.contains("NotValidForName") {
+        text.push_str(
+            "; the server's certificate does not name this host: connect by a name it \
+             holds, or use sslmode=verify-ca",
+        );
+    } else if text.contains("server does not support TLS") {
+        text.push_str("; connect with sslmode=prefer or disable, or turn on ssl in the server");
+    }
+}
+
 /// The connector for `mode`; `root` is the `sslrootcert` file, if given.
-pub(crate) fn connector(mode: Mode, root: Option<&Path>) -> Result<MakeRustlsConnect, String> {
+fn connector(mode: Mode, root: Option<&Path>) -> Result<MakeRustlsConnect, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     // libpq checks `require` like `verify-ca` when a root certificate is given.
     let mode = match (mode, root) {

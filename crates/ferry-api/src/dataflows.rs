@@ -21,6 +21,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/dataflows/{id}/resume", post(resume))
         .route("/dataflows/{id}/terminate", post(terminate))
         .route("/dataflows/{id}/completed", post(completed))
+        .route("/dataflows/{id}/token", post(token))
         .route("/dataflows/{id}/complete", post(completed))
         .route(
             "/v1/signaling/transfers/{id}/dataflow/{event}",
@@ -124,6 +125,17 @@ pub(crate) async fn completed(
     Path(id): Path<String>,
 ) -> ApiResult<Json<FlowResponse>> {
     Ok(Json(state.controller.flow_completed(&id).await?))
+}
+
+#[utoipa::path(post, path = "/dataflows/{id}/token", tag = "signaling",
+    params(("id" = String, Path)),
+    responses((status = 200, body = FlowResponse, description = "a new token for a pull flow, in `dataAddress`"),
+              (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<FlowResponse>> {
+    Ok(Json(state.controller.flow_token(&id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/signaling/transfers/{id}/dataflow/{event}", tag = "signaling",

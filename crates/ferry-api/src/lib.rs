@@ -30,6 +30,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 mod dataflows;
 mod dataplanes;
 mod pipelines;
+mod pull;
 pub mod ui;
 
 pub use dataplanes::{SelectRequest, StateChange};
@@ -70,6 +71,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(ui::routes())
+        // A pull flow's own token, not an API token, opens its downloads.
+        .merge(pull::routes())
         .merge(protected)
         .fallback(not_found)
         .with_state(state)
@@ -93,7 +96,8 @@ pub fn app(state: AppState) -> Router {
         pipelines::replace_template, pipelines::delete_template,
         metrics, healthz, readyz,
         dataflows::prepare, dataflows::start, dataflows::status, dataflows::suspend,
-        dataflows::resume, dataflows::terminate, dataflows::completed, dataflows::notified
+        dataflows::resume, dataflows::terminate, dataflows::completed, dataflows::token,
+        dataflows::notified
     ),
     components(schemas(ferry_control::pipeline::PipelineView, ferry_control::pipeline::PipelineStatus,
         ferry_control::pipeline::api::PipelineRunRef, ferry_control::pipeline::PipelineRunView,

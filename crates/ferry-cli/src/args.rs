@@ -224,6 +224,11 @@ struct CopyArgs {
     /// After copying, re-read the destination and compare checksums.
     #[arg(long)]
     verify: bool,
+    /// A header sent with every request to an http(s) source, as 'Name: value'
+    /// (repeatable), e.g. 'Authorization: Bearer TOKEN' for a pull endpoint. A `token`
+    /// query parameter of the source is sent as that header too.
+    #[arg(long = "header", short = 'H', value_name = "'NAME: VALUE'")]
+    headers: Vec<String>,
     #[command(flatten)]
     control: RunControl,
 }
@@ -285,7 +290,10 @@ impl Cli {
 
 pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Copy(args) => copy(*args).await,
+        Command::Copy(args) => {
+            ferry_connectors::object::set_http_headers(&args.headers)?;
+            copy(*args).await
+        }
         Command::Verify(args) => verify(args).await,
         Command::Run(args) => run_manifest(args).await,
         Command::Serve(args) => crate::serve::serve(args).await,

@@ -341,6 +341,16 @@ async fn run_service(
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
+    config.public_url = Some(advertise.clone());
+    if let Ok(v) = std::env::var("FERRY_PULL_TOKEN_SECONDS") {
+        let seconds: u64 = v.trim().parse().map_err(|_| {
+            bad(
+                "FERRY_PULL_TOKEN_SECONDS",
+                format!("'{v}' is not a whole number of seconds"),
+            )
+        })?;
+        config.pull_token_ttl = Duration::from_secs(seconds.clamp(1, 7 * 24 * 3600));
+    }
     let registry = crate::cluster::registry(
         &settings.selector,
         &store,

@@ -10,6 +10,7 @@ pub mod local;
 pub mod mysql;
 pub mod object;
 pub mod postgres;
+pub mod serve;
 pub mod sqlite;
 pub mod tables;
 pub mod testkit;

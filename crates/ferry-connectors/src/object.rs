@@ -22,9 +22,10 @@ use object_store::http::HttpBuilder;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt,
-    PutPayload, RetryConfig,
+    BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutPayload, RetryConfig,
 };
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 /// How long a store may stay unreachable before a request fails: a few quick retries with
 /// exponential backoff, not object_store's three-minute default.
@@ -54,10 +55,10 @@ enum Family {
 pub struct ObjectBackend {
     address: DataAddress,
     family: Family,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     multipart: Option<Arc<dyn MultipartStore>>,
     /// The key or path the address names, without a trailing `/`.
-    prefix: String,
+    pub(crate) prefix: String,
     /// Two backends with the same identity can copy between each other server-side.
     identity: String,
 }
@@ -143,6 +144,62 @@ fn azure_options(
         builder = builder.with_config(key, value);
     }
     Ok(builder)
+}
+
+/// Headers sent with every request to an http(s) source (`ferry copy --header`).
+static HTTP_HEADERS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Sets the headers every http(s) source of this process sends, as `Name: value` lines;
+/// once, before any source is opened. An invalid one is an error naming it (value hidden).
+pub fn set_http_headers(lines: &[String]) -> Result<()> {
+    let mut parsed = Vec::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            Error::invalid_option(
+                "--header",
+                format!(
+                    "'{}' is not 'Name: value'",
+                    line.split(':').next().unwrap_or_default()
+                ),
+            )
+        })?;
+        let (name, value) = (name.trim(), value.trim());
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            Error::invalid_option("--header", format!("'{name}' is not a header name"))
+        })?;
+        HeaderValue::from_str(value).map_err(|_| {
+            Error::invalid_option(
+                "--header",
+                format!("the value of '{name}' is not a valid header value"),
+            )
+        })?;
+        parsed.push((name.to_string(), value.to_string()));
+    }
+    HTTP_HEADERS
+        .set(parsed)
+        .map_err(|_| Error::Internal("HTTP headers are set once".into()))
+}
+
+/// The headers of requests to `url`: those set for the process, and a `token` query
+/// parameter as `Authorization: Bearer` (how a pull endpoint's link carries its token),
+/// so the token is never part of a request line or a log.
+fn http_headers(address: &DataAddress, url: &url::Url) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in HTTP_HEADERS.get().into_iter().flatten() {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(address, e))?;
+        let mut value = HeaderValue::from_str(value).map_err(|e| invalid(address, e))?;
+        value.set_sensitive(true);
+        headers.append(name, value);
+    }
+    if !headers.contains_key(AUTHORIZATION) {
+        if let Some((_, token)) = url.query_pairs().find(|(k, _)| k == "token") {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| invalid(address, "the token parameter is not a valid bearer token"))?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+    }
+    Ok(headers)
 }
 
 fn invalid(address: &DataAddress, reason: impl fmt::Display) -> Error {
@@ -309,17 +366,23 @@ impl ObjectBackend {
         let path = url.path();
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let mut base = url.clone();
-        base.set_path(&format!("{dir}/"));
+        // object_store adds the object's name as a path segment: a base ending in `/`
+        // would ask for `dir//name`.
+        base.set_path(if dir.is_empty() { "/" } else { dir });
         base.set_query(None);
-        let store = HttpBuilder::new()
-            .with_url(base.as_str())
-            .with_retry(retry_config())
+        let headers = http_headers(&address, url)?;
+        let options = ClientOptions::new()
             .with_config(ClientConfigKey::ConnectTimeout, CONNECT_TIMEOUT)
             .with_config(ClientConfigKey::Timeout, REQUEST_TIMEOUT)
             .with_config(
                 ClientConfigKey::AllowHttp,
                 (url.scheme() == "http").to_string(),
             )
+            .with_default_headers(headers);
+        let store = HttpBuilder::new()
+            .with_url(base.as_str())
+            .with_retry(retry_config())
+            .with_client_options(options)
             .build()
             .map_err(|e| invalid(&address, e))?;
         let name = percent_decode(name);
@@ -363,7 +426,7 @@ impl ObjectBackend {
     }
 
     /// Translates an object_store error into ferry's, naming the object at fault.
-    fn error(&self, path: &Path, err: object_store::Error) -> Error {
+    pub(crate) fn error(&self, path: &Path, err: object_store::Error) -> Error {
         use object_store::Error as E;
         let at = self.shown(path);
         let text = err.to_string();

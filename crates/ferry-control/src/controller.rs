@@ -60,6 +60,10 @@ pub struct ControlConfig {
     /// Bearer token this process presents to other ferry processes (data planes, control
     /// planes' callbacks).
     pub peer_token: Option<String>,
+    /// The URL clients reach this process at: pull endpoints are given under it.
+    pub public_url: Option<String>,
+    /// How long a pull flow's token is valid.
+    pub pull_token_ttl: Duration,
 }
 
 /// What a process does with the runs in its store.
@@ -92,6 +96,8 @@ impl ControlConfig {
             backoff: Backoff::default(),
             role: Role::Standalone,
             peer_token: None,
+            public_url: None,
+            pull_token_ttl: crate::pull::DEFAULT_TOKEN_TTL,
         }
     }
 }
@@ -150,6 +156,8 @@ pub(crate) struct Inner {
     /// Where to report the runs started through the signaling API, by run id.
     pub(crate) callback_addresses: Mutex<HashMap<String, String>>,
     pub(crate) callbacks: Callbacks,
+    /// The flows this process serves for download.
+    pub(crate) pulls: crate::pull::PullFlows,
     dispatcher: std::sync::OnceLock<Dispatcher>,
     /// External engines runs can be delegated to, and the rules that choose.
     engines: std::sync::OnceLock<(Engines, Router)>,
@@ -194,6 +202,7 @@ impl Controller {
     ) -> Self {
         let (events, _) = broadcast::channel(1024);
         let callbacks = Callbacks::start(config.peer_token.clone());
+        let pulls = crate::pull::PullFlows::new(config.pull_token_ttl);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -214,6 +223,7 @@ impl Controller {
                 settings: Mutex::new(HashMap::new()),
                 callback_addresses: Mutex::new(HashMap::new()),
                 callbacks,
+                pulls,
                 dispatcher: std::sync::OnceLock::new(),
                 engines: std::sync::OnceLock::new(),
                 notifier: std::sync::OnceLock::new(),
@@ -251,6 +261,11 @@ impl Controller {
 
     pub fn config(&self) -> &ControlConfig {
         &self.inner.config
+    }
+
+    /// The flows this process serves for download (pull flows).
+    pub fn pulls(&self) -> &crate::pull::PullFlows {
+        &self.inner.pulls
     }
 
     /// Runs executing in this process now.

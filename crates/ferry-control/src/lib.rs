@@ -14,6 +14,7 @@ pub mod execute;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod pull;
 pub mod resource;
 pub mod retry;
 pub mod schedule;

@@ -134,7 +134,8 @@ pub struct FlowStatus {
     pub dataplane_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The transfer the flow's run belongs to.
+    /// The transfer the flow's run belongs to (none for a pull flow).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub transfer: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunView>,
@@ -197,7 +198,7 @@ fn check_process_id(id: &str) -> Result<(), String> {
 }
 
 /// Store types as other control planes name them.
-fn store_type(name: &str) -> Option<&'static str> {
+pub(crate) fn store_type(name: &str) -> Option<&'static str> {
     let lower = name.trim().to_ascii_lowercase();
     let known = match lower.as_str() {
         "httpdata" | "https://w3id.org/idsa/v4.1/http" | "https" => "http",
@@ -308,9 +309,9 @@ fn message_field(field: &str, source_field: &str, destination_field: &str) -> St
 }
 
 #[derive(Debug)]
-struct Checked {
-    process_id: String,
-    message_id: String,
+pub(crate) struct Checked {
+    pub(crate) process_id: String,
+    pub(crate) message_id: String,
 }
 
 fn check_message(msg: &FlowMessage) -> Result<Checked, Vec<FieldError>> {
@@ -433,6 +434,57 @@ fn flow_manifest(msg: &FlowMessage, ids: &Checked) -> Result<Value, Vec<FieldErr
     Ok(manifest)
 }
 
+/// The source a pull flow serves: a file, S3 or Azure address, from `sourceDataAddress`
+/// (or `metadata.sourceDataAddress`).
+pub(crate) fn flow_source(
+    msg: &FlowMessage,
+    errors: &mut Vec<FieldError>,
+) -> Option<(ferry_core::DataAddress, &'static str)> {
+    let (field, value) = match (
+        &msg.source_data_address,
+        msg.metadata.get("sourceDataAddress"),
+    ) {
+        (Some(v), _) => ("sourceDataAddress", v),
+        (None, Some(v)) => ("metadata.sourceDataAddress", v),
+        (None, None) => {
+            errors.push(FieldError::new(
+                "sourceDataAddress",
+                "required: the DataAddress ferry serves (ferry keeps no dataset catalog)",
+            ));
+            return None;
+        }
+    };
+    let value = address(value, field, errors)?;
+    let spec: ferry_engine::manifest::AddressSpec = match serde_json::from_value(value) {
+        Ok(spec) => spec,
+        Err(e) => {
+            errors.push(FieldError::new(field, e.to_string()));
+            return None;
+        }
+    };
+    match spec.address(field) {
+        Ok(
+            address @ (ferry_core::DataAddress::Local { .. }
+            | ferry_core::DataAddress::S3 { .. }
+            | ferry_core::DataAddress::Azure { .. }),
+        ) => Some((address, field)),
+        Ok(other) => {
+            errors.push(FieldError::new(
+                field,
+                format!("{other}: a pull flow serves files, S3 or Azure objects"),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(FieldError::new(
+                field,
+                ferry_core::redact::redact(&e.to_string()),
+            ));
+            None
+        }
+    }
+}
+
 fn annotation<'a>(record: &'a TransferRecord, key: &str) -> Option<&'a str> {
     record.manifest["metadata"]["annotations"][key].as_str()
 }
@@ -487,6 +539,9 @@ impl Controller {
     /// A message sent again gets the same answer.
     pub async fn flow_prepare(&self, msg: FlowMessage) -> ControlResult<FlowResponse> {
         let ids = check_message(&msg).map_err(ControlError::BadMessage)?;
+        if let Some(destination) = crate::pull::pull_destination(msg.transfer_type.as_ref()) {
+            return self.pull_start(&msg, &ids, &destination, true).await;
+        }
         if let Some(run) = self.store().get_run(&ids.process_id).await? {
             return Err(ControlError::Conflict(format!(
                 "data flow '{}' exists already ({:?})",
@@ -519,6 +574,15 @@ impl Controller {
     /// is refused.
     pub async fn flow_start(&self, msg: FlowMessage) -> ControlResult<FlowResponse> {
         let ids = check_message(&msg).map_err(ControlError::BadMessage)?;
+        if let Some(destination) = crate::pull::pull_destination(msg.transfer_type.as_ref()) {
+            return self.pull_start(&msg, &ids, &destination, false).await;
+        }
+        if self.pulls().contains(&ids.process_id) {
+            return Err(ControlError::Conflict(format!(
+                "data flow '{}' exists already as a pull flow",
+                ids.process_id
+            )));
+        }
         let inner = self.inner();
         if let Some(url) = &msg.callback_address {
             lock(&inner.callback_addresses).insert(ids.process_id.clone(), url.clone());
@@ -632,6 +696,9 @@ impl Controller {
         id: &str,
         reason: Option<String>,
     ) -> ControlResult<FlowResponse> {
+        if let Some(answer) = self.pull_signal(id, FlowState::Suspended) {
+            return answer;
+        }
         let inner = self.inner();
         let run = self.flow_run(id).await?;
         if run.finished() {
@@ -676,6 +743,9 @@ impl Controller {
 
     /// Starts a suspended flow's run again, from its checkpoint.
     pub async fn flow_resume(&self, id: &str) -> ControlResult<FlowResponse> {
+        if let Some(answer) = self.pull_signal(id, FlowState::Started) {
+            return answer;
+        }
         let mut run = self.flow_run(id).await?;
         if run.phase != SUSPENDED {
             if !run.finished() && lock(&self.inner().active).contains_key(id) {
@@ -697,6 +767,9 @@ impl Controller {
         id: &str,
         reason: Option<String>,
     ) -> ControlResult<FlowResponse> {
+        if let Some(answer) = self.pull_signal(id, FlowState::Terminated) {
+            return answer;
+        }
         let inner = self.inner();
         let run = match self.store().get_run(id).await? {
             Some(run) => run,
@@ -730,6 +803,9 @@ impl Controller {
     /// The counterpart says the transmission is complete: fine for a flow that completed
     /// or was only prepared; a flow still moving data completes by itself.
     pub async fn flow_completed(&self, id: &str) -> ControlResult<FlowResponse> {
+        if let Some(answer) = self.pull_signal(id, FlowState::Completed) {
+            return answer;
+        }
         let inner = self.inner();
         let run = match self.store().get_run(id).await? {
             Some(run) => run,
@@ -765,6 +841,9 @@ impl Controller {
 
     /// `GET /dataflows/{id}`.
     pub async fn flow_status(&self, id: &str) -> ControlResult<FlowStatus> {
+        if let Some(status) = self.pull_status(id) {
+            return Ok(status);
+        }
         let dataplane_id = self.config().instance.clone();
         if let Some(run) = self.store().get_run(id).await? {
             let response = self.run_response(&run);

@@ -151,6 +151,21 @@ fn run_id(src: &DataAddress, dst: &DataAddress, opts: &CopyOptions) -> String {
             }
             s
         }
+        // A credential in the query (a pull endpoint's `token`) is not what is copied: a
+        // copy resumed with another token, or with it in a header, is the same copy.
+        DataAddress::Http { url } => {
+            let mut url = url.clone();
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| !ferry_core::redact::is_secret_name(k))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            url.set_query(None);
+            if !kept.is_empty() {
+                url.query_pairs_mut().extend_pairs(kept);
+            }
+            DataAddress::Http { url }.to_string()
+        }
         other => other.to_string(),
     };
     let text = format!(

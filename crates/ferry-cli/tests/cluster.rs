@@ -244,7 +244,10 @@ fn runs_spread_over_data_planes_and_survive_one_killed_mid_transfer() {
     assert_eq!(status, 200, "{planes}");
     assert_eq!(planes.as_array().map(Vec::len), Some(3), "{planes}");
     let (tls, plain) = cluster.store_sessions();
-    assert!(tls > 0 && plain == 0, "{tls} sessions over TLS, {plain} without");
+    assert!(
+        tls > 0 && plain == 0,
+        "{tls} sessions over TLS, {plain} without"
+    );
 
     // Round-robin with turn counts shared by both control planes, then least recently
     // used: each data plane gets exactly a third.

@@ -280,7 +280,8 @@ async fn a_server_that_does_not_answer_is_given_up_after_connect_timeout() {
     assert!(matches!(e, ferry_core::Error::Unreachable { .. }), "{e}");
     let text = e.to_string();
     assert!(
-        text.contains(&format!("127.0.0.1:{port}")) && text.contains("within 1 s (connect-timeout)"),
+        text.contains(&format!("127.0.0.1:{port}"))
+            && text.contains("within 1 s (connect-timeout)"),
         "{text}"
     );
     let bad = format!("mysql://ferry@127.0.0.1:{port}/ferry?table=t&connect-timeout=soon");

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use ferry_core::TransformSpec;
 use ferry_core::{ChecksumAlgo, DataAddress, Entry, Error, Result, Sink, Source};
 use ferry_formats::{
-    describe_schema, open_reader, open_writer, written_schema, FieldDescription, FileAccess,
+    describe_schema, open_reader, open_writer, written_schema, Codec, FieldDescription, FileAccess,
     Format, FormatOptions, Input, RandomAccess,
 };
 use ferry_state::StateStore;
@@ -67,7 +67,15 @@ impl RecordOptions {
         let to = self
             .dest_format
             .or_else(|| Format::from_name(&dst.path_text()));
+        // `orders.csv` to `orders.csv.gz` is the same format, but the bytes change.
+        // A bad compression option goes the record way too, which reports it.
+        let codecs_differ = match (from, to) {
+            (Some(_), Some(to)) => Codec::for_output(to, &self.dest_options, &dst.path_text())
+                .map_or(true, |out| out != Codec::from_name(&src.path_text())),
+            _ => false,
+        };
         matches!((from, to), (Some(a), Some(b)) if a != b)
+            || codecs_differ
             || (self.dest_format.is_some() && from.is_none())
     }
 }
@@ -244,11 +252,13 @@ pub async fn transfer(
     } else {
         let each = inputs
             .into_iter()
-            .map(|(entry, format)| Output {
-                key: dest_format.rename(&entry.key),
-                inputs: vec![(entry, format)],
+            .map(|(entry, format)| {
+                Ok(Output {
+                    key: rec.dest_options.file_name(dest_format, &entry.key)?,
+                    inputs: vec![(entry, format)],
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         partition::files(opts.partition, each, |o: &Output| o.inputs[0].0.key.clone())
     };
 

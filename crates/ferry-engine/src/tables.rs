@@ -702,8 +702,8 @@ async fn to_files(
             .share
             .items
             .iter()
-            .map(|&i| (dest_format.rename(&name(i)), vec![i]))
-            .collect();
+            .map(|&i| Ok((rec.dest_options.file_name(dest_format, &name(i))?, vec![i])))
+            .collect::<Result<Vec<_>>>()?;
         (each, plan.share.idle.clone())
     };
     let outputs: Vec<(String, Vec<usize>, OutputReport)> = outputs

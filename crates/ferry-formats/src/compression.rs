@@ -133,10 +133,15 @@ impl Codec {
                 out,
                 flate2::Compression::default(),
             )),
-            Codec::Zstd => Encoder::Zstd(
-                zstd::stream::write::Encoder::new(out, 3)
-                    .map_err(|e| Error::Internal(format!("zstd encoder: {e}")))?,
-            ),
+            Codec::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, 3)
+                    .map_err(|e| Error::Internal(format!("zstd encoder: {e}")))?;
+                // A checksum at the frame's end, so a reader finds damaged bytes (gzip
+                // always has its CRC).
+                e.include_checksum(true)
+                    .map_err(|e| Error::Internal(format!("zstd encoder: {e}")))?;
+                Encoder::Zstd(e)
+            }
         };
         let shared = Arc::new(Mutex::new(Some(encoder)));
         Ok((Shared(shared.clone()), Finish(shared)))
@@ -247,7 +252,10 @@ mod tests {
         assert_eq!(Codec::strip("in/orders.csv.gz"), "in/orders.csv");
         assert_eq!(Format::from_name("in/orders.csv.gz"), Some(Format::Csv));
         assert_eq!(Format::from_name("e.ndjson.zst"), Some(Format::Json));
-        assert_eq!(Format::Parquet.rename("in/orders.csv.gz"), "in/orders.parquet");
+        assert_eq!(
+            Format::Parquet.rename("in/orders.csv.gz"),
+            "in/orders.parquet"
+        );
     }
 
     #[test]
@@ -288,7 +296,10 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.starts_with(&format!("in/t.csv.x: corrupt {} stream near compressed byte ", codec.name())),
+                err.starts_with(&format!(
+                    "in/t.csv.x: corrupt {} stream near compressed byte ",
+                    codec.name()
+                )),
                 "{err}"
             );
         }

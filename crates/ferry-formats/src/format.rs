@@ -12,6 +12,7 @@ use crate::schema::ColumnSpec;
 pub enum Format {
     Csv,
     /// JSON lines: one object per line.
+    #[serde(alias = "jsonl", alias = "ndjson", alias = "jsonlines")]
     Json,
     Parquet,
     Avro,
@@ -47,6 +48,8 @@ impl Format {
 
     /// The format a file name's extension stands for, if any.
     pub fn from_name(name: &str) -> Option<Format> {
+        // `orders.csv.gz` is CSV, compressed.
+        let name = crate::compression::Codec::strip(name);
         let base = name.rsplit('/').next().unwrap_or(name);
         let (_, ext) = base.rsplit_once('.')?;
         Some(match ext.to_ascii_lowercase().as_str() {
@@ -61,11 +64,26 @@ impl Format {
 
     /// `name` with its format extension replaced by this format's (or this one's added).
     pub fn rename(self, name: &str) -> String {
+        let name = crate::compression::Codec::strip(name);
         let stem = match Format::from_name(name) {
             Some(_) => &name[..name.rfind('.').unwrap_or(name.len())],
             None => name,
         };
         format!("{stem}.{}", self.extension())
+    }
+}
+
+impl FormatOptions {
+    /// The name of a file written in `format` in place of the one named `name`: its format
+    /// extension, and `.gz` or `.zst` when these options compress CSV or JSON.
+    pub fn file_name(&self, format: Format, name: &str) -> Result<String> {
+        let renamed = format.rename(name);
+        Ok(
+            match crate::compression::Codec::for_output(format, self, &renamed)? {
+                Some(codec) => format!("{renamed}.{}", codec.extension()),
+                None => renamed,
+            },
+        )
     }
 }
 
@@ -116,6 +134,7 @@ pub struct FormatOptions {
     pub schema: Option<Vec<ColumnSpec>>,
     /// Parquet: snappy (default), zstd, zstd(LEVEL), gzip, lz4, none.
     /// Avro: none (default), deflate, snappy, zstd. ORC: none (default), zstd, snappy.
+    /// CSV and JSON: none (default), gzip, zstd: the whole file, named `.csv.gz`, ….
     pub compression: Option<String>,
     /// Parquet: most rows in a row group (default 1048576).
     pub row_group_size: Option<usize>,

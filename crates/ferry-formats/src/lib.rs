@@ -4,8 +4,10 @@
 //! Readers take an [`Input`]: bytes readable at any offset, which is a local file or an
 //! object read in ranges, so a footer-indexed format (Parquet, ORC) never downloads more
 //! than it needs and a row format streams. Writers write to any `std::io::Write`; the
-//! engine hands them one that uploads in parts.
+//! engine hands them one that uploads in parts. CSV, JSON lines and Avro files may be
+//! compressed as a whole (`orders.csv.gz`, `events.jsonl.zst`): see [`Codec`].
 
+mod compression;
 mod format;
 mod input;
 mod parquet_write;
@@ -13,6 +15,7 @@ mod read;
 mod schema;
 mod write;
 
+pub use compression::Codec;
 pub use format::{Format, FormatOptions};
 pub use input::{FileAccess, Input, RandomAccess};
 pub use read::{open_reader, BatchReader};

@@ -8,6 +8,9 @@ use arrow::record_batch::RecordBatch;
 use ferry_core::{Error, Result};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use std::io::BufRead;
+
+use crate::compression::Codec;
 use crate::format::{Format, FormatOptions};
 use crate::input::Input;
 use crate::schema::declared_schema;
@@ -52,6 +55,17 @@ pub fn open_reader(
         (None, None) => None,
     };
     let batch_size = options.batch_size();
+    let codec = Codec::from_name(location);
+    if let Some(codec) = codec {
+        codec.check(format, location)?;
+    }
+    // The bytes front to back, decompressed when the file is.
+    let text = || -> Box<dyn BufRead + Send> {
+        match codec {
+            Some(codec) => codec.decoder(input.sequential(0), location),
+            None => Box::new(input.sequential(0)),
+        }
+    };
     let fail = |e: &dyn std::fmt::Display| Error::data(location, e);
     let arrow_fail = |e: ArrowError| data_error(location, &Schema::empty(), e);
     let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = _> + Send>) = match format {
@@ -59,21 +73,21 @@ pub fn open_reader(
             let csv = csv_format(options, location)?;
             let schema = match schema {
                 Some(schema) => {
-                    check_header(
-                        &csv,
-                        options.header.unwrap_or(true),
-                        &input,
-                        &schema,
-                        location,
-                    )?;
+                    if !input.is_empty() {
+                        check_header(
+                            &csv,
+                            options.header.unwrap_or(true),
+                            text(),
+                            &schema,
+                            location,
+                        )?;
+                    }
                     schema
                 }
                 None => {
                     let rows = options.infer_rows.unwrap_or(1000);
-                    let (schema, _) = csv
-                        .infer_schema(input.sequential(0), Some(rows))
-                        .map_err(arrow_fail)?;
-                    with_zones(schema, &csv, &input, rows).map_err(arrow_fail)?
+                    let (schema, _) = csv.infer_schema(text(), Some(rows)).map_err(arrow_fail)?;
+                    with_zones(schema, &csv, text(), rows).map_err(arrow_fail)?
                 }
             };
             let mut builder = arrow::csv::ReaderBuilder::new(schema.clone())
@@ -84,9 +98,7 @@ pub fn open_reader(
                     .map_err(|e| Error::invalid_option("nullValue", e))?;
                 builder = builder.with_null_regex(regex);
             }
-            let reader = builder
-                .build_buffered(input.sequential(0))
-                .map_err(arrow_fail)?;
+            let reader = builder.build_buffered(text()).map_err(arrow_fail)?;
             (schema, Box::new(reader))
         }
         Format::Json => {
@@ -94,15 +106,14 @@ pub fn open_reader(
                 Some(schema) => schema,
                 None => {
                     let rows = options.infer_rows.unwrap_or(1000);
-                    let (schema, _) =
-                        arrow::json::reader::infer_json_schema(input.sequential(0), Some(rows))
-                            .map_err(arrow_fail)?;
+                    let (schema, _) = arrow::json::reader::infer_json_schema(text(), Some(rows))
+                        .map_err(arrow_fail)?;
                     Arc::new(schema)
                 }
             };
             let reader = arrow::json::ReaderBuilder::new(schema.clone())
                 .with_batch_size(batch_size)
-                .build(input.sequential(0))
+                .build(text())
                 .map_err(arrow_fail)?;
             (schema, Box::new(reader))
         }
@@ -117,7 +128,7 @@ pub fn open_reader(
         Format::Avro => {
             let reader = arrow_avro::reader::ReaderBuilder::new()
                 .with_batch_size(batch_size)
-                .build(input.sequential(0))
+                .build(text())
                 .map_err(|e| fail(&format!("not a valid Avro file: {e}")))?;
             (reader.schema(), Box::new(reader))
         }
@@ -137,7 +148,9 @@ pub fn open_reader(
 }
 
 fn csv_format(options: &FormatOptions, location: &str) -> Result<arrow::csv::reader::Format> {
-    let tsv = location.to_ascii_lowercase().ends_with(".tsv");
+    let tsv = Codec::strip(location)
+        .to_ascii_lowercase()
+        .ends_with(".tsv");
     let delimiter = options.byte(
         "delimiter",
         &options.delimiter,
@@ -159,7 +172,7 @@ fn csv_format(options: &FormatOptions, location: &str) -> Result<arrow::csv::rea
 fn with_zones(
     schema: Schema,
     csv: &arrow::csv::reader::Format,
-    input: &Input,
+    bytes: Box<dyn BufRead + Send>,
     rows: usize,
 ) -> std::result::Result<SchemaRef, ArrowError> {
     use arrow::array::AsArray;
@@ -184,7 +197,7 @@ fn with_zones(
     let sample = arrow::csv::ReaderBuilder::new(Arc::new(text))
         .with_format(csv.clone())
         .with_batch_size(rows.max(1))
-        .build_buffered(input.sequential(0))?
+        .build_buffered(bytes)?
         .next()
         .transpose()?;
     let Some(sample) = sample else {
@@ -213,15 +226,15 @@ fn with_zones(
 fn check_header(
     csv: &arrow::csv::reader::Format,
     has_header: bool,
-    input: &Input,
+    text: Box<dyn BufRead + Send>,
     schema: &Schema,
     location: &str,
 ) -> Result<()> {
-    if !has_header || input.is_empty() {
+    if !has_header {
         return Ok(());
     }
     let (header, _) = csv
-        .infer_schema(input.sequential(0), Some(0))
+        .infer_schema(text, Some(0))
         .map_err(|e| Error::data(location, e))?;
     let named: Vec<&String> = header.fields().iter().map(|f| f.name()).collect();
     let declared: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();

@@ -11,6 +11,7 @@ use ferry_core::{Error, Result};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::compression::{Codec, Finish};
 use crate::format::{Format, FormatOptions};
 
 pub type Output = Box<dyn Write + Send>;
@@ -38,8 +39,37 @@ pub fn open_writer(
     location: &str,
 ) -> Result<Box<dyn BatchWriter>> {
     let written = written_schema(format, options, &schema, location)?;
+    if let Some(codec) = Codec::for_output(format, options, location)? {
+        codec.check(format, location)?;
+        let (shared, finish) = codec.encoder(out)?;
+        let inner = open_plain(format, options, schema, written, Box::new(shared), location)?;
+        return Ok(Box::new(Compressed {
+            inner,
+            finish,
+            location: location.to_string(),
+        }));
+    }
+    open_plain(format, options, schema, written, out, location)
+}
+
+/// A writer of `format` straight to `out`.
+fn open_plain(
+    format: Format,
+    options: &FormatOptions,
+    schema: SchemaRef,
+    written: SchemaRef,
+    out: Output,
+    location: &str,
+) -> Result<Box<dyn BatchWriter>> {
     if written != schema {
-        let inner = open_writer(format, options, written.clone(), out, location)?;
+        let inner = open_plain(
+            format,
+            options,
+            written.clone(),
+            written.clone(),
+            out,
+            location,
+        )?;
         return Ok(Box::new(Lossy {
             inner,
             schema: written,
@@ -49,7 +79,9 @@ pub fn open_writer(
     let fail = |e: &dyn std::fmt::Display| Error::data(location, e);
     Ok(match format {
         Format::Csv => {
-            let tsv = location.to_ascii_lowercase().ends_with(".tsv");
+            let tsv = Codec::strip(location)
+                .to_ascii_lowercase()
+                .ends_with(".tsv");
             let mut builder = arrow::csv::WriterBuilder::new()
                 .with_header(options.header.unwrap_or(true))
                 .with_delimiter(options.byte(
@@ -304,6 +336,24 @@ impl BatchWriter for Lossy {
 
     fn finish(self: Box<Self>) -> Result<()> {
         self.inner.finish()
+    }
+}
+
+/// A format's writer into a compressed stream, which ends after the format's own end.
+struct Compressed {
+    inner: Box<dyn BatchWriter>,
+    finish: Finish,
+    location: String,
+}
+
+impl BatchWriter for Compressed {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.inner.write(batch)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.inner.finish()?;
+        self.finish.finish(&self.location)
     }
 }
 

@@ -306,3 +306,76 @@ fn parquet_row_groups_split_batches_and_keep_order() {
     let expected = arrow::compute::concat_batches(&batch.schema(), &batches).unwrap();
     assert_eq!(read(Format::Parquet, &path, None), expected);
 }
+
+#[test]
+fn whole_file_compression_round_trips_and_a_corrupt_stream_names_the_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    for (format, name) in [
+        (Format::Csv, "t.csv.gz"),
+        (Format::Json, "t.jsonl.zst"),
+        (Format::Json, "t.json.gz"),
+        (Format::Avro, "t.avro.zst"),
+    ] {
+        assert_eq!(Format::from_name(name), Some(format), "{name}");
+        let batch = sample(true);
+        let path = dir.path().join(name);
+        write(format, &batch, &path);
+        let packed = std::fs::read(&path).unwrap();
+        let magic: &[u8] = if name.ends_with(".gz") {
+            &[0x1f, 0x8b]
+        } else {
+            &[0x28, 0xb5, 0x2f, 0xfd]
+        };
+        assert!(packed.starts_with(magic), "{name} is not compressed");
+        let schema = (format != Format::Avro).then(|| batch.schema());
+        let back = read(format, &path, schema);
+        assert_eq!(back.num_rows(), batch.num_rows(), "{name}");
+        assert_eq!(back.column(1), batch.column(1), "{name}");
+
+        // The stream cut short: the error names the file and how far it got.
+        std::fs::write(&path, &packed[..packed.len() - 9]).unwrap();
+        let input = Input::new(FileAccess::open(&path).unwrap());
+        let location = path.display().to_string();
+        let schema = (format != Format::Avro).then(|| batch.schema());
+        let err = match open_reader(format, &FormatOptions::default(), input, &location, schema) {
+            Err(e) => e.to_string(),
+            Ok(reader) => reader
+                .map(|b| b.map(|_| ()))
+                .collect::<Result<Vec<()>, _>>()
+                .unwrap_err()
+                .to_string(),
+        };
+        assert!(err.contains(&location), "{name}: {err}");
+        assert!(err.contains("compressed byte"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn compression_is_an_option_of_text_formats_and_refused_around_parquet() {
+    let options = FormatOptions {
+        compression: Some("zstd".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        options.file_name(Format::Csv, "in/a.json").unwrap(),
+        "in/a.csv.zst"
+    );
+    assert_eq!(
+        FormatOptions::default()
+            .file_name(Format::Csv, "in/a.csv.gz")
+            .unwrap(),
+        "in/a.csv"
+    );
+    let batch = sample(false);
+    let err = open_writer(
+        Format::Parquet,
+        &FormatOptions::default(),
+        batch.schema(),
+        Box::new(std::io::sink()),
+        "out/t.parquet.gz",
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("out/t.parquet.gz"), "{err}");
+}

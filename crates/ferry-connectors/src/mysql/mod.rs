@@ -166,9 +166,7 @@ pub async fn connect(address: &TableAddress) -> Result<Conn> {
     let params = Opts::from_url(&format!("mysql://localhost/?{}", session.driver_query))
         .map_err(|e| invalid(e.to_string()))?;
     // A peer that vanished is noticed by the kernel, not after TCP's default two hours.
-    let keepalive = params
-        .tcp_keepalive()
-        .or(Some(Duration::from_secs(10)));
+    let keepalive = params.tcp_keepalive().or(Some(Duration::from_secs(10)));
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())

@@ -45,8 +45,8 @@ pub async fn connect(address: &TableAddress) -> Result<Client> {
     if !kept.is_empty() {
         url.query_pairs_mut().extend_pairs(kept);
     }
-    let tls = ferry_state::tls::settings(sslmode.as_deref(), sslrootcert.as_deref())
-        .map_err(invalid)?;
+    let tls =
+        ferry_state::tls::settings(sslmode.as_deref(), sslrootcert.as_deref()).map_err(invalid)?;
     let mut config: tokio_postgres::Config =
         url.as_str().parse().map_err(|e| invalid(format!("{e}")))?;
     config.ssl_mode(tls.mode.ssl_mode());

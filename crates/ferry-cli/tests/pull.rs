@@ -680,7 +680,7 @@ fn ferry_pull_serves_a_directory_from_ferry_serve_until_it_is_terminated() {
     // Bad input: one line naming what is at fault.
     let (code, _, err) = client(root, port, &["pull", "token", "ds-1"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("ds-1") && err.contains("TERMINATED"), "{err}");
+    assert!(err.contains("ds-1") && err.contains("Terminated"), "{err}");
     let (code, _, err) = client(root, port, &["pull", "start", "postgres://db/x?table=t"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("ferry pull serves"), "{err}");

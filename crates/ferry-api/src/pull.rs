@@ -1,5 +1,5 @@
 //! `GET /pull/{flowId}/{path}`: a pull flow's source served for download, with the flow's
-//! token instead of an API token. Objects stream from the store in ranged reads; `Range`
+//! token instead of an API token. Objects stream from the store, one read per range; `Range`
 //! (one range, or several as `multipart/byteranges`), `If-Range`, `ETag`, `Last-Modified`
 //! and `HEAD` work as a resumable, parallel download needs; a directory answers with the
 //! tree below it as JSON.

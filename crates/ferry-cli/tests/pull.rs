@@ -775,3 +775,47 @@ fn an_s3_prefix_is_served() {
 fn an_azure_prefix_is_served() {
     an_object_prefix_is_served(Remote::Azure);
 }
+
+/// A download costs one request to the store per range asked for, whatever its size (a
+/// plain GET for the whole object), streamed as the client reads it.
+#[test]
+fn an_object_is_read_from_s3_once_per_range_asked_for() {
+    let Some(base) = Remote::S3.unique("pull-once") else {
+        return;
+    };
+    let upstream = std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap();
+    let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    // Larger than any window a reader might cut a download into.
+    let data = bytes(150 * 1024 * 1024, 11);
+    std::fs::write(root.join("in/large.bin"), &data).unwrap();
+    common::copy_in_ok(root, &["in/large.bin", &base]);
+    let proxy = common::proxy::Proxy::start(upstream, |_| None);
+    let dp = dataplane(root, None);
+    let source = format!("{base}large.bin?endpoint={}", proxy.url());
+    let (code, out, err) = client(root, dp.port, &["pull", "start", &source, "--id", "once"]);
+    assert_eq!(code, 0, "{err}");
+    let token = field(&out, "token");
+    let gets = || proxy.count(|s| s.method == "GET" && s.target.contains("large.bin"));
+
+    let whole = raw(
+        dp.port,
+        "GET",
+        &format!("/pull/once/large.bin?token={token}"),
+        &[],
+    );
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == data, "the whole object, byte for byte");
+    assert_eq!(gets(), 1);
+    let range = raw(
+        dp.port,
+        "GET",
+        &format!("/pull/once/large.bin?token={token}"),
+        &[("Range", "bytes=1000-140000000")],
+    );
+    assert_eq!(range.status, 206);
+    assert!(range.body == data[1000..=140_000_000]);
+    assert_eq!(gets(), 2);
+}

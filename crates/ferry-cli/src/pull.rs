@@ -125,7 +125,11 @@ fn print_reference(answer: &Value) {
     let endpoint = text(&address["endpoint"]);
     println!("endpoint  {endpoint}/");
     println!("token     {}", prop("authorization"));
-    println!("expires   {} (in {} s)", prop("expiresAt"), prop("expiresIn"));
+    println!(
+        "expires   {} (in {} s)",
+        prop("expiresAt"),
+        prop("expiresIn")
+    );
 }
 
 pub async fn pull(args: PullArgs) -> Result<u8> {
@@ -212,7 +216,10 @@ mod tests {
                    "storeOptions": {"endpoint": "http://127.0.0.1:9000"}})
         );
         let refused = source_address("postgres://db/x?table=t").unwrap_err();
-        assert!(refused.to_string().contains("ferry pull serves"), "{refused}");
+        assert!(
+            refused.to_string().contains("ferry pull serves"),
+            "{refused}"
+        );
         assert!(new_id().starts_with("pull-"));
     }
 }

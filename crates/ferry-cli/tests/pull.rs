@@ -645,9 +645,13 @@ fn ferry_pull_serves_a_directory_from_ferry_serve_until_it_is_terminated() {
     let listing = raw(port, "GET", &format!("/pull/ds-1/?token={token}"), &[]);
     assert_eq!(listing.json()["objects"][0]["key"], "2026/data.bin");
     let url = format!("{endpoint}2026/data.bin?token={token}");
-    let summary = common::run_ok(
-        common::ferry(&root.join("state"), root).args(["copy", &url, "out/", "--part-size", "1MiB"]),
-    );
+    let summary = common::run_ok(common::ferry(&root.join("state"), root).args([
+        "copy",
+        &url,
+        "out/",
+        "--part-size",
+        "1MiB",
+    ]));
     assert_eq!(summary["status"], "succeeded", "{summary}");
     assert_eq!(std::fs::read(root.join("out/data.bin")).unwrap(), data);
 
@@ -668,7 +672,12 @@ fn ferry_pull_serves_a_directory_from_ferry_serve_until_it_is_terminated() {
     );
     assert_eq!((code, out.trim()), (0, "pull/ds-1 TERMINATED"));
     for t in [&token, &fresh] {
-        let refused = raw(port, "GET", &format!("/pull/ds-1/2026/data.bin?token={t}"), &[]);
+        let refused = raw(
+            port,
+            "GET",
+            &format!("/pull/ds-1/2026/data.bin?token={t}"),
+            &[],
+        );
         assert_eq!(refused.status, 403);
     }
     let (code, _, err) = common::copy_in(root, &[&url, "again/"]);

@@ -42,7 +42,7 @@ pub enum Lookup {
 
 enum Root {
     Objects {
-        backend: ObjectBackend,
+        backend: Box<ObjectBackend>,
         /// The prefix keys are below ("" for the bucket's root), without a trailing `/`.
         base: String,
     },
@@ -129,7 +129,10 @@ impl Served {
                                 None => (String::new(), prefix.clone()),
                             };
                             return Ok(Self {
-                                root: Root::Objects { backend, base },
+                                root: Root::Objects {
+                                    backend: Box::new(backend),
+                                    base,
+                                },
                                 only: Some(name),
                                 address: address.clone(),
                             });
@@ -140,7 +143,7 @@ impl Served {
                 }
                 Ok(Self {
                     root: Root::Objects {
-                        backend,
+                        backend: Box::new(backend),
                         base: prefix,
                     },
                     only: None,

@@ -46,6 +46,9 @@ enum Command {
     /// Run a data plane: executes runs and serves the Dataplane Signaling API
     /// (`/dataflows/…`), alone or registered with a control plane.
     Dataplane(crate::dataplane::DataplaneArgs),
+    /// Serve a dataset for download (a pull flow) from a running `ferry serve` or `ferry
+    /// dataplane`: an endpoint and a short-lived token for it.
+    Pull(crate::pull::PullArgs),
     /// Manage the transfers of a running `ferry serve`.
     Transfers(crate::client::TransfersArgs),
     /// Manage the pipelines of a running `ferry serve`: graphs of transfers, commands and
@@ -281,6 +284,7 @@ impl Cli {
             Command::Serve(_)
             | Command::Dataplane(_)
             | Command::Transfers(_)
+            | Command::Pull(_)
             | Command::Pipelines(_)
             | Command::Templates(_)
             | Command::K8s(_) => false,
@@ -299,6 +303,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Serve(args) => crate::serve::serve(args).await,
         Command::Dataplane(args) => crate::serve::dataplane(args).await,
         Command::Transfers(args) => crate::client::transfers(args).await,
+        Command::Pull(args) => crate::pull::pull(args).await,
         Command::Pipelines(args) => crate::pipelines::pipelines(args).await,
         Command::Templates(args) => crate::pipelines::templates(args).await,
         Command::K8s(args) => crate::k8s::k8s(args).await,

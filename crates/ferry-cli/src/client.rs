@@ -168,7 +168,11 @@ pub(crate) fn plain(e: &reqwest::Error) -> String {
 
 /// What a refused request was about, from its path: `pipeline` for `/v1/pipelines/…`.
 fn subject(path: &str) -> &'static str {
-    let collection = path.trim_start_matches("/v1/").split('/').next();
+    let collection = path
+        .trim_start_matches("/v1/")
+        .trim_start_matches('/')
+        .split('/')
+        .next();
     match collection {
         Some("pipelines") => "pipeline",
         Some("templates") => "template",

@@ -7,6 +7,7 @@ mod dataplane;
 mod k8s;
 mod output;
 mod pipelines;
+mod pull;
 mod serve;
 mod stream;
 

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::service::{free_port, Service};
+use ferry_connectors::testkit::{bytes, Remote};
 use ferry_core::ChecksumAlgo;
 use serde_json::{json, Value};
 
@@ -585,4 +586,245 @@ fn a_multi_gib_download_from_a_pull_endpoint_is_killed_and_resumed() {
     let again = common::run_ok(&mut cmd);
     assert_eq!(again["status"], "succeeded", "{again}");
     assert_eq!(again["bytes"], 0, "{again}");
+}
+
+/// `ferry ARGS` as a client of the service on `port`: exit code, stdout, stderr.
+fn client(root: &Path, port: u16, args: &[&str]) -> (i32, String, String) {
+    let out = common::ferry(&root.join("state"), root)
+        .args(args)
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_TOKEN", common::service::TOKEN)
+        .output()
+        .expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of the line `name  value` of `ferry pull`'s text output.
+fn field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+#[test]
+fn ferry_pull_serves_a_directory_from_ferry_serve_until_it_is_terminated() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("shared/2026")).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(root.join("shared/2026/data.bin"), &data).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(root.join("server"))
+        .current_dir(root)
+        .env_remove("FERRY_FAILPOINT")
+        .env_remove("FERRY_PULL_TOKEN_SECONDS");
+    let server = Service::start(cmd, port);
+
+    // A relative path is the client's, made absolute.
+    let (code, out, err) = client(root, port, &["pull", "start", "shared/", "--id", "ds-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("pull/ds-1 STARTED"), "{out}");
+    let endpoint = field(&out, "endpoint");
+    assert_eq!(endpoint, format!("http://127.0.0.1:{port}/pull/ds-1/"));
+    let token = field(&out, "token");
+    assert_eq!(token.len(), 64, "{out}");
+    assert!(field(&out, "expires").ends_with("(in 900 s)"), "{out}");
+    assert!(
+        !server_lines(&server).contains(&token),
+        "the token is in no log line"
+    );
+
+    // Downloaded with ferry copy, the token in the URL; the listing names the file.
+    let listing = raw(port, "GET", &format!("/pull/ds-1/?token={token}"), &[]);
+    assert_eq!(listing.json()["objects"][0]["key"], "2026/data.bin");
+    let url = format!("{endpoint}2026/data.bin?token={token}");
+    let summary = common::run_ok(common::ferry(&root.join("state"), root).args([
+        "copy",
+        &url,
+        "out/",
+        "--part-size",
+        "1MiB",
+    ]));
+    assert_eq!(summary["status"], "succeeded", "{summary}");
+    assert_eq!(std::fs::read(root.join("out/data.bin")).unwrap(), data);
+
+    // status shows the endpoint, never a token; a new token works beside the first.
+    let (code, out, _) = client(root, port, &["pull", "status", "ds-1"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, format!("pull/ds-1 STARTED\nendpoint  {endpoint}\n"));
+    let (code, out, _) = client(root, port, &["pull", "token", "ds-1", "--json"]);
+    assert_eq!(code, 0);
+    let (_, fresh) = edr(&serde_json::from_str(&out).unwrap());
+    assert_ne!(fresh, token);
+
+    // Terminated: refused with 403, and ferry copy fails naming why.
+    let (code, out, _) = client(
+        root,
+        port,
+        &["pull", "terminate", "ds-1", "--reason", "contract ended"],
+    );
+    assert_eq!((code, out.trim()), (0, "pull/ds-1 TERMINATED"));
+    for t in [&token, &fresh] {
+        let refused = raw(
+            port,
+            "GET",
+            &format!("/pull/ds-1/2026/data.bin?token={t}"),
+            &[],
+        );
+        assert_eq!(refused.status, 403);
+    }
+    let (code, _, err) = common::copy_in(root, &[&url, "again/"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("403") || err.contains("revoked"), "{err}");
+    assert!(!err.contains(&token), "{err}");
+    assert!(!root.join("again/data.bin").exists());
+
+    // Bad input: one line naming what is at fault.
+    let (code, _, err) = client(root, port, &["pull", "token", "ds-1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ds-1") && err.contains("Terminated"), "{err}");
+    let (code, _, err) = client(root, port, &["pull", "start", "postgres://db/x?table=t"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ferry pull serves"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = client(root, port, &["pull", "status", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("'nope' not found"), "{err}");
+}
+
+/// What the service wrote on stderr so far.
+fn server_lines(service: &Service) -> String {
+    service.lines.try_iter().collect::<Vec<_>>().join("\n")
+}
+
+/// A prefix of S3 or Azure objects served by a pull flow made with `ferry pull start`:
+/// listing, ranges streamed from the store, validators, and a single object as the source.
+fn an_object_prefix_is_served(remote: Remote) {
+    let Some(base) = remote.unique("pull") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in/sub")).unwrap();
+    let data = bytes(5_000_000, 7);
+    std::fs::write(root.join("in/big.bin"), &data).unwrap();
+    std::fs::write(root.join("in/sub/a.txt"), b"alpha").unwrap();
+    common::copy_in_ok(root, &["in/", &base]);
+    let dp = dataplane(root, None);
+    let port = dp.port;
+
+    let (code, out, err) = client(root, port, &["pull", "start", &base, "--id", "objects"]);
+    assert_eq!(code, 0, "{err}");
+    let token = field(&out, "token");
+    let auth = format!("Bearer {token}");
+    let auth = [("Authorization", auth.as_str())];
+    let listing = raw(port, "GET", "/pull/objects/", &auth).json();
+    let keys: Vec<&str> = listing["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listing}"))
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["big.bin", "sub/a.txt"]);
+    assert_eq!(listing["bytes"], 5_000_005);
+
+    let head = raw(port, "HEAD", "/pull/objects/big.bin", &auth);
+    assert_eq!(head.header("content-length"), Some("5000000"));
+    let etag = head.header("etag").expect("an ETag").to_string();
+    let range = raw(
+        port,
+        "GET",
+        "/pull/objects/big.bin",
+        &[auth[0], ("Range", "bytes=4000000-"), ("If-Range", &etag)],
+    );
+    assert_eq!(range.status, 206);
+    assert_eq!(range.body, &data[4_000_000..]);
+    let two = raw(
+        port,
+        "GET",
+        "/pull/objects/big.bin",
+        &[auth[0], ("Range", "bytes=0-99,1000-1099")],
+    );
+    assert_eq!(two.status, 206);
+    assert!(find(&two.body, &data[1000..1100]).is_some());
+    let whole = raw(port, "GET", "/pull/objects/big.bin", &auth);
+    assert_eq!((whole.status, whole.body == data), (200, true));
+    let missing = raw(port, "GET", "/pull/objects/nope.bin", &auth);
+    assert_eq!(missing.status, 404);
+    let traversal = raw(port, "GET", "/pull/objects/sub/%2e%2e/%2e%2e/x", &auth);
+    assert_eq!(traversal.status, 400);
+
+    // One object as the source: served under its own name, nothing else.
+    let (code, out, err) = client(
+        root,
+        port,
+        &["pull", "start", &format!("{base}sub/a.txt"), "--id", "one"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let one = field(&out, "token");
+    let a = raw(port, "GET", &format!("/pull/one/a.txt?token={one}"), &[]);
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"alpha"[..]));
+    let other = raw(port, "GET", &format!("/pull/one/big.bin?token={one}"), &[]);
+    assert_eq!(other.status, 404);
+}
+
+#[test]
+fn an_s3_prefix_is_served() {
+    an_object_prefix_is_served(Remote::S3);
+}
+
+#[test]
+fn an_azure_prefix_is_served() {
+    an_object_prefix_is_served(Remote::Azure);
+}
+
+/// A download costs one request to the store per range asked for, whatever its size (a
+/// plain GET for the whole object), streamed as the client reads it.
+#[test]
+fn an_object_is_read_from_s3_once_per_range_asked_for() {
+    let Some(base) = Remote::S3.unique("pull-once") else {
+        return;
+    };
+    let upstream = std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap();
+    let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    // Larger than any window a reader might cut a download into.
+    let data = bytes(150 * 1024 * 1024, 11);
+    std::fs::write(root.join("in/large.bin"), &data).unwrap();
+    common::copy_in_ok(root, &["in/large.bin", &base]);
+    let proxy = common::proxy::Proxy::start(upstream, |_| None);
+    let dp = dataplane(root, None);
+    let source = format!("{base}large.bin?endpoint={}", proxy.url());
+    let (code, out, err) = client(root, dp.port, &["pull", "start", &source, "--id", "once"]);
+    assert_eq!(code, 0, "{err}");
+    let token = field(&out, "token");
+    let gets = || proxy.count(|s| s.method == "GET" && s.target.contains("large.bin"));
+
+    let whole = raw(
+        dp.port,
+        "GET",
+        &format!("/pull/once/large.bin?token={token}"),
+        &[],
+    );
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == data, "the whole object, byte for byte");
+    assert_eq!(gets(), 1);
+    let range = raw(
+        dp.port,
+        "GET",
+        &format!("/pull/once/large.bin?token={token}"),
+        &[("Range", "bytes=1000-140000000")],
+    );
+    assert_eq!(range.status, 206);
+    assert!(range.body == data[1000..=140_000_000]);
+    assert_eq!(gets(), 2);
 }

@@ -45,6 +45,26 @@ const CONNECT_TIMEOUT: &str = "5s";
 /// Per request; a 64 MiB part at 1 MB/s still fits.
 const REQUEST_TIMEOUT: &str = "120s";
 
+/// How long a request may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// A request as a whole is bounded ([`REQUEST_TIMEOUT`]): parts, listings, heads.
+    Bounded,
+    /// A response is streamed to a reader at its own pace (a pull endpoint's download):
+    /// only a stall is bounded, and a whole download is bounded by a day.
+    Streamed,
+}
+
+impl Pace {
+    /// `(timeout, read timeout)` as object_store's client settings.
+    fn timeouts(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Pace::Bounded => (REQUEST_TIMEOUT, None),
+            Pace::Streamed => ("24h", Some("60s")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     S3,
@@ -216,6 +236,10 @@ fn env_flag(name: &str) -> bool {
 
 impl ObjectBackend {
     pub fn new(address: DataAddress) -> Result<Self> {
+        Self::with_pace(address, Pace::Bounded)
+    }
+
+    pub(crate) fn with_pace(address: DataAddress, pace: Pace) -> Result<Self> {
         match &address {
             DataAddress::S3 {
                 bucket,
@@ -223,7 +247,7 @@ impl ObjectBackend {
                 options,
             } => {
                 let (bucket, key, options) = (bucket.clone(), key.clone(), options.clone());
-                Self::s3(address, &bucket, &key, &options)
+                Self::s3(address, &bucket, &key, &options, pace)
             }
             DataAddress::Azure {
                 container,
@@ -231,7 +255,7 @@ impl ObjectBackend {
                 options,
             } => {
                 let (container, path, options) = (container.clone(), path.clone(), options.clone());
-                Self::azure(address, &container, &path, &options)
+                Self::azure(address, &container, &path, &options, pace)
             }
             DataAddress::Http { url } => {
                 let url = url.clone();
@@ -248,7 +272,9 @@ impl ObjectBackend {
         bucket: &str,
         key: &str,
         options: &BTreeMap<String, String>,
+        pace: Pace,
     ) -> Result<Self> {
+        let (timeout, read_timeout) = pace.timeouts();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             // No SHA-256 of every payload: TLS or loopback already protects the bytes, and
@@ -259,10 +285,13 @@ impl ObjectBackend {
                 AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
                 CONNECT_TIMEOUT,
             )
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                REQUEST_TIMEOUT,
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), timeout);
+        if let Some(read_timeout) = read_timeout {
+            builder = builder.with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout),
+                read_timeout,
             );
+        }
         builder = s3_options(&address, builder, options)?;
         let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
         if let Some(endpoint) = &endpoint {
@@ -313,7 +342,9 @@ impl ObjectBackend {
         container: &str,
         path: &str,
         options: &BTreeMap<String, String>,
+        pace: Pace,
     ) -> Result<Self> {
+        let (timeout, read_timeout) = pace.timeouts();
         let mut builder = MicrosoftAzureBuilder::from_env()
             .with_container_name(container)
             .with_retry(retry_config())
@@ -321,10 +352,13 @@ impl ObjectBackend {
                 AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
                 CONNECT_TIMEOUT,
             )
-            .with_config(
-                AzureConfigKey::Client(ClientConfigKey::Timeout),
-                REQUEST_TIMEOUT,
+            .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), timeout);
+        if let Some(read_timeout) = read_timeout {
+            builder = builder.with_config(
+                AzureConfigKey::Client(ClientConfigKey::ReadTimeout),
+                read_timeout,
             );
+        }
         builder = azure_options(&address, builder, options)?;
         let get = |k: AzureConfigKey| builder.get_config_value(&k);
         let emulator = get(AzureConfigKey::UseEmulator).is_some_and(|v| v == "true");

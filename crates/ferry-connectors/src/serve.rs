@@ -1,11 +1,10 @@
 //! A file tree or an object prefix read for serving over HTTP (pull flows): what is at a
-//! key (an object, or the tree under a directory), and an object's bytes as a stream of
-//! ranged reads, so an object is never held whole in memory.
+//! key (an object, or the tree under a directory), and a range of an object's bytes as a
+//! stream read as it is sent, so an object is never held whole in memory.
 
 use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::{Component, PathBuf};
-use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::{Bytes, BytesMut};
@@ -16,11 +15,8 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::object::ObjectBackend;
+use crate::object::{ObjectBackend, Pace};
 
-/// Bytes asked of an object store in one request: large enough that a request's latency
-/// is small beside its transfer, small enough that a dropped connection costs little.
-const OBJECT_WINDOW: u64 = 64 * 1024 * 1024;
 /// Bytes read from a local file at a time.
 const FILE_CHUNK: usize = 1024 * 1024;
 
@@ -46,7 +42,7 @@ pub enum Lookup {
 
 enum Root {
     Objects {
-        backend: ObjectBackend,
+        backend: Box<ObjectBackend>,
         /// The prefix keys are below ("" for the bucket's root), without a trailing `/`.
         base: String,
     },
@@ -122,7 +118,7 @@ impl Served {
                 })
             }
             DataAddress::S3 { .. } | DataAddress::Azure { .. } => {
-                let backend = ObjectBackend::new(address.clone())?;
+                let backend = ObjectBackend::with_pace(address.clone(), Pace::Streamed)?;
                 let prefix = backend.prefix.clone();
                 if !prefix.is_empty() && !address.names_a_directory() {
                     let path = Path::from(prefix.as_str());
@@ -133,7 +129,10 @@ impl Served {
                                 None => (String::new(), prefix.clone()),
                             };
                             return Ok(Self {
-                                root: Root::Objects { backend, base },
+                                root: Root::Objects {
+                                    backend: Box::new(backend),
+                                    base,
+                                },
                                 only: Some(name),
                                 address: address.clone(),
                             });
@@ -144,7 +143,7 @@ impl Served {
                 }
                 Ok(Self {
                     root: Root::Objects {
-                        backend,
+                        backend: Box::new(backend),
                         base: prefix,
                     },
                     only: None,
@@ -332,39 +331,31 @@ impl Served {
                 Ok(stream.boxed())
             }
             Root::Objects { backend, base } => {
-                let store: Arc<dyn ObjectStore> = backend.store.clone();
+                // One request per range asked for, streamed as the reader takes it (a stall,
+                // not a slow reader, ends it): a whole object is one plain GET, which every
+                // store serves best, and a download costs one request, not one per window.
+                let whole = range.start == 0 && range.end == object.size;
+                let options = GetOptions {
+                    range: (!whole).then(|| GetRange::Bounded(range.clone())),
+                    if_match: object.etag.clone(),
+                    ..Default::default()
+                };
                 let path = object_path(base, &object.key);
-                let etag = object.etag.clone();
-                let mut windows = Vec::new();
-                let mut at = range.start;
-                while at < range.end {
-                    let end = (at + OBJECT_WINDOW).min(range.end);
-                    windows.push(at..end);
-                    at = end;
-                }
                 let errors = ObjectErrors {
                     backend_shown: format!("{}/{}", self.address, object.key),
                 };
-                let stream = stream::iter(windows)
-                    .then(move |window| {
-                        let (store, path, etag, errors) =
-                            (store.clone(), path.clone(), etag.clone(), errors.clone());
-                        async move {
-                            let options = GetOptions {
-                                range: Some(GetRange::Bounded(window)),
-                                if_match: etag,
-                                ..Default::default()
-                            };
-                            let result = store
-                                .get_opts(&path, options)
-                                .await
-                                .map_err(|e| errors.map(e))?;
-                            let errors2 = errors.clone();
-                            Ok::<_, Error>(result.into_stream().map_err(move |e| errors2.map(e)))
-                        }
-                    })
-                    .try_flatten();
-                Ok(stream.boxed())
+                let result = backend
+                    .store
+                    .get_opts(&path, options)
+                    .await
+                    .map_err(|e| errors.map(e))?;
+                if result.range != range {
+                    return Err(Error::source_changed(
+                        &errors.backend_shown,
+                        "the store answered another range than the one asked for",
+                    ));
+                }
+                Ok(result.into_stream().map_err(move |e| errors.map(e)).boxed())
             }
         }
     }

@@ -201,14 +201,19 @@ impl PullFlows {
     }
 }
 
-/// The Dataplane Signaling `DataAddress` of a pull flow: where to download and with what
-/// token (an endpoint data reference).
-pub fn endpoint_data_address(public_url: Option<&str>, id: &str, minted: &Minted) -> Value {
+/// Where a pull flow's files are downloaded from: `{public_url}/pull/{id}`.
+pub fn endpoint(public_url: Option<&str>, id: &str) -> String {
     let base = public_url.unwrap_or("").trim_end_matches('/');
     let id_segment: String = url::form_urlencoded::byte_serialize(id.as_bytes())
         .collect::<String>()
         .replace('+', "%20");
-    let endpoint = format!("{base}/pull/{id_segment}");
+    format!("{base}/pull/{id_segment}")
+}
+
+/// The Dataplane Signaling `DataAddress` of a pull flow: where to download and with what
+/// token (an endpoint data reference).
+pub fn endpoint_data_address(public_url: Option<&str>, id: &str, minted: &Minted) -> Value {
+    let endpoint = endpoint(public_url, id);
     let expires: DateTime<Utc> =
         DateTime::from_timestamp_millis(minted.expires_at).unwrap_or_default();
     let expires_in = ((minted.expires_at - now_ms()).max(0) / 1000).to_string();
@@ -392,6 +397,7 @@ impl Controller {
             error: None,
             transfer: String::new(),
             run: None,
+            endpoint: Some(endpoint(self.config().public_url.as_deref(), id)),
         })
     }
 }

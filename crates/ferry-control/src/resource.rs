@@ -598,6 +598,15 @@ fn check_address(at: &str, value: &Value, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new(at, "must be an object with a type"));
         return;
     };
+    // Serving for download is no transfer: nothing moves until a consumer asks.
+    if map.get("type").and_then(Value::as_str) == Some("pull") {
+        errors.push(FieldError::new(
+            format!("{at}.type"),
+            "'pull' is not a transfer's destination: serve a dataset for download with \
+             `ferry pull start SOURCE` (a pull flow, with an endpoint and a token)",
+        ));
+        return;
+    }
     let mut structural = map.clone();
     if let Some(path) = structural.remove("vaultPath") {
         if !path.is_string() {
@@ -967,6 +976,18 @@ mod tests {
         assert_eq!(m.settings.max_failed_retries, 2);
         assert_eq!(m.settings.successful_history, DEFAULT_SUCCESSFUL_HISTORY);
         assert!(m.settings.schedule.is_some());
+    }
+
+    #[test]
+    fn a_pull_destination_points_to_ferry_pull() {
+        let mut m = manifest();
+        m["spec"]["destination"] = json!({"type": "pull"});
+        let errors = validate(m).unwrap_err();
+        let pull = errors
+            .iter()
+            .find(|e| e.field == "spec.destination.type")
+            .unwrap_or_else(|| panic!("{errors:?}"));
+        assert!(pull.message.contains("ferry pull start"), "{pull:?}");
     }
 
     #[test]

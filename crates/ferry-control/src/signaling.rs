@@ -139,6 +139,9 @@ pub struct FlowStatus {
     pub transfer: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunView>,
+    /// A pull flow's download endpoint; its tokens come from `POST /dataflows/{id}/token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// What a data plane tells the control plane's callback address.
@@ -855,6 +858,7 @@ impl Controller {
                 error: response.error,
                 transfer: run.transfer,
                 run: Some(view),
+                endpoint: None,
             });
         }
         match self.flow_transfer(id).await? {
@@ -865,6 +869,7 @@ impl Controller {
                 error: None,
                 transfer: record.name,
                 run: None,
+                endpoint: None,
             }),
             None => Err(ControlError::Missing(format!("data flow '{id}' not found"))),
         }

@@ -470,13 +470,25 @@ impl ObjectBackend {
                 REQUEST_TIMEOUT,
             );
         builder = gcs_emulator(gcs_options(&address, builder, options)?);
+        let skip_signature = builder
+            .get_config_value(&GoogleConfigKey::SkipSignature)
+            .is_some_and(|v| v == "true");
+        if skip_signature
+            && builder
+                .get_config_value(&GoogleConfigKey::BearerToken)
+                .is_none()
+        {
+            // object_store 0.14 signs uploads and deletes even when told not to, asking the
+            // instance metadata service for a token; a fixed empty one keeps them unsigned.
+            builder = builder.with_bearer_token("");
+        }
         let get = |k: GoogleConfigKey| builder.get_config_value(&k);
         let base_url = get(GoogleConfigKey::BaseUrl);
         let has_credentials = get(GoogleConfigKey::ServiceAccount).is_some()
             || get(GoogleConfigKey::ServiceAccountKey).is_some()
             || get(GoogleConfigKey::ApplicationCredentials).is_some()
             || get(GoogleConfigKey::BearerToken).is_some()
-            || get(GoogleConfigKey::SkipSignature).is_some_and(|v| v == "true")
+            || skip_signature
             || gcloud_default_credentials()
             || env_flag("FERRY_GCS_INSTANCE_CREDENTIALS");
         if !has_credentials {

@@ -72,9 +72,30 @@ fn json_summary_has_the_documented_fields() {
 fn bad_usage_exits_2_with_one_line() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
-    let (code, _, err) = run(ferry(&state).args(["copy", "gs://bucket/x", "/tmp/x"]));
+    let (code, _, err) = run(ferry(&state).args(["copy", "wasb://bucket/x", "/tmp/x"]));
     assert_eq!(code, 2);
-    assert_one_line_error(&err, "unknown scheme 'gs'");
+    assert_one_line_error(&err, "unknown scheme 'wasb'");
+
+    let (code, _, err) = run(ferry(&state).args(["copy", "gs://Bad/x", "/tmp/x"]));
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "gs://Bad/x");
+
+    // No GCS credentials anywhere: refused at once, before any request (object_store
+    // would otherwise wait on a metadata server that is not there).
+    let mut cmd = ferry(&state);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("GOOGLE_") {
+            cmd.env_remove(name);
+        }
+    }
+    let (code, _, err) = run(cmd
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .env_remove("FERRY_GCS_INSTANCE_CREDENTIALS")
+        .env("HOME", work.path())
+        .args(["copy", "gs://bucket/x", "/tmp/x"]));
+    assert_eq!(code, 2, "{err}");
+    assert_one_line_error(&err, "no GCS credentials");
+    assert!(err.contains("gs://bucket/x"), "{err}");
 
     let (code, _, err) = run(ferry(&state).args(["copy", "s3://Bad_Bucket/k", "/tmp/x"]));
     assert_eq!(code, 2);

@@ -314,7 +314,10 @@ fn killed_gcs_download_resumes() {
         &dst.display().to_string(),
         data.len(),
     );
-    assert!(std::fs::read(&dst).unwrap() == data, "content differs after resume");
+    assert!(
+        std::fs::read(&dst).unwrap() == data,
+        "content differs after resume"
+    );
 }
 
 #[test]

@@ -499,7 +499,10 @@ impl ObjectBackend {
                 "no GCS credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON file, or STORAGE_EMULATOR_HOST for an emulator, or add ?skip_signature=true for a public bucket",
             ));
         }
-        if base_url.as_deref().is_some_and(|u| u.starts_with("http://")) {
+        if base_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://"))
+        {
             builder =
                 builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
         }

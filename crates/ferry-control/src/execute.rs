@@ -426,12 +426,18 @@ fn store_secrets(address: &DataAddress) -> Vec<String> {
     let Ok(settings) = ferry_connectors::object::resolved_settings(address) else {
         return Vec::new();
     };
-    ["secret_access_key", "token", "access_key", "sas_key", "service_account_key"]
-        .iter()
-        .filter_map(|k| settings.get(k))
-        .filter(|v| v.len() >= 8)
-        .cloned()
-        .collect()
+    [
+        "secret_access_key",
+        "token",
+        "access_key",
+        "sas_key",
+        "service_account_key",
+    ]
+    .iter()
+    .filter_map(|k| settings.get(k))
+    .filter(|v| v.len() >= 8)
+    .cloned()
+    .collect()
 }
 
 /// The strings secret resolution put into the manifest: anything in `resolved` that is

@@ -253,14 +253,14 @@ fn address(value: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<V
     let Some(declared) = declared.as_ref().and_then(Value::as_str) else {
         errors.push(FieldError::new(
             format!("{field}.type"),
-            "required: the store type (file, s3, azure, http, postgres, mysql, sqlite, kafka)",
+            "required: the store type (file, s3, azure, gcs, http, postgres, mysql, sqlite, kafka)",
         ));
         return None;
     };
     let Some(kind) = store_type(declared) else {
         errors.push(FieldError::new(
             format!("{field}.type"),
-            format!("unknown store type '{declared}'; use file, s3, azure, http, postgres, mysql, sqlite or kafka"),
+            format!("unknown store type '{declared}'; use file, s3, azure, gcs, http, postgres, mysql, sqlite or kafka"),
         ));
         return None;
     };

@@ -431,8 +431,9 @@ mod tests {
 
     #[test]
     fn gcs_buckets_keys_and_options() {
-        let a = DataAddress::parse("gs://my_bucket.v2/dir/na%C3%AFve.txt?service_account_key=hunter22")
-            .unwrap();
+        let a =
+            DataAddress::parse("gs://my_bucket.v2/dir/na%C3%AFve.txt?service_account_key=hunter22")
+                .unwrap();
         let DataAddress::Gcs {
             bucket,
             key,
@@ -452,7 +453,10 @@ mod tests {
         );
         assert!(DataAddress::parse("gs://b").unwrap().names_a_directory());
         assert_eq!(
-            DataAddress::parse("gs://b/pre").unwrap().join("x").to_string(),
+            DataAddress::parse("gs://b/pre")
+                .unwrap()
+                .join("x")
+                .to_string(),
             "gs://b/pre/x"
         );
         let e = DataAddress::parse("gs://Bad/k").unwrap_err().to_string();
@@ -463,7 +467,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_address_and_the_fault() {
-        let e = DataAddress::parse("wasb://bucket/x").unwrap_err().to_string();
+        let e = DataAddress::parse("wasb://bucket/x")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("wasb://bucket/x") && e.contains("unknown scheme 'wasb'"),
             "{e}"

@@ -474,8 +474,10 @@ impl AddressSpec {
             .find(|(name, value)| value.is_some() && !used.contains(name))
             .map(|(name, _)| *name)
             .or_else(|| {
-                let stores_options =
-                    matches!(self.store, StoreType::S3 | StoreType::Azure | StoreType::Gcs);
+                let stores_options = matches!(
+                    self.store,
+                    StoreType::S3 | StoreType::Azure | StoreType::Gcs
+                );
                 (!stores_options && !self.store_options.is_empty()).then_some("storeOptions")
             });
         if let Some(name) = unused {
@@ -749,8 +751,15 @@ spec:
             .unwrap()
         );
         let wrong = text.replace("key: orders/", "container: orders");
-        let err = Manifest::parse(&wrong).unwrap().plan().unwrap_err().to_string();
-        assert!(err.contains("container") && err.contains("not used by type gcs"), "{err}");
+        let err = Manifest::parse(&wrong)
+            .unwrap()
+            .plan()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("container") && err.contains("not used by type gcs"),
+            "{err}"
+        );
     }
 
     #[test]

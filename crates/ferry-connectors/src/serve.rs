@@ -46,7 +46,7 @@ pub enum Lookup {
 
 enum Root {
     Objects {
-        backend: ObjectBackend,
+        backend: Box<ObjectBackend>,
         /// The prefix keys are below ("" for the bucket's root), without a trailing `/`.
         base: String,
     },
@@ -122,7 +122,7 @@ impl Served {
                 })
             }
             DataAddress::S3 { .. } | DataAddress::Azure { .. } | DataAddress::Gcs { .. } => {
-                let backend = ObjectBackend::new(address.clone())?;
+                let backend = Box::new(ObjectBackend::new(address.clone())?);
                 let prefix = backend.prefix.clone();
                 if !prefix.is_empty() && !address.names_a_directory() {
                     let path = Path::from(prefix.as_str());

@@ -751,11 +751,7 @@ spec:
             .unwrap()
         );
         let wrong = text.replace("key: orders/", "container: orders");
-        let err = Manifest::parse(&wrong)
-            .unwrap()
-            .plan()
-            .unwrap_err()
-            .to_string();
+        let err = Manifest::parse(&wrong).unwrap_err().to_string();
         assert!(
             err.contains("container") && err.contains("not used by type gcs"),
             "{err}"

@@ -33,7 +33,7 @@ enum Command {
     /// Copy a file, directory or prefix to another place.
     ///
     /// Addresses: ./dir, /abs/path, file:///abs, s3://bucket/key, az://container/path,
-    /// http(s)://host/file (source only). A directory or prefix is copied recursively into
+    /// gs://bucket/key, http(s)://host/file (source only). A directory or prefix is copied recursively into
     /// the destination. Re-running an interrupted copy continues where it stopped.
     Copy(Box<CopyArgs>),
     /// Compare two trees (or two objects) without copying and list every difference.

@@ -39,7 +39,7 @@ pub fn open_sink(address: &DataAddress) -> Result<Arc<dyn Sink>> {
         DataAddress::Http { .. } => {
             return Err(Error::InvalidAddress {
                 address: address.to_string(),
-                reason: "http(s) addresses can only be read from; choose a local, s3:// or az:// destination".into(),
+                reason: "http(s) addresses can only be read from; choose a local, s3://, az:// or gs:// destination".into(),
             })
         }
         _ => Arc::new(ObjectBackend::new(address.clone())?),

@@ -1,5 +1,5 @@
-//! S3-compatible stores, Azure Blob Storage and plain HTTP(S), through the `object_store`
-//! crate. Signing, authentication, retries and backoff are object_store's; this module maps
+//! S3-compatible stores, Azure Blob Storage, Google Cloud Storage and plain HTTP(S),
+//! through the `object_store` crate. Signing, authentication, retries and backoff are object_store's; this module maps
 //! addresses to builders, object_store errors to ferry's, and exposes the low-level
 //! multipart API so a later process can finish an upload an earlier one started.
 
@@ -18,6 +18,7 @@ use ferry_core::{DataAddress, Entry, Error, PartToken, Result, Sink, Source, Upl
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
@@ -69,6 +70,7 @@ impl Pace {
 enum Family {
     S3,
     Azure,
+    Gcs,
     Http,
 }
 
@@ -89,11 +91,13 @@ impl fmt::Debug for ObjectBackend {
     }
 }
 
-/// What an S3 or Azure address resolves to once its options are laid over the
-/// environment (`AWS_*`, `AZURE_*`), named as object_store names them, for handing the same
-/// store to another transfer engine: `endpoint`, `region`, `access_key_id`,
-/// `secret_access_key`, `token` for S3; `account_name`, `access_key`, `sas_key`,
-/// `endpoint`, `use_emulator` for Azure. Only the settings that are set are returned.
+/// What an S3, Azure or GCS address resolves to once its options are laid over the
+/// environment (`AWS_*`, `AZURE_*`, `GOOGLE_*`, `STORAGE_EMULATOR_HOST`), named as
+/// object_store names them, for handing the same store to another transfer engine:
+/// `endpoint`, `region`, `access_key_id`, `secret_access_key`, `token` for S3;
+/// `account_name`, `access_key`, `sas_key`, `endpoint`, `use_emulator` for Azure;
+/// `base_url`, `service_account`, `service_account_key`, `application_credentials`,
+/// `skip_signature` for GCS. Only the settings that are set are returned.
 pub fn resolved_settings(address: &DataAddress) -> Result<BTreeMap<&'static str, String>> {
     let mut out = BTreeMap::new();
     match address {
@@ -122,6 +126,26 @@ pub fn resolved_settings(address: &DataAddress) -> Result<BTreeMap<&'static str,
             ] {
                 if let Some(v) = builder.get_config_value(&key) {
                     out.insert(name, v);
+                }
+            }
+        }
+        DataAddress::Gcs { options, .. } => {
+            let builder = gcs_options(address, GoogleCloudStorageBuilder::from_env(), options)?;
+            let builder = gcs_emulator(builder);
+            for (name, key) in [
+                ("base_url", GoogleConfigKey::BaseUrl),
+                ("service_account", GoogleConfigKey::ServiceAccount),
+                ("service_account_key", GoogleConfigKey::ServiceAccountKey),
+                (
+                    "application_credentials",
+                    GoogleConfigKey::ApplicationCredentials,
+                ),
+                ("skip_signature", GoogleConfigKey::SkipSignature),
+            ] {
+                if let Some(v) = builder.get_config_value(&key) {
+                    if name != "skip_signature" || v == "true" {
+                        out.insert(name, v);
+                    }
                 }
             }
         }
@@ -164,6 +188,54 @@ fn azure_options(
         builder = builder.with_config(key, value);
     }
     Ok(builder)
+}
+
+/// `builder` with the address's GCS options laid over it. `endpoint` is taken as
+/// object_store's `base_url`, as S3 and Azure addresses name theirs.
+fn gcs_options(
+    address: &DataAddress,
+    mut builder: GoogleCloudStorageBuilder,
+    options: &BTreeMap<String, String>,
+) -> Result<GoogleCloudStorageBuilder> {
+    for (name, value) in options {
+        let key = if name == "endpoint" {
+            GoogleConfigKey::BaseUrl
+        } else {
+            GoogleConfigKey::from_str(name).map_err(|_| {
+                invalid(
+                    address,
+                    format!("unknown GCS option '{name}' (e.g. endpoint, service_account, application_credentials, skip_signature)"),
+                )
+            })?
+        };
+        builder = builder.with_config(key, value);
+    }
+    Ok(builder)
+}
+
+/// Points `builder` at the emulator named by `STORAGE_EMULATOR_HOST` (`host:port` or a URL,
+/// as Google's own client libraries take it), unless a base URL is already set: requests go
+/// there over plain HTTP and unsigned, since an emulator checks no credentials.
+fn gcs_emulator(builder: GoogleCloudStorageBuilder) -> GoogleCloudStorageBuilder {
+    if builder
+        .get_config_value(&GoogleConfigKey::BaseUrl)
+        .is_some()
+    {
+        return builder;
+    }
+    let Some(host) = std::env::var("STORAGE_EMULATOR_HOST")
+        .ok()
+        .map(|h| h.trim().trim_end_matches('/').to_string())
+        .filter(|h| !h.is_empty())
+    else {
+        return builder;
+    };
+    let base = if host.contains("://") {
+        host
+    } else {
+        format!("http://{host}")
+    };
+    builder.with_base_url(&base).with_skip_signature(true)
 }
 
 /// Headers sent with every request to an http(s) source (`ferry copy --header`).
@@ -229,6 +301,16 @@ fn invalid(address: &DataAddress, reason: impl fmt::Display) -> Error {
     }
 }
 
+/// Whether gcloud's application default credentials file exists, which object_store reads
+/// when no other credentials are given.
+fn gcloud_default_credentials() -> bool {
+    std::env::var_os("HOME").is_some_and(|home| {
+        std::path::Path::new(&home)
+            .join(".config/gcloud/application_default_credentials.json")
+            .exists()
+    })
+}
+
 fn env_flag(name: &str) -> bool {
     std::env::var(name)
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
@@ -256,6 +338,14 @@ impl ObjectBackend {
             } => {
                 let (container, path, options) = (container.clone(), path.clone(), options.clone());
                 Self::azure(address, &container, &path, &options, pace)
+            }
+            DataAddress::Gcs {
+                bucket,
+                key,
+                options,
+            } => {
+                let (bucket, key, options) = (bucket.clone(), key.clone(), options.clone());
+                Self::gcs(address, &bucket, &key, &options)
             }
             DataAddress::Http { url } => {
                 let url = url.clone();
@@ -396,6 +486,72 @@ impl ObjectBackend {
         })
     }
 
+    fn gcs(
+        address: DataAddress,
+        bucket: &str,
+        key: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let mut builder = GoogleCloudStorageBuilder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry_config())
+            .with_config(
+                GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                CONNECT_TIMEOUT,
+            )
+            .with_config(
+                GoogleConfigKey::Client(ClientConfigKey::Timeout),
+                REQUEST_TIMEOUT,
+            );
+        builder = gcs_emulator(gcs_options(&address, builder, options)?);
+        let skip_signature = builder
+            .get_config_value(&GoogleConfigKey::SkipSignature)
+            .is_some_and(|v| v == "true");
+        if skip_signature
+            && builder
+                .get_config_value(&GoogleConfigKey::BearerToken)
+                .is_none()
+        {
+            // object_store 0.14 signs uploads and deletes even when told not to, asking the
+            // instance metadata service for a token; a fixed empty one keeps them unsigned.
+            builder = builder.with_bearer_token("");
+        }
+        let get = |k: GoogleConfigKey| builder.get_config_value(&k);
+        let base_url = get(GoogleConfigKey::BaseUrl);
+        let has_credentials = get(GoogleConfigKey::ServiceAccount).is_some()
+            || get(GoogleConfigKey::ServiceAccountKey).is_some()
+            || get(GoogleConfigKey::ApplicationCredentials).is_some()
+            || get(GoogleConfigKey::BearerToken).is_some()
+            || skip_signature
+            || gcloud_default_credentials()
+            || env_flag("FERRY_GCS_INSTANCE_CREDENTIALS");
+        if !has_credentials {
+            // Without this check object_store would ask the instance metadata service,
+            // which is slow to fail off the cloud.
+            return Err(invalid(
+                &address,
+                "no GCS credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON file, or STORAGE_EMULATOR_HOST for an emulator, or add ?skip_signature=true for a public bucket",
+            ));
+        }
+        if base_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://"))
+        {
+            builder =
+                builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
+        }
+        let gcs = Arc::new(builder.build().map_err(|e| invalid(&address, e))?);
+        let identity = format!("gcs|{}|{bucket}", base_url.unwrap_or_default());
+        Ok(Self {
+            family: Family::Gcs,
+            store: gcs.clone(),
+            multipart: Some(gcs),
+            prefix: key.trim_end_matches('/').to_string(),
+            identity,
+            address,
+        })
+    }
+
     fn http(address: DataAddress, url: &url::Url) -> Result<Self> {
         let path = url.path();
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
@@ -449,6 +605,7 @@ impl ObjectBackend {
         match &self.address {
             DataAddress::S3 { bucket, .. } => format!("s3://{bucket}/{path}"),
             DataAddress::Azure { container, .. } => format!("az://{container}/{path}"),
+            DataAddress::Gcs { bucket, .. } => format!("gs://{bucket}/{path}"),
             other => other.to_string(),
         }
     }
@@ -508,6 +665,7 @@ impl ObjectBackend {
         match &self.address {
             DataAddress::S3 { bucket, .. } => format!("s3://{bucket}"),
             DataAddress::Azure { container, .. } => format!("az://{container}"),
+            DataAddress::Gcs { bucket, .. } => format!("gs://{bucket}"),
             other => other.to_string(),
         }
     }
@@ -854,16 +1012,17 @@ impl Sink for ObjectBackend {
         Ok(Some(self.entry(key.to_string(), &meta)))
     }
 
+    /// GCS takes XML multipart uploads with S3's limits.
     fn min_part_size(&self) -> u64 {
         match self.family {
-            Family::S3 => 5 * 1024 * 1024,
+            Family::S3 | Family::Gcs => 5 * 1024 * 1024,
             _ => 1,
         }
     }
 
     fn max_parts(&self) -> usize {
         match self.family {
-            Family::S3 => 10_000,
+            Family::S3 | Family::Gcs => 10_000,
             Family::Azure => 50_000,
             Family::Http => 1,
         }

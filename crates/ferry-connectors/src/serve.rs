@@ -117,7 +117,7 @@ impl Served {
                     address: address.clone(),
                 })
             }
-            DataAddress::S3 { .. } | DataAddress::Azure { .. } => {
+            DataAddress::S3 { .. } | DataAddress::Azure { .. } | DataAddress::Gcs { .. } => {
                 let backend = ObjectBackend::with_pace(address.clone(), Pace::Streamed)?;
                 let prefix = backend.prefix.clone();
                 if !prefix.is_empty() && !address.names_a_directory() {

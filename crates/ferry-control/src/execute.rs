@@ -417,18 +417,27 @@ fn report_failed(error: Option<String>, hidden: &[String], moved: RunStats) -> O
 /// environment): keys and tokens of 8 characters or more, which cannot be mistaken for
 /// ordinary words in a message.
 fn store_secrets(address: &DataAddress) -> Vec<String> {
-    if !matches!(address, DataAddress::S3 { .. } | DataAddress::Azure { .. }) {
+    if !matches!(
+        address,
+        DataAddress::S3 { .. } | DataAddress::Azure { .. } | DataAddress::Gcs { .. }
+    ) {
         return Vec::new();
     }
     let Ok(settings) = ferry_connectors::object::resolved_settings(address) else {
         return Vec::new();
     };
-    ["secret_access_key", "token", "access_key", "sas_key"]
-        .iter()
-        .filter_map(|k| settings.get(k))
-        .filter(|v| v.len() >= 8)
-        .cloned()
-        .collect()
+    [
+        "secret_access_key",
+        "token",
+        "access_key",
+        "sas_key",
+        "service_account_key",
+    ]
+    .iter()
+    .filter_map(|k| settings.get(k))
+    .filter(|v| v.len() >= 8)
+    .cloned()
+    .collect()
 }
 
 /// The strings secret resolution put into the manifest: anything in `resolved` that is

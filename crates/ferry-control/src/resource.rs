@@ -548,7 +548,7 @@ fn check_stream(spec: &Map<String, Value>, errors: &mut Vec<FieldError>) {
         return;
     };
     match dst.get("type").and_then(Value::as_str).unwrap_or("") {
-        "file" | "s3" | "azure" | "az" => {
+        "file" | "s3" | "azure" | "az" | "gcs" | "gs" => {
             let at = if dst.get("key").is_some() {
                 "key"
             } else {

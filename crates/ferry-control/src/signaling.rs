@@ -207,6 +207,7 @@ pub(crate) fn store_type(name: &str) -> Option<&'static str> {
         "httpdata" | "https://w3id.org/idsa/v4.1/http" | "https" => "http",
         "amazons3" | "aws-s3" => "s3",
         "azurestorage" | "azureblob" | "azure-blob" => "azure",
+        "googlecloudstorage" | "gcs-bucket" => "gcs",
         "localfile" | "file-system" | "filesystem" => "file",
         other => return canonical_type(other),
     };
@@ -255,14 +256,14 @@ fn address(value: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<V
     let Some(declared) = declared.as_ref().and_then(Value::as_str) else {
         errors.push(FieldError::new(
             format!("{field}.type"),
-            "required: the store type (file, s3, azure, http, postgres, mysql, sqlite, kafka)",
+            "required: the store type (file, s3, azure, gcs, http, postgres, mysql, sqlite, kafka)",
         ));
         return None;
     };
     let Some(kind) = store_type(declared) else {
         errors.push(FieldError::new(
             format!("{field}.type"),
-            format!("unknown store type '{declared}'; use file, s3, azure, http, postgres, mysql, sqlite or kafka"),
+            format!("unknown store type '{declared}'; use file, s3, azure, gcs, http, postgres, mysql, sqlite or kafka"),
         ));
         return None;
     };
@@ -281,11 +282,11 @@ fn address(value: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<V
             props.entry(name.to_string()).or_insert(v);
         }
     }
-    // `endpoint` is the object store's service endpoint for s3 and azure, as in ferry's
+    // `endpoint` is the object store's service endpoint for s3, azure and gcs, as in ferry's
     // own addresses; for the others it is where the data is.
     if let Some(endpoint) = props.remove("endpoint") {
         let target = match kind {
-            "s3" | "azure" => "endpoint",
+            "s3" | "azure" | "gcs" => "endpoint",
             "file" => "path",
             "kafka" => "brokers",
             _ => "url",
@@ -469,12 +470,13 @@ pub(crate) fn flow_source(
         Ok(
             address @ (ferry_core::DataAddress::Local { .. }
             | ferry_core::DataAddress::S3 { .. }
-            | ferry_core::DataAddress::Azure { .. }),
+            | ferry_core::DataAddress::Azure { .. }
+            | ferry_core::DataAddress::Gcs { .. }),
         ) => Some((address, field)),
         Ok(other) => {
             errors.push(FieldError::new(
                 field,
-                format!("{other}: a pull flow serves files, S3 or Azure objects"),
+                format!("{other}: a pull flow serves files, S3, Azure or GCS objects"),
             ));
             None
         }

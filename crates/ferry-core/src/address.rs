@@ -15,7 +15,7 @@ use crate::Error;
 /// A location of files or objects.
 ///
 /// Parsed from `./dir`, `/abs/path`, `file:///abs`, `s3://bucket/key?opt=v`,
-/// `az://container/path?opt=v` or `http(s)://host/path`. A key or path ending in `/`
+/// `az://container/path?opt=v`, `gs://bucket/key?opt=v` or `http(s)://host/path`. A key or path ending in `/`
 /// names a directory or prefix. Options in the query string are per-address settings
 /// (`endpoint`, `region`, …) applied on top of the environment.
 #[derive(Clone, PartialEq, Eq)]
@@ -31,6 +31,12 @@ pub enum DataAddress {
     Azure {
         container: String,
         path: String,
+        options: BTreeMap<String, String>,
+    },
+    /// Google Cloud Storage: `gs://bucket/key`.
+    Gcs {
+        bucket: String,
+        key: String,
         options: BTreeMap<String, String>,
     },
     /// Read-only: a single object served over HTTP(S).
@@ -79,6 +85,7 @@ impl DataAddress {
             "s3",
             "az",
             "azure",
+            "gs",
             "http",
             "https",
             "postgres",
@@ -90,7 +97,7 @@ impl DataAddress {
         ];
         if !known.contains(&scheme.as_str()) {
             return Err(invalid(&format!(
-                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, http://, https://, postgres://, mysql://, sqlite:// or kafka://"
+                "unknown scheme '{scheme}': expected a local path, file://, s3://, az://, gs://, http://, https://, postgres://, mysql://, sqlite:// or kafka://"
             )));
         }
         let url = Url::parse(trimmed).map_err(|e| invalid(&format!("malformed URL: {e}")))?;
@@ -110,25 +117,17 @@ impl DataAddress {
                     path: PathBuf::from(path_str),
                 })
             }
-            "s3" => {
-                let bucket = url.host_str().unwrap_or_default().to_string();
-                if bucket.is_empty() {
-                    return Err(invalid("missing bucket name, e.g. s3://my-bucket/prefix/"));
-                }
-                if !bucket
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-                {
-                    return Err(invalid(&format!(
-                        "bucket name '{bucket}' may hold only lowercase letters, digits, '-' and '.'"
-                    )));
-                }
-                Ok(Self::S3 {
-                    bucket,
-                    key: decoded_key(&url).map_err(|r| invalid(&r))?,
-                    options: options(&url).map_err(|r| invalid(&r))?,
-                })
-            }
+            "s3" => Ok(Self::S3 {
+                bucket: bucket_name(&url, "s3", "-.").map_err(|r| invalid(&r))?,
+                key: decoded_key(&url).map_err(|r| invalid(&r))?,
+                options: options(&url).map_err(|r| invalid(&r))?,
+            }),
+            // GCS bucket names also take '_' (not as the first or last character).
+            "gs" => Ok(Self::Gcs {
+                bucket: bucket_name(&url, "gs", "-._").map_err(|r| invalid(&r))?,
+                key: decoded_key(&url).map_err(|r| invalid(&r))?,
+                options: options(&url).map_err(|r| invalid(&r))?,
+            }),
             "az" | "azure" => {
                 let container = url.host_str().unwrap_or_default().to_string();
                 if container.is_empty() {
@@ -151,12 +150,14 @@ impl DataAddress {
         }
     }
 
-    /// The kind of store, as used in manifests and messages: `file`, `s3`, `azure`, `http`.
+    /// The kind of store, as used in manifests and messages: `file`, `s3`, `azure`, `gcs`,
+    /// `http`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Local { .. } => "file",
             Self::S3 { .. } => "s3",
             Self::Azure { .. } => "azure",
+            Self::Gcs { .. } => "gcs",
             Self::Http { .. } => "http",
             Self::Table(t) => t.database.name(),
             Self::Kafka(_) => "kafka",
@@ -167,7 +168,7 @@ impl DataAddress {
     pub fn names_a_directory(&self) -> bool {
         match self {
             Self::Local { path } => path.as_os_str().to_string_lossy().ends_with('/'),
-            Self::S3 { key, .. } => key.is_empty() || key.ends_with('/'),
+            Self::S3 { key, .. } | Self::Gcs { key, .. } => key.is_empty() || key.ends_with('/'),
             Self::Azure { path, .. } => path.is_empty() || path.ends_with('/'),
             Self::Http { url } => url.path().ends_with('/'),
             Self::Table(_) | Self::Kafka(_) => false,
@@ -178,7 +179,7 @@ impl DataAddress {
     pub fn path_text(&self) -> String {
         match self {
             Self::Local { path } => path.to_string_lossy().into_owned(),
-            Self::S3 { key, .. } => key.clone(),
+            Self::S3 { key, .. } | Self::Gcs { key, .. } => key.clone(),
             Self::Azure { path, .. } => path.clone(),
             Self::Http { url } => url.path().to_string(),
             // A table or a topic has no file name to take a format from.
@@ -189,7 +190,9 @@ impl DataAddress {
     /// Per-address options (empty for local and HTTP addresses).
     pub fn options(&self) -> Option<&BTreeMap<String, String>> {
         match self {
-            Self::S3 { options, .. } | Self::Azure { options, .. } => Some(options),
+            Self::S3 { options, .. } | Self::Azure { options, .. } | Self::Gcs { options, .. } => {
+                Some(options)
+            }
             _ => None,
         }
     }
@@ -225,12 +228,42 @@ impl DataAddress {
                 path: join(path),
                 options: options.clone(),
             },
+            Self::Gcs {
+                bucket,
+                key,
+                options,
+            } => Self::Gcs {
+                bucket: bucket.clone(),
+                key: join(key),
+                options: options.clone(),
+            },
             Self::Http { url } => Self::Http {
                 url: url.join(child).unwrap_or_else(|_| url.clone()),
             },
             Self::Table(_) | Self::Kafka(_) => self.clone(),
         }
     }
+}
+
+/// The bucket of an `s3://` or `gs://` URL: lowercase letters, digits and `allowed`.
+fn bucket_name(url: &Url, scheme: &str, allowed: &str) -> Result<String, String> {
+    let bucket = url.host_str().unwrap_or_default().to_string();
+    if bucket.is_empty() {
+        return Err(format!(
+            "missing bucket name, e.g. {scheme}://my-bucket/prefix/"
+        ));
+    }
+    if !bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || allowed.contains(c))
+    {
+        let shown: Vec<String> = allowed.chars().map(|c| format!("'{c}'")).collect();
+        return Err(format!(
+            "bucket name '{bucket}' may hold only lowercase letters, digits and {}",
+            shown.join(", ")
+        ));
+    }
+    Ok(bucket)
 }
 
 fn decoded_key(url: &Url) -> Result<String, String> {
@@ -304,6 +337,14 @@ impl fmt::Display for DataAddress {
                 options,
             } => {
                 write!(f, "az://{container}/{path}")?;
+                write_opts(f, options)
+            }
+            Self::Gcs {
+                bucket,
+                key,
+                options,
+            } => {
+                write!(f, "gs://{bucket}/{key}")?;
                 write_opts(f, options)
             }
             Self::Http { url } => {
@@ -389,10 +430,48 @@ mod tests {
     }
 
     #[test]
+    fn gcs_buckets_keys_and_options() {
+        let a =
+            DataAddress::parse("gs://my_bucket.v2/dir/na%C3%AFve.txt?service_account_key=hunter22")
+                .unwrap();
+        let DataAddress::Gcs {
+            bucket,
+            key,
+            options,
+        } = &a
+        else {
+            panic!("not gcs: {a:?}")
+        };
+        assert_eq!(bucket, "my_bucket.v2");
+        assert_eq!(key, "dir/naïve.txt");
+        assert_eq!(options["service_account_key"], "hunter22");
+        assert_eq!(a.kind(), "gcs");
+        assert!(!a.names_a_directory());
+        assert_eq!(
+            a.to_string(),
+            "gs://my_bucket.v2/dir/naïve.txt?service_account_key=***"
+        );
+        assert!(DataAddress::parse("gs://b").unwrap().names_a_directory());
+        assert_eq!(
+            DataAddress::parse("gs://b/pre")
+                .unwrap()
+                .join("x")
+                .to_string(),
+            "gs://b/pre/x"
+        );
+        let e = DataAddress::parse("gs://Bad/k").unwrap_err().to_string();
+        assert!(e.contains("gs://Bad/k") && e.contains("'Bad'"), "{e}");
+        let e = DataAddress::parse("gs:///k").unwrap_err().to_string();
+        assert!(e.contains("gs://my-bucket/prefix/"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_address_and_the_fault() {
-        let e = DataAddress::parse("gs://bucket/x").unwrap_err().to_string();
+        let e = DataAddress::parse("wasb://bucket/x")
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("gs://bucket/x") && e.contains("unknown scheme 'gs'"),
+            e.contains("wasb://bucket/x") && e.contains("unknown scheme 'wasb'"),
             "{e}"
         );
         let e = DataAddress::parse("s3:///key").unwrap_err().to_string();
@@ -401,7 +480,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Bad_Bucket"), "{e}");
-        let e = DataAddress::parse("gs://b/k?sig=hunter22")
+        let e = DataAddress::parse("wasb://b/k?sig=hunter22")
             .unwrap_err()
             .to_string();
         assert!(!e.contains("hunter22") && e.contains("sig=***"), "{e}");

@@ -28,6 +28,8 @@ const SECRET_ENV_VARS: &[&str] = &[
     "AZURE_STORAGE_SAS_KEY",
     "AZURE_STORAGE_TOKEN",
     "AZURE_CLIENT_SECRET",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_BEARER_TOKEN",
 ];
 
 pub const MASK: &str = "***";

@@ -111,6 +111,8 @@ pub enum StoreType {
     S3,
     #[serde(alias = "az", alias = "azureblob")]
     Azure,
+    #[serde(alias = "gs", alias = "googlecloudstorage")]
+    Gcs,
     Http,
     #[serde(alias = "postgresql")]
     Postgres,
@@ -156,15 +158,16 @@ pub struct AddressSpec {
     /// `file`: the file or directory. `azure`: the path inside the container. `sqlite`: the
     /// database file.
     pub path: Option<String>,
-    /// `s3`.
+    /// `s3`, `gcs`.
     pub bucket: Option<String>,
-    /// `s3`: the object key or prefix (ending in `/`).
+    /// `s3`, `gcs`: the object key or prefix (ending in `/`).
     pub key: Option<String>,
     /// `azure`.
     pub container: Option<String>,
     /// `azure`: the storage account.
     pub account: Option<String>,
-    /// `s3`, `azure`: a non-default endpoint (S3-compatible servers, Azurite).
+    /// `s3`, `azure`, `gcs`: a non-default endpoint (S3-compatible servers, Azurite, a GCS
+    /// emulator).
     pub endpoint: Option<String>,
     /// `s3`.
     pub region: Option<String>,
@@ -425,6 +428,7 @@ impl AddressSpec {
             StoreType::File => &["path"],
             StoreType::S3 => &["bucket", "key", "endpoint", "region"],
             StoreType::Azure => &["container", "path", "account", "endpoint"],
+            StoreType::Gcs => &["bucket", "key", "endpoint"],
             StoreType::Http => &["url"],
             StoreType::Postgres | StoreType::Mysql => &[
                 "url",
@@ -470,7 +474,10 @@ impl AddressSpec {
             .find(|(name, value)| value.is_some() && !used.contains(name))
             .map(|(name, _)| *name)
             .or_else(|| {
-                let stores_options = matches!(self.store, StoreType::S3 | StoreType::Azure);
+                let stores_options = matches!(
+                    self.store,
+                    StoreType::S3 | StoreType::Azure | StoreType::Gcs
+                );
                 (!stores_options && !self.store_options.is_empty()).then_some("storeOptions")
             });
         if let Some(name) = unused {
@@ -512,6 +519,11 @@ impl AddressSpec {
             StoreType::Azure => DataAddress::Azure {
                 container: need(&self.container, "container")?,
                 path: self.path.clone().unwrap_or_default(),
+                options,
+            },
+            StoreType::Gcs => DataAddress::Gcs {
+                bucket: need(&self.bucket, "bucket")?,
+                key: self.key.clone().unwrap_or_default(),
                 options,
             },
             StoreType::Postgres | StoreType::Mysql | StoreType::Sqlite => {
@@ -663,6 +675,7 @@ impl AddressSpec {
             StoreType::File => "file",
             StoreType::S3 => "s3",
             StoreType::Azure => "azure",
+            StoreType::Gcs => "gcs",
             StoreType::Http => "http",
             StoreType::Postgres => "postgres",
             StoreType::Mysql => "mysql",
@@ -720,6 +733,29 @@ spec:
         assert_eq!(rec.dest_format, Some(Format::Parquet));
         assert_eq!(rec.transforms.len(), 4);
         assert_eq!(rec.transforms[3].label(), "'hide-phone' (Redact)");
+    }
+
+    #[test]
+    fn gcs_addresses() {
+        let text = EXAMPLE.replace(
+            "{type: s3, bucket: lake, key: orders/, format: parquet, endpoint: \"http://127.0.0.1:9000\"}",
+            "{type: gcs, bucket: lake_2, key: orders/, format: parquet, endpoint: \"http://127.0.0.1:4443\", storeOptions: {skip_signature: \"true\"}}",
+        );
+        assert_ne!(text, EXAMPLE);
+        let (_, dst, _) = Manifest::parse(&text).unwrap().plan().unwrap();
+        assert_eq!(
+            dst,
+            DataAddress::parse(
+                "gs://lake_2/orders/?endpoint=http://127.0.0.1:4443&skip_signature=true"
+            )
+            .unwrap()
+        );
+        let wrong = text.replace("key: orders/", "container: orders");
+        let err = Manifest::parse(&wrong).unwrap_err().to_string();
+        assert!(
+            err.contains("container") && err.contains("not used by type gcs"),
+            "{err}"
+        );
     }
 
     #[test]

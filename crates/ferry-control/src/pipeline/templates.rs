@@ -257,6 +257,16 @@ pub fn address_spec(text: &str) -> Result<Value, String> {
             spec.insert("path".into(), json!(path));
             options(o, &mut spec)?;
         }
+        DataAddress::Gcs {
+            bucket,
+            key,
+            options: o,
+        } => {
+            spec.insert("type".into(), json!("gcs"));
+            spec.insert("bucket".into(), json!(bucket));
+            spec.insert("key".into(), json!(key));
+            options(o, &mut spec)?;
+        }
         DataAddress::Http { url } => {
             spec.insert("type".into(), json!("http"));
             spec.insert("url".into(), json!(url.as_str()));

@@ -34,8 +34,8 @@ pub use strategy::{
 };
 
 /// Store types as manifests name them (`spec.source.type`).
-pub const STORE_TYPES: [&str; 8] = [
-    "file", "s3", "azure", "http", "postgres", "mysql", "sqlite", "kafka",
+pub const STORE_TYPES: [&str; 9] = [
+    "file", "s3", "azure", "gcs", "http", "postgres", "mysql", "sqlite", "kafka",
 ];
 
 /// In an allowed-types list, this entry allows every type (as does an empty list).
@@ -54,6 +54,7 @@ pub fn canonical_type(name: &str) -> Option<&'static str> {
     let lower = name.trim().to_ascii_lowercase();
     let canonical = match lower.as_str() {
         "az" | "azureblob" => "azure",
+        "gs" | "googlecloudstorage" => "gcs",
         "postgresql" => "postgres",
         "mariadb" => "mysql",
         "sqlite3" => "sqlite",

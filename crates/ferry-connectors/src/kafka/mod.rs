@@ -80,6 +80,9 @@ pub fn consumer(address: &KafkaAddress, queued_kib: usize) -> Result<BaseConsume
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
+        // ferry always says where to read from; events gone from there (retention, a
+        // deletion) are an error, never a silent jump to the end of the partition.
+        .set("auto.offset.reset", "error")
         .set(
             "queued.max.messages.kbytes",
             queued_kib.max(1024).to_string(),
@@ -279,7 +282,10 @@ pub fn timestamp_at(
             Some(Ok(m)) if m.partition() != partition || m.offset() < offset => continue,
             Some(Ok(m)) if m.offset() >= end => return Ok(None),
             Some(Ok(m)) => return Ok(Some(event_of(&m).timestamp)),
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            // Only this partition's end: one left over from an earlier assignment of a
+            // shared consumer says nothing about it.
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => return Ok(None),
+            Some(Err(KafkaError::PartitionEOF(_))) => continue,
             Some(Err(e)) if transient(&e) => continue,
             Some(Err(e)) => return Err(error(address, Some(partition), e)),
         }
@@ -577,8 +583,21 @@ pub fn error(address: &KafkaAddress, partition: Option<i32>, e: KafkaError) -> E
                 ),
             )
         }
+        Some(C::AutoOffsetReset | C::OffsetOutOfRange) => Error::data(at, GONE),
         _ => Error::store(at, describe(&e)),
     }
+}
+
+/// Why a read stops where the events it was to read are gone.
+pub const GONE: &str = "the broker no longer keeps the events from here (retention or a deletion \
+    removed them while this run read them); run again to go on from the first offset still kept";
+
+/// Whether `e` says the offset being read is no longer kept (`auto.offset.reset=error`).
+pub fn gone(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+    )
 }
 
 /// librdkafka's message without the Rust enum's wrapping.

@@ -877,6 +877,7 @@ fn each_event(
             Ok(m) => m,
             // The high watermark moved below the planned end (events deleted).
             Err(KafkaError::PartitionEOF(_)) => break,
+            Err(e) if super::gone(&e) => return Err(Error::data(at(next), super::GONE)),
             Err(e) if super::transient(&e) => {
                 tracing::warn!(error = %e, "Kafka: retrying");
                 continue;

@@ -1215,3 +1215,111 @@ impl Dataset {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        BooleanArray, Date32Array, Decimal128Array, Float64Array, Int16Array, Int64Array,
+        StringArray, TimestampMicrosecondArray, TimestampSecondArray,
+    };
+
+    fn encoded(array: &dyn Array, row: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        Values::of(array).encode(row, &mut out, &mut String::new());
+        out
+    }
+
+    #[test]
+    fn the_same_number_encodes_alike_whatever_its_type() {
+        let decimal = Decimal128Array::from(vec![150, 500])
+            .with_precision_and_scale(12, 2)
+            .unwrap();
+        let float = Float64Array::from(vec![1.5, 5.0]);
+        let int = Int16Array::from(vec![2, 5]);
+        let wide = Int64Array::from(vec![2, 5]);
+        let flag = BooleanArray::from(vec![true]);
+        assert_eq!(encoded(&decimal, 0), encoded(&float, 0));
+        assert_eq!(encoded(&decimal, 1), encoded(&int, 1));
+        assert_eq!(encoded(&float, 1), encoded(&wide, 1));
+        assert_eq!(encoded(&int, 0), encoded(&wide, 0));
+        assert_eq!(encoded(&flag, 0), encoded(&Int64Array::from(vec![1]), 0));
+        assert_ne!(encoded(&decimal, 0), encoded(&decimal, 1));
+        // 0.1 as a float is the decimal 0.1, not its binary expansion.
+        let tenth = Decimal128Array::from(vec![1])
+            .with_precision_and_scale(5, 1)
+            .unwrap();
+        assert_eq!(
+            encoded(&Float64Array::from(vec![0.1]), 0),
+            encoded(&tenth, 0)
+        );
+    }
+
+    #[test]
+    fn null_empty_text_and_dates_stay_apart_and_instants_are_utc() {
+        let text = StringArray::from(vec![Some(""), None, Some("0")]);
+        assert_ne!(encoded(&text, 0), encoded(&text, 1));
+        assert_ne!(encoded(&text, 2), encoded(&Int64Array::from(vec![0]), 0));
+        let date = Date32Array::from(vec![19_723]);
+        assert_ne!(
+            encoded(&date, 0),
+            encoded(&Int64Array::from(vec![19_723]), 0)
+        );
+        let seconds = TimestampSecondArray::from(vec![1_700_000_000]);
+        let micros =
+            TimestampMicrosecondArray::from(vec![1_700_000_000_000_000]).with_timezone("UTC");
+        assert_eq!(encoded(&seconds, 0), encoded(&micros, 0));
+    }
+
+    /// Rows added in any order, split among workers and merged, give the same digest,
+    /// with ranges coarsened to at most MAX_RANGES.
+    #[test]
+    fn digests_ignore_order_and_partitioning_and_stay_bounded() {
+        let hash = |k: i64| xxhash_rust::xxh3::xxh3_128(&k.to_le_bytes());
+        let add = |d: &mut Digest, k: i64| {
+            let mut cell = Cell::default();
+            cell.add(hash(k));
+            d.total.add(hash(k));
+            d.add_range(k, cell);
+        };
+        let mut one = Digest::default();
+        (0..100_000).for_each(|k| add(&mut one, k));
+        let (mut a, mut b) = (Digest::default(), Digest::default());
+        (0..100_000)
+            .rev()
+            .filter(|k| k % 3 == 0)
+            .for_each(|k| add(&mut a, k));
+        (0..100_000)
+            .filter(|k| k % 3 != 0)
+            .for_each(|k| add(&mut b, k));
+        a.merge(b);
+        assert!(one.ranges.len() <= MAX_RANGES && one.ranges.len() > MAX_RANGES / 4);
+        one.coarsen_to(a.shift);
+        a.coarsen_to(one.shift);
+        assert_eq!(one.total, a.total);
+        assert_eq!(one.ranges, a.ranges);
+        // A duplicated row changes the digest.
+        add(&mut a, 42);
+        assert_ne!(one.total, a.total);
+        assert_eq!(
+            a.ranges
+                .iter()
+                .filter(|(id, c)| one.ranges[*id] != **c)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn drilled_ranges_become_one_predicate() {
+        let drill = Drill {
+            shift: 4,
+            ids: HashSet::from([2, -1]),
+        };
+        assert_eq!(
+            drill.predicate("id"),
+            "(\"id\" >= -16 AND \"id\" < 0) OR (\"id\" >= 32 AND \"id\" < 48)"
+        );
+        assert!(drill.holds(40) && !drill.holds(48) && drill.holds(-1));
+    }
+}

@@ -36,7 +36,9 @@ enum Command {
     /// gs://bucket/key, http(s)://host/file (source only). A directory or prefix is copied recursively into
     /// the destination. Re-running an interrupted copy continues where it stopped.
     Copy(Box<CopyArgs>),
-    /// Compare two trees (or two objects) without copying and list every difference.
+    /// Compare two trees (or two objects) without copying and list every difference; or
+    /// prove a table copy: compare the rows of two tables, queries or datasets of files
+    /// (order-free digests per key range), naming the ranges and keys that differ.
     Verify(VerifyArgs),
     /// Run the transfer a manifest describes (apiVersion ferry.dev/v1, kind BatchTransfer).
     Run(RunArgs),
@@ -240,6 +242,16 @@ struct CopyArgs {
 struct VerifyArgs {
     source: String,
     destination: String,
+    /// Rows: the key columns (comma-separated) that name rows and, when the first is an
+    /// integer, cut them into ranges [default: the table's primary key].
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    key: Vec<String>,
+    /// Rows: the source's format, when its file names do not say (csv, json, parquet, avro, orc).
+    #[arg(long, value_name = "FORMAT")]
+    source_format: Option<String>,
+    /// Rows: the destination's format, when its file names do not say.
+    #[arg(long, value_name = "FORMAT")]
+    dest_format: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -277,7 +289,17 @@ impl Cli {
                 };
                 !rec.needed(&src, &dst)
             }
-            Command::Verify(_) => true,
+            Command::Verify(args) => {
+                let (Ok(src), Ok(dst)) = (
+                    DataAddress::parse(&args.source),
+                    DataAddress::parse(&args.destination),
+                ) else {
+                    return false;
+                };
+                !ferry_engine::compares_rows(&src, &dst)
+                    && args.source_format.is_none()
+                    && args.dest_format.is_none()
+            }
             Command::Run(args) => Manifest::load(&args.manifest)
                 .and_then(|m| m.plan())
                 .is_ok_and(|(src, dst, rec)| !rec.needed(&src, &dst)),
@@ -432,12 +454,23 @@ async fn records(
     if let Some(bar) = bar {
         bar.finish();
     }
-    output::record_report(&report, opts.dry_run, json);
-    Ok(if report.status == Status::Succeeded {
-        0
+    let succeeded = report.status == Status::Succeeded;
+    // --verify: the rows, once loaded, against the source's (keyed by an upsert's key).
+    let verification = if opts.verify && succeeded && !opts.dry_run {
+        let key = match dst {
+            DataAddress::Table(t) => t.key_columns.clone(),
+            _ => Vec::new(),
+        };
+        let how = ferry_engine::RowVerifyOptions { key };
+        Some(ferry_engine::verify_rows(src, dst, rec, opts, &how).await?)
     } else {
-        1
-    })
+        None
+    };
+    output::record_report(&report, opts.dry_run, json, verification.as_ref());
+    let verified = verification
+        .as_ref()
+        .is_none_or(|v| v.status == Status::Succeeded);
+    Ok(if succeeded && verified { 0 } else { 1 })
 }
 
 async fn run_manifest(args: RunArgs) -> Result<u8> {
@@ -484,10 +517,20 @@ async fn copy(args: CopyArgs) -> Result<u8> {
             .to_string()
         })?;
     if rec.needed(&src, &dst) {
-        if opts.verify {
+        if opts.verify && !rec.transforms.is_empty() {
             return Err(Error::invalid_option(
                 "--verify",
-                "compares bytes, and a conversion or transformation changes them by design",
+                "compares the rows at both ends, and a transformation changes them by design",
+            ));
+        }
+        if opts.verify
+            && [&src, &dst]
+                .iter()
+                .any(|a| matches!(a, DataAddress::Kafka(_)))
+        {
+            return Err(Error::invalid_option(
+                "--verify",
+                "compares the rows at both ends; a topic's cannot be read again as they were",
             ));
         }
         return records(&src, &dst, &rec, &opts, &args.control, args.common.json).await;
@@ -519,6 +562,40 @@ async fn verify(args: VerifyArgs) -> Result<u8> {
     let src = DataAddress::parse(&args.source)?;
     let dst = DataAddress::parse(&args.destination)?;
     let opts = args.common.options()?;
+    let format = |flag: &str, value: &Option<String>| -> Result<Option<Format>> {
+        value
+            .as_deref()
+            .map(|v| {
+                v.parse::<Format>()
+                    .map_err(|e| Error::invalid_option(flag, e.to_string()))
+            })
+            .transpose()
+    };
+    let rec = RecordOptions {
+        source_format: format("--source-format", &args.source_format)?,
+        dest_format: format("--dest-format", &args.dest_format)?,
+        ..RecordOptions::default()
+    };
+    if ferry_engine::compares_rows(&src, &dst)
+        || rec.source_format.is_some()
+        || rec.dest_format.is_some()
+    {
+        opts.validate()?;
+        let how = ferry_engine::RowVerifyOptions { key: args.key };
+        let report = ferry_engine::verify_rows(&src, &dst, &rec, &opts, &how).await?;
+        output::row_verify_report(&report, args.common.json);
+        return Ok(if report.status == Status::Succeeded {
+            0
+        } else {
+            1
+        });
+    }
+    if !args.key.is_empty() {
+        return Err(Error::invalid_option(
+            "--key",
+            "compares rows, and neither end is a table nor the two formats differ (give --source-format/--dest-format to compare files by rows)",
+        ));
+    }
     let report = ferry_engine::verify(&src, &dst, &opts).await?;
     output::verify_report(&report, args.common.json);
     Ok(if report.status == Status::Succeeded {

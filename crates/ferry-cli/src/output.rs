@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_core::DataAddress;
-use ferry_engine::{Action, CopyReport, Progress, RecordReport, VerifyReport};
+use ferry_engine::{Action, CopyReport, Progress, RecordReport, RowVerifyReport, VerifyReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Bar {
@@ -262,10 +262,93 @@ pub fn verify_report(report: &VerifyReport, json: bool) {
     );
 }
 
-pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
-    idle(report.idle.as_deref());
+/// A row verification: the ranges and keys that differ, then one summary line.
+pub fn row_verify_report(report: &RowVerifyReport, json: bool) {
     if json {
         match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("ferry: error: cannot encode the summary: {e}"),
+        }
+        return;
+    }
+    for line in row_verify_lines(report) {
+        println!("{line}");
+    }
+}
+
+fn row_verify_lines(report: &RowVerifyReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    for c in &report.columns_only_at_source {
+        lines.push(format!("column {c}: missing at destination"));
+    }
+    for c in &report.columns_only_at_destination {
+        lines.push(format!("column {c}: only at destination"));
+    }
+    let first = report.key.first().map_or("key", String::as_str);
+    for r in &report.differing_ranges {
+        let range = match (r.from, r.to) {
+            (Some(from), Some(to)) => format!("{first} {from}..{}", to - 1),
+            _ => format!("{first} NULL"),
+        };
+        lines.push(format!(
+            "range {range}: {} rows at source, {} at destination",
+            r.source_rows, r.destination_rows
+        ));
+    }
+    for k in &report.keys {
+        lines.push(format!("key {}: {}", k.key, k.difference));
+    }
+    if let Some(note) = &report.unlisted {
+        lines.push(format!("({note})"));
+    }
+    let (s, d) = (&report.source, &report.destination);
+    let identical = report.status == ferry_engine::Status::Succeeded;
+    let mut summary = format!(
+        "{}: {} rows at source, {} at destination",
+        if identical { "identical" } else { "different" },
+        s.rows,
+        d.rows
+    );
+    if report.key.is_empty() {
+        summary.push_str(", no key (one digest)");
+    } else if report.range_width.is_some() {
+        summary.push_str(&format!(
+            ", {} of {} key ranges differ (by {})",
+            report.differing_ranges.len(),
+            report.ranges,
+            report.key.join(", ")
+        ));
+    } else {
+        summary.push_str(&format!(", key {}", report.key.join(", ")));
+    }
+    if !report.keys.is_empty() {
+        summary.push_str(&format!(", {} keys named", report.keys.len()));
+    }
+    summary.push_str(&format!(
+        ", digest {}, {:.2}s",
+        &s.digest[..16.min(s.digest.len())],
+        report.duration_s
+    ));
+    lines.push(summary);
+    lines
+}
+
+pub fn record_report(
+    report: &RecordReport,
+    dry_run: bool,
+    json: bool,
+    verification: Option<&RowVerifyReport>,
+) {
+    idle(report.idle.as_deref());
+    if json {
+        let mut value = serde_json::to_value(report).unwrap_or_default();
+        if let (Some(v), Some(map)) = (verification, value.as_object_mut()) {
+            map.insert(
+                "verification".into(),
+                serde_json::to_value(v).unwrap_or_default(),
+            );
+        }
+        match serde_json::to_string(&value) {
             Ok(line) => println!("{line}"),
             Err(e) => eprintln!("ferry: error: cannot encode the summary: {e}"),
         }
@@ -359,4 +442,9 @@ pub fn record_report(report: &RecordReport, dry_run: bool, json: bool) {
         }
     }
     println!("{line}");
+    if let Some(v) = verification {
+        for line in row_verify_lines(v) {
+            println!("verify: {line}");
+        }
+    }
 }

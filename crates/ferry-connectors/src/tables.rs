@@ -325,6 +325,11 @@ pub trait TableSource: Send + Sync {
     /// Bytes the table occupies, from the catalog, for progress (0 when unknown).
     fn estimated_bytes(&self) -> u64;
 
+    /// The primary key's columns in key order: empty for a query or a table without one.
+    fn primary_key(&self) -> &[String] {
+        &[]
+    }
+
     /// Plans a read of `selection` in up to about `parallel` partitions at once (a scan
     /// may plan more partitions than that; they are read `parallel` at a time). All
     /// partitions see one consistent state of the table where the database allows it.

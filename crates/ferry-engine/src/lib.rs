@@ -11,6 +11,7 @@ pub mod options;
 mod partition;
 mod records;
 pub mod report;
+mod row_verify;
 mod tables;
 pub mod topics;
 mod upload;
@@ -23,5 +24,9 @@ pub use partition::Partition;
 pub use records::{transfer, DatasetReport, OutputReport, RecordOptions, RecordReport};
 pub use report::{
     Action, CopyReport, Difference, FileReport, NoProgress, Progress, Status, VerifyReport,
+};
+pub use row_verify::{
+    compares_rows, verify_rows, KeyDifference, RangeDifference, RowSide, RowVerifyOptions,
+    RowVerifyReport,
 };
 pub use verify::verify;

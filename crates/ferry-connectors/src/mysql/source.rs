@@ -30,6 +30,7 @@ pub struct MySource {
     address: TableAddress,
     columns: Vec<MyColumn>,
     relation: Option<Relation>,
+    primary_key: Vec<String>,
 }
 
 /// A table the address names, as the catalog describes it.
@@ -46,6 +47,7 @@ impl MySource {
     /// Connects, finds the table (or prepares the query) and maps its columns to Arrow.
     pub async fn open(address: &TableAddress) -> Result<Self> {
         let mut conn = connect(address).await?;
+        let mut primary_key = Vec::new();
         let (columns, relation) = match (&address.table, &address.query) {
             (Some(table), _) => {
                 let (db, name) = table_of(address, table)?;
@@ -61,6 +63,15 @@ impl MySource {
                     .ok_or_else(|| Error::not_found(format!("table '{table}' in {address}")))?;
                 let columns = table_columns(&mut conn, address, &db, &name).await?;
                 let sql = format!("{}.{}", quote(&db), quote(&name));
+                primary_key = conn
+                    .exec(
+                        "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
+                         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' \
+                         ORDER BY SEQ_IN_INDEX",
+                        (&db, &name),
+                    )
+                    .await
+                    .map_err(|e| my_error(address, e))?;
                 let key = if bytes.unwrap_or(0) >= MIN_PARTITION_BYTES {
                     integer_key(&mut conn, address, &db, &name, &sql, &columns).await?
                 } else {
@@ -87,6 +98,7 @@ impl MySource {
             address: address.clone(),
             columns,
             relation,
+            primary_key,
         })
     }
 }
@@ -108,6 +120,10 @@ impl TableSource for MySource {
 
     fn estimated_bytes(&self) -> u64 {
         self.relation.as_ref().map_or(0, |r| r.bytes)
+    }
+
+    fn primary_key(&self) -> &[String] {
+        &self.primary_key
     }
 
     /// Plans a read of `selection`. Large tables with a single integer primary key are

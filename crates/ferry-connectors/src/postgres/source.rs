@@ -28,6 +28,7 @@ pub struct PgSource {
     address: TableAddress,
     columns: Vec<PgColumn>,
     relation: Option<Relation>,
+    primary_key: Vec<String>,
 }
 
 /// A table or view the address names, as the catalog describes it.
@@ -47,6 +48,7 @@ impl PgSource {
     pub async fn open(address: &TableAddress) -> Result<Self> {
         let client = connect(address).await?;
         let err = |e| pg_error(address, e);
+        let mut primary_key = Vec::new();
         let (columns, relation) = match (&address.table, &address.query) {
             (Some(table), _) => {
                 let row = client
@@ -71,6 +73,19 @@ impl PgSource {
                     key: integer_key(&client, address, oid).await?,
                 };
                 let columns = table_columns(&client, address, oid, &relation.sql).await?;
+                primary_key = client
+                    .query(
+                        "SELECT a.attname::text FROM pg_index i \
+                         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                         WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+                        &[&oid],
+                    )
+                    .await
+                    .map_err(err)?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
                 (columns, Some(relation))
             }
             (None, Some(query)) => (query_columns(&client, address, query).await?, None),
@@ -85,6 +100,7 @@ impl PgSource {
             address: address.clone(),
             columns,
             relation,
+            primary_key,
         })
     }
 }
@@ -103,6 +119,10 @@ impl TableSource for PgSource {
     /// The catalog's row estimate (no `COUNT(*)`), when the table has been analyzed.
     fn estimated_rows(&self) -> Option<u64> {
         self.relation.as_ref().and_then(|r| r.estimated_rows)
+    }
+
+    fn primary_key(&self) -> &[String] {
+        &self.primary_key
     }
 
     /// The table's size on disk, in bytes.

@@ -32,6 +32,7 @@ pub struct SqliteSource {
     from: String,
     estimated_rows: Option<u64>,
     bytes: u64,
+    primary_key: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +58,7 @@ impl SqliteSource {
         blocking(move || {
             let connection = connect(&address, &path, false)?;
             let err = |e| sqlite_error(&address, e);
+            let mut primary_key = Vec::new();
             let (columns, from, estimated_rows, bytes) = match (&address.table, &address.query) {
                 (Some(table), _) => {
                     let name = find_table(&connection, table)
@@ -64,6 +66,9 @@ impl SqliteSource {
                         .ok_or_else(|| Error::not_found(format!("table '{table}' in {address}")))?;
                     let from = quote(&name);
                     let described = table_columns(&connection, &name).map_err(err)?;
+                    let mut keys: Vec<_> = described.iter().filter(|c| c.pk > 0).collect();
+                    keys.sort_by_key(|c| c.pk);
+                    primary_key = keys.iter().map(|c| c.name.clone()).collect();
                     let names: Vec<String> = described.iter().map(|c| c.name.clone()).collect();
                     let declared: Vec<String> =
                         described.iter().map(|c| c.declared.clone()).collect();
@@ -116,6 +121,7 @@ impl SqliteSource {
                 from,
                 estimated_rows,
                 bytes,
+                primary_key,
             })
         })
         .await
@@ -213,6 +219,10 @@ impl TableSource for SqliteSource {
 
     fn estimated_bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn primary_key(&self) -> &[String] {
+        &self.primary_key
     }
 
     /// One partition: a single statement reads one snapshot of the file, and SQLite on a

@@ -9,8 +9,8 @@ use ferry_core::{ChecksumAlgo, DataAddress, Error, Result, TransformSpec};
 use ferry_engine::manifest::Manifest;
 use ferry_engine::topics::FileRolling;
 use ferry_engine::{
-    options::default_state_dir, parse_size, CopyOptions, NoProgress, Partition, Progress,
-    RecordOptions, Status,
+    options::default_state_dir, parse_size, ArchiveAction, ArchiveKind, CopyOptions, NoProgress,
+    Partition, Progress, RecordOptions, Status,
 };
 use ferry_formats::{Format, FormatOptions};
 
@@ -229,6 +229,14 @@ struct CopyArgs {
     /// After copying, re-read the destination and compare checksums.
     #[arg(long)]
     verify: bool,
+    /// The source is one archive (.tar, .tar.gz, .tgz, .tar.zst, .tzst, .zip): write its
+    /// members as a tree under the destination, reading it once as it streams.
+    #[arg(long, conflicts_with = "archive")]
+    extract: bool,
+    /// Pack the source tree into one archive at the destination as it uploads:
+    /// tar, tar.gz, tar.zst or zip.
+    #[arg(long, value_name = "KIND")]
+    archive: Option<String>,
     /// A header sent with every request to an http(s) source, as 'Name: value'
     /// (repeatable), e.g. 'Authorization: Bearer TOKEN' for a pull endpoint. A `token`
     /// query parameter of the source is sent as that header too.
@@ -481,8 +489,12 @@ async fn run_manifest(args: RunArgs) -> Result<u8> {
     let (src, dst, rec) = manifest.plan()?;
     let opts = CopyOptions {
         partition: args.partition.partition()?,
+        archive: manifest.archive()?,
         ..args.control.options(CopyOptions::default())
     };
+    if opts.archive.is_some() {
+        return bytes(&src, &dst, &opts, &args.control, args.json).await;
+    }
     if manifest.is_stream() {
         return crate::stream::run(&src, &dst, &rec, &opts, args.json).await;
     }
@@ -502,9 +514,28 @@ async fn copy(args: CopyArgs) -> Result<u8> {
         include: args.include,
         exclude: args.exclude,
         verify: args.verify,
+        archive: match (args.extract, &args.archive) {
+            (true, _) => Some(ArchiveAction::Extract),
+            (false, Some(kind)) => Some(ArchiveAction::Pack(kind.parse::<ArchiveKind>()?)),
+            (false, None) => None,
+        },
         ..args.common.options()?
     });
     opts.validate()?;
+    if opts.archive.is_some() {
+        let rec = args.records.options()?;
+        if !rec.transforms.is_empty() || rec.source_format.is_some() || rec.dest_format.is_some() {
+            return Err(Error::invalid_option(
+                if args.extract {
+                    "--extract"
+                } else {
+                    "--archive"
+                },
+                "moves bytes as they are; formats and transformations do not apply",
+            ));
+        }
+        return bytes(&src, &dst, &opts, &args.control, args.common.json).await;
+    }
     let rec = args.records.options()?;
     rec.rolling
         .check(&src, &dst, rec.dest_format.is_some(), &|name| {

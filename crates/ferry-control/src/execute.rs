@@ -320,13 +320,18 @@ async fn engine(
     opts: &CopyOptions,
     tracker: Arc<Tracker>,
 ) -> Outcome {
-    let planned = Manifest::from_json(resolved).and_then(|m| m.plan());
-    let (src, dst, rec) = match planned {
+    let planned = Manifest::from_json(resolved).and_then(|m| Ok((m.plan()?, m.archive()?)));
+    let ((src, dst, rec), archive) = match planned {
         Ok(p) => p,
         Err(e) => return failed(&e, hidden),
     };
+    let with_archive = CopyOptions {
+        archive,
+        ..opts.clone()
+    };
+    let opts = &with_archive;
     let progress: Arc<dyn Progress> = tracker.clone();
-    if rec.needed(&src, &dst) {
+    if archive.is_none() && rec.needed(&src, &dst) {
         match ferry_engine::transfer(&src, &dst, &rec, opts, progress).await {
             Ok(report) => {
                 let stats = RunStats {

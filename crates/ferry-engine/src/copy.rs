@@ -38,6 +38,16 @@ pub async fn copy(
     if matches!(src, DataAddress::Kafka(_)) || matches!(dst, DataAddress::Kafka(_)) {
         return crate::events::copy(src, dst, opts, progress, run_id(src, dst, opts)).await;
     }
+    if let Some(action) = opts.archive {
+        if opts.partition.is_some() {
+            return Err(Error::invalid_option(
+                "--partition",
+                "an archive is read or written by one process",
+            ));
+        }
+        let run_id = run_id(src, dst, opts);
+        return crate::archive::copy(src, dst, opts, action, progress, run_id).await;
+    }
     let started = Instant::now();
     let (filter, source, sink, listing) = open_and_list(src, dst, opts).await?;
     let single = listing.single_object;

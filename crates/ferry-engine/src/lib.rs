@@ -1,5 +1,6 @@
 //! ferry's transfer engine: runs one copy or verification between two addresses.
 
+pub mod archive;
 mod budget;
 mod copy;
 pub mod count;
@@ -17,6 +18,7 @@ pub mod topics;
 mod upload;
 mod verify;
 
+pub use archive::{ArchiveAction, ArchiveKind};
 pub use copy::{copy, forget_checkpoint};
 pub use filter::KeyFilter;
 pub use options::{parse_size, CopyOptions};

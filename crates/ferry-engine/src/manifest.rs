@@ -237,6 +237,10 @@ pub struct AddressSpec {
     /// A StreamTransfer with `createSnapshot` into a directory: seconds between compacted
     /// snapshots of the topic under `snapshots/` (default 3600).
     pub snapshot_interval_seconds: Option<u64>,
+    /// Files and objects, as a source: `extract` unpacks the archive the address names
+    /// into a tree at the destination. As a destination: `tar`, `tar.gz`, `tar.zst` or
+    /// `zip` packs the source tree into the one object the address names.
+    pub archive: Option<String>,
     /// Other settings of the store (object_store's names, e.g. `skip_signature`).
     /// Credentials belong in the environment, not here.
     #[serde(default)]
@@ -343,6 +347,65 @@ impl Manifest {
             rolling,
         };
         Ok((source, destination, rec))
+    }
+
+    /// What the transfer does with archives (`archive` on the source or the destination).
+    pub fn archive(&self) -> Result<Option<crate::ArchiveAction>> {
+        let (src, dst) = (&self.spec.source, &self.spec.destination);
+        let bytes = |spec: &AddressSpec| {
+            matches!(
+                spec.store,
+                StoreType::File
+                    | StoreType::S3
+                    | StoreType::Azure
+                    | StoreType::Gcs
+                    | StoreType::Http
+            )
+        };
+        let action = match (src.archive.as_deref(), dst.archive.as_deref()) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_option(
+                    "spec.destination.archive",
+                    "a transfer either extracts (source) or packs (destination)",
+                ))
+            }
+            (Some("extract"), None) => crate::ArchiveAction::Extract,
+            (Some(other), None) => {
+                return Err(Error::invalid_option(
+                    "spec.source.archive",
+                    format!("'{other}': a source's archive is 'extract'"),
+                ))
+            }
+            (None, Some(kind)) => crate::ArchiveAction::Pack(kind.parse().map_err(|_| {
+                Error::invalid_option(
+                    "spec.destination.archive",
+                    format!("'{kind}': expected tar, tar.gz, tar.zst or zip"),
+                )
+            })?),
+        };
+        let at = if src.archive.is_some() {
+            "spec.source.archive"
+        } else {
+            "spec.destination.archive"
+        };
+        if !bytes(src) || !bytes(dst) {
+            return Err(Error::invalid_option(
+                at,
+                "is for files and objects at both ends",
+            ));
+        }
+        if self.is_stream()
+            || !self.spec.transformation.is_empty()
+            || src.format.is_some()
+            || dst.format.is_some()
+        {
+            return Err(Error::invalid_option(
+                at,
+                "moves bytes as they are: no stream, format or transformation",
+            ));
+        }
+        Ok(Some(action))
     }
 
     /// How files are cut in the destination directory of a topic's rows; a stream's

@@ -43,6 +43,8 @@ pub struct CopyOptions {
     pub partition: Option<Partition>,
     /// Bytes of events per exported object (a Kafka export rolls to a new object there).
     pub object_size: u64,
+    /// Unpack the source archive into a tree, or pack the source tree into one archive.
+    pub archive: Option<crate::ArchiveAction>,
 }
 
 impl Default for CopyOptions {
@@ -63,6 +65,7 @@ impl Default for CopyOptions {
             run_key: None,
             partition: None,
             object_size: 64 * MIB,
+            archive: None,
         }
     }
 }
@@ -137,6 +140,9 @@ impl CopyOptions {
         }
         if let Some(p) = self.partition {
             text.push_str(&format!("\npartition {}/{}", p.index, p.count));
+        }
+        if let Some(action) = self.archive {
+            text.push_str(&format!("\narchive {action}"));
         }
         text
     }

@@ -98,7 +98,7 @@ impl Codec {
 
     /// The uncompressed bytes of `inner`; a corrupt stream fails with the location and the
     /// compressed byte offset where it was found.
-    pub(crate) fn decoder(
+    pub fn decoder(
         self,
         inner: impl Read + Send + 'static,
         location: &str,

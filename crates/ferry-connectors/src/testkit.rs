@@ -50,11 +50,16 @@ impl Remote {
     }
 }
 
-/// The server URL in `variable` cut back to `scheme://user@host:port/` (without a
-/// database), or `None` (after saying why) outside CI when it is not set. Panics under CI
-/// when it is missing.
-fn database_server(variable: &str, name: &str) -> Option<String> {
-    let Ok(url) = std::env::var(variable) else {
+/// The test Kafka broker's bootstrap address (`FERRY_TEST_KAFKA`), or `None` (after saying
+/// why) outside CI when it is not configured. Panics under CI when it is missing.
+pub fn kafka_broker() -> Option<String> {
+    service("FERRY_TEST_KAFKA", "Kafka")
+}
+
+/// The value of `variable`, or `None` (after saying why) outside CI when it is not set.
+/// Panics under CI when it is missing.
+fn service(variable: &str, name: &str) -> Option<String> {
+    let Ok(value) = std::env::var(variable) else {
         let msg = format!("{name} test service not configured ({variable} unset): run `scripts/services up` and `eval \"$(scripts/services env)\"`");
         if std::env::var_os("CI").is_some() {
             panic!("{msg}");
@@ -62,6 +67,14 @@ fn database_server(variable: &str, name: &str) -> Option<String> {
         eprintln!("skipping: {msg}");
         return None;
     };
+    Some(value)
+}
+
+/// The server URL in `variable` cut back to `scheme://user@host:port/` (without a
+/// database), or `None` (after saying why) outside CI when it is not set. Panics under CI
+/// when it is missing.
+fn database_server(variable: &str, name: &str) -> Option<String> {
+    let url = service(variable, name)?;
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     Some(match url.rfind('/') {
         Some(i) if i >= after_scheme => url[..=i].to_string(),

@@ -12,26 +12,13 @@ use ferry_connectors::kafka::rdkafka::client::DefaultClientContext;
 use ferry_connectors::kafka::rdkafka::producer::{BaseRecord, Producer};
 use ferry_connectors::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use ferry_connectors::kafka::rows::{Range, TopicScan};
-use ferry_connectors::testkit::unique_name;
+use ferry_connectors::testkit::{kafka_broker, unique_name};
 use ferry_connectors::TableScan;
 use ferry_core::KafkaAddress;
 
-fn broker() -> Option<String> {
-    match std::env::var("FERRY_TEST_KAFKA") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("FERRY_TEST_KAFKA unset: run `scripts/services up` and `eval \"$(scripts/services env)\"`")
-        }
-        Err(_) => {
-            eprintln!("skipping: Kafka test broker not configured (FERRY_TEST_KAFKA unset)");
-            None
-        }
-    }
-}
-
 #[test]
 fn events_deleted_before_they_are_read_fail_the_read_naming_partition_and_offset() {
-    let Some(broker) = broker() else {
+    let Some(broker) = kafka_broker() else {
         return;
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

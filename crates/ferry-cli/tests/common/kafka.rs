@@ -6,16 +6,7 @@ use ferry_core::KafkaAddress;
 
 /// The test broker (`FERRY_TEST_KAFKA`), or `None` outside CI when it is not configured.
 pub fn broker() -> Option<String> {
-    match std::env::var("FERRY_TEST_KAFKA") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("FERRY_TEST_KAFKA unset: run `scripts/services up` and `eval \"$(scripts/services env)\"`")
-        }
-        Err(_) => {
-            eprintln!("skipping: Kafka test broker not configured (FERRY_TEST_KAFKA unset)");
-            None
-        }
-    }
+    ferry_connectors::testkit::kafka_broker()
 }
 
 pub fn address(broker: &str, topic: &str) -> KafkaAddress {

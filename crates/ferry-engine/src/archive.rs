@@ -679,18 +679,13 @@ impl Packing {
         };
         let shown = self.sink.address().to_string();
         let fail = |e: io::Error| upload.error_or(Error::store(&shown, e));
-        let out = match self.kind {
-            ArchiveKind::Tar => self.tar(out)?,
-            ArchiveKind::TarGz => {
-                let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
-                self.tar(gz)?.finish().map_err(fail)?
+        let out = match (self.kind, self.kind.codec()) {
+            (ArchiveKind::Zip, _) => self.zip(out)?,
+            (_, None) => self.tar(out)?,
+            (_, Some(codec)) => {
+                let packed = codec.writer(out).map_err(fail)?;
+                self.tar(packed)?.finish().map_err(fail)?
             }
-            ArchiveKind::TarZst => {
-                let mut zst = zstd::stream::write::Encoder::new(out, 3).map_err(fail)?;
-                zst.include_checksum(true).map_err(fail)?;
-                self.tar(zst)?.finish().map_err(fail)?
-            }
-            ArchiveKind::Zip => self.zip(out)?,
         };
         let written = upload.commit()?;
         if written.size != out.written {

@@ -650,6 +650,21 @@ impl Plan {
             .collect()
     }
 
+    /// One pass over `batches` (a partition of a table, or a file).
+    fn pass(
+        &self,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
+        side: Side,
+        location: &str,
+        drill: Option<&Drill>,
+    ) -> Result<Pass> {
+        let mut pass = Pass::default();
+        for batch in batches {
+            self.add(&batch?, side, location, drill, &mut pass)?;
+        }
+        Ok(pass)
+    }
+
     /// Adds a batch's rows to `pass`: its digest, or with `drill`, the rows of the drilled
     /// ranges per key.
     fn add(
@@ -1145,17 +1160,8 @@ impl Dataset {
                         async move {
                             let mut rx = scan.read(i, BATCH_ROWS);
                             tokio::task::spawn_blocking(move || {
-                                let mut pass = Pass::default();
-                                while let Some(batch) = rx.blocking_recv() {
-                                    plan.add(
-                                        &batch?,
-                                        side,
-                                        &location,
-                                        drill.as_deref(),
-                                        &mut pass,
-                                    )?;
-                                }
-                                Ok::<_, Error>(pass)
+                                let batches = std::iter::from_fn(|| rx.blocking_recv());
+                                plan.pass(batches, side, &location, drill.as_deref())
                             })
                             .await
                             .map_err(join_error)?
@@ -1187,17 +1193,7 @@ impl Dataset {
                                 let reader = read_input(
                                     &source, &entry, format, &rec, &schema, &handle, None,
                                 )?;
-                                let mut pass = Pass::default();
-                                for batch in reader {
-                                    plan.add(
-                                        &batch?,
-                                        side,
-                                        &location,
-                                        drill.as_deref(),
-                                        &mut pass,
-                                    )?;
-                                }
-                                Ok::<_, Error>(pass)
+                                plan.pass(reader, side, &location, drill.as_deref())
                             })
                             .await
                             .map_err(join_error)?

@@ -126,25 +126,63 @@ impl Codec {
         ))
     }
 
-    /// `out` compressed; [`Finish::finish`] writes the stream's end.
-    pub(crate) fn encoder(self, out: Box<dyn Write + Send>) -> Result<(Shared, Finish)> {
-        let encoder = match self {
-            Codec::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+    /// `out` compressed; [`CodecWriter::finish`] writes the stream's end and gives `out`
+    /// back. A zstd stream carries a checksum at its end, so a reader finds damaged bytes
+    /// (gzip always has its CRC).
+    pub fn writer<W: Write>(self, out: W) -> io::Result<CodecWriter<W>> {
+        Ok(match self {
+            Codec::Gzip => CodecWriter::Gzip(flate2::write::GzEncoder::new(
                 out,
                 flate2::Compression::default(),
             )),
             Codec::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(out, 3)
-                    .map_err(|e| Error::Internal(format!("zstd encoder: {e}")))?;
-                // A checksum at the frame's end, so a reader finds damaged bytes (gzip
-                // always has its CRC).
-                e.include_checksum(true)
-                    .map_err(|e| Error::Internal(format!("zstd encoder: {e}")))?;
-                Encoder::Zstd(e)
+                let mut e = zstd::stream::write::Encoder::new(out, 3)?;
+                e.include_checksum(true)?;
+                CodecWriter::Zstd(e)
             }
-        };
+        })
+    }
+
+    /// `out` compressed, for a format's writer that owns what it writes to;
+    /// [`Finish::finish`] writes the stream's end.
+    pub(crate) fn encoder(self, out: Box<dyn Write + Send>) -> Result<(Shared, Finish)> {
+        let encoder = self
+            .writer(out)
+            .map_err(|e| Error::Internal(format!("{} encoder: {e}", self.name())))?;
         let shared = Arc::new(Mutex::new(Some(encoder)));
         Ok((Shared(shared.clone()), Finish(shared)))
+    }
+}
+
+/// A gzip or zstd stream written into `W`.
+pub enum CodecWriter<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> CodecWriter<W> {
+    /// Writes the stream's end; the writer it wrote into.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            CodecWriter::Gzip(e) => e.finish(),
+            CodecWriter::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for CodecWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            CodecWriter::Gzip(e) => e.write(buf),
+            CodecWriter::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            CodecWriter::Gzip(e) => e.flush(),
+            CodecWriter::Zstd(e) => e.flush(),
+        }
     }
 }
 
@@ -194,10 +232,7 @@ impl Read for Located {
     }
 }
 
-enum Encoder {
-    Gzip(flate2::write::GzEncoder<Box<dyn Write + Send>>),
-    Zstd(zstd::stream::write::Encoder<'static, Box<dyn Write + Send>>),
-}
+type Encoder = CodecWriter<Box<dyn Write + Send>>;
 
 /// The writer a format writes into: the encoder, shared with its [`Finish`].
 pub(crate) struct Shared(Arc<Mutex<Option<Encoder>>>);
@@ -212,16 +247,14 @@ fn closed() -> io::Error {
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(Encoder::Gzip(e)) => e.write(buf),
-            Some(Encoder::Zstd(e)) => e.write(buf),
+            Some(e) => e.write(buf),
             None => Err(closed()),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &mut *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(Encoder::Gzip(e)) => e.flush(),
-            Some(Encoder::Zstd(e)) => e.flush(),
+            Some(e) => e.flush(),
             None => Ok(()),
         }
     }
@@ -231,11 +264,10 @@ impl Finish {
     pub(crate) fn finish(self, location: &str) -> Result<()> {
         let encoder = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
         let fail = |e: io::Error| Error::data(location, format!("compressing: {e}"));
-        let mut out = match encoder {
-            Some(Encoder::Gzip(e)) => e.finish().map_err(fail)?,
-            Some(Encoder::Zstd(e)) => e.finish().map_err(fail)?,
-            None => return Err(fail(closed())),
-        };
+        let mut out = encoder
+            .ok_or_else(closed)
+            .and_then(CodecWriter::finish)
+            .map_err(fail)?;
         out.flush().map_err(fail)
     }
 }

@@ -73,46 +73,91 @@ impl Dispatcher {
         if waiting.is_empty() || inner.stopping() {
             return;
         }
-        // Claimed together, then one selection for all of them (one lock of the
-        // registrations instead of one each), then handed to their data planes together.
-        let claimed: Vec<(RunRecord, TransferRecord, Instant)> = futures::stream::iter(waiting)
-            .map(|run| async move {
-                match self.claim(inner, &run).await {
-                    Ok(Some((record, started))) => Some((run, record, started)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!("run {}: dispatch: {e}", run.id);
-                        None
+        // Pipelined: each run is claimed, then the runs claimed by then are selected
+        // together (one lock of the registrations for all of them), and each is handed to
+        // its data plane as soon as it is selected, while later runs are still claimed.
+        // A run never waits for a whole batch, so its dispatch time is its own.
+        let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::channel(DISPATCH_CONCURRENCY);
+        let claiming = async move {
+            let mut claims = futures::stream::iter(waiting)
+                .map(|run| self.claim_one(inner, run))
+                .buffer_unordered(DISPATCH_CONCURRENCY);
+            while let Some(claimed) = claims.next().await {
+                if let Some(claimed) = claimed {
+                    if claimed_tx.send(claimed).await.is_err() {
+                        break;
                     }
                 }
-            })
-            .buffer_unordered(DISPATCH_CONCURRENCY)
-            .filter_map(|claimed| async move { claimed })
-            .collect()
-            .await;
-        if claimed.is_empty() {
-            return;
-        }
-        let requests: Vec<(RunRequest, Option<String>)> = claimed
-            .iter()
-            .map(|(_, record, _)| run_request(record))
-            .collect();
-        let selections = self.registry.select_many(&requests).await;
-        let selected = Instant::now();
-        futures::stream::iter(claimed.into_iter().zip(requests).zip(selections))
-            .for_each_concurrent(
-                DISPATCH_CONCURRENCY,
-                |(((run, _, started), (request, _)), selection)| async move {
-                    let select_time = selected.duration_since(started);
-                    if let Err(e) = self
-                        .hand_over(inner, &run, &request, selection, (started, select_time))
-                        .await
-                    {
-                        tracing::warn!("run {}: dispatch: {e}", run.id);
+            }
+        };
+        let handing = async {
+            let mut handing = futures::stream::FuturesUnordered::new();
+            let mut ready = Vec::with_capacity(DISPATCH_CONCURRENCY);
+            let mut open = true;
+            while open || !handing.is_empty() {
+                tokio::select! {
+                    n = claimed_rx.recv_many(&mut ready, DISPATCH_CONCURRENCY),
+                        if open && handing.len() < DISPATCH_CONCURRENCY => {
+                        if n == 0 {
+                            open = false;
+                            continue;
+                        }
+                        let claimed: Vec<(RunRecord, TransferRecord, Instant)> =
+                            std::mem::take(&mut ready);
+                        let requests: Vec<(RunRequest, Option<String>)> = claimed
+                            .iter()
+                            .map(|(_, record, _)| run_request(record))
+                            .collect();
+                        let selections = self.registry.select_many(&requests).await;
+                        let selected = Instant::now();
+                        for (((run, _, started), (request, _)), selection) in
+                            claimed.into_iter().zip(requests).zip(selections)
+                        {
+                            handing.push(self.hand_over_one(
+                                inner,
+                                run,
+                                request,
+                                selection,
+                                (started, selected.duration_since(started)),
+                            ));
+                        }
                     }
-                },
-            )
-            .await;
+                    Some(()) = handing.next(), if !handing.is_empty() => {}
+                }
+            }
+        };
+        tokio::join!(claiming, handing);
+    }
+
+    async fn claim_one(
+        &self,
+        inner: &Arc<Inner>,
+        run: RunRecord,
+    ) -> Option<(RunRecord, TransferRecord, Instant)> {
+        match self.claim(inner, &run).await {
+            Ok(Some((record, started))) => Some((run, record, started)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("run {}: dispatch: {e}", run.id);
+                None
+            }
+        }
+    }
+
+    async fn hand_over_one(
+        &self,
+        inner: &Arc<Inner>,
+        run: RunRecord,
+        request: RunRequest,
+        selection: std::result::Result<crate::selector::Selection, RegistryError>,
+        times: (Instant, Duration),
+    ) {
+        if let Err(e) = self
+            .hand_over(inner, &run, &request, selection, times)
+            .await
+        {
+            tracing::warn!("run {}: dispatch: {e}", run.id);
+        }
     }
 
     /// Claims the run in this control plane's name while it chooses, so that of several

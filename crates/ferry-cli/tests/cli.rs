@@ -267,10 +267,9 @@ fn killed_local_copy_resumes() {
 }
 
 /// Kills and resumes an upload to `remote`, then downloads it to compare.
-fn killed_remote_copy_resumes(remote: Remote) {
-    let Some(base) = remote.unique("killed") else {
-        return;
-    };
+/// The destination's base address, `None` when the store is not configured.
+fn killed_remote_copy_resumes(remote: Remote) -> Option<String> {
+    let base = remote.unique("killed")?;
     let dst = format!("{base}big.bin");
     let back = tempfile::tempdir().unwrap();
     let state = back.path().join("state");
@@ -280,6 +279,7 @@ fn killed_remote_copy_resumes(remote: Remote) {
         assert_eq!(code, 0, "{err}");
         std::fs::read(out).unwrap()
     });
+    Some(base)
 }
 
 #[test]
@@ -292,10 +292,24 @@ fn killed_azure_copy_resumes() {
     killed_remote_copy_resumes(Remote::Azure);
 }
 
-/// A download from GCS killed with SIGKILL mid-way resumes from its finished parts. The
-/// upload direction cannot run against the emulator, which refuses object_store's XML API
-/// uploads (see the connectors' `gcs_emulator_refuses_xml_uploads`); the object is put
-/// there through the emulator's JSON API.
+/// An upload to GCS killed with SIGKILL resumes from its finished parts (temporary
+/// objects a later process composes), and what it left behind is gone.
+#[test]
+fn killed_gcs_copy_resumes() {
+    let Some(base) = killed_remote_copy_resumes(Remote::Gcs) else {
+        return;
+    };
+    let keys = tokio::runtime::Runtime::new().unwrap().block_on(
+        ferry_connectors::testkit::gcs_temporary_parts(
+            &ferry_core::DataAddress::parse(&base).unwrap(),
+            "big.bin",
+        ),
+    );
+    assert!(keys.is_empty(), "temporary parts left: {keys:?}");
+}
+
+/// A download from GCS killed with SIGKILL mid-way resumes from its finished parts; the
+/// object is put there through the emulator's own JSON API.
 #[test]
 fn killed_gcs_download_resumes() {
     let Some(base) = Remote::Gcs.unique("killed") else {

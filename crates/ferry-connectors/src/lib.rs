@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ferry_core::{DataAddress, Error, Result, Sink, Source};
 
+mod gcs;
 pub mod kafka;
 pub mod local;
 pub mod mysql;

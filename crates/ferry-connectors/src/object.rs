@@ -43,6 +43,8 @@ fn retry_config() -> RetryConfig {
 }
 
 const CONNECT_TIMEOUT: &str = "5s";
+/// Where GCS's APIs are when no endpoint or emulator is named.
+const GCS_BASE_URL: &str = "https://storage.googleapis.com";
 /// Per request; a 64 MiB part at 1 MB/s still fits.
 const REQUEST_TIMEOUT: &str = "120s";
 
@@ -79,6 +81,8 @@ pub struct ObjectBackend {
     family: Family,
     pub(crate) store: Arc<dyn ObjectStore>,
     multipart: Option<Arc<dyn MultipartStore>>,
+    /// GCS: writes go through its JSON API (see [`crate::gcs`]).
+    gcs: Option<Arc<crate::gcs::GcsJson>>,
     /// The key or path the address names, without a trailing `/`.
     pub(crate) prefix: String,
     /// Two backends with the same identity can copy between each other server-side.
@@ -421,6 +425,7 @@ impl ObjectBackend {
             family: Family::S3,
             store: s3.clone(),
             multipart: Some(s3),
+            gcs: None,
             prefix: key.trim_end_matches('/').to_string(),
             identity,
             address,
@@ -480,6 +485,7 @@ impl ObjectBackend {
             family: Family::Azure,
             store: azure.clone(),
             multipart: Some(azure),
+            gcs: None,
             prefix: path.trim_end_matches('/').to_string(),
             identity,
             address,
@@ -541,11 +547,18 @@ impl ObjectBackend {
                 builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
         }
         let gcs = Arc::new(builder.build().map_err(|e| invalid(&address, e))?);
+        let json = crate::gcs::GcsJson::new(
+            base_url.as_deref().unwrap_or(GCS_BASE_URL),
+            bucket,
+            gcs.credentials().clone(),
+            (Duration::from_secs(5), Duration::from_secs(120)),
+        )?;
         let identity = format!("gcs|{}|{bucket}", base_url.unwrap_or_default());
         Ok(Self {
             family: Family::Gcs,
             store: gcs.clone(),
             multipart: Some(gcs),
+            gcs: Some(Arc::new(json)),
             prefix: key.trim_end_matches('/').to_string(),
             identity,
             address,
@@ -580,6 +593,7 @@ impl ObjectBackend {
             family: Family::Http,
             store: Arc::new(store),
             multipart: None,
+            gcs: None,
             prefix: name,
             identity: format!("http|{base}"),
             address,
@@ -677,6 +691,16 @@ impl ObjectBackend {
             size: meta.size,
             version: meta.e_tag.as_deref().map(unquote),
         }
+    }
+
+    /// The entry of an object just written, as listings show it.
+    async fn written(&self, key: &str, path: &Path) -> Result<Entry> {
+        let meta = self
+            .store
+            .head(path)
+            .await
+            .map_err(|e| self.error(path, e))?;
+        Ok(self.entry(key.to_string(), &meta))
     }
 
     fn location(&self, entry: &Entry) -> Result<Path> {
@@ -890,6 +914,10 @@ impl Sink for ObjectBackend {
 
     async fn put(&self, key: &str, data: Bytes) -> Result<Entry> {
         let path = self.path(key)?;
+        if let Some(gcs) = &self.gcs {
+            gcs.put(path.as_ref(), key, data).await?;
+            return self.written(key, &path).await;
+        }
         let size = data.len() as u64;
         let result = self
             .store
@@ -909,6 +937,9 @@ impl Sink for ObjectBackend {
         if self.head(key).await?.is_none() {
             return Ok(false);
         }
+        if let Some(gcs) = &self.gcs {
+            return gcs.delete(path.as_ref()).await;
+        }
         match self.store.delete(&path).await {
             Ok(()) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -918,6 +949,9 @@ impl Sink for ObjectBackend {
 
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
         let path = self.path(key)?;
+        if let Some(gcs) = &self.gcs {
+            return Ok(gcs.create_upload(path.as_ref()));
+        }
         self.multipart()?
             .create_multipart(&path)
             .await
@@ -933,6 +967,9 @@ impl Sink for ObjectBackend {
         data: Bytes,
     ) -> Result<PartToken> {
         let path = self.path(key)?;
+        if let Some(gcs) = &self.gcs {
+            return gcs.put_part(path.as_ref(), upload, index, data).await;
+        }
         let part = self
             .multipart()?
             .put_part(&path, upload, index, PutPayload::from_bytes(data))
@@ -948,6 +985,11 @@ impl Sink for ObjectBackend {
         parts: Vec<PartToken>,
     ) -> Result<Entry> {
         let path = self.path(key)?;
+        if let Some(gcs) = &self.gcs {
+            gcs.complete_upload(path.as_ref(), key, upload, parts)
+                .await?;
+            return self.written(key, &path).await;
+        }
         let parts = parts
             .into_iter()
             .map(|p| PartId { content_id: p.0 })
@@ -956,12 +998,7 @@ impl Sink for ObjectBackend {
             .complete_multipart(&path, upload, parts)
             .await
             .map_err(|e| self.error(&path, e))?;
-        let meta = self
-            .store
-            .head(&path)
-            .await
-            .map_err(|e| self.error(&path, e))?;
-        Ok(self.entry(key.to_string(), &meta))
+        self.written(key, &path).await
     }
 
     fn is_completion_of(&self, found: &Entry, parts: &[PartToken]) -> Option<bool> {
@@ -979,10 +1016,24 @@ impl Sink for ObjectBackend {
 
     async fn abort_upload(&self, key: &str, upload: &UploadId) -> Result<()> {
         let path = self.path(key)?;
+        if let Some(gcs) = &self.gcs {
+            return gcs.abort_upload(path.as_ref(), upload).await;
+        }
         match self.multipart()?.abort_multipart(&path, upload).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(&path, e)),
         }
+    }
+
+    /// GCS: the temporary parts of uploads to `keys` a killed run left unrecorded.
+    async fn discard_unrecorded(&self, keys: &[String]) -> Result<()> {
+        let Some(gcs) = &self.gcs else {
+            return Ok(());
+        };
+        for key in keys {
+            gcs.discard_uploads_to(self.path(key)?.as_ref()).await?;
+        }
+        Ok(())
     }
 
     async fn copy_from(
@@ -1012,7 +1063,7 @@ impl Sink for ObjectBackend {
         Ok(Some(self.entry(key.to_string(), &meta)))
     }
 
-    /// GCS takes XML multipart uploads with S3's limits.
+    /// GCS's composite uploads take parts of any size; S3's limits keep requests few.
     fn min_part_size(&self) -> u64 {
         match self.family {
             Family::S3 | Family::Gcs => 5 * 1024 * 1024,

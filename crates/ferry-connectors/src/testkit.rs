@@ -179,6 +179,28 @@ impl TestMysql {
     }
 }
 
+/// The temporary parts ferry's uploads to `key` below the `gs://` `address` have left in
+/// the bucket (none once an upload is completed or aborted).
+pub async fn gcs_temporary_parts(address: &DataAddress, key: &str) -> Vec<String> {
+    let DataAddress::Gcs {
+        bucket, key: base, ..
+    } = address
+    else {
+        panic!("{address} is not a gs:// address");
+    };
+    let name = match base.trim_end_matches('/') {
+        "" => key.to_string(),
+        base => format!("{base}/{key}"),
+    };
+    let folder = crate::gcs::destination_folder(&name);
+    let at = DataAddress::parse(&format!("gs://{bucket}/{folder}")).expect("address");
+    match crate::open_source(&at).expect("open").list().await {
+        Ok(listing) => listing.entries.into_iter().map(|e| e.key).collect(),
+        Err(ferry_core::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => panic!("listing {at}: {e}"),
+    }
+}
+
 /// Writes an object into the GCS emulator through its JSON API (a media upload), the one
 /// way to put test data there: fake-gcs-server refuses the XML API uploads object_store
 /// makes. `address` is a `gs://` address naming a prefix; `key` is below it.

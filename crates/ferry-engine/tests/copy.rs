@@ -155,6 +155,13 @@ async fn azure_round_trip() {
     }
 }
 
+#[tokio::test]
+async fn gcs_round_trip() {
+    if let Some(base) = Remote::Gcs.unique("round-trip-up") {
+        round_trip(&base).await;
+    }
+}
+
 /// Every file under `dir`, as a key relative to it and its content.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();

@@ -865,8 +865,17 @@ mod tests {
             ("f", col("0.5 1.5 -", &Float32)),
         ])
         .unwrap();
-        let cases: [(&str, &[i64]); 8] = [
+        let cases: [(&str, &[i64]); 14] = [
             ("d = 'b' OR d IS NULL", &[2, 3]),
+            ("upper(d) = 'B' OR length(d) IS NULL", &[2, 3]),
+            ("EXTRACT(HOUR FROM t) = 10", &[1]),
+            ("t + INTERVAL '12 hours' > '2024-01-02'", &[2]),
+            ("t - INTERVAL '1 month' < '2023-12-02'", &[1]),
+            ("abs(u - 2) = 1 AND round(f) = 1", &[1]),
+            (
+                "l ~ '^x' AND v !~ 'c$' AND substr(l, 2) = substr(v, 2, 1)",
+                &[1],
+            ),
             ("l LIKE 'x%' AND v NOT LIKE '%c' AND l = v", &[1]),
             ("u > 1 AND u >= id", &[2, 3]),
             ("u + id > 4", &[3]),

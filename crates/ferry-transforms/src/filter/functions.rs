@@ -14,8 +14,8 @@ use arrow::compute::kernels::substring::substring_by_char;
 use arrow::compute::kernels::temporal::{date_part, DatePart};
 use arrow::compute::kernels::zip::zip;
 use arrow::compute::kernels::{cmp, numeric};
+use arrow::datatypes::IntervalMonthDayNanoType as Mdn;
 use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, IntervalUnit, TimeUnit};
-use arrow::datatypes::{IntervalMonthDayNanoType, IntervalMonthDayNanoType as Mdn};
 use arrow::error::ArrowError;
 use ferry_core::Result;
 use regex::{Regex, RegexBuilder};
@@ -344,7 +344,7 @@ impl Binder<'_> {
                 };
                 self.call(Func::Round(digits), vec![x], e)
             }
-            "date_part" | "datepart" => {
+            "date_part" => {
                 arity(n == 2, "2 arguments")?;
                 let field = self.const_text(&what, args[0], e)?;
                 self.extract(&field, args[1], e)
@@ -592,7 +592,7 @@ impl Binder<'_> {
     pub(super) fn with_interval(&self, b: Bound, other: &Bound, e: &Expr) -> Result<Bound> {
         let whole_days = match (&other.node, &other.ty) {
             (Node::Lit(a), DataType::Interval(IntervalUnit::MonthDayNano)) => {
-                let a = a.as_primitive::<IntervalMonthDayNanoType>();
+                let a = a.as_primitive::<Mdn>();
                 a.is_valid(0) && Mdn::to_parts(a.value(0)).2 == 0
             }
             _ => false,

@@ -29,6 +29,9 @@ use sqlparser::tokenizer::Token;
 use crate::util::{self, is_string};
 use crate::Transform;
 
+mod functions;
+use functions::Func;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Options {
@@ -45,6 +48,8 @@ enum Node {
     Lit(ArrayRef),
     Unary(Unary, Box<Node>),
     Bin(Box<Node>, Kernel, Box<Node>),
+    /// A function, CASE, EXTRACT or regular expression match (see [`functions`]).
+    Call(Func, Vec<Node>),
 }
 
 enum Unary {
@@ -150,6 +155,15 @@ fn first(b: &BooleanArray) -> Option<bool> {
     b.iter().next().flatten()
 }
 
+/// Booleans `rows` long: a scalar's one value is repeated, an array is kept.
+fn spread(b: &BooleanArray, scalar: bool, rows: usize) -> BooleanArray {
+    if scalar && rows != 1 {
+        vec![first(b); rows].into()
+    } else {
+        b.clone()
+    }
+}
+
 impl Node {
     fn eval(&self, cols: &[ArrayRef], rows: usize) -> ArrowResult<Val> {
         match self {
@@ -172,6 +186,12 @@ impl Node {
                     scalar,
                 ))
             }
+            Node::Call(f, args) => {
+                let args = args.iter().map(|a| a.eval(cols, rows));
+                let args = args.collect::<ArrowResult<Vec<Val>>>()?;
+                let scalar = args.iter().all(|a| a.1);
+                Ok(Val(f.apply(&args, if scalar { 1 } else { rows })?, scalar))
+            }
         }
     }
 
@@ -181,6 +201,7 @@ impl Node {
             Node::Lit(_) => true,
             Node::Unary(_, n) => n.is_const(),
             Node::Bin(l, _, r) => l.is_const() && r.is_const(),
+            Node::Call(_, args) => args.iter().all(Node::is_const),
         }
     }
 }
@@ -204,14 +225,7 @@ impl Kernel {
     /// `rows` is the result's length: 1 when both operands are scalars.
     fn apply(self, l: &Val, r: &Val, rows: usize) -> ArrowResult<ArrayRef> {
         // AND / OR take arrays of equal length, so a scalar operand is repeated.
-        let repeat = |v: &Val| -> ArrowResult<BooleanArray> {
-            let b = bools(&v.0)?;
-            Ok(if v.1 && rows != 1 {
-                vec![first(b); rows].into()
-            } else {
-                b.clone()
-            })
-        };
+        let repeat = |v: &Val| -> ArrowResult<BooleanArray> { Ok(spread(bools(&v.0)?, v.1, rows)) };
         Ok(match self {
             Kernel::Cmp(f) | Kernel::Like(f) => Arc::new(f(l, r)?),
             Kernel::Num(f) => f(l, r)?,
@@ -342,7 +356,44 @@ impl Binder<'_> {
                 let f = if *negated { nilike } else { ilike };
                 self.op(expr, Kernel::Like(f), pattern, e)
             }
-            Expr::Function(f) => Err(self.err(format!("function {}() is not supported", f.name))),
+            Expr::Function(f) => self.function(f, e),
+            Expr::Case {
+                operand,
+                conditions,
+                else_result,
+                ..
+            } => self.case(operand.as_deref(), conditions, else_result.as_deref(), e),
+            Expr::Trim {
+                expr,
+                trim_where,
+                trim_what,
+                trim_characters,
+            } => self.trim_expr(
+                expr,
+                trim_where.as_ref(),
+                trim_what.as_deref(),
+                trim_characters.as_deref(),
+                e,
+            ),
+            Expr::Substring {
+                expr,
+                substring_from,
+                substring_for,
+                special,
+                shorthand,
+            } => self.substring(
+                match (shorthand, special) {
+                    (true, _) => "function substr()",
+                    (_, true) => "function substring()",
+                    _ => "SUBSTRING",
+                },
+                expr,
+                substring_from.as_deref(),
+                substring_for.as_deref(),
+                e,
+            ),
+            Expr::Extract { field, expr, .. } => self.extract(&field.to_string(), expr, e),
+            Expr::Interval(iv) => self.interval(iv, e),
             Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. } => {
                 Err(self.err(format!("subqueries are not supported: `{e}`")))
             }
@@ -510,6 +561,14 @@ impl Binder<'_> {
             B::LtEq => Kernel::Cmp(cmp::lt_eq),
             B::Gt => Kernel::Cmp(cmp::gt),
             B::GtEq => Kernel::Cmp(cmp::gt_eq),
+            B::PGRegexMatch | B::PGRegexIMatch | B::PGRegexNotMatch | B::PGRegexNotIMatch => {
+                let flags = match op {
+                    B::PGRegexIMatch | B::PGRegexNotIMatch => "i",
+                    _ => "",
+                };
+                let negated = matches!(op, B::PGRegexNotMatch | B::PGRegexNotIMatch);
+                return self.regex(&format!("operator {op}"), l, r, flags, negated, e);
+            }
             _ => return Err(self.err(format!("operator {op} is not supported in `{e}`"))),
         };
         self.op(l, kernel, r, e)
@@ -521,6 +580,13 @@ impl Binder<'_> {
         let not_string = |b: &&Bound| !is_string(&b.ty) && b.ty != DataType::Null;
         if let (Kernel::Like(_), Some(b)) = (kernel, [&l, &r].into_iter().find(not_string)) {
             return Err(self.err(format!("LIKE needs strings, not {}, in `{e}`", b.ty)));
+        }
+        let interval = |b: &Bound| matches!(b.ty, DataType::Interval(_));
+        if matches!(kernel, Kernel::Num(_)) && (interval(&l) || interval(&r)) {
+            // Date and timestamp arithmetic: arrow's kernels take the types as they are.
+            let l = self.with_interval(l, &r, e)?;
+            let r = self.with_interval(r, &l, e)?;
+            return self.bin(l, kernel, r, e);
         }
         let (l, r) = self.coerce(l, r, !matches!(kernel, Kernel::Num(_)), e)?;
         self.bin(l, kernel, r, e)
@@ -799,8 +865,17 @@ mod tests {
             ("f", col("0.5 1.5 -", &Float32)),
         ])
         .unwrap();
-        let cases: [(&str, &[i64]); 8] = [
+        let cases: [(&str, &[i64]); 14] = [
             ("d = 'b' OR d IS NULL", &[2, 3]),
+            ("upper(d) = 'B' OR length(d) IS NULL", &[2, 3]),
+            ("EXTRACT(HOUR FROM t) = 10", &[1]),
+            ("t + INTERVAL '12 hours' > '2024-01-02'", &[2]),
+            ("t - INTERVAL '1 month' < '2023-12-02'", &[1]),
+            ("abs(u - 2) = 1 AND round(f) = 1", &[1]),
+            (
+                "l ~ '^x' AND v !~ 'c$' AND substr(l, 2) = substr(v, 2, 1)",
+                &[1],
+            ),
             ("l LIKE 'x%' AND v NOT LIKE '%c' AND l = v", &[1]),
             ("u > 1 AND u >= id", &[2, 3]),
             ("u + id > 4", &[3]),
@@ -837,9 +912,12 @@ mod tests {
                 "country > 5",
                 "incompatible types Utf8 and Int64 in `country > 5`",
             ),
-            ("upper(country) = 'DE'", "function upper() is not supported"),
+            (
+                "sqrt(id) > 1",
+                "function sqrt() is not supported; functions are: abs, btrim,",
+            ),
             ("id IN (SELECT 1)", "subqueries are not supported"),
-            ("CASE WHEN id = 1 THEN TRUE END", "unsupported SQL (Case)"),
+            ("id = ANY(ARRAY[1])", "unsupported SQL (AnyOp)"),
             (
                 "day >= '2024-13-45'",
                 "cannot evaluate `day >= '2024-13-45'`",
@@ -870,6 +948,342 @@ mod tests {
         let mut s = spec("id = 1");
         s.columns.push("id".into());
         assert!(bind(&s, &schema).is_err_and(|e| e.to_string().contains("takes no 'columns'")));
+    }
+
+    /// Strings with spaces, case and a non-ASCII letter, a timestamp and a float.
+    fn text_batch(name_type: &DataType) -> RecordBatch {
+        let names = ["  Ada ", "BOB", "ÉMILE", "dave  ", "", "x"];
+        let names: StringArray = (names.iter().enumerate())
+            .map(|(i, n)| (i != 4).then_some(*n))
+            .collect();
+        let ts = "2024-01-15T10:30:00 2024-02-29T23:00:00 2024-03-31T00:00:00 \
+            2023-12-31T12:00:45 - 2024-07-04T08:15:00";
+        RecordBatch::try_from_iter([
+            ("id", ids(6)),
+            ("name", cast(&names, name_type).unwrap()),
+            (
+                "ts",
+                col(ts, &DataType::Timestamp(TimeUnit::Microsecond, None)),
+            ),
+            ("n", col("-1.5 2.5 -0.4 - 3.14159 -7", &DataType::Float64)),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn string_functions() {
+        let cases: &[(&str, &[i64])] = &[
+            ("lower(name) = 'bob'", &[2]),
+            ("LOWER(name) = 'émile'", &[3]),
+            ("Upper(name) LIKE '%ADA%'", &[1]),
+            ("upper(name) IN ('DAVE  ', 'X')", &[4, 6]),
+            ("trim(name) = 'Ada'", &[1]),
+            ("ltrim(name) = 'Ada '", &[1]),
+            ("rtrim(name) = 'dave'", &[4]),
+            ("btrim(name, ' A') = 'da'", &[1]),
+            ("TRIM(name) IN ('Ada', 'dave')", &[1, 4]),
+            ("TRIM(LEADING ' ' FROM name) = 'Ada '", &[1]),
+            ("TRIM(TRAILING 'ev ' FROM name) = 'da'", &[4]),
+            ("TRIM(BOTH 'x' FROM name) = ''", &[6]),
+            ("length(name) = 5", &[3]),
+            ("char_length(name) = 6", &[1, 4]),
+            ("CHARACTER_LENGTH(name) < 4", &[2, 6]),
+            ("substr(name, 2, 3) = 'MIL'", &[3]),
+            ("SUBSTRING(name FROM 3 FOR 2) = 'Ad'", &[1]),
+            ("substring(name, 0, 2) = 'B'", &[2]),
+            ("substr(name, -5, 7) = 'B'", &[2]),
+            ("substr(name, 3) IN ('B', 'ILE')", &[2, 3]),
+            ("SUBSTRING(name FOR 2) = 'BO'", &[2]),
+            ("substr(name, 10) = ''", &[1, 2, 3, 4, 6]),
+            ("substr(name, 2, 0) = ''", &[1, 2, 3, 4, 6]),
+            ("upper(substr(trim(name), 1, 1)) IN ('A', 'D')", &[1, 4]),
+            ("lower(name) IS NULL", &[5]),
+            (
+                "length(NULL) IS NULL AND upper(NULL) IS NULL",
+                &[1, 2, 3, 4, 5, 6],
+            ),
+            ("length(trim(name)) = id", &[4]),
+            ("lower('ABC') = 'abc' AND id < 3", &[1, 2]),
+        ];
+        for ty in [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View] {
+            let input = text_batch(&ty);
+            for (clause, ids) in cases {
+                assert_eq!(kept(&input, clause), *ids, "{clause} ({ty})");
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_functions_and_coalesce() {
+        check(&[
+            ("abs(amount - 200) <= 50", &[2, 3]),
+            ("abs(-id) = 3", &[3]),
+            ("round(amount, -2) = 300", &[3, 6]),
+            ("round(amount, 1) = amount", &[1, 2, 3, 4, 6]),
+            ("round(amount) IS NULL", &[5]),
+            ("coalesce(amount, 0) = 0", &[5]),
+            ("COALESCE(amount, -1) < 60", &[1, 5]),
+            ("coalesce(email, country) = 'US'", &[5]),
+            ("coalesce(email, country, 'none') LIKE '%.de'", &[1, 4, 6]),
+            ("coalesce(email, 'zz') = 'zz'", &[2, 5]),
+            ("coalesce(NULL, NULL) IS NULL", &[1, 2, 3, 4, 5, 6]),
+            ("coalesce(NULL, id) = 2", &[2]),
+            ("coalesce(amount) IS NULL", &[5]),
+        ]);
+        for amount in &AMOUNTS[..2] {
+            assert_eq!(kept(&batch(amount), "round(amount) = 301"), [6], "{amount}");
+        }
+        let input = text_batch(&DataType::Utf8);
+        for (clause, ids) in [
+            ("abs(n) > 2", &[2, 5, 6][..]),
+            ("round(n) = -2", &[1]),
+            ("round(n) = 3", &[2, 5]),
+            ("round(n, 2) = 3.14", &[5]),
+            ("round(n, -1) = -10", &[6]),
+            ("round(n) = 0 OR round(n) IS NULL", &[3, 4]),
+            ("abs(n) IS NULL", &[4]),
+            ("round(id * 7, -1) = 40", &[5, 6]),
+        ] {
+            assert_eq!(kept(&input, clause), ids, "{clause}");
+        }
+    }
+
+    #[test]
+    fn case_expressions() {
+        check(&[
+            (
+                "CASE WHEN amount > 200 THEN 'big' WHEN amount > 100 THEN 'mid' \
+                 ELSE 'small' END = 'mid'",
+                &[2],
+            ),
+            (
+                "CASE WHEN amount > 200 THEN 'big' WHEN amount > 100 THEN 'mid' \
+                 ELSE 'small' END = 'small'",
+                &[1, 4, 5],
+            ),
+            (
+                "CASE country WHEN 'DE' THEN 1 WHEN 'FR' THEN 2 END = 2",
+                &[2],
+            ),
+            ("CASE country WHEN 'DE' THEN 1 END IS NULL", &[2, 5, 6]),
+            ("CASE WHEN id > 3 THEN amount ELSE 0 END > 99", &[4, 6]),
+            (
+                "CASE WHEN country = 'DE' THEN id > 2 ELSE TRUE END",
+                &[2, 3, 4, 5, 6],
+            ),
+            ("CASE WHEN id = 1 THEN NULL ELSE TRUE END", &[2, 3, 4, 5, 6]),
+            ("CASE WHEN id < 3 THEN TRUE END", &[1, 2]),
+            ("id IN (CASE WHEN TRUE THEN 2 END, abs(-4))", &[2, 4]),
+            (
+                "CASE WHEN 1 = 2 THEN FALSE ELSE TRUE END",
+                &[1, 2, 3, 4, 5, 6],
+            ),
+            (
+                "CASE WHEN email IS NULL THEN upper(country) ELSE lower(email) END ILIKE 'f%'",
+                &[2, 6],
+            ),
+            (
+                "CASE id % 3 WHEN 0 THEN 'x' WHEN 1 THEN 'y' END = 'y'",
+                &[1, 4],
+            ),
+        ]);
+    }
+
+    #[test]
+    fn intervals_and_extract() {
+        check(&[
+            ("day + INTERVAL '1 day' = DATE '2024-02-01'", &[2]),
+            ("day - INTERVAL '1 month' < DATE '2024-01-01'", &[1, 2]),
+            ("day + INTERVAL '1' MONTH = '2024-03-01'", &[3]),
+            ("INTERVAL '2 days' + day = '2024-02-03'", &[3]),
+            (
+                "day + INTERVAL '12 hours' > TIMESTAMP '2024-02-15 06:00:00'",
+                &[4, 5],
+            ),
+            ("day + INTERVAL '12 hours' IS NULL", &[6]),
+            ("EXTRACT(MONTH FROM day) = 2", &[3, 4]),
+            ("extract(dow from day) = 4", &[3, 4]),
+            ("EXTRACT(DOY FROM day) = 32", &[3]),
+            ("EXTRACT(QUARTER FROM day) = 1", &[1, 2, 3, 4, 5]),
+            ("EXTRACT(YEAR FROM day) IS NULL", &[6]),
+            (
+                "EXTRACT(YEAR FROM day + INTERVAL '11 months') = 2025",
+                &[3, 4, 5],
+            ),
+            ("date_part('day', day) = 15", &[1, 4]),
+            ("EXTRACT(DAY FROM DATE '2024-05-06') = id + 1", &[5]),
+        ]);
+        let input = text_batch(&DataType::Utf8);
+        for (clause, ids) in [
+            (
+                "ts - INTERVAL '2 hours' < TIMESTAMP '2024-01-15 08:30:00'",
+                &[4][..],
+            ),
+            ("ts + INTERVAL '1 day' >= '2024-03-01'", &[2, 3, 6]),
+            ("ts - INTERVAL '1 month' < '2024-02-01'", &[1, 2, 4]),
+            (
+                "ts + INTERVAL '30 minutes' * 2 = '2024-03-01 00:00:00'",
+                &[2],
+            ),
+            ("EXTRACT(HOUR FROM ts) = 23", &[2]),
+            ("EXTRACT(SECOND FROM ts) = 45", &[4]),
+            ("EXTRACT(MINUTE FROM ts) = 15", &[6]),
+            ("EXTRACT(ISODOW FROM ts) = 7", &[3, 4]),
+            ("EXTRACT(YEAR FROM ts) < 2024 OR ts IS NULL", &[4, 5]),
+        ] {
+            assert_eq!(kept(&input, clause), ids, "{clause}");
+        }
+    }
+
+    #[test]
+    fn regular_expressions() {
+        check(&[
+            ("email ~ '^[a-c]@'", &[1, 3]),
+            ("email !~ '[.]de$'", &[3]),
+            ("country ~* '^de$'", &[1, 3, 4]),
+            ("country !~* 'D'", &[2, 5]),
+            ("regexp_like(email, 'X[.]DE', 'i')", &[1, 4, 6]),
+            ("REGEXP_LIKE(email, 'y')", &[3]),
+            ("regexp_like(email, 'X[.]DE')", &[]),
+            ("email ~ NULL", &[]),
+            ("upper(email) ~ '^A'", &[1]),
+            (
+                "CASE WHEN email ~ 'x' THEN 'x' ELSE 'other' END = 'other'",
+                &[2, 3, 5],
+            ),
+        ]);
+        for ty in [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View] {
+            let input = text_batch(&ty);
+            assert_eq!(kept(&input, "name ~* '^\\s*[ab]'"), [1, 2], "{ty}");
+            assert_eq!(kept(&input, "name ~ '\\p{Lu}{5}'"), [3], "{ty}");
+        }
+    }
+
+    #[test]
+    fn function_errors_name_the_problem() {
+        let schema = batch(&AMOUNTS[0]).schema();
+        for (clause, needle) in [
+            (
+                "sqrt(id) > 1",
+                "function sqrt() is not supported; functions are: abs, btrim, char_length, \
+                 character_length, coalesce, date_part, length, lower, ltrim, regexp_like, \
+                 round, rtrim, substr, substring, trim, upper",
+            ),
+            ("count(*) > 1", "function count() is not supported"),
+            (
+                "lower(country, 1) = 'x'",
+                "function lower() takes 1 argument, not 2, in `lower(country, 1)`",
+            ),
+            (
+                "ltrim(country, 'a', 'b') = 'x'",
+                "function ltrim() takes 1 or 2 arguments, not 3, in `ltrim(country, 'a', 'b')`",
+            ),
+            (
+                "date_part('year') = 1",
+                "function date_part() takes 2 arguments, not 1",
+            ),
+            (
+                "coalesce() IS NULL",
+                "function coalesce() takes at least 1 argument, not 0",
+            ),
+            (
+                "round(amount, 1, 2) > 1",
+                "function round() takes 1 or 2 arguments, not 3",
+            ),
+            (
+                "email ~ '[a-'",
+                "invalid regular expression '[a-' in `email ~ '[a-'`: unclosed character class",
+            ),
+            (
+                "regexp_like(email, 'a(')",
+                "invalid regular expression 'a(' in `regexp_like(email, 'a(')`: unclosed group",
+            ),
+            (
+                "email ~ country",
+                "operator ~ needs a string literal as its pattern, not `country`",
+            ),
+            (
+                "regexp_like(email, 'a', 'q')",
+                "function regexp_like() has no flag 'q'",
+            ),
+            (
+                "lower(id) = 'x'",
+                "function lower() needs a string, but `id` is Int64, in `lower(id)`",
+            ),
+            (
+                "id ~ '1'",
+                "operator ~ needs a string, but `id` is Int64, in `id ~ '1'`",
+            ),
+            (
+                "abs(country) = 1",
+                "function abs() needs a number, but `country` is Utf8, in `abs(country)`",
+            ),
+            (
+                "length(day) = 1",
+                "function length() needs a string, but `day` is Date32",
+            ),
+            (
+                "EXTRACT(YEAR FROM id) = 1",
+                "EXTRACT needs a date or timestamp, but `id` is Int64",
+            ),
+            (
+                "EXTRACT(EPOCH FROM day) > 1",
+                "EXTRACT(EPOCH) is not supported; fields are: year, quarter",
+            ),
+            (
+                "round(amount, id) > 1",
+                "function round() needs a constant integer, not `id`",
+            ),
+            (
+                "substr(country, id) = 'x'",
+                "function substr() needs a constant integer, not `id`",
+            ),
+            (
+                "substr(country, 1, -1) = ''",
+                "function substr() needs a length of 0 or more",
+            ),
+            (
+                "lower(nope) = 'x'",
+                "column 'nope' not found; columns are: id",
+            ),
+            (
+                "CASE WHEN id THEN 1 END = 1",
+                "`id` is not a boolean expression (it is Int64)",
+            ),
+            (
+                "CASE WHEN id = 1 THEN country ELSE 2 END = 'a'",
+                "incompatible types Utf8 and Int64 in `CASE WHEN id = 1",
+            ),
+            (
+                "coalesce(country, id) = 'a'",
+                "incompatible types Utf8 and Int64 in `coalesce",
+            ),
+            (
+                "day > INTERVAL '2 days'",
+                "incompatible types Date32 and Interval(MonthDayNano)",
+            ),
+            (
+                "day + INTERVAL 'soon' > day",
+                "cannot evaluate `INTERVAL 'soon'`",
+            ),
+            (
+                "id + INTERVAL '1 day' > 1",
+                "cannot evaluate `id + INTERVAL '1 day'`",
+            ),
+            (
+                "lower(DISTINCT country) = 'x'",
+                "function lower() takes plain arguments",
+            ),
+        ] {
+            let e = bind(&spec(clause), &schema)
+                .err()
+                .map(|e| (e.exit_code(), e.to_string()));
+            assert!(
+                e.as_ref()
+                    .is_some_and(|(code, e)| *code == 2 && e.contains(needle) && !e.contains('\n')),
+                "{clause}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Which leading transformations a database can apply in its own query, so fewer rows and
 //! columns leave it: `RemoveColumn`, and `Filter` clauses made only of comparisons between
-//! columns and literals joined by AND/OR/NOT (plus IS NULL, IN and BETWEEN).
+//! columns and literals joined by AND/OR/NOT (plus IS NULL, IN and BETWEEN). Functions,
+//! CASE, intervals and regular expressions stay in ferry: a database's may differ.
 
 use arrow::datatypes::{DataType, SchemaRef};
 use ferry_core::{Action, Result, TransformSpec};
@@ -188,6 +189,31 @@ mod tests {
             let p = p.unwrap_or_default();
             assert_eq!(p.consumed, 0, "{clause}");
             assert!(p.filters.is_empty(), "{clause}");
+        }
+    }
+
+    #[test]
+    fn functions_case_intervals_and_regexes_stay_in_ferry() {
+        for clause in [
+            "Filter(lower(email) = 'x')",
+            "Filter(id = abs(-1))",
+            "Filter(\"Country\" IN (upper('de'), 'FR'))",
+            "Filter(id BETWEEN round(1.5) AND 3)",
+            "Filter(CASE WHEN id > 1 THEN TRUE END)",
+            "Filter(coalesce(email, 'x') = 'x')",
+            "Filter(email ~ '^a')",
+            "Filter(regexp_like(email, 'a'))",
+            "Filter(SUBSTRING(email FROM 1 FOR 2) = 'ab')",
+            "Filter(EXTRACT(YEAR FROM CAST(email AS DATE)) = 2024)",
+            "Filter(day + INTERVAL '1 day' > '2024-01-01')",
+        ] {
+            let mut schema = schema().fields().to_vec();
+            schema.push(Arc::new(Field::new("day", DataType::Date32, true)));
+            let schema = Arc::new(Schema::new(schema));
+            let simple = specs(&["Filter(id > 1)", clause]);
+            let p = pushdown(&simple, &schema).unwrap_or_else(|e| panic!("{clause}: {e}"));
+            assert_eq!(p.consumed, 1, "{clause}");
+            assert_eq!(p.filters, ["(\"id\" > 1)"], "{clause}");
         }
     }
 

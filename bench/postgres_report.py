@@ -6,10 +6,15 @@ usage: postgres_report.py META RESULTS OUTPUTS OUT
 META     key=value lines written by bench/postgres (machine, versions, commands, and
          source_info: the row count, column types and aggregates of the source table)
 RESULTS  tab-separated rows: case tool rep status wall user sys maxrss_kib machine_cpu
-         server_cpu rows bytes cx_import_s cx_read_s cx_write_s ("-" where not known)
+         server_cpu rows bytes cx_import_s cx_read_s cx_write_s wal_bytes ("-" where not
+         known; bytes is the Parquet file's size in (a), the loaded table's
+         pg_total_relation_size in (b) and (c); wal_bytes, the WAL the server wrote during
+         the run, only in (b) and (c). Rows of 15 columns, from before wal_bytes was
+         recorded, are read as having none)
 OUTPUTS  tab-separated rows: case tool JSON ({"rows", "bytes", "columns", "agg"} of the
          first successful output of that tool and case; aggregates as in bench/postgres)
-OUT      markdown file; only the section under HEADING is replaced (or appended), the
+OUT      markdown file; only the section under the heading (one per server: the given
+         server, or the stock one bench/postgres makes) is replaced (or appended), the
          rest of the file is left as it is
 
 Exit status: 0, or 3 when an output's row count or aggregates differ from the source
@@ -21,7 +26,7 @@ import sys
 from collections import defaultdict
 
 import benchlib
-from benchlib import Summary, fmt, human_bytes, num, run_status
+from benchlib import Summary, fmt, human_bytes, num, read_meta, read_outputs, run_status
 
 RSS_LIMIT_MIB = 256.0
 # (case, peer, ferry wall at most this times the peer's, what the peer is)
@@ -30,15 +35,20 @@ WALL_TARGETS = [
     ("a", "connectorx-p2", 0.5, "ConnectorX, 2 partitions"),
     ("a", "psql", 1.5, "the floor (psql binary COPY to /dev/null)"),
     ("b", "psql", 0.8, "psql \\copy from CSV"),
+    ("c", "psql", 0.5, "psql \\copy from CSV"),
 ]
 CASE_TOOLS = {
     "a": ["ferry", "connectorx", "connectorx-p2", "psql"],
     "b": ["ferry", "psql"],
+    "c": ["ferry", "psql"],
 }
 CASE_DESC = {
     "a": "PostgreSQL → Parquet",
     "b": "Parquet → PostgreSQL (new table)",
+    "c": "Parquet → PostgreSQL (existing empty table)",
 }
+# the cases that write into the database (their WAL is measured)
+LOAD_CASES = ["b", "c"]
 TOOL_DESC = {
     ("a", "ferry"): "ferry",
     ("a", "connectorx"): "ConnectorX + pyarrow",
@@ -46,6 +56,8 @@ TOOL_DESC = {
     ("a", "psql"): "floor: psql binary COPY → /dev/null",
     ("b", "ferry"): "ferry (from Parquet)",
     ("b", "psql"): "psql \\copy (from CSV)",
+    ("c", "ferry"): "ferry (from Parquet, mode=append)",
+    ("c", "psql"): "psql \\copy (from CSV)",
 }
 AGG_KEYS = [
     ("rows", "rows"),
@@ -63,7 +75,9 @@ AGG_KEYS = [
 ]
 
 
-def heading(sf):
+def heading(sf, server="given"):
+    if server == "stock":
+        return f"## PostgreSQL on a stock server: TPC-H lineitem SF{sf}"
     return f"## PostgreSQL: TPC-H lineitem SF{sf}"
 
 
@@ -72,10 +86,14 @@ def read_results(path):
     with open(path, encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) != 15:
+            if len(parts) == 15:
+                parts.append("-")  # written before the WAL was measured
+            if len(parts) != 16:
                 continue
             (case, tool, rep, status, wall, user, sys_, rss, mcpu, scpu, nrows, nbytes,
-             cx_import, cx_read, cx_write) = parts
+             cx_import, cx_read, cx_write, wal) = parts
+            wal_bytes = int(wal) if wal.lstrip("-").isdigit() else None
+            out_bytes = int(nbytes) if nbytes.isdigit() else None
             cpu = (num(user) or 0.0) + (num(sys_) or 0.0)
             machine, server = num(mcpu), num(scpu)
             other = None
@@ -96,10 +114,14 @@ def read_results(path):
                 "rss_mib": (num(rss) or 0.0) / 1024.0,
                 "other_cpu": other,
                 "rows": int(nrows) if nrows.isdigit() else None,
-                "out_mib": int(nbytes) / 1048576 if nbytes.isdigit() else None,
+                "out_mib": out_bytes / 1048576 if out_bytes is not None else None,
                 "cx_import": num(cx_import),
                 "cx_read": num(cx_read),
                 "cx_write": num(cx_write),
+                "wal_mib": wal_bytes / 1048576 if wal_bytes is not None else None,
+                # WAL bytes per byte of the loaded table (pg_total_relation_size)
+                "wal_per_byte": (wal_bytes / out_bytes
+                                 if wal_bytes is not None and out_bytes else None),
             })
     return rows
 
@@ -115,9 +137,11 @@ def section(meta, rows, outputs):
     for r in rows:
         by[(r["case"], r["tool"])].append(r)
     summ = {k: Summary(v) for k, v in by.items()}
-    cases = [c for c in "ab" if c in meta.get("cases", "").split()]
+    cases = [c for c in "abc" if c in meta.get("cases", "").split()]
     reps = meta.get("reps", "?")
     sf = meta.get("sf", "1")
+    server = meta.get("pg_server", "given")
+    stock = server == "stock"
     mem_gib = int(meta.get("mem_kib", "0")) / 1024 / 1024
     source = json.loads(meta["source_info"]) if meta.get("source_info") else {}
     ref = source.get("agg", {})
@@ -138,7 +162,7 @@ def section(meta, rows, outputs):
 
     out = []
     w = out.append
-    w(heading(sf))
+    w(heading(sf, server))
     w("")
     w(f"Generated by `bench/postgres` on {meta.get('date', '?')}; `bench/postgres` replaces "
       "this section on every run and leaves the rest of the file alone.")
@@ -156,11 +180,25 @@ def section(meta, rows, outputs):
     w(f"- PostgreSQL: {meta.get('pg_version', '?')}, on the same machine"
       if meta.get("pg_local") == "yes" else
       f"- PostgreSQL: {meta.get('pg_version', '?')}")
-    if meta.get("pg_settings"):
+    if stock:
+        w(f"- Server: a throwaway cluster `bench/postgres` made with `initdb` for this run "
+          f"and deleted afterwards, on 127.0.0.1:{meta.get('pg_stock_port', '?')}, with "
+          "initdb's and PostgreSQL's defaults: nothing traded for speed (`fsync`, "
+          "`synchronous_commit` and `full_page_writes` on), only where it listens set "
+          "(see Commands). Its data directory is on the same file system as the data.")
+        if meta.get("pg_settings"):
+            w(f"- Server settings: {meta['pg_settings']} – the same server and settings for "
+              "every tool; loads wait for the disk as they would on a production server.")
+        if meta.get("pg_stock_changed"):
+            w(f"- Settings that differ from PostgreSQL's built-in defaults (and where they "
+              f"come from): {meta['pg_stock_changed']}")
+    elif meta.get("pg_settings"):
         w(f"- Server settings: {meta['pg_settings']}. This is the test server of "
           "`scripts/services`, which runs with `fsync = off`, `synchronous_commit = off` and "
           "`full_page_writes = off` (durability traded for speed) – the same server and "
-          "settings for every tool, so loads never wait for the disk.")
+          "settings for every tool, so loads never wait for the disk. The section "
+          "\"PostgreSQL on a stock server\" (`BENCH_PG_SERVER=stock`) measures the same on "
+          "a server with initdb's defaults.")
     for key, label in [
         ("psql_version", "psql"),
         ("ferry_version", "ferry"),
@@ -226,6 +264,25 @@ def section(meta, rows, outputs):
       "(same column types) – PostgreSQL's own bulk load path, from the CSV of the same data. "
       "Both target tables are dropped before every run and the empty `lineitem_psql` is "
       "created then, outside the timed section.")
+    w("- (c) loads `lineitem.parquet` into an existing empty table: before every run, "
+      "outside the timed section, the tool's target (`lineitem_ferry` or `lineitem_psql`) "
+      "is dropped and created again `LIKE lineitem`. ferry runs with `mode=append`: since "
+      "the table exists, it fills an unlogged staging table by parallel binary `COPY` and "
+      "then moves the rows with `INSERT INTO lineitem_ferry SELECT … FROM` the staging "
+      "table and drops it, in one transaction (all rows or none). psql runs the same "
+      "`\\copy lineitem_psql FROM 'lineitem.csv' CSV HEADER` as in (b).")
+    if any(c in cases for c in LOAD_CASES):
+        w("- *WAL* is the write-ahead log the server generated during a run of (b) or (c): "
+          "`pg_wal_lsn_diff` of `pg_current_wal_insert_lsn()` read right before the run and "
+          "again once its sessions have ended (both untimed; the insert position rather "
+          "than `pg_current_wal_lsn()`, the write position, which can lag behind by what "
+          "still sits in the WAL buffers). It counts the whole cluster"
+          + (", which nothing else uses here." if stock else
+             ": on the shared test server, other databases' writes during the run count "
+             "too.")
+          + " *WAL per loaded byte* divides it by the loaded table's "
+          "`pg_total_relation_size` (heap, TOAST, free space and visibility maps; no "
+          "indexes), read after the run; that size is also the (b)/(c) *Output MiB*.")
     w("- Each run is one process tree timed by GNU `/usr/bin/time` (wall time, CPU user + "
       "sys, peak RSS = the largest resident set of the process tree). ConnectorX's numbers "
       "include starting Python and importing connectorx and pyarrow. *Server CPU* is the "
@@ -233,8 +290,9 @@ def section(meta, rows, outputs):
       "`/proc`, including the backends reaped after they exit; read once the run's sessions "
       "have ended), so *Total CPU* = client + server.")
     w("- ferry runs with `--no-resume` and a fresh `--state-dir` per run. Before every run, "
-      "outside the timed section: fresh output and state directories, the (b) tables "
-      f"dropped, `CHECKPOINT`, `sync` and a {meta.get('settle', '?')} s pause. The table "
+      "outside the timed section: fresh output and state directories, the (b) and (c) "
+      "tables dropped (and the empty targets created as described), "
+      f"`CHECKPOINT`, `sync` and a {meta.get('settle', '?')} s pause. The table "
       "`lineitem` and the input files stay in the page cache (caches are not dropped); the "
       "Parquet outputs of (a) are not flushed to disk by any tool.")
     w("- Tools alternate within each repetition and their order rotates between "
@@ -284,6 +342,21 @@ def section(meta, rows, outputs):
               f"{fmt(s.peak_rss, 1)} | {fmt(s.median('other_cpu'))} | "
               f"{s.disturbed}/{len(s.ok)} | {nrows} | {fmt(s.median('out_mib'), 1)} |")
     w("")
+    if any(c in cases for c in LOAD_CASES):
+        w("*Output MiB* is the Parquet file in (a) and the loaded table's "
+          "`pg_total_relation_size` in (b) and (c).")
+        w("")
+    loads = [(c, t) for c in cases if c in LOAD_CASES for t in CASE_TOOLS[c] if (c, t) in summ]
+    if loads:
+        w("WAL the server wrote per run (medians over the successful timed runs):")
+        w("")
+        w("| Case | Tool | WAL MiB | Table MiB | WAL bytes per loaded byte |")
+        w("| --- | --- | ---: | ---: | ---: |")
+        for c, t in loads:
+            s = summ[(c, t)]
+            w(f"| ({c}) {CASE_DESC[c]} | {TOOL_DESC[(c, t)]} | {fmt(s.median('wal_mib'), 1)} | "
+              f"{fmt(s.median('out_mib'), 1)} | {fmt(s.median('wal_per_byte'))} |")
+        w("")
     cx = [(c, t) for c in cases for t in ("connectorx", "connectorx-p2") if (c, t) in summ]
     if cx:
         w("Where ConnectorX's time goes (medians, measured inside `bench/connectorx_copy.py`):")
@@ -335,6 +408,10 @@ def section(meta, rows, outputs):
         fr, pr = fs.peak_rss, ps.peak_rss
         w(f"| ({c}) | peak RSS ferry / {TOOL_DESC[(c, peer)]} | "
           f"{fmt(fr / pr if fr and pr else None)} | none (for information) | – |")
+        if c in LOAD_CASES:
+            fwal, pwal = fs.median("wal_mib"), ps.median("wal_mib")
+            w(f"| ({c}) | WAL ferry / {TOOL_DESC[(c, peer)]} | "
+              f"{fmt(fwal / pwal if fwal and pwal else None)} | none (for information) | – |")
     for c in cases:
         fs = summ.get((c, "ferry"))
         target = f"ferry peak RSS ≤ {RSS_LIMIT_MIB:.0f} MiB"
@@ -405,10 +482,19 @@ def section(meta, rows, outputs):
     w("")
     w("`$BENCH_DATA_DIR` is `bench/.data`, `$RUN` the directory of one run "
       "(`bench/.data/runs/pg-<time>`), `TOOL-REP` the tool and run number. `python` is the "
-      "virtualenv's `bench/.tools/venv/bin/python`. The password comes from `PGPASSWORD` "
-      "(`eval \"$(scripts/services env)\"`).")
+      "virtualenv's `bench/.tools/venv/bin/python`. "
+      + ("The stock cluster's superuser `ferry` gets the password of `PGPASSWORD` (`ferry` "
+         "when it is not set); as root, `initdb` and `pg_ctl` run as the `postgres` user."
+         if stock else
+         "The password comes from `PGPASSWORD` (`eval \"$(scripts/services env)\"`)."))
     w("")
     w("```")
+    if stock and "pg_stock_initdb" in meta:
+        w("# once: the stock server (stopped with pg_ctl stop -m fast and deleted at the end)")
+        w(meta["pg_stock_initdb"])
+        w(meta.get("pg_stock_start", ""))
+        w(f"psql -d postgres://ferry@127.0.0.1:{meta.get('pg_stock_port', '?')}/postgres "
+          "-c \"CREATE DATABASE ferry\"")
     if "load_ddl" in meta:
         w("# once: load the source table")
         w(f"psql -d {meta.get('pg_url', '')} -c \"{meta['load_ddl']}\"")
@@ -419,6 +505,13 @@ def section(meta, rows, outputs):
         if c == "b":
             w("# before each run: DROP TABLE IF EXISTS lineitem_ferry, lineitem_psql; and "
               "for psql: CREATE TABLE lineitem_psql (LIKE lineitem)")
+        if c == "c":
+            w("# before each run: DROP TABLE IF EXISTS lineitem_ferry, lineitem_psql; "
+              "CREATE TABLE lineitem_ferry (LIKE lineitem) for ferry, "
+              "CREATE TABLE lineitem_psql (LIKE lineitem) for psql")
+        if c in LOAD_CASES:
+            w("# around each run (untimed): SELECT pg_current_wal_insert_lsn(); before, "
+              "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '<before>'); after")
         for t in CASE_TOOLS[c]:
             if (c, t) in summ and f"cmd_{c}_{t}" in meta:
                 w(meta[f"cmd_{c}_{t}"])
@@ -428,19 +521,27 @@ def section(meta, rows, outputs):
     w("### All runs")
     w("")
     w("| Case | Tool | Run | Wall s | User s | Sys s | Server CPU s | Max RSS MiB | "
-      "Other CPU s | Rows | Status |")
-    w("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+      "Other CPU s | Rows | WAL MiB | Status |")
+    w("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         run = "warm-up" if r["rep"] == "w" else r["rep"]
         nrows = f"{r['rows']:,}" if r["rows"] is not None else "–"
         status = run_status(r)
         w(f"| ({r['case']}) | {r['tool']} | {run} | {fmt(r['wall'])} | {fmt(r['user'])} | "
           f"{fmt(r['sys'])} | {fmt(r['server'])} | {fmt(r['rss_mib'], 1)} | "
-          f"{fmt(r['other_cpu'])} | {nrows} | {status} |")
+          f"{fmt(r['other_cpu'])} | {nrows} | {fmt(r['wal_mib'], 1)} | {status} |")
     w("")
     return out, problems
 
 
+def main():
+    """META RESULTS OUTPUTS OUT, as benchlib.main, with a heading per server."""
+    meta_path, results_path, outputs_path, out_path = sys.argv[1:5]
+    meta = read_meta(meta_path)
+    new, problems = section(meta, read_results(results_path), read_outputs(outputs_path))
+    head = heading(meta.get("sf", "1"), meta.get("pg_server", "given"))
+    return benchlib.write_section("postgres_report", out_path, head, new, problems)
+
 
 if __name__ == "__main__":
-    sys.exit(benchlib.main("postgres_report", read_results, section, heading))
+    sys.exit(main())

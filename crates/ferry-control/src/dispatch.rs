@@ -24,6 +24,14 @@ use crate::selector::{DataPlaneRegistry, InstanceState, RegistryError, RunReques
 /// Runs handed to data planes at once in one pass.
 const DISPATCH_CONCURRENCY: usize = 8;
 
+/// A claimed run, its transfer, when its dispatch began, and its hand-over slot.
+type Claimed = (
+    RunRecord,
+    TransferRecord,
+    Instant,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
 /// Chooses a data plane for each run waiting to execute and tells it to start.
 pub struct Dispatcher {
     registry: Arc<dyn DataPlaneRegistry>,
@@ -77,10 +85,21 @@ impl Dispatcher {
         // together (one lock of the registrations for all of them), and each is handed to
         // its data plane as soon as it is selected, while later runs are still claimed.
         // A run never waits for a whole batch, so its dispatch time is its own.
+        // A run is claimed only when it can be handed over at once: at most
+        // DISPATCH_CONCURRENCY runs are between their claim and their data plane's answer,
+        // so none waits, claimed, for a slot (its dispatch time would count the wait).
+        let slots = Arc::new(tokio::sync::Semaphore::new(DISPATCH_CONCURRENCY));
         let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::channel(DISPATCH_CONCURRENCY);
         let claiming = async move {
             let mut claims = futures::stream::iter(waiting)
-                .map(|run| self.claim_one(inner, run))
+                .map(|run| {
+                    let slots = slots.clone();
+                    async move {
+                        let slot = slots.acquire_owned().await.ok()?;
+                        let (run, record, started) = self.claim_one(inner, run).await?;
+                        Some((run, record, started, slot))
+                    }
+                })
                 .buffer_unordered(DISPATCH_CONCURRENCY);
             while let Some(claimed) = claims.next().await {
                 if let Some(claimed) = claimed {
@@ -102,15 +121,14 @@ impl Dispatcher {
                             open = false;
                             continue;
                         }
-                        let claimed: Vec<(RunRecord, TransferRecord, Instant)> =
-                            std::mem::take(&mut ready);
+                        let claimed: Vec<Claimed> = std::mem::take(&mut ready);
                         let requests: Vec<(RunRequest, Option<String>)> = claimed
                             .iter()
-                            .map(|(_, record, _)| run_request(record))
+                            .map(|(_, record, _, _)| run_request(record))
                             .collect();
                         let selections = self.registry.select_many(&requests).await;
                         let selected = Instant::now();
-                        for (((run, _, started), (request, _)), selection) in
+                        for (((run, _, started, slot), (request, _)), selection) in
                             claimed.into_iter().zip(requests).zip(selections)
                         {
                             handing.push(self.hand_over_one(
@@ -119,6 +137,7 @@ impl Dispatcher {
                                 request,
                                 selection,
                                 (started, selected.duration_since(started)),
+                                slot,
                             ));
                         }
                     }
@@ -151,6 +170,7 @@ impl Dispatcher {
         request: RunRequest,
         selection: std::result::Result<crate::selector::Selection, RegistryError>,
         times: (Instant, Duration),
+        _slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         if let Err(e) = self
             .hand_over(inner, &run, &request, selection, times)

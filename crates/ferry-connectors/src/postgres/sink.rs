@@ -353,8 +353,6 @@ impl TableLoad for PgLoad {
                     self.key_list()
                 ));
             }
-        } else if self.mode != WriteMode::Upsert && copy_merge() {
-            return self.copy_into_target(&client).await;
         } else {
             let insert = format!(
                 "INSERT INTO {} ({list}) SELECT {list} FROM {}",
@@ -393,57 +391,7 @@ impl TableLoad for PgLoad {
     }
 }
 
-/// Whether append and overwrite into an existing table move the staged rows by COPY
-/// (the default) rather than `INSERT … SELECT` (`FERRY_PG_MERGE=insert`, kept to measure
-/// the two against each other).
-fn copy_merge() -> bool {
-    std::env::var("FERRY_PG_MERGE").map_or(true, |v| v != "insert")
-}
-
 impl PgLoad {
-    /// Moves the staged rows into the existing target in one transaction by streaming
-    /// `COPY staging TO STDOUT` on a second connection into `COPY target FROM STDIN`, both
-    /// binary. The rows are written once more either way; COPY inserts them in batches
-    /// and WAL-logs them as batches, where `INSERT … SELECT` logs row by row.
-    async fn copy_into_target(&self, client: &Client) -> Result<()> {
-        use futures::StreamExt;
-        let list = self.column_list();
-        let mut begin = vec!["BEGIN".to_string()];
-        if self.mode == WriteMode::Overwrite {
-            begin.push(format!("TRUNCATE {}", self.target));
-        }
-        client
-            .batch_execute(&begin.join(";\n"))
-            .await
-            .map_err(|e| self.error(e))?;
-        let reader = connect(&self.address).await?;
-        let out = reader
-            .copy_out(&format!(
-                "COPY {} ({list}) TO STDOUT (FORMAT binary)",
-                self.staging
-            ))
-            .await
-            .map_err(|e| self.error(e))?;
-        let sink = client
-            .copy_in::<_, Bytes>(&format!(
-                "COPY {} ({list}) FROM STDIN (FORMAT binary)",
-                self.target
-            ))
-            .await
-            .map_err(|e| self.error(e))?;
-        futures::pin_mut!(out);
-        futures::pin_mut!(sink);
-        while let Some(chunk) = out.next().await {
-            let chunk = chunk.map_err(|e| self.error(e))?;
-            sink.feed(chunk).await.map_err(|e| self.error(e))?;
-        }
-        sink.as_mut().finish().await.map_err(|e| self.error(e))?;
-        client
-            .batch_execute(&format!("DROP TABLE {};\nCOMMIT", self.staging))
-            .await
-            .map_err(|e| self.error(e))
-    }
-
     /// The statements that merge staged changes: the target is created first when new;
     /// of each key's changes only the last (highest offset) counts, a tombstone deleting
     /// the key's row and anything else inserting or updating it.

@@ -355,19 +355,10 @@ impl RecordArgs {
         for spec in &self.transforms {
             transforms.push(spec.parse()?);
         }
-        let format = |flag: &str, value: &Option<String>| -> Result<Option<Format>> {
-            value
-                .as_deref()
-                .map(|v| {
-                    v.parse::<Format>()
-                        .map_err(|e| Error::invalid_option(flag, e.to_string()))
-                })
-                .transpose()
-        };
         Ok(RecordOptions {
-            source_format: format("--source-format", &self.source_format)?,
+            source_format: parse_format("--source-format", &self.source_format)?,
             source_options: format_options("--source-option", &self.source_options)?,
-            dest_format: format("--dest-format", &self.dest_format)?,
+            dest_format: parse_format("--dest-format", &self.dest_format)?,
             dest_options: format_options("--dest-option", &self.dest_options)?,
             transforms,
             rolling: FileRolling {
@@ -589,22 +580,24 @@ async fn bytes(
     })
 }
 
+/// The format a `--source-format`/`--dest-format` flag names, if given.
+fn parse_format(flag: &str, value: &Option<String>) -> Result<Option<Format>> {
+    value
+        .as_deref()
+        .map(|v| {
+            v.parse::<Format>()
+                .map_err(|e| Error::invalid_option(flag, e.to_string()))
+        })
+        .transpose()
+}
+
 async fn verify(args: VerifyArgs) -> Result<u8> {
     let src = DataAddress::parse(&args.source)?;
     let dst = DataAddress::parse(&args.destination)?;
     let opts = args.common.options()?;
-    let format = |flag: &str, value: &Option<String>| -> Result<Option<Format>> {
-        value
-            .as_deref()
-            .map(|v| {
-                v.parse::<Format>()
-                    .map_err(|e| Error::invalid_option(flag, e.to_string()))
-            })
-            .transpose()
-    };
     let rec = RecordOptions {
-        source_format: format("--source-format", &args.source_format)?,
-        dest_format: format("--dest-format", &args.dest_format)?,
+        source_format: parse_format("--source-format", &args.source_format)?,
+        dest_format: parse_format("--dest-format", &args.dest_format)?,
         ..RecordOptions::default()
     };
     if ferry_engine::compares_rows(&src, &dst)

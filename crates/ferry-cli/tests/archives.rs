@@ -287,14 +287,7 @@ fn members_that_leave_the_destination_are_refused() {
         let archive = work.path().join("evil.tar");
         std::fs::write(&archive, &tar).unwrap();
         let out = work.path().join("out");
-        let (code, _, err) = copy_in(
-            work.path(),
-            &[
-                archive.to_str().unwrap(),
-                out.to_str().unwrap(),
-                "--extract",
-            ],
-        );
+        let (code, _, err) = extract(work.path(), &archive, &out);
         assert_one_line_error(code, &err, &["evil.tar", &format!("'{shown}'"), "refused"]);
         assert!(!work.path().join("evil.txt").exists(), "{label}");
         assert!(!Path::new("/tmp/ferry-evil.txt").exists(), "{label}");
@@ -312,14 +305,7 @@ fn a_corrupt_archive_names_the_archive_and_the_member() {
     let archive = work.path().join("cut.tar.zst");
     std::fs::write(&archive, &whole[..whole.len() - (1 << 20)]).unwrap();
     let out = work.path().join("out");
-    let (code, _, err) = copy_in(
-        work.path(),
-        &[
-            archive.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--extract",
-        ],
-    );
+    let (code, _, err) = extract(work.path(), &archive, &out);
     assert_one_line_error(code, &err, &["cut.tar.zst", "dir/sub/big.bin"]);
     // The members before it are whole; the damaged one is not there, not even in part.
     assert_tree(&out, &members[..3]);
@@ -340,14 +326,7 @@ fn a_corrupt_archive_names_the_archive_and_the_member() {
     let archive = work.path().join("flipped.tgz");
     std::fs::write(&archive, &gz).unwrap();
     let out = work.path().join("out-gz");
-    let (code, _, err) = copy_in(
-        work.path(),
-        &[
-            archive.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--extract",
-        ],
-    );
+    let (code, _, err) = extract(work.path(), &archive, &out);
     assert_one_line_error(
         code,
         &err,
@@ -377,14 +356,7 @@ fn zip_extracts_from_local_and_from_s3() {
     let archive = work.path().join("drop.zip");
     std::fs::write(&archive, zip_bytes(&members)).unwrap();
     let out = work.path().join("out");
-    copy_in_ok(
-        work.path(),
-        &[
-            archive.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--extract",
-        ],
-    );
+    extract_ok(work.path(), &archive, &out);
     assert_tree(&out, &members);
 
     let Some(base) = Remote::S3.unique("zip") else {
@@ -410,14 +382,7 @@ fn zip_members_that_leave_the_destination_are_refused() {
     let archive = work.path().join("evil.zip");
     std::fs::write(&archive, zip_bytes(&evil)).unwrap();
     let out = work.path().join("out");
-    let (code, _, err) = copy_in(
-        work.path(),
-        &[
-            archive.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--extract",
-        ],
-    );
+    let (code, _, err) = extract(work.path(), &archive, &out);
     assert_one_line_error(code, &err, &["evil.zip", "'../evil.txt'", "refused"]);
     assert!(!work.path().join("evil.txt").exists());
 }
@@ -511,4 +476,18 @@ fn a_manifest_extracts_with_archive_extract() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_tree(&work.path().join("out"), &members);
+}
+
+/// `ferry copy ARCHIVE OUT --extract` run in `work`.
+fn extract(work: &Path, archive: &Path, out: &Path) -> (i32, String, String) {
+    copy_in(work, &[path(archive), path(out), "--extract"])
+}
+
+/// The same, which must succeed; its stdout.
+fn extract_ok(work: &Path, archive: &Path, out: &Path) -> String {
+    copy_in_ok(work, &[path(archive), path(out), "--extract"])
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
 }

@@ -15,7 +15,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_core::{Entry, Error, PartToken, Result, UploadId};
+use ferry_core::{Error, PartToken, Result, UploadId};
 use futures::{StreamExt, TryStreamExt};
 use object_store::gcp::GcpCredentialProvider;
 use serde_json::{json, Value};
@@ -125,20 +125,18 @@ impl GcsJson {
         })
     }
 
-    /// Writes a whole object in one request; its entry (size, generation as version).
-    pub(crate) async fn put(&self, name: &str, key: &str, data: Bytes) -> Result<Entry> {
+    /// Writes a whole object in one request; the object resource GCS answers with.
+    pub(crate) async fn put(&self, name: &str, data: Bytes) -> Result<Value> {
         let mut url = self.url(&["upload", "storage", "v1", "b", &self.bucket, "o"])?;
         url.query_pairs_mut()
             .append_pair("uploadType", "media")
             .append_pair("name", name);
-        let size = data.len() as u64;
         let request = self
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(data);
-        let object = self.send(name, request).await?;
-        Ok(entry(key, name, size, &object))
+        self.send(name, request).await
     }
 
     /// Removes an object; true when there was one.
@@ -152,7 +150,7 @@ impl GcsJson {
     }
 
     /// A new upload to `name`: nothing is sent until its first part.
-    pub(crate) fn create_upload(&self, _name: &str) -> UploadId {
+    pub(crate) fn create_upload(&self) -> UploadId {
         // Random per process (RandomState's keys) and per call (the clock).
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(
@@ -180,24 +178,21 @@ impl GcsJson {
         data: Bytes,
     ) -> Result<PartToken> {
         let part = format!("{}{index:05}", Self::upload_folder(name, upload));
-        let entry = self.put(&part, &part, data).await.map_err(|e| {
+        let object = self.put(&part, data).await.map_err(|e| {
             // Errors name the destination, not the temporary object.
             rename(e, &self.shown(&part), &self.shown(name))
         })?;
-        Ok(PartToken(format!(
-            "{part}#{}",
-            entry.version.unwrap_or_default()
-        )))
+        let made = generation(&object).map(|g| g.to_string());
+        Ok(PartToken(format!("{part}#{}", made.unwrap_or_default())))
     }
 
     /// Composes the parts, in order, into `name`, then deletes them.
     pub(crate) async fn complete_upload(
         &self,
         name: &str,
-        key: &str,
         upload: &UploadId,
         parts: Vec<PartToken>,
-    ) -> Result<Entry> {
+    ) -> Result<()> {
         let folder = Self::upload_folder(name, upload);
         let mut sources: Vec<(String, Option<i64>)> = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -211,8 +206,9 @@ impl GcsJson {
             sources.push((object.to_string(), generation.parse().ok()));
         }
         if sources.is_empty() {
-            return self.put(name, key, Bytes::new()).await;
+            return self.put(name, Bytes::new()).await.map(|_| ());
         }
+        let written: Vec<String> = sources.iter().map(|(o, _)| o.clone()).collect();
         let mut intermediate = Vec::new();
         let mut round = 0;
         while sources.len() > COMPOSE_FAN_IN {
@@ -229,7 +225,7 @@ impl GcsJson {
             sources = next;
             round += 1;
         }
-        let object = self.compose(name, &sources).await.map_err(|e| match e {
+        self.compose(name, &sources).await.map_err(|e| match e {
             Error::NotFound { .. } => Error::store(
                 self.shown(name),
                 format!(
@@ -238,20 +234,8 @@ impl GcsJson {
             ),
             e => e,
         })?;
-        let size = object["size"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_default();
-        let leftovers: Vec<String> = parts
-            .iter()
-            .map(|p| {
-                p.0.rsplit_once('#')
-                    .map_or(p.0.clone(), |(o, _)| o.to_string())
-            })
-            .chain(intermediate)
-            .collect();
-        self.delete_all(leftovers).await?;
-        Ok(entry(key, name, size, &object))
+        self.delete_all(written.into_iter().chain(intermediate).collect())
+            .await
     }
 
     async fn compose(&self, into: &str, sources: &[(String, Option<i64>)]) -> Result<Value> {
@@ -333,18 +317,6 @@ pub(crate) fn destination_folder(name: &str) -> String {
 
 fn generation(object: &Value) -> Option<i64> {
     object["generation"].as_str().and_then(|g| g.parse().ok())
-}
-
-fn entry(key: &str, name: &str, size: u64, object: &Value) -> Entry {
-    Entry {
-        key: key.to_string(),
-        location: name.to_string(),
-        size,
-        version: object["generation"]
-            .as_str()
-            .map(str::to_string)
-            .or_else(|| object["etag"].as_str().map(str::to_string)),
-    }
 }
 
 /// The same error, naming `to` where it named `from`.

@@ -915,7 +915,7 @@ impl Sink for ObjectBackend {
     async fn put(&self, key: &str, data: Bytes) -> Result<Entry> {
         let path = self.path(key)?;
         if let Some(gcs) = &self.gcs {
-            gcs.put(path.as_ref(), key, data).await?;
+            gcs.put(path.as_ref(), data).await?;
             return self.written(key, &path).await;
         }
         let size = data.len() as u64;
@@ -950,7 +950,7 @@ impl Sink for ObjectBackend {
     async fn create_upload(&self, key: &str) -> Result<UploadId> {
         let path = self.path(key)?;
         if let Some(gcs) = &self.gcs {
-            return Ok(gcs.create_upload(path.as_ref()));
+            return Ok(gcs.create_upload());
         }
         self.multipart()?
             .create_multipart(&path)
@@ -986,8 +986,7 @@ impl Sink for ObjectBackend {
     ) -> Result<Entry> {
         let path = self.path(key)?;
         if let Some(gcs) = &self.gcs {
-            gcs.complete_upload(path.as_ref(), key, upload, parts)
-                .await?;
+            gcs.complete_upload(path.as_ref(), upload, parts).await?;
             return self.written(key, &path).await;
         }
         let parts = parts

@@ -201,9 +201,10 @@ pub async fn gcs_temporary_parts(address: &DataAddress, key: &str) -> Vec<String
     }
 }
 
-/// Writes an object into the GCS emulator through its JSON API (a media upload), the one
-/// way to put test data there: fake-gcs-server refuses the XML API uploads object_store
-/// makes. `address` is a `gs://` address naming a prefix; `key` is below it.
+/// Writes an object into the GCS emulator through its JSON API (a media upload) by a
+/// plain HTTP request, not through ferry's GCS writer, so that tests of reading do not
+/// depend on ferry's writes. `address` is a `gs://` address naming a prefix; `key` is
+/// below it.
 pub async fn gcs_emulator_put(address: &DataAddress, key: &str, data: Bytes) {
     let DataAddress::Gcs {
         bucket, key: base, ..

@@ -115,8 +115,7 @@ impl Dispatcher {
             let mut open = true;
             while open || !handing.is_empty() {
                 tokio::select! {
-                    n = claimed_rx.recv_many(&mut ready, DISPATCH_CONCURRENCY),
-                        if open && handing.len() < DISPATCH_CONCURRENCY => {
+                    n = claimed_rx.recv_many(&mut ready, DISPATCH_CONCURRENCY), if open => {
                         if n == 0 {
                             open = false;
                             continue;

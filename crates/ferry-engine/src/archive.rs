@@ -228,20 +228,6 @@ async fn extract(
     Ok(report)
 }
 
-/// Counts the bytes read from the archive, for errors that name an offset.
-struct Counting<R> {
-    inner: R,
-    read: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
 impl Extraction {
     fn run(&self) -> Result<Vec<FileReport>> {
         let input = open_input(
@@ -277,7 +263,7 @@ impl Extraction {
 
     fn untar(&self, input: &Input) -> Result<Vec<FileReport>> {
         let read = Arc::new(AtomicU64::new(0));
-        let raw = Counting {
+        let raw = ferry_formats::Counted {
             inner: input.sequential(0),
             read: read.clone(),
         };

@@ -186,10 +186,11 @@ impl<W: Write> Write for CodecWriter<W> {
     }
 }
 
-/// Counts the compressed bytes read.
-struct Counted<R> {
-    inner: R,
-    read: Arc<AtomicU64>,
+/// A reader that counts the bytes read through it into `read`, for errors that name an
+/// offset (the compressed bytes of a file, an archive's bytes).
+pub struct Counted<R> {
+    pub inner: R,
+    pub read: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counted<R> {

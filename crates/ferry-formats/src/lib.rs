@@ -15,7 +15,7 @@ mod read;
 mod schema;
 mod write;
 
-pub use compression::{Codec, CodecWriter};
+pub use compression::{Codec, CodecWriter, Counted};
 pub use format::{Format, FormatOptions};
 pub use input::{FileAccess, Input, RandomAccess};
 pub use read::{open_reader, BatchReader};

@@ -568,11 +568,16 @@ async fn bytes(
     json: bool,
 ) -> Result<u8> {
     let (bar, progress) = progress_for(control, json);
+    let progress: Arc<dyn Progress> = if opts.dry_run {
+        Arc::new(output::DryRun::new(dst, json))
+    } else {
+        progress
+    };
     let report = ferry_engine::copy(src, dst, opts, progress).await?;
     if let Some(bar) = bar {
         bar.finish();
     }
-    output::copy_report(&report, src, dst, opts.dry_run, json);
+    output::copy_report(&report, src, opts.dry_run, json);
     Ok(if report.status == Status::Succeeded {
         0
     } else {

@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_core::DataAddress;
-use ferry_engine::{Action, CopyReport, Progress, RecordReport, RowVerifyReport, VerifyReport};
+use std::io::Write;
+
+use ferry_engine::{CopyReport, FileReport, Progress, RecordReport, RowVerifyReport, VerifyReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Bar {
@@ -123,6 +125,54 @@ impl Progress for Bar {
     }
 }
 
+/// A dry run's files, printed as the listing finds them rather than held until the end:
+/// `would copy KEY -> DESTINATION (SIZE)` lines, or the start of the one JSON line whose
+/// end [`copy_report`] prints.
+pub struct DryRun {
+    dst: DataAddress,
+    json: bool,
+    printed: AtomicU64,
+}
+
+impl DryRun {
+    pub fn new(dst: &DataAddress, json: bool) -> Self {
+        Self {
+            dst: dst.clone(),
+            json,
+            printed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress for DryRun {
+    fn file_reported(&self, f: &FileReport) {
+        let to = if f.destination_key.is_empty() {
+            self.dst.clone()
+        } else {
+            self.dst.join(&f.destination_key)
+        };
+        let mut out = std::io::stdout().lock();
+        let first = self.printed.fetch_add(1, Ordering::Relaxed) == 0;
+        let _ = if self.json {
+            let item =
+                serde_json::json!({"key": f.key, "destination": to.to_string(), "size": f.size});
+            let open = if first {
+                r#"{"status":"dry_run","would_copy":["#
+            } else {
+                ","
+            };
+            write!(out, "{open}{item}")
+        } else {
+            writeln!(
+                out,
+                "would copy {} -> {to} ({})",
+                f.key,
+                human_bytes(f.size)
+            )
+        };
+    }
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -145,41 +195,31 @@ fn idle(why: Option<&str>) {
     }
 }
 
-pub fn copy_report(
-    report: &CopyReport,
-    src: &DataAddress,
-    dst: &DataAddress,
-    dry_run: bool,
-    json: bool,
-) {
-    idle(report.idle.as_deref());
+pub fn copy_report(report: &CopyReport, src: &DataAddress, dry_run: bool, json: bool) {
     if dry_run {
-        let total: u64 = report.files.iter().map(|f| f.size).sum();
+        // The files were printed as they were listed (see `DryRun`); what is left is the
+        // total.
         if json {
-            let files: Vec<_> = report
-                .files
-                .iter()
-                .map(|f| serde_json::json!({"key": f.key, "destination": dst.join(&f.destination_key).to_string(), "size": f.size}))
-                .collect();
-            let out = serde_json::json!({"status": "dry_run", "objects": files.len(), "bytes": total, "would_copy": files});
-            println!("{out}");
+            let open = if report.planned == 0 {
+                r#"{"status":"dry_run","would_copy":["#
+            } else {
+                ""
+            };
+            println!(
+                r#"{open}],"objects":{},"bytes":{}}}"#,
+                report.planned, report.planned_bytes
+            );
         } else {
-            for f in &report.files {
-                let to = if f.destination_key.is_empty() {
-                    dst.clone()
-                } else {
-                    dst.join(&f.destination_key)
-                };
-                println!("would copy {} -> {to} ({})", f.key, human_bytes(f.size));
-            }
             println!(
                 "dry run: {} files, {} from {src}",
-                report.files.len(),
-                human_bytes(total)
+                report.planned,
+                human_bytes(report.planned_bytes)
             );
         }
+        idle(report.idle.as_deref());
         return;
     }
+    idle(report.idle.as_deref());
     if json {
         match serde_json::to_string(report) {
             Ok(line) => println!("{line}"),
@@ -187,22 +227,18 @@ pub fn copy_report(
         }
         return;
     }
-    for f in report
-        .files
-        .iter()
-        .filter(|f| f.action == Action::Failed || f.error.is_some())
-    {
+    for f in &report.failures {
         eprintln!(
             "ferry: failed: {}: {}",
             f.key,
             f.error.as_deref().unwrap_or("unknown error")
         );
     }
-    let resumed = report
-        .files
-        .iter()
-        .filter(|f| f.action == Action::Resumed)
-        .count();
+    let unnamed = report.failed.saturating_sub(report.failures.len() as u64);
+    if unnamed > 0 {
+        eprintln!("ferry: failed: {unnamed} more files (the first ones are named above)");
+    }
+    let resumed = report.resumed;
     let mut line = format!(
         "{}: {} objects, {} in {:.2}s ({}/s)",
         if report.failed == 0 {

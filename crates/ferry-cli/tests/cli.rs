@@ -403,4 +403,28 @@ fn dry_run_lists_and_writes_nothing() {
     assert!(out.contains("would copy keep.csv"), "{out}");
     assert!(!out.contains("skip.tmp"), "{out}");
     assert!(!dst.exists());
+
+    // The JSON form is printed as the files are listed, and is still one JSON line: with
+    // files, and with none.
+    std::fs::write(src.join("also.csv"), b"345").unwrap();
+    for (exclude, keys, bytes) in [("*.tmp", vec!["also.csv", "keep.csv"], 4), ("*", vec![], 0)] {
+        let (code, out, err) = run(ferry(&work.path().join("state"))
+            .args(["copy", "--dry-run", "--json", "--exclude", exclude])
+            .arg(&src)
+            .arg(&dst));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        let v = json(&out);
+        assert_eq!(v["status"], "dry_run", "{out}");
+        assert_eq!(v["objects"], keys.len(), "{out}");
+        assert_eq!(v["bytes"], bytes, "{out}");
+        let listed: Vec<&str> = v["would_copy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, keys, "{out}");
+    }
+    assert!(!dst.exists());
 }

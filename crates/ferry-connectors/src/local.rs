@@ -14,7 +14,7 @@ use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use ferry_core::store::Listing;
+use ferry_core::store::{ListStream, Listing};
 use ferry_core::{DataAddress, Entry, Error, PartToken, Result, Sink, Source, UploadId};
 
 /// Marks ferry's temporary files; listings skip them.
@@ -99,21 +99,39 @@ fn entry_for(key: String, path: &Path, meta: &fs::Metadata) -> Entry {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
+/// How many listed entries wait between the walk and its reader.
+const LIST_CHANNEL: usize = 1024;
+
+/// Walks the tree below `dir` depth first and hands every file to `emit`, in key order:
+/// siblings are visited by name, a directory as if its name ended in `/`, so that every
+/// key below it falls where its first byte puts it. Memory is one directory's names per
+/// level. Stops early, with `Ok(false)`, once `emit` says so.
+fn walk(root: &Path, dir: &Path, emit: &mut dyn FnMut(Entry) -> bool) -> Result<bool> {
     let read = fs::read_dir(dir).map_err(|e| Error::io(dir.display(), &e))?;
+    let mut children = Vec::new();
     for item in read {
         let item = item.map_err(|e| Error::io(dir.display(), &e))?;
-        let path = item.path();
-        let name = item.file_name();
-        let name = name.to_string_lossy();
+        let name = item.file_name().to_string_lossy().into_owned();
         if name.ends_with(PARTIAL_SUFFIX) {
             continue;
         }
+        let path = item.path();
         let file_type = item
             .file_type()
             .map_err(|e| Error::io(path.display(), &e))?;
+        let order = if file_type.is_dir() {
+            format!("{name}/")
+        } else {
+            name
+        };
+        children.push((order, path, file_type));
+    }
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, path, file_type) in children {
         if file_type.is_dir() {
-            walk(root, &path, out)?;
+            if !walk(root, &path, emit)? {
+                return Ok(false);
+            }
             continue;
         }
         // Follow links to files; skip links to directories (they could form cycles).
@@ -130,9 +148,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
-        out.push(entry_for(key, &path, &meta));
+        if !emit(entry_for(key, &path, &meta)) {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn unchanged(entry: &Entry) -> Result<()> {
@@ -160,28 +180,39 @@ impl Source for LocalStore {
     }
 
     async fn list(&self) -> Result<Listing> {
+        self.list_stream().await?.collect().await
+    }
+
+    async fn list_stream(&self) -> Result<ListStream> {
         let root = self.root.clone();
-        blocking(move || {
-            let meta = fs::metadata(&root).map_err(|e| Error::io(root.display(), &e))?;
-            if meta.is_file() {
-                let name = root
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                return Ok(Listing {
-                    single_object: true,
-                    entries: vec![entry_for(name, &root, &meta)],
-                });
+        let meta = {
+            let root = root.clone();
+            blocking(move || fs::metadata(&root).map_err(|e| Error::io(root.display(), &e))).await?
+        };
+        if meta.is_file() {
+            let name = root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Ok(ListStream::from_listing(Listing {
+                single_object: true,
+                entries: vec![entry_for(name, &root, &meta)],
+            }));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Entry>>(LIST_CHANNEL);
+        tokio::task::spawn_blocking(move || {
+            let mut emit = |entry| tx.blocking_send(Ok(entry)).is_ok();
+            if let Err(e) = walk(&root, &root, &mut emit) {
+                let _ = tx.blocking_send(Err(e));
             }
-            let mut entries = Vec::new();
-            walk(&root, &root, &mut entries)?;
-            entries.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(Listing {
-                single_object: false,
-                entries,
-            })
+        });
+        let entries = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(ListStream {
+            single_object: false,
+            entries: Box::pin(entries),
         })
-        .await
     }
 
     async fn read(&self, entry: &Entry, range: Range<u64>) -> Result<Bytes> {

@@ -7,15 +7,16 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ferry_core::store::Listing;
+use ferry_core::store::{ListStream, Listing};
 use ferry_core::{DataAddress, Entry, Error, PartToken, Result, Sink, Source, UploadId};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -76,6 +77,7 @@ enum Family {
     Http,
 }
 
+#[derive(Clone)]
 pub struct ObjectBackend {
     address: DataAddress,
     family: Family,
@@ -786,6 +788,10 @@ impl Source for ObjectBackend {
     }
 
     async fn list(&self) -> Result<Listing> {
+        self.list_stream().await?.collect().await
+    }
+
+    async fn list_stream(&self) -> Result<ListStream> {
         if !self.prefix.is_empty() && !self.address.names_a_directory() {
             let path = self.path("")?;
             match self.store.head(&path).await {
@@ -796,10 +802,10 @@ impl Source for ObjectBackend {
                         .next()
                         .unwrap_or_default()
                         .to_string();
-                    return Ok(Listing {
+                    return Ok(ListStream::from_listing(Listing {
                         single_object: true,
                         entries: vec![self.entry(name, &meta)],
-                    });
+                    }));
                 }
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.error(&path, e)),
@@ -818,27 +824,28 @@ impl Source for ObjectBackend {
         } else {
             format!("{}/", self.prefix)
         };
-        let metas: Vec<ObjectMeta> = self
+        // The store pages through the prefix (1,000 keys a request on S3) in key order;
+        // entries are made as pages arrive, never all at once.
+        let this = Arc::new(self.clone());
+        let at = prefix.clone().unwrap_or_default();
+        let mut entries = self
             .store
             .list(prefix.as_ref())
-            .try_collect()
-            .await
-            .map_err(|e| self.error(&prefix.clone().unwrap_or_default(), e))?;
-        let mut entries: Vec<Entry> = metas
-            .iter()
-            .map(|meta| {
-                let full = meta.location.as_ref();
-                let key = full.strip_prefix(&strip).unwrap_or(full).to_string();
-                self.entry(key, meta)
+            .map(move |item| match item {
+                Ok(meta) => {
+                    let full = meta.location.as_ref();
+                    let key = full.strip_prefix(&strip).unwrap_or(full).to_string();
+                    Ok(this.entry(key, &meta))
+                }
+                Err(e) => Err(this.error(&at, e)),
             })
-            .collect();
-        if entries.is_empty() && !self.prefix.is_empty() {
+            .peekable();
+        if Pin::new(&mut entries).peek().await.is_none() && !self.prefix.is_empty() {
             return Err(Error::not_found(&self.address));
         }
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Listing {
+        Ok(ListStream {
             single_object: false,
-            entries,
+            entries: entries.boxed(),
         })
     }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use ferry_core::{DataAddress, Error, Sink, Source};
+use futures::StreamExt;
 
 /// A remote backend the suites run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,6 +379,39 @@ where
         .expect_err("listing a missing object must fail");
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(err.to_string().contains("no/such/object"), "{err}");
+    let err = crate::open_source(&address.join("no/such/prefix/"))
+        .expect("open")
+        .list_stream()
+        .await
+        .expect_err("streaming a missing prefix must fail before its first entry");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+
+    // A streamed listing comes in byte order of the keys, which a walk of directories by
+    // name does not give: `dir-a/x` < `dir.txt` < `dir/…` < `dir0`.
+    for key in ["dir0", "dir.txt", "dir-a/x"] {
+        put(key.to_string(), Bytes::from_static(b"order")).await;
+    }
+    let streamed: Vec<String> = source
+        .list_stream()
+        .await
+        .expect("list stream")
+        .entries
+        .map(|e| e.expect("streamed entry").key)
+        .collect()
+        .await;
+    let mut sorted = streamed.clone();
+    sorted.sort();
+    assert_eq!(streamed, sorted, "streamed listing of {address}");
+    assert!(streamed.contains(&"dir-a/x".to_string()), "{streamed:?}");
+    let listed: Vec<String> = source
+        .list()
+        .await
+        .expect("list")
+        .entries
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(listed, streamed, "list and list_stream of {address}");
 }
 
 /// The writing half of the suite, run after [`source_conformance`] wrote its objects

@@ -41,6 +41,8 @@ pub struct Tracker {
     /// A fraction done that a command's output or files tell (f64 bits; `u64::MAX`: none
     /// seen, and 0 in a new tracker means none too).
     fraction: AtomicU64,
+    /// What a byte copy wrote, relative to its destination (for `?cleanup=true`).
+    outputs: std::sync::Mutex<Vec<String>>,
 }
 
 impl Progress for Tracker {
@@ -64,9 +66,25 @@ impl Progress for Tracker {
         self.events_done.fetch_add(events, Ordering::Relaxed);
         self.last_advance.store(now_ms(), Ordering::Relaxed);
     }
+
+    fn file_reported(&self, file: &ferry_engine::FileReport) {
+        if file.error.is_none() {
+            if let Ok(mut outputs) = self.outputs.lock() {
+                outputs.push(file.destination_key.clone());
+            }
+        }
+    }
 }
 
 impl Tracker {
+    /// The outputs reported so far, taken out of the tracker.
+    fn take_outputs(&self) -> Vec<String> {
+        self.outputs
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default()
+    }
+
     /// What an external engine says it moved so far, and of how much (its own counts
     /// replace ours).
     pub fn observed(&self, bytes_done: u64, bytes_total: u64) {
@@ -364,12 +382,7 @@ async fn engine(
                     num_records: tracker.events().unwrap_or_default(),
                     bytes: report.bytes,
                     objects: report.objects,
-                    outputs: report
-                        .files
-                        .iter()
-                        .filter(|f| f.error.is_none())
-                        .map(|f| f.destination_key.clone())
-                        .collect(),
+                    outputs: tracker.take_outputs(),
                     ..RunStats::default()
                 };
                 match report.status {

@@ -18,6 +18,6 @@ pub use address::DataAddress;
 pub use checksum::{ChecksumAlgo, Digest, Hasher};
 pub use error::{Error, Result};
 pub use kafka::{KafkaAddress, OnError, StartOffset, ValueFormat, METADATA_COLUMNS};
-pub use store::{Entry, Listing, PartToken, Sink, Source, UploadId};
+pub use store::{Entry, ListStream, Listing, PartToken, Sink, Source, UploadId};
 pub use table::{schema_evolution, Database, TableAddress, WriteMode};
 pub use transform::{Action, TransformSpec};

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::{DataAddress, Result};
@@ -35,6 +36,41 @@ pub struct Listing {
     pub entries: Vec<Entry>,
 }
 
+/// What a [`Source`] finds at its address, as it finds it: entries arrive in key order
+/// (byte order of `key`), a page at a time, so a caller can plan and copy ten million
+/// objects without holding them all.
+pub struct ListStream {
+    /// True when the address named one object rather than a directory or prefix.
+    pub single_object: bool,
+    pub entries: BoxStream<'static, Result<Entry>>,
+}
+
+impl ListStream {
+    /// A listing already in memory, as a stream.
+    pub fn from_listing(listing: Listing) -> Self {
+        Self {
+            single_object: listing.single_object,
+            entries: futures::stream::iter(listing.entries.into_iter().map(Ok)).boxed(),
+        }
+    }
+
+    /// Collects the whole listing (for callers that need every entry at once).
+    pub async fn collect(self) -> Result<Listing> {
+        Ok(Listing {
+            single_object: self.single_object,
+            entries: self.entries.try_collect().await?,
+        })
+    }
+}
+
+impl fmt::Debug for ListStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListStream")
+            .field("single_object", &self.single_object)
+            .finish_non_exhaustive()
+    }
+}
+
 pub type UploadId = String;
 
 /// Returned by a part upload; handed back, in part order, to complete the upload.
@@ -48,6 +84,13 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// Lists the object the address names, or every object below it (recursively).
     /// A missing address is [`crate::Error::NotFound`].
     async fn list(&self) -> Result<Listing>;
+
+    /// The same entries as [`Source::list`], in key order, as the store pages through
+    /// them; a missing address is an error before the first entry. Stores that can page
+    /// override it; the default lists everything first.
+    async fn list_stream(&self) -> Result<ListStream> {
+        Ok(ListStream::from_listing(self.list().await?))
+    }
 
     /// Reads `range` of `entry`; fails with [`crate::Error::SourceChanged`] when the
     /// object no longer matches the listed size or version.

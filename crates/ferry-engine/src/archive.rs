@@ -204,6 +204,7 @@ async fn extract(
         (Some(state), checkpoints, earlier)
     };
     progress.planned(0, archive.size);
+    let observer = progress.clone();
     let job = Extraction {
         source,
         sink,
@@ -221,7 +222,13 @@ async fn extract(
     let files = tokio::task::spawn_blocking(move || job.run())
         .await
         .map_err(join_error)??;
-    let report = CopyReport::new(files, opts.checksum, started.elapsed(), false);
+    let report = CopyReport::new(
+        files,
+        opts.checksum,
+        started.elapsed(),
+        false,
+        observer.as_ref(),
+    );
     if let Some(state) = state {
         state.finish_run(&run_id, crate::report::run_outcome(report.failed))?;
     }
@@ -577,6 +584,7 @@ async fn pack(
             opts.checksum,
             started.elapsed(),
             false,
+            progress.as_ref(),
         ));
     }
     let state = Arc::new(opts.state_store()?);
@@ -585,6 +593,7 @@ async fn pack(
     state.forget_run(&run_id)?;
     state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
     progress.planned(members.len() as u64, total);
+    let observer = progress.clone();
     let job = Packing {
         source,
         sink,
@@ -604,6 +613,7 @@ async fn pack(
         opts.checksum,
         started.elapsed(),
         true,
+        observer.as_ref(),
     );
     state.finish_run(&run_id, crate::report::run_outcome(report.failed))?;
     Ok(report)

@@ -17,14 +17,15 @@ use ferry_core::{
     ChecksumAlgo, DataAddress, Digest, Entry, Error, PartToken, Result, Sink, Source,
 };
 use ferry_state::{FileCheckpoint, StateStore};
+use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::budget::Budget;
 use crate::filter::KeyFilter;
 use crate::options::CopyOptions;
-use crate::partition::{self, Share};
-use crate::report::{Action, CopyReport, FileReport, Progress};
+use crate::partition::StreamShare;
+use crate::report::{Action, CopyReport, FileReport, Progress, Tally};
 use crate::verify::read_digest;
 
 /// Copies `src` to `dst`. Errors of single files are in the report (status `failed`);
@@ -49,55 +50,58 @@ pub async fn copy(
         return crate::archive::copy(src, dst, opts, action, progress, run_id).await;
     }
     let started = Instant::now();
-    let (filter, source, sink, listing) = open_and_list(src, dst, opts).await?;
+    opts.validate()?;
+    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
+    let source = open_source(src)?;
+    let sink = open_sink(dst)?;
+    let listing = source.list_stream().await?;
     let single = listing.single_object;
-    let into_directory = single && sink.is_directory().await?;
-    let plan: Vec<(Entry, String)> = listing
-        .entries
-        .into_iter()
-        .filter(|e| single || filter.allows(&e.key))
-        .map(|e| {
-            let dest_key = if single && !into_directory {
-                String::new()
-            } else {
-                e.key.clone()
-            };
-            (e, dest_key)
-        })
-        .collect();
-    let Share { items: plan, idle } = if single {
-        partition::whole(opts.partition, plan, "the source is one object")
-    } else {
-        partition::files(opts.partition, plan, |(e, _)| e.key.clone())
+    let mut plan = Plan {
+        filter,
+        share: StreamShare::new(opts.partition, single),
+        single,
+        into_directory: single && sink.is_directory().await?,
+        progress: progress.clone(),
+        files: 0,
+        bytes: 0,
     };
+    let mut entries = listing.entries;
+    let mut tally = Tally::new(opts.checksum, single);
 
     if opts.dry_run {
-        let files = plan
-            .into_iter()
-            .map(|(e, dest_key)| FileReport {
-                key: e.key,
+        while let Some(entry) = entries.next().await {
+            let Some((entry, dest_key)) = plan.admit(entry?) else {
+                continue;
+            };
+            let file = FileReport {
+                key: entry.key,
                 destination_key: dest_key,
-                size: e.size,
+                size: entry.size,
                 moved: 0,
                 action: Action::WouldCopy,
                 checksum: None,
                 error: None,
-            })
-            .collect();
-        let mut report = CopyReport::new(files, opts.checksum, started.elapsed(), single);
-        report.idle = idle;
-        return Ok(report);
+            };
+            progress.file_reported(&file);
+            tally.settle(plan.files - 1, file, None);
+        }
+        plan.listed_all();
+        return Ok(tally.finish(started.elapsed(), false, plan.share.idle()));
     }
 
     let state = Arc::new(opts.state_store()?);
     let run_id = run_id(src, dst, opts);
     if !opts.resume {
-        discard_run(&state, &run_id, sink.as_ref(), &plan).await?;
+        discard_run(&state, &run_id, sink.as_ref(), |key| plan.dest_key(key)).await?;
     }
     state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    // What earlier runs finished or started; empty for a new run.
     let mut checkpoints = state.files(&run_id)?;
-
-    progress.planned(plan.len() as u64, plan.iter().map(|(e, _)| e.size).sum());
+    let dest_source = if opts.verify {
+        Some(open_source(dst)?)
+    } else {
+        None
+    };
     let run = Arc::new(Run {
         source,
         sink,
@@ -105,29 +109,105 @@ pub async fn copy(
         run_id: run_id.clone(),
         opts: opts.clone(),
         budget: Budget::new(opts.max_buffer),
-        progress,
+        progress: progress.clone(),
     });
-    let files: Vec<FileReport> =
-        futures::stream::iter(plan.into_iter().map(|(entry, dest_key)| {
-            let checkpoint = checkpoints.remove(&entry.key);
-            let run = run.clone();
-            async move { run.copy_file(entry, dest_key, checkpoint).await }
-        }))
-        .buffer_unordered(opts.transfers)
-        .collect()
-        .await;
 
-    let mut report = CopyReport::new(files, opts.checksum, started.elapsed(), single);
-    report.idle = idle;
-    if opts.verify && report.failed == 0 {
-        let ok = run.verify_copied(dst, &mut report).await?;
-        report.verified = Some(ok);
-        if !ok {
-            report.status = crate::report::Status::Failed;
+    // Files start as they are listed, `transfers` at a time, and settle in any order.
+    let mut moving = FuturesUnordered::new();
+    let mut listed_all = false;
+    let mut listing_error = None;
+    loop {
+        let can_start =
+            !listed_all && moving.len() < opts.transfers && tally.has_room_for(plan.files);
+        tokio::select! {
+            entry = entries.next(), if can_start => match entry {
+                None => {
+                    listed_all = true;
+                    plan.listed_all();
+                }
+                Some(Err(e)) => {
+                    // Let the files already moving finish (and be checkpointed), then fail.
+                    listed_all = true;
+                    listing_error = Some(e);
+                }
+                Some(Ok(entry)) => {
+                    let Some((entry, dest_key)) = plan.admit(entry) else {
+                        continue;
+                    };
+                    let place = plan.files - 1;
+                    let checkpoint = checkpoints.remove(&entry.key);
+                    let run = run.clone();
+                    let dest_source = dest_source.clone();
+                    let listed = dest_source.is_some().then(|| entry.clone());
+                    moving.push(async move {
+                        let mut file = run.copy_file(entry, dest_key, checkpoint).await;
+                        let verified = match (dest_source, listed) {
+                            (Some(at), Some(listed)) if file.error.is_none() => {
+                                Some(run.verify_file(at.as_ref(), &listed, &mut file).await)
+                            }
+                            _ => None,
+                        };
+                        (place, file, verified)
+                    });
+                }
+            },
+            Some((place, file, verified)) = moving.next(), if !moving.is_empty() => {
+                progress.file_reported(&file);
+                tally.settle(place, file, verified);
+            }
+            else => break,
         }
     }
+    if let Some(e) = listing_error {
+        state.finish_run(&run_id, "failed")?;
+        return Err(e);
+    }
+    let report = tally.finish(started.elapsed(), opts.verify, plan.share.idle());
     state.finish_run(&run_id, crate::report::run_outcome(report.failed))?;
     Ok(report)
+}
+
+/// Turns listed entries into the files a run copies: the include/exclude filter, the
+/// partition's share, where each goes; tells progress the plan as it grows.
+struct Plan {
+    filter: KeyFilter,
+    share: StreamShare,
+    single: bool,
+    /// One object copied into an existing directory keeps its name there.
+    into_directory: bool,
+    progress: Arc<dyn Progress>,
+    files: u64,
+    bytes: u64,
+}
+
+impl Plan {
+    /// How often the plan's growing size is told to progress.
+    const TELL_EVERY: u64 = 1024;
+
+    fn admit(&mut self, entry: Entry) -> Option<(Entry, String)> {
+        if !(self.single || self.filter.allows(&entry.key)) || !self.share.keeps(&entry.key) {
+            return None;
+        }
+        self.files += 1;
+        self.bytes += entry.size;
+        if self.files % Self::TELL_EVERY == 1 {
+            self.progress.planned(self.files, self.bytes);
+        }
+        let dest_key = self.dest_key(&entry.key);
+        Some((entry, dest_key))
+    }
+
+    fn dest_key(&self, key: &str) -> String {
+        if self.single && !self.into_directory {
+            String::new()
+        } else {
+            key.to_string()
+        }
+    }
+
+    fn listed_all(&self) {
+        self.progress.planned(self.files, self.bytes);
+    }
 }
 
 /// What every transfer starts with: validated options, both ends opened, the source listed.
@@ -206,15 +286,11 @@ async fn discard_run(
     state: &StateStore,
     run_id: &str,
     sink: &dyn Sink,
-    plan: &[(Entry, String)],
+    dest_key: impl Fn(&str) -> String,
 ) -> Result<()> {
-    let dest_keys: BTreeMap<&str, &str> = plan
-        .iter()
-        .map(|(e, d)| (e.key.as_str(), d.as_str()))
-        .collect();
     for (key, file) in state.files(run_id)? {
-        if let (Some(upload), Some(dest_key)) = (file.upload, dest_keys.get(key.as_str())) {
-            if let Err(e) = sink.abort_upload(dest_key, &upload.upload_id).await {
+        if let Some(upload) = file.upload {
+            if let Err(e) = sink.abort_upload(&dest_key(&key), &upload.upload_id).await {
                 tracing::warn!(%key, error = %e, "could not abort an earlier upload");
             }
         }
@@ -728,89 +804,61 @@ impl Run {
         Ok((staged.index, token, staged.digest, len))
     }
 
-    /// `--verify`: re-reads every file at the destination and compares its checksum with
-    /// the one computed while copying (or, for server-side copies, with the source's).
-    async fn verify_copied(&self, dst: &DataAddress, report: &mut CopyReport) -> Result<bool> {
-        let dest_source = open_source(dst)?;
-        let listing = dest_source.list().await?;
-        let at_dest: BTreeMap<String, Entry> = if listing.single_object {
-            listing
-                .entries
-                .into_iter()
-                .map(|e| (String::new(), e))
-                .collect()
-        } else {
-            listing
-                .entries
-                .into_iter()
-                .map(|e| (e.key.clone(), e))
-                .collect()
-        };
+    /// `--verify`: re-reads the file at the destination and compares its checksum with the
+    /// one computed while copying (or, for a server-side copy, with the source's). A file
+    /// that does not match gets its error; the answer says whether it matched.
+    async fn verify_file(&self, at: &dyn Source, listed: &Entry, file: &mut FileReport) -> bool {
+        match self.check_copy(at, listed, file).await {
+            Ok(None) => true,
+            Ok(Some(why)) => {
+                file.error = Some(why);
+                false
+            }
+            Err(e) => {
+                file.error = Some(format!("verify: {}: {e}", file.key));
+                false
+            }
+        }
+    }
+
+    async fn check_copy(
+        &self,
+        at: &dyn Source,
+        listed: &Entry,
+        file: &mut FileReport,
+    ) -> Result<Option<String>> {
         let algo = self.opts.checksum;
-        let source_entries: BTreeMap<String, Entry> = self
-            .source
-            .list()
-            .await?
-            .entries
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
-            .collect();
-        let checks = report.files.iter_mut().map(|file| {
-            let dest_source = dest_source.clone();
-            let dest_entry = at_dest.get(&file.destination_key).cloned();
-            let source_entry = source_entries.get(&file.key).cloned();
-            async move {
-                let Some(dest_entry) = dest_entry else {
-                    file.error = Some(format!(
-                        "verify: {} is missing at the destination",
-                        file.key
-                    ));
-                    return Ok::<bool, Error>(false);
-                };
-                let expected = match (&file.checksum, source_entry) {
-                    (Some(c), _) => c.clone(),
-                    (None, Some(src)) => {
-                        let d = read_digest(
-                            self.source.as_ref(),
-                            &src,
-                            algo,
-                            self.opts.part_size,
-                            &self.budget,
-                        )
-                        .await?;
-                        file.checksum = Some(d.to_string());
-                        d.to_string()
-                    }
-                    (None, None) => return Ok(false),
-                };
-                let actual = read_digest(
-                    dest_source.as_ref(),
-                    &dest_entry,
+        let Some(dest_entry) = self.sink.head(&file.destination_key).await? else {
+            return Ok(Some(format!(
+                "verify: {} is missing at the destination",
+                file.key
+            )));
+        };
+        let expected = match &file.checksum {
+            Some(c) => c.clone(),
+            None => {
+                let d = read_digest(
+                    self.source.as_ref(),
+                    listed,
                     algo,
                     self.opts.part_size,
                     &self.budget,
                 )
                 .await?
                 .to_string();
-                if actual != expected {
-                    file.error = Some(format!(
-                        "verify: {} has checksum {actual} at the destination, expected {expected}",
-                        file.key
-                    ));
-                    return Ok(false);
-                }
-                Ok(true)
+                file.checksum = Some(d.clone());
+                d
             }
-        });
-        let results: Vec<bool> = futures::stream::iter(checks)
-            .buffer_unordered(self.opts.transfers)
-            .try_collect()
-            .await?;
-        let ok = results.iter().all(|r| *r);
-        if !ok {
-            report.error = report.files.iter().find_map(|f| f.error.clone());
-        }
-        Ok(ok)
+        };
+        let actual = read_digest(at, &dest_entry, algo, self.opts.part_size, &self.budget)
+            .await?
+            .to_string();
+        Ok((actual != expected).then(|| {
+            format!(
+                "verify: {} has checksum {actual} at the destination, expected {expected}",
+                file.key
+            )
+        }))
     }
 }
 

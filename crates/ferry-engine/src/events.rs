@@ -69,6 +69,7 @@ pub(crate) async fn copy(
     }
     state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
     let state = Arc::new(state);
+    let observer = progress.clone();
     let files = match (src, dst) {
         (DataAddress::Kafka(topic), _) => {
             export(topic, dst, opts, progress, &state, &run_id).await?
@@ -76,7 +77,13 @@ pub(crate) async fn copy(
         (_, DataAddress::Kafka(topic)) => import(src, topic, progress, &state, &run_id).await?,
         _ => return Err(Error::Internal("not a Kafka transfer".into())),
     };
-    let report = CopyReport::new(files, opts.checksum, started.elapsed(), false);
+    let report = CopyReport::new(
+        files,
+        opts.checksum,
+        started.elapsed(),
+        false,
+        observer.as_ref(),
+    );
     state.finish_run(&run_id, run_outcome(report.failed))?;
     Ok(report)
 }

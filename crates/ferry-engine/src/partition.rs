@@ -97,6 +97,54 @@ pub(crate) fn files<T, K: AsRef<str>>(
     Share { items, idle }
 }
 
+/// A partition's share of a listing that streams: decided file by file, as [`files`] and
+/// [`whole`] decide for a listing in memory.
+pub(crate) struct StreamShare {
+    partition: Option<Partition>,
+    /// The listing names one object, which only partition 0 copies.
+    single: bool,
+    listed: u64,
+    kept: u64,
+}
+
+impl StreamShare {
+    pub(crate) fn new(partition: Option<Partition>, single: bool) -> Self {
+        Self {
+            partition,
+            single,
+            listed: 0,
+            kept: 0,
+        }
+    }
+
+    /// Whether the file `key` is this partition's.
+    pub(crate) fn keeps(&mut self, key: &str) -> bool {
+        self.listed += 1;
+        let keep = match self.partition {
+            None => true,
+            Some(p) if self.single => p.is_first(),
+            Some(p) => p.owns_key(key),
+        };
+        self.kept += u64::from(keep);
+        keep
+    }
+
+    /// Why this partition had nothing to do, once the listing is over.
+    pub(crate) fn idle(&self) -> Option<String> {
+        let p = self.partition?;
+        if self.single {
+            return (!p.is_first())
+                .then(|| p.idle("the source is one object; partition 0 does it all"));
+        }
+        (self.kept == 0 && self.listed > 0).then(|| {
+            p.idle(format!(
+                "none of the source's {} files falls to it",
+                self.listed
+            ))
+        })
+    }
+}
+
 /// Work that cannot be split (`what` says why): partition 0's alone.
 pub(crate) fn whole<T>(partition: Option<Partition>, items: Vec<T>, what: &str) -> Share<T> {
     match partition {
@@ -178,6 +226,36 @@ mod tests {
             )
         );
         assert_eq!(whole(None, vec!["a"], "").items, ["a"]);
+    }
+
+    #[test]
+    fn a_streamed_share_keeps_what_a_listed_share_keeps() {
+        let keys: Vec<String> = (0..300).map(|i| format!("k/{i}")).collect();
+        for index in 0..3 {
+            let p = Some(Partition::new(index, 3).unwrap());
+            let listed = files(p, keys.clone(), String::clone);
+            let mut streamed = StreamShare::new(p, false);
+            let kept: Vec<String> = keys.iter().filter(|k| streamed.keeps(k)).cloned().collect();
+            assert_eq!(kept, listed.items);
+            assert_eq!(streamed.idle(), listed.idle);
+        }
+        let mut one = StreamShare::new(Some(Partition::new(1, 2).unwrap()), true);
+        assert!(!one.keeps("a"));
+        assert_eq!(
+            one.idle().as_deref(),
+            Some("partition 1 of 2: nothing to do: the source is one object; partition 0 does it all")
+        );
+        let other = (0..4)
+            .map(|i| Partition::new(i, 4).unwrap())
+            .find(|p| !p.owns_key("k/0"))
+            .unwrap();
+        let mut none = StreamShare::new(Some(other), false);
+        assert!(!none.keeps("k/0"));
+        let why = none.idle().unwrap();
+        assert!(
+            why.ends_with("nothing to do: none of the source's 1 files falls to it"),
+            "{why}"
+        );
     }
 
     #[test]

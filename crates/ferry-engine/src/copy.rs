@@ -5,7 +5,7 @@
 //! it, so a restarted copy continues where the last one stopped. Every byte read is paid
 //! for in the shared [`Budget`] first, which bounds memory whatever the data's size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -95,8 +95,6 @@ pub async fn copy(
         discard_run(&state, &run_id, sink.as_ref(), |key| plan.dest_key(key)).await?;
     }
     state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
-    // What earlier runs finished or started; empty for a new run.
-    let mut checkpoints = state.files(&run_id)?;
     let dest_source = if opts.verify {
         Some(open_source(dst)?)
     } else {
@@ -112,43 +110,53 @@ pub async fn copy(
         progress: progress.clone(),
     });
 
-    // Files start as they are listed, `transfers` at a time, and settle in any order.
+    // Files start as they are listed, `transfers` at a time, and settle in any order. The
+    // listing is read a batch at a time, whose checkpoints are read in one query.
+    let mut batches = entries.ready_chunks(CHECKPOINT_BATCH);
+    let mut ready: VecDeque<Planned> = VecDeque::new();
     let mut moving = FuturesUnordered::new();
     let mut listed_all = false;
     let mut listing_error = None;
     loop {
-        let can_start =
-            !listed_all && moving.len() < opts.transfers && tally.has_room_for(plan.files);
+        while moving.len() < opts.transfers
+            && ready.front().is_some_and(|p| tally.has_room_for(p.place))
+        {
+            let Some(Planned {
+                place,
+                entry,
+                dest_key,
+                checkpoint,
+            }) = ready.pop_front()
+            else {
+                break;
+            };
+            let run = run.clone();
+            let dest_source = dest_source.clone();
+            let listed = dest_source.is_some().then(|| entry.clone());
+            moving.push(async move {
+                let mut file = run.copy_file(entry, dest_key, checkpoint).await;
+                let verified = match (dest_source, listed) {
+                    (Some(at), Some(listed)) if file.error.is_none() => {
+                        Some(run.verify_file(at.as_ref(), &listed, &mut file).await)
+                    }
+                    _ => None,
+                };
+                (place, file, verified)
+            });
+        }
         tokio::select! {
-            entry = entries.next(), if can_start => match entry {
+            batch = batches.next(), if !listed_all && ready.is_empty() => match batch {
                 None => {
                     listed_all = true;
                     plan.listed_all();
                 }
-                Some(Err(e)) => {
-                    // Let the files already moving finish (and be checkpointed), then fail.
-                    listed_all = true;
-                    listing_error = Some(e);
-                }
-                Some(Ok(entry)) => {
-                    let Some((entry, dest_key)) = plan.admit(entry) else {
-                        continue;
-                    };
-                    let place = plan.files - 1;
-                    let checkpoint = checkpoints.remove(&entry.key);
-                    let run = run.clone();
-                    let dest_source = dest_source.clone();
-                    let listed = dest_source.is_some().then(|| entry.clone());
-                    moving.push(async move {
-                        let mut file = run.copy_file(entry, dest_key, checkpoint).await;
-                        let verified = match (dest_source, listed) {
-                            (Some(at), Some(listed)) if file.error.is_none() => {
-                                Some(run.verify_file(at.as_ref(), &listed, &mut file).await)
-                            }
-                            _ => None,
-                        };
-                        (place, file, verified)
-                    });
+                Some(batch) => {
+                    if let Err(e) = plan.admit_batch(batch, &state, &run_id, &mut ready) {
+                        // Let the files already moving finish (and be checkpointed), then
+                        // fail.
+                        listed_all = true;
+                        listing_error = Some(e);
+                    }
                 }
             },
             Some((place, file, verified)) = moving.next(), if !moving.is_empty() => {
@@ -180,9 +188,50 @@ struct Plan {
     bytes: u64,
 }
 
+/// A listed file on its way to being copied.
+struct Planned {
+    /// Its place among the planned files, in listing order.
+    place: u64,
+    entry: Entry,
+    dest_key: String,
+    /// What earlier runs did with it.
+    checkpoint: Option<FileCheckpoint>,
+}
+
+/// How many listed files are planned at once, their checkpoints read in one query.
+const CHECKPOINT_BATCH: usize = 256;
+
 impl Plan {
     /// How often the plan's growing size is told to progress.
     const TELL_EVERY: u64 = 1024;
+
+    /// Plans a batch of listed entries into `ready`, with what the checkpoint knows of them.
+    fn admit_batch(
+        &mut self,
+        batch: Vec<Result<Entry>>,
+        state: &StateStore,
+        run_id: &str,
+        ready: &mut VecDeque<Planned>,
+    ) -> Result<()> {
+        let mut admitted = Vec::with_capacity(batch.len());
+        for entry in batch {
+            if let Some((entry, dest_key)) = self.admit(entry?) {
+                admitted.push(Planned {
+                    place: self.files - 1,
+                    entry,
+                    dest_key,
+                    checkpoint: None,
+                });
+            }
+        }
+        let keys: Vec<String> = admitted.iter().map(|p| p.entry.key.clone()).collect();
+        let mut known = state.files_for(run_id, &keys)?;
+        for mut planned in admitted {
+            planned.checkpoint = known.remove(&planned.entry.key);
+            ready.push_back(planned);
+        }
+        Ok(())
+    }
 
     fn admit(&mut self, entry: Entry) -> Option<(Entry, String)> {
         if !(self.single || self.filter.allows(&entry.key)) || !self.share.keeps(&entry.key) {
@@ -288,7 +337,7 @@ async fn discard_run(
     sink: &dyn Sink,
     dest_key: impl Fn(&str) -> String,
 ) -> Result<()> {
-    for (key, file) in state.files(run_id)? {
+    for (key, file) in state.uploading(run_id)? {
         if let Some(upload) = file.upload {
             if let Err(e) = sink.abort_upload(&dest_key(&key), &upload.upload_id).await {
                 tracing::warn!(%key, error = %e, "could not abort an earlier upload");

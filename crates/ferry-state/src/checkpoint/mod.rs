@@ -123,6 +123,17 @@ impl StateStore {
         dispatch!(self.files(id))
     }
 
+    /// What the checkpoint holds for the files `keys` of run `id` (those it knows), so a
+    /// run over millions of files reads its checkpoint a batch at a time.
+    pub fn files_for(&self, id: &str, keys: &[String]) -> Result<BTreeMap<String, FileCheckpoint>> {
+        dispatch!(self.files_for(id, keys))
+    }
+
+    /// The files of run `id` whose upload in parts was started and not finished.
+    pub fn uploading(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
+        dispatch!(self.uploading(id))
+    }
+
     /// Records a started upload in parts, replacing whatever was known of the file.
     pub fn begin_upload(
         &self,

@@ -63,6 +63,8 @@ enum Q {
     StartRun,
     FinishRun,
     Files,
+    FilesFor,
+    Uploading,
     BeginUpload,
     PartDone,
     FileDone,
@@ -71,10 +73,12 @@ enum Q {
     RunStatus,
 }
 
-const QUERIES: [Q; 9] = [
+const QUERIES: [Q; 11] = [
     Q::StartRun,
     Q::FinishRun,
     Q::Files,
+    Q::FilesFor,
+    Q::Uploading,
     Q::BeginUpload,
     Q::PartDone,
     Q::FileDone,
@@ -104,6 +108,20 @@ impl Q {
                  FROM ferry_checkpoint_files f
                  LEFT JOIN ferry_checkpoint_parts p ON p.run_id = f.run_id AND p.key = f.key
                  WHERE f.run_id = $1"
+            }
+            Q::FilesFor => {
+                "SELECT f.key, f.source_size, f.source_version, f.done, f.upload_id, f.part_size,
+                        f.checksum, f.dest_version, p.idx, p.token, p.checksum
+                 FROM ferry_checkpoint_files f
+                 LEFT JOIN ferry_checkpoint_parts p ON p.run_id = f.run_id AND p.key = f.key
+                 WHERE f.run_id = $1 AND f.key = ANY($2)"
+            }
+            Q::Uploading => {
+                "SELECT f.key, f.source_size, f.source_version, f.done, f.upload_id, f.part_size,
+                        f.checksum, f.dest_version, p.idx, p.token, p.checksum
+                 FROM ferry_checkpoint_files f
+                 LEFT JOIN ferry_checkpoint_parts p ON p.run_id = f.run_id AND p.key = f.key
+                 WHERE f.run_id = $1 AND f.upload_id IS NOT NULL"
             }
             Q::BeginUpload => {
                 "WITH parts AS (DELETE FROM ferry_checkpoint_parts WHERE run_id = $1 AND key = $2)
@@ -157,6 +175,13 @@ enum Op {
         status: String,
     },
     Files {
+        id: String,
+    },
+    FilesFor {
+        id: String,
+        keys: Vec<String>,
+    },
+    Uploading {
         id: String,
     },
     BeginUpload {
@@ -304,7 +329,29 @@ impl PostgresCheckpoints {
     }
 
     pub(super) fn files(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
-        match self.call(Op::Files { id: id.into() })? {
+        self.read_files(Op::Files { id: id.into() })
+    }
+
+    pub(super) fn files_for(
+        &self,
+        id: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, FileCheckpoint>> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.read_files(Op::FilesFor {
+            id: id.into(),
+            keys: keys.to_vec(),
+        })
+    }
+
+    pub(super) fn uploading(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
+        self.read_files(Op::Uploading { id: id.into() })
+    }
+
+    fn read_files(&self, op: Op) -> Result<BTreeMap<String, FileCheckpoint>> {
+        match self.call(op)? {
             Answer::Files(files) => Ok(files),
             _ => Err(Error::state(&self.shown, "unexpected answer to a read")),
         }
@@ -619,6 +666,10 @@ async fn run(conn: &Conn, op: &Op) -> Result<Raw, tokio_postgres::Error> {
             conn.execute(Q::FinishRun, &[id, status, &now()]).await?;
         }
         Op::Files { id } => return Ok(Raw::Files(conn.query(Q::Files, &[id]).await?)),
+        Op::FilesFor { id, keys } => {
+            return Ok(Raw::Files(conn.query(Q::FilesFor, &[id, keys]).await?))
+        }
+        Op::Uploading { id } => return Ok(Raw::Files(conn.query(Q::Uploading, &[id]).await?)),
         Op::BeginUpload {
             id,
             key,

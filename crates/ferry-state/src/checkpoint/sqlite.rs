@@ -116,16 +116,53 @@ impl SqliteCheckpoints {
 
     /// Everything the checkpoint holds for run `id`, by file key.
     pub(super) fn files(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
+        self.files_where(id, "", &[])
+    }
+
+    /// What the checkpoint holds for the files `keys` of run `id`.
+    pub(super) fn files_for(
+        &self,
+        id: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, FileCheckpoint>> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        // Numbered from ?2: ?1 is the run.
+        let list = (0..keys.len())
+            .map(|i| format!("?{}", i + 2))
+            .collect::<Vec<_>>()
+            .join(",");
+        let values: Vec<&dyn rusqlite::ToSql> =
+            keys.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
+        self.files_where(id, &format!("AND key IN ({list})"), &values)
+    }
+
+    /// The files of run `id` with an upload in parts started and not finished.
+    pub(super) fn uploading(&self, id: &str) -> Result<BTreeMap<String, FileCheckpoint>> {
+        self.files_where(id, "AND upload_id IS NOT NULL", &[])
+    }
+
+    /// The files of run `id` that `filter` (an SQL condition on `key` and the columns of
+    /// `files`, with parameters from `?2`) selects, with their parts.
+    fn files_where(
+        &self,
+        id: &str,
+        filter: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> Result<BTreeMap<String, FileCheckpoint>> {
         let conn = self.conn();
         let mut out = BTreeMap::new();
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&id];
+        args.extend_from_slice(values);
         let mut stmt = conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT key, source_size, source_version, done, upload_id, part_size, checksum, dest_version
-                 FROM files WHERE run_id = ?1",
-            )
+                 FROM files WHERE run_id = ?1 {filter}"
+            ))
             .map_err(|e| self.fail(e))?;
         let rows = stmt
-            .query_map(params![id], |r| {
+            .query_map(args.as_slice(), |r| {
                 let upload_id: Option<String> = r.get(4)?;
                 let part_size: Option<i64> = r.get(5)?;
                 Ok((
@@ -149,22 +186,25 @@ impl SqliteCheckpoints {
             let (key, file) = row.map_err(|e| self.fail(e))?;
             out.insert(key, file);
         }
-        let mut stmt = conn
-            .prepare("SELECT key, idx, token, checksum FROM parts WHERE run_id = ?1")
+        // Only files with an upload have parts; read those files' parts alone.
+        let mut parts = conn
+            .prepare("SELECT idx, token, checksum FROM parts WHERE run_id = ?1 AND key = ?2")
             .map_err(|e| self.fail(e))?;
-        let rows = stmt
-            .query_map(params![id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)? as usize,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })
-            .map_err(|e| self.fail(e))?;
-        for row in rows {
-            let (key, idx, token, checksum) = row.map_err(|e| self.fail(e))?;
-            if let Some(upload) = out.get_mut(&key).and_then(|f| f.upload.as_mut()) {
+        for (key, file) in out.iter_mut() {
+            let Some(upload) = file.upload.as_mut() else {
+                continue;
+            };
+            let rows = parts
+                .query_map(params![id, key], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as usize,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .map_err(|e| self.fail(e))?;
+            for row in rows {
+                let (idx, token, checksum) = row.map_err(|e| self.fail(e))?;
                 upload.parts.insert(idx, (PartToken(token), checksum));
             }
         }

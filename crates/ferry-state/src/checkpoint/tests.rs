@@ -163,6 +163,51 @@ fn progress_survives_reopening() {
 }
 
 #[test]
+fn files_are_read_by_the_batch_and_open_uploads_alone() {
+    on_each_backend(|place| {
+        let store = place.open();
+        store.start_run("r", "s", "d").unwrap();
+        store.start_run("other", "s", "d").unwrap();
+        for i in 0..300 {
+            let key = format!("f/{i:03}");
+            store
+                .file_done("r", &key, i, None, Some("crc32c:00"), None)
+                .unwrap();
+        }
+        store
+            .begin_upload("r", "big 'one'", 100, None, "up-1", 40)
+            .unwrap();
+        store
+            .part_done("r", "big 'one'", 1, &PartToken("t1".into()), None)
+            .unwrap();
+        store
+            .begin_upload("other", "f/001", 9, None, "up-2", 4)
+            .unwrap();
+
+        let keys: Vec<String> = ["f/001", "big 'one'", "f/299", "not/there"]
+            .map(String::from)
+            .to_vec();
+        let some = store.files_for("r", &keys).unwrap();
+        assert_eq!(
+            some.keys().collect::<Vec<_>>(),
+            ["big 'one'", "f/001", "f/299"]
+        );
+        assert!(some["f/001"].done);
+        assert_eq!(some["f/299"].source_size, 299);
+        let upload = some["big 'one'"].upload.as_ref().unwrap();
+        assert_eq!(upload.parts.keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(store.files_for("r", &[]).unwrap().is_empty());
+        // As many keys as a batch holds, in one call.
+        let many: Vec<String> = (0..256).map(|i| format!("f/{i:03}")).collect();
+        assert_eq!(store.files_for("r", &many).unwrap().len(), 256);
+
+        let open = store.uploading("r").unwrap();
+        assert_eq!(open.keys().collect::<Vec<_>>(), ["big 'one'"]);
+        assert_eq!(open["big 'one'"].upload.as_ref().unwrap().upload_id, "up-1");
+    });
+}
+
+#[test]
 fn finishing_a_file_drops_its_parts_and_forgetting_a_run_drops_everything() {
     on_each_backend(|place| {
         let store = place.open();

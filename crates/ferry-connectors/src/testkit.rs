@@ -280,6 +280,12 @@ pub const TRICKY_KEYS: &[&str] = &[
     "with space & #hash%.csv",
 ];
 
+/// The keys `source` lists, in its order.
+async fn listed_keys(source: &dyn Source) -> Vec<String> {
+    let listing = source.list().await.expect("list");
+    listing.entries.into_iter().map(|e| e.key).collect()
+}
+
 async fn read_all(source: &dyn Source, key: &str) -> Vec<u8> {
     let listing = source.list().await.expect("list");
     let entry = listing
@@ -403,14 +409,7 @@ where
     sorted.sort();
     assert_eq!(streamed, sorted, "streamed listing of {address}");
     assert!(streamed.contains(&"dir-a/x".to_string()), "{streamed:?}");
-    let listed: Vec<String> = source
-        .list()
-        .await
-        .expect("list")
-        .entries
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let listed = listed_keys(source).await;
     assert_eq!(listed, streamed, "list and list_stream of {address}");
 }
 
@@ -492,13 +491,6 @@ async fn sink_conformance(address: &DataAddress, sink: &dyn Sink, source: &dyn S
             "completing an aborted upload must fail"
         );
     }
-    let keys: Vec<String> = source
-        .list()
-        .await
-        .expect("list")
-        .entries
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = listed_keys(source).await;
     assert!(!keys.iter().any(|k| k.contains("aborted")), "{keys:?}");
 }

@@ -145,7 +145,7 @@ pub async fn copy(
             });
         }
         tokio::select! {
-            batch = batches.next(), if !listed_all && ready.is_empty() => match batch {
+            batch = batches.next(), if !listed_all && ready.len() < CHECKPOINT_BATCH => match batch {
                 None => {
                     listed_all = true;
                     plan.listed_all();
@@ -176,7 +176,8 @@ pub async fn copy(
 }
 
 /// Turns listed entries into the files a run copies: the include/exclude filter, the
-/// partition's share, where each goes; tells progress the plan as it grows.
+/// partition's share, where each goes; tells progress the plan as it grows, a batch ahead
+/// of the files that start.
 struct Plan {
     filter: KeyFilter,
     share: StreamShare,
@@ -202,9 +203,6 @@ struct Planned {
 const CHECKPOINT_BATCH: usize = 256;
 
 impl Plan {
-    /// How often the plan's growing size is told to progress.
-    const TELL_EVERY: u64 = 1024;
-
     /// Plans a batch of listed entries into `ready`, with what the checkpoint knows of them.
     fn admit_batch(
         &mut self,
@@ -230,6 +228,8 @@ impl Plan {
             planned.checkpoint = known.remove(&planned.entry.key);
             ready.push_back(planned);
         }
+        // Before any of them starts, so that what is done never exceeds what is planned.
+        self.progress.planned(self.files, self.bytes);
         Ok(())
     }
 
@@ -239,9 +239,6 @@ impl Plan {
         }
         self.files += 1;
         self.bytes += entry.size;
-        if self.files % Self::TELL_EVERY == 1 {
-            self.progress.planned(self.files, self.bytes);
-        }
         let dest_key = self.dest_key(&entry.key);
         Some((entry, dest_key))
     }

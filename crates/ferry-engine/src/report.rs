@@ -8,7 +8,9 @@ use serde::Serialize;
 
 /// Observes a copy as it runs (a progress bar, a log, a metrics exporter).
 pub trait Progress: Send + Sync {
-    /// The plan is known: how many files and bytes will move (skipped ones excluded).
+    /// The plan as known so far: how many files and bytes will move. A listing that
+    /// streams tells it again, with larger totals, as it goes, always before the files it
+    /// adds start, so what is done never exceeds what is planned.
     fn planned(&self, _files: u64, _bytes: u64) {}
     /// More bytes reached the destination.
     fn advanced(&self, _bytes: u64) {}

@@ -693,3 +693,62 @@ async fn http_source_single_file() {
     assert_eq!(report.status, Status::Succeeded, "{:?}", report.error);
     assert_eq!(std::fs::read(&dst).unwrap(), data);
 }
+
+/// Watches a copy's progress: what is done must never exceed what is planned so far.
+#[derive(Default)]
+struct Bounded {
+    planned_files: AtomicU64,
+    planned: AtomicU64,
+    done: AtomicU64,
+    overrun: AtomicBool,
+}
+
+impl Progress for Bounded {
+    fn planned(&self, files: u64, bytes: u64) {
+        self.planned_files.store(files, Ordering::SeqCst);
+        self.planned.store(bytes, Ordering::SeqCst);
+    }
+
+    fn advanced(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        if done > self.planned.load(Ordering::SeqCst) {
+            self.overrun.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tree_listed_as_it_is_copied_never_shows_more_done_than_planned() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, dst) = (work.path().join("src"), work.path().join("dst"));
+    // More files than one batch of the listing, in several directories.
+    for i in 0..700 {
+        let dir = src.join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:03}")), bytes(1000 + i, i as u64)).unwrap();
+    }
+    let total: u64 = (0..700u64).map(|i| 1000 + i).sum();
+    let opts = CopyOptions {
+        transfers: 3,
+        ..options(&work.path().join("state"))
+    };
+    let seen = Arc::new(Bounded::default());
+    let report = copy(
+        &addr(&format!("{}/", src.display())),
+        &addr(&format!("{}/", dst.display())),
+        &opts,
+        seen.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.status, Status::Succeeded, "{:?}", report.error);
+    assert_eq!((report.objects, report.bytes), (700, total));
+    assert!(
+        !seen.overrun.load(Ordering::SeqCst),
+        "progress passed the plan"
+    );
+    assert_eq!(seen.planned_files.load(Ordering::SeqCst), 700);
+    assert_eq!(seen.planned.load(Ordering::SeqCst), total);
+    assert_eq!(seen.done.load(Ordering::SeqCst), total);
+    assert_same_tree(&src, &dst);
+}

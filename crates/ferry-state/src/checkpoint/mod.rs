@@ -126,6 +126,9 @@ impl StateStore {
     /// What the checkpoint holds for the files `keys` of run `id` (those it knows), so a
     /// run over millions of files reads its checkpoint a batch at a time.
     pub fn files_for(&self, id: &str, keys: &[String]) -> Result<BTreeMap<String, FileCheckpoint>> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
         dispatch!(self.files_for(id, keys))
     }
 

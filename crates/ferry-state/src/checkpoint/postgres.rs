@@ -337,9 +337,6 @@ impl PostgresCheckpoints {
         id: &str,
         keys: &[String],
     ) -> Result<BTreeMap<String, FileCheckpoint>> {
-        if keys.is_empty() {
-            return Ok(BTreeMap::new());
-        }
         self.read_files(Op::FilesFor {
             id: id.into(),
             keys: keys.to_vec(),

@@ -125,9 +125,6 @@ impl SqliteCheckpoints {
         id: &str,
         keys: &[String],
     ) -> Result<BTreeMap<String, FileCheckpoint>> {
-        if keys.is_empty() {
-            return Ok(BTreeMap::new());
-        }
         // Numbered from ?2: ?1 is the run.
         let list = (0..keys.len())
             .map(|i| format!("?{}", i + 2))

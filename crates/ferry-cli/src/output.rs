@@ -125,6 +125,9 @@ impl Progress for Bar {
     }
 }
 
+/// How a dry run's one JSON line starts; its files follow, then its totals.
+const DRY_RUN_JSON_START: &str = r#"{"status":"dry_run","would_copy":["#;
+
 /// A dry run's files, printed as the listing finds them rather than held until the end:
 /// `would copy KEY -> DESTINATION (SIZE)` lines, or the start of the one JSON line whose
 /// end [`copy_report`] prints.
@@ -156,11 +159,7 @@ impl Progress for DryRun {
         let _ = if self.json {
             let item =
                 serde_json::json!({"key": f.key, "destination": to.to_string(), "size": f.size});
-            let open = if first {
-                r#"{"status":"dry_run","would_copy":["#
-            } else {
-                ","
-            };
+            let open = if first { DRY_RUN_JSON_START } else { "," };
             write!(out, "{open}{item}")
         } else {
             writeln!(
@@ -201,7 +200,7 @@ pub fn copy_report(report: &CopyReport, src: &DataAddress, dry_run: bool, json: 
         // total.
         if json {
             let open = if report.planned == 0 {
-                r#"{"status":"dry_run","would_copy":["#
+                DRY_RUN_JSON_START
             } else {
                 ""
             };
@@ -238,7 +237,6 @@ pub fn copy_report(report: &CopyReport, src: &DataAddress, dry_run: bool, json: 
     if unnamed > 0 {
         eprintln!("ferry: failed: {unnamed} more files (the first ones are named above)");
     }
-    let resumed = report.resumed;
     let mut line = format!(
         "{}: {} objects, {} in {:.2}s ({}/s)",
         if report.failed == 0 {
@@ -254,8 +252,8 @@ pub fn copy_report(report: &CopyReport, src: &DataAddress, dry_run: bool, json: 
     if report.skipped > 0 {
         line.push_str(&format!(", {} already done", report.skipped));
     }
-    if resumed > 0 {
-        line.push_str(&format!(", {resumed} resumed"));
+    if report.resumed > 0 {
+        line.push_str(&format!(", {} resumed", report.resumed));
     }
     if report.failed > 0 {
         line.push_str(&format!(

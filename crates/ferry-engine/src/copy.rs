@@ -50,10 +50,7 @@ pub async fn copy(
         return crate::archive::copy(src, dst, opts, action, progress, run_id).await;
     }
     let started = Instant::now();
-    opts.validate()?;
-    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
-    let source = open_source(src)?;
-    let sink = open_sink(dst)?;
+    let (filter, source, sink) = open_ends(src, dst, opts)?;
     let listing = source.list_stream().await?;
     let single = listing.single_object;
     let mut plan = Plan {
@@ -94,7 +91,10 @@ pub async fn copy(
     if !opts.resume {
         discard_run(&state, &run_id, sink.as_ref(), |key| plan.dest_key(key)).await?;
     }
+    // A run never started has no checkpoint: its files are not looked up batch by batch.
+    let resuming = state.run_status(&run_id)?.is_some();
     state.start_run(&run_id, &src.to_string(), &dst.to_string())?;
+    let checkpoint = resuming.then_some((state.as_ref(), run_id.as_str()));
     let dest_source = if opts.verify {
         Some(open_source(dst)?)
     } else {
@@ -151,7 +151,7 @@ pub async fn copy(
                     plan.listed_all();
                 }
                 Some(batch) => {
-                    if let Err(e) = plan.admit_batch(batch, &state, &run_id, &mut ready) {
+                    if let Err(e) = plan.admit_batch(batch, checkpoint, &mut ready) {
                         // Let the files already moving finish (and be checkpointed), then
                         // fail.
                         listed_all = true;
@@ -203,12 +203,12 @@ struct Planned {
 const CHECKPOINT_BATCH: usize = 256;
 
 impl Plan {
-    /// Plans a batch of listed entries into `ready`, with what the checkpoint knows of them.
+    /// Plans a batch of listed entries into `ready`, with what the checkpoint (the store
+    /// and the run, when the run was started before) knows of them.
     fn admit_batch(
         &mut self,
         batch: Vec<Result<Entry>>,
-        state: &StateStore,
-        run_id: &str,
+        checkpoint: Option<(&StateStore, &str)>,
         ready: &mut VecDeque<Planned>,
     ) -> Result<()> {
         let mut admitted = Vec::with_capacity(batch.len());
@@ -222,8 +222,13 @@ impl Plan {
                 });
             }
         }
-        let keys: Vec<String> = admitted.iter().map(|p| p.entry.key.clone()).collect();
-        let mut known = state.files_for(run_id, &keys)?;
+        let mut known = match checkpoint {
+            Some((state, run_id)) => {
+                let keys: Vec<String> = admitted.iter().map(|p| p.entry.key.clone()).collect();
+                state.files_for(run_id, &keys)?
+            }
+            None => BTreeMap::new(),
+        };
         for mut planned in admitted {
             planned.checkpoint = known.remove(&planned.entry.key);
             ready.push_back(planned);
@@ -267,12 +272,19 @@ pub(crate) async fn open_and_list(
     Arc<dyn Sink>,
     ferry_core::Listing,
 )> {
-    opts.validate()?;
-    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
-    let source = open_source(src)?;
-    let sink = open_sink(dst)?;
+    let (filter, source, sink) = open_ends(src, dst, opts)?;
     let listing = source.list().await?;
     Ok((filter, source, sink, listing))
+}
+
+/// The include/exclude filter and both ends of a transfer.
+type Ends = (KeyFilter, Arc<dyn Source>, Arc<dyn Sink>);
+
+/// Validated options and both ends opened, before anything is listed.
+fn open_ends(src: &DataAddress, dst: &DataAddress, opts: &CopyOptions) -> Result<Ends> {
+    opts.validate()?;
+    let filter = KeyFilter::new(&opts.include, &opts.exclude)?;
+    Ok((filter, open_source(src)?, open_sink(dst)?))
 }
 
 /// The same copy (same ends, same checksum, same partition) always has the same run id, so
